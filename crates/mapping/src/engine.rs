@@ -1,0 +1,900 @@
+//! Loading (YAML → plan) and running mappings; FHIR Bundle assembly and
+//! sensitivity labelling.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+use serde_yaml::Value as Y;
+
+use crate::error::{MappingError, TranslateError};
+use crate::eval::{uuid5, Eval, Instance, RunCtx};
+use crate::expr::{Node, Scope, SourceKind};
+use crate::path::SourcePath;
+use crate::source::{Hl7Source, JsonSource, Source};
+use crate::terminology::ConceptMap;
+
+/// Largest mapping file accepted.
+const MAX_YAML_BYTES: u64 = 1024 * 1024;
+/// Most mapping / terminology files under one root.
+const MAX_FILES: usize = 512;
+/// Most resources one input may produce.
+const MAX_RESOURCES: usize = 500;
+/// Folders under the mappings root that hold other data (concept maps,
+/// eligibility and calendar tables owned by other modules), never mapping YAML.
+const NOT_MAPPINGS: &[&str] = &["terminology", "eligibility", "calendar"];
+/// Directory depth searched for mapping files.
+const MAX_DIR_DEPTH: usize = 8;
+
+const TOP_KEYS: &[&str] = &[
+    "id",
+    "version",
+    "source",
+    "description",
+    "message_types",
+    "golden",
+    "timezone_from",
+    "keys",
+    "sensitivity",
+    "resources",
+];
+const RESOURCE_KEYS: &[&str] = &[
+    "name", "type", "for_each", "when", "key", "id", "labels", "required", "body",
+];
+
+/// What [`Engine::mappings`] reports about one mapping file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingInfo {
+    /// Mapping id (stable, used in `meta.source`).
+    pub id: String,
+    /// Semantic version.
+    pub version: String,
+    /// Source kind (`hl7v2`, `json`).
+    pub source: &'static str,
+    /// File it was loaded from.
+    pub file: PathBuf,
+    /// Analyst-facing description.
+    pub description: String,
+    /// Golden test directories/files that cover this mapping.
+    pub golden: Vec<String>,
+    /// Message types (MSH-9.1) an hl7v2 mapping handles.
+    pub message_types: Vec<String>,
+}
+
+/// Configured sensitive locations and services (hospital-specific codes).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Sensitivity {
+    /// PV1-3.1 point-of-care codes of psychiatric units.
+    #[serde(default)]
+    pub psychiatric_locations: Vec<String>,
+    /// PV1-3.1 point-of-care codes of substance-use units.
+    #[serde(default)]
+    pub sud_locations: Vec<String>,
+    /// PV1-10 hospital service codes that are psychiatric.
+    #[serde(default)]
+    pub psychiatric_services: Vec<String>,
+    /// PV1-10 hospital service codes that are substance-use treatment.
+    #[serde(default)]
+    pub sud_services: Vec<String>,
+}
+
+/// Per-message context for [`Engine::translate_adt`].
+#[derive(Debug, Clone, Copy)]
+pub struct AdtContext<'a> {
+    /// Base URL for fullUrls and minted systems, without trailing slash.
+    pub canonical_base: &'a str,
+    /// Configured Organization id of the ADT source (e.g. `st-mary`).
+    pub source_org_id: &'a str,
+    /// Its display name.
+    pub source_org_name: &'a str,
+    /// When the gateway received the message (RFC 3339).
+    pub received_at: &'a str,
+    /// Sensitive locations/services of this source.
+    pub sensitivity: &'a Sensitivity,
+}
+
+/// Per-document context for [`Engine::translate_json`].
+#[derive(Debug, Clone, Copy)]
+pub struct JsonContext<'a> {
+    /// Base URL for fullUrls and minted systems.
+    pub canonical_base: &'a str,
+    /// Organization id of the sender.
+    pub source_org_id: &'a str,
+    /// Its name.
+    pub source_org_name: &'a str,
+    /// When the gateway received the document (RFC 3339).
+    pub received_at: &'a str,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Labels {
+    diagnosis: bool,
+    context: bool,
+}
+
+#[derive(Debug)]
+enum IdRule {
+    Key(Node),
+    Raw(Node),
+}
+
+#[derive(Debug)]
+struct ResourceDef {
+    rtype: String,
+    for_each: Option<SourcePath>,
+    when: Option<Node>,
+    id: IdRule,
+    labels: Labels,
+    required: bool,
+    body: Node,
+}
+
+#[derive(Debug)]
+struct SensitivityPaths {
+    diagnosis_each: SourcePath,
+    diagnosis_code: SourcePath,
+    location: Option<SourcePath>,
+    service: Option<SourcePath>,
+}
+
+#[derive(Debug)]
+struct Mapping {
+    info: MappingInfo,
+    kind: SourceKind,
+    timezone_from: Option<SourcePath>,
+    keys: Vec<Node>,
+    sensitivity: Option<SensitivityPaths>,
+    resources: Vec<ResourceDef>,
+}
+
+/// The compiled set of mappings and concept maps.
+#[derive(Debug)]
+pub struct Engine {
+    mappings: Vec<Mapping>,
+    tables: Vec<ConceptMap>,
+}
+
+fn collect(
+    dir: &Path,
+    ext: &str,
+    depth: usize,
+    out: &mut Vec<PathBuf>,
+) -> Result<(), MappingError> {
+    if depth > MAX_DIR_DEPTH {
+        return Ok(());
+    }
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| MappingError::new(dir, "", format!("cannot read directory: {e}")))?;
+    for entry in rd {
+        let p = entry
+            .map_err(|e| MappingError::new(dir, "", format!("cannot read directory: {e}")))?
+            .path();
+        if p.is_dir() {
+            let skip = depth == 0
+                && ext == "yaml"
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| NOT_MAPPINGS.contains(&n));
+            if !skip {
+                collect(&p, ext, depth + 1, out)?;
+            }
+        } else if p.extension().and_then(|e| e.to_str()) == Some(ext) {
+            out.push(p);
+        }
+        if out.len() > MAX_FILES {
+            return Err(MappingError::new(dir, "", "too many files"));
+        }
+    }
+    Ok(())
+}
+
+fn is_semver(v: &str) -> bool {
+    let core = v.split(['-', '+']).next().unwrap_or("");
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn is_fhir_type(t: &str) -> bool {
+    t.len() <= 64
+        && t.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+        && t.chars().all(|c| c.is_ascii_alphanumeric())
+}
+
+impl Engine {
+    /// Load every `**/*.yaml` mapping and `terminology/*.csv` concept map
+    /// under `dir`, compiling them. Errors name the file and the offending key.
+    pub fn load(dir: &Path) -> Result<Engine, MappingError> {
+        let mut csvs = Vec::new();
+        let term = dir.join("terminology");
+        if term.is_dir() {
+            collect(&term, "csv", MAX_DIR_DEPTH, &mut csvs)?;
+        }
+        csvs.sort();
+        let mut tables = Vec::new();
+        let mut table_idx = HashMap::new();
+        for f in &csvs {
+            let name = f
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            tables.push(ConceptMap::load(f)?);
+            table_idx.insert(name, tables.len() - 1);
+        }
+        let mut yamls = Vec::new();
+        collect(dir, "yaml", 0, &mut yamls)?;
+        yamls.sort();
+        let mut mappings: Vec<Mapping> = Vec::new();
+        for f in &yamls {
+            let m = compile_file(f, &table_idx)?;
+            if let Some(prev) = mappings.iter().find(|x| x.info.id == m.info.id) {
+                return Err(MappingError::new(
+                    f,
+                    "id",
+                    format!(
+                        "duplicate mapping id `{}` (also in {})",
+                        m.info.id,
+                        prev.info.file.display()
+                    ),
+                ));
+            }
+            mappings.push(m);
+        }
+        Ok(Engine { mappings, tables })
+    }
+
+    /// Compile a single mapping from YAML text (for tests and tooling);
+    /// concept maps are loaded from `terminology_dir`.
+    pub fn from_yaml(
+        file: &Path,
+        yaml: &str,
+        terminology_dir: Option<&Path>,
+    ) -> Result<Engine, MappingError> {
+        let mut tables = Vec::new();
+        let mut table_idx = HashMap::new();
+        if let Some(dir) = terminology_dir {
+            let mut csvs = Vec::new();
+            collect(dir, "csv", MAX_DIR_DEPTH, &mut csvs)?;
+            csvs.sort();
+            for f in &csvs {
+                let name = f
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default()
+                    .to_string();
+                tables.push(ConceptMap::load(f)?);
+                table_idx.insert(name, tables.len() - 1);
+            }
+        }
+        let m = compile_text(file, yaml, &table_idx)?;
+        Ok(Engine {
+            mappings: vec![m],
+            tables,
+        })
+    }
+
+    /// What is loaded, in file order.
+    pub fn mappings(&self) -> Vec<MappingInfo> {
+        self.mappings.iter().map(|m| m.info.clone()).collect()
+    }
+
+    /// Translate one parsed HL7 v2 ADT message into a FHIR R4 `transaction` Bundle.
+    pub fn translate_adt(
+        &self,
+        msg: &hl7v2::Message,
+        ctx: &AdtContext,
+    ) -> Result<Value, TranslateError> {
+        let src = Hl7Source { msg };
+        let root = src.root();
+        let msg_type = src.get(
+            root,
+            &SourcePath::Hl7(crate::path::Hl7Path {
+                segment: Some("MSH".into()),
+                field: 9,
+                rep: None,
+                comp: 1,
+                sub: 0,
+            }),
+        );
+        let mapping = self
+            .mappings
+            .iter()
+            .filter(|m| m.kind == SourceKind::Hl7v2)
+            .find(|m| {
+                m.info.message_types.is_empty()
+                    || msg_type
+                        .as_deref()
+                        .is_some_and(|t| m.info.message_types.iter().any(|x| x == t))
+            })
+            .ok_or_else(|| TranslateError {
+                code: "no-mapping",
+                location: Some("MSH^1^9".into()),
+                text: "no hl7v2 mapping handles this message type".into(),
+            })?;
+        if msg.first("PID").is_none() {
+            return Err(TranslateError {
+                code: "missing-pid",
+                location: Some("PID".into()),
+                text: "message has no PID segment".into(),
+            });
+        }
+        let run = RunCtx {
+            canonical_base: ctx.canonical_base,
+            source_org_id: ctx.source_org_id,
+            source_org_name: ctx.source_org_name,
+            received_at: ctx.received_at,
+        };
+        self.run(mapping, &src, run, Some(ctx.sensitivity))
+    }
+
+    /// Translate a JSON document with the `json` mapping `mapping_id`.
+    pub fn translate_json(
+        &self,
+        mapping_id: &str,
+        doc: &Value,
+        ctx: &JsonContext,
+    ) -> Result<Value, TranslateError> {
+        let mapping = self
+            .mappings
+            .iter()
+            .find(|m| m.kind == SourceKind::Json && m.info.id == mapping_id)
+            .ok_or_else(|| TranslateError {
+                code: "no-mapping",
+                location: None,
+                text: "no such json mapping".into(),
+            })?;
+        let src = JsonSource { doc };
+        let run = RunCtx {
+            canonical_base: ctx.canonical_base,
+            source_org_id: ctx.source_org_id,
+            source_org_name: ctx.source_org_name,
+            received_at: ctx.received_at,
+        };
+        self.run(mapping, &src, run, None)
+    }
+
+    fn run<'v, S: Source<'v>>(
+        &'v self,
+        m: &'v Mapping,
+        src: &'v S,
+        ctx: RunCtx<'v>,
+        sens: Option<&Sensitivity>,
+    ) -> Result<Value, TranslateError> {
+        let root = src.root();
+        let default_tz = m
+            .timezone_from
+            .as_ref()
+            .and_then(|p| src.get(root, p))
+            .and_then(|t| crate::datetime::offset_of(&t));
+        let mut ev = Eval {
+            src,
+            tables: &self.tables,
+            ctx,
+            default_tz,
+            keys: Vec::with_capacity(m.keys.len()),
+            instances: Vec::new(),
+        };
+        for k in &m.keys {
+            let v = ev.text(k, root);
+            ev.keys.push(v);
+        }
+        // Phase 1: which resources exist, and their ids.
+        let mut seen: HashSet<(String, String)> = HashSet::new();
+        let mut curs = Vec::new();
+        for (di, def) in m.resources.iter().enumerate() {
+            curs.clear();
+            match &def.for_each {
+                Some(p) => src.each(root, p, &mut curs),
+                None => curs.push(root),
+            }
+            for &c in &curs {
+                if let Some(w) = &def.when {
+                    if !ev
+                        .eval(w, c)
+                        .is_some_and(|v| !matches!(v, crate::eval::Val::Bool(false)))
+                    {
+                        continue;
+                    }
+                }
+                let id = match &def.id {
+                    IdRule::Key(k) => ev.text(k, c).map(|k| uuid5(&k)),
+                    IdRule::Raw(n) => ev.text(n, c),
+                };
+                let Some(id) = id.filter(|i| valid_id(i)) else {
+                    if def.required {
+                        return Err(TranslateError {
+                            code: "missing-id",
+                            location: None,
+                            text: format!("no identifier to build the {} id from", def.rtype),
+                        });
+                    }
+                    continue;
+                };
+                if !seen.insert((def.rtype.clone(), id.clone())) {
+                    continue; // same resource twice (e.g. repeated DG1 code): first wins
+                }
+                if ev.instances.len() >= MAX_RESOURCES {
+                    return Err(TranslateError {
+                        code: "too-large",
+                        location: None,
+                        text: "too many resources".into(),
+                    });
+                }
+                ev.instances.push(Instance {
+                    def: di,
+                    cur: c,
+                    anchor: src.anchor(c),
+                    rtype: def.rtype.clone(),
+                    id,
+                    per_item: def.for_each.is_some(),
+                });
+            }
+        }
+        // Sensitivity flags for the whole input.
+        let (diag, context) = match (sens, &m.sensitivity) {
+            (Some(cfg), Some(sp)) => flags(src, sp, cfg),
+            _ => (Flags::default(), Flags::default()),
+        };
+        // Phase 2: bodies.
+        let meta_source = format!(
+            "{}/mapping/{}|{}",
+            ctx.canonical_base, m.info.id, m.info.version
+        );
+        let mut entries = Vec::with_capacity(ev.instances.len());
+        for inst in &ev.instances {
+            let Some(def) = m.resources.get(inst.def) else {
+                continue;
+            };
+            let mut body = match ev
+                .eval(&def.body, inst.cur)
+                .map(crate::eval::Val::into_json)
+            {
+                Some(Value::Object(o)) => o,
+                _ => Map::new(),
+            };
+            let mut f = Flags::default();
+            if def.labels.diagnosis {
+                f.or(diag);
+            }
+            if def.labels.context {
+                f.or(context);
+            }
+            let mut meta = Map::new();
+            meta.insert("source".into(), Value::String(meta_source.clone()));
+            if let Some(sec) = f.security() {
+                meta.insert("security".into(), sec);
+            }
+            body.insert("resourceType".into(), Value::String(inst.rtype.clone()));
+            body.insert("id".into(), Value::String(inst.id.clone()));
+            body.insert("meta".into(), Value::Object(meta));
+            entries.push(json!({
+                "fullUrl": format!("{}/{}/{}", ctx.canonical_base, inst.rtype, inst.id),
+                "resource": Value::Object(body),
+                "request": { "method": "PUT", "url": format!("{}/{}", inst.rtype, inst.id) },
+            }));
+        }
+        Ok(json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries }))
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Flags {
+    eth: bool,
+    psy: bool,
+}
+
+impl Flags {
+    fn or(&mut self, o: Flags) {
+        self.eth |= o.eth;
+        self.psy |= o.psy;
+    }
+
+    fn security(&self) -> Option<Value> {
+        const ACT: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+        let mut out = Vec::new();
+        if self.eth {
+            out.push(json!({"system": ACT, "code": "ETH", "display": "substance abuse information sensitivity"}));
+        }
+        if self.psy {
+            out.push(json!({"system": ACT, "code": "PSY", "display": "psychiatry information sensitivity"}));
+        }
+        if out.is_empty() {
+            return None;
+        }
+        out.push(json!({
+            "system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
+            "code": "R",
+            "display": "restricted"
+        }));
+        Some(Value::Array(out))
+    }
+}
+
+/// ICD-10 F10–F19 (substance use) → ETH; any other F code → PSY.
+fn classify_icd10(code: &str) -> Flags {
+    let mut f = Flags::default();
+    let c: String = code
+        .chars()
+        .filter(|c| *c != '.')
+        .collect::<String>()
+        .to_ascii_uppercase();
+    let Some(rest) = c.strip_prefix('F') else {
+        return f;
+    };
+    match rest.get(0..2).and_then(|d| d.parse::<u8>().ok()) {
+        Some(10..=19) => f.eth = true,
+        Some(_) => f.psy = true,
+        None => {}
+    }
+    f
+}
+
+fn flags<'v, S: Source<'v>>(src: &S, sp: &SensitivityPaths, cfg: &Sensitivity) -> (Flags, Flags) {
+    let root = src.root();
+    let mut diag = Flags::default();
+    let mut curs = Vec::new();
+    src.each(root, &sp.diagnosis_each, &mut curs);
+    for c in curs {
+        if let Some(code) = src.get(c, &sp.diagnosis_code) {
+            diag.or(classify_icd10(&code));
+        }
+    }
+    let mut ctx = Flags::default();
+    if let Some(loc) = sp.location.as_ref().and_then(|p| src.get(root, p)) {
+        ctx.psy |= cfg.psychiatric_locations.iter().any(|l| *l == loc);
+        ctx.eth |= cfg.sud_locations.iter().any(|l| *l == loc);
+    }
+    if let Some(svc) = sp.service.as_ref().and_then(|p| src.get(root, p)) {
+        ctx.psy |= cfg.psychiatric_services.iter().any(|l| *l == svc);
+        ctx.eth |= cfg.sud_services.iter().any(|l| *l == svc);
+    }
+    // Diagnoses label the encounter context too.
+    ctx.or(diag);
+    (diag, ctx)
+}
+
+fn compile_file(file: &Path, tables: &HashMap<String, usize>) -> Result<Mapping, MappingError> {
+    let meta = std::fs::metadata(file)
+        .map_err(|e| MappingError::new(file, "", format!("cannot read: {e}")))?;
+    if meta.len() > MAX_YAML_BYTES {
+        return Err(MappingError::new(
+            file,
+            "",
+            "mapping file larger than 1 MiB",
+        ));
+    }
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| MappingError::new(file, "", format!("cannot read: {e}")))?;
+    compile_text(file, &text, tables)
+}
+
+fn str_field<'y>(
+    file: &Path,
+    m: &'y serde_yaml::Mapping,
+    key: &str,
+) -> Result<&'y str, MappingError> {
+    m.get(key)
+        .ok_or_else(|| MappingError::new(file, key, "required"))?
+        .as_str()
+        .filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| MappingError::new(file, key, "expected a non-empty string"))
+}
+
+fn str_list(file: &Path, m: &serde_yaml::Mapping, key: &str) -> Result<Vec<String>, MappingError> {
+    match m.get(key) {
+        None => Ok(Vec::new()),
+        Some(v) => v
+            .as_sequence()
+            .and_then(|s| {
+                s.iter()
+                    .map(|x| x.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| MappingError::new(file, key, "expected a list of strings")),
+    }
+}
+
+fn check_keys(
+    file: &Path,
+    at: &str,
+    m: &serde_yaml::Mapping,
+    allowed: &[&str],
+) -> Result<(), MappingError> {
+    for k in m.keys() {
+        let k = k
+            .as_str()
+            .ok_or_else(|| MappingError::new(file, at, "keys must be strings"))?;
+        if !allowed.contains(&k) {
+            let p = if at.is_empty() {
+                k.to_string()
+            } else {
+                format!("{at}.{k}")
+            };
+            return Err(MappingError::new(
+                file,
+                p,
+                format!("unknown key `{k}` (allowed: {})", allowed.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn compile_text(
+    file: &Path,
+    text: &str,
+    tables: &HashMap<String, usize>,
+) -> Result<Mapping, MappingError> {
+    let doc: Y = serde_yaml::from_str(text)
+        .map_err(|e| MappingError::new(file, "", format!("invalid YAML: {e}")))?;
+    let top = doc
+        .as_mapping()
+        .ok_or_else(|| MappingError::new(file, "", "top level must be a mapping"))?;
+    check_keys(file, "", top, TOP_KEYS)?;
+    let id = str_field(file, top, "id")?.to_string();
+    if !valid_id(&id) {
+        return Err(MappingError::new(
+            file,
+            "id",
+            "id must be letters, digits, '-' or '.'",
+        ));
+    }
+    let version = str_field(file, top, "version")?.to_string();
+    if !is_semver(&version) {
+        return Err(MappingError::new(
+            file,
+            "version",
+            "version must be semver (MAJOR.MINOR.PATCH)",
+        ));
+    }
+    let kind = match str_field(file, top, "source")? {
+        "hl7v2" => SourceKind::Hl7v2,
+        "json" => SourceKind::Json,
+        other => {
+            return Err(MappingError::new(
+                file,
+                "source",
+                format!("unknown source kind `{other}` (hl7v2, json)"),
+            ))
+        }
+    };
+    let description = str_field(file, top, "description")?.trim().to_string();
+    let golden = str_list(file, top, "golden")?;
+    let message_types = str_list(file, top, "message_types")?;
+
+    // Names first, so templates can refer to keys and resources.
+    let res_yaml = top
+        .get("resources")
+        .and_then(Y::as_sequence)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| MappingError::new(file, "resources", "expected a non-empty list"))?;
+    let mut names: Vec<(String, String)> = Vec::new();
+    for (i, r) in res_yaml.iter().enumerate() {
+        let at = format!("resources[{i}]");
+        let rm = r
+            .as_mapping()
+            .ok_or_else(|| MappingError::new(file, &at, "expected a mapping"))?;
+        check_keys(file, &at, rm, RESOURCE_KEYS)?;
+        let name = rm
+            .get("name")
+            .and_then(Y::as_str)
+            .ok_or_else(|| MappingError::new(file, format!("{at}.name"), "required string"))?;
+        let rtype = rm
+            .get("type")
+            .and_then(Y::as_str)
+            .ok_or_else(|| MappingError::new(file, format!("{at}.type"), "required string"))?;
+        if !is_fhir_type(rtype) {
+            return Err(MappingError::new(
+                file,
+                format!("{at}.type"),
+                "not a FHIR resource type name",
+            ));
+        }
+        if names.iter().any(|(n, _)| n == name) {
+            return Err(MappingError::new(
+                file,
+                format!("{at}.name"),
+                format!("duplicate resource name `{name}`"),
+            ));
+        }
+        names.push((name.to_string(), rtype.to_string()));
+    }
+
+    let mut key_names: Vec<String> = Vec::new();
+    let mut keys = Vec::new();
+    if let Some(k) = top.get("keys") {
+        let km = k
+            .as_mapping()
+            .ok_or_else(|| MappingError::new(file, "keys", "expected a mapping"))?;
+        for (name, node) in km {
+            let name = name
+                .as_str()
+                .ok_or_else(|| MappingError::new(file, "keys", "key names must be strings"))?;
+            let scope = Scope {
+                file,
+                kind,
+                tables,
+                keys: &key_names,
+                resources: &names,
+            };
+            keys.push(scope.compile(&format!("keys.{name}"), node, 0)?);
+            key_names.push(name.to_string());
+        }
+    }
+    let scope = Scope {
+        file,
+        kind,
+        tables,
+        keys: &key_names,
+        resources: &names,
+    };
+
+    let timezone_from = top
+        .get("timezone_from")
+        .map(|v| scope.path("timezone_from", v))
+        .transpose()?;
+    let sensitivity = match top.get("sensitivity") {
+        None => None,
+        Some(v) => {
+            let sm = v
+                .as_mapping()
+                .ok_or_else(|| MappingError::new(file, "sensitivity", "expected a mapping"))?;
+            check_keys(
+                file,
+                "sensitivity",
+                sm,
+                &["diagnosis_each", "diagnosis_code", "location", "service"],
+            )?;
+            let need = |k: &str| {
+                sm.get(k)
+                    .ok_or_else(|| MappingError::new(file, format!("sensitivity.{k}"), "required"))
+            };
+            Some(SensitivityPaths {
+                diagnosis_each: scope
+                    .path("sensitivity.diagnosis_each", need("diagnosis_each")?)?,
+                diagnosis_code: scope
+                    .path("sensitivity.diagnosis_code", need("diagnosis_code")?)?,
+                location: sm
+                    .get("location")
+                    .map(|v| scope.path("sensitivity.location", v))
+                    .transpose()?,
+                service: sm
+                    .get("service")
+                    .map(|v| scope.path("sensitivity.service", v))
+                    .transpose()?,
+            })
+        }
+    };
+
+    let mut resources = Vec::new();
+    for (i, (r, (_, rtype))) in res_yaml.iter().zip(names.iter()).enumerate() {
+        let at = format!("resources[{i}]");
+        let rm = r
+            .as_mapping()
+            .ok_or_else(|| MappingError::new(file, &at, "expected a mapping"))?;
+        let for_each = rm
+            .get("for_each")
+            .map(|v| scope.path(&format!("{at}.for_each"), v))
+            .transpose()?;
+        let when = rm
+            .get("when")
+            .map(|v| scope.compile(&format!("{at}.when"), v, 0))
+            .transpose()?;
+        let id = match (rm.get("key"), rm.get("id")) {
+            (Some(k), None) => IdRule::Key(scope.compile(&format!("{at}.key"), k, 0)?),
+            (None, Some(v)) => IdRule::Raw(scope.compile(&format!("{at}.id"), v, 0)?),
+            _ => {
+                return Err(MappingError::new(
+                    file,
+                    &at,
+                    "exactly one of `key` (uuid5) or `id` (verbatim) is required",
+                ))
+            }
+        };
+        let mut labels = Labels::default();
+        for l in str_list(file, rm, "labels")
+            .map_err(|e| MappingError::new(file, format!("{at}.labels"), e.reason))?
+        {
+            match l.as_str() {
+                "diagnosis" => labels.diagnosis = true,
+                "context" => labels.context = true,
+                other => {
+                    return Err(MappingError::new(
+                        file,
+                        format!("{at}.labels"),
+                        format!("unknown label set `{other}` (diagnosis, context)"),
+                    ))
+                }
+            }
+        }
+        let required = match rm.get("required") {
+            None => false,
+            Some(Y::Bool(b)) => *b,
+            Some(_) => {
+                return Err(MappingError::new(
+                    file,
+                    format!("{at}.required"),
+                    "expected true or false",
+                ))
+            }
+        };
+        let body_y = rm
+            .get("body")
+            .ok_or_else(|| MappingError::new(file, format!("{at}.body"), "required"))?;
+        let bm = body_y
+            .as_mapping()
+            .ok_or_else(|| MappingError::new(file, format!("{at}.body"), "expected a mapping"))?;
+        for reserved in ["resourceType", "id", "meta"] {
+            if bm.contains_key(reserved) {
+                return Err(MappingError::new(
+                    file,
+                    format!("{at}.body.{reserved}"),
+                    "set by the engine; remove it",
+                ));
+            }
+        }
+        let body = scope.compile(&format!("{at}.body"), body_y, 0)?;
+        resources.push(ResourceDef {
+            rtype: rtype.clone(),
+            for_each,
+            when,
+            id,
+            labels,
+            required,
+            body,
+        });
+    }
+    Ok(Mapping {
+        info: MappingInfo {
+            id,
+            version,
+            source: kind.as_str(),
+            file: file.to_path_buf(),
+            description,
+            golden,
+            message_types,
+        },
+        kind,
+        timezone_from,
+        keys,
+        sensitivity,
+        resources,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn icd10_classes() {
+        assert!(classify_icd10("F10.20").eth);
+        assert!(classify_icd10("F1920").eth);
+        assert!(!classify_icd10("F10.20").psy);
+        assert!(classify_icd10("F32.9").psy);
+        assert!(classify_icd10("f20").psy);
+        let f = classify_icd10("J45.909");
+        assert!(!f.eth && !f.psy);
+        assert!(!classify_icd10("F").psy);
+    }
+
+    #[test]
+    fn semver_and_ids() {
+        assert!(is_semver("1.2.3"));
+        assert!(is_semver("1.2.3-rc.1"));
+        assert!(!is_semver("1.2"));
+        assert!(!valid_id("a b"));
+        assert!(valid_id("st-mary"));
+    }
+}

@@ -1,0 +1,465 @@
+//! The template language: YAML compiled into a [`Node`] tree at load time.
+//!
+//! A YAML mapping (object) whose keys start with `$` is a function call; any
+//! other mapping is a JSON object template; sequences are arrays; scalars are
+//! literals. The function set is closed (see [`FUNCTIONS`]); an unknown
+//! function, an unknown or missing argument key, an unknown concept map, key
+//! or resource name is a load error naming the file and the YAML path.
+//! Paths are parsed here, once, never per message.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::Value;
+use serde_yaml::Value as Y;
+
+use crate::error::MappingError;
+use crate::path::{parse_hl7, parse_json, SourcePath};
+
+/// Every function the template language knows, for docs and error messages.
+pub const FUNCTIONS: &[&str] = &[
+    "$v",
+    "$ctx",
+    "$date",
+    "$datetime",
+    "$map",
+    "$concat",
+    "$join",
+    "$uuid5",
+    "$first",
+    "$default",
+    "$exists",
+    "$upper",
+    "$lower",
+    "$if",
+    "$eq",
+    "$in",
+    "$not",
+    "$key",
+    "$id",
+    "$ref",
+    "$refs",
+    "$for_each",
+    "$find",
+];
+
+/// Deepest template nesting accepted.
+const MAX_DEPTH: usize = 48;
+
+/// Kind of input a mapping reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// HL7 v2 ER7 messages.
+    Hl7v2,
+    /// JSON documents (county case events).
+    Json,
+}
+
+impl SourceKind {
+    /// The name used in mapping files.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SourceKind::Hl7v2 => "hl7v2",
+            SourceKind::Json => "json",
+        }
+    }
+}
+
+/// Run-time context values a template may read with `$ctx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CtxField {
+    CanonicalBase,
+    SourceOrgId,
+    SourceOrgName,
+    ReceivedAt,
+}
+
+/// What `$map` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    Coding,
+    Code,
+    System,
+    Display,
+}
+
+/// A compiled template node.
+#[derive(Debug)]
+pub(crate) enum Node {
+    Lit(Value),
+    Path(SourcePath),
+    Ctx(CtxField),
+    Date(Box<Node>),
+    DateTime(Box<Node>),
+    Map {
+        table: usize,
+        value: Box<Node>,
+        part: Part,
+    },
+    Concat(Vec<Node>),
+    Join {
+        items: Vec<Node>,
+        sep: String,
+    },
+    Uuid5(Box<Node>),
+    First(Vec<Node>),
+    Exists(Box<Node>),
+    Upper(Box<Node>),
+    Lower(Box<Node>),
+    If {
+        cond: Box<Node>,
+        then: Box<Node>,
+        otherwise: Option<Box<Node>>,
+    },
+    Eq(Box<Node>, Box<Node>),
+    In(Box<Node>, Vec<String>),
+    Not(Box<Node>),
+    Key(usize),
+    Id(usize),
+    Ref(usize),
+    Refs(Vec<usize>),
+    ForEach {
+        path: SourcePath,
+        filter: Option<Box<Node>>,
+        body: Box<Node>,
+    },
+    Find {
+        path: SourcePath,
+        filter: Option<Box<Node>>,
+        body: Box<Node>,
+    },
+    /// Object fields; `true` marks a required field (`name!` in YAML).
+    Object(Vec<(String, Node, bool)>),
+    Array(Vec<Node>),
+}
+
+/// Names a template may refer to, collected before compiling.
+pub(crate) struct Scope<'s> {
+    pub file: &'s Path,
+    pub kind: SourceKind,
+    pub tables: &'s HashMap<String, usize>,
+    /// Keys visible to this template (declared earlier).
+    pub keys: &'s [String],
+    /// Resource (name, type) in declaration order.
+    pub resources: &'s [(String, String)],
+}
+
+impl Scope<'_> {
+    fn err(&self, at: &str, reason: impl Into<String>) -> MappingError {
+        MappingError::new(self.file, at, reason)
+    }
+
+    pub(crate) fn path(&self, at: &str, v: &Y) -> Result<SourcePath, MappingError> {
+        if v.is_number() {
+            return Err(self.err(
+                at,
+                "a relative path must be quoted (YAML reads .5 as a number): write \".5\"",
+            ));
+        }
+        let s = v
+            .as_str()
+            .ok_or_else(|| self.err(at, "expected a path string"))?;
+        match self.kind {
+            SourceKind::Hl7v2 => parse_hl7(s).map(SourcePath::Hl7),
+            SourceKind::Json => parse_json(s).map(SourcePath::Json),
+        }
+        .map_err(|e| self.err(at, e))
+    }
+
+    fn iter_path(&self, at: &str, v: &Y) -> Result<SourcePath, MappingError> {
+        let p = self.path(at, v)?;
+        if let SourcePath::Hl7(h) = &p {
+            if h.segment.is_none() {
+                return Err(self.err(at, "$for_each needs an absolute path (SEG or SEG-n)"));
+            }
+        }
+        Ok(p)
+    }
+
+    /// Compile one template node.
+    pub(crate) fn compile(&self, at: &str, v: &Y, depth: usize) -> Result<Node, MappingError> {
+        if depth > MAX_DEPTH {
+            return Err(self.err(at, "template nested too deeply"));
+        }
+        match v {
+            Y::Null => Err(self.err(at, "null is not allowed (omit the key instead)")),
+            Y::Bool(b) => Ok(Node::Lit(Value::Bool(*b))),
+            Y::Number(n) => {
+                let j = if let Some(i) = n.as_i64() {
+                    Value::from(i)
+                } else if let Some(u) = n.as_u64() {
+                    Value::from(u)
+                } else {
+                    n.as_f64()
+                        .and_then(serde_json::Number::from_f64)
+                        .map(Value::Number)
+                        .ok_or_else(|| self.err(at, "number not representable"))?
+                };
+                Ok(Node::Lit(j))
+            }
+            Y::String(s) if s.is_empty() => Err(self.err(at, "empty string literal")),
+            Y::String(s) => Ok(Node::Lit(Value::String(s.clone()))),
+            Y::Sequence(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, it)| self.compile(&format!("{at}[{i}]"), it, depth + 1))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Node::Array),
+            Y::Tagged(_) => Err(self.err(at, "YAML tags are not allowed")),
+            Y::Mapping(m) => {
+                let is_fn = m
+                    .keys()
+                    .next()
+                    .and_then(Y::as_str)
+                    .is_some_and(|k| k.starts_with('$'));
+                if is_fn {
+                    return self.function(at, m, depth);
+                }
+                let mut fields = Vec::with_capacity(m.len());
+                for (k, val) in m {
+                    let k = k
+                        .as_str()
+                        .ok_or_else(|| self.err(at, "object keys must be strings"))?;
+                    if k.starts_with('$') {
+                        return Err(self.err(
+                            &format!("{at}.{k}"),
+                            "cannot mix $functions with object fields",
+                        ));
+                    }
+                    let (name, required) = match k.strip_suffix('!') {
+                        Some(n) => (n, true),
+                        None => (k, false),
+                    };
+                    if name.is_empty() || fields.iter().any(|(f, _, _)| f == name) {
+                        return Err(self.err(&format!("{at}.{k}"), "empty or duplicate field name"));
+                    }
+                    fields.push((
+                        name.to_string(),
+                        self.compile(&format!("{at}.{k}"), val, depth + 1)?,
+                        required,
+                    ));
+                }
+                Ok(Node::Object(fields))
+            }
+        }
+    }
+
+    fn function(
+        &self,
+        at: &str,
+        m: &serde_yaml::Mapping,
+        depth: usize,
+    ) -> Result<Node, MappingError> {
+        let mut args: Vec<(&str, &Y)> = Vec::with_capacity(m.len());
+        for (k, v) in m {
+            let k = k
+                .as_str()
+                .ok_or_else(|| self.err(at, "function keys must be strings"))?;
+            args.push((k, v));
+        }
+        let Some(&(name, main)) = args.first() else {
+            return Err(self.err(at, "empty function call"));
+        };
+        let at_fn = format!("{at}.{name}");
+        let allowed: &[&str] = match name {
+            "$map" => &["$map", "$value", "$part"],
+            "$join" => &["$join", "$sep"],
+            "$if" => &["$if", "$then", "$else"],
+            "$in" => &["$in", "$values"],
+            "$for_each" | "$find" => &[name, "$where", "$do"],
+            n if FUNCTIONS.contains(&n) => &[name],
+            n => {
+                return Err(self.err(
+                    &at_fn,
+                    format!("unknown function `{n}` (known: {})", FUNCTIONS.join(", ")),
+                ))
+            }
+        };
+        for (k, _) in &args[1..] {
+            if !allowed.contains(k) {
+                return Err(self.err(
+                    &format!("{at}.{k}"),
+                    format!("unknown argument `{k}` for {name}"),
+                ));
+            }
+        }
+        let arg = |key: &str| args.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        let need =
+            |key: &str| arg(key).ok_or_else(|| self.err(&at_fn, format!("{name} needs {key}")));
+        let sub = |key: &str, v: &Y| {
+            self.compile(&format!("{at}.{key}"), v, depth + 1)
+                .map(Box::new)
+        };
+        let list = |v: &Y| -> Result<Vec<Node>, MappingError> {
+            let items = v
+                .as_sequence()
+                .ok_or_else(|| self.err(&at_fn, "expected a list"))?;
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, it)| self.compile(&format!("{at_fn}[{i}]"), it, depth + 1))
+                .collect()
+        };
+        let name_arg = |v: &Y| {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| self.err(&at_fn, "expected a name"))
+        };
+        Ok(match name {
+            "$v" => Node::Path(self.path(&at_fn, main)?),
+            "$ctx" => {
+                Node::Ctx(match main.as_str() {
+                    Some("canonical_base") => CtxField::CanonicalBase,
+                    Some("source_org_id") => CtxField::SourceOrgId,
+                    Some("source_org_name") => CtxField::SourceOrgName,
+                    Some("received_at") => CtxField::ReceivedAt,
+                    _ => return Err(self.err(
+                        &at_fn,
+                        "expected canonical_base, source_org_id, source_org_name or received_at",
+                    )),
+                })
+            }
+            "$date" => Node::Date(sub(name, main)?),
+            "$datetime" => Node::DateTime(sub(name, main)?),
+            "$map" => {
+                let table = name_arg(main)?;
+                let table = *self
+                    .tables
+                    .get(&table)
+                    .ok_or_else(|| self.err(&at_fn, format!("unknown concept map `{table}`")))?;
+                let part = match arg("$part").map(|p| p.as_str()) {
+                    None | Some(Some("coding")) => Part::Coding,
+                    Some(Some("code")) => Part::Code,
+                    Some(Some("system")) => Part::System,
+                    Some(Some("display")) => Part::Display,
+                    _ => {
+                        return Err(self.err(
+                            &format!("{at}.$part"),
+                            "expected coding, code, system or display",
+                        ))
+                    }
+                };
+                Node::Map {
+                    table,
+                    value: sub("$value", need("$value")?)?,
+                    part,
+                }
+            }
+            "$concat" => Node::Concat(list(main)?),
+            "$join" => Node::Join {
+                items: list(main)?,
+                sep: match arg("$sep") {
+                    None => " ".to_string(),
+                    Some(s) => s
+                        .as_str()
+                        .ok_or_else(|| self.err(&format!("{at}.$sep"), "expected a string"))?
+                        .to_string(),
+                },
+            },
+            "$uuid5" => Node::Uuid5(sub(name, main)?),
+            "$first" => Node::First(list(main)?),
+            "$default" => {
+                let items = list(main)?;
+                if items.len() != 2 {
+                    return Err(self.err(&at_fn, "$default takes [value, fallback]"));
+                }
+                Node::First(items)
+            }
+            "$exists" => Node::Exists(sub(name, main)?),
+            "$upper" => Node::Upper(sub(name, main)?),
+            "$lower" => Node::Lower(sub(name, main)?),
+            "$not" => Node::Not(sub(name, main)?),
+            "$if" => Node::If {
+                cond: sub(name, main)?,
+                then: sub("$then", need("$then")?)?,
+                otherwise: arg("$else").map(|e| sub("$else", e)).transpose()?,
+            },
+            "$eq" => {
+                let mut items = list(main)?;
+                if items.len() != 2 {
+                    return Err(self.err(&at_fn, "$eq takes two values"));
+                }
+                let b = items.pop().map(Box::new);
+                let a = items.pop().map(Box::new);
+                match (a, b) {
+                    (Some(a), Some(b)) => Node::Eq(a, b),
+                    _ => return Err(self.err(&at_fn, "$eq takes two values")),
+                }
+            }
+            "$in" => {
+                let values = need("$values")?
+                    .as_sequence()
+                    .ok_or_else(|| {
+                        self.err(&format!("{at}.$values"), "expected a list of strings")
+                    })?
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        self.err(&format!("{at}.$values"), "expected a list of strings")
+                    })?;
+                Node::In(sub(name, main)?, values)
+            }
+            "$key" | "$id" => {
+                let k = name_arg(main)?;
+                let i = self.keys.iter().position(|x| *x == k).ok_or_else(|| {
+                    self.err(
+                        &at_fn,
+                        format!("unknown key `{k}` (keys must be declared before use)"),
+                    )
+                })?;
+                if name == "$key" {
+                    Node::Key(i)
+                } else {
+                    Node::Id(i)
+                }
+            }
+            "$ref" => {
+                let r = name_arg(main)?;
+                let i = self
+                    .resources
+                    .iter()
+                    .position(|(n, _)| *n == r)
+                    .ok_or_else(|| self.err(&at_fn, format!("unknown resource name `{r}`")))?;
+                Node::Ref(i)
+            }
+            "$refs" => {
+                let types = main
+                    .as_sequence()
+                    .ok_or_else(|| self.err(&at_fn, "expected a list of resource types"))?;
+                let mut idx = Vec::new();
+                for t in types {
+                    let t = t
+                        .as_str()
+                        .ok_or_else(|| self.err(&at_fn, "expected resource type names"))?;
+                    let before = idx.len();
+                    idx.extend(
+                        self.resources
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, (_, ty))| ty == t)
+                            .map(|(i, _)| i),
+                    );
+                    if idx.len() == before {
+                        return Err(
+                            self.err(&at_fn, format!("no resource of type `{t}` in this mapping"))
+                        );
+                    }
+                }
+                idx.sort_unstable();
+                Node::Refs(idx)
+            }
+            "$for_each" | "$find" => {
+                let path = self.iter_path(&at_fn, main)?;
+                let filter = arg("$where").map(|w| sub("$where", w)).transpose()?;
+                let body = sub("$do", need("$do")?)?;
+                if name == "$for_each" {
+                    Node::ForEach { path, filter, body }
+                } else {
+                    Node::Find { path, filter, body }
+                }
+            }
+            _ => return Err(self.err(&at_fn, format!("unknown function `{name}`"))),
+        })
+    }
+}

@@ -1,0 +1,168 @@
+//! Concept maps: `mappings/terminology/<name>.csv` with the header
+//! `source_code,target_system,target_code,target_display`. Loaded once into
+//! hash maps; a lookup is one hash probe. Codes are matched exactly (after
+//! trimming), so a map lists every spelling it accepts.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::error::MappingError;
+
+/// Largest accepted concept-map file.
+const MAX_CSV_BYTES: usize = 4 * 1024 * 1024;
+/// Most rows in one concept map.
+const MAX_ROWS: usize = 100_000;
+
+/// One target concept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub system: String,
+    pub code: String,
+    pub display: String,
+}
+
+/// A compiled concept map.
+#[derive(Debug, Default)]
+pub(crate) struct ConceptMap {
+    pub rows: HashMap<String, Target>,
+}
+
+/// Split one CSV line into fields (RFC 4180 quotes, no embedded newlines).
+fn split_csv(line: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = line.chars().peekable();
+    let mut quoted = false;
+    let mut at_start = true;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (false, '"') if at_start => {
+                quoted = true;
+                at_start = false;
+            }
+            (true, '"') => {
+                if chars.peek() == Some(&'"') {
+                    cur.push('"');
+                    chars.next();
+                } else {
+                    quoted = false;
+                }
+            }
+            (false, ',') => {
+                out.push(std::mem::take(&mut cur));
+                at_start = true;
+            }
+            (_, c) => {
+                cur.push(c);
+                at_start = false;
+            }
+        }
+    }
+    if quoted {
+        return None;
+    }
+    out.push(cur);
+    Some(out)
+}
+
+impl ConceptMap {
+    /// Parse a concept map file.
+    pub(crate) fn load(file: &Path) -> Result<ConceptMap, MappingError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| MappingError::new(file, "", format!("cannot read: {e}")))?;
+        Self::parse(file, &text)
+    }
+
+    pub(crate) fn parse(file: &Path, text: &str) -> Result<ConceptMap, MappingError> {
+        if text.len() > MAX_CSV_BYTES {
+            return Err(MappingError::new(file, "", "concept map larger than 4 MiB"));
+        }
+        let mut lines = text.lines().enumerate();
+        let header = lines
+            .next()
+            .map(|(_, l)| l.trim_start_matches('\u{feff}').trim());
+        if header != Some("source_code,target_system,target_code,target_display") {
+            return Err(MappingError::new(
+                file,
+                "line 1",
+                "header must be source_code,target_system,target_code,target_display",
+            ));
+        }
+        let mut rows = HashMap::new();
+        for (i, line) in lines {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let where_ = format!("line {}", i + 1);
+            let fields = split_csv(line)
+                .ok_or_else(|| MappingError::new(file, where_.clone(), "unterminated quote"))?;
+            let [src, system, code, display]: [String; 4] = fields
+                .try_into()
+                .map_err(|_| MappingError::new(file, where_.clone(), "expected 4 columns"))?;
+            let src = src.trim().to_string();
+            if src.is_empty() || code.trim().is_empty() {
+                return Err(MappingError::new(
+                    file,
+                    where_,
+                    "source_code and target_code are required",
+                ));
+            }
+            if system.trim().chars().any(char::is_whitespace) {
+                return Err(MappingError::new(
+                    file,
+                    where_,
+                    "target_system must be a URI without spaces",
+                ));
+            }
+            if rows.len() >= MAX_ROWS {
+                return Err(MappingError::new(file, where_, "too many rows"));
+            }
+            let target = Target {
+                system: system.trim().to_string(),
+                code: code.trim().to_string(),
+                display: display.trim().to_string(),
+            };
+            if rows.insert(src, target).is_some() {
+                return Err(MappingError::new(file, where_, "duplicate source_code"));
+            }
+        }
+        Ok(ConceptMap { rows })
+    }
+
+    /// Look a source code up.
+    pub(crate) fn get(&self, code: &str) -> Option<&Target> {
+        self.rows.get(code.trim())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_quotes_and_rejects_bad_rows() {
+        let p = Path::new("t.csv");
+        let m = ConceptMap::parse(
+            p,
+            "source_code,target_system,target_code,target_display\nF,http://x,female,\"Female, adult\"\n",
+        )
+        .unwrap();
+        assert_eq!(m.get("F").unwrap().display, "Female, adult");
+        assert!(m.get("M").is_none());
+        let e = ConceptMap::parse(p, "a,b\n").unwrap_err();
+        assert_eq!(e.path, "line 1");
+        let e = ConceptMap::parse(
+            p,
+            "source_code,target_system,target_code,target_display\nF,x,y\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+        let e = ConceptMap::parse(
+            p,
+            "source_code,target_system,target_code,target_display\nF,x,y,z\nF,x,y,z\n",
+        )
+        .unwrap_err();
+        assert!(e.reason.contains("duplicate"));
+    }
+}

@@ -1,0 +1,621 @@
+//! Durable storage for the gateway behind one async trait, [`Store`].
+//!
+//! The store holds two things:
+//!
+//! * the **journal** — every accepted input (HL7 v2 ADT, county case event,
+//!   ECM referral, FHIR write) exactly as received, keyed by
+//!   `(kind, dedup_key)`, with a processing state (`pending` → `processed` or
+//!   `failed`, and back to `pending` on replay);
+//! * the **resources** — the current version of every FHIR resource derived
+//!   from the journal, with every superseded version kept in a history table.
+//!
+//! Translation, routing and delivery are all derived from the journal, so a
+//! crash loses nothing that was acknowledged and a mapping fix can be replayed
+//! over past input ([`Store::requeue`]).
+//!
+//! # Architecture invariants
+//!
+//! * **An input is durable (committed and fsync'd) before [`Store::append`]
+//!   returns `Ok`.** The gateway sends an HL7 ACK or HTTP 2xx only after that.
+//! * **Appends are idempotent:** the same `(kind, dedup_key)` again returns
+//!   [`AppendOutcome::Duplicate`] with the original id and writes nothing.
+//! * **[`Store::complete`] is one transaction:** the resource upserts and the
+//!   journal state change commit together or not at all, and completing the
+//!   same record again with the same writes changes nothing.
+//! * **No PHI in errors:** [`StoreError`] messages carry ids, counts, field
+//!   names and SQLite diagnostics, never payload values.
+//!
+//! # Backends
+//!
+//! [`SqliteStore`] is the embedded default: one writer thread doing group
+//! commit (concurrent appends share one transaction and one fsync) and a
+//! small pool of read-only connections (see [`sqlite`]). A PostgreSQL backend
+//! (several gateway instances sharing one database) will implement the same
+//! trait and must pass the same suite in `conformance` (feature
+//! `conformance`). [`open_url`] picks the backend from a database URL.
+//!
+//! # Limits
+//!
+//! Inputs are bounded (see the `MAX_*` constants); oversized input is
+//! rejected with [`StoreError::Invalid`] before it reaches the database.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+mod metrics;
+mod resource;
+pub mod sqlite;
+
+pub use metrics::{StoreMetrics, COMMIT_SECONDS_BUCKETS};
+pub use sqlite::{sqlite_schema_version, SqliteOptions, SqliteStore};
+
+/// Journal record id: positive, strictly increasing in insertion order.
+pub type JournalId = i64;
+
+/// Largest raw input accepted by [`Store::append`] (16 MiB).
+pub const MAX_RAW_BYTES: usize = 16 * 1024 * 1024;
+/// Largest serialized `meta` accepted by [`Store::append`] (16 KiB).
+pub const MAX_META_BYTES: usize = 16 * 1024;
+/// Longest `source_org` (bytes).
+pub const MAX_SOURCE_ORG_LEN: usize = 128;
+/// Longest `dedup_key` (bytes).
+pub const MAX_DEDUP_KEY_LEN: usize = 512;
+/// Longest `resource_type` (bytes).
+pub const MAX_RESOURCE_TYPE_LEN: usize = 64;
+/// Longest resource id (bytes; FHIR allows 64).
+pub const MAX_RESOURCE_ID_LEN: usize = 64;
+/// Longest patient id (bytes).
+pub const MAX_PATIENT_ID_LEN: usize = 64;
+/// Largest serialized resource body accepted by [`Store::complete`] (4 MiB).
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Most resource writes in one [`Store::complete`] call.
+pub const MAX_WRITES_PER_COMPLETE: usize = 1000;
+/// Longest error text kept by [`Store::fail`]; longer text is truncated.
+pub const MAX_ERROR_LEN: usize = 512;
+/// Largest page [`Store::journal_pending`] returns; larger limits are clamped.
+pub const MAX_PENDING_PAGE: usize = 10_000;
+
+/// The kind of a journaled input; part of the deduplication key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputKind {
+    /// An HL7 v2 ADT message (MLLP or `POST /hl7/v2`).
+    Adt,
+    /// A county case event (`POST /cws/events`).
+    CaseEvent,
+    /// An ECM referral form (`POST /ecm/referrals`).
+    Referral,
+    /// A FHIR write through the API (`PUT /fhir/Task/..`, `POST /fhir/CarePlan` ..).
+    FhirWrite,
+}
+
+impl InputKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [InputKind; 4] = [
+        InputKind::Adt,
+        InputKind::CaseEvent,
+        InputKind::Referral,
+        InputKind::FhirWrite,
+    ];
+
+    /// Stable storage name: `adt`, `case_event`, `referral`, `fhir_write`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputKind::Adt => "adt",
+            InputKind::CaseEvent => "case_event",
+            InputKind::Referral => "referral",
+            InputKind::FhirWrite => "fhir_write",
+        }
+    }
+}
+
+impl fmt::Display for InputKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error parsing an [`InputKind`] or [`JournalState`] name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} name (expected one of: {expected})")]
+pub struct ParseNameError {
+    what: &'static str,
+    expected: &'static str,
+}
+
+impl FromStr for InputKind {
+    type Err = ParseNameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        InputKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or(ParseNameError {
+                what: "input kind",
+                expected: "adt, case_event, referral, fhir_write",
+            })
+    }
+}
+
+/// One input to journal.
+#[derive(Debug, Clone)]
+pub struct NewInput {
+    /// What the input is.
+    pub kind: InputKind,
+    /// Configuration id of the organization that sent it.
+    pub source_org: String,
+    /// Idempotency key, unique per kind, e.g. `"STMARY|MSG00001"` (MSH-4|MSH-10)
+    /// or `"county-fresno|evt-123"`. Must not contain PHI.
+    pub dedup_key: String,
+    /// When the gateway received it. Stored with microsecond precision.
+    pub received_at: DateTime<Utc>,
+    /// The bytes exactly as received.
+    pub raw: Vec<u8>,
+    /// Small, non-PHI facts: message type, control id, event type ...
+    pub meta: serde_json::Value,
+}
+
+/// Result of [`Store::append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// A new record, now durable.
+    Inserted(JournalId),
+    /// The `(kind, dedup_key)` was already journaled under this id; nothing written.
+    Duplicate(JournalId),
+}
+
+impl AppendOutcome {
+    /// The journal id, new or original.
+    pub fn id(&self) -> JournalId {
+        match *self {
+            AppendOutcome::Inserted(id) | AppendOutcome::Duplicate(id) => id,
+        }
+    }
+
+    /// True for [`AppendOutcome::Duplicate`].
+    pub fn is_duplicate(&self) -> bool {
+        matches!(self, AppendOutcome::Duplicate(_))
+    }
+}
+
+/// Processing state of a journal record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JournalState {
+    /// Not yet processed (new, or requeued for replay).
+    Pending,
+    /// Processed: its resources are stored.
+    Processed,
+    /// Processing failed; `error` says why.
+    Failed,
+}
+
+impl JournalState {
+    /// Stable storage name: `pending`, `processed`, `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JournalState::Pending => "pending",
+            JournalState::Processed => "processed",
+            JournalState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for JournalState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JournalState {
+    type Err = ParseNameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            JournalState::Pending,
+            JournalState::Processed,
+            JournalState::Failed,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or(ParseNameError {
+            what: "journal state",
+            expected: "pending, processed, failed",
+        })
+    }
+}
+
+/// A journaled input with its processing state.
+#[derive(Debug, Clone)]
+pub struct JournalRecord {
+    /// Journal id.
+    pub id: JournalId,
+    /// Input kind.
+    pub kind: InputKind,
+    /// Sending organization id.
+    pub source_org: String,
+    /// Idempotency key.
+    pub dedup_key: String,
+    /// Receive time (microsecond precision).
+    pub received_at: DateTime<Utc>,
+    /// The bytes exactly as received.
+    pub raw: Vec<u8>,
+    /// Non-PHI facts given at append time.
+    pub meta: serde_json::Value,
+    /// Processing state.
+    pub state: JournalState,
+    /// When it was last processed or failed; `None` while pending.
+    pub processed_at: Option<DateTime<Utc>>,
+    /// Failure code/text when `state` is `Failed`.
+    pub error: Option<String>,
+}
+
+/// Journal record counts by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// All records.
+    pub total: u64,
+    /// Pending records.
+    pub pending: u64,
+    /// Processed records.
+    pub processed: u64,
+    /// Failed records.
+    pub failed: u64,
+}
+
+/// One resource to upsert in [`Store::complete`].
+#[derive(Debug, Clone)]
+pub struct ResourceWrite {
+    /// FHIR resource type, e.g. `Patient`.
+    pub resource_type: String,
+    /// FHIR logical id (`[A-Za-z0-9\-.]{1,64}`).
+    pub id: String,
+    /// Logical id of the Patient this resource belongs to, for compartment search.
+    pub patient_id: Option<String>,
+    /// The resource as a JSON object. `resourceType`/`id`, when present, must
+    /// match; when absent they are filled in. `meta.versionId` and
+    /// `meta.lastUpdated` are ignored and replaced by the stored values.
+    pub body: serde_json::Value,
+}
+
+/// One stored version of a resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResource {
+    /// FHIR resource type.
+    pub resource_type: String,
+    /// FHIR logical id.
+    pub id: String,
+    /// Version, starting at 1.
+    pub version_id: i64,
+    /// When this version was stored (microsecond precision).
+    pub last_updated: DateTime<Utc>,
+    /// Patient compartment id.
+    pub patient_id: Option<String>,
+    /// The resource, with `meta.versionId` and `meta.lastUpdated` set to the stored values.
+    pub body: serde_json::Value,
+}
+
+/// Everything that can go wrong in the store. Messages are one line and
+/// carry no PHI (ids, counts, paths and field names only).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or created.
+    #[error("cannot open database at {path}: {reason}")]
+    Open {
+        /// Database path or URL (without credentials).
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A database server could not be reached.
+    #[error("database unreachable: {0}")]
+    Unreachable(String),
+    /// The database was migrated by a newer gateway.
+    #[error("database schema version {db} is newer than this binary supports ({binary}); run a newer cws-gateway or restore a matching backup")]
+    MigrationsNewer {
+        /// Highest version recorded in the database.
+        db: i64,
+        /// Highest version this binary knows.
+        binary: i64,
+    },
+    /// A migration failed to apply (it was rolled back).
+    #[error("migration {version} ({name}) failed: {reason}")]
+    Migration {
+        /// Migration version.
+        version: i64,
+        /// Migration name.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The database URL is not understood.
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(String),
+    /// The requested backend or feature is not available in this build.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The caller passed invalid or oversized input.
+    #[error("invalid store input: {0}")]
+    Invalid(String),
+    /// A journal record that does not exist.
+    #[error("journal record {0} not found")]
+    NotFound(JournalId),
+    /// An SQLite error.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A group commit failed; every request in the batch gets this error and
+    /// nothing of the batch was written.
+    #[error("commit failed: {0}")]
+    Commit(String),
+    /// Stored data that cannot be decoded.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// The store has shut down.
+    #[error("store is closed")]
+    Closed,
+    /// A background task failed unexpectedly.
+    #[error("store task failed: {0}")]
+    Internal(String),
+}
+
+/// The storage interface of the gateway. Every backend implements it and
+/// must pass `conformance::run_all`.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Durable when Ok. Same (kind, dedup_key) again → Duplicate(original id), nothing written.
+    async fn append(&self, input: NewInput) -> Result<AppendOutcome, StoreError>;
+    /// One journal record, or `None`.
+    async fn journal_get(&self, id: JournalId) -> Result<Option<JournalRecord>, StoreError>;
+    /// Pending records with id > after, ascending, at most limit
+    /// (clamped to [`MAX_PENDING_PAGE`]).
+    async fn journal_pending(
+        &self,
+        after: JournalId,
+        limit: usize,
+    ) -> Result<Vec<JournalRecord>, StoreError>;
+    /// Record counts by state.
+    async fn journal_stats(&self) -> Result<JournalStats, StoreError>;
+    /// One transaction: upsert every resource (new → version 1; body
+    /// unchanged (ignoring meta.versionId/lastUpdated) and same patient →
+    /// keep version, no new row in history; changed → version+1 and the
+    /// previous version kept in a history table), then mark the journal
+    /// record Processed. Returns the stored resources, one per write, in
+    /// order. Idempotent: completing an already-processed record again with
+    /// the same writes changes nothing (not even `processed_at`).
+    async fn complete(
+        &self,
+        id: JournalId,
+        writes: Vec<ResourceWrite>,
+    ) -> Result<Vec<StoredResource>, StoreError>;
+    /// Mark Failed with a short, PHI-free error code/text (truncated to
+    /// [`MAX_ERROR_LEN`] bytes).
+    async fn fail(&self, id: JournalId, error: &str) -> Result<(), StoreError>;
+    /// Put Processed/Failed records with id in [from, to] back to Pending
+    /// (replay after a mapping fix). Returns how many.
+    async fn requeue(&self, from: JournalId, to: JournalId) -> Result<u64, StoreError>;
+    /// Current version of a resource, or `None`.
+    async fn resource_get(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<StoredResource>, StoreError>;
+    /// Every version of a resource, oldest first, current last; empty when unknown.
+    async fn resource_history(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Vec<StoredResource>, StoreError>;
+    /// Current resources in a patient's compartment, optionally of one type,
+    /// ordered by (resource_type, id).
+    async fn resources_by_patient(
+        &self,
+        patient_id: &str,
+        resource_type: Option<&str>,
+    ) -> Result<Vec<StoredResource>, StoreError>;
+    /// Number of current resources, optionally of one type.
+    async fn resource_count(&self, resource_type: Option<&str>) -> Result<u64, StoreError>;
+    /// Succeeds when the database answers (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Cheap snapshot of the write-path metrics, no IO.
+    fn metrics(&self) -> StoreMetrics;
+    /// Backend name: `"sqlite"`.
+    fn backend(&self) -> &'static str;
+}
+
+/// Open the store a database URL names.
+///
+/// * `sqlite://relative/or/absolute/path.db` or `sqlite:path` → [`SqliteStore`]
+///   (`sqlite:///abs/path.db` is absolute);
+/// * `postgres://…` / `postgresql://…` → [`StoreError::Unsupported`] for now;
+/// * anything else (including in-memory SQLite, which could not keep the
+///   durability promise) → [`StoreError::InvalidUrl`].
+pub fn open_url(url: &str, opts: SqliteOptions) -> Result<Arc<dyn Store>, StoreError> {
+    let url = url.trim();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(StoreError::Unsupported(
+            "PostgreSQL storage is not built yet (issue 7)".to_string(),
+        ));
+    }
+    let path = sqlite_path_from_url(url)?;
+    Ok(Arc::new(SqliteStore::open(&path, opts)?))
+}
+
+fn sqlite_path_from_url(url: &str) -> Result<PathBuf, StoreError> {
+    let rest = if let Some(rest) = url.strip_prefix("sqlite://") {
+        rest
+    } else if let Some(rest) = url.strip_prefix("sqlite:") {
+        rest
+    } else {
+        let scheme = url
+            .split_once(':')
+            .map(|(s, _)| s)
+            .filter(|s| !s.is_empty() && s.len() <= 32)
+            .unwrap_or("none");
+        return Err(StoreError::InvalidUrl(format!(
+            "scheme `{scheme}` is not supported; use sqlite://PATH or postgres://…"
+        )));
+    };
+    if rest.is_empty() {
+        return Err(StoreError::InvalidUrl(
+            "sqlite URL has no file path; use sqlite://PATH".to_string(),
+        ));
+    }
+    if rest == ":memory:" || rest.contains("mode=memory") {
+        return Err(StoreError::InvalidUrl(
+            "in-memory SQLite cannot keep acknowledged input durable; give a file path".to_string(),
+        ));
+    }
+    if rest.contains('?') {
+        return Err(StoreError::InvalidUrl(
+            "query parameters in sqlite URLs are not supported; tune via configuration".to_string(),
+        ));
+    }
+    Ok(PathBuf::from(rest))
+}
+
+/// Validate an input before it is queued; returns the serialized `meta`.
+pub(crate) fn validate_input(input: &NewInput) -> Result<String, StoreError> {
+    if input.source_org.is_empty() || input.source_org.len() > MAX_SOURCE_ORG_LEN {
+        return Err(StoreError::Invalid(format!(
+            "source_org must be 1..={MAX_SOURCE_ORG_LEN} bytes"
+        )));
+    }
+    if input.dedup_key.is_empty() || input.dedup_key.len() > MAX_DEDUP_KEY_LEN {
+        return Err(StoreError::Invalid(format!(
+            "dedup_key must be 1..={MAX_DEDUP_KEY_LEN} bytes"
+        )));
+    }
+    if input.raw.len() > MAX_RAW_BYTES {
+        return Err(StoreError::Invalid(format!(
+            "raw input is {} bytes (max {MAX_RAW_BYTES})",
+            input.raw.len()
+        )));
+    }
+    let meta = serde_json::to_string(&input.meta)
+        .map_err(|_| StoreError::Invalid("meta is not serializable".to_string()))?;
+    if meta.len() > MAX_META_BYTES {
+        return Err(StoreError::Invalid(format!(
+            "meta is {} bytes (max {MAX_META_BYTES})",
+            meta.len()
+        )));
+    }
+    Ok(meta)
+}
+
+/// Truncate to at most `max` bytes on a char boundary.
+pub(crate) fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while end > 0 && !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or("")
+}
+
+/// Check a FHIR logical id: 1..=64 of `[A-Za-z0-9\-.]`.
+pub(crate) fn valid_fhir_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_RESOURCE_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// Check a FHIR resource type name: an ASCII letter, then letters/digits.
+pub(crate) fn valid_resource_type(t: &str) -> bool {
+    t.len() <= MAX_RESOURCE_TYPE_LEN
+        && t.bytes().next().is_some_and(|b| b.is_ascii_uppercase())
+        && t.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_kind_round_trips_through_str_and_serde() {
+        for k in InputKind::ALL {
+            assert_eq!(k.as_str().parse::<InputKind>().unwrap(), k);
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.as_str()));
+        }
+        assert!("ADT".parse::<InputKind>().is_err());
+        assert!("".parse::<InputKind>().is_err());
+    }
+
+    #[test]
+    fn journal_state_round_trips() {
+        for s in [
+            JournalState::Pending,
+            JournalState::Processed,
+            JournalState::Failed,
+        ] {
+            assert_eq!(s.as_str().parse::<JournalState>().unwrap(), s);
+        }
+        assert!("done".parse::<JournalState>().is_err());
+    }
+
+    #[test]
+    fn append_outcome_id() {
+        assert_eq!(AppendOutcome::Inserted(3).id(), 3);
+        assert_eq!(AppendOutcome::Duplicate(7).id(), 7);
+        assert!(AppendOutcome::Duplicate(7).is_duplicate());
+        assert!(!AppendOutcome::Inserted(7).is_duplicate());
+    }
+
+    #[test]
+    fn sqlite_url_forms() {
+        assert_eq!(
+            sqlite_path_from_url("sqlite://data/g.db").unwrap(),
+            PathBuf::from("data/g.db")
+        );
+        assert_eq!(
+            sqlite_path_from_url("sqlite:///abs/g.db").unwrap(),
+            PathBuf::from("/abs/g.db")
+        );
+        assert_eq!(
+            sqlite_path_from_url("sqlite:g.db").unwrap(),
+            PathBuf::from("g.db")
+        );
+        for bad in [
+            "sqlite://",
+            "sqlite:",
+            "sqlite::memory:",
+            "sqlite://g.db?mode=memory",
+            "mysql://x",
+            "g.db",
+            "",
+        ] {
+            let err = sqlite_path_from_url(bad).unwrap_err();
+            assert!(matches!(err, StoreError::InvalidUrl(_)), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate_str("abc", 5), "abc");
+        assert_eq!(truncate_str("abcdef", 3), "abc");
+        // 'é' is two bytes; cutting inside it backs off.
+        assert_eq!(truncate_str("aé", 2), "a");
+    }
+
+    #[test]
+    fn fhir_id_and_type_rules() {
+        assert!(valid_fhir_id("abc-1.2"));
+        assert!(!valid_fhir_id(""));
+        assert!(!valid_fhir_id("a/b"));
+        assert!(!valid_fhir_id(&"x".repeat(65)));
+        assert!(valid_resource_type("Patient"));
+        assert!(!valid_resource_type("patient"));
+        assert!(!valid_resource_type(""));
+        assert!(!valid_resource_type("Pat/ient"));
+    }
+}

@@ -1,0 +1,299 @@
+//! SQLite backend: the shared conformance suite plus SQLite-specific checks
+//! (group commit, reopen after a crash, migrations, URLs).
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use cwsgw_store::{
+    conformance, open_url, sqlite_schema_version, AppendOutcome, InputKind, JournalState, NewInput,
+    SqliteOptions, SqliteStore, Store, StoreError,
+};
+use serde_json::json;
+
+fn opts(max_batch: usize) -> SqliteOptions {
+    SqliteOptions {
+        max_batch,
+        ..SqliteOptions::default()
+    }
+}
+
+fn open(path: &Path, max_batch: usize) -> Arc<dyn Store> {
+    Arc::new(SqliteStore::open(path, opts(max_batch)).unwrap())
+}
+
+fn input(key: &str) -> NewInput {
+    NewInput {
+        kind: InputKind::Adt,
+        source_org: "st-mary".into(),
+        dedup_key: key.into(),
+        received_at: chrono::Utc::now(),
+        raw: format!("MSH|^~\\&|{key}\r").into_bytes(),
+        meta: json!({"messageType": "ADT^A01"}),
+    }
+}
+
+async fn concurrent_appends(store: &Arc<dyn Store>, prefix: &str, n: usize) -> Vec<AppendOutcome> {
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let store = Arc::clone(store);
+            let key = format!("{prefix}|{i}");
+            tokio::spawn(async move { store.append(input(&key)).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap().unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::run_all(open(&dir.path().join("g.db"), 512)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_one_commit_per_message() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::run_all(open(&dir.path().join("one.db"), 1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_a_database_with_data_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("twice.db");
+    conformance::run_all(open(&path, 512)).await;
+    // Second run on the same, reopened database: existing data must not matter.
+    conformance::run_all(open(&path, 512)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_durability_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/dirs/d.db");
+    conformance::durability_across_reopen(|| {
+        Ok(Arc::new(SqliteStore::open(&path, SqliteOptions::default())?) as Arc<dyn Store>)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_batches_concurrent_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("g.db"), 512);
+    let out = concurrent_appends(&store, "G", 64).await;
+    let ids: HashSet<i64> = out.iter().map(|o| o.id()).collect();
+    assert_eq!(ids.len(), 64, "every id distinct");
+    assert!(out.iter().all(|o| matches!(o, AppendOutcome::Inserted(_))));
+    let m = store.metrics();
+    assert_eq!(m.appended_inputs, 64);
+    assert!(
+        m.commits < 64,
+        "group commit: {} commits for 64 appends",
+        m.commits
+    );
+    assert!(m.largest_batch > 1);
+    assert_eq!(m.writer_queue_depth, 0);
+    assert!(m.commit_seconds_buckets.last().unwrap().1 <= m.commits);
+    assert!(m.commit_seconds_sum > 0.0);
+    let counts: Vec<u64> = m.commit_seconds_buckets.iter().map(|b| b.1).collect();
+    assert!(
+        counts.windows(2).all(|w| w[0] <= w[1]),
+        "cumulative: {counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_batch_one_commits_per_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("one.db"), 1);
+    let out = concurrent_appends(&store, "O", 64).await;
+    let ids: HashSet<i64> = out.iter().map(|o| o.id()).collect();
+    assert_eq!(ids.len(), 64);
+    let m = store.metrics();
+    assert_eq!(m.commits, 64);
+    assert_eq!(m.appended_inputs, 64);
+    assert_eq!(m.largest_batch, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_request_does_not_poison_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("p.db"), 512);
+    let mut appends = Vec::new();
+    let mut failures = Vec::new();
+    for i in 0..48 {
+        let s = Arc::clone(&store);
+        appends.push(tokio::spawn(async move {
+            s.append(input(&format!("P|{i}"))).await
+        }));
+        let s = Arc::clone(&store);
+        failures.push(tokio::spawn(async move {
+            // Unknown record: fails inside the writer, in some batch.
+            s.fail(1_000_000 + i, "x").await
+        }));
+    }
+    for f in failures {
+        assert!(matches!(f.await.unwrap(), Err(StoreError::NotFound(_))));
+    }
+    let mut ids = HashSet::new();
+    for a in appends {
+        let out = a.await.unwrap().unwrap();
+        assert!(matches!(out, AppendOutcome::Inserted(_)));
+        ids.insert(out.id());
+    }
+    assert_eq!(ids.len(), 48);
+    for id in ids {
+        assert!(store.journal_get(id).await.unwrap().is_some());
+    }
+    assert_eq!(store.journal_stats().await.unwrap().total, 48);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_processing_leaves_everything_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crash.db");
+    let n = 200;
+    let ids: HashSet<i64> = {
+        let store = open(&path, 512);
+        let out = concurrent_appends(&store, "C", n).await;
+        out.iter().map(|o| o.id()).collect()
+        // Dropped here without complete: the writer thread is joined.
+    };
+    let store = open(&path, 512);
+    let pending = store.journal_pending(0, 10_000).await.unwrap();
+    assert_eq!(pending.len(), n);
+    assert!(pending.iter().all(|r| r.state == JournalState::Pending));
+    let found: HashSet<i64> = pending.iter().map(|r| r.id).collect();
+    assert_eq!(found, ids);
+    let stats = store.journal_stats().await.unwrap();
+    assert_eq!((stats.total, stats.pending), (n as u64, n as u64));
+}
+
+#[test]
+fn newer_database_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.db");
+    drop(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let future = sqlite_schema_version() + 1;
+    conn.execute(
+        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, 'future', '2030-01-01T00:00:00Z')",
+        [future],
+    )
+    .unwrap();
+    drop(conn);
+    let err = SqliteStore::open(&path, SqliteOptions::default()).unwrap_err();
+    match &err {
+        StoreError::MigrationsNewer { db, binary } => {
+            assert_eq!(*db, future);
+            assert_eq!(*binary, sqlite_schema_version());
+        }
+        other => panic!("expected MigrationsNewer, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains("newer than this binary"), "{msg}");
+    assert!(!msg.contains('\n'));
+}
+
+#[test]
+fn migrations_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    drop(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
+    drop(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let rows: Vec<(i64, String)> = conn
+        .prepare("SELECT version, name FROM schema_migrations ORDER BY version")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows, vec![(1, "init".to_string())]);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn database_urls() {
+    let err = open_url("postgres://gw@db/gateway", SqliteOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::Unsupported(_)));
+    assert_eq!(
+        err.to_string(),
+        "unsupported: PostgreSQL storage is not built yet (issue 7)"
+    );
+    assert!(matches!(
+        open_url("postgresql://gw@db/gateway", SqliteOptions::default()).err(),
+        Some(StoreError::Unsupported(_))
+    ));
+    for bad in ["mysql://x/y", "gateway.db", "sqlite://", "sqlite::memory:"] {
+        let err = open_url(bad, SqliteOptions::default()).err().unwrap();
+        assert!(matches!(err, StoreError::InvalidUrl(_)), "{bad}: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("u.db");
+    let store = open_url(
+        &format!("sqlite://{}", path.display()),
+        SqliteOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(store.backend(), "sqlite");
+    drop(store);
+    assert!(path.exists());
+    let store = open_url(
+        &format!("sqlite:{}", path.display()),
+        SqliteOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(store.backend(), "sqlite");
+}
+
+#[test]
+fn unopenable_path_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let err = SqliteStore::open(&file.join("sub/g.db"), SqliteOptions::default()).unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err}");
+    assert!(err.to_string().starts_with("cannot open database at "));
+    // A file that is not a database.
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, vec![0x42u8; 8192]).unwrap();
+    assert!(SqliteStore::open(&junk, SqliteOptions::default()).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_see_writes_and_ping_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(
+        &dir.path().join("r.db"),
+        SqliteOptions {
+            read_connections: 1,
+            synchronous_full: false,
+            max_batch: 8,
+        },
+    )
+    .unwrap();
+    store.ping().await.unwrap();
+    // One read connection shared by many concurrent reads.
+    let store = Arc::new(store);
+    let mut handles = Vec::new();
+    for i in 0..32 {
+        let s = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            let id = s.append(input(&format!("R|{i}"))).await.unwrap().id();
+            s.journal_get(id).await.unwrap().map(|r| r.id)
+        }));
+    }
+    for h in handles {
+        assert!(h.await.unwrap().is_some());
+    }
+    assert_eq!(store.journal_stats().await.unwrap().total, 32);
+}

@@ -1,0 +1,274 @@
+//! The HTTP edge: routes, bearer-token authentication, and the one error type
+//! that becomes a FHIR `OperationOutcome`.
+//!
+//! Limits are layers: a body limit (`server.max_body_bytes`, 413 above it), a
+//! per-request timeout (`server.request_timeout_ms`), and a concurrency limit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use store::Store;
+
+use crate::config::{Config, OrgKind};
+use crate::intake::{AdtIntake, Via};
+use crate::telemetry::Metrics;
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub cfg: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub intake: Arc<AdtIntake>,
+    pub metrics: Arc<Metrics>,
+    /// SHA-256 hex of a bearer token → (client id, organization id, kind).
+    pub tokens: Arc<HashMap<String, Caller>>,
+    pub capability: Arc<serde_json::Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub client_id: String,
+    pub org_id: String,
+    pub kind: OrgKind,
+}
+
+/// An error at the edge, rendered as an OperationOutcome.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("authentication required: send Authorization: Bearer <token>")]
+    Unauthenticated,
+    #[error("the bearer token is not known")]
+    BadToken,
+    #[error("organizations of kind {0} may not use this endpoint")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the store is not reachable")]
+    Unavailable,
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthenticated | ApiError::BadToken => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthenticated | ApiError::BadToken => "login",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::UnsupportedMediaType(_) => "structure",
+            ApiError::Unavailable => "transient",
+            ApiError::Internal(_) => "exception",
+        }
+    }
+}
+
+/// A FHIR OperationOutcome with one issue.
+pub fn operation_outcome(
+    severity: &str,
+    code: &str,
+    text: &str,
+    expression: Option<&str>,
+) -> serde_json::Value {
+    let mut issue = json!({ "severity": severity, "code": code, "diagnostics": text });
+    if let Some(e) = expression {
+        issue["expression"] = json!([e]);
+    }
+    json!({ "resourceType": "OperationOutcome", "issue": [issue] })
+}
+
+pub fn fhir_json(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut resp = (status, body.to_string()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/fhir+json"),
+    );
+    resp
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = operation_outcome("error", self.code(), &self.to_string(), None);
+        let mut resp = fhir_json(self.status(), &body);
+        if matches!(self, ApiError::Unauthenticated | ApiError::BadToken) {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// Build the token table from the configuration.
+pub fn token_table(cfg: &Config) -> HashMap<String, Caller> {
+    let mut out = HashMap::new();
+    for c in &cfg.clients {
+        let (Some(hash), Some(org)) = (&c.token_sha256, cfg.organization(&c.organization)) else {
+            continue;
+        };
+        out.insert(
+            hash.to_ascii_lowercase(),
+            Caller {
+                client_id: c.id.clone(),
+                org_id: org.id.clone(),
+                kind: org.kind,
+            },
+        );
+    }
+    out
+}
+
+fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    allowed: &[OrgKind],
+) -> Result<Caller, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::Unauthenticated)?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(ApiError::Unauthenticated)?;
+    let digest = hex::encode(Sha256::digest(token.as_bytes()));
+    let caller = state
+        .tokens
+        .get(&digest)
+        .cloned()
+        .ok_or(ApiError::BadToken)?;
+    if !allowed.contains(&caller.kind) {
+        return Err(ApiError::Forbidden(caller.kind.as_str()));
+    }
+    Ok(caller)
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.cfg.server.max_body_bytes;
+    let timeout = Duration::from_millis(state.cfg.server.request_timeout_ms);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/hl7/v2", post(hl7_v2))
+        .route("/fhir/metadata", get(metadata))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            with_timeout(req, next, timeout)
+        }))
+        .with_state(state)
+}
+
+async fn with_timeout(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+    timeout: Duration,
+) -> Response {
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => fhir_json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &operation_outcome("error", "timeout", "the request took too long", None),
+        ),
+    }
+}
+
+async fn not_found() -> Response {
+    fhir_json(
+        StatusCode::NOT_FOUND,
+        &operation_outcome("error", "not-found", "no such endpoint", None),
+    )
+}
+
+async fn healthz() -> Response {
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: store not reachable");
+            ApiError::Unavailable.into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authenticate(&state, &headers, &[OrgKind::Operator])?;
+    let journal = state.store.journal_stats().await.ok();
+    let text = state
+        .metrics
+        .render(&state.store.metrics(), journal.as_ref());
+    let mut resp = (StatusCode::OK, text).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    Ok(resp)
+}
+
+async fn metadata(State(state): State<AppState>) -> Response {
+    fhir_json(StatusCode::OK, &state.capability)
+}
+
+const HL7_MEDIA: &str = "x-application/hl7-v2+er7";
+
+/// `POST /hl7/v2`: one ER7 message; the reply body is the ACK (in enhanced
+/// mode, the commit ACK and then the application ACK, each a whole message,
+/// separated by a blank line).
+async fn hl7_v2(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &headers, &[OrgKind::AdtSource])?;
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = ctype
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if !(media == HL7_MEDIA || media == "application/hl7-v2" || media == "text/plain") {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type must be {HL7_MEDIA}"
+        )));
+    }
+    let acks = state
+        .intake
+        .handle(
+            &body,
+            &Via::Http {
+                org_id: caller.org_id,
+            },
+        )
+        .await;
+    let body = acks.join("\r\n");
+    let mut resp = (StatusCode::OK, body).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(HL7_MEDIA));
+    Ok(resp)
+}

@@ -1,0 +1,347 @@
+//! `cws-gateway bench`: measurements of the real paths, printed as JSON lines.
+//!
+//! - `bench ingest`: a gateway on a temporary SQLite store, N MLLP connections
+//!   sending ADT messages and waiting for each ACK (durable ingest), then a
+//!   paced run at a fixed rate for ACK latency; next to it, in the same run, the
+//!   reference: the same store committing one message per transaction.
+//! - `bench translate`: ADT → FHIR Bundle (parse + map + serialize) on one core.
+//!
+//! Every figure is the median of `--runs` runs; each run's number is printed too.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::Config;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Durable MLLP ingest throughput, ACK latency, and the one-commit-per-message reference.
+    Ingest {
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// Messages per throughput run.
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        /// Rate of the latency run, messages per second (all connections together).
+        #[arg(long, default_value_t = 2_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// ADT → FHIR translation throughput on one core.
+    Translate {
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+}
+
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Ingest {
+            connections,
+            messages,
+            rate,
+            runs,
+        } => {
+            ingest(
+                connections.max(1),
+                messages.max(100),
+                rate.max(1),
+                runs.max(1),
+            )
+            .await
+        }
+        BenchCommand::Translate { seconds, runs } => translate(seconds.max(1), runs.max(1)),
+    }
+}
+
+/// A realistic ~1 KB ADT^A01 with a unique control id and visit number.
+pub fn sample_adt(n: u64) -> String {
+    format!(
+        "MSH|^~\\&|EPIC|STMARY|CWSGW|CWSGW|20260115083000||ADT^A01^ADT_A01|BENCH{n:09}|P|2.5.1\r\
+EVN|A01|20260115083000\r\
+PID|1||MRN{m:07}^^^STMARY^MR~91{m:07}A^^^CA-DHCS^MA||Rivera^Alex^J^^^^L||20100315|M|||123 Main St^^Fresno^CA^93721^USA^H||^PRN^PH^^^559^5550100|||||||||||||||||N\r\
+NK1|1|Rivera^Maria^^^^^L|MTH^Mother^HL70063|123 Main St^^Fresno^CA^93721^USA|^PRN^PH^^^559^5550101\r\
+PV1|1|I|3EAST^301^A^STMARY^^^^^3 East||||1234567^Chen^Linda^^^Dr^MD|||MED||||7|||1234567^Chen^Linda^^^Dr^MD|IN||MC|||||||||||||||||||STMARY||||||20260115082500\r\
+PV2|||R50.9^Fever, unspecified^I10\r\
+DG1|1||R50.9^Fever, unspecified^I10||20260115|A\r\
+DG1|2||J18.9^Pneumonia, unspecified organism^I10||20260115|W\r",
+        m = n % 10_000_000
+    )
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted
+        .get(i)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+/// Peak resident set size of this process, in MiB (Linux).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn bench_config(dir: &std::path::Path, max_batch: usize) -> anyhow::Result<Config> {
+    let text = format!(
+        r#"
+[server]
+http_addr = "127.0.0.1:0"
+mllp_addr = "127.0.0.1:0"
+[store]
+url = "sqlite://{}"
+max_batch = {max_batch}
+[mappings]
+dir = "{}"
+[[organizations]]
+id = "st-mary"
+kind = "adt_source"
+name = "St Mary Hospital"
+sending_facilities = ["STMARY"]
+"#,
+        dir.join("bench.db").display(),
+        std::env::current_dir()?.join("mappings").display()
+    );
+    Ok(Config::from_toml(&text, "bench")?)
+}
+
+/// Send one framed message and read one framed ACK.
+async fn roundtrip(stream: &mut TcpStream, msg: &[u8], buf: &mut Vec<u8>) -> anyhow::Result<()> {
+    stream.write_all(&hl7v2::mllp::frame(msg)).await?;
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "connection closed before the ACK");
+        buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+        if buf.ends_with(&[hl7v2::mllp::END, hl7v2::mllp::CR]) {
+            anyhow::ensure!(
+                buf.windows(7).any(|w| w == b"MSA|AA|"),
+                "not an AA: {}",
+                String::from_utf8_lossy(buf)
+            );
+            return Ok(());
+        }
+    }
+}
+
+struct IngestResult {
+    msgs_per_sec: f64,
+    latencies: Vec<Duration>,
+}
+
+/// `total` messages over `conns` connections; with `rate`, paced.
+async fn drive(
+    addr: std::net::SocketAddr,
+    conns: usize,
+    total: usize,
+    start_n: u64,
+    rate: Option<u64>,
+) -> anyhow::Result<IngestResult> {
+    let per = total / conns;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let interval = rate.map(|r| Duration::from_secs_f64(conns as f64 / r as f64));
+        tasks.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let mut buf = Vec::with_capacity(1024);
+            let mut lat = Vec::with_capacity(per);
+            let t0 = Instant::now();
+            for i in 0..per {
+                if let Some(iv) = interval {
+                    let due = t0 + iv * i as u32;
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let n = start_n + (c * per + i) as u64;
+                let msg = sample_adt(n);
+                let t = Instant::now();
+                roundtrip(&mut stream, msg.as_bytes(), &mut buf).await?;
+                lat.push(t.elapsed());
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    for t in tasks {
+        latencies.extend(t.await.context("sender task")??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    latencies.sort();
+    Ok(IngestResult {
+        msgs_per_sec: (per * conns) as f64 / secs,
+        latencies,
+    })
+}
+
+async fn reference_commit_rate(
+    dir: &std::path::Path,
+    total: usize,
+    conns: usize,
+) -> anyhow::Result<f64> {
+    let store: Arc<dyn store::Store> = Arc::new(store::SqliteStore::open(
+        &dir.join("reference.db"),
+        store::SqliteOptions {
+            max_batch: 1,
+            ..store::SqliteOptions::default()
+        },
+    )?);
+    let per = total / conns;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per {
+                let n = (c * per + i) as u64;
+                store
+                    .append(store::NewInput {
+                        kind: store::InputKind::Adt,
+                        source_org: "st-mary".into(),
+                        dedup_key: format!("STMARY|REF{n}"),
+                        received_at: chrono::Utc::now(),
+                        raw: sample_adt(n).into_bytes(),
+                        meta: json!({}),
+                    })
+                    .await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await.context("reference task")??;
+    }
+    Ok((per * conns) as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn ingest(conns: usize, messages: usize, rate: u64, runs: usize) -> anyhow::Result<()> {
+    let mut thr = Vec::new();
+    let mut p50 = Vec::new();
+    let mut p99 = Vec::new();
+    let mut paced_p50 = Vec::new();
+    let mut paced_p99 = Vec::new();
+    let mut reference = Vec::new();
+    for run in 0..runs {
+        let dir = tempfile::tempdir()?;
+        let cfg = bench_config(dir.path(), 512)?;
+        let running = crate::serve::start(cfg).await?;
+        let addr = running.mllp_addr;
+        // Warm up (connections, page cache, mapping caches).
+        drive(addr, conns, conns * 50, 900_000_000, None).await?;
+        let r = drive(addr, conns, messages, run as u64 * 10_000_000, None).await?;
+        let paced_total = (rate as usize * 3).max(conns);
+        let paced = drive(
+            addr,
+            conns,
+            paced_total,
+            500_000_000 + run as u64 * 10_000_000,
+            Some(rate),
+        )
+        .await?;
+        let commits = running.store.metrics().commits;
+        running.stop().await;
+        let refr = reference_commit_rate(dir.path(), messages.min(5_000), conns).await?;
+        println!(
+            "{}",
+            json!({
+                "bench": "ingest", "run": run + 1, "connections": conns, "messages": messages,
+                "msgs_per_sec": r.msgs_per_sec.round(),
+                "ack_p50_ms": percentile(&r.latencies, 0.5), "ack_p99_ms": percentile(&r.latencies, 0.99),
+                "paced_rate": rate, "paced_ack_p50_ms": percentile(&paced.latencies, 0.5),
+                "paced_ack_p99_ms": percentile(&paced.latencies, 0.99),
+                "journal_commits": commits,
+                "reference_one_commit_per_msg_per_sec": refr.round(),
+            })
+        );
+        thr.push(r.msgs_per_sec);
+        p50.push(percentile(&r.latencies, 0.5));
+        p99.push(percentile(&r.latencies, 0.99));
+        paced_p50.push(percentile(&paced.latencies, 0.5));
+        paced_p99.push(percentile(&paced.latencies, 0.99));
+        reference.push(refr);
+    }
+    let t = median(&mut thr);
+    let r = median(&mut reference);
+    println!(
+        "{}",
+        json!({
+            "bench": "ingest", "summary": "median", "runs": runs, "connections": conns,
+            "msgs_per_sec": t.round(), "ack_p50_ms": median(&mut p50), "ack_p99_ms": median(&mut p99),
+            "paced_rate": rate, "paced_ack_p50_ms": median(&mut paced_p50), "paced_ack_p99_ms": median(&mut paced_p99),
+            "reference_one_commit_per_msg_per_sec": r.round(),
+            "speedup_vs_reference": if r > 0.0 { (t / r * 100.0).round() / 100.0 } else { 0.0 },
+            "peak_rss_mib": peak_rss_mib(),
+        })
+    );
+    Ok(())
+}
+
+fn translate(seconds: u64, runs: usize) -> anyhow::Result<()> {
+    let cfg = Config::default();
+    let off = crate::translate::Offline::new(cfg, chrono::Utc::now())?;
+    let msgs: Vec<String> = (0..1000).map(sample_adt).collect();
+    let bytes_per_msg = msgs.iter().map(|m| m.len()).sum::<usize>() / msgs.len();
+    // The naive baseline: split by CR and |, no model, no mapping.
+    let naive = |m: &str| m.split('\r').map(|s| s.split('|').count()).sum::<usize>();
+    let mut rates = Vec::new();
+    let mut naive_rates = Vec::new();
+    for run in 0..runs {
+        let mut n = 0u64;
+        let mut out_bytes = 0usize;
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(seconds) {
+            for m in msgs.iter().take(100) {
+                let b = off
+                    .translate(m.as_bytes())
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                out_bytes += serde_json::to_vec(&b)?.len();
+                n += 1;
+            }
+        }
+        let rate = n as f64 / t.elapsed().as_secs_f64();
+        let mut k = 0usize;
+        let mut c = 0u64;
+        let t2 = Instant::now();
+        while t2.elapsed() < Duration::from_secs(1) {
+            for m in msgs.iter().take(100) {
+                k = k.wrapping_add(naive(m));
+                c += 1;
+            }
+        }
+        let naive_rate = c as f64 / t2.elapsed().as_secs_f64();
+        println!(
+            "{}",
+            json!({"bench": "translate", "run": run + 1, "msgs_per_sec": rate.round(), "bytes_in_per_msg": bytes_per_msg,
+                   "bytes_out_per_msg": out_bytes / (n.max(1) as usize), "naive_split_msgs_per_sec": naive_rate.round(), "checksum": k % 7})
+        );
+        rates.push(rate);
+        naive_rates.push(naive_rate);
+    }
+    println!(
+        "{}",
+        json!({"bench": "translate", "summary": "median", "runs": runs, "msgs_per_sec": median(&mut rates).round(),
+               "naive_split_msgs_per_sec": median(&mut naive_rates).round(), "threads": 1, "peak_rss_mib": peak_rss_mib()})
+    );
+    Ok(())
+}

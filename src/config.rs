@@ -1,0 +1,688 @@
+//! Configuration: the TOML format of DESIGN.md, validated purely before anything
+//! starts (unknown keys rejected, one clear line per error), then environment
+//! overrides (`CWSGW_HTTP_ADDR`, `CWSGW_MLLP_ADDR`, `CWSGW_DATABASE_URL`).
+//!
+//! Validation never does IO besides reading the file itself; binding ports and
+//! opening the store happen later, in `serve`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub mllp: MllpConfig,
+    #[serde(default)]
+    pub mappings: MappingsConfig,
+    #[serde(default)]
+    pub sensitivity: SensitivityConfig,
+    #[serde(default)]
+    pub organizations: Vec<Organization>,
+    #[serde(default)]
+    pub clients: Vec<Client>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_http_addr")]
+    pub http_addr: String,
+    #[serde(default = "default_mllp_addr")]
+    pub mllp_addr: String,
+    #[serde(default = "default_canonical_base")]
+    pub canonical_base: String,
+    /// Largest HTTP request body accepted, in bytes (413 above it).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Per-request time limit for the HTTP API, in milliseconds.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            http_addr: default_http_addr(),
+            mllp_addr: default_mllp_addr(),
+            canonical_base: default_canonical_base(),
+            max_body_bytes: default_max_body(),
+            request_timeout_ms: default_request_timeout_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default = "default_store_url")]
+    pub url: String,
+    /// Most inputs committed together in one transaction (group commit).
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: default_store_url(),
+            max_batch: default_max_batch(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            max_attempts: default_max_attempts(),
+            initial_backoff_ms: default_initial_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+        }
+    }
+}
+
+/// The MLLP listener (an extension of DESIGN.md's `[server]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MllpConfig {
+    /// Largest framed message accepted; a larger one is answered `AR`.
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: usize,
+    /// A connection that sends nothing for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Most simultaneous MLLP connections; more wait in the accept queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Character set when MSH-18 is empty: `ASCII`, `UTF-8` or `8859/1`.
+    #[serde(default = "default_charset")]
+    pub default_charset: String,
+}
+
+impl Default for MllpConfig {
+    fn default() -> Self {
+        MllpConfig {
+            max_frame_bytes: default_max_frame(),
+            idle_timeout_secs: default_idle_timeout(),
+            max_connections: default_max_connections(),
+            default_charset: default_charset(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingsConfig {
+    /// Directory holding the declarative mapping files and terminology.
+    #[serde(default = "default_mappings_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for MappingsConfig {
+    fn default() -> Self {
+        MappingsConfig {
+            dir: default_mappings_dir(),
+        }
+    }
+}
+
+/// Locations and hospital services whose encounters are sensitive.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SensitivityConfig {
+    #[serde(default)]
+    pub psychiatric_locations: Vec<String>,
+    #[serde(default)]
+    pub sud_locations: Vec<String>,
+    #[serde(default)]
+    pub psychiatric_services: Vec<String>,
+    #[serde(default)]
+    pub sud_services: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrgKind {
+    County,
+    Mcp,
+    EcmProvider,
+    AdtSource,
+    Operator,
+}
+
+impl OrgKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OrgKind::County => "county",
+            OrgKind::Mcp => "mcp",
+            OrgKind::EcmProvider => "ecm_provider",
+            OrgKind::AdtSource => "adt_source",
+            OrgKind::Operator => "operator",
+        }
+    }
+}
+
+/// Outbound credentials of an endpoint. Secrets are named, never inlined.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointAuth {
+    pub bearer_token_env: Option<String>,
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret_env: Option<String>,
+    pub scope: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Organization {
+    pub id: String,
+    pub kind: OrgKind,
+    pub name: String,
+    pub county: Option<String>,
+    pub endpoint: Option<String>,
+    pub endpoint_auth: Option<EndpointAuth>,
+    #[serde(default)]
+    pub plan_codes: Vec<String>,
+    #[serde(default)]
+    pub counties: Vec<String>,
+    #[serde(default)]
+    pub mcps: Vec<String>,
+    #[serde(default)]
+    pub pofs: Vec<String>,
+    pub provider_type: Option<String>,
+    #[serde(default)]
+    pub sending_facilities: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Client {
+    pub id: String,
+    pub organization: String,
+    pub token_sha256: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+}
+
+fn default_http_addr() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_mllp_addr() -> String {
+    "127.0.0.1:2575".into()
+}
+fn default_canonical_base() -> String {
+    "https://gateway.example.org/fhir".into()
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+fn default_store_url() -> String {
+    "sqlite://gateway-data/gateway.db".into()
+}
+fn default_max_batch() -> usize {
+    512
+}
+fn default_max_attempts() -> u32 {
+    12
+}
+fn default_initial_backoff_ms() -> u64 {
+    500
+}
+fn default_max_backoff_ms() -> u64 {
+    300_000
+}
+fn default_max_frame() -> usize {
+    1024 * 1024
+}
+fn default_idle_timeout() -> u64 {
+    300
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_charset() -> String {
+    "UTF-8".into()
+}
+fn default_mappings_dir() -> PathBuf {
+    PathBuf::from("mappings")
+}
+
+/// Why a configuration was refused: one line per problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// Where a value of the effective configuration came from (for `check-config`).
+pub const ENV_HTTP_ADDR: &str = "CWSGW_HTTP_ADDR";
+pub const ENV_MLLP_ADDR: &str = "CWSGW_MLLP_ADDR";
+pub const ENV_DATABASE_URL: &str = "CWSGW_DATABASE_URL";
+
+impl Config {
+    /// Parse TOML text; `origin` names the file in error messages.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: one_line(&e.to_string()),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Apply `CWSGW_*` environment overrides, then validate again.
+    pub fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
+        if let Some(v) = env.get(ENV_HTTP_ADDR) {
+            self.server.http_addr = v.clone();
+        }
+        if let Some(v) = env.get(ENV_MLLP_ADDR) {
+            self.server.mllp_addr = v.clone();
+        }
+        if let Some(v) = env.get(ENV_DATABASE_URL) {
+            self.store.url = v.clone();
+        }
+        self.validate()
+    }
+
+    /// Every problem at once, one line each, each naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        for (key, v) in [
+            ("server.http_addr", &self.server.http_addr),
+            ("server.mllp_addr", &self.server.mllp_addr),
+        ] {
+            if v.parse::<SocketAddr>().is_err() {
+                errs.push(format!(
+                    "{key}: \"{v}\" is not an address like 127.0.0.1:8080"
+                ));
+            }
+        }
+        let base = &self.server.canonical_base;
+        if !(base.starts_with("https://") || base.starts_with("http://")) || base.ends_with('/') {
+            errs.push(format!(
+                "server.canonical_base: \"{base}\" must be an http(s) URL without a trailing slash"
+            ));
+        }
+        if self.server.max_body_bytes == 0 || self.server.max_body_bytes > 64 * 1024 * 1024 {
+            errs.push("server.max_body_bytes: must be between 1 and 67108864".into());
+        }
+        if self.server.request_timeout_ms == 0 {
+            errs.push("server.request_timeout_ms: must be positive".into());
+        }
+        let url = &self.store.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            errs.push(format!(
+                "store.url: \"{}\" must start with sqlite:// or postgres://",
+                redact_url(url)
+            ));
+        }
+        if self.store.max_batch == 0 || self.store.max_batch > 10_000 {
+            errs.push("store.max_batch: must be between 1 and 10000".into());
+        }
+        if self.delivery.max_attempts == 0 {
+            errs.push("delivery.max_attempts: must be at least 1".into());
+        }
+        if self.delivery.initial_backoff_ms == 0
+            || self.delivery.initial_backoff_ms > self.delivery.max_backoff_ms
+        {
+            errs.push(
+                "delivery.initial_backoff_ms: must be positive and not above delivery.max_backoff_ms"
+                    .into(),
+            );
+        }
+        if self.mllp.max_frame_bytes < 1024 || self.mllp.max_frame_bytes > 64 * 1024 * 1024 {
+            errs.push("mllp.max_frame_bytes: must be between 1024 and 67108864".into());
+        }
+        if self.mllp.idle_timeout_secs == 0 {
+            errs.push("mllp.idle_timeout_secs: must be positive".into());
+        }
+        if self.mllp.max_connections == 0 {
+            errs.push("mllp.max_connections: must be positive".into());
+        }
+        if hl7v2::Charset::from_msh18(&self.mllp.default_charset).is_none() {
+            errs.push(format!(
+                "mllp.default_charset: \"{}\" is not one of ASCII, UTF-8, 8859/1",
+                self.mllp.default_charset
+            ));
+        }
+
+        let mut ids = HashSet::new();
+        let kinds: HashMap<&str, OrgKind> = self
+            .organizations
+            .iter()
+            .map(|o| (o.id.as_str(), o.kind))
+            .collect();
+        let mut facilities: BTreeMap<&str, &str> = BTreeMap::new();
+        for (i, o) in self.organizations.iter().enumerate() {
+            let at = format!("organizations[{i}] ({})", o.id);
+            if !valid_fhir_id(&o.id) {
+                errs.push(format!(
+                    "organizations[{i}].id: \"{}\" must be 1-64 of [A-Za-z0-9-.] (it becomes Organization/{{id}})",
+                    o.id
+                ));
+            }
+            if !ids.insert(o.id.as_str()) {
+                errs.push(format!("{at}.id: duplicate organization id"));
+            }
+            if o.name.trim().is_empty() {
+                errs.push(format!("{at}.name: must not be empty"));
+            }
+            if let Some(ep) = &o.endpoint {
+                if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                    errs.push(format!("{at}.endpoint: must be an http(s) URL"));
+                }
+            }
+            match o.kind {
+                OrgKind::County => {
+                    if o.county.as_deref().unwrap_or("").is_empty() {
+                        errs.push(format!("{at}.county: required for kind county"));
+                    }
+                }
+                OrgKind::Mcp => {
+                    if o.plan_codes.is_empty() {
+                        errs.push(format!(
+                            "{at}.plan_codes: an mcp needs at least one plan code"
+                        ));
+                    }
+                    if o.counties.is_empty() {
+                        errs.push(format!("{at}.counties: an mcp needs at least one county"));
+                    }
+                }
+                OrgKind::EcmProvider => {
+                    for m in &o.mcps {
+                        if kinds.get(m.as_str()) != Some(&OrgKind::Mcp) {
+                            errs.push(format!(
+                                "{at}.mcps: \"{m}\" is not an organization of kind mcp"
+                            ));
+                        }
+                    }
+                }
+                OrgKind::AdtSource => {
+                    if o.sending_facilities.is_empty() {
+                        errs.push(format!(
+                            "{at}.sending_facilities: an adt_source needs at least one MSH-4 namespace id"
+                        ));
+                    }
+                    for f in &o.sending_facilities {
+                        if let Some(prev) = facilities.insert(f.as_str(), o.id.as_str()) {
+                            errs.push(format!(
+                                "{at}.sending_facilities: \"{f}\" is already listed by {prev}"
+                            ));
+                        }
+                    }
+                }
+                OrgKind::Operator => {}
+            }
+            if o.kind != OrgKind::AdtSource && !o.sending_facilities.is_empty() {
+                errs.push(format!("{at}.sending_facilities: only for kind adt_source"));
+            }
+            if let Some(auth) = &o.endpoint_auth {
+                let bearer = auth.bearer_token_env.is_some();
+                let oauth = auth.token_url.is_some()
+                    || auth.client_id.is_some()
+                    || auth.client_secret_env.is_some();
+                if bearer && oauth {
+                    errs.push(format!(
+                        "{at}.endpoint_auth: use bearer_token_env or OAuth2 client credentials, not both"
+                    ));
+                }
+                if oauth
+                    && (auth.token_url.is_none()
+                        || auth.client_id.is_none()
+                        || auth.client_secret_env.is_none())
+                {
+                    errs.push(format!(
+                        "{at}.endpoint_auth: OAuth2 needs token_url, client_id and client_secret_env"
+                    ));
+                }
+            }
+        }
+        let mut client_ids = HashSet::new();
+        let mut hashes = HashSet::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            let at = format!("clients[{i}] ({})", c.id);
+            if !client_ids.insert(c.id.as_str()) {
+                errs.push(format!("{at}.id: duplicate client id"));
+            }
+            if !kinds.contains_key(c.organization.as_str()) {
+                errs.push(format!(
+                    "{at}.organization: \"{}\" is not a configured organization",
+                    c.organization
+                ));
+            }
+            match (&c.token_sha256, &c.jwks_file) {
+                (Some(_), Some(_)) => {
+                    errs.push(format!("{at}: use token_sha256 or jwks_file, not both"))
+                }
+                (None, None) => errs.push(format!("{at}: needs token_sha256 or jwks_file")),
+                (Some(h), None) => {
+                    if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+                        errs.push(format!(
+                            "{at}.token_sha256: must be 64 hex characters (the SHA-256 of the token)"
+                        ));
+                    } else if !hashes.insert(h.to_ascii_lowercase()) {
+                        errs.push(format!(
+                            "{at}.token_sha256: the same token is used by another client"
+                        ));
+                    }
+                }
+                (None, Some(_)) => {}
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errs))
+        }
+    }
+
+    pub fn organization(&self, id: &str) -> Option<&Organization> {
+        self.organizations.iter().find(|o| o.id == id)
+    }
+
+    /// The `adt_source` organization that lists this MSH-4 namespace id.
+    pub fn adt_source_for_facility(&self, facility: &str) -> Option<&Organization> {
+        self.organizations.iter().find(|o| {
+            o.kind == OrgKind::AdtSource && o.sending_facilities.iter().any(|f| f == facility)
+        })
+    }
+
+    pub fn default_charset(&self) -> hl7v2::Charset {
+        hl7v2::Charset::from_msh18(&self.mllp.default_charset).unwrap_or(hl7v2::Charset::Utf8)
+    }
+
+    pub fn sensitivity(&self) -> mapping::Sensitivity {
+        mapping::Sensitivity {
+            psychiatric_locations: self.sensitivity.psychiatric_locations.clone(),
+            sud_locations: self.sensitivity.sud_locations.clone(),
+            psychiatric_services: self.sensitivity.psychiatric_services.clone(),
+            sud_services: self.sensitivity.sud_services.clone(),
+        }
+    }
+}
+
+/// A FHIR id: 1-64 characters of `[A-Za-z0-9\-\.]`.
+pub fn valid_fhir_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
+/// Hide a password in a database URL before printing it.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.split_once('@') {
+            let user = userinfo.split(':').next().unwrap_or("");
+            return format!("{scheme}://{user}:***@{host}");
+        }
+    }
+    url.to_string()
+}
+
+fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+http_addr = "127.0.0.1:0"
+
+[[organizations]]
+id = "st-mary"
+kind = "adt_source"
+name = "St Mary"
+sending_facilities = ["STMARY"]
+
+[[clients]]
+id = "st-mary-http"
+organization = "st-mary"
+token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+"#;
+
+    #[test]
+    fn minimal_config_parses_with_defaults() {
+        let cfg = Config::from_toml(MINIMAL, "t.toml").unwrap();
+        assert_eq!(cfg.server.mllp_addr, "127.0.0.1:2575");
+        assert_eq!(cfg.store.url, "sqlite://gateway-data/gateway.db");
+        assert_eq!(cfg.delivery.max_attempts, 12);
+        assert_eq!(cfg.mllp.max_frame_bytes, 1024 * 1024);
+        assert_eq!(cfg.adt_source_for_facility("STMARY").unwrap().id, "st-mary");
+        assert!(cfg.adt_source_for_facility("OTHER").is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_the_key_named() {
+        let err = Config::from_toml("[server]\nhttp_adr = \"x\"\n", "t.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("http_adr"), "{msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_one_per_line() {
+        let text = r#"
+[server]
+http_addr = "nope"
+[store]
+url = "mysql://x"
+[[organizations]]
+id = "a b"
+kind = "mcp"
+name = "x"
+[[clients]]
+id = "c"
+organization = "ghost"
+token_sha256 = "abc"
+"#;
+        let Err(ConfigError::Invalid(errs)) = Config::from_toml(text, "t.toml") else {
+            panic!("expected invalid");
+        };
+        let all = errs.join("\n");
+        for needle in [
+            "server.http_addr",
+            "store.url",
+            "organizations[0].id",
+            "plan_codes",
+            "counties",
+            "clients[0] (c).organization",
+            "token_sha256",
+        ] {
+            assert!(all.contains(needle), "missing {needle} in\n{all}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_win_and_are_validated() {
+        let mut cfg = Config::from_toml(MINIMAL, "t.toml").unwrap();
+        let mut env = HashMap::new();
+        env.insert(
+            ENV_DATABASE_URL.to_string(),
+            "sqlite:///tmp/x.db".to_string(),
+        );
+        env.insert(ENV_MLLP_ADDR.to_string(), "127.0.0.1:3000".to_string());
+        cfg.apply_env(&env).unwrap();
+        assert_eq!(cfg.store.url, "sqlite:///tmp/x.db");
+        assert_eq!(cfg.server.mllp_addr, "127.0.0.1:3000");
+        env.insert(ENV_HTTP_ADDR.to_string(), "bad".to_string());
+        assert!(cfg.apply_env(&env).is_err());
+    }
+
+    #[test]
+    fn duplicate_facilities_and_ids_are_refused() {
+        let text = format!(
+            "{MINIMAL}\n[[organizations]]\nid = \"st-mary\"\nkind = \"adt_source\"\nname = \"dup\"\nsending_facilities = [\"STMARY\"]\n"
+        );
+        let err = Config::from_toml(&text, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("duplicate organization id"), "{err}");
+        assert!(err.contains("already listed by st-mary"), "{err}");
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://gw:secret@db/gw"),
+            "postgres://gw:***@db/gw"
+        );
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[test]
+    fn shipped_configs_are_valid() {
+        for f in ["config/demo.toml", "config/example.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
+            Config::from_file(&path).unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! cws-gateway: a FHIR/HL7 integration gateway between county child welfare
+//! services, hospital ADT feeds, Medi-Cal managed care plans and ECM providers.
+//!
+//! See `ARCHITECTURE.md` for the map of modules, the flow of one message and
+//! the invariants. The pure parts live in their own crates under `crates/`
+//! (`hl7v2`, `mapping`, `program`, `consent`), the storage in `crates/store`;
+//! this crate is the IO shell around them.
+
+pub mod api;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod intake;
+pub mod mllp;
+pub mod processor;
+pub mod serve;
+pub mod telemetry;
+pub mod translate;

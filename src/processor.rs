@@ -1,0 +1,338 @@
+//! The translation worker: journal records → FHIR resources in the store.
+//!
+//! Translation is derived from the journal, never from the network: intake
+//! hands the worker a job *after* the journal commit (a hint that saves a read),
+//! and the worker also scans the journal for pending records at start-up and
+//! whenever it is idle, so a crash or a full queue loses nothing — the record
+//! is simply translated later. `Store::complete` is idempotent (a processed
+//! record is not completed twice), so a record seen both ways is harmless.
+//!
+//! Order: jobs are translated in batches and completed in journal order within
+//! a batch (the store's single writer applies them in the order sent), so an A01
+//! followed by an A03 for the same visit ends as the A03 says.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures_util::future::join_all;
+use store::{JournalId, JournalRecord, ResourceWrite, Store};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Config;
+use crate::telemetry::Metrics;
+
+/// What became of a job, for an enhanced-mode application ACK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    Translated,
+    /// Not known in time; the record is durable and will be translated.
+    Deferred,
+    Failed {
+        code: String,
+        location: Option<String>,
+    },
+}
+
+pub struct Job {
+    id: JournalId,
+    source_org: String,
+    received_at: DateTime<Utc>,
+    raw: Vec<u8>,
+    reply: Option<oneshot::Sender<JobOutcome>>,
+}
+
+impl Job {
+    /// A job for a freshly journaled record; with `want_reply`, the receiver
+    /// yields its outcome.
+    pub fn new(
+        id: JournalId,
+        source_org: String,
+        received_at: DateTime<Utc>,
+        raw: Vec<u8>,
+        want_reply: bool,
+    ) -> (Job, Option<oneshot::Receiver<JobOutcome>>) {
+        let (reply, rx) = if want_reply {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        (
+            Job {
+                id,
+                source_org,
+                received_at,
+                raw,
+                reply,
+            },
+            rx,
+        )
+    }
+
+    fn from_record(r: JournalRecord) -> Job {
+        Job {
+            id: r.id,
+            source_org: r.source_org,
+            received_at: r.received_at,
+            raw: r.raw,
+            reply: None,
+        }
+    }
+}
+
+/// Hands jobs to the worker without ever blocking intake.
+#[derive(Clone)]
+pub struct ProcessorHandle {
+    tx: mpsc::Sender<Job>,
+    metrics: Arc<Metrics>,
+}
+
+impl ProcessorHandle {
+    /// A full queue drops the hint, not the message: the journal scan finds it.
+    pub fn submit(&self, job: Job) {
+        match self.tx.try_send(job) {
+            Ok(()) => {
+                self.metrics
+                    .translate_queue_depth
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                if let Some(reply) = job.reply {
+                    let _ = reply.send(JobOutcome::Deferred);
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+/// Translates ADT journal records with the mapping engine.
+pub struct Translator {
+    pub cfg: Arc<Config>,
+    pub engine: Arc<mapping::Engine>,
+    sensitivity: mapping::Sensitivity,
+    parse_opts: hl7v2::ParseOptions,
+}
+
+impl Translator {
+    pub fn new(cfg: Arc<Config>, engine: Arc<mapping::Engine>) -> Self {
+        let sensitivity = cfg.sensitivity();
+        let parse_opts = hl7v2::ParseOptions {
+            default_charset: cfg.default_charset(),
+            max_bytes: cfg.mllp.max_frame_bytes.max(cfg.server.max_body_bytes),
+            ..hl7v2::ParseOptions::default()
+        };
+        Translator {
+            cfg,
+            engine,
+            sensitivity,
+            parse_opts,
+        }
+    }
+
+    /// One ADT message → its FHIR Bundle.
+    pub fn translate_adt(
+        &self,
+        raw: &[u8],
+        source_org: &str,
+        received_at: &DateTime<Utc>,
+    ) -> Result<serde_json::Value, JobOutcome> {
+        let parsed = hl7v2::parse(raw, &self.parse_opts);
+        let Some(msg) = parsed.message else {
+            return Err(JobOutcome::Failed {
+                code: "unparseable".into(),
+                location: None,
+            });
+        };
+        let org_name = self
+            .cfg
+            .organization(source_org)
+            .map(|o| o.name.as_str())
+            .unwrap_or(source_org);
+        let received = received_at.to_rfc3339_opts(SecondsFormat::Secs, true);
+        let ctx = mapping::AdtContext {
+            canonical_base: &self.cfg.server.canonical_base,
+            source_org_id: source_org,
+            source_org_name: org_name,
+            received_at: &received,
+            sensitivity: &self.sensitivity,
+        };
+        self.engine
+            .translate_adt(&msg, &ctx)
+            .map_err(|e| JobOutcome::Failed {
+                code: e.code.to_string(),
+                location: e.location.clone(),
+            })
+    }
+}
+
+/// The resources of a Bundle as store writes.
+pub fn bundle_writes(bundle: &serde_json::Value) -> Vec<ResourceWrite> {
+    let mut out = Vec::new();
+    let Some(entries) = bundle.get("entry").and_then(|e| e.as_array()) else {
+        return out;
+    };
+    for e in entries {
+        let Some(res) = e.get("resource") else {
+            continue;
+        };
+        let (Some(rt), Some(id)) = (
+            res.get("resourceType").and_then(|v| v.as_str()),
+            res.get("id").and_then(|v| v.as_str()),
+        ) else {
+            continue;
+        };
+        out.push(ResourceWrite {
+            resource_type: rt.to_string(),
+            id: id.to_string(),
+            patient_id: mapping::patient_reference(res),
+            body: res.clone(),
+        });
+    }
+    out
+}
+
+const BATCH: usize = 256;
+const IDLE_SCAN: Duration = Duration::from_millis(500);
+
+/// Start the worker; it stops when every handle is dropped and the queue is empty.
+pub fn spawn(
+    translator: Arc<Translator>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+) -> (ProcessorHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(16_384);
+    let handle = ProcessorHandle {
+        tx,
+        metrics: metrics.clone(),
+    };
+    let task = tokio::spawn(run(translator, store, metrics, rx));
+    (handle, task)
+}
+
+async fn run(
+    translator: Arc<Translator>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    mut rx: mpsc::Receiver<Job>,
+) {
+    // Catch up on whatever a previous run journaled but did not translate.
+    scan_backlog(&translator, &store, &metrics).await;
+    loop {
+        let first = tokio::select! {
+            job = rx.recv() => job,
+            _ = tokio::time::sleep(IDLE_SCAN) => {
+                scan_backlog(&translator, &store, &metrics).await;
+                continue;
+            }
+        };
+        let Some(first) = first else { break };
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        metrics
+            .translate_queue_depth
+            .fetch_sub(batch.len() as i64, Ordering::Relaxed);
+        batch.sort_by_key(|j| j.id);
+        process_batch(&translator, &store, &metrics, batch).await;
+    }
+    tracing::debug!("translation worker stopped");
+}
+
+/// Translate every pending journal record (ADT), oldest first.
+pub async fn scan_backlog(
+    translator: &Arc<Translator>,
+    store: &Arc<dyn Store>,
+    metrics: &Arc<Metrics>,
+) {
+    let mut seen: HashSet<JournalId> = HashSet::new();
+    loop {
+        let records = match store.journal_pending(0, BATCH).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the journal backlog");
+                return;
+            }
+        };
+        let jobs: Vec<Job> = records
+            .into_iter()
+            .filter(|r| r.kind == store::InputKind::Adt && seen.insert(r.id))
+            .map(Job::from_record)
+            .collect();
+        if jobs.is_empty() {
+            return;
+        }
+        tracing::info!(records = jobs.len(), "translating journal backlog");
+        process_batch(translator, store, metrics, jobs).await;
+    }
+}
+
+async fn process_batch(
+    translator: &Arc<Translator>,
+    store: &Arc<dyn Store>,
+    metrics: &Arc<Metrics>,
+    batch: Vec<Job>,
+) {
+    // CPU work off the async workers.
+    let t = translator.clone();
+    let translated = tokio::task::spawn_blocking(move || {
+        batch
+            .into_iter()
+            .map(|job| {
+                let r = t.translate_adt(&job.raw, &job.source_org, &job.received_at);
+                (job, r)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let translated = match translated {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "translation task failed; records stay pending");
+            return;
+        }
+    };
+    // Issue the completions in journal order (first poll of join_all is in
+    // order, and the store's writer applies requests in arrival order).
+    let futs = translated.into_iter().map(|(job, result)| {
+        let store = store.clone();
+        let metrics = metrics.clone();
+        async move {
+            let outcome = match result {
+                Ok(bundle) => {
+                    let writes = bundle_writes(&bundle);
+                    match store.complete(job.id, writes).await {
+                        Ok(_) => {
+                            metrics.translations.inc(&["ok"]);
+                            JobOutcome::Translated
+                        }
+                        Err(e) => {
+                            tracing::error!(journal_id = job.id, error = %e, "storing translation failed; record stays pending");
+                            JobOutcome::Deferred
+                        }
+                    }
+                }
+                Err(JobOutcome::Failed { code, location }) => {
+                    tracing::warn!(journal_id = job.id, code = %code, "translation failed");
+                    metrics.translations.inc(&["failed"]);
+                    if let Err(e) = store.fail(job.id, &code).await {
+                        tracing::error!(journal_id = job.id, error = %e, "marking failure failed");
+                    }
+                    JobOutcome::Failed { code, location }
+                }
+                Err(other) => other,
+            };
+            if let Some(reply) = job.reply {
+                let _ = reply.send(outcome);
+            }
+        }
+    });
+    join_all(futs).await;
+}

@@ -1,0 +1,160 @@
+//! Wiring: open the store, load the mappings, bind the listeners, start the
+//! translation worker, and stop it all in order.
+//!
+//! Start-up fails with one clear line for a bad mapping directory, an
+//! unreachable store, or a port in use. Shutdown: stop accepting, let
+//! connections finish the frame they are on, drain the translation queue.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use store::{SqliteOptions, Store};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{self, AppState};
+use crate::config::{redact_url, Config};
+use crate::intake::AdtIntake;
+use crate::mllp::MllpServer;
+use crate::processor::{self, Translator};
+use crate::telemetry::Metrics;
+
+/// The CapabilityStatement this build serves (a test checks it is true).
+pub const CAPABILITY_STATEMENT: &str = include_str!("../conformance/CapabilityStatement.json");
+
+/// A running gateway.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub mllp_addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    worker: tokio::task::JoinHandle<()>,
+    intake: Arc<AdtIntake>,
+}
+
+pub fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let opts = SqliteOptions {
+        max_batch: cfg.store.max_batch,
+        ..SqliteOptions::default()
+    };
+    store::open_url(&cfg.store.url, opts)
+        .map_err(|e| anyhow!("store {}: {e}", redact_url(&cfg.store.url)))
+}
+
+pub fn load_engine(cfg: &Config) -> anyhow::Result<Arc<mapping::Engine>> {
+    let dir: &Path = &cfg.mappings.dir;
+    let engine =
+        mapping::Engine::load(dir).map_err(|e| anyhow!("mappings in {}: {e}", dir.display()))?;
+    Ok(Arc::new(engine))
+}
+
+async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on {addr}"))
+}
+
+/// Start everything; returns once both listeners are bound.
+pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    let cfg = Arc::new(cfg);
+    let engine = load_engine(&cfg)?;
+    let store = open_store(&cfg)?;
+    let capability: serde_json::Value = serde_json::from_str(CAPABILITY_STATEMENT)
+        .context("conformance/CapabilityStatement.json is not JSON")?;
+    let metrics = Arc::new(Metrics::default());
+
+    let http = bind(&cfg.server.http_addr, "HTTP").await?;
+    let mllp = bind(&cfg.server.mllp_addr, "MLLP").await?;
+    let http_addr = http.local_addr()?;
+    let mllp_addr = mllp.local_addr()?;
+
+    let translator = Arc::new(Translator::new(cfg.clone(), engine));
+    let (handle, worker) = processor::spawn(translator, store.clone(), metrics.clone());
+    let intake = Arc::new(AdtIntake::new(
+        cfg.clone(),
+        store.clone(),
+        handle,
+        metrics.clone(),
+    ));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+
+    let mllp_server = Arc::new(MllpServer {
+        intake: intake.clone(),
+        metrics: metrics.clone(),
+        max_frame: cfg.mllp.max_frame_bytes,
+        idle_timeout: Duration::from_secs(cfg.mllp.idle_timeout_secs),
+        max_connections: cfg.mllp.max_connections,
+    });
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(mllp_server.run(mllp, shutdown_rx.clone())));
+
+    let state = AppState {
+        cfg: cfg.clone(),
+        store: store.clone(),
+        intake: intake.clone(),
+        metrics: metrics.clone(),
+        tokens: Arc::new(api::token_table(&cfg)),
+        capability: Arc::new(capability),
+    };
+    let app = api::router(state);
+    let mut http_shutdown = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let server = axum::serve(http, app).with_graceful_shutdown(async move {
+            let _ = http_shutdown.wait_for(|v| *v).await;
+        });
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    }));
+    tracing::info!(
+        http = %http_addr,
+        mllp = %mllp_addr,
+        store = store.backend(),
+        "cws-gateway listening"
+    );
+    Ok(Running {
+        http_addr,
+        mllp_addr,
+        store,
+        metrics,
+        shutdown,
+        tasks,
+        worker,
+        intake,
+    })
+}
+
+impl Running {
+    /// Stop accepting, finish in-flight requests, drain the translation queue.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        // Dropping the last intake drops the last processor handle; the worker
+        // drains what is queued and exits.
+        drop(self.intake);
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.worker).await;
+    }
+}
+
+/// Wait for Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

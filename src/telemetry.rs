@@ -1,0 +1,334 @@
+//! Logs and metrics that cannot carry PHI by construction.
+//!
+//! Metrics take only closed label values: message types are reduced to
+//! `ADT^A01`-shaped codes (anything else becomes `other`), ACK codes come from an
+//! enum, routes are the router's templates. Nothing from a payload besides those
+//! codes is ever a label. Logs go through `tracing`; call sites log ids and
+//! counts (journal id, control-id hash is not needed: the journal id suffices).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Install the `tracing` subscriber: `RUST_LOG` filter, default `info`.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// A counter keyed by a small, closed set of label values.
+#[derive(Default)]
+pub struct CounterVec {
+    values: Mutex<BTreeMap<Vec<&'static str>, u64>>,
+}
+
+impl CounterVec {
+    pub fn inc(&self, labels: &[&'static str]) {
+        self.add(labels, 1);
+    }
+
+    pub fn add(&self, labels: &[&'static str], n: u64) {
+        if let Ok(mut m) = self.values.lock() {
+            *m.entry(labels.to_vec()).or_insert(0) += n;
+        }
+    }
+
+    pub fn get(&self, labels: &[&'static str]) -> u64 {
+        self.values
+            .lock()
+            .ok()
+            .and_then(|m| m.get(labels).copied())
+            .unwrap_or(0)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str, label_names: &[&str]) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        if let Ok(m) = self.values.lock() {
+            for (labels, v) in m.iter() {
+                let pairs: Vec<String> = label_names
+                    .iter()
+                    .zip(labels.iter())
+                    .map(|(k, v)| format!("{k}=\"{v}\""))
+                    .collect();
+                let _ = writeln!(out, "{name}{{{}}} {v}", pairs.join(","));
+            }
+        }
+    }
+}
+
+/// A fixed-bucket histogram in seconds.
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, seconds: f64) {
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            if seconds <= *b {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.sum_micros
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{b}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        let n = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {n}");
+    }
+}
+
+/// Every metric the gateway exports. One instance per process.
+pub struct Metrics {
+    /// HL7 messages received, by message type.
+    pub hl7_received: CounterVec,
+    /// HL7 acknowledgements sent, by code and message type.
+    pub hl7_acks: CounterVec,
+    /// MLLP frames that were not HL7 messages (garbage, oversize).
+    pub mllp_frame_errors: CounterVec,
+    pub mllp_connections: AtomicI64,
+    /// Time from a complete frame/request to its ACK being ready.
+    pub ack_latency: Histogram,
+    /// Journal records translated, by outcome (`ok`, `failed`).
+    pub translations: CounterVec,
+    /// Jobs waiting for the translation worker.
+    pub translate_queue_depth: AtomicI64,
+    pub http_requests: CounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            hl7_received: CounterVec::default(),
+            hl7_acks: CounterVec::default(),
+            mllp_frame_errors: CounterVec::default(),
+            mllp_connections: AtomicI64::new(0),
+            ack_latency: Histogram::new(LATENCY_BUCKETS),
+            translations: CounterVec::default(),
+            translate_queue_depth: AtomicI64::new(0),
+            http_requests: CounterVec::default(),
+        }
+    }
+}
+
+/// Reduce a message type to a closed label: `ADT^A01` shapes pass, the rest is `other`.
+pub fn message_type_label(code: &str, trigger: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "A01", "A02", "A03", "A04", "A05", "A06", "A07", "A08", "A09", "A10", "A11", "A12", "A13",
+        "A14", "A15", "A16", "A17", "A18", "A20", "A21", "A22", "A23", "A24", "A25", "A26", "A27",
+        "A28", "A29", "A30", "A31", "A32", "A33", "A34", "A35", "A36", "A37", "A38", "A39", "A40",
+        "A41", "A42", "A43", "A44", "A45", "A47", "A49", "A50", "A51", "A52", "A53", "A54", "A55",
+        "A60", "A61", "A62",
+    ];
+    const LABELS: &[&str] = &[
+        "ADT^A01", "ADT^A02", "ADT^A03", "ADT^A04", "ADT^A05", "ADT^A06", "ADT^A07", "ADT^A08",
+        "ADT^A09", "ADT^A10", "ADT^A11", "ADT^A12", "ADT^A13", "ADT^A14", "ADT^A15", "ADT^A16",
+        "ADT^A17", "ADT^A18", "ADT^A20", "ADT^A21", "ADT^A22", "ADT^A23", "ADT^A24", "ADT^A25",
+        "ADT^A26", "ADT^A27", "ADT^A28", "ADT^A29", "ADT^A30", "ADT^A31", "ADT^A32", "ADT^A33",
+        "ADT^A34", "ADT^A35", "ADT^A36", "ADT^A37", "ADT^A38", "ADT^A39", "ADT^A40", "ADT^A41",
+        "ADT^A42", "ADT^A43", "ADT^A44", "ADT^A45", "ADT^A47", "ADT^A49", "ADT^A50", "ADT^A51",
+        "ADT^A52", "ADT^A53", "ADT^A54", "ADT^A55", "ADT^A60", "ADT^A61", "ADT^A62",
+    ];
+    if code != "ADT" {
+        return "other";
+    }
+    KNOWN
+        .iter()
+        .position(|k| *k == trigger)
+        .and_then(|i| LABELS.get(i).copied())
+        .unwrap_or("ADT^other")
+}
+
+impl Metrics {
+    /// Prometheus text exposition; the store's numbers are passed in.
+    pub fn render(
+        &self,
+        store: &store::StoreMetrics,
+        journal: Option<&store::JournalStats>,
+    ) -> String {
+        let mut out = String::with_capacity(4096);
+        self.hl7_received.render(
+            &mut out,
+            "cwsgw_hl7_messages_received_total",
+            "HL7 v2 messages received (MLLP and HTTP), by message type.",
+            &["type"],
+        );
+        self.hl7_acks.render(
+            &mut out,
+            "cwsgw_hl7_acks_total",
+            "HL7 acknowledgements sent, by MSA-1 code and message type.",
+            &["code", "type"],
+        );
+        self.mllp_frame_errors.render(
+            &mut out,
+            "cwsgw_mllp_frame_errors_total",
+            "MLLP framing problems, by kind.",
+            &["kind"],
+        );
+        let _ = writeln!(out, "# HELP cwsgw_mllp_connections Open MLLP connections.");
+        let _ = writeln!(out, "# TYPE cwsgw_mllp_connections gauge");
+        let _ = writeln!(
+            out,
+            "cwsgw_mllp_connections {}",
+            self.mllp_connections.load(Ordering::Relaxed)
+        );
+        self.ack_latency.render(
+            &mut out,
+            "cwsgw_hl7_ack_latency_seconds",
+            "Time from a complete HL7 message to its ACK being ready (includes the journal commit).",
+        );
+        self.translations.render(
+            &mut out,
+            "cwsgw_translations_total",
+            "Journal records translated to FHIR, by outcome.",
+            &["outcome"],
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cwsgw_translate_queue_depth Journal records waiting for translation in memory."
+        );
+        let _ = writeln!(out, "# TYPE cwsgw_translate_queue_depth gauge");
+        let _ = writeln!(
+            out,
+            "cwsgw_translate_queue_depth {}",
+            self.translate_queue_depth.load(Ordering::Relaxed).max(0)
+        );
+        self.http_requests.render(
+            &mut out,
+            "cwsgw_http_requests_total",
+            "HTTP requests, by route and status class.",
+            &["route", "status"],
+        );
+        // Store.
+        let _ = writeln!(
+            out,
+            "# HELP cwsgw_journal_commit_seconds Journal (group) commit latency."
+        );
+        let _ = writeln!(out, "# TYPE cwsgw_journal_commit_seconds histogram");
+        let mut last = 0;
+        for (le, c) in &store.commit_seconds_buckets {
+            let _ = writeln!(
+                out,
+                "cwsgw_journal_commit_seconds_bucket{{le=\"{le}\"}} {c}"
+            );
+            last = *c;
+        }
+        let _ = writeln!(
+            out,
+            "cwsgw_journal_commit_seconds_bucket{{le=\"+Inf\"}} {}",
+            store.commits.max(last)
+        );
+        let _ = writeln!(
+            out,
+            "cwsgw_journal_commit_seconds_sum {}",
+            store.commit_seconds_sum
+        );
+        let _ = writeln!(out, "cwsgw_journal_commit_seconds_count {}", store.commits);
+        for (name, help, v) in [
+            (
+                "cwsgw_journal_inputs_total",
+                "Inputs appended to the journal.",
+                store.appended_inputs,
+            ),
+            (
+                "cwsgw_journal_duplicates_total",
+                "Inputs recognised as duplicates (not journaled again).",
+                store.duplicate_inputs,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {v}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP cwsgw_store_writer_queue_depth Requests waiting for the store writer."
+        );
+        let _ = writeln!(out, "# TYPE cwsgw_store_writer_queue_depth gauge");
+        let _ = writeln!(
+            out,
+            "cwsgw_store_writer_queue_depth {}",
+            store.writer_queue_depth
+        );
+        if let Some(j) = journal {
+            let _ = writeln!(
+                out,
+                "# HELP cwsgw_journal_records Journal records by state."
+            );
+            let _ = writeln!(out, "# TYPE cwsgw_journal_records gauge");
+            for (state, v) in [
+                ("pending", j.pending),
+                ("processed", j.processed),
+                ("failed", j.failed),
+            ] {
+                let _ = writeln!(out, "cwsgw_journal_records{{state=\"{state}\"}} {v}");
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_closed() {
+        assert_eq!(message_type_label("ADT", "A01"), "ADT^A01");
+        assert_eq!(message_type_label("ADT", "Z99"), "ADT^other");
+        assert_eq!(message_type_label("ORU", "R01"), "other");
+        assert_eq!(message_type_label("ADT", "Jane Doe"), "ADT^other");
+    }
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.hl7_received.inc(&["ADT^A01"]);
+        m.hl7_acks.inc(&["AA", "ADT^A01"]);
+        m.ack_latency.observe(0.002);
+        let text = m.render(&store::StoreMetrics::default(), None);
+        assert!(text.contains("cwsgw_hl7_messages_received_total{type=\"ADT^A01\"} 1"));
+        assert!(text.contains("cwsgw_hl7_acks_total{code=\"AA\",type=\"ADT^A01\"} 1"));
+        assert!(text.contains("cwsgw_hl7_ack_latency_seconds_bucket{le=\"0.0025\"} 1"));
+        assert!(text.contains("cwsgw_hl7_ack_latency_seconds_bucket{le=\"0.001\"} 0"));
+    }
+}

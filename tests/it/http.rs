@@ -1,0 +1,263 @@
+//! The HTTP edge: `POST /hl7/v2`, health, metrics, metadata, auth and limits.
+
+use reqwest::StatusCode;
+
+use crate::common::*;
+
+async fn start() -> (tempfile::TempDir, cws_gateway::serve::Running, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let running = cws_gateway::serve::start(config(dir.path())).await.unwrap();
+    let base = format!("http://{}", running.http_addr);
+    (dir, running, base)
+}
+
+fn post_hl7(
+    client: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> reqwest::RequestBuilder {
+    let mut r = client
+        .post(format!("{base}/hl7/v2"))
+        .header("Content-Type", "x-application/hl7-v2+er7")
+        .body(body);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hl7_over_http_has_the_same_semantics() {
+    let (_dir, gw, base) = start().await;
+    let c = reqwest::Client::new();
+    let msg = adt("A01", "HTTP1", "STMARY").into_bytes();
+    let resp = post_hl7(&c, &base, Some(STMARY_TOKEN), msg.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "x-application/hl7-v2+er7"
+    );
+    let ack = resp.text().await.unwrap();
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    assert_eq!(field(&ack, "MSA", 2), "HTTP1");
+    // Duplicate → AA again, one journal record.
+    let ack = post_hl7(&c, &base, Some(STMARY_TOKEN), msg)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(field(&ack, "MSA", 1), "AA");
+    assert_eq!(gw.store.journal_stats().await.unwrap().total, 1);
+    // Over HTTP, MSH-4 must be one of the caller's own facilities.
+    let other = adt("A01", "HTTP2", "VALLEYHIE").into_bytes();
+    let ack = post_hl7(&c, &base, Some(STMARY_TOKEN), other)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(field(&ack, "MSA", 1), "AR", "{ack}");
+    // Unparseable → AE with ERR.
+    let ack = post_hl7(&c, &base, Some(STMARY_TOKEN), b"garbage".to_vec())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(field(&ack, "MSA", 1), "AE", "{ack}");
+    // Enhanced mode: the commit ACK and the application ACK, in that order.
+    let enh = adt("A01", "HTTP3", "STMARY").replacen("|P|2.5.1\r", "|P|2.5.1|||AL|AL\r", 1);
+    let body = post_hl7(&c, &base, Some(STMARY_TOKEN), enh.into_bytes())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let codes: Vec<String> = body
+        .split('\r')
+        .filter(|s| s.starts_with("MSA|"))
+        .map(|s| s.split('|').nth(1).unwrap_or("").to_string())
+        .collect();
+    assert_eq!(codes, vec!["CA", "AA"], "{body}");
+    wait_translated(gw.store.as_ref()).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_media_type_and_size_limits() {
+    let (_dir, gw, base) = start().await;
+    let c = reqwest::Client::new();
+    let msg = adt("A01", "AUTH1", "STMARY").into_bytes();
+    // No token → 401 OperationOutcome.
+    let resp = post_hl7(&c, &base, None, msg.clone()).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let oo: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+    // Unknown token → 401.
+    let resp = post_hl7(&c, &base, Some("nope"), msg.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // A county may not post ADT → 403.
+    let resp = post_hl7(&c, &base, Some(COUNTY_TOKEN), msg.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let oo: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(oo["issue"][0]["code"], "forbidden");
+    // Wrong media type → 415.
+    let resp = c
+        .post(format!("{base}/hl7/v2"))
+        .bearer_auth(STMARY_TOKEN)
+        .header("Content-Type", "application/json")
+        .body(msg.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // Over the body limit (64 KiB in the test config) → 413.
+    let resp = post_hl7(&c, &base, Some(STMARY_TOKEN), vec![b'x'; 70_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(gw.store.journal_stats().await.unwrap().total, 0);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_metrics_and_metadata() {
+    let (_dir, gw, base) = start().await;
+    let c = reqwest::Client::new();
+    assert_eq!(
+        c.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        c.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let msg = adt("A03", "MET1", "STMARY").into_bytes();
+    post_hl7(&c, &base, Some(STMARY_TOKEN), msg)
+        .send()
+        .await
+        .unwrap();
+    // Metrics are for operators.
+    assert_eq!(
+        c.get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        c.get(format!("{base}/metrics"))
+            .bearer_auth(STMARY_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    wait_translated(gw.store.as_ref()).await;
+    let text = c
+        .get(format!("{base}/metrics"))
+        .bearer_auth(OPS_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "cwsgw_hl7_messages_received_total{type=\"ADT^A03\"} 1",
+        "cwsgw_hl7_acks_total{code=\"AA\",type=\"ADT^A03\"} 1",
+        "cwsgw_journal_commit_seconds_count",
+        "cwsgw_translate_queue_depth",
+        "cwsgw_journal_records{state=\"processed\"} 1",
+        "cwsgw_translations_total{outcome=\"ok\"} 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    // No PHI in metrics: not the name, not the CIN.
+    assert!(!text.contains("Rivera") && !text.contains("91000001A"));
+    // /fhir/metadata serves the CapabilityStatement from conformance/, unauthenticated.
+    let resp = c.get(format!("{base}/fhir/metadata")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let served: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("conformance/CapabilityStatement.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(served, file);
+    gw.stop().await;
+}
+
+/// The CapabilityStatement must match what the server does: every declared
+/// resource interaction answers, and nothing undeclared is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capability_statement_matches_what_is_served() {
+    let (_dir, gw, base) = start().await;
+    let c = reqwest::Client::new();
+    let cs: serde_json::Value =
+        serde_json::from_str(cws_gateway::serve::CAPABILITY_STATEMENT).unwrap();
+    assert_eq!(cs["fhirVersion"], "4.0.1");
+    let declared: Vec<String> = cs["rest"][0]["resource"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r["type"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    for rt in [
+        "Patient",
+        "Encounter",
+        "Condition",
+        "ServiceRequest",
+        "Task",
+        "CarePlan",
+        "Consent",
+        "Provenance",
+        "AuditEvent",
+        "MessageHeader",
+    ] {
+        let status = c
+            .get(format!("{base}/fhir/{rt}"))
+            .bearer_auth(OPS_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if declared.iter().any(|d| d == rt) {
+            assert_eq!(status, StatusCode::OK, "{rt} is declared but not served");
+        } else {
+            assert_eq!(
+                status,
+                StatusCode::NOT_FOUND,
+                "{rt} is served but not declared"
+            );
+        }
+    }
+    gw.stop().await;
+}

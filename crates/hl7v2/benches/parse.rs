@@ -31,6 +31,11 @@ fn measure(mut f: impl FnMut() -> usize) -> u64 {
     (n as f64 / start.elapsed().as_secs_f64()) as u64
 }
 
+/// `HL7V2_BENCH_ONLY=<parser>` runs a single parser (for profiling).
+fn wanted(parser: &str) -> bool {
+    std::env::var("HL7V2_BENCH_ONLY").map_or(true, |only| only == parser)
+}
+
 fn report(parser: &str, msgs_per_sec: u64) {
     println!("{{\"bench\":\"parse\",\"parser\":\"{parser}\",\"msgs_per_sec\":{msgs_per_sec}}}");
 }
@@ -44,30 +49,36 @@ fn main() {
     assert!(ours.diagnostics.is_empty());
     assert!(hl7_parser::parse_message(ADT).is_ok());
 
-    report(
-        "hl7v2",
-        measure(|| {
-            let p = hl7v2::parse(black_box(bytes), &opts);
-            p.message.map(|m| m.segment_count()).unwrap_or(0)
-        }),
-    );
-    report(
-        "hl7-parser-0.3",
-        measure(|| {
-            hl7_parser::parse_message(black_box(ADT))
-                .map(|m| m.segments().count())
-                .unwrap_or(0)
-        }),
-    );
-    report(
-        "naive-split",
-        measure(|| {
-            let segs: Vec<Vec<&str>> = black_box(ADT)
-                .split('\r')
-                .filter(|s| !s.is_empty())
-                .map(|s| s.split('|').collect())
-                .collect();
-            segs.len()
-        }),
-    );
+    if wanted("hl7v2") {
+        report(
+            "hl7v2",
+            measure(|| {
+                let p = hl7v2::parse(black_box(bytes), &opts);
+                p.message.map(|m| m.segment_count()).unwrap_or(0)
+            }),
+        );
+    }
+    if wanted("hl7-parser-0.3") {
+        report(
+            "hl7-parser-0.3",
+            measure(|| {
+                hl7_parser::parse_message(black_box(ADT))
+                    .map(|m| m.segments().count())
+                    .unwrap_or(0)
+            }),
+        );
+    }
+    if wanted("naive-split") {
+        report(
+            "naive-split",
+            measure(|| {
+                let segs: Vec<Vec<&str>> = black_box(ADT)
+                    .split('\r')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.split('|').collect())
+                    .collect();
+                segs.len()
+            }),
+        );
+    }
 }

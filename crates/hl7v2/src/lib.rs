@@ -28,6 +28,35 @@
 //! **Invariant: `unescape(escape(s)) == s`** for any text `s` when the delimiters
 //! define an escape character (checked by a proptest).
 //!
+//! # Example
+//!
+//! ```
+//! use hl7v2::{ack, parse, ParseOptions};
+//!
+//! let raw = b"MSH|^~\\&|HIS|GENHOSP|CWSGW|COUNTY|20261123101500||ADT^A01^ADT_A01|MSG1|P|2.5.1\r\
+//!             PID|1||MRN1^^^GENHOSP^MR~99999999A^^^CA_MEDI_CAL^MC||Doe^Jane\r";
+//! let parsed = parse(raw, &ParseOptions::default());
+//! assert!(!parsed.has_errors());
+//! let msg = parsed.message.expect("parsed");
+//! assert_eq!(msg.get("PID-3[2].4").as_deref(), Some("CA_MEDI_CAL"));
+//! let pid = msg.first("PID").expect("PID");
+//! assert_eq!(pid.field(3).repetition_count(), 2);
+//! assert_eq!(pid.value(5, 1, 2, 0).as_deref(), Some("Jane"));
+//!
+//! let header = msg.header();
+//! assert_eq!(header.sending_facility, "GENHOSP");
+//! let reply = ack::build(&ack::AckSpec {
+//!     original: Some(&header),
+//!     code: ack::AckCode::AA,
+//!     control_id: "ACK1",
+//!     timestamp: "20261123151500+0000",
+//!     text: None,
+//!     errors: &parsed.diagnostics,
+//!     sending_application: "CWSGW",
+//! });
+//! assert!(reply.ends_with("\rMSA|AA|MSG1"));
+//! ```
+//!
 //! # Why not `hl7-parser`?
 //!
 //! Measured with `cargo bench -p hl7v2 --bench parse` (median of 3 runs, a

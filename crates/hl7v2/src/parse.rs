@@ -291,30 +291,26 @@ fn index(
         let off = text.len() + usize::from(!segs.is_empty());
         let mut truncated = false;
         let mut a = line_start;
-        let mut i = line_start;
-        let mut blank = true;
-        while let Some(&c) = b.get(i) {
-            if c == b'\r' || c == b'\n' {
-                break;
-            }
-            if blank && c != b' ' && c != b'\t' {
-                blank = false;
-            }
-            if c == fs {
-                if fields.len() - field_start < limit {
-                    fields.push(((off + a - line_start) as u32, (off + i - line_start) as u32));
-                } else {
-                    truncated = true;
+        let line_end = loop {
+            let j = next_special(b, a, fs);
+            match b.get(j) {
+                Some(&c) if c == fs => {
+                    if fields.len() - field_start < limit {
+                        fields.push(((off + a - line_start) as u32, (off + j - line_start) as u32));
+                    } else {
+                        truncated = true;
+                    }
+                    a = j + 1;
                 }
-                a = i + 1;
+                _ => break j,
             }
-            i += 1;
-        }
-        let line_end = i;
+        };
         pos = line_end + 1;
-        if blank {
-            fields.truncate(field_start);
-            continue; // empty or whitespace-only line
+        let line = src.get(line_start..line_end).unwrap_or("");
+        if line.bytes().all(|c| c == b' ' || c == b'\t') {
+            // Empty or whitespace-only line (it cannot contain the field
+            // separator, which is punctuation, so no field was recorded).
+            continue;
         }
         if fields.len() - field_start < limit {
             fields.push((
@@ -335,7 +331,6 @@ fn index(
             ));
             return None;
         }
-        let line = src.get(line_start..line_end).unwrap_or("");
         if !segs.is_empty() {
             text.push('\r');
         }
@@ -399,6 +394,39 @@ fn index(
         segs,
         fields,
     })
+}
+
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// Bytes of `x` equal to `v` are flagged in their high bit. Flags above the
+/// lowest true match may be false positives; the lowest flag is exact.
+fn flag_bytes(x: u64, v: u8) -> u64 {
+    let y = x ^ LO.wrapping_mul(u64::from(v));
+    y.wrapping_sub(LO) & !y & HI
+}
+
+/// Position of the next field separator, CR or LF at or after `from`
+/// (`b.len()` when none). Scans 8 bytes at a time (SWAR), then bytewise.
+fn next_special(b: &[u8], from: usize, fs: u8) -> usize {
+    let mut i = from;
+    while let Some(chunk) = b.get(i..i.saturating_add(8)) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(w);
+        let m = flag_bytes(x, fs) | flag_bytes(x, b'\r') | flag_bytes(x, b'\n');
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&c) = b.get(i) {
+        if c == fs || c == b'\r' || c == b'\n' {
+            return i;
+        }
+        i += 1;
+    }
+    b.len()
 }
 
 /// Occurrence counter per segment id, for `Segment::ordinal`. Ids of up to 7
@@ -486,6 +514,27 @@ fn check_header(m: &Message, diags: &mut Vec<Diagnostic>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_special_finds_first_delimiter() {
+        let s = b"abcdefghijklmnop|q\rr";
+        assert_eq!(next_special(s, 0, b'|'), 16);
+        assert_eq!(next_special(s, 17, b'|'), 18);
+        assert_eq!(next_special(s, 19, b'|'), 20);
+        assert_eq!(next_special(b"", 0, b'|'), 0);
+        assert_eq!(next_special(b"abc", 5, b'|'), 3);
+        // Every position, every alignment, against a naive scan.
+        let data: Vec<u8> = (0u8..=255).cycle().take(600).collect();
+        for fs in [b'|', b'#', 0x80, 0xFF, 0] {
+            for from in 0..data.len() {
+                let naive = data[from..]
+                    .iter()
+                    .position(|&c| c == fs || c == b'\r' || c == b'\n')
+                    .map_or(data.len(), |p| p + from);
+                assert_eq!(next_special(&data, from, fs), naive);
+            }
+        }
+    }
 
     #[test]
     fn versions() {

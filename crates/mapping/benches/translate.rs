@@ -51,6 +51,49 @@ fn main() {
     for _ in 0..2_000 {
         black_box(one(black_box(&input)));
     }
+    if std::env::var_os("BENCH_SPLIT").is_some() {
+        let t = Instant::now();
+        for _ in 0..20_000 {
+            black_box(hl7v2::parse(black_box(&input), &opts));
+        }
+        eprintln!(
+            "parse only: {:.1} us/msg",
+            t.elapsed().as_secs_f64() * 1e6 / 20_000.0
+        );
+        let parsed = hl7v2::parse(&input, &opts);
+        if let Some(msg) = parsed.message {
+            let t = Instant::now();
+            for _ in 0..20_000 {
+                black_box(engine.translate_adt(black_box(&msg), &ctx).ok());
+            }
+            eprintln!(
+                "translate only: {:.1} us/msg",
+                t.elapsed().as_secs_f64() * 1e6 / 20_000.0
+            );
+            if let Ok(bundle) = engine.translate_adt(&msg, &ctx) {
+                let t = Instant::now();
+                for _ in 0..20_000 {
+                    black_box(black_box(&bundle).clone());
+                }
+                eprintln!(
+                    "clone of the output Value: {:.1} us/msg",
+                    t.elapsed().as_secs_f64() * 1e6 / 20_000.0
+                );
+                let t = Instant::now();
+                for _ in 0..20_000 {
+                    black_box(
+                        serde_json::to_vec(black_box(&bundle))
+                            .map(|v| v.len())
+                            .unwrap_or(0),
+                    );
+                }
+                eprintln!(
+                    "serialize only: {:.1} us/msg",
+                    t.elapsed().as_secs_f64() * 1e6 / 20_000.0
+                );
+            }
+        }
+    }
     let mut n: u64 = 0;
     let mut out_bytes = 0usize;
     let start = Instant::now();

@@ -1,0 +1,641 @@
+//! The glue between stored FHIR resources and the pure consent engine
+//! (`cwsgw_consent`): what a Consent resource means, what a resource is (its
+//! labels, category, patient), who a recipient is, and what the patient's
+//! situation is (referrer, plan, assigned ECM provider) — then one `decide`
+//! that every exit calls, and `apply_obligations` that masks what a permit
+//! allows only in part.
+//!
+//! **Architecture Invariant: consent is decided at the moment of disclosure.**
+//! Nothing here caches a decision; callers ask `decide` right before each
+//! delivery attempt and each read.
+//!
+//! ## The Consent resource (what `consent.recorded`, inline referral consents
+//! and `POST /fhir/Consent` produce, and what this module reads)
+//! - `status`: `active`, or `inactive` once withdrawn;
+//! - `scope` = consentscope `patient-privacy`;
+//! - `category`: LOINC 59284-0 and a coding `{base}/CodeSystem/consent-kind`
+//!   `referral_verbal | release_of_information | part2_written`;
+//! - `patient`, `dateTime` (recorded), `organization` (the recording county or provider);
+//! - extension `{base}/StructureDefinition/consent-grantor-role` (valueCode
+//!   `youth|nmd|parent|legal_guardian|social_worker|court`) and, after a
+//!   withdrawal, `{base}/StructureDefinition/consent-withdrawn-at` (valueDateTime);
+//! - `provision`: `type` permit, `period`, `actor[]` (role v3-ParticipationType
+//!   `IRCP`, reference `Organization/{id}`), `class[]` codes from
+//!   `{base}/CodeSystem/consent-category`, `securityLabel[]` for the sensitive
+//!   categories (`ETH`, `PSY`, `HIV`, `SEX`).
+//! Systems are matched on their path suffix, so a change of `canonical_base`
+//! does not orphan existing consents.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use consent::{Category, ConsentKind, ConsentRecord, Decision, GrantorRole, Obligation, Purpose};
+use serde_json::{json, Value};
+
+use crate::config::{Config, OrgKind};
+
+pub const CONSENT_KIND_CS: &str = "/CodeSystem/consent-kind";
+pub const CONSENT_CATEGORY_CS: &str = "/CodeSystem/consent-category";
+pub const GRANTOR_EXT: &str = "/StructureDefinition/consent-grantor-role";
+pub const WITHDRAWN_EXT: &str = "/StructureDefinition/consent-withdrawn-at";
+pub const SELF_REFERRAL_EXT: &str = "/StructureDefinition/self-referral";
+pub const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+
+fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    // A FHIR date (YYYY-MM-DD) means the start of that day (UTC).
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|dt| dt.and_utc())
+}
+
+/// The organization id of a reference like `Organization/mcp-a`.
+pub fn org_of(reference: &Value) -> Option<String> {
+    let r = str_of(reference, "reference")?;
+    r.strip_prefix("Organization/").map(str::to_string)
+}
+
+/// The id of a `Type/id` reference (last two path segments also accepted).
+pub fn ref_id(reference: &Value, rtype: &str) -> Option<String> {
+    let r = str_of(reference, "reference")?;
+    let mut parts = r.rsplit('/');
+    let id = parts.next()?;
+    let t = parts.next()?;
+    (t == rtype).then(|| id.to_string())
+}
+
+fn grantor_from_code(c: &str) -> Option<GrantorRole> {
+    Some(match c {
+        "youth" => GrantorRole::Youth,
+        "nmd" => GrantorRole::Nmd,
+        "parent" => GrantorRole::Parent,
+        "legal_guardian" => GrantorRole::LegalGuardian,
+        "social_worker" => GrantorRole::SocialWorker,
+        "court" => GrantorRole::Court,
+        _ => return None,
+    })
+}
+
+pub fn kind_from_code(c: &str) -> Option<ConsentKind> {
+    Some(match c {
+        "referral_verbal" => ConsentKind::ReferralVerbal,
+        "release_of_information" => ConsentKind::ReleaseOfInformation,
+        "part2_written" => ConsentKind::Part2Written,
+        _ => return None,
+    })
+}
+
+pub fn category_from_code(c: &str) -> Option<Category> {
+    Category::ALL.into_iter().find(|k| k.code() == c)
+}
+
+/// Read a FHIR Consent into the engine's record. `None` when it is not one of
+/// ours (unknown kind, no patient, no grantor): such a Consent permits nothing.
+pub fn consent_from_fhir(res: &Value) -> Option<ConsentRecord> {
+    if str_of(res, "resourceType") != Some("Consent") {
+        return None;
+    }
+    let id = str_of(res, "id")?.to_string();
+    let patient_id = res.get("patient").and_then(|p| ref_id(p, "Patient"))?;
+    let kind = res
+        .get("category")?
+        .as_array()?
+        .iter()
+        .flat_map(|c| {
+            c.get("coding")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .find(|c| str_of(c, "system").is_some_and(|s| s.ends_with(CONSENT_KIND_CS)))
+        .and_then(|c| str_of(c, "code"))
+        .and_then(kind_from_code)?;
+    let ext = |suffix: &str| -> Option<&Value> {
+        res.get("extension")?
+            .as_array()?
+            .iter()
+            .find(|e| str_of(e, "url").is_some_and(|u| u.ends_with(suffix)))
+    };
+    let grantor_role = ext(GRANTOR_EXT)
+        .and_then(|e| str_of(e, "valueCode"))
+        .and_then(grantor_from_code)?;
+    let recorded_at = str_of(res, "dateTime").and_then(parse_time)?;
+    let provision = res.get("provision");
+    let recipients: Vec<String> = provision
+        .and_then(|p| p.get("actor"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.get("reference").and_then(org_of))
+                .collect()
+        })
+        .unwrap_or_default();
+    let categories: Vec<Category> = provision
+        .and_then(|p| p.get("class"))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter(|c| str_of(c, "system").is_some_and(|s| s.ends_with(CONSENT_CATEGORY_CS)))
+                .filter_map(|c| str_of(c, "code").and_then(category_from_code))
+                .collect()
+        })
+        .unwrap_or_default();
+    let period = provision.and_then(|p| p.get("period"));
+    let start = period
+        .and_then(|p| str_of(p, "start"))
+        .and_then(parse_time)
+        .unwrap_or(recorded_at);
+    let end = period.and_then(|p| str_of(p, "end")).and_then(parse_time);
+    let mut withdrawn_at = ext(WITHDRAWN_EXT)
+        .and_then(|e| str_of(e, "valueDateTime"))
+        .and_then(parse_time);
+    if withdrawn_at.is_none() && str_of(res, "status") != Some("active") {
+        // Not active and no withdrawal time: it counts for nothing, ever.
+        withdrawn_at = Some(DateTime::<Utc>::MIN_UTC);
+    }
+    Some(ConsentRecord {
+        id,
+        kind,
+        patient_id,
+        grantor_role,
+        recipients,
+        categories,
+        start,
+        end,
+        withdrawn_at,
+        recorded_at,
+    })
+}
+
+/// Everything needed to build a Consent resource.
+#[derive(Debug, Clone)]
+pub struct ConsentSpec<'a> {
+    pub canonical_base: &'a str,
+    pub id: &'a str,
+    pub identifier: Option<(&'a str, &'a str)>,
+    pub patient_id: &'a str,
+    pub kind: &'a str,
+    pub grantor_role: &'a str,
+    pub grantor_name: Option<&'a str>,
+    pub recorded_by_org: &'a str,
+    pub recorded_at: &'a str,
+    pub recipients: &'a [String],
+    pub categories: &'a [String],
+    pub start: &'a str,
+    pub end: Option<&'a str>,
+}
+
+/// The v3-ActCode sensitivity label a consent category lifts, if any.
+pub fn category_label(category: &str) -> Option<&'static str> {
+    match category {
+        "substance_use" => Some("ETH"),
+        "behavioral_health" => Some("PSY"),
+        "hiv" => Some("HIV"),
+        "reproductive" => Some("SEX"),
+        _ => None,
+    }
+}
+
+/// Build the Consent resource described above (used for inline referral
+/// consents; the case-event mapping produces the same shape).
+pub fn consent_to_fhir(s: &ConsentSpec) -> Value {
+    let base = s.canonical_base;
+    let mut c = json!({
+        "resourceType": "Consent",
+        "id": s.id,
+        "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [
+            {"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}]},
+            {"coding": [{"system": format!("{base}{CONSENT_KIND_CS}"), "code": s.kind}]}
+        ],
+        "patient": {"reference": format!("Patient/{}", s.patient_id)},
+        "dateTime": s.recorded_at,
+        "organization": [{"reference": format!("Organization/{}", s.recorded_by_org)}],
+        "extension": [{"url": format!("{base}{GRANTOR_EXT}"), "valueCode": s.grantor_role}],
+        "provision": {
+            "type": "permit",
+            "period": {"start": s.start},
+            "actor": s.recipients.iter().map(|r| json!({
+                "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                "reference": {"reference": format!("Organization/{r}")}
+            })).collect::<Vec<_>>(),
+            "class": s.categories.iter().map(|c| json!({"system": format!("{base}{CONSENT_CATEGORY_CS}"), "code": c})).collect::<Vec<_>>()
+        }
+    });
+    if let Some((system, value)) = s.identifier {
+        c["identifier"] = json!([{"system": system, "value": value}]);
+    }
+    if let Some(name) = s.grantor_name {
+        c["performer"] = json!([{"display": name}]);
+    }
+    if let Some(end) = s.end {
+        c["provision"]["period"]["end"] = json!(end);
+    }
+    let labels: Vec<Value> = s
+        .categories
+        .iter()
+        .filter_map(|c| category_label(c))
+        .map(|l| json!({"system": ACT_CODE, "code": l}))
+        .collect();
+    if !labels.is_empty() {
+        c["provision"]["securityLabel"] = Value::Array(labels);
+    }
+    if s.recipients.is_empty() {
+        if let Some(p) = c["provision"].as_object_mut() {
+            p.remove("actor");
+        }
+    }
+    if s.categories.is_empty() {
+        if let Some(p) = c["provision"].as_object_mut() {
+            p.remove("class");
+        }
+    }
+    c
+}
+
+/// Mark a Consent resource withdrawn at `at` (status inactive + extension).
+pub fn withdraw(consent: &mut Value, canonical_base: &str, at: &str) {
+    consent["status"] = json!("inactive");
+    let ext = json!({"url": format!("{canonical_base}{WITHDRAWN_EXT}"), "valueDateTime": at});
+    match consent.get_mut("extension").and_then(Value::as_array_mut) {
+        Some(a) => {
+            a.retain(|e| !str_of(e, "url").is_some_and(|u| u.ends_with(WITHDRAWN_EXT)));
+            a.push(ext);
+        }
+        None => consent["extension"] = json!([ext]),
+    }
+}
+
+/// The engine's view of a resource: labels as received (never lowered),
+/// the patient it belongs to, and its category.
+pub fn resource_facts(res: &Value) -> Option<consent::ResourceFacts> {
+    let resource_type = str_of(res, "resourceType")?.to_string();
+    let id = str_of(res, "id").unwrap_or_default().to_string();
+    let patient_id = mapping::patient_reference(res)?;
+    let labels: Vec<String> = res
+        .pointer("/meta/security")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| str_of(c, "code").map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let referral_package = matches!(resource_type.as_str(), "ServiceRequest" | "Task");
+    let contains_placement_address = resource_type == "Patient"
+        && res
+            .get("address")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
+    Some(consent::ResourceFacts {
+        resource_type,
+        id,
+        patient_id,
+        labels,
+        category: None,
+        referral_package,
+        status_only: false,
+        contains_placement_address,
+    })
+}
+
+/// The engine's view of a configured organization.
+pub fn recipient(cfg: &Config, org_id: &str) -> Option<consent::Recipient> {
+    let o = cfg.organization(org_id)?;
+    let kind = match o.kind {
+        OrgKind::County => consent::OrgKind::County,
+        OrgKind::Mcp => consent::OrgKind::Mcp,
+        OrgKind::EcmProvider => consent::OrgKind::EcmProvider,
+        OrgKind::AdtSource => consent::OrgKind::AdtSource,
+        OrgKind::Operator => consent::OrgKind::Operator,
+    };
+    Some(consent::Recipient {
+        org_id: o.id.clone(),
+        kind,
+        county: o.county.clone(),
+        mcp_network: o.mcps.clone(),
+    })
+}
+
+/// What the gateway knows of a patient that consent decisions depend on.
+#[derive(Debug, Clone, Default)]
+pub struct PatientContext {
+    pub patient_id: String,
+    pub consents: Vec<ConsentRecord>,
+    pub referring_org: Option<String>,
+    pub member_mcp: Option<String>,
+    pub assigned_ecm: Option<String>,
+    pub self_referral: bool,
+    pub source_county: Option<String>,
+}
+
+impl PatientContext {
+    /// Derive the context from the patient's stored resources: Consents;
+    /// the newest referral (ServiceRequest requester/performer, self-referral
+    /// extension); Task owners of accepted work; Coverage payor; the CWS case's
+    /// managing county.
+    pub fn from_resources(
+        cfg: &Config,
+        patient_id: &str,
+        resources: &[store::StoredResource],
+    ) -> PatientContext {
+        let mut ctx = PatientContext {
+            patient_id: patient_id.to_string(),
+            ..PatientContext::default()
+        };
+        let kind_of = |org: &str| cfg.organization(org).map(|o| o.kind);
+        let mut newest_sr: Option<&store::StoredResource> = None;
+        for r in resources {
+            let b = &r.body;
+            match r.resource_type.as_str() {
+                "Consent" => {
+                    if let Some(c) = consent_from_fhir(b) {
+                        ctx.consents.push(c);
+                    }
+                }
+                "ServiceRequest" => {
+                    if newest_sr.is_none_or(|n| n.last_updated < r.last_updated) {
+                        newest_sr = Some(r);
+                    }
+                }
+                "Task" => {
+                    let status = str_of(b, "status").unwrap_or("");
+                    if matches!(status, "accepted" | "in-progress" | "on-hold" | "completed") {
+                        if let Some(owner) = b.get("owner").and_then(org_of) {
+                            if kind_of(&owner) == Some(OrgKind::EcmProvider) {
+                                ctx.assigned_ecm = Some(owner);
+                            }
+                        }
+                    }
+                }
+                "Coverage" => {
+                    let active = str_of(b, "status") == Some("active");
+                    let payor = b
+                        .get("payor")
+                        .and_then(Value::as_array)
+                        .and_then(|a| a.iter().find_map(org_of));
+                    if let (true, Some(p)) = (active, payor) {
+                        if kind_of(&p) == Some(OrgKind::Mcp) {
+                            ctx.member_mcp = Some(p);
+                        }
+                    }
+                }
+                "EpisodeOfCare" => {
+                    if let Some(org) = b.get("managingOrganization").and_then(org_of) {
+                        ctx.source_county = cfg.organization(&org).and_then(|o| o.county.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(sr) = newest_sr {
+            let b = &sr.body;
+            ctx.referring_org = b.get("requester").and_then(org_of);
+            if ctx.member_mcp.is_none() {
+                let performer = b
+                    .get("performer")
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.iter().find_map(org_of));
+                if let Some(p) = performer {
+                    if kind_of(&p) == Some(OrgKind::Mcp) {
+                        ctx.member_mcp = Some(p);
+                    }
+                }
+            }
+            ctx.self_referral = b
+                .get("extension")
+                .and_then(Value::as_array)
+                .is_some_and(|a| {
+                    a.iter().any(|e| {
+                        str_of(e, "url").is_some_and(|u| u.ends_with(SELF_REFERRAL_EXT))
+                            && e.get("valueBoolean") == Some(&Value::Bool(true))
+                    })
+                });
+        }
+        ctx
+    }
+
+    /// Load from the store.
+    pub async fn load(
+        cfg: &Config,
+        store: &dyn store::Store,
+        patient_id: &str,
+    ) -> Result<PatientContext, store::StoreError> {
+        let resources = store.resources_by_patient(patient_id, None).await?;
+        Ok(PatientContext::from_resources(cfg, patient_id, &resources))
+    }
+
+    pub fn engine_context(&self, purpose: Purpose, now: DateTime<Utc>) -> consent::Context {
+        consent::Context {
+            now,
+            purpose,
+            referring_org: self.referring_org.clone(),
+            assigned_ecm: self.assigned_ecm.clone(),
+            member_mcp: self.member_mcp.clone(),
+            self_referral: self.self_referral,
+            source_county: self.source_county.clone(),
+        }
+    }
+}
+
+/// The one decision point every exit calls.
+#[derive(Clone)]
+pub struct Disclosure {
+    pub policy: Arc<consent::Policy>,
+    pub cfg: Arc<Config>,
+}
+
+impl Disclosure {
+    pub fn new(cfg: Arc<Config>) -> Disclosure {
+        Disclosure {
+            policy: Arc::new(consent::Policy::default_policy()),
+            cfg,
+        }
+    }
+
+    /// Decide whether `recipient_org` may receive `res` now. Unknown
+    /// recipients and resources without a patient are denied (R1).
+    pub fn decide(
+        &self,
+        res: &Value,
+        recipient_org: &str,
+        purpose: Purpose,
+        pctx: &PatientContext,
+        now: DateTime<Utc>,
+    ) -> Decision {
+        let deny = |reason: &str| Decision {
+            effect: consent::Effect::Deny,
+            rule: "R1".into(),
+            consent_id: None,
+            reason: reason.into(),
+            obligations: Vec::new(),
+            votes: Vec::new(),
+        };
+        let Some(to) = recipient(&self.cfg, recipient_org) else {
+            return deny("deny.unknown-recipient");
+        };
+        let Some(facts) = resource_facts(res) else {
+            return deny("deny.no-patient");
+        };
+        if facts.patient_id != pctx.patient_id {
+            return deny("deny.patient-mismatch");
+        }
+        let ctx = pctx.engine_context(purpose, now);
+        self.policy.decide(&facts, &to, &pctx.consents, &ctx)
+    }
+}
+
+/// Apply a permit's obligations to a copy of the resource: masks remove the
+/// named elements (`Patient.address` → the `address` element); the Part 2
+/// notice adds the v3-ActCode `NORDSCLCD` (no redisclosure without consent)
+/// label, which is never removed afterwards.
+pub fn apply_obligations(res: &Value, decision: &Decision) -> Value {
+    let mut out = res.clone();
+    let rtype = str_of(res, "resourceType").unwrap_or("").to_string();
+    for ob in &decision.obligations {
+        match ob {
+            Obligation::Mask { path } => {
+                let mut parts = path.split('.');
+                let (Some(t), Some(elem)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                if t == rtype || t == "*" {
+                    if let Some(o) = out.as_object_mut() {
+                        o.remove(elem);
+                    }
+                    let sec = out["meta"]["security"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    if !sec.iter().any(|c| str_of(c, "code") == Some("REDACTED")) {
+                        let mut sec = sec;
+                        sec.push(json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "REDACTED"}));
+                        out["meta"]["security"] = Value::Array(sec);
+                    }
+                }
+            }
+            Obligation::NoRedisclosureNotice => {
+                let mut sec = out["meta"]["security"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                if !sec.iter().any(|c| str_of(c, "code") == Some("NORDSCLCD")) {
+                    sec.push(json!({"system": ACT_CODE, "code": "NORDSCLCD"}));
+                    out["meta"]["security"] = Value::Array(sec);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "https://gateway.example.org/fhir";
+
+    fn spec<'a>(recipients: &'a [String], categories: &'a [String]) -> ConsentSpec<'a> {
+        ConsentSpec {
+            canonical_base: BASE,
+            id: "c1",
+            identifier: Some(("urn:x", "CONS-1")),
+            patient_id: "p1",
+            kind: "release_of_information",
+            grantor_role: "parent",
+            grantor_name: Some("A Parent"),
+            recorded_by_org: "county-fresno",
+            recorded_at: "2026-01-10T09:00:00Z",
+            recipients,
+            categories,
+            start: "2026-01-10",
+            end: Some("2027-01-10"),
+        }
+    }
+
+    #[test]
+    fn consent_round_trips_through_fhir() {
+        let r = vec!["mcp-a".to_string(), "ecm-compass".to_string()];
+        let c = vec!["case".to_string(), "substance_use".to_string()];
+        let fhir = consent_to_fhir(&spec(&r, &c));
+        assert_eq!(fhir["provision"]["securityLabel"][0]["code"], "ETH");
+        let rec = consent_from_fhir(&fhir).unwrap();
+        assert_eq!(rec.id, "c1");
+        assert_eq!(rec.patient_id, "p1");
+        assert_eq!(rec.kind, ConsentKind::ReleaseOfInformation);
+        assert_eq!(rec.grantor_role, GrantorRole::Parent);
+        assert_eq!(rec.recipients, r);
+        assert_eq!(rec.categories, vec![Category::Case, Category::SubstanceUse]);
+        assert_eq!(rec.start.to_rfc3339(), "2026-01-10T00:00:00+00:00");
+        assert!(rec.end.is_some());
+        assert!(rec.withdrawn_at.is_none());
+    }
+
+    #[test]
+    fn withdrawal_is_read_back() {
+        let r = vec!["mcp-a".to_string()];
+        let c = vec!["referral".to_string()];
+        let mut fhir = consent_to_fhir(&spec(&r, &c));
+        withdraw(&mut fhir, BASE, "2026-02-01T12:00:00Z");
+        assert_eq!(fhir["status"], "inactive");
+        let rec = consent_from_fhir(&fhir).unwrap();
+        assert_eq!(
+            rec.withdrawn_at.unwrap().to_rfc3339(),
+            "2026-02-01T12:00:00+00:00"
+        );
+        // Inactive without a time: never valid.
+        fhir["extension"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|e| !e["url"].as_str().unwrap().ends_with(WITHDRAWN_EXT));
+        assert_eq!(
+            consent_from_fhir(&fhir).unwrap().withdrawn_at,
+            Some(DateTime::<Utc>::MIN_UTC)
+        );
+    }
+
+    #[test]
+    fn foreign_consents_permit_nothing() {
+        assert!(consent_from_fhir(
+            &json!({"resourceType": "Consent", "id": "x", "patient": {"reference": "Patient/p"}})
+        )
+        .is_none());
+        assert!(consent_from_fhir(&json!({"resourceType": "Patient", "id": "x"})).is_none());
+    }
+
+    #[test]
+    fn obligations_mask_and_label() {
+        let res = json!({"resourceType": "Patient", "id": "p1", "address": [{"city": "Fresno"}], "meta": {"security": [{"system": ACT_CODE, "code": "ETH"}]}});
+        let d = Decision {
+            effect: consent::Effect::Permit,
+            rule: "R7".into(),
+            consent_id: None,
+            reason: "permit".into(),
+            obligations: vec![
+                Obligation::Mask {
+                    path: "Patient.address".into(),
+                },
+                Obligation::NoRedisclosureNotice,
+            ],
+            votes: vec![],
+        };
+        let out = apply_obligations(&res, &d);
+        assert!(out.get("address").is_none());
+        let codes: Vec<&str> = out["meta"]["security"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["code"].as_str().unwrap())
+            .collect();
+        assert_eq!(codes, vec!["ETH", "REDACTED", "NORDSCLCD"]);
+    }
+}

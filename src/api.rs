@@ -32,6 +32,8 @@ pub struct AppState {
     /// SHA-256 hex of a bearer token → (client id, organization id, kind).
     pub tokens: Arc<HashMap<String, Caller>>,
     pub capability: Arc<serde_json::Value>,
+    /// County events, referrals, Task lifecycle, eligibility, deadlines.
+    pub county: Arc<crate::county::County>,
 }
 
 #[derive(Debug, Clone)]
@@ -134,7 +136,7 @@ pub fn token_table(cfg: &Config) -> HashMap<String, Caller> {
     out
 }
 
-fn authenticate(
+pub(crate) fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     allowed: &[OrgKind],
@@ -170,6 +172,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/hl7/v2", post(hl7_v2))
         .route("/fhir/metadata", get(metadata))
+        .merge(crate::county::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn(move |req, next| {

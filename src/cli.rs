@@ -51,6 +51,23 @@ pub enum Command {
     },
     /// Validate a configuration and print what it routes where.
     CheckConfig { file: PathBuf },
+    /// Evaluate ECM Populations of Focus for one child's facts
+    /// (`{ child, enrollment?, placement?, case?, history? }`).
+    Eligibility {
+        /// Evaluation date (default: today in California).
+        #[arg(long)]
+        as_of: Option<String>,
+        /// A facts file, or - for stdin.
+        input: String,
+    },
+    /// List open deadline clocks by due time.
+    Deadlines {
+        /// Only clocks past due.
+        #[arg(long)]
+        overdue: bool,
+        #[arg(long, env = "CWSGW_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Measure the real paths (prints JSON lines).
     Bench {
         #[command(subcommand)]
@@ -62,6 +79,10 @@ pub enum Command {
 pub enum Kind {
     /// One HL7 v2 ER7 ADT message (segments separated by CR, LF or CRLF).
     Adt,
+    /// One county case event (JSON, `POST /cws/events`).
+    CaseEvent,
+    /// One ECM referral form (JSON, `POST /ecm/referrals`).
+    Referral,
 }
 
 fn env_map() -> HashMap<String, String> {
@@ -137,6 +158,49 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Translate {
+            kind: Kind::CaseEvent,
+            config,
+            input,
+            ..
+        } => {
+            let cfg = std::sync::Arc::new(load_config(config.as_deref())?);
+            let engine = crate::serve::load_engine(&cfg)?;
+            let county = crate::county::County::new(cfg, engine)?;
+            let bytes = read_input(input.as_deref())?;
+            let doc: serde_json::Value =
+                serde_json::from_slice(&bytes).context("the input is not JSON")?;
+            let bundle = crate::county::events::translate_offline(&county, &doc).map_err(|e| {
+                anyhow::anyhow!("{e}")
+            })?;
+            println!("{}", serde_json::to_string_pretty(&bundle)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Translate {
+            kind: Kind::Referral,
+            ..
+        } => anyhow::bail!(
+            "referrals cannot be translated offline: they depend on the member's stored enrollment and consents; POST the form to /ecm/referrals"
+        ),
+        Command::Eligibility { as_of, input } => {
+            let bytes = read_input(Some(&input))?;
+            let out = crate::county::eligibility::run_cli(&bytes, as_of.as_deref())?;
+            println!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deadlines { overdue, config } => {
+            let cfg = load_config(config.as_deref())?;
+            let rt = runtime()?;
+            let items = rt.block_on(async move {
+                let store = crate::serve::open_store(&cfg)?;
+                let items = crate::county::deadlines::list(store.as_ref(), chrono::Utc::now(), true, overdue).await?;
+                Ok::<_, anyhow::Error>(items)
+            })?;
+            for c in &items {
+                println!("{}", serde_json::to_string(c)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig { file } => {
             let mut cfg = Config::from_file(&file)?;
             cfg.apply_env(&env_map())?;
@@ -150,6 +214,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Read a file, or stdin for `-` (bounded to 16 MiB).
+fn read_input(input: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    const MAX: u64 = 16 * 1024 * 1024;
+    let mut buf = Vec::new();
+    match input {
+        None => anyhow::bail!("give an input file or - for stdin"),
+        Some("-") => {
+            std::io::stdin().take(MAX + 1).read_to_end(&mut buf)?;
+        }
+        Some(p) => {
+            std::fs::File::open(p)
+                .with_context(|| format!("cannot read {p}"))?
+                .take(MAX + 1)
+                .read_to_end(&mut buf)?;
+        }
+    }
+    if buf.len() as u64 > MAX {
+        anyhow::bail!("the input is larger than 16 MiB");
+    }
+    Ok(buf)
 }
 
 fn serve_until_signal(cfg: Config, demo: Option<&Path>) -> anyhow::Result<ExitCode> {

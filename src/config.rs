@@ -31,6 +31,17 @@ pub struct Config {
     pub organizations: Vec<Organization>,
     #[serde(default)]
     pub clients: Vec<Client>,
+    #[serde(default)]
+    pub calendar: CalendarConfig,
+}
+
+/// `[calendar]`: the working-day calendar of the deadline clocks.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CalendarConfig {
+    /// CSV `date,name` of holidays replacing the embedded California table.
+    #[serde(default)]
+    pub holidays_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

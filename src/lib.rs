@@ -10,6 +10,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod county;
 pub mod disclosure;
 pub mod intake;
 pub mod mllp;

@@ -73,6 +73,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let http_addr = http.local_addr()?;
     let mllp_addr = mllp.local_addr()?;
 
+    let county = Arc::new(crate::county::County::new(cfg.clone(), engine.clone())?);
     let translator = Arc::new(Translator::new(cfg.clone(), engine));
     let (handle, worker) = processor::spawn(translator, store.clone(), metrics.clone());
     let intake = Arc::new(AdtIntake::new(
@@ -100,6 +101,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         tokens: Arc::new(api::token_table(&cfg)),
         capability: Arc::new(capability),
+        county,
     };
     let app = api::router(state);
     let mut http_shutdown = shutdown_rx.clone();

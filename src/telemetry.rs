@@ -133,6 +133,8 @@ pub struct Metrics {
     /// Jobs waiting for the translation worker.
     pub translate_queue_depth: AtomicI64,
     pub http_requests: CounterVec,
+    /// Open deadline clocks past due, as last counted.
+    pub deadlines_overdue: AtomicI64,
 }
 
 impl Default for Metrics {
@@ -146,6 +148,7 @@ impl Default for Metrics {
             translations: CounterVec::default(),
             translate_queue_depth: AtomicI64::new(0),
             http_requests: CounterVec::default(),
+            deadlines_overdue: AtomicI64::new(0),
         }
     }
 }
@@ -231,6 +234,16 @@ impl Metrics {
             out,
             "cwsgw_translate_queue_depth {}",
             self.translate_queue_depth.load(Ordering::Relaxed).max(0)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cwsgw_deadlines_overdue Open deadline clocks past due, as last counted."
+        );
+        let _ = writeln!(out, "# TYPE cwsgw_deadlines_overdue gauge");
+        let _ = writeln!(
+            out,
+            "cwsgw_deadlines_overdue {}",
+            self.deadlines_overdue.load(Ordering::Relaxed).max(0)
         );
         self.http_requests.render(
             &mut out,

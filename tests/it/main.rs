@@ -2,6 +2,7 @@
 //! all in one test binary.
 
 mod common;
+mod county;
 mod crash;
 mod http;
 mod mllp;

@@ -1,0 +1,484 @@
+//! `POST /cws/events`: one county case event → journal → FHIR resources.
+//!
+//! Checks before the journal: caller kind `county`; JSON Schema of the
+//! event type; the envelope `county` is the caller organization's county
+//! (else **403** — a county may only speak for itself); `consent.recorded`:
+//! every recipient is a configured organization and the grantor may grant
+//! those categories for the child's age (`cwsgw_consent::validate_grantor`);
+//! `consent.withdrawn`: the consent was recorded by this county;
+//! `cft.scheduled`: invitees are configured organizations.
+//!
+//! Then the event is journaled (`InputKind::CaseEvent`, dedup key
+//! `{county}|{eventId}`), derived ([`derive`]), written with
+//! `Store::complete`, and answered 202 with a `collection` Bundle; the same
+//! event id again answers 200 with the same resources and writes nothing new.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Value};
+use store::{AppendOutcome, InputKind, JournalState, NewInput, ResourceWrite, Store};
+
+use super::error::{body_rejection, parse_json, CountyError};
+use super::{collection, deadlines, eligibility, is_internal, orgs, patients, rid, County};
+use crate::api::{authenticate, fhir_json, AppState};
+use crate::config::{Config, OrgKind};
+use crate::disclosure;
+
+/// The mapping that translates case events.
+pub const MAPPING_ID: &str = "case-event-to-fhir";
+
+fn s<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
+    v.pointer(ptr).and_then(Value::as_str)
+}
+
+/// The event's `occurredAt` as an instant.
+pub fn occurred_at(doc: &Value) -> Result<DateTime<Utc>, CountyError> {
+    s(doc, "/occurredAt")
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| {
+            CountyError::invalid("occurredAt is not an RFC 3339 time", Some("occurredAt"))
+        })
+}
+
+/// Checks that need configuration or the store (see the module doc).
+pub async fn precheck(
+    county: &County,
+    store: &dyn Store,
+    doc: &Value,
+    etype: &str,
+    county_org: &str,
+) -> Result<(), CountyError> {
+    let cfg = &county.cfg;
+    match etype {
+        "consent.recorded" => {
+            let c = doc.get("consent").cloned().unwrap_or_default();
+            for (i, r) in c["recipients"].as_array().into_iter().flatten().enumerate() {
+                let known = r.as_str().and_then(|r| cfg.organization(r)).is_some();
+                if !known {
+                    let at = format!("consent.recipients[{i}]");
+                    return Err(CountyError::rule(
+                        "the recipient is not a configured organization",
+                        Some(&at),
+                    ));
+                }
+            }
+            let kind = s(&c, "/kind").and_then(disclosure::kind_from_code);
+            let role = s(&c, "/grantor/role").and_then(grantor_role);
+            let cats: Vec<consent::Category> = c["categories"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().and_then(disclosure::category_from_code))
+                .collect();
+            let birth = date(s(doc, "/child/birthDate"));
+            let start = date(s(&c, "/period/start"));
+            if let (Some(kind), Some(role), Some(birth), Some(start)) = (kind, role, birth, start) {
+                consent::validate_grantor(kind, &cats, role, birth, start)
+                    .map_err(|e| CountyError::rule(e.to_string(), Some("consent.grantor.role")))?;
+            }
+        }
+        "consent.withdrawn" => {
+            let id = consent_resource_id(county_org, s(doc, "/consentId").unwrap_or(""));
+            if store.resource_get("Consent", &id).await?.is_none() {
+                return Err(CountyError::rule(
+                    "no consent with this consentId was recorded by this county; record it with consent.recorded first",
+                    Some("consentId"),
+                ));
+            }
+        }
+        "cft.scheduled" => {
+            for (i, r) in doc
+                .pointer("/meeting/invitees")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                if r.as_str().and_then(|r| cfg.organization(r)).is_none() {
+                    let at = format!("meeting.invitees[{i}]");
+                    return Err(CountyError::rule(
+                        "the invitee is not a configured organization",
+                        Some(&at),
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A grantor role code.
+pub fn grantor_role(code: &str) -> Option<consent::GrantorRole> {
+    use consent::GrantorRole as G;
+    Some(match code {
+        "youth" => G::Youth,
+        "nmd" => G::Nmd,
+        "parent" => G::Parent,
+        "legal_guardian" => G::LegalGuardian,
+        "social_worker" => G::SocialWorker,
+        "court" => G::Court,
+        _ => return None,
+    })
+}
+
+fn date(s: Option<&str>) -> Option<chrono::NaiveDate> {
+    s.and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+}
+
+/// The Consent id of a county's `consentId` (the mapping's `consent` key).
+pub fn consent_resource_id(county_org: &str, consent_id: &str) -> String {
+    rid(&format!("consent|{county_org}|{consent_id}"))
+}
+
+/// The event plus the `gateway` object the mapping reads (see the header
+/// of `mappings/case_event/case-event-to-fhir.yaml`). Pure.
+pub fn enrich(
+    cfg: &Config,
+    doc: &Value,
+    county_org: &str,
+    patient_id: &str,
+    occurred: DateTime<Utc>,
+) -> Value {
+    let mut gateway = json!({
+        "patientId": patient_id,
+        "countyOrgId": county_org,
+        "occurredAt": occurred.to_rfc3339_opts(SecondsFormat::Secs, true),
+    });
+    if s(doc, "/type") == Some("enrollment.updated") {
+        let ffs = doc.pointer("/enrollment/feeForService") == Some(&Value::Bool(true));
+        let soc = doc.pointer("/enrollment/shareOfCost") == Some(&Value::Bool(true));
+        if let (false, false, Some(plan)) = (ffs, soc, s(doc, "/enrollment/planCode")) {
+            if let Some(mcp) = orgs::mcp_for(cfg, plan, s(doc, "/county").unwrap_or("")) {
+                gateway["mcpId"] = json!(mcp.id);
+            }
+        }
+    }
+    if let Some(d) = s(doc, "/meeting/date") {
+        let start = match DateTime::parse_from_rfc3339(d) {
+            Ok(t) => Some(t.with_timezone(&Utc)),
+            Err(_) => date(Some(d))
+                .and_then(|d| d.pred_opt())
+                .map(|d| program::pacific::end_of_local_day(d) + chrono::Duration::seconds(1)),
+        };
+        if let Some(t) = start {
+            gateway["meetingStart"] = json!(t.to_rfc3339_opts(SecondsFormat::Secs, true));
+        }
+    }
+    let mut enriched = doc.clone();
+    enriched["gateway"] = gateway;
+    if let Some(c) = s(doc, "/child/cin").or_else(|| s(doc, "/enrollment/cin")) {
+        enriched["child"]["cin"] = json!(c);
+    }
+    enriched
+}
+
+/// Derive every resource an event writes: the mapping's output merged into
+/// what is stored, the withdrawn Consent, Organizations, the facts record,
+/// the eligibility Observation and any deadline clock. Deterministic for a
+/// given event and stored state.
+pub async fn derive(
+    county: &County,
+    store: &dyn Store,
+    doc: &Value,
+    county_org: &str,
+) -> Result<Vec<ResourceWrite>, CountyError> {
+    let cfg = &county.cfg;
+    let base = cfg.server.canonical_base.as_str();
+    let etype = s(doc, "/type").unwrap_or("");
+    let occurred = occurred_at(doc)?;
+    let occurred_s = occurred.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let client_id = s(doc, "/child/clientId").unwrap_or("");
+    let cin = s(doc, "/child/cin").or_else(|| s(doc, "/enrollment/cin"));
+    let resolved = patients::resolve(store, county_org, client_id, cin).await?;
+    let pid = resolved.patient_id.clone();
+
+    let enriched = enrich(cfg, doc, county_org, &pid, occurred);
+    let mut org_ids: Vec<String> = vec![county_org.to_string()];
+    if let Some(m) = s(&enriched, "/gateway/mcpId") {
+        org_ids.push(m.to_string());
+    }
+    let org_name = cfg
+        .organization(county_org)
+        .map(|o| o.name.as_str())
+        .unwrap_or(county_org);
+    let ctx = mapping::JsonContext {
+        canonical_base: base,
+        source_org_id: county_org,
+        source_org_name: org_name,
+        received_at: &occurred_s,
+    };
+    let bundle = county
+        .engine
+        .translate_json(MAPPING_ID, &enriched, &ctx)
+        .map_err(|e| CountyError::Internal(format!("translation failed: {}", e.code)))?;
+    let mut out: Vec<Value> = Vec::new();
+    for e in bundle["entry"].as_array().into_iter().flatten() {
+        let Some(res) = e.get("resource") else {
+            continue;
+        };
+        let rt = s(res, "/resourceType").unwrap_or("").to_string();
+        let id = s(res, "/id").unwrap_or("").to_string();
+        let mut res = res.clone();
+        if matches!(rt.as_str(), "Patient" | "EpisodeOfCare") {
+            if let Some(old) = store.resource_get(&rt, &id).await? {
+                res = patients::merge(&strip_meta(old.body), &res);
+            }
+        }
+        if rt == "Patient" {
+            if let Some(from) = &resolved.link_from {
+                patients::add_link(&mut res, "replaces", from);
+            }
+        }
+        out.push(res);
+    }
+    if let Some(from) = &resolved.link_from {
+        if let Some(old) = store.resource_get("Patient", from).await? {
+            let mut old = strip_meta(old.body);
+            old["active"] = json!(false);
+            patients::add_link(&mut old, "replaced-by", &pid);
+            out.push(old);
+        }
+    }
+    match etype {
+        "consent.withdrawn" => {
+            let id = consent_resource_id(county_org, s(doc, "/consentId").unwrap_or(""));
+            if let Some(c) = store.resource_get("Consent", &id).await? {
+                let mut c = strip_meta(c.body);
+                let at = s(doc, "/withdrawnAt")
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| {
+                        t.with_timezone(&Utc)
+                            .to_rfc3339_opts(SecondsFormat::Secs, true)
+                    })
+                    .unwrap_or_else(|| occurred_s.clone());
+                disclosure::withdraw(&mut c, base, &at);
+                out.push(c);
+            }
+        }
+        "consent.recorded" => {
+            for r in doc
+                .pointer("/consent/recipients")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(r) = r.as_str() {
+                    org_ids.push(r.to_string());
+                }
+            }
+        }
+        "cft.scheduled" => {
+            for r in doc
+                .pointer("/meeting/invitees")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(r) = r.as_str() {
+                    org_ids.push(r.to_string());
+                }
+            }
+        }
+        _ => {}
+    }
+    let ids: Vec<&str> = org_ids.iter().map(String::as_str).collect();
+    out.extend(orgs::organizations(cfg, &ids));
+
+    // Facts, eligibility, and the plan-determination clock.
+    let old_facts = store
+        .resource_get("Basic", &eligibility::facts_id(&pid))
+        .await?
+        .and_then(|r| eligibility::facts_of(&r.body));
+    let prev_county = old_facts
+        .as_ref()
+        .and_then(|f| f.pointer("/placement/county"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let facts = eligibility::fold_event(old_facts, doc);
+    out.push(eligibility::facts_record(base, &pid, &facts));
+    let as_of = program::pacific::local_date(occurred);
+    if let Some(ev) = eligibility::evaluate(&facts, as_of) {
+        out.push(eligibility::observation(base, &pid, &ev, as_of));
+    }
+    let mut writes: Vec<ResourceWrite> = out.into_iter().map(to_write).collect();
+    if etype == "placement.changed" {
+        let new_county = s(doc, "/placement/county").unwrap_or("");
+        if let Some(prev) = prev_county {
+            if !prev.eq_ignore_ascii_case(new_county) && orgs::single_plan_county(cfg, &prev) {
+                let clock = deadlines::ClockSpec {
+                    clock: program::Clock::PlanDetermination,
+                    patient_id: pid.clone(),
+                    focus: format!("Patient/{pid}"),
+                    start: occurred,
+                    expedited: false,
+                    owner: orgs::mcps_in(cfg, &prev).first().map(|o| o.id.clone()),
+                };
+                writes.push(deadlines::open(base, &clock, &county.calendar));
+            }
+        }
+    }
+    Ok(writes)
+}
+
+/// Drop `meta.versionId`/`lastUpdated` of a stored body before re-writing it.
+pub fn strip_meta(mut body: Value) -> Value {
+    if let Some(m) = body.get_mut("meta").and_then(Value::as_object_mut) {
+        m.remove("versionId");
+        m.remove("lastUpdated");
+        if m.is_empty() {
+            if let Some(o) = body.as_object_mut() {
+                o.remove("meta");
+            }
+        }
+    }
+    body
+}
+
+/// A resource as a store write (patient compartment from its references).
+pub fn to_write(res: Value) -> ResourceWrite {
+    ResourceWrite {
+        resource_type: s(&res, "/resourceType").unwrap_or("").to_string(),
+        id: s(&res, "/id").unwrap_or("").to_string(),
+        patient_id: mapping::patient_reference(&res),
+        body: res,
+    }
+}
+
+/// Write derived resources for a journal record, or — when it was already
+/// processed — read back what is stored under the same ids.
+pub async fn settle(
+    store: &dyn Store,
+    journal_id: store::JournalId,
+    already_processed: bool,
+    writes: Vec<ResourceWrite>,
+) -> Result<Vec<Value>, CountyError> {
+    if !already_processed {
+        let stored = store.complete(journal_id, writes).await?;
+        return Ok(stored.into_iter().map(|r| r.body).collect());
+    }
+    let mut out = Vec::with_capacity(writes.len());
+    for w in writes {
+        if let Some(r) = store.resource_get(&w.resource_type, &w.id).await? {
+            out.push(r.body);
+        }
+    }
+    Ok(out)
+}
+
+/// The handler.
+pub async fn post_event(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, CountyError> {
+    let caller = authenticate(&state, &headers, &[OrgKind::County])?;
+    let bytes = body.map_err(|r| body_rejection(r, state.cfg.server.max_body_bytes))?;
+    let doc = parse_json(&bytes)?;
+    let county = &state.county;
+    let etype = county.schemas.validate_event(&doc)?;
+    let org = state
+        .cfg
+        .organization(&caller.org_id)
+        .filter(|o| o.kind == OrgKind::County)
+        .ok_or_else(|| CountyError::Forbidden("the caller is not a configured county".into()))?;
+    let own = org.county.clone().unwrap_or_default();
+    if !own.eq_ignore_ascii_case(s(&doc, "/county").unwrap_or("").trim()) {
+        return Err(CountyError::Forbidden(
+            "the event's county is not the caller organization's county".into(),
+        ));
+    }
+    precheck(county, state.store.as_ref(), &doc, etype, &org.id).await?;
+    let event_id = s(&doc, "/eventId").unwrap_or("");
+    let received_at = Utc::now();
+    let outcome = state
+        .store
+        .append(NewInput {
+            kind: InputKind::CaseEvent,
+            source_org: org.id.clone(),
+            dedup_key: format!("{own}|{event_id}"),
+            received_at,
+            raw: bytes.to_vec(),
+            meta: json!({"type": etype}),
+        })
+        .await?;
+    let (journal_id, raw_doc, processed, status) = match outcome {
+        AppendOutcome::Inserted(id) => (id, doc, false, StatusCode::ACCEPTED),
+        AppendOutcome::Duplicate(id) => {
+            let rec = state
+                .store
+                .journal_get(id)
+                .await?
+                .ok_or_else(|| CountyError::Internal("journal record vanished".into()))?;
+            let d = parse_json(&rec.raw)?;
+            (id, d, rec.state == JournalState::Processed, StatusCode::OK)
+        }
+    };
+    let writes = match derive(county, state.store.as_ref(), &raw_doc, &org.id).await {
+        Ok(w) => w,
+        Err(e) => {
+            if !processed {
+                let _ = state.store.fail(journal_id, "derive-failed").await;
+            }
+            return Err(e);
+        }
+    };
+    let stored = settle(state.store.as_ref(), journal_id, processed, writes).await?;
+    tracing::info!(
+        journal_id,
+        r#type = etype,
+        resources = stored.len(),
+        replay = processed,
+        "case event"
+    );
+    let visible: Vec<Value> = stored.into_iter().filter(|r| !is_internal(r)).collect();
+    Ok(fhir_json(
+        status,
+        &collection(&visible, &state.cfg.server.canonical_base),
+    ))
+}
+
+/// `cws-gateway translate --kind case-event`: validate and translate one
+/// event without a store (no Patient index, no merge with stored data, no
+/// facts): the mapping's transaction Bundle plus the Organizations it names.
+pub fn translate_offline(county: &County, doc: &Value) -> Result<Value, CountyError> {
+    county.schemas.validate_event(doc)?;
+    let cfg = &county.cfg;
+    let county_name = s(doc, "/county").unwrap_or("");
+    let org = orgs::county_org(cfg, county_name).ok_or_else(|| {
+        CountyError::rule(
+            "no configured county organization for this county",
+            Some("county"),
+        )
+    })?;
+    let occurred = occurred_at(doc)?;
+    let occurred_s = occurred.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let client_id = s(doc, "/child/clientId").unwrap_or("");
+    let cin = s(doc, "/child/cin").or_else(|| s(doc, "/enrollment/cin"));
+    let pid = match cin {
+        Some(c) => patients::cin_patient_id(c),
+        None => patients::county_patient_id(&org.id, client_id),
+    };
+    let enriched = enrich(cfg, doc, &org.id, &pid, occurred);
+    let ctx = mapping::JsonContext {
+        canonical_base: &cfg.server.canonical_base,
+        source_org_id: &org.id,
+        source_org_name: &org.name,
+        received_at: &occurred_s,
+    };
+    county
+        .engine
+        .translate_json(MAPPING_ID, &enriched, &ctx)
+        .map_err(|e| {
+            CountyError::Internal(format!(
+                "translation failed: {} at {}",
+                e.code,
+                e.location.unwrap_or_default()
+            ))
+        })
+}

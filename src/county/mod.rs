@@ -1,0 +1,114 @@
+//! The county side of the gateway: case events (`POST /cws/events`), ECM
+//! referrals (`POST /ecm/referrals`), the referral `Task` lifecycle
+//! (`PUT /fhir/Task/{id}`), ECM eligibility (`GET /cws/eligibility/{patient}`,
+//! `cws-gateway eligibility`) and the deadlines the program imposes
+//! (`GET /ops/deadlines`, `cws-gateway deadlines`). `docs/county.md` is the
+//! integrator's guide.
+//!
+//! # Flow of one request
+//! 1. authenticate (organization kind), parse the JSON (bounded by the body
+//!    limit), validate it against its JSON Schema (`profiles/`, compiled once
+//!    at start-up in [`schemas::Schemas`]) — a violation is a 422
+//!    `OperationOutcome` whose `expression` names the field;
+//! 2. business checks that need configuration or stored data (county of the
+//!    caller, consent, managed care, grantor) — refusals are 422
+//!    `business-rule` and nothing is journaled;
+//! 3. `Store::append` to the journal (dedup key per endpoint);
+//! 4. derive the resources (mapping engine for case events, Rust builders
+//!    for referrals and Task updates), then `Store::complete` writes them
+//!    and marks the journal record processed in one transaction;
+//! 5. answer 2xx with a `collection` Bundle of what was written.
+//!
+//! **Architecture Invariant: no 2xx before the input is durable.** Step 5
+//! happens only after step 3 returned Ok; a crash between 3 and 4 leaves a
+//! pending record that the same request again (idempotency key) completes.
+//!
+//! **Architecture Invariant: a replay answers the same.** A duplicate
+//! (`AppendOutcome::Duplicate`) re-derives from the *journaled* bytes —
+//! derivation is deterministic (ids are uuid5 of documented keys, times come
+//! from the input, never the clock) — and answers the resources as stored,
+//! with 200 instead of 202/201.
+//!
+//! Internal records (the per-child eligibility facts and the deadline
+//! clocks) are FHIR `Basic` resources written in the same transaction; they
+//! are not returned in answers. No PHI is logged: ids, types and counts only.
+
+pub mod deadlines;
+pub mod eligibility;
+pub mod error;
+pub mod events;
+pub mod orgs;
+pub mod patients;
+pub mod referrals;
+pub mod schemas;
+pub mod tasks;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post, put};
+use axum::Router;
+use serde_json::{json, Value};
+
+use crate::api::AppState;
+use crate::config::Config;
+
+pub use error::CountyError;
+
+/// Everything the county routes need beyond [`AppState`]'s basics.
+pub struct County {
+    pub cfg: Arc<Config>,
+    pub engine: Arc<mapping::Engine>,
+    pub schemas: schemas::Schemas,
+    pub calendar: program::Calendar,
+}
+
+impl County {
+    /// Compile the schemas and pick the holiday calendar (the embedded
+    /// California table, or `calendar.holidays_file` from the configuration).
+    pub fn new(cfg: Arc<Config>, engine: Arc<mapping::Engine>) -> anyhow::Result<County> {
+        let schemas = schemas::Schemas::compile()?;
+        let calendar = deadlines::calendar_from_config(&cfg)?;
+        Ok(County {
+            cfg,
+            engine,
+            schemas,
+            calendar,
+        })
+    }
+}
+
+/// The county routes, merged into `api::router`.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/cws/events", post(events::post_event))
+        .route("/ecm/referrals", post(referrals::post_referral))
+        .route("/fhir/Task/{id}", put(tasks::put_task))
+        .route(
+            "/cws/eligibility/{patient_id}",
+            get(eligibility::get_eligibility),
+        )
+        .route("/ops/deadlines", get(deadlines::get_deadlines))
+}
+
+/// A FHIR `collection` Bundle of resources.
+pub fn collection(resources: &[Value], base: &str) -> Value {
+    let entries: Vec<Value> = resources
+        .iter()
+        .map(|r| {
+            let t = r.get("resourceType").and_then(Value::as_str).unwrap_or("");
+            let id = r.get("id").and_then(Value::as_str).unwrap_or("");
+            json!({"fullUrl": format!("{base}/{t}/{id}"), "resource": r})
+        })
+        .collect();
+    json!({"resourceType": "Bundle", "type": "collection", "entry": entries})
+}
+
+/// True for the internal `Basic` records that answers leave out.
+pub fn is_internal(res: &Value) -> bool {
+    res.get("resourceType").and_then(Value::as_str) == Some("Basic")
+}
+
+/// A deterministic resource id for a key (the mapping engine's uuid5).
+pub fn rid(key: &str) -> String {
+    mapping::uuid5(key)
+}

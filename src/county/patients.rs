@@ -1,0 +1,199 @@
+//! One Patient per child across all sources (docs/county.md "Patient matching").
+//!
+//! Rules, in order:
+//! 1. a child with a Medi-Cal CIN is `uuid5("patient|cin|{CIN}")` — the same
+//!    key the ADT mapping uses for PID-3 of type `MA`, so county and hospital
+//!    data meet on one Patient;
+//! 2. without a CIN, `uuid5("patient|county|{county org}|{clientId}")`;
+//! 3. when a client id first seen without a CIN later arrives with one, the
+//!    county-keyed Patient is kept, marked `active: false` and linked
+//!    `replaced-by` the CIN Patient (which links back with `replaces`); later
+//!    CIN-less events for that client id follow the link, so the index is the
+//!    stored Patient itself. Resources written earlier keep referencing the
+//!    old id (documented conflict: no rewrite of history).
+//!
+//! Writes merge into what is stored instead of replacing it: identifiers are
+//! unioned (by system and value), links unioned, and fields the new version
+//! lacks (an ADT address, telecom, contacts) are kept.
+
+use serde_json::{json, Value};
+use store::Store;
+
+use super::error::CountyError;
+use super::rid;
+
+/// The Patient id for a CIN.
+pub fn cin_patient_id(cin: &str) -> String {
+    rid(&format!("patient|cin|{cin}"))
+}
+
+/// The Patient id for a county client id (no CIN).
+pub fn county_patient_id(county_org: &str, client_id: &str) -> String {
+    rid(&format!("patient|county|{county_org}|{client_id}"))
+}
+
+/// What [`resolve`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The Patient the input lands on.
+    pub patient_id: String,
+    /// A CIN-less Patient of the same client that must now be linked to it.
+    pub link_from: Option<String>,
+}
+
+/// The Patient id of a child (`cin` may come from the child or the enrollment).
+pub async fn resolve(
+    store: &dyn Store,
+    county_org: &str,
+    client_id: &str,
+    cin: Option<&str>,
+) -> Result<Resolved, CountyError> {
+    let by_county = county_patient_id(county_org, client_id);
+    let existing = store.resource_get("Patient", &by_county).await?;
+    match cin {
+        Some(cin) => {
+            let id = cin_patient_id(cin);
+            let link_from = existing
+                .filter(|p| replaced_by(&p.body).as_deref() != Some(id.as_str()))
+                .map(|p| p.id);
+            Ok(Resolved {
+                patient_id: id,
+                link_from,
+            })
+        }
+        None => {
+            let id = existing
+                .as_ref()
+                .and_then(|p| replaced_by(&p.body))
+                .unwrap_or(by_county);
+            Ok(Resolved {
+                patient_id: id,
+                link_from: None,
+            })
+        }
+    }
+}
+
+/// The target of a `replaced-by` link.
+pub fn replaced_by(patient: &Value) -> Option<String> {
+    patient
+        .get("link")?
+        .as_array()?
+        .iter()
+        .find(|l| l.get("type").and_then(Value::as_str) == Some("replaced-by"))
+        .and_then(|l| l.pointer("/other/reference"))
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix("Patient/"))
+        .map(str::to_string)
+}
+
+fn union_by(
+    existing: Option<&Value>,
+    new: Option<&Value>,
+    same: fn(&Value, &Value) -> bool,
+) -> Option<Value> {
+    let mut out: Vec<Value> = new.and_then(Value::as_array).cloned().unwrap_or_default();
+    for e in existing.and_then(Value::as_array).into_iter().flatten() {
+        if !out.iter().any(|n| same(n, e)) {
+            out.push(e.clone());
+        }
+    }
+    (!out.is_empty()).then_some(Value::Array(out))
+}
+
+fn same_identifier(a: &Value, b: &Value) -> bool {
+    a.get("system") == b.get("system") && a.get("value") == b.get("value")
+}
+
+fn same_link(a: &Value, b: &Value) -> bool {
+    a.pointer("/other/reference") == b.pointer("/other/reference")
+}
+
+/// Merge a newly derived resource into the stored one: the new fields win,
+/// stored fields the new version lacks are kept (recursively through
+/// objects, so a closing `period.end` keeps `period.start`); for a Patient
+/// identifiers and links are unioned. `meta` is the new one.
+pub fn merge(existing: &Value, new: &Value) -> Value {
+    let mut out = existing.clone();
+    let (Some(o), Some(n)) = (out.as_object_mut(), new.as_object()) else {
+        return new.clone();
+    };
+    for (k, v) in n {
+        match (o.get(k), v) {
+            // Nested objects (e.g. `period`) merge too; arrays are replaced.
+            (Some(old @ Value::Object(_)), Value::Object(_)) if k != "meta" => {
+                let merged = merge(old, v);
+                o.insert(k.clone(), merged);
+            }
+            _ => {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    if new.get("resourceType").and_then(Value::as_str) == Some("Patient") {
+        if let Some(ids) = union_by(
+            existing.get("identifier"),
+            new.get("identifier"),
+            same_identifier,
+        ) {
+            o.insert("identifier".into(), ids);
+        }
+        if let Some(links) = union_by(existing.get("link"), new.get("link"), same_link) {
+            o.insert("link".into(), links);
+        }
+    }
+    out
+}
+
+/// Add a link to a Patient (no duplicate).
+pub fn add_link(patient: &mut Value, kind: &str, other: &str) {
+    let link = json!({"other": {"reference": format!("Patient/{other}")}, "type": kind});
+    match patient.get_mut("link").and_then(Value::as_array_mut) {
+        Some(a) => {
+            if !a.iter().any(|l| same_link(l, &link)) {
+                a.push(link);
+            }
+        }
+        None => patient["link"] = json!([link]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_match_the_adt_mapping_key() {
+        assert_eq!(
+            cin_patient_id("91000001A"),
+            mapping::uuid5("patient|cin|91000001A")
+        );
+        assert_ne!(
+            county_patient_id("county-fresno", "C1"),
+            county_patient_id("county-kern", "C1")
+        );
+    }
+
+    #[test]
+    fn merge_keeps_adt_fields_and_unions_identifiers() {
+        let stored = json!({"resourceType": "Patient", "id": "p", "address": [{"city": "X"}],
+            "identifier": [{"system": "mr", "value": "1"}], "gender": "male"});
+        let new = json!({"resourceType": "Patient", "id": "p",
+            "identifier": [{"system": "cin", "value": "2"}], "gender": "female"});
+        let m = merge(&stored, &new);
+        assert_eq!(m["gender"], "female");
+        assert_eq!(m["address"][0]["city"], "X");
+        assert_eq!(m["identifier"].as_array().unwrap().len(), 2);
+        let mut p = m.clone();
+        add_link(&mut p, "replaces", "old");
+        add_link(&mut p, "replaces", "old");
+        assert_eq!(p["link"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            replaced_by(
+                &json!({"link": [{"type": "replaced-by", "other": {"reference": "Patient/n"}}]})
+            )
+            .as_deref(),
+            Some("n")
+        );
+    }
+}

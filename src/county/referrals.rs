@@ -1,0 +1,614 @@
+//! `POST /ecm/referrals`: an ECM referral form (DESIGN.md "ECM referral
+//! form", `profiles/ecm-referral.schema.json`) → `ServiceRequest` + `Task`
+//! (+ `Consent` for an inline attestation), 201 with a `collection` Bundle
+//! and `Location: /fhir/ServiceRequest/{id}`.
+//!
+//! Rules, checked before anything is journaled (a refusal is 422
+//! `business-rule` naming the field and what to do):
+//! - `referrer.organizationId` is the caller's organization (else 403);
+//! - the member is in managed care: an `active` Coverage whose payor is a
+//!   configured MCP (`enrollment.updated` writes it); FFS or share of cost →
+//!   "enroll the member in a Medi-Cal plan first"; a plan code no
+//!   configured MCP serves in the county → refused as such;
+//! - unless `selfReferral` (or an MCP referring to itself), an **active
+//!   `referral_verbal` consent naming every receiving organization** (the MCP,
+//!   and the preferred ECM provider when it becomes the performer): either
+//!   stored (`consentId` narrows the search to that consent) or attested
+//!   inline in `consent` with all four `explained` flags true and a grantor
+//!   `cwsgw_consent::validate_grantor` accepts for the member's age.
+//!
+//! Ids are uuid5 of `servicerequest|{referrer}|{referralId}` (and `task|…`,
+//! `consent|referral|…`); times come from the journal's `received_at`, so a
+//! replay derives the same resources and answers 200 with what is stored.
+//!
+//! The `Task` (Gravity SDOH referral pattern): intent `order`, status
+//! `requested`, `focus` the ServiceRequest, `for` the Patient, `requester`
+//! the referrer, `owner` the MCP (which decides), extension
+//! `{base}/StructureDefinition/authorizing-mcp` (the MCP, kept when the owner
+//! becomes the assigned ECM provider), `restriction.period.end` = the
+//! authorization-decision deadline (5 working days, 72 h expedited), and
+//! `input` = assignment recommendations in DOMAIN.md order (existing
+//! contracted care manager — Wraparound, HCPCFC, CCS, ICC — then the
+//! preferred provider; PCP and behavioral health provider are not known to
+//! the gateway yet).
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use chrono::{DateTime, SecondsFormat, Utc};
+use consent::{Category, ConsentKind};
+use serde_json::{json, Value};
+use store::{AppendOutcome, InputKind, JournalState, NewInput, ResourceWrite, StoredResource};
+
+use super::deadlines::{self, ClockSpec};
+use super::error::{body_rejection, parse_json, CountyError};
+use super::events::{grantor_role, settle, to_write};
+use super::{collection, eligibility, is_internal, orgs, patients, rid, County};
+use crate::api::{authenticate, fhir_json, AppState};
+use crate::config::{Config, OrgKind};
+use crate::disclosure;
+
+pub const AUTHORIZING_MCP_EXT: &str = "/StructureDefinition/authorizing-mcp";
+pub const STREAMLINED_EXT: &str = "/StructureDefinition/streamlined-authorization";
+
+fn s<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
+    v.pointer(ptr).and_then(Value::as_str)
+}
+
+/// Ids of the resources a referral creates.
+pub fn ids(referrer: &str, referral_id: &str) -> (String, String, String) {
+    (
+        rid(&format!("servicerequest|{referrer}|{referral_id}")),
+        rid(&format!("task|{referrer}|{referral_id}")),
+        rid(&format!("consent|referral|{referrer}|{referral_id}")),
+    )
+}
+
+/// The member's managed care situation, from the stored Coverage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Managed {
+    /// In the plan of this MCP.
+    Mcp(String),
+    /// Fee-for-service or share of cost.
+    NotManaged,
+    /// A plan code no configured MCP serves in the county.
+    NoMcp,
+    /// No enrollment known.
+    Unknown,
+}
+
+fn ext_bool(res: &Value, suffix: &str) -> bool {
+    res.get("extension")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|e| {
+            s(e, "/url").is_some_and(|u| u.ends_with(suffix))
+                && e.get("valueBoolean") == Some(&Value::Bool(true))
+        })
+}
+
+/// What the stored Coverage says.
+pub fn managed(cfg: &Config, resources: &[StoredResource]) -> Managed {
+    let mut seen = Managed::Unknown;
+    for r in resources.iter().filter(|r| r.resource_type == "Coverage") {
+        let b = &r.body;
+        let payor = b
+            .get("payor")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().find_map(disclosure::org_of));
+        if s(b, "/status") == Some("active") {
+            if let Some(p) =
+                payor.filter(|p| cfg.organization(p).is_some_and(|o| o.kind == OrgKind::Mcp))
+            {
+                return Managed::Mcp(p);
+            }
+        }
+        if ext_bool(b, "/medi-cal-fee-for-service") || ext_bool(b, "/medi-cal-share-of-cost") {
+            seen = Managed::NotManaged;
+        } else if seen == Managed::Unknown {
+            seen = Managed::NoMcp;
+        }
+    }
+    seen
+}
+
+/// An active referral consent naming every org in `receivers`.
+pub fn find_consent(
+    resources: &[StoredResource],
+    receivers: &[String],
+    consent_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    resources
+        .iter()
+        .filter(|r| r.resource_type == "Consent")
+        .filter(|r| {
+            consent_id.is_none_or(|cid| {
+                r.body
+                    .get("identifier")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|i| s(i, "/value") == Some(cid))
+            })
+        })
+        .filter_map(|r| disclosure::consent_from_fhir(&r.body))
+        .find(|c| {
+            c.kind == ConsentKind::ReferralVerbal
+                && receivers.iter().all(|o| c.names(o))
+                && c.start <= now
+                && c.end.is_none_or(|e| e > now)
+                && c.withdrawn_at.is_none_or(|w| w > now)
+        })
+        .map(|c| c.id)
+}
+
+/// Everything decided about a referral before it is written.
+struct Plan {
+    patient_id: String,
+    mcp: String,
+    performer: String,
+    consent: Option<Value>,
+    consent_ref: Option<String>,
+    streamlined: bool,
+}
+
+/// Check the rules; `resources` are the patient's stored resources.
+fn plan(
+    county: &County,
+    doc: &Value,
+    caller: &crate::api::Caller,
+    resources: &[StoredResource],
+    now: DateTime<Utc>,
+) -> Result<Plan, CountyError> {
+    let cfg = &county.cfg;
+    let base = cfg.server.canonical_base.as_str();
+    let cin = s(doc, "/member/cin").unwrap_or("");
+    let patient_id = patients::cin_patient_id(cin);
+    let mcp = match managed(cfg, resources) {
+        Managed::Mcp(m) => m,
+        Managed::NotManaged => {
+            return Err(CountyError::rule(
+                "the member is not in Medi-Cal managed care (fee-for-service or share of cost): enroll the member in a Medi-Cal plan first",
+                Some("member.cin"),
+            ))
+        }
+        Managed::NoMcp => {
+            return Err(CountyError::rule(
+                "no configured MCP serves the member's plan code in the member's county: correct the enrollment (enrollment.updated) or the gateway configuration",
+                Some("member.cin"),
+            ))
+        }
+        Managed::Unknown => {
+            return Err(CountyError::rule(
+                "no Medi-Cal managed care enrollment is known for the member: enroll the member in a Medi-Cal plan first and send enrollment.updated",
+                Some("member.cin"),
+            ))
+        }
+    };
+    let preferred = s(doc, "/preferredEcmProviderId").filter(|p| orgs::contracted(cfg, p, &mcp));
+    let performer = preferred.unwrap_or(&mcp).to_string();
+    let mut receivers = vec![mcp.clone()];
+    if performer != mcp {
+        receivers.push(performer.clone());
+    }
+    let self_referral = doc.get("selfReferral") == Some(&Value::Bool(true));
+    let own_plan = caller.kind == OrgKind::Mcp && caller.org_id == mcp;
+    let (mut consent, mut consent_ref) = (None, None);
+    if !(self_referral || own_plan) {
+        if let Some(inline) = doc.get("consent") {
+            for flag in [
+                "provider",
+                "informationShared",
+                "duration",
+                "rightToWithdraw",
+            ] {
+                if inline.pointer(&format!("/explained/{flag}")) != Some(&Value::Bool(true)) {
+                    let at = format!("consent.explained.{flag}");
+                    return Err(CountyError::rule(
+                        "the referral consent must show that the provider and service, the information shared, the duration and the right to withdraw were explained",
+                        Some(&at),
+                    ));
+                }
+            }
+            let role_code = s(inline, "/grantor/role").unwrap_or("");
+            let role = grantor_role(role_code).ok_or_else(|| {
+                CountyError::invalid("unknown grantor role", Some("consent.grantor.role"))
+            })?;
+            let birth = chrono::NaiveDate::parse_from_str(
+                s(doc, "/member/birthDate").unwrap_or(""),
+                "%Y-%m-%d",
+            )
+            .map_err(|_| {
+                CountyError::invalid("birthDate is not a date", Some("member.birthDate"))
+            })?;
+            let on_s = s(inline, "/obtainedOn").unwrap_or("");
+            let on = chrono::NaiveDate::parse_from_str(on_s, "%Y-%m-%d").map_err(|_| {
+                CountyError::invalid("obtainedOn is not a date", Some("consent.obtainedOn"))
+            })?;
+            consent::validate_grantor(
+                ConsentKind::ReferralVerbal,
+                &[Category::Referral],
+                role,
+                birth,
+                on,
+            )
+            .map_err(|e| CountyError::rule(e.to_string(), Some("consent.grantor.role")))?;
+            let (_, _, cid) = ids(&caller.org_id, s(doc, "/referralId").unwrap_or(""));
+            let recorded = now.to_rfc3339_opts(SecondsFormat::Secs, true);
+            let cats = vec!["referral".to_string()];
+            let idsys = format!("{base}/identifier/{}/referral-id", caller.org_id);
+            let c = disclosure::consent_to_fhir(&disclosure::ConsentSpec {
+                canonical_base: base,
+                id: &cid,
+                identifier: Some((&idsys, s(doc, "/referralId").unwrap_or(""))),
+                patient_id: &patient_id,
+                kind: "referral_verbal",
+                grantor_role: role_code,
+                grantor_name: s(inline, "/grantor/name"),
+                recorded_by_org: &caller.org_id,
+                recorded_at: &recorded,
+                recipients: &receivers,
+                categories: &cats,
+                start: on_s,
+                end: None,
+            });
+            consent_ref = Some(cid);
+            consent = Some(c);
+        } else {
+            consent_ref = find_consent(resources, &receivers, s(doc, "/consentId"), now);
+            if consent_ref.is_none() {
+                let text = format!(
+                    "no active referral consent (referral_verbal) names {}: record it with a consent.recorded event (kind referral_verbal, recipients {:?}) or attest it inline in `consent`",
+                    receivers.join(" and "),
+                    receivers
+                );
+                let at = if doc.get("consentId").is_some() {
+                    "consentId"
+                } else {
+                    "consent"
+                };
+                return Err(CountyError::rule(text, Some(at)));
+            }
+        }
+    }
+    let claims_pof8 = doc
+        .get("populationsOfFocus")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|p| p == "8"));
+    let streamlined = claims_pof8
+        && cfg.organization(&caller.org_id).is_some_and(|o| {
+            o.kind == OrgKind::EcmProvider
+                && o.mcps.contains(&mcp)
+                && o.provider_type
+                    .as_deref()
+                    .is_some_and(|t| orgs::STREAMLINED_TYPES.contains(&t))
+        });
+    Ok(Plan {
+        patient_id,
+        mcp,
+        performer,
+        consent,
+        consent_ref,
+        streamlined,
+    })
+}
+
+/// Assignment recommendations in DOMAIN.md order.
+fn recommendations(cfg: &Config, doc: &Value, mcp: &str, base: &str) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    let mut push = |org: &str, code: &str, out: &mut Vec<Value>| {
+        if seen.iter().any(|x| x == org) || !orgs::contracted(cfg, org, mcp) {
+            return;
+        }
+        seen.push(org.to_string());
+        out.push(json!({
+            "type": {"coding": [{"system": format!("{base}/CodeSystem/ecm-assignment-recommendation"), "code": code}]},
+            "valueReference": {"reference": format!("Organization/{org}")}
+        }));
+    };
+    for program in ["wraparound", "hcpcfc", "ccs", "icc"] {
+        for cm in doc
+            .get("currentCareManagers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if s(cm, "/program") == Some(program) {
+                if let Some(o) = s(cm, "/organizationId") {
+                    push(o, "existing-care-manager", &mut out);
+                }
+            }
+        }
+    }
+    if let Some(p) = s(doc, "/preferredEcmProviderId") {
+        push(p, "member-preference", &mut out);
+    }
+    out
+}
+
+/// Build every resource of an accepted referral.
+fn build(
+    county: &County,
+    doc: &Value,
+    referrer: &str,
+    p: &Plan,
+    resources: &[StoredResource],
+    received: DateTime<Utc>,
+) -> Vec<ResourceWrite> {
+    let cfg = &county.cfg;
+    let base = cfg.server.canonical_base.as_str();
+    let referral_id = s(doc, "/referralId").unwrap_or("");
+    let (sr_id, task_id, _) = ids(referrer, referral_id);
+    let expedited = doc.get("expedited") == Some(&Value::Bool(true));
+    let self_referral = doc.get("selfReferral") == Some(&Value::Bool(true));
+    let authored = received.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let pid = &p.patient_id;
+    let mut out: Vec<Value> = Vec::new();
+
+    if !resources
+        .iter()
+        .any(|r| r.resource_type == "Patient" && r.id == *pid)
+    {
+        let m = doc.get("member").cloned().unwrap_or_default();
+        let mut pat = json!({
+            "resourceType": "Patient", "id": pid, "active": true,
+            "identifier": [{
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MA", "display": "Patient Medicaid number"}]},
+                "system": format!("{base}/identifier/medi-cal-cin"), "value": s(&m, "/cin").unwrap_or("")
+            }],
+            "name": [{"use": "official", "family": s(&m, "/name/family").unwrap_or("")}],
+            "birthDate": s(&m, "/birthDate").unwrap_or(""),
+        });
+        if let Some(g) = m
+            .pointer("/name/given")
+            .filter(|g| g.as_array().is_some_and(|a| !a.is_empty()))
+        {
+            pat["name"][0]["given"] = g.clone();
+        }
+        if let Some(ph) = s(&m, "/phone") {
+            pat["telecom"] = json!([{"system": "phone", "value": ph}]);
+        }
+        if let Some(l) = s(&m, "/preferredLanguage") {
+            pat["communication"] = json!([{"language": {"text": l}, "preferred": true}]);
+        }
+        out.push(pat);
+    }
+    // The engine's evaluation, beside the claimed POFs.
+    let facts = resources
+        .iter()
+        .find(|r| r.resource_type == "Basic" && r.id == eligibility::facts_id(pid))
+        .and_then(|r| eligibility::facts_of(&r.body));
+    let evaluation =
+        facts.and_then(|f| eligibility::evaluate(&f, program::pacific::local_date(received)));
+    let mut sr = json!({
+        "resourceType": "ServiceRequest", "id": sr_id,
+        "identifier": [{"system": format!("{base}/identifier/{referrer}/referral-id"), "value": referral_id}],
+        "status": "active", "intent": "order",
+        "code": {"coding": [{"system": format!("{base}/CodeSystem/ecm-service"), "code": "ecm", "display": "Enhanced Care Management"}]},
+        "reasonCode": doc.get("populationsOfFocus").and_then(Value::as_array).into_iter().flatten()
+            .filter_map(Value::as_str)
+            .map(|p| json!({"coding": [{"system": format!("{base}{}", eligibility::ECM_POF_CS), "code": p}]}))
+            .collect::<Vec<_>>(),
+        "priority": if expedited { "urgent" } else { "routine" },
+        "subject": {"reference": format!("Patient/{pid}")},
+        "authoredOn": authored,
+        "requester": {"reference": format!("Organization/{referrer}")},
+        "performer": [{"reference": format!("Organization/{}", p.performer)}],
+        "extension": [{"url": format!("{base}{}", disclosure::SELF_REFERRAL_EXT), "valueBoolean": self_referral}],
+    });
+    let mut support = Vec::new();
+    if let Some(ev) = &evaluation {
+        support.push(
+            json!({"reference": format!("Observation/{}", eligibility::observation_id(pid))}),
+        );
+        let mut e = json!({"url": format!("{base}/StructureDefinition/ecm-eligibility"), "extension": [
+            {"url": "eligible", "valueBoolean": ev.eligible}
+        ]});
+        for pof in &ev.pofs {
+            if let Some(a) = e["extension"].as_array_mut() {
+                a.push(json!({"url": "pof", "valueCoding": {"system": format!("{base}{}", eligibility::ECM_POF_CS), "code": pof}}));
+            }
+        }
+        for r in &ev.reasons {
+            if let Some(a) = e["extension"].as_array_mut() {
+                a.push(json!({"url": "reason", "valueCode": r.code}));
+            }
+        }
+        if let Some(a) = sr["extension"].as_array_mut() {
+            a.push(e);
+        }
+    }
+    if let Some(c) = &p.consent_ref {
+        support.push(json!({"reference": format!("Consent/{c}")}));
+    }
+    if !support.is_empty() {
+        sr["supportingInfo"] = Value::Array(support);
+    }
+    if let Some(n) = s(doc, "/notes") {
+        sr["note"] = json!([{"text": n}]);
+    }
+    let decision_due = program::due(
+        program::Clock::AuthorizationDecision,
+        received,
+        expedited,
+        &county.calendar,
+    );
+    let mut task = json!({
+        "resourceType": "Task", "id": task_id,
+        "identifier": [{"system": format!("{base}/identifier/{referrer}/referral-id"), "value": referral_id}],
+        "status": "requested", "intent": "order", "priority": if expedited { "urgent" } else { "routine" },
+        "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]},
+        "focus": {"reference": format!("ServiceRequest/{sr_id}")},
+        "for": {"reference": format!("Patient/{pid}")},
+        "authoredOn": authored, "lastModified": authored,
+        "requester": {"reference": format!("Organization/{referrer}")},
+        "owner": {"reference": format!("Organization/{}", p.mcp)},
+        "restriction": {"period": {"end": decision_due.to_rfc3339_opts(SecondsFormat::Secs, true)}},
+        "extension": [{"url": format!("{base}{AUTHORIZING_MCP_EXT}"), "valueReference": {"reference": format!("Organization/{}", p.mcp)}}],
+    });
+    if p.streamlined {
+        if let Some(a) = task["extension"].as_array_mut() {
+            a.push(json!({"url": format!("{base}{STREAMLINED_EXT}"), "valueBoolean": true}));
+        }
+    }
+    let inputs = recommendations(cfg, doc, &p.mcp, base);
+    if !inputs.is_empty() {
+        task["input"] = Value::Array(inputs);
+    }
+    out.push(sr);
+    out.push(task);
+    if let Some(c) = &p.consent {
+        out.push(c.clone());
+    }
+    let mut org_ids = vec![referrer, p.mcp.as_str(), p.performer.as_str()];
+    org_ids.dedup();
+    out.extend(orgs::organizations(cfg, &org_ids));
+    let mut writes: Vec<ResourceWrite> = out.into_iter().map(to_write).collect();
+    let focus = format!("Task/{task_id}");
+    let spec = |clock, expedited| ClockSpec {
+        clock,
+        patient_id: pid.clone(),
+        focus: focus.clone(),
+        start: received,
+        expedited,
+        owner: Some(p.mcp.clone()),
+    };
+    writes.push(deadlines::open(
+        base,
+        &spec(program::Clock::AuthorizationDecision, expedited),
+        &county.calendar,
+    ));
+    if p.streamlined {
+        let mut w = spec(program::Clock::StreamlinedAuthorizationWindow, false);
+        w.owner = Some(referrer.to_string());
+        writes.push(deadlines::open(base, &w, &county.calendar));
+        let mut d = spec(program::Clock::StreamlinedReferralDue, false);
+        d.owner = Some(referrer.to_string());
+        writes.push(deadlines::open(base, &d, &county.calendar));
+    }
+    writes
+}
+
+/// The handler.
+pub async fn post_referral(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, CountyError> {
+    let caller = authenticate(
+        &state,
+        &headers,
+        &[OrgKind::County, OrgKind::EcmProvider, OrgKind::Mcp],
+    )?;
+    let bytes = body.map_err(|r| body_rejection(r, state.cfg.server.max_body_bytes))?;
+    let doc = parse_json(&bytes)?;
+    let county = &state.county;
+    county.schemas.validate_referral(&doc)?;
+    if s(&doc, "/referrer/organizationId") != Some(caller.org_id.as_str()) {
+        return Err(CountyError::Forbidden(
+            "referrer.organizationId must be the caller's organization".into(),
+        ));
+    }
+    let referral_id = s(&doc, "/referralId").unwrap_or("").to_string();
+    let (sr_id, _, _) = ids(&caller.org_id, &referral_id);
+    let known = state
+        .store
+        .resource_get("ServiceRequest", &sr_id)
+        .await?
+        .is_some();
+    let received_at = now_secs();
+    let pid = patients::cin_patient_id(s(&doc, "/member/cin").unwrap_or(""));
+    if !known {
+        // Refusals happen before the journal: nothing is stored or routed.
+        let resources = state.store.resources_by_patient(&pid, None).await?;
+        plan(county, &doc, &caller, &resources, received_at)?;
+    }
+    let outcome = state
+        .store
+        .append(NewInput {
+            kind: InputKind::Referral,
+            source_org: caller.org_id.clone(),
+            dedup_key: format!("{}|{referral_id}", caller.org_id),
+            received_at,
+            raw: bytes.to_vec(),
+            meta: json!({"expedited": doc.get("expedited"), "selfReferral": doc.get("selfReferral")}),
+        })
+        .await?;
+    let (jid, raw_doc, t, processed, status) = match outcome {
+        AppendOutcome::Inserted(id) => (id, doc, received_at, false, StatusCode::CREATED),
+        AppendOutcome::Duplicate(id) => {
+            let rec = state
+                .store
+                .journal_get(id)
+                .await?
+                .ok_or_else(|| CountyError::Internal("journal record vanished".into()))?;
+            let d = parse_json(&rec.raw)?;
+            (
+                id,
+                d,
+                rec.received_at,
+                rec.state == JournalState::Processed,
+                StatusCode::OK,
+            )
+        }
+    };
+    let writes = if processed {
+        let (sr, task, cid) = ids(&caller.org_id, &referral_id);
+        [("ServiceRequest", sr), ("Task", task), ("Consent", cid)]
+            .into_iter()
+            .map(|(t, id)| ResourceWrite {
+                resource_type: t.into(),
+                id,
+                patient_id: None,
+                body: Value::Null,
+            })
+            .collect()
+    } else {
+        let resources = state.store.resources_by_patient(&pid, None).await?;
+        let p = match plan(county, &raw_doc, &caller, &resources, t) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = state.store.fail(jid, "refused-on-replay").await;
+                return Err(e);
+            }
+        };
+        build(county, &raw_doc, &caller.org_id, &p, &resources, t)
+    };
+    let stored = settle(state.store.as_ref(), jid, processed, writes).await?;
+    tracing::info!(
+        journal_id = jid,
+        resources = stored.len(),
+        replay = processed,
+        "ECM referral"
+    );
+    // The answer holds the ServiceRequest, the Task and any Consent (DESIGN.md).
+    let visible: Vec<Value> = stored
+        .into_iter()
+        .filter(|r| !is_internal(r))
+        .filter(|r| {
+            matches!(
+                s(r, "/resourceType"),
+                Some("ServiceRequest" | "Task" | "Consent")
+            )
+        })
+        .collect();
+    let mut resp = fhir_json(
+        status,
+        &collection(&visible, &state.cfg.server.canonical_base),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("/fhir/ServiceRequest/{sr_id}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// Now, to the second (journal times round-trip through RFC 3339 exactly).
+pub fn now_secs() -> DateTime<Utc> {
+    let n = Utc::now();
+    DateTime::from_timestamp(n.timestamp(), 0).unwrap_or(n)
+}

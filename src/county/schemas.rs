@@ -1,0 +1,186 @@
+//! The JSON Schemas of the county inputs (`profiles/case-events/*.schema.json`,
+//! `profiles/ecm-referral.schema.json`), embedded in the binary and compiled
+//! once at start-up. A violation becomes an error whose `expression` is the
+//! offending field in FHIRPath-ish form (`child.birthDate`,
+//! `consent.recipients[0]`); for a missing property it names the property.
+
+use jsonschema::error::ValidationErrorKind;
+use jsonschema::Validator;
+use serde_json::Value;
+
+use super::error::CountyError;
+
+/// Every case event type, in DESIGN.md order.
+pub const EVENT_TYPES: [&str; 8] = [
+    "case.opened",
+    "placement.changed",
+    "enrollment.updated",
+    "consent.recorded",
+    "consent.withdrawn",
+    "cft.scheduled",
+    "case.closed",
+    "foster_care.history",
+];
+
+const EVENT_SCHEMAS: [&str; 8] = [
+    include_str!("../../profiles/case-events/case.opened.schema.json"),
+    include_str!("../../profiles/case-events/placement.changed.schema.json"),
+    include_str!("../../profiles/case-events/enrollment.updated.schema.json"),
+    include_str!("../../profiles/case-events/consent.recorded.schema.json"),
+    include_str!("../../profiles/case-events/consent.withdrawn.schema.json"),
+    include_str!("../../profiles/case-events/cft.scheduled.schema.json"),
+    include_str!("../../profiles/case-events/case.closed.schema.json"),
+    include_str!("../../profiles/case-events/foster_care.history.schema.json"),
+];
+const REFERRAL_SCHEMA: &str = include_str!("../../profiles/ecm-referral.schema.json");
+
+/// Compiled validators.
+pub struct Schemas {
+    events: Vec<(&'static str, Validator)>,
+    referral: Validator,
+}
+
+fn compile(name: &str, text: &str) -> anyhow::Result<Validator> {
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| anyhow::anyhow!("schema {name} is not JSON: {e}"))?;
+    jsonschema::validator_for(&v).map_err(|e| anyhow::anyhow!("schema {name}: {e}"))
+}
+
+impl Schemas {
+    /// Compile every schema (fails only on a broken build).
+    pub fn compile() -> anyhow::Result<Schemas> {
+        let mut events = Vec::with_capacity(EVENT_TYPES.len());
+        for (t, text) in EVENT_TYPES.iter().zip(EVENT_SCHEMAS) {
+            events.push((*t, compile(t, text)?));
+        }
+        Ok(Schemas {
+            events,
+            referral: compile("ecm-referral", REFERRAL_SCHEMA)?,
+        })
+    }
+
+    /// Validate a case event: its `type` picks the schema.
+    pub fn validate_event(&self, doc: &Value) -> Result<&'static str, CountyError> {
+        if !doc.is_object() {
+            return Err(CountyError::invalid("a case event is a JSON object", None));
+        }
+        let t = doc
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| CountyError::invalid("the event type is missing", Some("type")))?;
+        let Some((name, v)) = self.events.iter().find(|(n, _)| *n == t) else {
+            return Err(CountyError::invalid(
+                format!(
+                    "unknown event type; expected one of {}",
+                    EVENT_TYPES.join(", ")
+                ),
+                Some("type"),
+            ));
+        };
+        check(v, doc)?;
+        Ok(name)
+    }
+
+    /// Validate an ECM referral form.
+    pub fn validate_referral(&self, doc: &Value) -> Result<(), CountyError> {
+        check(&self.referral, doc)
+    }
+}
+
+fn check(v: &Validator, doc: &Value) -> Result<(), CountyError> {
+    let Some(err) = v.iter_errors(doc).next() else {
+        return Ok(());
+    };
+    let mut expr = expression(err.instance_path().as_str());
+    let mut what = match err.kind() {
+        ValidationErrorKind::Required { property } => {
+            let p = property.as_str().unwrap_or("").to_string();
+            if !p.is_empty() {
+                expr = if expr.is_empty() {
+                    p.clone()
+                } else {
+                    format!("{expr}.{p}")
+                };
+            }
+            "is required".to_string()
+        }
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            if let Some(p) = unexpected.first() {
+                expr = if expr.is_empty() {
+                    p.clone()
+                } else {
+                    format!("{expr}.{p}")
+                };
+            }
+            "is not an allowed property".to_string()
+        }
+        _ => format!(
+            "does not conform to the schema ({} rule)",
+            err.kind().keyword()
+        ),
+    };
+    if expr.is_empty() {
+        what = format!("the document {what}");
+        return Err(CountyError::invalid(what, None));
+    }
+    Err(CountyError::invalid(format!("{expr} {what}"), Some(&expr)))
+}
+
+/// `/consent/recipients/0` → `consent.recipients[0]`.
+pub fn expression(pointer: &str) -> String {
+    let mut out = String::new();
+    for seg in pointer.split('/').skip(1) {
+        let seg = seg.replace("~1", "/").replace("~0", "~");
+        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            out.push('[');
+            out.push_str(&seg);
+            out.push(']');
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&seg);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointers_become_fhirpath() {
+        assert_eq!(expression("/child/birthDate"), "child.birthDate");
+        assert_eq!(expression("/consent/recipients/0"), "consent.recipients[0]");
+        assert_eq!(expression(""), "");
+    }
+
+    #[test]
+    fn schemas_compile_and_name_fields() {
+        let s = Schemas::compile().unwrap();
+        let mut doc = serde_json::json!({
+            "eventId": "e1", "type": "case.closed", "occurredAt": "2026-01-10T09:00:00Z",
+            "county": "Fresno",
+            "child": {"clientId": "C1", "name": {"family": "X"}, "birthDate": "2010-02-30x", "sex": "male"},
+            "case": {"caseId": "K1", "reason": "adoption", "closedOn": "2026-01-10", "continueEcm": true}
+        });
+        let e = s.validate_event(&doc).unwrap_err();
+        assert!(
+            matches!(e, CountyError::Invalid { expression: Some(ref x), .. } if x == "child.birthDate"),
+            "{e:?}"
+        );
+        doc["child"]["birthDate"] = "2010-02-20".into();
+        assert_eq!(s.validate_event(&doc).unwrap(), "case.closed");
+        doc["case"].as_object_mut().unwrap().remove("closedOn");
+        let e = s.validate_event(&doc).unwrap_err();
+        assert!(
+            matches!(e, CountyError::Invalid { expression: Some(ref x), .. } if x == "case.closedOn"),
+            "{e:?}"
+        );
+        doc["type"] = "case.reopened".into();
+        assert!(
+            matches!(s.validate_event(&doc).unwrap_err(), CountyError::Invalid { expression: Some(ref x), .. } if x == "type")
+        );
+    }
+}

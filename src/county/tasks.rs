@@ -1,0 +1,333 @@
+//! `PUT /fhir/Task/{id}`: the referral Task lifecycle (Gravity SDOH
+//! clinical referral statuses).
+//!
+//! Parties: the **requester** (`Task.requester`, the referring organization)
+//! and the **performers** — the authorizing MCP (extension
+//! `authorizing-mcp`, the first owner) and, once assigned, the ECM provider
+//! that owns the Task. Allowed transitions:
+//!
+//! | from | to | who |
+//! |---|---|---|
+//! | requested | accepted, rejected | performer |
+//! | requested | requested, cancelled | requester |
+//! | accepted | in-progress, on-hold, completed, failed | performer |
+//! | in-progress | on-hold, completed, failed | performer |
+//! | on-hold | in-progress, completed, failed | performer |
+//! | requested, accepted, in-progress, on-hold | cancelled | requester |
+//!
+//! `rejected` needs a `statusReason`; the gateway sets `businessStatus` to
+//! say a Notice of Action must go to the member. Only the authorizing MCP
+//! may set `owner`, only to an `ecm_provider` contracted with it, and only
+//! on an accepted (or being accepted) Task. A PUT may change `status`,
+//! `statusReason`, `businessStatus`, `owner` and `note`; everything else is
+//! kept as stored. Illegal transitions → 422 listing the allowed ones;
+//! an organization that is not a party → 403; no such Task → 404.
+//!
+//! The write is journaled (`InputKind::FhirWrite`, dedup key
+//! `{org}|Task/{id}|{sha256(body)}`) before the 200. Accepting or rejecting
+//! closes the authorization-decision clock; accepting opens "SW told of
+//! enrollment"; setting an owner opens "ECM provider told of assignment".
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use store::{AppendOutcome, InputKind, JournalState, NewInput, ResourceWrite, Store};
+
+use super::deadlines::{self, ClockSpec};
+use super::error::{body_rejection, parse_json, CountyError};
+use super::events::{settle, strip_meta, to_write};
+use super::referrals::{now_secs, AUTHORIZING_MCP_EXT};
+use super::{orgs, County};
+use crate::api::{authenticate, fhir_json, AppState};
+use crate::config::OrgKind;
+use crate::disclosure;
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    Requester,
+    Performer,
+}
+
+const ACTIVE: &[&str] = &["requested", "accepted", "in-progress", "on-hold"];
+
+/// Statuses `party` may move a Task from `from` to.
+pub fn allowed(from: &str, party: Party) -> Vec<&'static str> {
+    match party {
+        Party::Requester => {
+            let mut v = Vec::new();
+            if from == "requested" {
+                v.push("requested");
+            }
+            if ACTIVE.contains(&from) {
+                v.push("cancelled");
+            }
+            v
+        }
+        Party::Performer => match from {
+            "requested" => vec!["accepted", "rejected"],
+            "accepted" => vec!["accepted", "in-progress", "on-hold", "completed", "failed"],
+            "in-progress" => vec!["in-progress", "on-hold", "completed", "failed"],
+            "on-hold" => vec!["on-hold", "in-progress", "completed", "failed"],
+            _ => Vec::new(),
+        },
+    }
+}
+
+fn s<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
+    v.pointer(ptr).and_then(Value::as_str)
+}
+
+/// The authorizing MCP of a stored Task.
+pub fn authorizing_mcp(task: &Value) -> Option<String> {
+    task.get("extension")?
+        .as_array()?
+        .iter()
+        .find(|e| s(e, "/url").is_some_and(|u| u.ends_with(AUTHORIZING_MCP_EXT)))
+        .and_then(|e| e.get("valueReference"))
+        .and_then(disclosure::org_of)
+}
+
+/// Apply a caller's update to the stored Task; returns the new Task and
+/// the clock writes. Pure but for the clock records passed in.
+pub fn transition(
+    county: &County,
+    stored: &Value,
+    update: &Value,
+    caller_org: &str,
+    now: DateTime<Utc>,
+    open_clocks: &[Value],
+) -> Result<(Value, Vec<ResourceWrite>), CountyError> {
+    let cfg = &county.cfg;
+    let base = cfg.server.canonical_base.as_str();
+    let requester = stored.get("requester").and_then(disclosure::org_of);
+    let owner = stored.get("owner").and_then(disclosure::org_of);
+    let mcp = authorizing_mcp(stored).or_else(|| owner.clone());
+    let is_performer = mcp.as_deref() == Some(caller_org)
+        || (owner.as_deref() == Some(caller_org)
+            && cfg
+                .organization(caller_org)
+                .is_some_and(|o| o.kind == OrgKind::EcmProvider));
+    let is_requester = requester.as_deref() == Some(caller_org);
+    if !is_performer && !is_requester {
+        return Err(CountyError::Forbidden(
+            "the caller's organization is neither the requester nor a performer of this Task"
+                .into(),
+        ));
+    }
+    let from = s(stored, "/status").unwrap_or("");
+    let to = s(update, "/status")
+        .ok_or_else(|| CountyError::invalid("status is required", Some("Task.status")))?;
+    let mut ok = Vec::new();
+    if is_performer {
+        ok.extend(allowed(from, Party::Performer));
+    }
+    if is_requester {
+        ok.extend(allowed(from, Party::Requester));
+    }
+    if !ok.contains(&to) {
+        let list = if ok.is_empty() {
+            "none (the Task is closed to this organization)".to_string()
+        } else {
+            ok.join(", ")
+        };
+        return Err(CountyError::rule(
+            format!("cannot change the status from {from} to {to}; allowed: {list}"),
+            Some("Task.status"),
+        ));
+    }
+    let mut task = strip_meta(stored.clone());
+    task["status"] = json!(to);
+    task["lastModified"] = json!(now.to_rfc3339_opts(SecondsFormat::Secs, true));
+    for k in ["statusReason", "businessStatus", "note"] {
+        if let Some(v) = update.get(k) {
+            task[k] = v.clone();
+        }
+    }
+    if to == "rejected" {
+        if update.get("statusReason").is_none() {
+            return Err(CountyError::invalid(
+                "a rejection needs a statusReason",
+                Some("Task.statusReason"),
+            ));
+        }
+        task["businessStatus"] =
+            json!({"text": "Denied: a Notice of Action must be sent to the member"});
+    }
+    let mut writes = Vec::new();
+    let new_owner = update.get("owner").and_then(disclosure::org_of);
+    if update.get("owner").is_some() && new_owner.is_none() {
+        return Err(CountyError::invalid(
+            "owner must reference Organization/{id}",
+            Some("Task.owner"),
+        ));
+    }
+    let task_ref = format!("Task/{}", s(stored, "/id").unwrap_or(""));
+    let patient_id = stored
+        .get("for")
+        .and_then(|r| disclosure::ref_id(r, "Patient"))
+        .unwrap_or_default();
+    let expedited = s(stored, "/priority") == Some("urgent");
+    if let Some(o) = new_owner.filter(|o| Some(o) != owner.as_ref()) {
+        if mcp.as_deref() != Some(caller_org) {
+            return Err(CountyError::Forbidden(
+                "only the authorizing MCP may assign the Task".into(),
+            ));
+        }
+        let Some(m) = mcp.as_deref() else {
+            return Err(CountyError::Forbidden(
+                "the Task has no authorizing MCP".into(),
+            ));
+        };
+        if !orgs::contracted(cfg, &o, m) {
+            return Err(CountyError::rule(
+                "the owner must be an ECM provider contracted with the MCP",
+                Some("Task.owner"),
+            ));
+        }
+        if !matches!(to, "accepted" | "in-progress" | "on-hold") {
+            return Err(CountyError::rule(
+                "assign an ECM provider only on an accepted Task",
+                Some("Task.owner"),
+            ));
+        }
+        task["owner"] = json!({"reference": format!("Organization/{o}")});
+        writes.push(deadlines::open(
+            base,
+            &ClockSpec {
+                clock: program::Clock::EcmProviderToldOfAssignment,
+                patient_id: patient_id.clone(),
+                focus: task_ref.clone(),
+                start: now,
+                expedited: false,
+                owner: Some(m.to_string()),
+            },
+            &county.calendar,
+        ));
+    }
+    if from == "requested" && matches!(to, "accepted" | "rejected") {
+        let id = deadlines::clock_id(program::Clock::AuthorizationDecision, &task_ref);
+        if let Some(c) = open_clocks
+            .iter()
+            .find(|c| s(c, "/id") == Some(id.as_str()))
+        {
+            writes.extend(deadlines::close(base, c.clone(), now));
+        }
+        if to == "accepted" {
+            writes.push(deadlines::open(
+                base,
+                &ClockSpec {
+                    clock: program::Clock::SwNotifiedOfEnrollment,
+                    patient_id,
+                    focus: task_ref,
+                    start: now,
+                    expedited,
+                    owner: mcp.clone(),
+                },
+                &county.calendar,
+            ));
+        }
+    }
+    Ok((task, writes))
+}
+
+/// The handler.
+pub async fn put_task(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, CountyError> {
+    let caller = authenticate(
+        &state,
+        &headers,
+        &[OrgKind::Mcp, OrgKind::EcmProvider, OrgKind::County],
+    )?;
+    let bytes = body.map_err(|r| body_rejection(r, state.cfg.server.max_body_bytes))?;
+    let update = parse_json(&bytes)?;
+    if s(&update, "/resourceType") != Some("Task") {
+        return Err(CountyError::invalid(
+            "the body must be a Task",
+            Some("Task.resourceType"),
+        ));
+    }
+    if s(&update, "/id") != Some(id.as_str()) {
+        return Err(CountyError::invalid(
+            "Task.id must equal the id in the URL",
+            Some("Task.id"),
+        ));
+    }
+    if !crate::config::valid_fhir_id(&id) {
+        return Err(CountyError::NotFound("no such Task".into()));
+    }
+    let store: &dyn Store = state.store.as_ref();
+    let Some(stored) = store.resource_get("Task", &id).await? else {
+        return Err(CountyError::NotFound("no such Task".into()));
+    };
+    let now = now_secs();
+    let clocks: Vec<Value> = store
+        .resources_by_patient(deadlines::CLOCK_COMPARTMENT, Some("Basic"))
+        .await?
+        .into_iter()
+        .map(|r| r.body)
+        .collect();
+    let digest = hex::encode(Sha256::digest(&bytes));
+    // Check before the journal: a refused update is not stored.
+    transition(
+        &state.county,
+        &stored.body,
+        &update,
+        &caller.org_id,
+        now,
+        &clocks,
+    )?;
+    let outcome = store
+        .append(NewInput {
+            kind: InputKind::FhirWrite,
+            source_org: caller.org_id.clone(),
+            dedup_key: format!("{}|Task/{id}|{digest}", caller.org_id),
+            received_at: now,
+            raw: bytes.to_vec(),
+            meta: json!({"resourceType": "Task", "id": id, "status": s(&update, "/status")}),
+        })
+        .await?;
+    let (jid, processed) = match outcome {
+        AppendOutcome::Inserted(j) => (j, false),
+        AppendOutcome::Duplicate(j) => {
+            let rec = store.journal_get(j).await?;
+            (j, rec.is_some_and(|r| r.state == JournalState::Processed))
+        }
+    };
+    let writes = if processed {
+        vec![ResourceWrite {
+            resource_type: "Task".into(),
+            id: id.clone(),
+            patient_id: None,
+            body: Value::Null,
+        }]
+    } else {
+        let (task, mut clock_writes) = transition(
+            &state.county,
+            &stored.body,
+            &update,
+            &caller.org_id,
+            now,
+            &clocks,
+        )?;
+        let mut w = vec![to_write(task)];
+        w.append(&mut clock_writes);
+        w
+    };
+    let stored = settle(store, jid, processed, writes).await?;
+    tracing::info!(journal_id = jid, task = %id, "Task updated");
+    let task = stored
+        .into_iter()
+        .find(|r| s(r, "/resourceType") == Some("Task"))
+        .unwrap_or_default();
+    Ok(fhir_json(StatusCode::OK, &task))
+}

@@ -1,0 +1,1306 @@
+//! County case events, ECM referrals, Task lifecycle, eligibility and
+//! deadlines — through the real HTTP interface and the binary — plus the
+//! golden tests of the case-event mapping (`tests/golden/case_event/`,
+//! re-blessed with `UPDATE_GOLDEN=1`).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use cws_gateway::config::Config;
+use cws_gateway::serve::Running;
+use serde_json::{json, Value};
+
+use crate::common::{self, repo, COUNTY_TOKEN, OPS_TOKEN};
+
+pub const MCP_A_TOKEN: &str = "mcp-a-test-token";
+pub const MCP_B_TOKEN: &str = "mcp-b-test-token";
+pub const COMPASS_TOKEN: &str = "compass-test-token";
+pub const BRIGHT_TOKEN: &str = "bright-test-token";
+pub const KERN_TOKEN: &str = "kern-test-token";
+
+fn sha(t: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(t.as_bytes()))
+}
+
+/// Organizations and clients added to the common test configuration.
+fn extra() -> String {
+    format!(
+        r#"
+[[organizations]]
+id = "county-kern"
+kind = "county"
+name = "Kern County DHS"
+county = "Kern"
+
+[[organizations]]
+id = "county-kings"
+kind = "county"
+name = "Kings County HSA"
+county = "Kings"
+
+[[organizations]]
+id = "mcp-a"
+kind = "mcp"
+name = "Plan A"
+plan_codes = ["A"]
+counties = ["Fresno", "Kern"]
+
+[[organizations]]
+id = "mcp-b"
+kind = "mcp"
+name = "Plan B"
+plan_codes = ["B"]
+counties = ["Fresno"]
+
+[[organizations]]
+id = "mcp-k"
+kind = "mcp"
+name = "Kings Health Plan"
+plan_codes = ["K"]
+counties = ["Kings"]
+
+[[organizations]]
+id = "ecm-compass"
+kind = "ecm_provider"
+name = "Compass Clinics"
+mcps = ["mcp-a"]
+pofs = ["8"]
+provider_type = "wraparound"
+
+[[organizations]]
+id = "ecm-bright"
+kind = "ecm_provider"
+name = "Bright Futures"
+mcps = ["mcp-a"]
+pofs = ["8"]
+provider_type = "clinic"
+
+[[organizations]]
+id = "ecm-bee"
+kind = "ecm_provider"
+name = "Bee Care"
+mcps = ["mcp-b"]
+
+[[clients]]
+id = "mcp-a"
+organization = "mcp-a"
+token_sha256 = "{a}"
+
+[[clients]]
+id = "mcp-b"
+organization = "mcp-b"
+token_sha256 = "{b}"
+
+[[clients]]
+id = "compass"
+organization = "ecm-compass"
+token_sha256 = "{c}"
+
+[[clients]]
+id = "bright"
+organization = "ecm-bright"
+token_sha256 = "{br}"
+
+[[clients]]
+id = "kern"
+organization = "county-kern"
+token_sha256 = "{k}"
+"#,
+        a = sha(MCP_A_TOKEN),
+        b = sha(MCP_B_TOKEN),
+        c = sha(COMPASS_TOKEN),
+        br = sha(BRIGHT_TOKEN),
+        k = sha(KERN_TOKEN),
+    )
+}
+
+fn config(dir: &Path) -> Config {
+    Config::from_toml(&common::config_text(dir, &extra()), "test").expect("county test config")
+}
+
+struct Gw {
+    running: Running,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Gw {
+    async fn start() -> Gw {
+        let dir = tempfile::tempdir().unwrap();
+        let running = cws_gateway::serve::start(config(dir.path())).await.unwrap();
+        Gw {
+            running,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.http_addr)
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: &Value,
+    ) -> (u16, Value, Option<String>) {
+        let resp = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(token)
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let loc = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            loc,
+        )
+    }
+
+    async fn post(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        let (s, b, _) = self.send(reqwest::Method::POST, path, token, body).await;
+        (s, b)
+    }
+
+    async fn event(&self, body: &Value) -> (u16, Value) {
+        self.post("/cws/events", COUNTY_TOKEN, body).await
+    }
+
+    async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let s = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (s, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
+
+fn golden_dir() -> PathBuf {
+    repo().join("tests/golden/case_event")
+}
+
+fn golden(t: &str, name: &str) -> Value {
+    let p = golden_dir().join(t).join(format!("{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+}
+
+fn with(mut v: Value, f: impl FnOnce(&mut Value)) -> Value {
+    f(&mut v);
+    v
+}
+
+fn types(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    e["resource"]["resourceType"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn resource<'a>(bundle: &'a Value, t: &str) -> &'a Value {
+    bundle["entry"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .map(|e| &e["resource"])
+                .find(|r| r["resourceType"] == t)
+        })
+        .unwrap_or_else(|| panic!("no {t} in {bundle}"))
+}
+
+fn issue_expr(oo: &Value) -> String {
+    oo["issue"][0]["expression"][0]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+// ---------------------------------------------------------------- golden
+
+fn fhir_validator() -> &'static jsonschema::Validator {
+    static V: OnceLock<jsonschema::Validator> = OnceLock::new();
+    V.get_or_init(|| {
+        let text = std::fs::read_to_string(repo().join("profiles/fhir.schema.json")).unwrap();
+        jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()
+    })
+}
+
+fn assert_fhir_valid(what: &str, res: &Value) {
+    let errs: Vec<String> = fhir_validator()
+        .iter_errors(res)
+        .take(5)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(
+        errs.is_empty(),
+        "{what}: {} is not valid FHIR R4:\n{}",
+        res["resourceType"],
+        errs.join("\n")
+    );
+}
+
+fn offline_county() -> cws_gateway::county::County {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Arc::new(config(dir.path()));
+    let engine = cws_gateway::serve::load_engine(&cfg).unwrap();
+    cws_gateway::county::County::new(cfg, engine).unwrap()
+}
+
+#[test]
+fn golden_case_events() {
+    let county = offline_county();
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut inputs = Vec::new();
+    for t in cws_gateway::county::schemas::EVENT_TYPES {
+        let dir = golden_dir().join(t);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|_| panic!("every event type has goldens: {}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.to_string_lossy().ends_with(".json")
+                    && !p.to_string_lossy().ends_with(".expected.json")
+            })
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "no golden input for {t}");
+        inputs.extend(files);
+    }
+    let mut mismatches = Vec::new();
+    for p in inputs {
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let out = cws_gateway::county::events::translate_offline(&county, &doc)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let again = cws_gateway::county::events::translate_offline(&county, &doc).unwrap();
+        assert_eq!(
+            out.to_string(),
+            again.to_string(),
+            "two runs differ: {}",
+            p.display()
+        );
+        for e in out["entry"].as_array().unwrap() {
+            assert_fhir_valid(&p.display().to_string(), &e["resource"]);
+        }
+        assert_fhir_valid(&p.display().to_string(), &out);
+        let text = serde_json::to_string_pretty(&out).unwrap() + "\n";
+        let exp = PathBuf::from(p.to_string_lossy().replace(".json", ".expected.json"));
+        match std::fs::read_to_string(&exp) {
+            Ok(want) if want == text => {}
+            Ok(_) if !update => mismatches.push(exp.display().to_string()),
+            _ => std::fs::write(&exp, &text).unwrap(),
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "golden mismatches (UPDATE_GOLDEN=1 to re-bless):\n{}",
+        mismatches.join("\n")
+    );
+}
+
+#[test]
+fn mapped_consent_has_exactly_the_disclosure_shape() {
+    let county = offline_county();
+    let doc = golden("consent.recorded", "001-referral-verbal");
+    let out = cws_gateway::county::events::translate_offline(&county, &doc).unwrap();
+    let mut mapped = resource(&out, "Consent").clone();
+    mapped.as_object_mut().unwrap().remove("meta");
+    let base = "https://gateway.example.org/fhir";
+    let recipients = vec!["mcp-a".to_string(), "ecm-compass".to_string()];
+    let cats = vec!["referral".to_string(), "case".to_string()];
+    let pid = mapping::uuid5("patient|cin|91000001A");
+    let idsys = format!("{base}/identifier/county-fresno/consent-id");
+    let built = cws_gateway::disclosure::consent_to_fhir(&cws_gateway::disclosure::ConsentSpec {
+        canonical_base: base,
+        id: mapped["id"].as_str().unwrap(),
+        identifier: Some((&idsys, "CONS-5")),
+        patient_id: &pid,
+        kind: "referral_verbal",
+        grantor_role: "parent",
+        grantor_name: Some("Maria Rivera"),
+        recorded_by_org: "county-fresno",
+        recorded_at: "2026-01-12T17:30:00Z",
+        recipients: &recipients,
+        categories: &cats,
+        start: "2026-01-12",
+        end: Some("2027-01-12"),
+    });
+    assert_eq!(mapped, built);
+    let rec = cws_gateway::disclosure::consent_from_fhir(&mapped).unwrap();
+    assert_eq!(rec.recipients, recipients);
+}
+
+// ---------------------------------------------------------------- events
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_type_is_accepted_and_replays_idempotently() {
+    let gw = Gw::start().await;
+    let order = [
+        (
+            "case.opened",
+            "001-court-ordered-fr",
+            vec![
+                "Patient",
+                "Practitioner",
+                "PractitionerRole",
+                "EpisodeOfCare",
+                "Organization",
+                "Observation",
+            ],
+        ),
+        (
+            "placement.changed",
+            "001-resource-family",
+            vec!["Patient", "Observation"],
+        ),
+        (
+            "enrollment.updated",
+            "001-plan-a",
+            vec!["Patient", "Coverage", "Organization"],
+        ),
+        (
+            "consent.recorded",
+            "001-referral-verbal",
+            vec!["Patient", "Consent", "Organization"],
+        ),
+        (
+            "consent.withdrawn",
+            "001-withdraw",
+            vec!["Patient", "Consent"],
+        ),
+        ("cft.scheduled", "001-cft", vec!["Patient", "Appointment"]),
+        (
+            "case.closed",
+            "001-reunification",
+            vec!["Patient", "EpisodeOfCare"],
+        ),
+        (
+            "foster_care.history",
+            "001-aged-out",
+            vec!["Patient", "Observation"],
+        ),
+    ];
+    for (t, name, want) in order {
+        let doc = golden(t, name);
+        let (s, b) = gw.event(&doc).await;
+        assert_eq!(s, 202, "{t}: {b}");
+        assert_eq!(b["resourceType"], "Bundle");
+        assert_eq!(b["type"], "collection");
+        let got = types(&b);
+        for w in want {
+            assert!(got.iter().any(|g| g == w), "{t}: no {w} in {got:?}");
+        }
+        assert!(
+            !got.iter().any(|g| g == "Basic"),
+            "internal records stay internal"
+        );
+        for e in b["entry"].as_array().unwrap() {
+            assert_fhir_valid(t, &e["resource"]);
+        }
+        let count = gw.running.store.resource_count(None).await.unwrap();
+        let (s2, b2) = gw.event(&doc).await;
+        assert_eq!(s2, 200, "{t} replay: {b2}");
+        assert_eq!(types(&b2), got, "{t}: same result on replay");
+        assert_eq!(
+            gw.running.store.resource_count(None).await.unwrap(),
+            count,
+            "{t}: nothing new on replay"
+        );
+    }
+    let stats = gw.running.store.journal_stats().await.unwrap();
+    assert_eq!(stats.total, 8, "one journal record per event");
+    assert_eq!(stats.processed, 8);
+    // The withdrawal made the consent inactive, with its time.
+    let pid = mapping::uuid5("patient|cin|91000001A");
+    let consents = gw
+        .running
+        .store
+        .resources_by_patient(&pid, Some("Consent"))
+        .await
+        .unwrap();
+    assert_eq!(consents.len(), 1);
+    assert_eq!(consents[0].body["status"], "inactive");
+    let rec = cws_gateway::disclosure::consent_from_fhir(&consents[0].body).unwrap();
+    assert_eq!(
+        rec.withdrawn_at.unwrap().to_rfc3339(),
+        "2026-02-01T18:00:00+00:00"
+    );
+    // The case closure kept what the opening said.
+    let eps = gw
+        .running
+        .store
+        .resources_by_patient(&pid, Some("EpisodeOfCare"))
+        .await
+        .unwrap();
+    assert_eq!(eps.len(), 1);
+    assert_eq!(eps[0].body["status"], "finished");
+    assert_eq!(eps[0].body["period"]["start"], "2026-01-10");
+    assert_eq!(eps[0].body["period"]["end"], "2026-06-30");
+    assert_eq!(
+        eps[0].body["type"][0]["coding"][0]["code"],
+        "family_reunification"
+    );
+    assert_eq!(
+        eps[0].body["managingOrganization"]["reference"],
+        "Organization/county-fresno"
+    );
+    // Coverage payor is the MCP serving plan A in Fresno.
+    let cov = gw
+        .running
+        .store
+        .resources_by_patient(&pid, Some("Coverage"))
+        .await
+        .unwrap();
+    assert_eq!(cov[0].body["payor"][0]["reference"], "Organization/mcp-a");
+    assert_eq!(cov[0].body["status"], "active");
+    // Eligibility is queryable.
+    let (s, e) = gw
+        .get(&format!("/cws/eligibility/{pid}"), MCP_A_TOKEN)
+        .await;
+    assert_eq!(s, 200, "{e}");
+    assert_eq!(e["eligible"], true);
+    assert!(
+        e["pofs"].as_array().unwrap().iter().any(|p| p == "8"),
+        "{e}"
+    );
+    let (s, _) = gw
+        .get(&format!("/cws/eligibility/{pid}"), common::STMARY_TOKEN)
+        .await;
+    assert_eq!(s, 403);
+    gw.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_errors_name_the_field() {
+    let gw = Gw::start().await;
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            with(golden("case.opened", "001-court-ordered-fr"), |d| {
+                d["child"]["birthDate"] = json!("15/03/2010")
+            }),
+            "child.birthDate",
+        ),
+        (
+            with(golden("case.opened", "001-court-ordered-fr"), |d| {
+                d["case"].as_object_mut().unwrap().remove("component");
+            }),
+            "case.component",
+        ),
+        (
+            with(golden("placement.changed", "001-resource-family"), |d| {
+                d["placement"]["kind"] = json!("hotel")
+            }),
+            "placement.kind",
+        ),
+        (
+            with(golden("enrollment.updated", "001-plan-a"), |d| {
+                d["enrollment"]["feeForService"] = json!("no")
+            }),
+            "enrollment.feeForService",
+        ),
+        (
+            with(golden("consent.recorded", "001-referral-verbal"), |d| {
+                d["consent"]["recipients"][1] = json!("not an id!")
+            }),
+            "consent.recipients[1]",
+        ),
+        (
+            with(golden("consent.withdrawn", "001-withdraw"), |d| {
+                d.as_object_mut().unwrap().remove("withdrawnAt");
+            }),
+            "withdrawnAt",
+        ),
+        (
+            with(golden("cft.scheduled", "001-cft"), |d| {
+                d["meeting"]["invitees"] = json!("mcp-a")
+            }),
+            "meeting.invitees",
+        ),
+        (
+            with(golden("case.closed", "001-reunification"), |d| {
+                d["case"]["reason"] = json!("moved")
+            }),
+            "case.reason",
+        ),
+        (
+            with(golden("foster_care.history", "001-aged-out"), |d| {
+                d["history"]["extra"] = json!(1)
+            }),
+            "history.extra",
+        ),
+        (
+            with(golden("case.closed", "001-reunification"), |d| {
+                d["type"] = json!("case.reopened")
+            }),
+            "type",
+        ),
+    ];
+    for (doc, expr) in cases {
+        let (s, b) = gw.event(&doc).await;
+        assert_eq!(s, 422, "{expr}: {b}");
+        assert_eq!(b["resourceType"], "OperationOutcome");
+        assert_eq!(issue_expr(&b), expr, "{b}");
+        assert!(!b.to_string().contains("Rivera"), "no PHI in errors");
+    }
+    // Not JSON → 400; over the body limit → 413, both OperationOutcomes.
+    let resp = gw
+        .http
+        .post(gw.url("/cws/events"))
+        .bearer_auth(COUNTY_TOKEN)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let big = json!({"pad": "x".repeat(70_000)});
+    let (s, b) = gw.event(&big).await;
+    assert_eq!(s, 413);
+    assert_eq!(b["resourceType"], "OperationOutcome");
+    assert_eq!(
+        gw.running.store.journal_stats().await.unwrap().total,
+        0,
+        "nothing invalid is journaled"
+    );
+    gw.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_county_and_wrong_caller_are_refused() {
+    let gw = Gw::start().await;
+    for (t, n) in [
+        ("case.opened", "001-court-ordered-fr"),
+        ("enrollment.updated", "001-plan-a"),
+        ("foster_care.history", "001-aged-out"),
+    ] {
+        // Kern's client posting a Fresno event.
+        let (s, b) = gw.post("/cws/events", KERN_TOKEN, &golden(t, n)).await;
+        assert_eq!(s, 403, "{t}: {b}");
+        // Fresno's client posting a Kern event.
+        let doc = with(golden(t, n), |d| d["county"] = json!("Kern"));
+        let (s, _) = gw.event(&doc).await;
+        assert_eq!(s, 403);
+    }
+    let (s, _) = gw
+        .post(
+            "/cws/events",
+            MCP_A_TOKEN,
+            &golden("case.opened", "001-court-ordered-fr"),
+        )
+        .await;
+    assert_eq!(s, 403, "an MCP may not post case events");
+    let resp = gw
+        .http
+        .post(gw.url("/cws/events"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    // Business rules on consents.
+    let bad = with(golden("consent.recorded", "001-referral-verbal"), |d| {
+        d["consent"]["recipients"] = json!(["mcp-zzz"])
+    });
+    let (s, b) = gw.event(&bad).await;
+    assert_eq!(
+        (s, issue_expr(&b)),
+        (422, "consent.recipients[0]".to_string()),
+        "{b}"
+    );
+    // A 15-year-old's substance-use consent must be the youth's own.
+    let part2 = with(golden("consent.recorded", "001-referral-verbal"), |d| {
+        d["consent"]["kind"] = json!("part2_written");
+        d["consent"]["categories"] = json!(["substance_use"]);
+    });
+    let (s, b) = gw.event(&part2).await;
+    assert_eq!(
+        (s, issue_expr(&b)),
+        (422, "consent.grantor.role".to_string()),
+        "{b}"
+    );
+    assert_eq!(b["issue"][0]["code"], "business-rule");
+    let (s, b) = gw.event(&golden("consent.withdrawn", "001-withdraw")).await;
+    assert_eq!(
+        (s, issue_expr(&b)),
+        (422, "consentId".to_string()),
+        "unknown consent: {b}"
+    );
+    assert_eq!(gw.running.store.journal_stats().await.unwrap().total, 0);
+    gw.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_first_seen_without_cin_is_linked_when_the_cin_arrives() {
+    let gw = Gw::start().await;
+    let opened = golden("case.opened", "002-no-cin-prevention");
+    let (s, b) = gw.event(&opened).await;
+    assert_eq!(s, 202, "{b}");
+    let old_id = resource(&b, "Patient")["id"].as_str().unwrap().to_string();
+    // The enrollment brings the CIN (child without one, enrollment with one).
+    let enr = golden("enrollment.updated", "002-fee-for-service");
+    let (s, b) = gw.event(&enr).await;
+    assert_eq!(s, 202, "{b}");
+    let new_id = mapping::uuid5("patient|cin|92000002B");
+    let patients: Vec<&Value> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["resourceType"] == "Patient")
+        .collect();
+    assert_eq!(patients.len(), 2, "{b}");
+    let old = patients
+        .iter()
+        .find(|p| p["id"] == old_id.as_str())
+        .unwrap();
+    assert_eq!(old["active"], false);
+    assert_eq!(old["link"][0]["type"], "replaced-by");
+    let new = patients
+        .iter()
+        .find(|p| p["id"] == new_id.as_str())
+        .unwrap();
+    assert_eq!(
+        new["link"][0]["other"]["reference"],
+        format!("Patient/{old_id}")
+    );
+    // FFS: coverage recorded as draft with the FFS payor display.
+    assert_eq!(resource(&b, "Coverage")["status"], "draft");
+    // A later CIN-less event lands on the CIN Patient.
+    let later = with(golden("placement.changed", "001-resource-family"), |d| {
+        d["eventId"] = json!("evt-099");
+        d["child"] = opened["child"].clone();
+    });
+    let (s, b) = gw.event(&later).await;
+    assert_eq!(s, 202, "{b}");
+    assert_eq!(resource(&b, "Patient")["id"], new_id.as_str());
+    gw.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_out_of_a_single_plan_county_starts_the_plan_determination_clock() {
+    let gw = Gw::start().await;
+    let kings = with(golden("placement.changed", "001-resource-family"), |d| {
+        d["placement"]["county"] = json!("Kings")
+    });
+    assert_eq!(gw.event(&kings).await.0, 202);
+    let fresno = with(golden("placement.changed", "001-resource-family"), |d| {
+        d["eventId"] = json!("evt-011");
+        d["occurredAt"] = json!("2026-02-02T10:00:00Z");
+        d["placement"]["startDate"] = json!("2026-02-02");
+    });
+    assert_eq!(gw.event(&fresno).await.0, 202);
+    let (s, d) = gw.get("/ops/deadlines", OPS_TOKEN).await;
+    assert_eq!(s, 200, "{d}");
+    let c = d["clocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["clock"] == "plan-determination")
+        .expect("plan determination clock");
+    assert_eq!(c["due"], "2026-02-03T10:00:00Z", "24 hours");
+    assert_eq!(c["owner"], "Organization/mcp-k");
+    let (s, _) = gw.get("/ops/deadlines", COUNTY_TOKEN).await;
+    assert_eq!(s, 403);
+    gw.running.stop().await;
+}
+
+// ---------------------------------------------------------------- referrals
+
+fn referral(id: &str) -> Value {
+    json!({
+        "referralId": id,
+        "member": {"cin": "91000001A", "name": {"given": ["Alex"], "family": "Rivera"}, "birthDate": "2010-03-15"},
+        "referrer": {"organizationId": "county-fresno", "name": "Dana Ortiz", "role": "social worker", "relationship": "county social worker"},
+        "selfReferral": false,
+        "populationsOfFocus": ["8"],
+        "criteria": "in foster care",
+        "expedited": false,
+        "currentCareManagers": [{"program": "wraparound", "organizationId": "ecm-compass"}, {"program": "other", "organizationId": "ecm-bright"}]
+    })
+}
+
+fn attestation() -> Value {
+    json!({"obtainedOn": "2026-01-12", "obtainedBy": "Dana Ortiz", "grantor": {"role": "parent", "name": "Maria Rivera"},
+           "explained": {"provider": true, "informationShared": true, "duration": true, "rightToWithdraw": true}})
+}
+
+/// A member enrolled in plan A with an open case and a placement.
+async fn enrolled(gw: &Gw) {
+    for (t, n) in [
+        ("case.opened", "001-court-ordered-fr"),
+        ("placement.changed", "001-resource-family"),
+        ("enrollment.updated", "001-plan-a"),
+    ] {
+        let (s, b) = gw.event(&golden(t, n)).await;
+        assert_eq!(s, 202, "{t}: {b}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referral_with_a_recorded_consent() {
+    let gw = Gw::start().await;
+    enrolled(&gw).await;
+    // No consent yet: refused, nothing journaled for it.
+    let before = gw.running.store.journal_stats().await.unwrap().total;
+    let (s, b) = gw
+        .post("/ecm/referrals", COUNTY_TOKEN, &referral("R-1"))
+        .await;
+    assert_eq!(s, 422, "{b}");
+    assert_eq!(b["issue"][0]["code"], "business-rule");
+    assert!(
+        b["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("consent.recorded"),
+        "{b}"
+    );
+    assert_eq!(
+        gw.running.store.journal_stats().await.unwrap().total,
+        before
+    );
+    // Record the consent, then refer.
+    assert_eq!(
+        gw.event(&golden("consent.recorded", "001-referral-verbal"))
+            .await
+            .0,
+        202
+    );
+    let (s, b, loc) = gw
+        .send(
+            reqwest::Method::POST,
+            "/ecm/referrals",
+            COUNTY_TOKEN,
+            &referral("R-1"),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["type"], "collection");
+    let sr = resource(&b, "ServiceRequest");
+    let task = resource(&b, "Task");
+    assert_eq!(
+        loc.as_deref(),
+        Some(format!("/fhir/ServiceRequest/{}", sr["id"].as_str().unwrap()).as_str())
+    );
+    assert_eq!(sr["status"], "active");
+    assert_eq!(sr["intent"], "order");
+    assert_eq!(sr["priority"], "routine");
+    assert_eq!(sr["code"]["coding"][0]["code"], "ecm");
+    assert_eq!(sr["reasonCode"][0]["coding"][0]["code"], "8");
+    assert_eq!(sr["requester"]["reference"], "Organization/county-fresno");
+    assert_eq!(sr["performer"][0]["reference"], "Organization/mcp-a");
+    assert!(sr["extension"].to_string().contains("self-referral"));
+    assert!(
+        sr["extension"].to_string().contains("pof8"),
+        "the engine's evaluation is attached: {sr}"
+    );
+    assert!(sr["supportingInfo"].to_string().contains("Consent/"));
+    assert_eq!(task["status"], "requested");
+    assert_eq!(task["intent"], "order");
+    assert_eq!(task["owner"]["reference"], "Organization/mcp-a");
+    assert_eq!(
+        task["focus"]["reference"],
+        format!("ServiceRequest/{}", sr["id"].as_str().unwrap())
+    );
+    assert!(task["restriction"]["period"]["end"].is_string());
+    // Existing contracted wraparound care manager first, then nothing else contracted & named.
+    assert_eq!(
+        task["input"][0]["valueReference"]["reference"],
+        "Organization/ecm-compass"
+    );
+    assert_eq!(
+        task["input"][0]["type"]["coding"][0]["code"],
+        "existing-care-manager"
+    );
+    for e in b["entry"].as_array().unwrap() {
+        assert_fhir_valid("referral", &e["resource"]);
+    }
+    // Replay: same answer, nothing new.
+    let count = gw.running.store.resource_count(None).await.unwrap();
+    let (s2, b2, loc2) = gw
+        .send(
+            reqwest::Method::POST,
+            "/ecm/referrals",
+            COUNTY_TOKEN,
+            &referral("R-1"),
+        )
+        .await;
+    assert_eq!(s2, 200, "{b2}");
+    assert_eq!(loc2, loc);
+    assert_eq!(types(&b2), types(&b));
+    assert_eq!(resource(&b2, "Task")["id"], task["id"]);
+    assert_eq!(gw.running.store.resource_count(None).await.unwrap(), count);
+    // The authorization clock is open.
+    let (_, d) = gw.get("/ops/deadlines", OPS_TOKEN).await;
+    assert!(
+        d["clocks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["clock"] == "authorization-decision"
+                && c["due"] == task["restriction"]["period"]["end"]),
+        "{d}"
+    );
+    // After the withdrawal a new referral is refused again.
+    assert_eq!(
+        gw.event(&golden("consent.withdrawn", "001-withdraw"))
+            .await
+            .0,
+        202
+    );
+    let (s, _) = gw
+        .post("/ecm/referrals", COUNTY_TOKEN, &referral("R-2"))
+        .await;
+    assert_eq!(s, 422);
+    gw.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referral_with_an_inline_attestation() {
+    let gw = Gw::start().await;
+    enrolled(&gw).await;
+    let missing = with(referral("R-10"), |r| {
+        r["consent"] = attestation();
+        r["consent"]["explained"]["duration"] = json!(false);
+    });
+    let (s, b) = gw.post("/ecm/referrals", COUNTY_TOKEN, &missing).await;
+    assert_eq!(
+        (s, issue_expr(&b)),
+        (422, "consent.explained.duration".to_string()),
+        "{b}"
+    );
+    // A 15-year-old's referral consent may not come from... a youth under 12 rule does not apply; use a
+    // child under 12 and the youth as grantor.
+    let young = with(referral("R-11"), |r| {
+        r["member"]["birthDate"] = json!("2018-05-05");
+        r["consent"] = attestation();
+        r["consent"]["grantor"]["role"] = json!("youth");
+    });
+    let (s, b) = gw.post("/ecm/referrals", COUNTY_TOKEN, &young).await;
+    assert_eq!(
+        (s, issue_expr(&b)),
+        (422, "consent.grantor.role".to_string()),
+        "{b}"
+    );
+    let ok = with(referral("R-12"), |r| {
+        r["consent"] = attestation();
+        r["expedited"] = json!(true);
+    });
+    let (s, b) = gw.post("/ecm/referrals", COUNTY_TOKEN, &ok).await;
+    assert_eq!(s, 201, "{b}");
+    let c = resource(&b, "Consent");
+    assert_eq!(c["status"], "active");
+    let rec = cws_gateway::disclosure::consent_from_fhir(c).unwrap();
+    assert_eq!(rec.kind, consent::ConsentKind::ReferralVerbal);
+    assert_eq!(rec.recipients, vec!["mcp-a".to_string()]);
+    let sr = resource(&b, "ServiceRequest");
+    assert_eq!(sr["priority"], "urgent");
+    // Expedited: 72 hours from receipt.
+    let task = resource(&b, "Task");
+    let authored =
+        chrono::DateTime::parse_from_rfc3339(task["authoredOn"].as_str().unwrap()).unwrap();
+    let end = chrono::DateTime::parse_from_rfc3339(
+        task["restriction"]["period"]["end"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!((end - authored).num_hours(), 72);
+    gw.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referral_refusals_self_referral_and_streamlined_window() {
+    let gw = Gw::start().await;
+    // Unknown member: no enrollment.
+    let (s, b) = gw
+        .post(
+            "/ecm/referrals",
+            COUNTY_TOKEN,
+            &with(referral("R-20"), |r| r["selfReferral"] = json!(true)),
+        )
+        .await;
+    assert_eq!(s, 422, "{b}");
+    assert!(b["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("enroll the member"));
+    // FFS member: not in managed care.
+    let ffs = with(golden("enrollment.updated", "001-plan-a"), |d| {
+        d["eventId"] = json!("evt-ffs");
+        d["enrollment"]["feeForService"] = json!(true);
+        d["enrollment"].as_object_mut().unwrap().remove("planCode");
+    });
+    assert_eq!(gw.event(&ffs).await.0, 202);
+    let (s, b) = gw
+        .post(
+            "/ecm/referrals",
+            COUNTY_TOKEN,
+            &with(referral("R-21"), |r| r["selfReferral"] = json!(true)),
+        )
+        .await;
+    assert_eq!(s, 422);
+    assert!(
+        b["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("enroll the member in a Medi-Cal plan first"),
+        "{b}"
+    );
+    // A plan code no MCP serves in Fresno.
+    let z = with(golden("enrollment.updated", "001-plan-a"), |d| {
+        d["eventId"] = json!("evt-z");
+        d["enrollment"]["planCode"] = json!("K");
+    });
+    assert_eq!(gw.event(&z).await.0, 202);
+    let (s, b) = gw
+        .post(
+            "/ecm/referrals",
+            COUNTY_TOKEN,
+            &with(referral("R-22"), |r| r["selfReferral"] = json!(true)),
+        )
+        .await;
+    assert_eq!(s, 422);
+    assert!(
+        b["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("no configured MCP"),
+        "{b}"
+    );
+    // Plan A: a self-referral needs no consent.
+    let a = with(golden("enrollment.updated", "001-plan-a"), |d| {
+        d["eventId"] = json!("evt-a")
+    });
+    assert_eq!(gw.event(&a).await.0, 202);
+    let (s, b) = gw
+        .post(
+            "/ecm/referrals",
+            COUNTY_TOKEN,
+            &with(referral("R-23"), |r| r["selfReferral"] = json!(true)),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    assert!(resource(&b, "ServiceRequest")["extension"]
+        .to_string()
+        .contains("\"valueBoolean\":true"));
+    // A referrer may only refer as itself.
+    let (s, _) = gw
+        .post("/ecm/referrals", COMPASS_TOKEN, &referral("R-24"))
+        .await;
+    assert_eq!(s, 403);
+    // Compass (wraparound, contracted with mcp-a) referring for POF 8 with a consent naming
+    // mcp-a and itself as the preferred provider: streamlined window clocks.
+    assert_eq!(
+        gw.event(&golden("consent.recorded", "001-referral-verbal"))
+            .await
+            .0,
+        202
+    );
+    let streamlined = with(referral("R-25"), |r| {
+        r["referrer"]["organizationId"] = json!("ecm-compass");
+        r["preferredEcmProviderId"] = json!("ecm-compass");
+    });
+    let (s, b) = gw.post("/ecm/referrals", COMPASS_TOKEN, &streamlined).await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(
+        resource(&b, "ServiceRequest")["performer"][0]["reference"],
+        "Organization/ecm-compass"
+    );
+    assert!(resource(&b, "Task")["extension"]
+        .to_string()
+        .contains("streamlined-authorization"));
+    let (_, d) = gw.get("/ops/deadlines", OPS_TOKEN).await;
+    let clocks = d["clocks"].as_array().unwrap();
+    let window = clocks
+        .iter()
+        .find(|c| c["clock"] == "streamlined-authorization-window")
+        .expect("window clock");
+    let due = clocks
+        .iter()
+        .find(|c| c["clock"] == "streamlined-referral-due")
+        .expect("referral due clock");
+    assert!(due["due"].as_str() < window["due"].as_str());
+    // Bright (not a streamlined type) gets no window.
+    let plain = with(referral("R-26"), |r| {
+        r["referrer"]["organizationId"] = json!("ecm-bright");
+        r["consent"] = attestation();
+    });
+    let (s, b) = gw.post("/ecm/referrals", BRIGHT_TOKEN, &plain).await;
+    assert_eq!(s, 201, "{b}");
+    assert!(!resource(&b, "Task")["extension"]
+        .to_string()
+        .contains("streamlined-authorization"));
+    gw.running.stop().await;
+}
+
+// ---------------------------------------------------------------- Task lifecycle
+
+async fn new_task(gw: &Gw, id: &str) -> Value {
+    let (s, b) = gw
+        .post(
+            "/ecm/referrals",
+            COUNTY_TOKEN,
+            &with(referral(id), |r| r["consent"] = attestation()),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    resource(&b, "Task").clone()
+}
+
+async fn put_task(
+    gw: &Gw,
+    token: &str,
+    task: &Value,
+    status: &str,
+    f: impl FnOnce(&mut Value),
+) -> (u16, Value) {
+    let mut t = task.clone();
+    t["status"] = json!(status);
+    f(&mut t);
+    let (s, b, _) = gw
+        .send(
+            reqwest::Method::PUT,
+            &format!("/fhir/Task/{}", task["id"].as_str().unwrap()),
+            token,
+            &t,
+        )
+        .await;
+    (s, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_lifecycle_by_the_right_and_wrong_organizations() {
+    let gw = Gw::start().await;
+    enrolled(&gw).await;
+    let t = new_task(&gw, "T-1").await;
+    // Wrong organizations.
+    assert_eq!(
+        put_task(&gw, MCP_B_TOKEN, &t, "accepted", |_| {}).await.0,
+        403
+    );
+    assert_eq!(
+        put_task(&gw, COMPASS_TOKEN, &t, "accepted", |_| {}).await.0,
+        403,
+        "not yet the owner"
+    );
+    assert_eq!(
+        put_task(&gw, KERN_TOKEN, &t, "cancelled", |_| {}).await.0,
+        403
+    );
+    // Illegal transitions list the allowed ones.
+    let (s, b) = put_task(&gw, MCP_A_TOKEN, &t, "completed", |_| {}).await;
+    assert_eq!(s, 422);
+    assert!(
+        b["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("allowed: accepted, rejected"),
+        "{b}"
+    );
+    let (s, _) = put_task(&gw, COUNTY_TOKEN, &t, "accepted", |_| {}).await;
+    assert_eq!(s, 422, "the requester cannot accept");
+    // Rejection needs a reason.
+    let (s, b) = put_task(&gw, MCP_A_TOKEN, &t, "rejected", |_| {}).await;
+    assert_eq!((s, issue_expr(&b)), (422, "Task.statusReason".to_string()));
+    // Requester re-requests (edit), then the MCP accepts and assigns an uncontracted provider: refused.
+    assert_eq!(
+        put_task(&gw, COUNTY_TOKEN, &t, "requested", |_| {}).await.0,
+        200
+    );
+    let (s, b) = put_task(&gw, MCP_A_TOKEN, &t, "accepted", |x| {
+        x["owner"] = json!({"reference": "Organization/ecm-bee"})
+    })
+    .await;
+    assert_eq!((s, issue_expr(&b)), (422, "Task.owner".to_string()), "{b}");
+    let (s, acc) = put_task(&gw, MCP_A_TOKEN, &t, "accepted", |x| {
+        x["owner"] = json!({"reference": "Organization/ecm-compass"})
+    })
+    .await;
+    assert_eq!(s, 200, "{acc}");
+    assert_eq!(acc["status"], "accepted");
+    assert_eq!(acc["owner"]["reference"], "Organization/ecm-compass");
+    // Same PUT again: a replay, same answer.
+    let (s, again) = put_task(&gw, MCP_A_TOKEN, &t, "accepted", |x| {
+        x["owner"] = json!({"reference": "Organization/ecm-compass"})
+    })
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(again["status"], "accepted");
+    // The assigned provider works it.
+    for st in ["in-progress", "on-hold", "in-progress"] {
+        let (s, b) = put_task(&gw, COMPASS_TOKEN, &acc, st, |_| {}).await;
+        assert_eq!(s, 200, "{st}: {b}");
+    }
+    let (s, _) = put_task(&gw, COMPASS_TOKEN, &acc, "requested", |_| {}).await;
+    assert_eq!(s, 422);
+    let (s, done) = put_task(&gw, COMPASS_TOKEN, &acc, "completed", |_| {}).await;
+    assert_eq!(s, 200);
+    assert_eq!(done["status"], "completed");
+    let (s, b) = put_task(&gw, COUNTY_TOKEN, &acc, "cancelled", |_| {}).await;
+    assert_eq!(s, 422, "completed is final: {b}");
+    // Clocks: authorization closed, assignment and SW notice open.
+    let (_, d) = gw.get("/ops/deadlines?all=true", OPS_TOKEN).await;
+    let clocks = d["clocks"].as_array().unwrap();
+    let auth = clocks
+        .iter()
+        .find(|c| c["clock"] == "authorization-decision")
+        .unwrap();
+    assert_eq!(auth["status"], "closed");
+    assert!(clocks
+        .iter()
+        .any(|c| c["clock"] == "ecm-provider-told-of-assignment" && c["status"] == "open"));
+    assert!(clocks
+        .iter()
+        .any(|c| c["clock"] == "sw-notified-of-enrollment" && c["status"] == "open"));
+
+    // A second task: rejected with a reason → Notice of Action.
+    let t2 = new_task(&gw, "T-2").await;
+    let (s, r) = put_task(&gw, MCP_A_TOKEN, &t2, "rejected", |x| {
+        x["statusReason"] = json!({"text": "does not meet criteria"})
+    })
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert!(r["businessStatus"]["text"]
+        .as_str()
+        .unwrap()
+        .contains("Notice of Action"));
+    assert_eq!(
+        put_task(&gw, MCP_A_TOKEN, &r, "accepted", |_| {}).await.0,
+        422
+    );
+    // A third: cancelled by the requester; then failed path on a fourth.
+    let t3 = new_task(&gw, "T-3").await;
+    assert_eq!(
+        put_task(&gw, COUNTY_TOKEN, &t3, "cancelled", |_| {})
+            .await
+            .0,
+        200
+    );
+    let t4 = new_task(&gw, "T-4").await;
+    assert_eq!(
+        put_task(&gw, MCP_A_TOKEN, &t4, "accepted", |_| {}).await.0,
+        200
+    );
+    assert_eq!(
+        put_task(&gw, MCP_A_TOKEN, &t4, "on-hold", |_| {}).await.0,
+        200
+    );
+    assert_eq!(
+        put_task(&gw, MCP_A_TOKEN, &t4, "failed", |_| {}).await.0,
+        200
+    );
+    // Unknown task → 404; the FHIR writes were journaled.
+    let mut ghost = t4.clone();
+    ghost["id"] = json!("no-such-task");
+    let (s, _, _) = gw
+        .send(
+            reqwest::Method::PUT,
+            "/fhir/Task/no-such-task",
+            MCP_A_TOKEN,
+            &ghost,
+        )
+        .await;
+    assert_eq!(s, 404);
+    gw.running.stop().await;
+}
+
+// ---------------------------------------------------------------- eligibility CLI
+
+fn run_eligibility(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    use std::io::Write as _;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cws-gateway"));
+    cmd.arg("eligibility").args(args);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn eligibility_cli_on_fact_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = |id: &str, birth: &str| json!({"clientId": id, "name": {"given": ["A"], "family": "R"}, "birthDate": birth, "sex": "female"});
+    let enr = |ffs: bool| json!({"cin": "91000001A", "aidCode": "4M", "planCode": "A", "feeForService": ffs, "shareOfCost": false, "effectiveOn": "2026-01-01"});
+    let files = [
+        (
+            "foster",
+            json!({"child": child("C1", "2010-03-15"), "enrollment": enr(false),
+            "placement": {"kind": "resource_family", "county": "Fresno", "startDate": "2026-01-12", "outOfCounty": false, "inFosterCare": true}}),
+            true,
+            "pof8",
+        ),
+        (
+            "ffs",
+            json!({"child": child("C2", "2010-03-15"), "enrollment": enr(true),
+            "placement": {"kind": "ffa", "county": "Fresno", "startDate": "2025-10-01", "outOfCounty": false, "inFosterCare": true}}),
+            false,
+            "not-in-managed-care",
+        ),
+        (
+            "aged-out",
+            json!({"child": child("C3", "2002-01-01"), "enrollment": enr(false),
+            "history": {"inFosterCareOn18thBirthday": true, "lastFosterCareEnd": "2023-01-01", "adoptionAssistance": false, "adoptionAssistanceDisability": false}}),
+            true,
+            "pof8.aged-out",
+        ),
+    ];
+    for (name, facts, eligible, reason) in files {
+        let p = dir.path().join(format!("{name}.json"));
+        std::fs::write(&p, facts.to_string()).unwrap();
+        let (code, out, err) =
+            run_eligibility(&["--as-of", "2026-02-01", p.to_str().unwrap()], None);
+        assert_eq!(code, 0, "{name}: {err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["eligible"], eligible, "{name}: {v}");
+        assert!(v["reasons"].to_string().contains(reason), "{name}: {v}");
+        if eligible {
+            assert!(v["pofs"].as_array().unwrap().iter().any(|p| p == "8"));
+        }
+    }
+    // stdin, and the age limit: aged-out youth past 26 is not eligible.
+    let old = json!({"child": child("C4", "1995-01-01"), "enrollment": enr(false),
+        "history": {"inFosterCareOn18thBirthday": true, "adoptionAssistance": false, "adoptionAssistanceDisability": false}});
+    let (code, out, _) = run_eligibility(&["--as-of", "2026-02-01", "-"], Some(&old.to_string()));
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["eligible"], false, "{v}");
+    // Bad input: exit 1, one readable line, no PHI.
+    let (code, _, err) = run_eligibility(&["-"], Some("{\"child\": {\"name\": \"Rivera\"}}"));
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error:"), "{err}");
+    assert!(!err.contains("Rivera"));
+    let (code, _, _) = run_eligibility(&["--as-of", "02/01/2026", "-"], Some(&old.to_string()));
+    assert_eq!(code, 1);
+}

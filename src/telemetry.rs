@@ -96,6 +96,11 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Render under `name` (for metrics kept outside this module).
+    pub fn render_named(&self, out: &mut String, name: &str, help: &str) {
+        self.render(out, name, help);
+    }
+
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
@@ -133,6 +138,8 @@ pub struct Metrics {
     /// Jobs waiting for the translation worker.
     pub translate_queue_depth: AtomicI64,
     pub http_requests: CounterVec,
+    /// Outbox and push delivery.
+    pub delivery: crate::delivery::metrics::DeliveryMetrics,
 }
 
 impl Default for Metrics {
@@ -146,6 +153,7 @@ impl Default for Metrics {
             translations: CounterVec::default(),
             translate_queue_depth: AtomicI64::new(0),
             http_requests: CounterVec::default(),
+            delivery: crate::delivery::metrics::DeliveryMetrics::default(),
         }
     }
 }
@@ -303,6 +311,7 @@ impl Metrics {
                 let _ = writeln!(out, "cwsgw_journal_records{{state=\"{state}\"}} {v}");
             }
         }
+        self.delivery.render(&mut out);
         out
     }
 }

@@ -3,5 +3,6 @@
 
 mod common;
 mod crash;
+mod delivery;
 mod http;
 mod mllp;

@@ -152,7 +152,13 @@ fn bench_write(r: serde_json::Value) -> store::ResourceWrite {
     }
 }
 
-fn bench_consent(patient: &str, id: &str, kind: &str, recipients: &[String], categories: &[String]) -> serde_json::Value {
+fn bench_consent(
+    patient: &str,
+    id: &str,
+    kind: &str,
+    recipients: &[String],
+    categories: &[String],
+) -> serde_json::Value {
     crate::disclosure::consent_to_fhir(&crate::disclosure::ConsentSpec {
         canonical_base: "https://gateway.example.org/fhir",
         id,
@@ -191,7 +197,13 @@ async fn delivery_throughput(endpoints: usize, total: usize) -> anyhow::Result<f
         writes.push(bench_write(json!({"resourceType": "ServiceRequest", "id": format!("sr-{pid}"),
             "status": "active", "intent": "order", "subject": {"reference": format!("Patient/{pid}")},
             "requester": {"reference": "Organization/county-fresno"}})));
-        writes.push(bench_write(bench_consent(&pid, &format!("c-{pid}"), "referral_verbal", &recipients, &["referral".to_string()])));
+        writes.push(bench_write(bench_consent(
+            &pid,
+            &format!("c-{pid}"),
+            "referral_verbal",
+            &recipients,
+            &["referral".to_string()],
+        )));
         if writes.len() >= 500 {
             store.put_resources(std::mem::take(&mut writes)).await?;
         }
@@ -224,7 +236,10 @@ async fn delivery_throughput(endpoints: usize, total: usize) -> anyhow::Result<f
         if got >= total {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "only {got} of {total} delivered in 300 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {got} of {total} delivered in 300 s"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let secs = start.elapsed().as_secs_f64();
@@ -245,7 +260,9 @@ async fn adt_notification_latency(n: usize) -> anyhow::Result<Vec<Duration>> {
     stream.set_nodelay(true)?;
     let mut buf = Vec::new();
     // Learn the member's Patient id from a first (non-notifying) message.
-    let seed = sample_adt(1).replace("ADT^A01^ADT_A01", "ADT^A08^ADT_A01").replace("EVN|A01", "EVN|A08");
+    let seed = sample_adt(1)
+        .replace("ADT^A01^ADT_A01", "ADT^A08^ADT_A01")
+        .replace("EVN|A01", "EVN|A08");
     roundtrip(&mut stream, seed.as_bytes(), &mut buf).await?;
     let q = store::ResourceQuery {
         resource_type: "Patient".into(),
@@ -287,7 +304,10 @@ async fn adt_notification_latency(n: usize) -> anyhow::Result<Vec<Duration>> {
                 lat.push(r.at.saturating_duration_since(t0));
                 break;
             }
-            anyhow::ensure!(Instant::now() < deadline, "notification {i} not delivered in 10 s");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "notification {i} not delivered in 10 s"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }

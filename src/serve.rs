@@ -74,14 +74,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let http_addr = http.local_addr()?;
     let mllp_addr = mllp.local_addr()?;
 
-    let router = Arc::new(
-        crate::routing::Router::from_config(cfg.clone()).map_err(|e| anyhow!("{e}"))?,
-    );
+    let router =
+        Arc::new(crate::routing::Router::from_config(cfg.clone()).map_err(|e| anyhow!("{e}"))?);
     let delivery = crate::delivery::start(cfg.clone(), store.clone(), metrics.clone())
         .map_err(|e| anyhow!("{e}"))?;
-    let translator = Arc::new(
-        Translator::new(cfg.clone(), engine).with_routing(router, delivery.waker()),
-    );
+    let translator =
+        Arc::new(Translator::new(cfg.clone(), engine).with_routing(router, delivery.waker()));
     let (handle, worker) = processor::spawn(translator, store.clone(), metrics.clone());
     let intake = Arc::new(AdtIntake::new(
         cfg.clone(),

@@ -151,9 +151,7 @@ pub fn decide(
         return deny("deny.patient-mismatch");
     }
     let ctx = pctx.engine_context(purpose, now);
-    disclosure
-        .policy
-        .decide(&facts, &to, &pctx.consents, &ctx)
+    disclosure.policy.decide(&facts, &to, &pctx.consents, &ctx)
 }
 
 fn split_ref(r: &str) -> Option<(&str, &str)> {
@@ -186,12 +184,12 @@ pub fn prepare(
     let mut refused = Vec::new();
     for (reference, body) in resources {
         let Some(body) = body else { continue };
-        let body = if status_only && body.get("resourceType").and_then(Value::as_str) == Some("Task")
-        {
-            task_status_projection(body)
-        } else {
-            body.clone()
-        };
+        let body =
+            if status_only && body.get("resourceType").and_then(Value::as_str) == Some("Task") {
+                task_status_projection(body)
+            } else {
+                body.clone()
+            };
         let d = decide(
             disclosure,
             &body,
@@ -248,7 +246,9 @@ pub fn prepare(
             "source": {"name": "cws-gateway", "endpoint": base},
             "focus": [{"reference": focus}]
         });
-        let mut entries = vec![json!({"fullUrl": format!("{base}/MessageHeader/outbox-{delivery_id}"), "resource": header})];
+        let mut entries = vec![
+            json!({"fullUrl": format!("{base}/MessageHeader/outbox-{delivery_id}"), "resource": header}),
+        ];
         for (r, body) in &permitted {
             entries.push(json!({"fullUrl": format!("{base}/{r}"), "resource": body}));
         }

@@ -35,12 +35,15 @@ struct CachedToken {
     until: Instant,
 }
 
+/// Reads a secret by environment variable name.
+pub type SecretSource = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Sends Bundles; one per process, shared by every endpoint worker.
 pub struct Sender {
     http: reqwest::Client,
     auth: HashMap<String, EndpointAuth>,
     tokens: Mutex<HashMap<String, CachedToken>>,
-    env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    env: SecretSource,
 }
 
 /// The result of one POST.
@@ -66,7 +69,7 @@ impl Sender {
     /// As [`Sender::new`], reading secrets through `env` (tests).
     pub fn with_env(
         cfg: &Config,
-        env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+        env: SecretSource,
     ) -> Result<Sender, ClientError> {
         install_crypto_provider();
         let d = &cfg.delivery;
@@ -81,12 +84,11 @@ impl Sender {
                 path: path.display().to_string(),
                 reason: e.to_string(),
             })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                ClientError::CaBundle {
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ClientError::CaBundle {
                     path: path.display().to_string(),
                     reason: e.to_string(),
-                }
-            })?;
+                })?;
             if certs.is_empty() {
                 return Err(ClientError::CaBundle {
                     path: path.display().to_string(),
@@ -163,7 +165,8 @@ impl Sender {
             return Err(oauth_failure);
         }
         let body = read_limited(resp).await;
-        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|_| oauth_failure.clone())?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|_| oauth_failure.clone())?;
         let token = v
             .get("access_token")
             .and_then(serde_json::Value::as_str)

@@ -78,14 +78,20 @@ impl DeliveryMetrics {
     }
 
     pub fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP cwsgw_delivery_attempts_total Delivery attempts (HTTP requests), by endpoint.");
+        let _ = writeln!(
+            out,
+            "# HELP cwsgw_delivery_attempts_total Delivery attempts (HTTP requests), by endpoint."
+        );
         let _ = writeln!(out, "# TYPE cwsgw_delivery_attempts_total counter");
         if let Ok(m) = self.attempts.lock() {
             for (e, v) in m.iter() {
                 let _ = writeln!(out, "cwsgw_delivery_attempts_total{{endpoint=\"{e}\"}} {v}");
             }
         }
-        let _ = writeln!(out, "# HELP cwsgw_delivery_outcomes_total Delivery outcomes, by endpoint and outcome.");
+        let _ = writeln!(
+            out,
+            "# HELP cwsgw_delivery_outcomes_total Delivery outcomes, by endpoint and outcome."
+        );
         let _ = writeln!(out, "# TYPE cwsgw_delivery_outcomes_total counter");
         if let Ok(m) = self.outcomes.lock() {
             for ((e, o), v) in m.iter() {
@@ -95,11 +101,17 @@ impl DeliveryMetrics {
                 );
             }
         }
-        let _ = writeln!(out, "# HELP cwsgw_outbox_depth Outbox rows, by endpoint and state (sampled).");
+        let _ = writeln!(
+            out,
+            "# HELP cwsgw_outbox_depth Outbox rows, by endpoint and state (sampled)."
+        );
         let _ = writeln!(out, "# TYPE cwsgw_outbox_depth gauge");
         if let Ok(d) = self.depth.lock() {
             for (e, s, v) in d.iter() {
-                let _ = writeln!(out, "cwsgw_outbox_depth{{endpoint=\"{e}\",state=\"{s}\"}} {v}");
+                let _ = writeln!(
+                    out,
+                    "cwsgw_outbox_depth{{endpoint=\"{e}\",state=\"{s}\"}} {v}"
+                );
             }
         }
         self.latency.render_named(

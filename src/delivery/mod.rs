@@ -74,8 +74,8 @@ pub async fn dlq(
     store: &dyn store::Store,
     action: crate::cli::DlqAction,
 ) -> anyhow::Result<DlqOutput> {
-    use std::fmt::Write as _;
     use crate::cli::DlqAction;
+    use std::fmt::Write as _;
     let mut text = String::new();
     let ok = match action {
         DlqAction::List {
@@ -131,7 +131,8 @@ pub async fn dlq(
                         d.kind,
                         d.attempts,
                         d.last_error.as_deref().unwrap_or("-"),
-                        d.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        d.updated_at
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                     );
                 }
             }

@@ -161,10 +161,16 @@ mod tests {
     #[test]
     fn statuses_are_classified() {
         for s in [408, 429, 500, 502, 503, 599] {
-            assert!(matches!(classify_status(s, None), Failure::Transient { .. }), "{s}");
+            assert!(
+                matches!(classify_status(s, None), Failure::Transient { .. }),
+                "{s}"
+            );
         }
         for s in [400, 401, 403, 404, 409, 410, 422, 301] {
-            assert!(matches!(classify_status(s, None), Failure::Permanent { .. }), "{s}");
+            assert!(
+                matches!(classify_status(s, None), Failure::Permanent { .. }),
+                "{s}"
+            );
         }
         assert_eq!(classify_status(503, None).class(), "http-5xx");
     }

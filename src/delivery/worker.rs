@@ -160,11 +160,11 @@ impl DeliveryService {
             return dead("no-endpoint-url");
         };
         // Consent is decided now, from what is stored now.
-        let pctx = match PatientContext::load(&self.cfg, self.store.as_ref(), &payload.patient).await
-        {
-            Ok(p) => p,
-            Err(e) => return retry_store(&e),
-        };
+        let pctx =
+            match PatientContext::load(&self.cfg, self.store.as_ref(), &payload.patient).await {
+                Ok(p) => p,
+                Err(e) => return retry_store(&e),
+            };
         let mut resources: Vec<(String, Option<Value>)> = Vec::new();
         for (t, id) in bundle::references(&payload) {
             match self.store.resource_get(&t, &id).await {
@@ -222,7 +222,8 @@ impl DeliveryService {
                     true,
                     done,
                 );
-                self.append_audit("disclosure", d, &payload, audit, done).await;
+                self.append_audit("disclosure", d, &payload, audit, done)
+                    .await;
                 let latency = (done - d.created_at).to_std().unwrap_or_default();
                 self.metrics.delivery.latency.observe(latency.as_secs_f64());
                 if let (Some(_), Some(at)) = (&payload.event, payload.event_time) {
@@ -323,7 +324,10 @@ impl DeliveryService {
             };
             if claimed.is_empty() {
                 let sleep = match self.store.outbox_next_due().await {
-                    Ok(Some(t)) => (t - Utc::now()).to_std().unwrap_or(Duration::ZERO).min(IDLE_POLL),
+                    Ok(Some(t)) => (t - Utc::now())
+                        .to_std()
+                        .unwrap_or(Duration::ZERO)
+                        .min(IDLE_POLL),
                     _ => IDLE_POLL,
                 }
                 .max(Duration::from_millis(5));
@@ -405,7 +409,9 @@ impl Workers {
             loop {
                 if let Ok(rows) = s.store.outbox_depth().await {
                     s.metrics.delivery.set_depth(
-                        rows.into_iter().map(|(e, st, n)| (e, st.as_str(), n)).collect(),
+                        rows.into_iter()
+                            .map(|(e, st, n)| (e, st.as_str(), n))
+                            .collect(),
                     );
                 }
                 tokio::select! {

@@ -144,20 +144,17 @@ impl MemberView {
                         v.tasks_by_focus.push((focus, id.to_string()));
                     }
                 }
-                "Coverage" => {
-                    if str_of(b, "status") == Some("active") {
-                        if let Some(p) = b
-                            .get("payor")
-                            .and_then(Value::as_array)
-                            .and_then(|a| a.iter().find_map(org_of))
-                        {
-                            if kind_of(&p) == Some(OrgKind::Mcp) {
-                                coverage_mcp = Some(p);
-                            }
-                        }
-                        if let Some(code) = plan_code_of(b) {
-                            v.plan_code = Some(code);
-                        }
+                "Coverage" if str_of(b, "status") == Some("active") => {
+                    let payor = b
+                        .get("payor")
+                        .and_then(Value::as_array)
+                        .and_then(|a| a.iter().find_map(org_of))
+                        .filter(|p| kind_of(p) == Some(OrgKind::Mcp));
+                    if payor.is_some() {
+                        coverage_mcp = payor;
+                    }
+                    if let Some(code) = plan_code_of(b) {
+                        v.plan_code = Some(code);
                     }
                 }
                 "EpisodeOfCare" => {
@@ -194,7 +191,9 @@ impl MemberView {
         writing: &[Value],
     ) -> Result<MemberView, store::StoreError> {
         let stored = store.resources_by_patient(patient_id, None).await?;
-        Ok(MemberView::from_resources(cfg, patient_id, &stored, writing))
+        Ok(MemberView::from_resources(
+            cfg, patient_id, &stored, writing,
+        ))
     }
 }
 
@@ -248,7 +247,11 @@ impl RouteInput {
         let written: Vec<Value> = bundle
             .get("entry")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|e| e.get("resource").cloned()).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e.get("resource").cloned())
+                    .collect()
+            })
             .unwrap_or_default();
         let event = written
             .iter()
@@ -367,7 +370,11 @@ pub fn davinci_event(trigger: &str) -> Option<&'static str> {
 }
 
 fn reference(r: &Value) -> Option<String> {
-    Some(format!("{}/{}", str_of(r, "resourceType")?, str_of(r, "id")?))
+    Some(format!(
+        "{}/{}",
+        str_of(r, "resourceType")?,
+        str_of(r, "id")?
+    ))
 }
 
 impl RoutingRules {
@@ -385,7 +392,8 @@ impl RoutingRules {
             {
                 continue;
             }
-            if !t.source_kinds.is_empty() && !source_kind.is_some_and(|k| t.source_kinds.contains(&k))
+            if !t.source_kinds.is_empty()
+                && !source_kind.is_some_and(|k| t.source_kinds.contains(&k))
             {
                 continue;
             }
@@ -404,7 +412,8 @@ impl RoutingRules {
                     .filter(|r| str_of(r, "resourceType") == Some(rt.as_str()))
                     .filter(|r| {
                         t.statuses.is_empty()
-                            || str_of(r, "status").is_some_and(|s| t.statuses.iter().any(|x| x == s))
+                            || str_of(r, "status")
+                                .is_some_and(|s| t.statuses.iter().any(|x| x == s))
                     })
                     .filter(|r| {
                         !t.require.contains(&Condition::OwnerIsEcm)
@@ -438,7 +447,11 @@ impl RoutingRules {
             Err(reason) => {
                 plan.refusals.push(Refusal {
                     rule: rule.id.clone(),
-                    relation: rule.recipients.first().copied().unwrap_or(Relation::MemberMcp),
+                    relation: rule
+                        .recipients
+                        .first()
+                        .copied()
+                        .unwrap_or(Relation::MemberMcp),
                     reason: reason.to_string(),
                 });
                 return;
@@ -505,7 +518,7 @@ fn package_refs(
 ) -> Result<PackageRefs, &'static str> {
     let patient = format!("Patient/{}", member.patient_id);
     let mut refs: Vec<String> = Vec::new();
-    let mut push = |r: String, refs: &mut Vec<String>| {
+    let push = |r: String, refs: &mut Vec<String>| {
         if !refs.contains(&r) && refs.len() < MAX_REFS {
             refs.push(r);
         }
@@ -532,7 +545,9 @@ fn package_refs(
                 .collect();
             for w in &input.written {
                 if str_of(w, "resourceType") == Some("Task")
-                    && w.get("focus").and_then(|f| ref_id(f, "ServiceRequest")).as_deref()
+                    && w.get("focus")
+                        .and_then(|f| ref_id(f, "ServiceRequest"))
+                        .as_deref()
                         == Some(sr_id.as_str())
                 {
                     if let Some(r) = reference(w) {

@@ -238,7 +238,9 @@ impl RoutingRules {
         let mut ids = HashSet::new();
         for r in &self.rules {
             if r.id.is_empty() || r.id.len() > 64 {
-                return Err(RulesError::Invalid("a rule id must be 1-64 characters".into()));
+                return Err(RulesError::Invalid(
+                    "a rule id must be 1-64 characters".into(),
+                ));
             }
             if !ids.insert(r.id.as_str()) {
                 return Err(RulesError::Invalid(format!("duplicate rule id {}", r.id)));

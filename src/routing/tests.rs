@@ -121,15 +121,27 @@ fn shipped_rules_load_and_print() {
 #[test]
 fn bad_rules_are_refused() {
     let unknown = "version: 1\nrules:\n  - id: x\n    trigger: {resource: Task}\n    recipients: [member_mcp]\n    purpose: referral\n    kind: transaction\n    package: written\n    colour: red\n";
-    assert!(matches!(RoutingRules::from_yaml(unknown), Err(RulesError::Parse(_))));
+    assert!(matches!(
+        RoutingRules::from_yaml(unknown),
+        Err(RulesError::Parse(_))
+    ));
     let bad_rel = "version: 1\nrules:\n  - id: x\n    trigger: {resource: Task}\n    recipients: [everyone]\n    purpose: referral\n    kind: transaction\n    package: written\n";
     assert!(RoutingRules::from_yaml(bad_rel).is_err());
     let no_trigger = "version: 1\nrules:\n  - id: x\n    trigger: {}\n    recipients: [member_mcp]\n    purpose: referral\n    kind: transaction\n    package: written\n";
-    assert!(matches!(RoutingRules::from_yaml(no_trigger), Err(RulesError::Invalid(_))));
+    assert!(matches!(
+        RoutingRules::from_yaml(no_trigger),
+        Err(RulesError::Invalid(_))
+    ));
     let mismatch = "version: 1\nrules:\n  - id: x\n    trigger: {events: [adt.A01]}\n    recipients: [member_mcp]\n    purpose: notification\n    kind: transaction\n    package: adt_notification\n";
-    assert!(matches!(RoutingRules::from_yaml(mismatch), Err(RulesError::Invalid(_))));
+    assert!(matches!(
+        RoutingRules::from_yaml(mismatch),
+        Err(RulesError::Invalid(_))
+    ));
     let dup = "version: 1\nrules:\n  - id: x\n    trigger: {resource: CarePlan}\n    recipients: [case_county]\n    purpose: care_coordination\n    kind: transaction\n    package: written\n  - id: x\n    trigger: {resource: CarePlan}\n    recipients: [case_county]\n    purpose: care_coordination\n    kind: transaction\n    package: written\n";
-    assert!(RoutingRules::from_yaml(dup).unwrap_err().to_string().contains("duplicate"));
+    assert!(RoutingRules::from_yaml(dup)
+        .unwrap_err()
+        .to_string()
+        .contains("duplicate"));
     assert!(RoutingRules::from_yaml(&"#".repeat(MAX_RULES_BYTES_PLUS)).is_err());
 }
 
@@ -137,7 +149,11 @@ const MAX_RULES_BYTES_PLUS: usize = rules::MAX_RULES_BYTES + 1;
 
 #[test]
 fn referral_goes_to_the_mcp_serving_plan_and_county() {
-    let written = vec![sr("mcp-a"), task("requested", None), json!({"resourceType": "Patient", "id": "p1"})];
+    let written = vec![
+        sr("mcp-a"),
+        task("requested", None),
+        json!({"resourceType": "Patient", "id": "p1"}),
+    ];
     let mut all = written.clone();
     all.extend([coverage("A"), episode()]);
     let v = view(&all);
@@ -148,7 +164,10 @@ fn referral_goes_to_the_mcp_serving_plan_and_county() {
     let d = &p.deliveries[0];
     assert_eq!(d.purpose, RoutePurpose::Referral);
     assert_eq!(d.kind, DeliveryKind::Transaction);
-    assert_eq!(d.resources, vec!["ServiceRequest/sr1", "Task/t1", "Patient/p1"]);
+    assert_eq!(
+        d.resources,
+        vec!["ServiceRequest/sr1", "Task/t1", "Patient/p1"]
+    );
     let nd = d.new_delivery(Utc::now(), None);
     assert_eq!(nd.endpoint, "mcp-a");
     assert_eq!(nd.ordering_key, "p1");
@@ -184,8 +203,15 @@ fn referral_names_a_contracted_ecm_provider_directly() {
     let written = vec![sr("ecm-compass")];
     let mut all = written.clone();
     all.extend([coverage("A"), episode()]);
-    let p = rules().plan(&cfg(), &input("county-fresno", None, written.clone()), &view(&all));
-    assert_eq!(recipients(&p), vec![("referral-to-performer", "ecm-compass")]);
+    let p = rules().plan(
+        &cfg(),
+        &input("county-fresno", None, written.clone()),
+        &view(&all),
+    );
+    assert_eq!(
+        recipients(&p),
+        vec![("referral-to-performer", "ecm-compass")]
+    );
     // Bridges is contracted with mcp-b only.
     let written = vec![sr("ecm-bridges")];
     let mut all = written.clone();
@@ -223,15 +249,26 @@ fn a_change_is_not_echoed_to_its_sender() {
     let mut all = vec![sr("mcp-a"), coverage("A"), episode()];
     all.extend(written.clone());
     let p = rules().plan(&cfg(), &input("ecm-compass", None, written), &view(&all));
-    assert_eq!(recipients(&p), vec![("task-status-to-referrer", "county-fresno")]);
+    assert_eq!(
+        recipients(&p),
+        vec![("task-status-to-referrer", "county-fresno")]
+    );
 }
 
 #[test]
 fn careplan_from_an_ecm_provider_goes_to_the_case_county() {
-    let cp = json!({"resourceType": "CarePlan", "id": "cp1", "subject": {"reference": "Patient/p1"}});
+    let cp =
+        json!({"resourceType": "CarePlan", "id": "cp1", "subject": {"reference": "Patient/p1"}});
     let all = vec![cp.clone(), episode()];
-    let p = rules().plan(&cfg(), &input("ecm-compass", None, vec![cp.clone()]), &view(&all));
-    assert_eq!(recipients(&p), vec![("careplan-to-county", "county-fresno")]);
+    let p = rules().plan(
+        &cfg(),
+        &input("ecm-compass", None, vec![cp.clone()]),
+        &view(&all),
+    );
+    assert_eq!(
+        recipients(&p),
+        vec![("careplan-to-county", "county-fresno")]
+    );
     // From the county itself: not routed.
     let p = rules().plan(&cfg(), &input("county-fresno", None, vec![cp]), &view(&all));
     assert!(p.deliveries.is_empty());
@@ -249,7 +286,12 @@ fn adt_bundle(trigger: &str) -> Value {
 
 #[test]
 fn adt_for_an_assigned_member_notifies_ecm_and_mcp() {
-    let stored = vec![sr("mcp-a"), task("in-progress", Some("ecm-compass")), coverage("A"), episode()];
+    let stored = vec![
+        sr("mcp-a"),
+        task("in-progress", Some("ecm-compass")),
+        coverage("A"),
+        episode(),
+    ];
     let v = view(&stored);
     for (trigger, event) in [
         ("A01", "notification-admit"),
@@ -263,14 +305,20 @@ fn adt_for_an_assigned_member_notifies_ecm_and_mcp() {
         let p = rules().plan(&cfg(), &inp, &v);
         assert_eq!(
             recipients(&p),
-            vec![("adt-notification", "ecm-compass"), ("adt-notification", "mcp-a")],
+            vec![
+                ("adt-notification", "ecm-compass"),
+                ("adt-notification", "mcp-a")
+            ],
             "{trigger}"
         );
         let d = &p.deliveries[0];
         assert_eq!(d.kind, DeliveryKind::Notification);
         assert_eq!(d.event.as_deref(), Some(event));
         assert_eq!(d.focus.as_deref(), Some("Encounter/e1"));
-        assert_eq!(d.resources, vec!["Encounter/e1", "Patient/p1", "Condition/c1"]);
+        assert_eq!(
+            d.resources,
+            vec!["Encounter/e1", "Patient/p1", "Condition/c1"]
+        );
     }
     // A08 (update) notifies nobody.
     let inp = RouteInput::from_adt_bundle(&adt_bundle("A08"), "st-mary");
@@ -281,8 +329,16 @@ fn adt_for_an_assigned_member_notifies_ecm_and_mcp() {
 fn adt_without_an_open_assignment_notifies_nobody() {
     for stored in [
         vec![sr("mcp-a"), coverage("A")],
-        vec![sr("mcp-a"), task("completed", Some("ecm-compass")), coverage("A")],
-        vec![sr("mcp-a"), task("requested", Some("ecm-compass")), coverage("A")],
+        vec![
+            sr("mcp-a"),
+            task("completed", Some("ecm-compass")),
+            coverage("A"),
+        ],
+        vec![
+            sr("mcp-a"),
+            task("requested", Some("ecm-compass")),
+            coverage("A"),
+        ],
     ] {
         let v = view(&stored);
         assert_eq!(v.assigned_ecm, None);
@@ -294,14 +350,26 @@ fn adt_without_an_open_assignment_notifies_nobody() {
 
 #[test]
 fn case_closed_and_out_of_county_placement_go_to_ecm_and_mcp() {
-    let stored = vec![sr("mcp-a"), task("accepted", Some("ecm-compass")), coverage("A"), episode()];
+    let stored = vec![
+        sr("mcp-a"),
+        task("accepted", Some("ecm-compass")),
+        coverage("A"),
+        episode(),
+    ];
     let v = view(&stored);
     let mut eoc = episode();
     eoc["status"] = json!("finished");
-    let p = rules().plan(&cfg(), &input("county-fresno", Some("case.closed"), vec![eoc.clone()]), &v);
+    let p = rules().plan(
+        &cfg(),
+        &input("county-fresno", Some("case.closed"), vec![eoc.clone()]),
+        &v,
+    );
     assert_eq!(
         recipients(&p),
-        vec![("case-closed-to-ecm", "ecm-compass"), ("case-closed-to-ecm", "mcp-a")]
+        vec![
+            ("case-closed-to-ecm", "ecm-compass"),
+            ("case-closed-to-ecm", "mcp-a")
+        ]
     );
     assert_eq!(p.deliveries[0].resources, vec!["EpisodeOfCare/eoc1"]);
     // In-county placement: nothing; out of county: both.
@@ -316,10 +384,21 @@ fn case_closed_and_out_of_county_placement_go_to_ecm_and_mcp() {
 fn member_view_prefers_coverage_then_plan_county_then_referral() {
     let payor = json!({"resourceType": "Coverage", "id": "cov2", "status": "active",
         "beneficiary": {"reference": "Patient/p1"}, "payor": [{"reference": "Organization/mcp-b"}]});
-    assert_eq!(view(&[sr("mcp-a"), payor]).member_mcp.as_deref(), Some("mcp-b"));
-    assert_eq!(view(&[sr("mcp-b"), coverage("A"), episode()]).member_mcp.as_deref(), Some("mcp-a"));
+    assert_eq!(
+        view(&[sr("mcp-a"), payor]).member_mcp.as_deref(),
+        Some("mcp-b")
+    );
+    assert_eq!(
+        view(&[sr("mcp-b"), coverage("A"), episode()])
+            .member_mcp
+            .as_deref(),
+        Some("mcp-a")
+    );
     assert_eq!(view(&[sr("mcp-b")]).member_mcp.as_deref(), Some("mcp-b"));
-    assert_eq!(view(&[sr("mcp-b")]).case_county.as_deref(), Some("county-fresno"));
+    assert_eq!(
+        view(&[sr("mcp-b")]).case_county.as_deref(),
+        Some("county-fresno")
+    );
 }
 
 #[test]
@@ -330,7 +409,8 @@ fn recipients_without_an_endpoint_are_refused() {
             o.endpoint = None;
         }
     }
-    let cp = json!({"resourceType": "CarePlan", "id": "cp1", "subject": {"reference": "Patient/p1"}});
+    let cp =
+        json!({"resourceType": "CarePlan", "id": "cp1", "subject": {"reference": "Patient/p1"}});
     let v = MemberView::from_resources(&c, "p1", &[], &[cp.clone(), episode()]);
     let p = rules().plan(&c, &input("ecm-compass", None, vec![cp]), &v);
     assert!(p.deliveries.is_empty());

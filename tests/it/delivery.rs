@@ -30,7 +30,12 @@ struct Env {
     cfg: Config,
 }
 
-fn delivery_config(dir: &std::path::Path, mcp: &MockEndpoint, ecm: &MockEndpoint, extra: &str) -> Config {
+fn delivery_config(
+    dir: &std::path::Path,
+    mcp: &MockEndpoint,
+    ecm: &MockEndpoint,
+    max_attempts: u32,
+) -> Config {
     let text = config_text(
         dir,
         &format!(
@@ -51,7 +56,7 @@ endpoint = "{ecm}"
 mcps = ["mcp-a"]
 
 [delivery]
-max_attempts = 5
+max_attempts = {max_attempts}
 initial_backoff_ms = 50
 max_backoff_ms = 200
 timeout_ms = 500
@@ -59,7 +64,6 @@ connect_timeout_ms = 300
 lease_ms = 5000
 shutdown_grace_ms = 2000
 concurrency = 8
-{extra}
 "#,
             mcp = mcp.base_url(),
             ecm = ecm.base_url(),
@@ -70,14 +74,14 @@ concurrency = 8
 
 impl Env {
     async fn start() -> Env {
-        Env::start_with("").await
+        Env::start_with(5).await
     }
 
-    async fn start_with(extra: &str) -> Env {
+    async fn start_with(max_attempts: u32) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let mcp = MockEndpoint::start().await.unwrap();
         let ecm = MockEndpoint::start().await.unwrap();
-        let cfg = delivery_config(dir.path(), &mcp, &ecm, extra);
+        let cfg = delivery_config(dir.path(), &mcp, &ecm, max_attempts);
         let gw = cws_gateway::serve::start(cfg.clone()).await.unwrap();
         Env {
             dir,
@@ -193,7 +197,13 @@ fn member(patient: &str, with_roi: bool) -> Vec<Value> {
         json!({"resourceType": "EpisodeOfCare", "id": format!("eoc-{patient}"), "status": "active",
             "patient": {"reference": format!("Patient/{patient}")},
             "managingOrganization": {"reference": "Organization/county-fresno"}}),
-        consent(patient, &format!("ref-{patient}"), "referral_verbal", &["mcp-a", "ecm-compass"], &["referral"]),
+        consent(
+            patient,
+            &format!("ref-{patient}"),
+            "referral_verbal",
+            &["mcp-a", "ecm-compass"],
+            &["referral"],
+        ),
     ];
     if with_roi {
         v.push(consent(
@@ -234,7 +244,8 @@ async fn referral_is_delivered_as_a_put_transaction_with_consent_applied() {
     env.put(member("p1", false)).await;
     let ids = queue_referral(&env, "p1", 1).await;
     assert_eq!(ids.len(), 1);
-    env.wait_state(ids[0], DeliveryState::Delivered, Duration::from_secs(10)).await;
+    env.wait_state(ids[0], DeliveryState::Delivered, Duration::from_secs(10))
+        .await;
     let got = env.mcp.accepted();
     assert_eq!(got.len(), 1);
     let b = &got[0].body;
@@ -252,20 +263,42 @@ async fn referral_is_delivered_as_a_put_transaction_with_consent_applied() {
     // Consent need a release of information that this member has not signed.
     assert_eq!(urls, vec!["ServiceRequest/sr-p1-1"]);
     // Audit: one refusal per left-out resource, one disclosure.
-    let audits = env.store().audit_list(0, 100, Some("p1"), Some("mcp-a")).await.unwrap();
+    let audits = env
+        .store()
+        .audit_list(0, 100, Some("p1"), Some("mcp-a"))
+        .await
+        .unwrap();
     let kinds: Vec<&str> = audits.iter().map(|a| a.kind.as_str()).collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "refusal").count(), 2, "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "refusal").count(),
+        2,
+        "{kinds:?}"
+    );
     assert_eq!(kinds.iter().filter(|k| **k == "disclosure").count(), 1);
     let disclosure = audits.iter().find(|a| a.kind == "disclosure").unwrap();
     assert_eq!(disclosure.body["resourceType"], "AuditEvent");
     assert_eq!(disclosure.body["type"]["code"], "rest");
-    assert_eq!(disclosure.body["agent"][0]["who"]["reference"], "Organization/mcp-a");
+    assert_eq!(
+        disclosure.body["agent"][0]["who"]["reference"],
+        "Organization/mcp-a"
+    );
     let details = disclosure.body["entity"][0]["detail"].to_string();
-    assert!(details.contains("R2") && details.contains("Consent/ref-p1"), "{details}");
+    assert!(
+        details.contains("R2") && details.contains("Consent/ref-p1"),
+        "{details}"
+    );
     // With a release of information the Patient goes too, address masked (R7).
-    env.put(vec![consent("p1", "roi-p1", "release_of_information", &["mcp-a"], &["case"])]).await;
+    env.put(vec![consent(
+        "p1",
+        "roi-p1",
+        "release_of_information",
+        &["mcp-a"],
+        &["case"],
+    )])
+    .await;
     let ids = queue_referral(&env, "p1", 2).await;
-    env.wait_state(ids[0], DeliveryState::Delivered, Duration::from_secs(10)).await;
+    env.wait_state(ids[0], DeliveryState::Delivered, Duration::from_secs(10))
+        .await;
     let b = &env.mcp.accepted()[1].body;
     let patient = b["entry"]
         .as_array()
@@ -273,13 +306,16 @@ async fn referral_is_delivered_as_a_put_transaction_with_consent_applied() {
         .iter()
         .find(|e| e["resource"]["resourceType"] == "Patient")
         .expect("patient disclosed under the release");
-    assert!(patient["resource"].get("address").is_none(), "placement address masked");
+    assert!(
+        patient["resource"].get("address").is_none(),
+        "placement address masked"
+    );
     env.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_down_then_up_loses_nothing_and_duplicates_nothing() {
-    let env = Env::start_with("").await;
+    let env = Env::start_with(50).await;
     env.mcp.set_down(true);
     let mut ids = Vec::new();
     for i in 0..10 {
@@ -295,11 +331,16 @@ async fn endpoint_down_then_up_loses_nothing_and_duplicates_nothing() {
     }
     env.mcp.set_down(false);
     for id in &ids {
-        env.wait_state(*id, DeliveryState::Delivered, Duration::from_secs(10)).await;
+        env.wait_state(*id, DeliveryState::Delivered, Duration::from_secs(10))
+            .await;
     }
     let counts = env.mcp.put_counts();
     for i in 0..10 {
-        assert_eq!(counts.get(&format!("ServiceRequest/sr-pd{i}-1")), Some(&1), "{counts:?}");
+        assert_eq!(
+            counts.get(&format!("ServiceRequest/sr-pd{i}-1")),
+            Some(&1),
+            "{counts:?}"
+        );
     }
     assert_eq!(env.mcp.accepted().len(), 10);
     env.stop().await;
@@ -309,9 +350,12 @@ async fn endpoint_down_then_up_loses_nothing_and_duplicates_nothing() {
 async fn a_500_is_retried_then_delivered() {
     let env = Env::start().await;
     env.put(member("p5", false)).await;
-    env.mcp.script([MockResponse::status(500), MockResponse::status(503)]);
+    env.mcp
+        .script([MockResponse::status(500), MockResponse::status(503)]);
     let ids = queue_referral(&env, "p5", 1).await;
-    let d = env.wait_state(ids[0], DeliveryState::Delivered, Duration::from_secs(10)).await;
+    let d = env
+        .wait_state(ids[0], DeliveryState::Delivered, Duration::from_secs(10))
+        .await;
     assert_eq!(d.attempts, 3);
     let statuses: Vec<u16> = env.mcp.received().iter().map(|r| r.status).collect();
     assert_eq!(statuses, vec![500, 503, 200]);
@@ -328,7 +372,8 @@ async fn a_429_honours_retry_after() {
         delay: Duration::ZERO,
     }]);
     let ids = queue_referral(&env, "p429", 1).await;
-    env.wait_state(ids[0], DeliveryState::Delivered, Duration::from_secs(10)).await;
+    env.wait_state(ids[0], DeliveryState::Delivered, Duration::from_secs(10))
+        .await;
     let r = env.mcp.received();
     assert_eq!(r.len(), 2);
     let gap = r[1].at - r[0].at;
@@ -343,23 +388,37 @@ async fn a_400_is_dead_at_once_and_dlq_retry_revives_it() {
     env.put(member("p400", false)).await;
     env.mcp.script([MockResponse::status(400)]);
     let ids = queue_referral(&env, "p400", 1).await;
-    let d = env.wait_state(ids[0], DeliveryState::Dead, Duration::from_secs(10)).await;
+    let d = env
+        .wait_state(ids[0], DeliveryState::Dead, Duration::from_secs(10))
+        .await;
     assert_eq!(d.attempts, 1);
     assert_eq!(d.last_error.as_deref(), Some("http-4xx"));
     // The dead-letter list shows it, without PHI.
     let out = cws_gateway::delivery::dlq(
         env.store(),
-        cws_gateway::cli::DlqAction::List { json: true, withheld: false, limit: 10 },
+        cws_gateway::cli::DlqAction::List {
+            json: true,
+            withheld: false,
+            limit: 10,
+        },
     )
     .await
     .unwrap();
-    assert!(out.text.contains(&format!("\"id\":{}", ids[0])), "{}", out.text);
+    assert!(
+        out.text.contains(&format!("\"id\":{}", ids[0])),
+        "{}",
+        out.text
+    );
     assert!(out.text.contains("http-4xx") && !out.text.contains("Fresno"));
-    let out = cws_gateway::delivery::dlq(env.store(), cws_gateway::cli::DlqAction::Retry { id: ids[0] })
-        .await
-        .unwrap();
+    let out = cws_gateway::delivery::dlq(
+        env.store(),
+        cws_gateway::cli::DlqAction::Retry { id: ids[0] },
+    )
+    .await
+    .unwrap();
     assert!(out.ok, "{}", out.text);
-    env.wait_state(ids[0], DeliveryState::Delivered, Duration::from_secs(10)).await;
+    env.wait_state(ids[0], DeliveryState::Delivered, Duration::from_secs(10))
+        .await;
     assert_eq!(env.mcp.accepted().len(), 1);
     env.stop().await;
 }
@@ -370,12 +429,17 @@ async fn attempts_run_out_into_the_dead_letter_list_and_can_be_dropped() {
     env.put(member("pmax", false)).await;
     env.mcp.fail_when("sr-pmax-1", 502);
     let ids = queue_referral(&env, "pmax", 1).await;
-    let d = env.wait_state(ids[0], DeliveryState::Dead, Duration::from_secs(15)).await;
+    let d = env
+        .wait_state(ids[0], DeliveryState::Dead, Duration::from_secs(15))
+        .await;
     assert_eq!(d.attempts, 5);
     assert_eq!(d.last_error.as_deref(), Some("http-5xx"));
-    let out = cws_gateway::delivery::dlq(env.store(), cws_gateway::cli::DlqAction::Drop { id: ids[0] })
-        .await
-        .unwrap();
+    let out = cws_gateway::delivery::dlq(
+        env.store(),
+        cws_gateway::cli::DlqAction::Drop { id: ids[0] },
+    )
+    .await
+    .unwrap();
     assert!(out.ok);
     assert_eq!(
         env.store().outbox_get(ids[0]).await.unwrap().unwrap().state,
@@ -394,14 +458,16 @@ async fn a_slow_endpoint_times_out_and_is_retried() {
         delay: Duration::from_millis(1500),
     }]);
     let ids = queue_referral(&env, "pslow", 1).await;
-    let d = env.wait_state(ids[0], DeliveryState::Delivered, Duration::from_secs(10)).await;
+    let d = env
+        .wait_state(ids[0], DeliveryState::Delivered, Duration::from_secs(10))
+        .await;
     assert_eq!(d.attempts, 2, "timeout, then success");
     env.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_is_kept_per_patient_and_a_stuck_patient_blocks_no_one_else() {
-    let env = Env::start().await;
+    let env = Env::start_with(50).await;
     env.put(member("pord", false)).await;
     env.put(member("pstuck", false)).await;
     env.put(member("pfree", false)).await;
@@ -413,21 +479,38 @@ async fn order_is_kept_per_patient_and_a_stuck_patient_blocks_no_one_else() {
     let first = queue_referral(&env, "pord", 1).await;
     let second = queue_referral(&env, "pord", 2).await;
     let free = queue_referral(&env, "pfree", 1).await;
-    env.wait_state(free[0], DeliveryState::Delivered, Duration::from_secs(10)).await;
+    env.wait_state(free[0], DeliveryState::Delivered, Duration::from_secs(10))
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        env.store().outbox_get(second[0]).await.unwrap().unwrap().state,
+        env.store()
+            .outbox_get(second[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
         DeliveryState::Pending,
         "item 2 waits while item 1 is pending"
     );
     env.mcp.clear_failures();
-    env.wait_state(first[0], DeliveryState::Delivered, Duration::from_secs(10)).await;
-    env.wait_state(second[0], DeliveryState::Delivered, Duration::from_secs(10)).await;
-    env.wait_state(stuck[0], DeliveryState::Delivered, Duration::from_secs(10)).await;
+    env.wait_state(first[0], DeliveryState::Delivered, Duration::from_secs(10))
+        .await;
+    env.wait_state(second[0], DeliveryState::Delivered, Duration::from_secs(10))
+        .await;
+    env.wait_state(stuck[0], DeliveryState::Delivered, Duration::from_secs(10))
+        .await;
     let order = bundle_ids(&env.mcp.accepted());
-    let pos = |id: i64| order.iter().position(|b| *b == format!("outbox-{id}")).unwrap();
+    let pos = |id: i64| {
+        order
+            .iter()
+            .position(|b| *b == format!("outbox-{id}"))
+            .unwrap()
+    };
     assert!(pos(first[0]) < pos(second[0]), "{order:?}");
-    assert!(pos(free[0]) < pos(first[0]), "free patient went first: {order:?}");
+    assert!(
+        pos(free[0]) < pos(first[0]),
+        "free patient went first: {order:?}"
+    );
     env.stop().await;
 }
 
@@ -443,14 +526,29 @@ async fn consent_withdrawn_while_queued_delivers_nothing_and_audits_a_refusal() 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Withdrawn while the item waits for its next attempt.
-    let mut c = consent("pw", "ref-pw", "referral_verbal", &["mcp-a", "ecm-compass"], &["referral"]);
+    let mut c = consent(
+        "pw",
+        "ref-pw",
+        "referral_verbal",
+        &["mcp-a", "ecm-compass"],
+        &["referral"],
+    );
     withdraw(&mut c, BASE, &chrono::Utc::now().to_rfc3339());
     env.put(vec![c]).await;
+    // The next attempt re-decides and stops before sending anything (an
+    // attempt already past its decision may still meet the closed endpoint).
+    let d = env
+        .wait_state(ids[0], DeliveryState::Withheld, Duration::from_secs(10))
+        .await;
     env.mcp.set_down(false);
-    let d = env.wait_state(ids[0], DeliveryState::Withheld, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(d.last_error.as_deref(), Some("deny.no-consent"));
     assert!(env.mcp.accepted().is_empty(), "nothing delivered");
-    let audits = env.store().audit_list(0, 100, Some("pw"), Some("mcp-a")).await.unwrap();
+    let audits = env
+        .store()
+        .audit_list(0, 100, Some("pw"), Some("mcp-a"))
+        .await
+        .unwrap();
     let last = audits.last().unwrap();
     assert_eq!(last.kind, "refusal");
     assert_eq!(last.body["outcome"], "4");
@@ -460,7 +558,9 @@ async fn consent_withdrawn_while_queued_delivers_nothing_and_audits_a_refusal() 
 
 /// The Patient id the ADT mapping gives the test message's PID.
 async fn adt_patient(env: &Env, conn: &mut Conn) -> String {
-    let ack = conn.roundtrip(adt("A08", "SEED0001", "STMARY").as_bytes()).await;
+    let ack = conn
+        .roundtrip(adt("A08", "SEED0001", "STMARY").as_bytes())
+        .await;
     assert_eq!(field(&ack, "MSA", 1), "AA");
     wait_translated(env.store()).await;
     let q = store::ResourceQuery {
@@ -482,10 +582,13 @@ async fn adt_admit_for_an_assigned_member_notifies_ecm_and_mcp_within_a_second()
     let mut m = member(&pid, true);
     m.retain(|r| r["resourceType"] != "Patient");
     env.put(m).await;
-    env.put(vec![referral(&pid, 1), json!({"resourceType": "Task", "id": format!("t-{pid}"),
+    env.put(vec![
+        referral(&pid, 1),
+        json!({"resourceType": "Task", "id": format!("t-{pid}"),
         "status": "in-progress", "intent": "order", "for": {"reference": format!("Patient/{pid}")},
         "focus": {"reference": format!("ServiceRequest/sr-{pid}-1")},
-        "owner": {"reference": "Organization/ecm-compass"}})])
+        "owner": {"reference": "Organization/ecm-compass"}}),
+    ])
     .await;
     // An A08 notifies nobody; admits do.
     assert!(env.ecm.received().is_empty());
@@ -493,7 +596,9 @@ async fn adt_admit_for_an_assigned_member_notifies_ecm_and_mcp_within_a_second()
     let mut latencies = Vec::new();
     for i in 0..n {
         let t0 = Instant::now();
-        let ack = conn.roundtrip(adt("A01", &format!("ADM{i:04}"), "STMARY").as_bytes()).await;
+        let ack = conn
+            .roundtrip(adt("A01", &format!("ADM{i:04}"), "STMARY").as_bytes())
+            .await;
         assert_eq!(field(&ack, "MSA", 1), "AA");
         let deadline = t0 + Duration::from_secs(5);
         loop {
@@ -502,7 +607,10 @@ async fn adt_admit_for_an_assigned_member_notifies_ecm_and_mcp_within_a_second()
                 latencies.push(got[i].at - t0);
                 break;
             }
-            assert!(Instant::now() < deadline, "notification {i} not delivered in 5 s");
+            assert!(
+                Instant::now() < deadline,
+                "notification {i} not delivered in 5 s"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
@@ -514,7 +622,11 @@ async fn adt_admit_for_an_assigned_member_notifies_ecm_and_mcp_within_a_second()
     // Shape: a Da Vinci message Bundle to $process-message.
     let got = env.ecm.accepted();
     let first = &got[0];
-    assert!(first.path.ends_with("/fhir/$process-message"), "{}", first.path);
+    assert!(
+        first.path.ends_with("/fhir/$process-message"),
+        "{}",
+        first.path
+    );
     let b = &first.body;
     assert_eq!(b["type"], "message");
     let header = &b["entry"][0]["resource"];
@@ -530,7 +642,11 @@ async fn adt_admit_for_an_assigned_member_notifies_ecm_and_mcp_within_a_second()
     // The MCP got them too.
     let deadline = Instant::now() + Duration::from_secs(5);
     while env.mcp.accepted().len() < n {
-        assert!(Instant::now() < deadline, "MCP got {}", env.mcp.accepted().len());
+        assert!(
+            Instant::now() < deadline,
+            "MCP got {}",
+            env.mcp.accepted().len()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     env.stop().await;
@@ -555,11 +671,15 @@ async fn graceful_shutdown_mid_queue_loses_nothing() {
     env.restart().await;
     // Nothing is left leased and nothing was counted twice.
     for id in &ids {
-        env.wait_state(*id, DeliveryState::Delivered, Duration::from_secs(15)).await;
+        env.wait_state(*id, DeliveryState::Delivered, Duration::from_secs(15))
+            .await;
     }
     let counts: BTreeMap<String, u64> = env.mcp.put_counts();
     for i in 0..20 {
-        let n = counts.get(&format!("ServiceRequest/sr-pg{i}-1")).copied().unwrap_or(0);
+        let n = counts
+            .get(&format!("ServiceRequest/sr-pg{i}-1"))
+            .copied()
+            .unwrap_or(0);
         assert!(n >= 1, "pg{i} not delivered: {counts:?}");
     }
     env.stop().await;

@@ -6,6 +6,10 @@
 //!   reference: the same store committing one message per transaction.
 //! - `bench translate`: ADT → FHIR Bundle (parse + map + serialize) on one core.
 //!
+//! - `bench delivery`: outbox → mock endpoint throughput with 1 and 4
+//!   endpoints (consent decided per resource per attempt, audit appended),
+//!   and ADT in (MLLP) → notification at the ECM provider mock, p50/p99.
+//!
 //! Every figure is the median of `--runs` runs; each run's number is printed too.
 
 use std::sync::Arc;
@@ -37,6 +41,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 8)]
         window: usize,
     },
+    /// Outbox delivery throughput to local mock endpoints (1 and 4 endpoints)
+    /// and ADT-in → notification-at-mock latency.
+    Delivery {
+        /// Deliveries per throughput run.
+        #[arg(long, default_value_t = 2_000)]
+        deliveries: usize,
+        /// ADT messages in the latency run (sent one at a time).
+        #[arg(long, default_value_t = 200)]
+        adt: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// ADT → FHIR translation throughput on one core.
     Translate {
         #[arg(long, default_value_t = 3)]
@@ -65,7 +81,277 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             .await
         }
         BenchCommand::Translate { seconds, runs } => translate(seconds.max(1), runs.max(1)),
+        BenchCommand::Delivery {
+            deliveries,
+            adt,
+            runs,
+        } => delivery(deliveries.max(10), adt.max(10), runs.max(1)).await,
     }
+}
+
+fn delivery_config(
+    dir: &std::path::Path,
+    mcps: &[crate::delivery::mock::MockEndpoint],
+    ecm: &crate::delivery::mock::MockEndpoint,
+) -> anyhow::Result<Config> {
+    use std::fmt::Write as _;
+    let mut orgs = String::new();
+    for (i, m) in mcps.iter().enumerate() {
+        let _ = write!(
+            orgs,
+            "[[organizations]]\nid = \"mcp-{i}\"\nkind = \"mcp\"\nname = \"Plan {i}\"\nendpoint = \"{}\"\nplan_codes = [\"P{i}\"]\ncounties = [\"Fresno\"]\n\n",
+            m.base_url()
+        );
+    }
+    let text = format!(
+        r#"
+[server]
+http_addr = "127.0.0.1:0"
+mllp_addr = "127.0.0.1:0"
+[store]
+url = "sqlite://{db}"
+[mappings]
+dir = "{maps}"
+[delivery]
+max_attempts = 5
+initial_backoff_ms = 100
+max_backoff_ms = 1000
+concurrency = 16
+[[organizations]]
+id = "county-fresno"
+kind = "county"
+name = "Fresno County DSS"
+county = "Fresno"
+[[organizations]]
+id = "st-mary"
+kind = "adt_source"
+name = "St Mary Hospital"
+sending_facilities = ["STMARY"]
+[[organizations]]
+id = "ecm-compass"
+kind = "ecm_provider"
+name = "Compass"
+endpoint = "{ecm}"
+mcps = ["mcp-0"]
+{orgs}"#,
+        db = dir.join("bench.db").display(),
+        maps = std::env::current_dir()?.join("mappings").display(),
+        ecm = ecm.base_url(),
+    );
+    Ok(Config::from_toml(&text, "bench")?)
+}
+
+fn bench_write(r: serde_json::Value) -> store::ResourceWrite {
+    let patient_id = mapping::patient_reference(&r).or_else(|| {
+        r.pointer("/for/reference")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|s| s.strip_prefix("Patient/"))
+            .map(str::to_string)
+    });
+    store::ResourceWrite {
+        resource_type: r["resourceType"].as_str().unwrap_or("").to_string(),
+        id: r["id"].as_str().unwrap_or("").to_string(),
+        patient_id,
+        body: r,
+        index: Vec::new(),
+    }
+}
+
+fn bench_consent(
+    patient: &str,
+    id: &str,
+    kind: &str,
+    recipients: &[String],
+    categories: &[String],
+) -> serde_json::Value {
+    crate::disclosure::consent_to_fhir(&crate::disclosure::ConsentSpec {
+        canonical_base: "https://gateway.example.org/fhir",
+        id,
+        identifier: None,
+        patient_id: patient,
+        kind,
+        grantor_role: "parent",
+        grantor_name: None,
+        recorded_by_org: "county-fresno",
+        recorded_at: "2026-01-01T00:00:00Z",
+        recipients,
+        categories,
+        start: "2026-01-01",
+        end: None,
+    })
+}
+
+/// Deliveries per second from a full outbox to `endpoints` mocks.
+async fn delivery_throughput(endpoints: usize, total: usize) -> anyhow::Result<f64> {
+    use crate::delivery::mock::MockEndpoint;
+    let dir = tempfile::tempdir()?;
+    let mut mcps = Vec::new();
+    for _ in 0..endpoints {
+        mcps.push(MockEndpoint::start().await?);
+    }
+    let ecm = MockEndpoint::start().await?;
+    let cfg = delivery_config(dir.path(), &mcps, &ecm)?;
+    let running = crate::serve::start(cfg).await?;
+    let store = running.store.clone();
+    // 4 deliveries per patient per endpoint: order per patient is exercised.
+    let patients = (total / (4 * endpoints)).max(1);
+    let recipients: Vec<String> = (0..endpoints).map(|i| format!("mcp-{i}")).collect();
+    let mut writes = Vec::new();
+    for p in 0..patients {
+        let pid = format!("bp{p}");
+        writes.push(bench_write(json!({"resourceType": "ServiceRequest", "id": format!("sr-{pid}"),
+            "status": "active", "intent": "order", "subject": {"reference": format!("Patient/{pid}")},
+            "requester": {"reference": "Organization/county-fresno"}})));
+        writes.push(bench_write(bench_consent(
+            &pid,
+            &format!("c-{pid}"),
+            "referral_verbal",
+            &recipients,
+            &["referral".to_string()],
+        )));
+        if writes.len() >= 500 {
+            store.put_resources(std::mem::take(&mut writes)).await?;
+        }
+    }
+    if !writes.is_empty() {
+        store.put_resources(writes).await?;
+    }
+    let mut items = Vec::new();
+    for n in 0..total {
+        let p = (n / endpoints) % patients;
+        let e = n % endpoints;
+        let pid = format!("bp{p}");
+        items.push(store::NewDelivery {
+            endpoint: format!("mcp-{e}"),
+            ordering_key: pid.clone(),
+            kind: "transaction".into(),
+            payload: json!({"rule": "referral-to-performer", "purpose": "referral", "package": "referral",
+                "patient": pid, "resources": [format!("ServiceRequest/sr-{pid}")]}),
+            not_before: chrono::Utc::now(),
+            journal_id: None,
+        });
+    }
+    let start = Instant::now();
+    for chunk in items.chunks(500) {
+        store.outbox_enqueue(chunk.to_vec()).await?;
+    }
+    let deadline = start + Duration::from_secs(300);
+    loop {
+        let got: usize = mcps.iter().map(|m| m.accepted().len()).sum();
+        if got >= total {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {got} of {total} delivered in 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    running.stop().await;
+    Ok(total as f64 / secs)
+}
+
+/// ADT A01 over MLLP (sent one at a time) → notification at the ECM mock.
+async fn adt_notification_latency(n: usize) -> anyhow::Result<Vec<Duration>> {
+    use crate::delivery::mock::MockEndpoint;
+    let dir = tempfile::tempdir()?;
+    let mcps = vec![MockEndpoint::start().await?];
+    let ecm = MockEndpoint::start().await?;
+    let cfg = delivery_config(dir.path(), &mcps, &ecm)?;
+    let running = crate::serve::start(cfg).await?;
+    let store = running.store.clone();
+    let mut stream = TcpStream::connect(running.mllp_addr).await?;
+    stream.set_nodelay(true)?;
+    let mut buf = Vec::new();
+    // Learn the member's Patient id from a first (non-notifying) message.
+    let seed = sample_adt(1)
+        .replace("ADT^A01^ADT_A01", "ADT^A08^ADT_A01")
+        .replace("EVN|A01", "EVN|A08");
+    roundtrip(&mut stream, seed.as_bytes(), &mut buf).await?;
+    let q = store::ResourceQuery {
+        resource_type: "Patient".into(),
+        limit: 10,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        if let Some(p) = store.resource_search(&q).await?.first() {
+            break p.id.clone();
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the seed ADT was not translated");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let all = vec!["mcp-0".to_string(), "ecm-compass".to_string()];
+    store
+        .put_resources(vec![
+            bench_write(json!({"resourceType": "Coverage", "id": "cov-b", "status": "active",
+                "beneficiary": {"reference": format!("Patient/{pid}")}, "payor": [{"reference": "Organization/mcp-0"}]})),
+            bench_write(json!({"resourceType": "ServiceRequest", "id": "sr-b", "status": "active", "intent": "order",
+                "subject": {"reference": format!("Patient/{pid}")}, "requester": {"reference": "Organization/county-fresno"},
+                "performer": [{"reference": "Organization/mcp-0"}]})),
+            bench_write(json!({"resourceType": "Task", "id": "t-b", "status": "in-progress", "intent": "order",
+                "for": {"reference": format!("Patient/{pid}")}, "focus": {"reference": "ServiceRequest/sr-b"},
+                "owner": {"reference": "Organization/ecm-compass"}})),
+            bench_write(bench_consent(&pid, "roi-b", "release_of_information", &all, &["case".to_string(), "health".to_string()])),
+        ])
+        .await?;
+    let mut lat = Vec::new();
+    for i in 0..n {
+        // The same member (MRN/CIN of message 1), a new control id each time.
+        let msg = sample_adt(1).replace("BENCH000000001", &format!("LAT{i:011}"));
+        let t0 = Instant::now();
+        roundtrip(&mut stream, msg.as_bytes(), &mut buf).await?;
+        let deadline = t0 + Duration::from_secs(10);
+        loop {
+            let got = ecm.accepted();
+            if let Some(r) = got.get(i) {
+                lat.push(r.at.saturating_duration_since(t0));
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "notification {i} not delivered in 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    running.stop().await;
+    lat.sort();
+    Ok(lat)
+}
+
+async fn delivery(total: usize, adt: usize, runs: usize) -> anyhow::Result<()> {
+    let mut one = Vec::new();
+    let mut four = Vec::new();
+    let mut p50 = Vec::new();
+    let mut p99 = Vec::new();
+    for run in 0..runs {
+        let t1 = delivery_throughput(1, total).await?;
+        let t4 = delivery_throughput(4, total).await?;
+        let lat = adt_notification_latency(adt).await?;
+        let (a, b) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+        println!(
+            "{}",
+            json!({"bench": "delivery", "run": run + 1, "deliveries": total,
+                "deliveries_per_sec_1_endpoint": t1.round(), "deliveries_per_sec_4_endpoints": t4.round(),
+                "adt_messages": adt, "adt_to_notification_p50_ms": a, "adt_to_notification_p99_ms": b})
+        );
+        one.push(t1);
+        four.push(t4);
+        p50.push(a);
+        p99.push(b);
+    }
+    println!(
+        "{}",
+        json!({"bench": "delivery", "summary": "median", "runs": runs, "deliveries": total,
+            "deliveries_per_sec_1_endpoint": median(&mut one).round(),
+            "deliveries_per_sec_4_endpoints": median(&mut four).round(),
+            "adt_messages": adt,
+            "adt_to_notification_p50_ms": median(&mut p50), "adt_to_notification_p99_ms": median(&mut p99),
+            "peak_rss_mib": peak_rss_mib()})
+    );
+    Ok(())
 }
 
 /// A realistic ~1 KB ADT^A01 with a unique control id and visit number.

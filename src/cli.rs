@@ -68,11 +68,37 @@ pub enum Command {
         #[arg(long, env = "CWSGW_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// The dead-letter list of deliveries that ran out of attempts (or were
+    /// refused at once): list, retry or drop. Opens the store from the config.
+    Dlq {
+        #[arg(long, env = "CWSGW_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Measure the real paths (prints JSON lines).
     Bench {
         #[command(subcommand)]
         what: crate::bench::BenchCommand,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqAction {
+    /// Dead (and, with --withheld, withheld) deliveries: a table, or JSON lines with --json.
+    List {
+        #[arg(long)]
+        json: bool,
+        /// Also list deliveries withheld by consent at send time.
+        #[arg(long)]
+        withheld: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Put a dead or withheld delivery back in the queue (attempts reset).
+    Retry { id: i64 },
+    /// Drop a dead delivery for good.
+    Drop { id: i64 },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,8 +231,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut cfg = Config::from_file(&file)?;
             cfg.apply_env(&env_map())?;
             let engine = crate::serve::load_engine(&cfg)?;
+            crate::routing::Router::from_config(std::sync::Arc::new(cfg.clone()))?;
             print!("{}", describe(&cfg, &engine));
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq { config, action } => {
+            let cfg = load_config(config.as_deref())?;
+            let rt = runtime()?;
+            let out = rt.block_on(async move {
+                let store = crate::serve::open_store(&cfg)?;
+                crate::delivery::dlq(store.as_ref(), action).await
+            })?;
+            print!("{}", out.text);
+            Ok(if out.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Bench { what } => {
             let rt = runtime()?;
@@ -346,6 +387,32 @@ pub fn describe(cfg: &Config, engine: &mapping::Engine) -> String {
     let _ = writeln!(
         s,
         "  ADT from any other MSH-4 → AR (unknown sending facility)"
+    );
+    match crate::routing::Router::from_config(std::sync::Arc::new(cfg.clone())) {
+        Ok(r) => {
+            let _ = writeln!(
+                s,
+                "\nrouting rules ({}; every attempt re-decided by the consent policy):",
+                cfg.delivery
+                    .routing_rules_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "conformance/routing-rules.yaml, embedded".into())
+            );
+            let _ = write!(s, "{}", r.rules);
+        }
+        Err(e) => {
+            let _ = writeln!(s, "\nrouting rules: {e}");
+        }
+    }
+    let _ = writeln!(
+        s,
+        "delivery: max {} attempts, backoff {}-{} ms (full jitter), timeout {} ms, {} in flight per endpoint",
+        cfg.delivery.max_attempts,
+        cfg.delivery.initial_backoff_ms,
+        cfg.delivery.max_backoff_ms,
+        cfg.delivery.timeout_ms,
+        cfg.delivery.concurrency
     );
     let _ = writeln!(s, "\nmappings:");
     for m in engine.mappings() {

@@ -101,6 +101,27 @@ pub struct DeliveryConfig {
     pub initial_backoff_ms: u64,
     #[serde(default = "default_max_backoff_ms")]
     pub max_backoff_ms: u64,
+    /// Whole-request time limit of one delivery attempt.
+    #[serde(default = "default_delivery_timeout_ms")]
+    pub timeout_ms: u64,
+    /// TCP + TLS connect time limit.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Attempts in flight at once per endpoint (different patients).
+    #[serde(default = "default_delivery_concurrency")]
+    pub concurrency: usize,
+    /// Extra PEM CA certificates trusted for outbound TLS (besides the system roots).
+    #[serde(default)]
+    pub ca_bundle_file: Option<PathBuf>,
+    /// How long a claimed item stays leased to this instance.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+    /// On shutdown, how long in-flight attempts may still run.
+    #[serde(default = "default_grace_ms")]
+    pub shutdown_grace_ms: u64,
+    /// Routing rules file; default: the shipped conformance/routing-rules.yaml.
+    #[serde(default)]
+    pub routing_rules_file: Option<PathBuf>,
 }
 
 impl Default for DeliveryConfig {
@@ -109,6 +130,13 @@ impl Default for DeliveryConfig {
             max_attempts: default_max_attempts(),
             initial_backoff_ms: default_initial_backoff_ms(),
             max_backoff_ms: default_max_backoff_ms(),
+            timeout_ms: default_delivery_timeout_ms(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            concurrency: default_delivery_concurrency(),
+            ca_bundle_file: None,
+            lease_ms: default_lease_ms(),
+            shutdown_grace_ms: default_grace_ms(),
+            routing_rules_file: None,
         }
     }
 }
@@ -266,6 +294,21 @@ fn default_initial_backoff_ms() -> u64 {
 fn default_max_backoff_ms() -> u64 {
     300_000
 }
+fn default_delivery_timeout_ms() -> u64 {
+    10_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    3_000
+}
+fn default_delivery_concurrency() -> usize {
+    8
+}
+fn default_lease_ms() -> u64 {
+    60_000
+}
+fn default_grace_ms() -> u64 {
+    5_000
+}
 fn default_max_frame() -> usize {
     1024 * 1024
 }
@@ -382,6 +425,15 @@ impl Config {
                 "delivery.initial_backoff_ms: must be positive and not above delivery.max_backoff_ms"
                     .into(),
             );
+        }
+        if self.delivery.timeout_ms == 0 || self.delivery.connect_timeout_ms == 0 {
+            errs.push("delivery.timeout_ms / connect_timeout_ms: must be positive".into());
+        }
+        if self.delivery.concurrency == 0 || self.delivery.concurrency > 256 {
+            errs.push("delivery.concurrency: must be between 1 and 256".into());
+        }
+        if self.delivery.lease_ms <= self.delivery.timeout_ms {
+            errs.push("delivery.lease_ms: must be longer than delivery.timeout_ms".into());
         }
         if self.mllp.max_frame_bytes < 1024 || self.mllp.max_frame_bytes > 64 * 1024 * 1024 {
             errs.push("mllp.max_frame_bytes: must be between 1024 and 67108864".into());

@@ -113,6 +113,10 @@ impl ProcessorHandle {
 pub struct Translator {
     pub cfg: Arc<Config>,
     pub engine: Arc<mapping::Engine>,
+    /// Routing after translation (outbox rows in the same completion).
+    pub router: Option<Arc<crate::routing::Router>>,
+    /// Wakes the delivery workers after a completion queued deliveries.
+    pub waker: Option<crate::delivery::Waker>,
     sensitivity: mapping::Sensitivity,
     parse_opts: hl7v2::ParseOptions,
 }
@@ -128,9 +132,22 @@ impl Translator {
         Translator {
             cfg,
             engine,
+            router: None,
+            waker: None,
             sensitivity,
             parse_opts,
         }
+    }
+
+    /// Route translated resources to the outbox (see `routing`).
+    pub fn with_routing(
+        mut self,
+        router: Arc<crate::routing::Router>,
+        waker: crate::delivery::Waker,
+    ) -> Self {
+        self.router = Some(router);
+        self.waker = Some(waker);
+        self
     }
 
     /// One ADT message → its FHIR Bundle.
@@ -305,12 +322,45 @@ async fn process_batch(
     let futs = translated.into_iter().map(|(job, result)| {
         let store = store.clone();
         let metrics = metrics.clone();
+        let translator = translator.clone();
         async move {
             let outcome = match result {
                 Ok(bundle) => {
                     let writes = bundle_writes(&bundle);
-                    match store.complete(job.id, writes).await {
+                    // Routing: outbox rows committed with the resources.
+                    let deliveries = match &translator.router {
+                        Some(router) => {
+                            let input =
+                                crate::routing::RouteInput::from_adt_bundle(&bundle, &job.source_org);
+                            match router
+                                .deliveries(store.as_ref(), &input, chrono::Utc::now(), None)
+                                .await
+                            {
+                                Ok(d) => d,
+                                Err(e) => {
+                                    tracing::error!(journal_id = job.id, error = %e, "routing failed; record stays pending");
+                                    if let Some(reply) = job.reply {
+                                        let _ = reply.send(JobOutcome::Deferred);
+                                    }
+                                    return;
+                                }
+                            }
+                        }
+                        None => Vec::new(),
+                    };
+                    let queued = !deliveries.is_empty();
+                    let completion = store::Completion {
+                        writes,
+                        deliveries,
+                        ..store::Completion::default()
+                    };
+                    match store.complete_with(job.id, completion).await {
                         Ok(_) => {
+                            if queued {
+                                if let Some(w) = &translator.waker {
+                                    w.wake();
+                                }
+                            }
                             metrics.translations.inc(&["ok"]);
                             JobOutcome::Translated
                         }

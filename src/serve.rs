@@ -35,6 +35,7 @@ pub struct Running {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     worker: tokio::task::JoinHandle<()>,
     intake: Arc<AdtIntake>,
+    delivery: crate::delivery::Workers,
 }
 
 pub fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
@@ -74,7 +75,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let mllp_addr = mllp.local_addr()?;
 
     let county = Arc::new(crate::county::County::new(cfg.clone(), engine.clone())?);
-    let translator = Arc::new(Translator::new(cfg.clone(), engine));
+    let router =
+        Arc::new(crate::routing::Router::from_config(cfg.clone()).map_err(|e| anyhow!("{e}"))?);
+    let delivery = crate::delivery::start(cfg.clone(), store.clone(), metrics.clone())
+        .map_err(|e| anyhow!("{e}"))?;
+    let translator =
+        Arc::new(Translator::new(cfg.clone(), engine).with_routing(router, delivery.waker()));
     let (handle, worker) = processor::spawn(translator, store.clone(), metrics.clone());
     let intake = Arc::new(AdtIntake::new(
         cfg.clone(),
@@ -128,6 +134,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tasks,
         worker,
         intake,
+        delivery,
     })
 }
 
@@ -142,6 +149,13 @@ impl Running {
         // drains what is queued and exits.
         drop(self.intake);
         let _ = tokio::time::timeout(Duration::from_secs(30), self.worker).await;
+        // Then the outbox: stop claiming, finish in flight, release the rest.
+        self.delivery.stop().await;
+    }
+
+    /// The delivery workers' shared state (tests, bench).
+    pub fn delivery(&self) -> &Arc<crate::delivery::DeliveryService> {
+        &self.delivery.service
     }
 }
 

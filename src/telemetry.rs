@@ -96,6 +96,11 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Render under `name` (for metrics kept outside this module).
+    pub fn render_named(&self, out: &mut String, name: &str, help: &str) {
+        self.render(out, name, help);
+    }
+
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
@@ -135,6 +140,8 @@ pub struct Metrics {
     pub http_requests: CounterVec,
     /// Open deadline clocks past due, as last counted.
     pub deadlines_overdue: AtomicI64,
+    /// Outbox and push delivery.
+    pub delivery: crate::delivery::metrics::DeliveryMetrics,
 }
 
 impl Default for Metrics {
@@ -149,6 +156,7 @@ impl Default for Metrics {
             translate_queue_depth: AtomicI64::new(0),
             http_requests: CounterVec::default(),
             deadlines_overdue: AtomicI64::new(0),
+            delivery: crate::delivery::metrics::DeliveryMetrics::default(),
         }
     }
 }
@@ -316,6 +324,7 @@ impl Metrics {
                 let _ = writeln!(out, "cwsgw_journal_records{{state=\"{state}\"}} {v}");
             }
         }
+        self.delivery.render(&mut out);
         out
     }
 }

@@ -4,5 +4,6 @@
 mod common;
 mod county;
 mod crash;
+mod delivery;
 mod http;
 mod mllp;

@@ -1,0 +1,401 @@
+//! What one attempt sends: the outbox payload read back, every resource
+//! re-decided by the consent engine *now*, obligations applied, and the FHIR
+//! Bundle built from the current stored versions; plus the AuditEvents of the
+//! disclosure and of each refusal.
+//!
+//! Invariants: a denied resource is never in the Bundle; a notification
+//! whose focus (the Encounter) is denied is withheld whole (a MessageHeader
+//! must focus on something); a package with nothing permitted is withheld.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use consent::{Decision, Effect};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::disclosure::{apply_obligations, recipient, resource_facts, Disclosure, PatientContext};
+use crate::routing::{Package, RoutePurpose};
+
+/// The Da Vinci notification event code system.
+pub const DAVINCI_EVENT_CS: &str =
+    "http://hl7.org/fhir/us/davinci-alerts/CodeSystem/notification-event";
+
+/// The outbox payload routing writes (see `routing::Planned::payload`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Payload {
+    pub rule: String,
+    #[serde(default)]
+    pub relation: String,
+    pub purpose: String,
+    pub package: String,
+    pub patient: String,
+    pub resources: Vec<String>,
+    #[serde(default)]
+    pub event: Option<String>,
+    #[serde(default)]
+    pub focus: Option<String>,
+    #[serde(default)]
+    pub event_time: Option<DateTime<Utc>>,
+}
+
+impl Payload {
+    pub fn parse(v: &Value) -> Option<Payload> {
+        let p: Payload = serde_json::from_value(v.clone()).ok()?;
+        (p.resources.len() <= crate::routing::MAX_REFS).then_some(p)
+    }
+
+    pub fn purpose(&self) -> Option<RoutePurpose> {
+        RoutePurpose::parse(&self.purpose)
+    }
+
+    pub fn is_status_only(&self) -> bool {
+        self.package == Package::TaskStatus.as_str()
+    }
+}
+
+/// One resource's decision at attempt time.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    /// `Type/id`.
+    pub reference: String,
+    pub decision: Decision,
+}
+
+/// The result of preparing an attempt.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    /// Something to send.
+    Send {
+        bundle: Value,
+        disclosed: Vec<Decided>,
+        refused: Vec<Decided>,
+    },
+    /// Nothing may go (or nothing is left); `reason` is a stable code.
+    Withheld {
+        reason: String,
+        refused: Vec<Decided>,
+    },
+}
+
+/// The Task projection sent as referral status: status, owner,
+/// businessStatus, focus, for (plus `intent`, required by FHIR, and the
+/// security labels, which are never dropped).
+pub fn task_status_projection(task: &Value) -> Value {
+    let mut out = json!({"resourceType": "Task"});
+    for k in [
+        "id",
+        "status",
+        "statusReason",
+        "businessStatus",
+        "intent",
+        "owner",
+        "focus",
+        "for",
+        "lastModified",
+    ] {
+        if let Some(v) = task.get(k) {
+            out[k] = v.clone();
+        }
+    }
+    if let Some(sec) = task.pointer("/meta/security") {
+        out["meta"] = json!({"security": sec});
+    }
+    out
+}
+
+/// The consent engine's facts for a resource; a Task's patient is its `for`.
+fn facts_of(res: &Value, status_only: bool) -> Option<consent::ResourceFacts> {
+    let mut f = match resource_facts(res) {
+        Some(f) => f,
+        None => {
+            let patient = res
+                .get("for")
+                .and_then(|r| r.get("reference"))
+                .and_then(Value::as_str)
+                .and_then(|s| s.strip_prefix("Patient/"))?;
+            let mut with_subject = res.clone();
+            with_subject["subject"] = json!({"reference": format!("Patient/{patient}")});
+            resource_facts(&with_subject)?
+        }
+    };
+    f.status_only = status_only;
+    Some(f)
+}
+
+/// `Disclosure::decide` with the delivery's own view of the resource (a
+/// status-only projection is decided as such).
+pub fn decide(
+    disclosure: &Disclosure,
+    res: &Value,
+    recipient_org: &str,
+    purpose: consent::Purpose,
+    pctx: &PatientContext,
+    now: DateTime<Utc>,
+    status_only: bool,
+) -> Decision {
+    let deny = |reason: &str| Decision {
+        effect: Effect::Deny,
+        rule: "R1".into(),
+        consent_id: None,
+        reason: reason.into(),
+        obligations: Vec::new(),
+        votes: Vec::new(),
+    };
+    let Some(to) = recipient(&disclosure.cfg, recipient_org) else {
+        return deny("deny.unknown-recipient");
+    };
+    let Some(facts) = facts_of(res, status_only) else {
+        return deny("deny.no-patient");
+    };
+    if facts.patient_id != pctx.patient_id {
+        return deny("deny.patient-mismatch");
+    }
+    let ctx = pctx.engine_context(purpose, now);
+    disclosure.policy.decide(&facts, &to, &pctx.consents, &ctx)
+}
+
+fn split_ref(r: &str) -> Option<(&str, &str)> {
+    let (t, id) = r.split_once('/')?;
+    (!t.is_empty() && !id.is_empty() && !id.contains('/')).then_some((t, id))
+}
+
+/// Decide and build. `resources` are the current stored bodies of the
+/// payload's references, in payload order (`None` = no longer stored).
+#[allow(clippy::too_many_arguments)]
+pub fn prepare(
+    cfg: &Config,
+    disclosure: &Disclosure,
+    delivery_id: i64,
+    recipient_org: &str,
+    payload: &Payload,
+    resources: &[(String, Option<Value>)],
+    pctx: &PatientContext,
+    now: DateTime<Utc>,
+) -> Prepared {
+    let Some(purpose) = payload.purpose() else {
+        return Prepared::Withheld {
+            reason: "bad-payload".into(),
+            refused: Vec::new(),
+        };
+    };
+    let status_only = payload.is_status_only();
+    let mut permitted: Vec<(String, Value)> = Vec::new();
+    let mut disclosed = Vec::new();
+    let mut refused = Vec::new();
+    for (reference, body) in resources {
+        let Some(body) = body else { continue };
+        let body =
+            if status_only && body.get("resourceType").and_then(Value::as_str) == Some("Task") {
+                task_status_projection(body)
+            } else {
+                body.clone()
+            };
+        let d = decide(
+            disclosure,
+            &body,
+            recipient_org,
+            purpose.consent_purpose(),
+            pctx,
+            now,
+            status_only,
+        );
+        if d.is_permit() {
+            permitted.push((reference.clone(), apply_obligations(&body, &d)));
+            disclosed.push(Decided {
+                reference: reference.clone(),
+                decision: d,
+            });
+        } else {
+            refused.push(Decided {
+                reference: reference.clone(),
+                decision: d,
+            });
+        }
+    }
+    if permitted.is_empty() {
+        let reason = refused
+            .first()
+            .map(|r| r.decision.reason.clone())
+            .unwrap_or_else(|| "nothing-to-send".into());
+        return Prepared::Withheld { reason, refused };
+    }
+    let base = &cfg.server.canonical_base;
+    let timestamp = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+    let bundle = if let Some(event) = &payload.event {
+        let Some(focus) = payload.focus.as_deref() else {
+            return Prepared::Withheld {
+                reason: "bad-payload".into(),
+                refused,
+            };
+        };
+        if !permitted.iter().any(|(r, _)| r == focus) {
+            return Prepared::Withheld {
+                reason: "focus-withheld".into(),
+                refused,
+            };
+        }
+        let endpoint = cfg
+            .organization(recipient_org)
+            .and_then(|o| o.endpoint.clone())
+            .unwrap_or_default();
+        let header = json!({
+            "resourceType": "MessageHeader",
+            "id": format!("outbox-{delivery_id}"),
+            "eventCoding": {"system": DAVINCI_EVENT_CS, "code": event},
+            "destination": [{"endpoint": endpoint, "receiver": {"reference": format!("Organization/{recipient_org}")}}],
+            "source": {"name": "cws-gateway", "endpoint": base},
+            "focus": [{"reference": focus}]
+        });
+        let mut entries = vec![
+            json!({"fullUrl": format!("{base}/MessageHeader/outbox-{delivery_id}"), "resource": header}),
+        ];
+        for (r, body) in &permitted {
+            entries.push(json!({"fullUrl": format!("{base}/{r}"), "resource": body}));
+        }
+        json!({
+            "resourceType": "Bundle",
+            "id": format!("outbox-{delivery_id}"),
+            "type": "message",
+            "timestamp": timestamp,
+            "entry": entries
+        })
+    } else {
+        let entries: Vec<Value> = permitted
+            .iter()
+            .filter_map(|(r, body)| {
+                split_ref(r)?;
+                Some(json!({
+                    "fullUrl": format!("{base}/{r}"),
+                    "resource": body,
+                    "request": {"method": "PUT", "url": r}
+                }))
+            })
+            .collect();
+        json!({
+            "resourceType": "Bundle",
+            "id": format!("outbox-{delivery_id}"),
+            "type": "transaction",
+            "timestamp": timestamp,
+            "entry": entries
+        })
+    };
+    Prepared::Send {
+        bundle,
+        disclosed,
+        refused,
+    }
+}
+
+/// Parse `Type/id` references (bad ones are skipped).
+pub fn references(payload: &Payload) -> Vec<(String, String)> {
+    payload
+        .resources
+        .iter()
+        .filter_map(|r| split_ref(r).map(|(t, id)| (t.to_string(), id.to_string())))
+        .collect()
+}
+
+fn detail(decided: &Decided, payload: &Payload, delivery_id: i64) -> Vec<Value> {
+    let d = &decided.decision;
+    let mut out = vec![
+        json!({"type": "rule", "valueString": d.rule}),
+        json!({"type": "reason", "valueString": d.reason}),
+        json!({"type": "routing-rule", "valueString": payload.rule}),
+        json!({"type": "purpose", "valueString": payload.purpose}),
+        json!({"type": "delivery", "valueString": format!("outbox/{delivery_id}")}),
+    ];
+    for c in d.consent_ids() {
+        out.push(json!({"type": "consent", "valueString": format!("Consent/{c}")}));
+    }
+    out
+}
+
+/// An AuditEvent for a disclosure (`outcome` 0) or a refusal (`outcome` 4):
+/// type `rest`, subtype `transmit`, the recipient organization as agent, one
+/// entity per resource with the consent rule, reason, consent ids, the
+/// routing rule and the outbox id in `entity.detail`. Ids and codes only.
+pub fn audit_event(
+    cfg: &Config,
+    delivery_id: i64,
+    recipient_org: &str,
+    payload: &Payload,
+    decided: &[Decided],
+    disclosed: bool,
+    now: DateTime<Utc>,
+) -> Value {
+    let base = &cfg.server.canonical_base;
+    let entities: Vec<Value> = decided
+        .iter()
+        .map(|d| {
+            json!({
+                "what": {"reference": d.reference},
+                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4"},
+                "detail": detail(d, payload, delivery_id)
+            })
+        })
+        .collect();
+    let outcome_desc = if disclosed {
+        "disclosed".to_string()
+    } else {
+        decided
+            .first()
+            .map(|d| format!("refused: {} ({})", d.decision.reason, d.decision.rule))
+            .unwrap_or_else(|| "refused".into())
+    };
+    let mut entities = entities;
+    entities.push(json!({
+        "what": {"reference": format!("Patient/{}", payload.patient)},
+        "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"}
+    }));
+    json!({
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+        "subtype": [{"system": format!("{base}/CodeSystem/audit-event-subtype"), "code": "transmit"}],
+        "action": "E",
+        "recorded": now.to_rfc3339_opts(SecondsFormat::Micros, true),
+        "outcome": if disclosed { "0" } else { "4" },
+        "outcomeDesc": outcome_desc,
+        "purposeOfEvent": [{"coding": [{"system": format!("{base}/CodeSystem/disclosure-purpose"), "code": payload.purpose}]}],
+        "agent": [
+            {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+             "who": {"reference": format!("Organization/{recipient_org}")}, "requestor": false},
+            {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "AUT"}]},
+             "who": {"display": "cws-gateway outbox"}, "requestor": true}
+        ],
+        "source": {"observer": {"display": "cws-gateway"}, "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4"}]},
+        "entity": entities
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn projection_keeps_only_status_fields_and_labels() {
+        let t = json!({"resourceType": "Task", "id": "t1", "status": "accepted", "intent": "order",
+            "owner": {"reference": "Organization/ecm-compass"}, "for": {"reference": "Patient/p1"},
+            "focus": {"reference": "ServiceRequest/sr1"}, "description": "clinical notes",
+            "input": [{"valueString": "detail"}], "meta": {"versionId": "3", "security": [{"code": "PSY"}]}});
+        let p = task_status_projection(&t);
+        assert_eq!(p["status"], "accepted");
+        assert_eq!(p["owner"]["reference"], "Organization/ecm-compass");
+        assert!(p.get("description").is_none() && p.get("input").is_none());
+        assert_eq!(p["meta"]["security"][0]["code"], "PSY");
+        assert!(p["meta"].get("versionId").is_none());
+        let f = facts_of(&p, true).unwrap();
+        assert_eq!(f.patient_id, "p1");
+        assert!(f.status_only);
+    }
+
+    #[test]
+    fn payload_round_trips() {
+        let v = json!({"rule": "adt-notification", "purpose": "notification", "package": "adt_notification",
+            "patient": "p1", "resources": ["Encounter/e1", "Patient/p1"], "event": "notification-admit",
+            "focus": "Encounter/e1", "event_time": "2026-01-15T08:25:00Z"});
+        let p = Payload::parse(&v).unwrap();
+        assert_eq!(p.purpose(), Some(RoutePurpose::Notification));
+        assert_eq!(references(&p).len(), 2);
+        assert!(Payload::parse(&json!({"rule": 1})).is_none());
+    }
+}

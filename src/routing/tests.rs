@@ -1,0 +1,418 @@
+use super::*;
+use serde_json::json;
+
+const CFG: &str = r#"
+[[organizations]]
+id = "county-fresno"
+kind = "county"
+name = "Fresno"
+county = "Fresno"
+endpoint = "http://127.0.0.1:9001/fhir"
+
+[[organizations]]
+id = "county-kern"
+kind = "county"
+name = "Kern"
+county = "Kern"
+
+[[organizations]]
+id = "mcp-a"
+kind = "mcp"
+name = "Plan A"
+endpoint = "http://127.0.0.1:9101/fhir"
+plan_codes = ["A"]
+counties = ["Fresno"]
+
+[[organizations]]
+id = "mcp-b"
+kind = "mcp"
+name = "Plan B"
+endpoint = "http://127.0.0.1:9102/fhir"
+plan_codes = ["B"]
+counties = ["Fresno"]
+
+[[organizations]]
+id = "ecm-compass"
+kind = "ecm_provider"
+name = "Compass"
+endpoint = "http://127.0.0.1:9201/fhir"
+mcps = ["mcp-a"]
+
+[[organizations]]
+id = "ecm-bridges"
+kind = "ecm_provider"
+name = "Bridges"
+endpoint = "http://127.0.0.1:9202/fhir"
+mcps = ["mcp-b"]
+
+[[organizations]]
+id = "st-mary"
+kind = "adt_source"
+name = "St Mary"
+sending_facilities = ["STMARY"]
+"#;
+
+fn cfg() -> Config {
+    Config::from_toml(CFG, "t").unwrap()
+}
+
+fn rules() -> RoutingRules {
+    RoutingRules::default_rules().unwrap()
+}
+
+fn sr(performer: &str) -> Value {
+    json!({"resourceType": "ServiceRequest", "id": "sr1", "status": "active",
+        "subject": {"reference": "Patient/p1"},
+        "requester": {"reference": "Organization/county-fresno"},
+        "performer": [{"reference": format!("Organization/{performer}")}]})
+}
+
+fn task(status: &str, owner: Option<&str>) -> Value {
+    let mut t = json!({"resourceType": "Task", "id": "t1", "status": status, "intent": "order",
+        "for": {"reference": "Patient/p1"}, "focus": {"reference": "ServiceRequest/sr1"}});
+    if let Some(o) = owner {
+        t["owner"] = json!({"reference": format!("Organization/{o}")});
+    }
+    t
+}
+
+fn coverage(plan: &str) -> Value {
+    json!({"resourceType": "Coverage", "id": "cov1", "status": "active",
+        "beneficiary": {"reference": "Patient/p1"},
+        "class": [{"type": {"coding": [{"code": "plan"}]}, "value": plan}]})
+}
+
+fn episode() -> Value {
+    json!({"resourceType": "EpisodeOfCare", "id": "eoc1", "status": "active",
+        "patient": {"reference": "Patient/p1"},
+        "managingOrganization": {"reference": "Organization/county-fresno"}})
+}
+
+fn view(resources: &[Value]) -> MemberView {
+    MemberView::from_resources(&cfg(), "p1", &[], resources)
+}
+
+fn input(source: &str, event: Option<&str>, written: Vec<Value>) -> RouteInput {
+    RouteInput {
+        event: event.map(str::to_string),
+        source_org: source.into(),
+        written,
+        out_of_county: false,
+        event_time: None,
+    }
+}
+
+fn recipients(p: &RoutePlan) -> Vec<(&str, &str)> {
+    p.deliveries
+        .iter()
+        .map(|d| (d.rule.as_str(), d.recipient.as_str()))
+        .collect()
+}
+
+#[test]
+fn shipped_rules_load_and_print() {
+    let r = rules();
+    assert!(r.rules.len() >= 8);
+    let text = r.to_string();
+    assert!(text.contains("adt-notification"), "{text}");
+    assert!(text.contains("assigned_ecm + member_mcp"), "{text}");
+}
+
+#[test]
+fn bad_rules_are_refused() {
+    let unknown = "version: 1\nrules:\n  - id: x\n    trigger: {resource: Task}\n    recipients: [member_mcp]\n    purpose: referral\n    kind: transaction\n    package: written\n    colour: red\n";
+    assert!(matches!(
+        RoutingRules::from_yaml(unknown),
+        Err(RulesError::Parse(_))
+    ));
+    let bad_rel = "version: 1\nrules:\n  - id: x\n    trigger: {resource: Task}\n    recipients: [everyone]\n    purpose: referral\n    kind: transaction\n    package: written\n";
+    assert!(RoutingRules::from_yaml(bad_rel).is_err());
+    let no_trigger = "version: 1\nrules:\n  - id: x\n    trigger: {}\n    recipients: [member_mcp]\n    purpose: referral\n    kind: transaction\n    package: written\n";
+    assert!(matches!(
+        RoutingRules::from_yaml(no_trigger),
+        Err(RulesError::Invalid(_))
+    ));
+    let mismatch = "version: 1\nrules:\n  - id: x\n    trigger: {events: [adt.A01]}\n    recipients: [member_mcp]\n    purpose: notification\n    kind: transaction\n    package: adt_notification\n";
+    assert!(matches!(
+        RoutingRules::from_yaml(mismatch),
+        Err(RulesError::Invalid(_))
+    ));
+    let dup = "version: 1\nrules:\n  - id: x\n    trigger: {resource: CarePlan}\n    recipients: [case_county]\n    purpose: care_coordination\n    kind: transaction\n    package: written\n  - id: x\n    trigger: {resource: CarePlan}\n    recipients: [case_county]\n    purpose: care_coordination\n    kind: transaction\n    package: written\n";
+    assert!(RoutingRules::from_yaml(dup)
+        .unwrap_err()
+        .to_string()
+        .contains("duplicate"));
+    assert!(RoutingRules::from_yaml(&"#".repeat(MAX_RULES_BYTES_PLUS)).is_err());
+}
+
+const MAX_RULES_BYTES_PLUS: usize = rules::MAX_RULES_BYTES + 1;
+
+#[test]
+fn referral_goes_to_the_mcp_serving_plan_and_county() {
+    let written = vec![
+        sr("mcp-a"),
+        task("requested", None),
+        json!({"resourceType": "Patient", "id": "p1"}),
+    ];
+    let mut all = written.clone();
+    all.extend([coverage("A"), episode()]);
+    let v = view(&all);
+    assert_eq!(v.member_mcp.as_deref(), Some("mcp-a"));
+    assert_eq!(v.county.as_deref(), Some("Fresno"));
+    let p = rules().plan(&cfg(), &input("county-fresno", None, written), &v);
+    assert_eq!(recipients(&p), vec![("referral-to-performer", "mcp-a")]);
+    let d = &p.deliveries[0];
+    assert_eq!(d.purpose, RoutePurpose::Referral);
+    assert_eq!(d.kind, DeliveryKind::Transaction);
+    assert_eq!(
+        d.resources,
+        vec!["ServiceRequest/sr1", "Task/t1", "Patient/p1"]
+    );
+    let nd = d.new_delivery(Utc::now(), None);
+    assert_eq!(nd.endpoint, "mcp-a");
+    assert_eq!(nd.ordering_key, "p1");
+    assert_eq!(nd.payload["purpose"], "referral");
+}
+
+#[test]
+fn referral_to_an_mcp_of_another_plan_is_refused_with_a_reason() {
+    let written = vec![sr("mcp-b")];
+    let mut all = written.clone();
+    all.extend([coverage("A"), episode()]);
+    let p = rules().plan(&cfg(), &input("county-fresno", None, written), &view(&all));
+    assert!(p.deliveries.is_empty());
+    assert_eq!(p.refusals[0].reason, "mcp-does-not-serve-plan-code");
+}
+
+#[test]
+fn referral_without_an_mcp_for_plan_and_county_is_refused() {
+    // Plan code Z is served by nobody; no performer named.
+    let mut s = sr("mcp-a");
+    s.as_object_mut().unwrap().remove("performer");
+    let written = vec![s];
+    let mut all = written.clone();
+    all.extend([coverage("Z"), episode()]);
+    let p = rules().plan(&cfg(), &input("county-fresno", None, written), &view(&all));
+    assert!(p.deliveries.is_empty());
+    assert_eq!(p.refusals[0].reason, "no-mcp-for-plan-county");
+    assert_eq!(p.refusals[0].relation, Relation::ServiceRequestPerformer);
+}
+
+#[test]
+fn referral_names_a_contracted_ecm_provider_directly() {
+    let written = vec![sr("ecm-compass")];
+    let mut all = written.clone();
+    all.extend([coverage("A"), episode()]);
+    let p = rules().plan(
+        &cfg(),
+        &input("county-fresno", None, written.clone()),
+        &view(&all),
+    );
+    assert_eq!(
+        recipients(&p),
+        vec![("referral-to-performer", "ecm-compass")]
+    );
+    // Bridges is contracted with mcp-b only.
+    let written = vec![sr("ecm-bridges")];
+    let mut all = written.clone();
+    all.extend([coverage("A"), episode()]);
+    let p = rules().plan(&cfg(), &input("county-fresno", None, written), &view(&all));
+    assert!(p.deliveries.is_empty());
+    assert_eq!(p.refusals[0].reason, "ecm-not-contracted-with-member-mcp");
+}
+
+#[test]
+fn accepted_task_assigns_the_ecm_provider_and_reports_status_to_the_referrer() {
+    let stored_sr = sr("mcp-a");
+    let written = vec![task("accepted", Some("ecm-compass"))];
+    let mut all = vec![stored_sr, coverage("A"), episode()];
+    all.extend(written.clone());
+    let v = view(&all);
+    assert_eq!(v.assigned_ecm.as_deref(), Some("ecm-compass"));
+    let p = rules().plan(&cfg(), &input("mcp-a", None, written), &v);
+    assert_eq!(
+        recipients(&p),
+        vec![
+            ("task-assignment-to-ecm", "ecm-compass"),
+            ("task-status-to-referrer", "county-fresno")
+        ]
+    );
+    assert_eq!(p.deliveries[1].package, Package::TaskStatus);
+    assert_eq!(p.deliveries[1].resources, vec!["Task/t1"]);
+    assert_eq!(p.deliveries[0].resources[0], "ServiceRequest/sr1");
+}
+
+#[test]
+fn a_change_is_not_echoed_to_its_sender() {
+    // The ECM provider accepts its own assignment: only the referrer hears.
+    let written = vec![task("accepted", Some("ecm-compass"))];
+    let mut all = vec![sr("mcp-a"), coverage("A"), episode()];
+    all.extend(written.clone());
+    let p = rules().plan(&cfg(), &input("ecm-compass", None, written), &view(&all));
+    assert_eq!(
+        recipients(&p),
+        vec![("task-status-to-referrer", "county-fresno")]
+    );
+}
+
+#[test]
+fn careplan_from_an_ecm_provider_goes_to_the_case_county() {
+    let cp =
+        json!({"resourceType": "CarePlan", "id": "cp1", "subject": {"reference": "Patient/p1"}});
+    let all = vec![cp.clone(), episode()];
+    let p = rules().plan(
+        &cfg(),
+        &input("ecm-compass", None, vec![cp.clone()]),
+        &view(&all),
+    );
+    assert_eq!(
+        recipients(&p),
+        vec![("careplan-to-county", "county-fresno")]
+    );
+    // From the county itself: not routed.
+    let p = rules().plan(&cfg(), &input("county-fresno", None, vec![cp]), &view(&all));
+    assert!(p.deliveries.is_empty());
+}
+
+fn adt_bundle(trigger: &str) -> Value {
+    json!({"resourceType": "Bundle", "entry": [
+        {"resource": {"resourceType": "MessageHeader", "id": "mh", "eventCoding": {"code": trigger}}},
+        {"resource": {"resourceType": "Patient", "id": "p1"}},
+        {"resource": {"resourceType": "Encounter", "id": "e1", "subject": {"reference": "Patient/p1"},
+            "period": {"start": "2026-01-15T08:25:00Z"}}},
+        {"resource": {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"}}}
+    ]})
+}
+
+#[test]
+fn adt_for_an_assigned_member_notifies_ecm_and_mcp() {
+    let stored = vec![
+        sr("mcp-a"),
+        task("in-progress", Some("ecm-compass")),
+        coverage("A"),
+        episode(),
+    ];
+    let v = view(&stored);
+    for (trigger, event) in [
+        ("A01", "notification-admit"),
+        ("A04", "notification-admit"),
+        ("A02", "notification-transfer"),
+        ("A03", "notification-discharge"),
+    ] {
+        let inp = RouteInput::from_adt_bundle(&adt_bundle(trigger), "st-mary");
+        assert_eq!(inp.patient_id().as_deref(), Some("p1"));
+        assert!(inp.event_time.is_some());
+        let p = rules().plan(&cfg(), &inp, &v);
+        assert_eq!(
+            recipients(&p),
+            vec![
+                ("adt-notification", "ecm-compass"),
+                ("adt-notification", "mcp-a")
+            ],
+            "{trigger}"
+        );
+        let d = &p.deliveries[0];
+        assert_eq!(d.kind, DeliveryKind::Notification);
+        assert_eq!(d.event.as_deref(), Some(event));
+        assert_eq!(d.focus.as_deref(), Some("Encounter/e1"));
+        assert_eq!(
+            d.resources,
+            vec!["Encounter/e1", "Patient/p1", "Condition/c1"]
+        );
+    }
+    // A08 (update) notifies nobody.
+    let inp = RouteInput::from_adt_bundle(&adt_bundle("A08"), "st-mary");
+    assert!(rules().plan(&cfg(), &inp, &v).deliveries.is_empty());
+}
+
+#[test]
+fn adt_without_an_open_assignment_notifies_nobody() {
+    for stored in [
+        vec![sr("mcp-a"), coverage("A")],
+        vec![
+            sr("mcp-a"),
+            task("completed", Some("ecm-compass")),
+            coverage("A"),
+        ],
+        vec![
+            sr("mcp-a"),
+            task("requested", Some("ecm-compass")),
+            coverage("A"),
+        ],
+    ] {
+        let v = view(&stored);
+        assert_eq!(v.assigned_ecm, None);
+        let inp = RouteInput::from_adt_bundle(&adt_bundle("A01"), "st-mary");
+        let p = rules().plan(&cfg(), &inp, &v);
+        assert!(p.deliveries.is_empty() && p.refusals.is_empty(), "{p:?}");
+    }
+}
+
+#[test]
+fn case_closed_and_out_of_county_placement_go_to_ecm_and_mcp() {
+    let stored = vec![
+        sr("mcp-a"),
+        task("accepted", Some("ecm-compass")),
+        coverage("A"),
+        episode(),
+    ];
+    let v = view(&stored);
+    let mut eoc = episode();
+    eoc["status"] = json!("finished");
+    let p = rules().plan(
+        &cfg(),
+        &input("county-fresno", Some("case.closed"), vec![eoc.clone()]),
+        &v,
+    );
+    assert_eq!(
+        recipients(&p),
+        vec![
+            ("case-closed-to-ecm", "ecm-compass"),
+            ("case-closed-to-ecm", "mcp-a")
+        ]
+    );
+    assert_eq!(p.deliveries[0].resources, vec!["EpisodeOfCare/eoc1"]);
+    // In-county placement: nothing; out of county: both.
+    let loc = json!({"resourceType": "EpisodeOfCare", "id": "eoc1", "patient": {"reference": "Patient/p1"}});
+    let mut inp = input("county-fresno", Some("placement.changed"), vec![loc]);
+    assert!(rules().plan(&cfg(), &inp, &v).deliveries.is_empty());
+    inp.out_of_county = true;
+    assert_eq!(rules().plan(&cfg(), &inp, &v).deliveries.len(), 2);
+}
+
+#[test]
+fn member_view_prefers_coverage_then_plan_county_then_referral() {
+    let payor = json!({"resourceType": "Coverage", "id": "cov2", "status": "active",
+        "beneficiary": {"reference": "Patient/p1"}, "payor": [{"reference": "Organization/mcp-b"}]});
+    assert_eq!(
+        view(&[sr("mcp-a"), payor]).member_mcp.as_deref(),
+        Some("mcp-b")
+    );
+    assert_eq!(
+        view(&[sr("mcp-b"), coverage("A"), episode()])
+            .member_mcp
+            .as_deref(),
+        Some("mcp-a")
+    );
+    assert_eq!(view(&[sr("mcp-b")]).member_mcp.as_deref(), Some("mcp-b"));
+    assert_eq!(
+        view(&[sr("mcp-b")]).case_county.as_deref(),
+        Some("county-fresno")
+    );
+}
+
+#[test]
+fn recipients_without_an_endpoint_are_refused() {
+    let mut c = cfg();
+    for o in &mut c.organizations {
+        if o.id == "county-fresno" {
+            o.endpoint = None;
+        }
+    }
+    let cp =
+        json!({"resourceType": "CarePlan", "id": "cp1", "subject": {"reference": "Patient/p1"}});
+    let v = MemberView::from_resources(&c, "p1", &[], &[cp.clone(), episode()]);
+    let p = rules().plan(&c, &input("ecm-compass", None, vec![cp]), &v);
+    assert!(p.deliveries.is_empty());
+    assert_eq!(p.refusals[0].reason, "recipient-has-no-endpoint");
+}

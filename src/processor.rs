@@ -190,6 +190,7 @@ pub fn bundle_writes(bundle: &serde_json::Value) -> Vec<ResourceWrite> {
             id: id.to_string(),
             patient_id: mapping::patient_reference(res),
             body: res.clone(),
+            index: Vec::new(),
         });
     }
     out

@@ -29,9 +29,10 @@
 //! from the input, never the clock) — and answers the resources as stored,
 //! with 200 instead of 202/201.
 //!
-//! Internal records (the per-child eligibility facts and the deadline
-//! clocks) are FHIR `Basic` resources written in the same transaction; they
-//! are not returned in answers. No PHI is logged: ids, types and counts only.
+//! Internal records — the per-child eligibility facts (a FHIR `Basic`
+//! resource) and the deadline clocks (the store's clock table) — are written
+//! in the same `Store::complete_with` transaction and are not returned in
+//! answers. No PHI is logged: ids, types and counts only.
 
 pub mod deadlines;
 pub mod eligibility;

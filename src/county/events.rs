@@ -198,7 +198,7 @@ pub async fn derive(
     let occurred_s = occurred.to_rfc3339_opts(SecondsFormat::Secs, true);
     let client_id = s(doc, "/child/clientId").unwrap_or("");
     let cin = s(doc, "/child/cin").or_else(|| s(doc, "/enrollment/cin"));
-    let resolved = patients::resolve(store, county_org, client_id, cin).await?;
+    let resolved = patients::resolve(store, base, county_org, client_id, cin).await?;
     let pid = resolved.patient_id.clone();
 
     let enriched = enrich(cfg, doc, county_org, &pid, occurred);

@@ -74,6 +74,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let mllp_addr = mllp.local_addr()?;
 
     let county = Arc::new(crate::county::County::new(cfg.clone(), engine.clone())?);
+    if let Err(e) = crate::county::recover(&county, store.as_ref()).await {
+        tracing::error!(error = %e, "recovering county inputs failed; they stay pending");
+    }
     let translator = Arc::new(Translator::new(cfg.clone(), engine));
     let (handle, worker) = processor::spawn(translator, store.clone(), metrics.clone());
     let intake = Arc::new(AdtIntake::new(

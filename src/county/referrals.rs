@@ -494,6 +494,38 @@ fn build(
     }
 }
 
+/// Finish one journaled, unprocessed referral (crash recovery): the caller
+/// is the journal's source organization, times are the journal's.
+pub async fn recover_one(
+    county: &County,
+    store: &dyn store::Store,
+    rec: &store::JournalRecord,
+) -> Result<(), CountyError> {
+    let doc = parse_json(&rec.raw)?;
+    let kind = county
+        .cfg
+        .organization(&rec.source_org)
+        .map(|o| o.kind)
+        .ok_or_else(|| CountyError::Forbidden("the referrer is no longer configured".into()))?;
+    let caller = crate::api::Caller {
+        client_id: String::new(),
+        org_id: rec.source_org.clone(),
+        kind,
+    };
+    let pid = patients::cin_patient_id(s(&doc, "/member/cin").unwrap_or(""));
+    let resources = store.resources_by_patient(&pid, None).await?;
+    let p = plan(county, &doc, &caller, &resources, rec.received_at)?;
+    let derived = build(
+        county,
+        &doc,
+        &rec.source_org,
+        &p,
+        &resources,
+        rec.received_at,
+    );
+    settle(store, rec.id, derived).await.map(|_| ())
+}
+
 /// The handler.
 pub async fn post_referral(
     State(state): State<AppState>,

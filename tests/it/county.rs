@@ -1422,3 +1422,63 @@ async fn translate_and_deadlines_commands() {
     assert_eq!(code, 0);
     assert!(out.trim().is_empty(), "nothing overdue yet: {out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_journaled_before_a_crash_are_finished_at_start() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    // Journal an event and a referral as a crashed gateway would have left them.
+    {
+        let store = cws_gateway::serve::open_store(&cfg).unwrap();
+        let now = chrono::Utc::now();
+        for (eid, doc) in [
+            ("evt-001", golden("case.opened", "001-court-ordered-fr")),
+            ("evt-020", golden("enrollment.updated", "001-plan-a")),
+        ] {
+            store
+                .append(store::NewInput {
+                    kind: store::InputKind::CaseEvent,
+                    source_org: "county-fresno".into(),
+                    dedup_key: format!("Fresno|{eid}"),
+                    received_at: now,
+                    raw: doc.to_string().into_bytes(),
+                    meta: json!({}),
+                })
+                .await
+                .unwrap();
+        }
+        let r = with(referral("R-CRASH"), |r| r["selfReferral"] = json!(true));
+        store
+            .append(store::NewInput {
+                kind: store::InputKind::Referral,
+                source_org: "county-fresno".into(),
+                dedup_key: "county-fresno|R-CRASH".into(),
+                received_at: now,
+                raw: r.to_string().into_bytes(),
+                meta: json!({}),
+            })
+            .await
+            .unwrap();
+    }
+    let running = cws_gateway::serve::start(cfg).await.unwrap();
+    let stats = running.store.journal_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.processed), (0, 3), "{stats:?}");
+    let pid = mapping::uuid5("patient|cin|91000001A");
+    let srs = running
+        .store
+        .resources_by_patient(&pid, Some("ServiceRequest"))
+        .await
+        .unwrap();
+    assert_eq!(srs.len(), 1);
+    assert_eq!(
+        running
+            .store
+            .resources_by_patient(&pid, Some("EpisodeOfCare"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    running.stop().await;
+}

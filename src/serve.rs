@@ -75,6 +75,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let mllp_addr = mllp.local_addr()?;
 
     let county = Arc::new(crate::county::County::new(cfg.clone(), engine.clone())?);
+    if let Err(e) = crate::county::recover(&county, store.as_ref()).await {
+        tracing::error!(error = %e, "recovering county inputs failed; they stay pending");
+    }
     let router =
         Arc::new(crate::routing::Router::from_config(cfg.clone()).map_err(|e| anyhow!("{e}"))?);
     let delivery = crate::delivery::start(cfg.clone(), store.clone(), metrics.clone())

@@ -20,7 +20,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
-use store::{AppendOutcome, InputKind, JournalState, NewInput, ResourceWrite, Store};
+use store::{
+    AppendOutcome, ClockRow, Completion, InputKind, JournalState, NewInput, ResourceWrite,
+    SearchToken, Store,
+};
 
 use super::error::{body_rejection, parse_json, CountyError};
 use super::{collection, deadlines, eligibility, is_internal, orgs, patients, rid, County};
@@ -187,7 +190,7 @@ pub async fn derive(
     store: &dyn Store,
     doc: &Value,
     county_org: &str,
-) -> Result<Vec<ResourceWrite>, CountyError> {
+) -> Result<Derived, CountyError> {
     let cfg = &county.cfg;
     let base = cfg.server.canonical_base.as_str();
     let etype = s(doc, "/type").unwrap_or("");
@@ -195,7 +198,7 @@ pub async fn derive(
     let occurred_s = occurred.to_rfc3339_opts(SecondsFormat::Secs, true);
     let client_id = s(doc, "/child/clientId").unwrap_or("");
     let cin = s(doc, "/child/cin").or_else(|| s(doc, "/enrollment/cin"));
-    let resolved = patients::resolve(store, county_org, client_id, cin).await?;
+    let resolved = patients::resolve(store, base, county_org, client_id, cin).await?;
     let pid = resolved.patient_id.clone();
 
     let enriched = enrich(cfg, doc, county_org, &pid, occurred);
@@ -306,7 +309,10 @@ pub async fn derive(
     if let Some(ev) = eligibility::evaluate(&facts, as_of) {
         out.push(eligibility::observation(base, &pid, &ev, as_of));
     }
-    let mut writes: Vec<ResourceWrite> = out.into_iter().map(to_write).collect();
+    let mut derived = Derived {
+        writes: out.into_iter().map(to_write).collect(),
+        clocks: Vec::new(),
+    };
     if etype == "placement.changed" {
         let new_county = s(doc, "/placement/county").unwrap_or("");
         if let Some(prev) = prev_county {
@@ -314,16 +320,17 @@ pub async fn derive(
                 let clock = deadlines::ClockSpec {
                     clock: program::Clock::PlanDetermination,
                     patient_id: pid.clone(),
-                    focus: format!("Patient/{pid}"),
+                    subject: format!("Patient/{pid}"),
                     start: occurred,
                     expedited: false,
-                    owner: orgs::mcps_in(cfg, &prev).first().map(|o| o.id.clone()),
                 };
-                writes.push(deadlines::open(base, &clock, &county.calendar));
+                derived
+                    .clocks
+                    .push(deadlines::open(&clock, &county.calendar));
             }
         }
     }
-    Ok(writes)
+    Ok(derived)
 }
 
 /// Drop `meta.versionId`/`lastUpdated` of a stored body before re-writing it.
@@ -340,35 +347,85 @@ pub fn strip_meta(mut body: Value) -> Value {
     body
 }
 
+/// Search tokens of a resource: `identifier` (`{system}|{value}` and the
+/// bare value), `status`, and `patient` (`Patient/{id}`). The FHIR read API
+/// may add more; these are what county lookups need.
+pub fn tokens(res: &Value) -> Vec<SearchToken> {
+    let mut out = Vec::new();
+    for i in res
+        .get("identifier")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(v) = s(i, "/value") {
+            if let Some(sys) = s(i, "/system") {
+                out.push(SearchToken::new("identifier", format!("{sys}|{v}")));
+            }
+            out.push(SearchToken::new("identifier", v));
+        }
+    }
+    if let Some(st) = s(res, "/status") {
+        out.push(SearchToken::new("status", st));
+    }
+    if let Some(p) = mapping::patient_reference(res) {
+        out.push(SearchToken::new("patient", format!("Patient/{p}")));
+    }
+    out.truncate(store::search::MAX_TOKENS_PER_RESOURCE);
+    out
+}
+
 /// A resource as a store write (patient compartment from its references).
 pub fn to_write(res: Value) -> ResourceWrite {
     ResourceWrite {
         resource_type: s(&res, "/resourceType").unwrap_or("").to_string(),
         id: s(&res, "/id").unwrap_or("").to_string(),
         patient_id: mapping::patient_reference(&res),
+        index: tokens(&res),
         body: res,
     }
 }
 
-/// Write derived resources for a journal record, or — when it was already
-/// processed — read back what is stored under the same ids.
-pub async fn settle(
+/// What one input commits: resources and deadline clocks.
+#[derive(Debug, Default)]
+pub struct Derived {
+    pub writes: Vec<ResourceWrite>,
+    pub clocks: Vec<ClockRow>,
+}
+
+/// The stored versions of these (type, id) pairs, in order (missing ones left out).
+pub async fn read_back(
     store: &dyn Store,
-    journal_id: store::JournalId,
-    already_processed: bool,
-    writes: Vec<ResourceWrite>,
+    ids: &[(&str, String)],
 ) -> Result<Vec<Value>, CountyError> {
-    if !already_processed {
-        let stored = store.complete(journal_id, writes).await?;
-        return Ok(stored.into_iter().map(|r| r.body).collect());
-    }
-    let mut out = Vec::with_capacity(writes.len());
-    for w in writes {
-        if let Some(r) = store.resource_get(&w.resource_type, &w.id).await? {
+    let mut out = Vec::with_capacity(ids.len());
+    for (t, id) in ids {
+        if let Some(r) = store.resource_get(t, id).await? {
             out.push(r.body);
         }
     }
     Ok(out)
+}
+
+/// Commit what was derived for a journal record (resources, clocks and the
+/// journal state in one transaction) and return the stored resources; a
+/// record already processed changes nothing and answers the current versions.
+pub async fn settle(
+    store: &dyn Store,
+    journal_id: store::JournalId,
+    d: Derived,
+) -> Result<Vec<Value>, CountyError> {
+    let r = store
+        .complete_with(
+            journal_id,
+            Completion {
+                writes: d.writes,
+                clocks: d.clocks,
+                ..Completion::default()
+            },
+        )
+        .await?;
+    Ok(r.resources.into_iter().map(|r| r.body).collect())
 }
 
 /// The handler.
@@ -419,7 +476,7 @@ pub async fn post_event(
             (id, d, rec.state == JournalState::Processed, StatusCode::OK)
         }
     };
-    let writes = match derive(county, state.store.as_ref(), &raw_doc, &org.id).await {
+    let derived = match derive(county, state.store.as_ref(), &raw_doc, &org.id).await {
         Ok(w) => w,
         Err(e) => {
             if !processed {
@@ -428,7 +485,7 @@ pub async fn post_event(
             return Err(e);
         }
     };
-    let stored = settle(state.store.as_ref(), journal_id, processed, writes).await?;
+    let stored = settle(state.store.as_ref(), journal_id, derived).await?;
     tracing::info!(
         journal_id,
         r#type = etype,

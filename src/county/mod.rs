@@ -21,7 +21,8 @@
 //!
 //! **Architecture Invariant: no 2xx before the input is durable.** Step 5
 //! happens only after step 3 returned Ok; a crash between 3 and 4 leaves a
-//! pending record that the same request again (idempotency key) completes.
+//! pending record that the same request again (idempotency key) completes,
+//! or that [`recover`] finishes when the gateway starts.
 //!
 //! **Architecture Invariant: a replay answers the same.** A duplicate
 //! (`AppendOutcome::Duplicate`) re-derives from the *journaled* bytes —
@@ -29,9 +30,10 @@
 //! from the input, never the clock) — and answers the resources as stored,
 //! with 200 instead of 202/201.
 //!
-//! Internal records (the per-child eligibility facts and the deadline
-//! clocks) are FHIR `Basic` resources written in the same transaction; they
-//! are not returned in answers. No PHI is logged: ids, types and counts only.
+//! Internal records — the per-child eligibility facts (a FHIR `Basic`
+//! resource) and the deadline clocks (the store's clock table) — are written
+//! in the same `Store::complete_with` transaction and are not returned in
+//! answers. No PHI is logged: ids, types and counts only.
 
 pub mod deadlines;
 pub mod eligibility;
@@ -111,4 +113,52 @@ pub fn is_internal(res: &Value) -> bool {
 /// A deterministic resource id for a key (the mapping engine's uuid5).
 pub fn rid(key: &str) -> String {
     mapping::uuid5(key)
+}
+
+/// Most journal records one recovery pass looks at.
+const RECOVERY_PAGE: usize = 1000;
+
+/// Finish county inputs a crash left journaled but not processed (appended,
+/// then the process died before `complete_with`): case events and referrals
+/// are derived again from the journaled bytes and committed; a referral the
+/// rules now refuse, or a Task update that no longer applies, is marked
+/// failed. ADT records are the translation worker's. Returns how many
+/// records were settled (processed or failed).
+pub async fn recover(county: &County, store: &dyn store::Store) -> Result<usize, CountyError> {
+    use store::InputKind;
+    let mut n = 0;
+    let mut after = 0;
+    loop {
+        let pending = store.journal_pending(after, RECOVERY_PAGE).await?;
+        let Some(last) = pending.last().map(|r| r.id) else {
+            break;
+        };
+        after = last;
+        for rec in pending {
+            let outcome = match rec.kind {
+                InputKind::CaseEvent => match error::parse_json(&rec.raw) {
+                    Ok(doc) => match events::derive(county, store, &doc, &rec.source_org).await {
+                        Ok(d) => events::settle(store, rec.id, d).await.map(|_| ()),
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                },
+                InputKind::Referral => referrals::recover_one(county, store, &rec).await,
+                _ => continue,
+            };
+            match outcome {
+                Ok(()) => n += 1,
+                Err(CountyError::Store(e)) => return Err(CountyError::Store(e)),
+                Err(e) => {
+                    tracing::warn!(journal_id = rec.id, error = %e, "county input could not be recovered");
+                    store.fail(rec.id, "recovery-refused").await?;
+                    n += 1;
+                }
+            }
+        }
+    }
+    if n > 0 {
+        tracing::info!(records = n, "recovered county inputs");
+    }
+    Ok(n)
 }

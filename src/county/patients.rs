@@ -10,14 +10,19 @@
 //!    `replaced-by` the CIN Patient (which links back with `replaces`); later
 //!    CIN-less events for that client id follow the link, so the index is the
 //!    stored Patient itself. Resources written earlier keep referencing the
-//!    old id (documented conflict: no rewrite of history).
+//!    old id (documented conflict: no rewrite of history);
+//! 4. a CIN-less event for a client id never stored under the county key is
+//!    matched through the search index: the one Patient carrying the
+//!    identifier `{base}/identifier/{county}/client-id|{clientId}` (written
+//!    by an earlier event that had the CIN). Two or more → the county key
+//!    (ambiguous, no guess).
 //!
 //! Writes merge into what is stored instead of replacing it: identifiers are
 //! unioned (by system and value), links unioned, and fields the new version
 //! lacks (an ADT address, telecom, contacts) are kept.
 
 use serde_json::{json, Value};
-use store::Store;
+use store::{ResourceQuery, Store};
 
 use super::error::CountyError;
 use super::rid;
@@ -41,37 +46,55 @@ pub struct Resolved {
     pub link_from: Option<String>,
 }
 
+/// The identifier system of a county's client ids.
+pub fn client_id_system(base: &str, county_org: &str) -> String {
+    format!("{base}/identifier/{county_org}/client-id")
+}
+
 /// The Patient id of a child (`cin` may come from the child or the enrollment).
 pub async fn resolve(
     store: &dyn Store,
+    base: &str,
     county_org: &str,
     client_id: &str,
     cin: Option<&str>,
 ) -> Result<Resolved, CountyError> {
     let by_county = county_patient_id(county_org, client_id);
     let existing = store.resource_get("Patient", &by_county).await?;
-    match cin {
-        Some(cin) => {
-            let id = cin_patient_id(cin);
-            let link_from = existing
-                .filter(|p| replaced_by(&p.body).as_deref() != Some(id.as_str()))
-                .map(|p| p.id);
-            Ok(Resolved {
-                patient_id: id,
-                link_from,
-            })
-        }
-        None => {
-            let id = existing
-                .as_ref()
-                .and_then(|p| replaced_by(&p.body))
-                .unwrap_or(by_county);
-            Ok(Resolved {
-                patient_id: id,
-                link_from: None,
-            })
-        }
+    if let Some(cin) = cin {
+        let id = cin_patient_id(cin);
+        let link_from = existing
+            .filter(|p| replaced_by(&p.body).as_deref() != Some(id.as_str()))
+            .map(|p| p.id);
+        return Ok(Resolved {
+            patient_id: id,
+            link_from,
+        });
     }
+    if let Some(p) = &existing {
+        return Ok(Resolved {
+            patient_id: replaced_by(&p.body).unwrap_or(by_county),
+            link_from: None,
+        });
+    }
+    // Not seen under the county key: a Patient that already carries this
+    // client id (written by an earlier event that had the CIN) is the child.
+    let token = format!("{}|{client_id}", client_id_system(base, county_org));
+    let q = ResourceQuery {
+        resource_type: "Patient".into(),
+        params: vec![("identifier".into(), vec![token])],
+        limit: 2,
+        ..ResourceQuery::default()
+    };
+    let found = store.resource_search(&q).await?;
+    let patient_id = match found.as_slice() {
+        [only] => only.id.clone(),
+        _ => by_county,
+    };
+    Ok(Resolved {
+        patient_id,
+        link_from: None,
+    })
 }
 
 /// The target of a `replaced-by` link.

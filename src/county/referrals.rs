@@ -40,11 +40,11 @@ use axum::response::Response;
 use chrono::{DateTime, SecondsFormat, Utc};
 use consent::{Category, ConsentKind};
 use serde_json::{json, Value};
-use store::{AppendOutcome, InputKind, JournalState, NewInput, ResourceWrite, StoredResource};
+use store::{AppendOutcome, InputKind, JournalState, NewInput, StoredResource};
 
 use super::deadlines::{self, ClockSpec};
 use super::error::{body_rejection, parse_json, CountyError};
-use super::events::{grantor_role, settle, to_write};
+use super::events::{grantor_role, read_back, settle, to_write, Derived};
 use super::{collection, eligibility, is_internal, orgs, patients, rid, County};
 use crate::api::{authenticate, fhir_json, AppState};
 use crate::config::{Config, OrgKind};
@@ -339,7 +339,7 @@ fn build(
     p: &Plan,
     resources: &[StoredResource],
     received: DateTime<Utc>,
-) -> Vec<ResourceWrite> {
+) -> Derived {
     let cfg = &county.cfg;
     let base = cfg.server.canonical_base.as_str();
     let referral_id = s(doc, "/referralId").unwrap_or("");
@@ -468,30 +468,62 @@ fn build(
     let mut org_ids = vec![referrer, p.mcp.as_str(), p.performer.as_str()];
     org_ids.dedup();
     out.extend(orgs::organizations(cfg, &org_ids));
-    let mut writes: Vec<ResourceWrite> = out.into_iter().map(to_write).collect();
-    let focus = format!("Task/{task_id}");
+    let subject = format!("Task/{task_id}");
     let spec = |clock, expedited| ClockSpec {
         clock,
         patient_id: pid.clone(),
-        focus: focus.clone(),
+        subject: subject.clone(),
         start: received,
         expedited,
-        owner: Some(p.mcp.clone()),
     };
-    writes.push(deadlines::open(
-        base,
+    let mut clocks = vec![deadlines::open(
         &spec(program::Clock::AuthorizationDecision, expedited),
         &county.calendar,
-    ));
+    )];
     if p.streamlined {
-        let mut w = spec(program::Clock::StreamlinedAuthorizationWindow, false);
-        w.owner = Some(referrer.to_string());
-        writes.push(deadlines::open(base, &w, &county.calendar));
-        let mut d = spec(program::Clock::StreamlinedReferralDue, false);
-        d.owner = Some(referrer.to_string());
-        writes.push(deadlines::open(base, &d, &county.calendar));
+        for c in [
+            program::Clock::StreamlinedAuthorizationWindow,
+            program::Clock::StreamlinedReferralDue,
+        ] {
+            clocks.push(deadlines::open(&spec(c, false), &county.calendar));
+        }
     }
-    writes
+    Derived {
+        writes: out.into_iter().map(to_write).collect(),
+        clocks,
+    }
+}
+
+/// Finish one journaled, unprocessed referral (crash recovery): the caller
+/// is the journal's source organization, times are the journal's.
+pub async fn recover_one(
+    county: &County,
+    store: &dyn store::Store,
+    rec: &store::JournalRecord,
+) -> Result<(), CountyError> {
+    let doc = parse_json(&rec.raw)?;
+    let kind = county
+        .cfg
+        .organization(&rec.source_org)
+        .map(|o| o.kind)
+        .ok_or_else(|| CountyError::Forbidden("the referrer is no longer configured".into()))?;
+    let caller = crate::api::Caller {
+        client_id: String::new(),
+        org_id: rec.source_org.clone(),
+        kind,
+    };
+    let pid = patients::cin_patient_id(s(&doc, "/member/cin").unwrap_or(""));
+    let resources = store.resources_by_patient(&pid, None).await?;
+    let p = plan(county, &doc, &caller, &resources, rec.received_at)?;
+    let derived = build(
+        county,
+        &doc,
+        &rec.source_org,
+        &p,
+        &resources,
+        rec.received_at,
+    );
+    settle(store, rec.id, derived).await.map(|_| ())
 }
 
 /// The handler.
@@ -557,17 +589,13 @@ pub async fn post_referral(
             )
         }
     };
-    let writes = if processed {
+    let stored = if processed {
         let (sr, task, cid) = ids(&caller.org_id, &referral_id);
-        [("ServiceRequest", sr), ("Task", task), ("Consent", cid)]
-            .into_iter()
-            .map(|(t, id)| ResourceWrite {
-                resource_type: t.into(),
-                id,
-                patient_id: None,
-                body: Value::Null,
-            })
-            .collect()
+        read_back(
+            state.store.as_ref(),
+            &[("ServiceRequest", sr), ("Task", task), ("Consent", cid)],
+        )
+        .await?
     } else {
         let resources = state.store.resources_by_patient(&pid, None).await?;
         let p = match plan(county, &raw_doc, &caller, &resources, t) {
@@ -577,9 +605,9 @@ pub async fn post_referral(
                 return Err(e);
             }
         };
-        build(county, &raw_doc, &caller.org_id, &p, &resources, t)
+        let derived = build(county, &raw_doc, &caller.org_id, &p, &resources, t);
+        settle(state.store.as_ref(), jid, derived).await?
     };
-    let stored = settle(state.store.as_ref(), jid, processed, writes).await?;
     tracing::info!(
         journal_id = jid,
         resources = stored.len(),

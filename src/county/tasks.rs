@@ -36,11 +36,11 @@ use axum::response::Response;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use store::{AppendOutcome, InputKind, JournalState, NewInput, ResourceWrite, Store};
+use store::{AppendOutcome, ClockRow, InputKind, JournalState, NewInput, Store};
 
 use super::deadlines::{self, ClockSpec};
 use super::error::{body_rejection, parse_json, CountyError};
-use super::events::{settle, strip_meta, to_write};
+use super::events::{read_back, settle, strip_meta, to_write, Derived};
 use super::referrals::{now_secs, AUTHORIZING_MCP_EXT};
 use super::{orgs, County};
 use crate::api::{authenticate, fhir_json, AppState};
@@ -101,10 +101,9 @@ pub fn transition(
     update: &Value,
     caller_org: &str,
     now: DateTime<Utc>,
-    open_clocks: &[Value],
-) -> Result<(Value, Vec<ResourceWrite>), CountyError> {
+    open_clocks: &[ClockRow],
+) -> Result<(Value, Vec<ClockRow>), CountyError> {
     let cfg = &county.cfg;
-    let base = cfg.server.canonical_base.as_str();
     let requester = stored.get("requester").and_then(disclosure::org_of);
     let owner = stored.get("owner").and_then(disclosure::org_of);
     let mcp = authorizing_mcp(stored).or_else(|| owner.clone());
@@ -198,36 +197,29 @@ pub fn transition(
         }
         task["owner"] = json!({"reference": format!("Organization/{o}")});
         writes.push(deadlines::open(
-            base,
             &ClockSpec {
                 clock: program::Clock::EcmProviderToldOfAssignment,
                 patient_id: patient_id.clone(),
-                focus: task_ref.clone(),
+                subject: task_ref.clone(),
                 start: now,
                 expedited: false,
-                owner: Some(m.to_string()),
             },
             &county.calendar,
         ));
     }
     if from == "requested" && matches!(to, "accepted" | "rejected") {
         let id = deadlines::clock_id(program::Clock::AuthorizationDecision, &task_ref);
-        if let Some(c) = open_clocks
-            .iter()
-            .find(|c| s(c, "/id") == Some(id.as_str()))
-        {
-            writes.extend(deadlines::close(base, c.clone(), now));
+        if let Some(c) = open_clocks.iter().find(|c| c.id == id) {
+            writes.extend(deadlines::close(c, now));
         }
         if to == "accepted" {
             writes.push(deadlines::open(
-                base,
                 &ClockSpec {
                     clock: program::Clock::SwNotifiedOfEnrollment,
                     patient_id,
-                    focus: task_ref,
+                    subject: task_ref,
                     start: now,
                     expedited,
-                    owner: mcp.clone(),
                 },
                 &county.calendar,
             ));
@@ -270,12 +262,7 @@ pub async fn put_task(
         return Err(CountyError::NotFound("no such Task".into()));
     };
     let now = now_secs();
-    let clocks: Vec<Value> = store
-        .resources_by_patient(deadlines::CLOCK_COMPARTMENT, Some("Basic"))
-        .await?
-        .into_iter()
-        .map(|r| r.body)
-        .collect();
+    let clocks = deadlines::open_for(store, &format!("Task/{id}")).await?;
     let digest = hex::encode(Sha256::digest(&bytes));
     // Check before the journal: a refused update is not stored.
     transition(
@@ -303,15 +290,10 @@ pub async fn put_task(
             (j, rec.is_some_and(|r| r.state == JournalState::Processed))
         }
     };
-    let writes = if processed {
-        vec![ResourceWrite {
-            resource_type: "Task".into(),
-            id: id.clone(),
-            patient_id: None,
-            body: Value::Null,
-        }]
+    let stored = if processed {
+        read_back(store, &[("Task", id.clone())]).await?
     } else {
-        let (task, mut clock_writes) = transition(
+        let (task, clocks) = transition(
             &state.county,
             &stored.body,
             &update,
@@ -319,11 +301,12 @@ pub async fn put_task(
             now,
             &clocks,
         )?;
-        let mut w = vec![to_write(task)];
-        w.append(&mut clock_writes);
-        w
+        let derived = Derived {
+            writes: vec![to_write(task)],
+            clocks,
+        };
+        settle(store, jid, derived).await?
     };
-    let stored = settle(store, jid, processed, writes).await?;
     tracing::info!(journal_id = jid, task = %id, "Task updated");
     let task = stored
         .into_iter()

@@ -127,6 +127,9 @@ struct Gw {
 
 impl Gw {
     async fn start() -> Gw {
+        // reqwest is built with `rustls-no-provider` (main installs ring at
+        // start-up of the delivery path); a test client needs one too.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let running = cws_gateway::serve::start(config(dir.path())).await.unwrap();
         Gw {
@@ -696,6 +699,23 @@ async fn a_client_first_seen_without_cin_is_linked_when_the_cin_arrives() {
     let (s, b) = gw.event(&later).await;
     assert_eq!(s, 202, "{b}");
     assert_eq!(resource(&b, "Patient")["id"], new_id.as_str());
+    // A client first seen WITH its CIN, then without: found by the client-id
+    // identifier in the search index.
+    assert_eq!(
+        gw.event(&golden("case.opened", "001-court-ordered-fr"))
+            .await
+            .0,
+        202
+    );
+    let cinless = with(golden("foster_care.history", "001-aged-out"), |d| {
+        d["child"].as_object_mut().unwrap().remove("cin");
+    });
+    let (s, b) = gw.event(&cinless).await;
+    assert_eq!(s, 202, "{b}");
+    assert_eq!(
+        resource(&b, "Patient")["id"],
+        mapping::uuid5("patient|cin|91000001A").as_str()
+    );
     gw.running.stop().await;
 }
 
@@ -721,7 +741,7 @@ async fn a_move_out_of_a_single_plan_county_starts_the_plan_determination_clock(
         .find(|c| c["clock"] == "plan-determination")
         .expect("plan determination clock");
     assert_eq!(c["due"], "2026-02-03T10:00:00Z", "24 hours");
-    assert_eq!(c["owner"], "Organization/mcp-k");
+    assert_eq!(c["status"], "open");
     let (s, _) = gw.get("/ops/deadlines", COUNTY_TOKEN).await;
     assert_eq!(s, 403);
     gw.running.stop().await;
@@ -1166,7 +1186,7 @@ async fn task_lifecycle_by_the_right_and_wrong_organizations() {
         .iter()
         .find(|c| c["clock"] == "authorization-decision")
         .unwrap();
-    assert_eq!(auth["status"], "closed");
+    assert_eq!(auth["status"], "met");
     assert!(clocks
         .iter()
         .any(|c| c["clock"] == "ecm-provider-told-of-assignment" && c["status"] == "open"));
@@ -1303,4 +1323,162 @@ fn eligibility_cli_on_fact_files() {
     assert!(!err.contains("Rivera"));
     let (code, _, _) = run_eligibility(&["--as-of", "02/01/2026", "-"], Some(&old.to_string()));
     assert_eq!(code, 1);
+}
+
+// ---------------------------------------------------------------- CLI: translate, deadlines
+
+fn run_bin(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cws-gateway"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn translate_and_deadlines_commands() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("gw.toml");
+    std::fs::write(&cfg_path, common::config_text(dir.path(), &extra())).unwrap();
+    let cfg_s = cfg_path.to_str().unwrap();
+    // Offline translation of a case event = the golden output.
+    let input = golden_dir().join("case.opened/001-court-ordered-fr.json");
+    let (code, out, err) = run_bin(&[
+        "translate",
+        "--kind",
+        "case-event",
+        "--config",
+        cfg_s,
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let got: Value = serde_json::from_str(&out).unwrap();
+    let want: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            golden_dir().join("case.opened/001-court-ordered-fr.expected.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(got, want);
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"type": "case.opened"}"#).unwrap();
+    let (code, _, err) = run_bin(&[
+        "translate",
+        "--kind",
+        "case-event",
+        "--config",
+        cfg_s,
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("required"), "{err}");
+    let (code, _, _) = run_bin(&[
+        "translate",
+        "--kind",
+        "referral",
+        "--config",
+        cfg_s,
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "referrals need the store");
+    // Deadlines from the store a gateway wrote.
+    let running = cws_gateway::serve::start(Config::from_file(&cfg_path).unwrap())
+        .await
+        .unwrap();
+    let gw = Gw {
+        running,
+        http: reqwest::Client::new(),
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    enrolled(&gw).await;
+    let (s, b) = gw
+        .post(
+            "/ecm/referrals",
+            COUNTY_TOKEN,
+            &with(referral("R-CLI"), |r| r["consent"] = attestation()),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    gw.running.stop().await;
+    let (code, out, err) = run_bin(&["deadlines", "--config", cfg_s]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert_eq!(lines[0]["clock"], "authorization-decision");
+    assert_eq!(
+        lines[0]["due"],
+        resource(&b, "Task")["restriction"]["period"]["end"]
+    );
+    let (code, out, _) = run_bin(&["deadlines", "--overdue", "--config", cfg_s]);
+    assert_eq!(code, 0);
+    assert!(out.trim().is_empty(), "nothing overdue yet: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_journaled_before_a_crash_are_finished_at_start() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    // Journal an event and a referral as a crashed gateway would have left them.
+    {
+        let store = cws_gateway::serve::open_store(&cfg).unwrap();
+        let now = chrono::Utc::now();
+        for (eid, doc) in [
+            ("evt-001", golden("case.opened", "001-court-ordered-fr")),
+            ("evt-020", golden("enrollment.updated", "001-plan-a")),
+        ] {
+            store
+                .append(store::NewInput {
+                    kind: store::InputKind::CaseEvent,
+                    source_org: "county-fresno".into(),
+                    dedup_key: format!("Fresno|{eid}"),
+                    received_at: now,
+                    raw: doc.to_string().into_bytes(),
+                    meta: json!({}),
+                })
+                .await
+                .unwrap();
+        }
+        let r = with(referral("R-CRASH"), |r| r["selfReferral"] = json!(true));
+        store
+            .append(store::NewInput {
+                kind: store::InputKind::Referral,
+                source_org: "county-fresno".into(),
+                dedup_key: "county-fresno|R-CRASH".into(),
+                received_at: now,
+                raw: r.to_string().into_bytes(),
+                meta: json!({}),
+            })
+            .await
+            .unwrap();
+    }
+    let running = cws_gateway::serve::start(cfg).await.unwrap();
+    let stats = running.store.journal_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.processed), (0, 3), "{stats:?}");
+    let pid = mapping::uuid5("patient|cin|91000001A");
+    let srs = running
+        .store
+        .resources_by_patient(&pid, Some("ServiceRequest"))
+        .await
+        .unwrap();
+    assert_eq!(srs.len(), 1);
+    assert_eq!(
+        running
+            .store
+            .resources_by_patient(&pid, Some("EpisodeOfCare"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    running.stop().await;
 }

@@ -36,6 +36,9 @@ pub enum BenchCommand {
         rate: u64,
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Messages each connection keeps outstanding in the pipelined run.
+        #[arg(long, default_value_t = 8)]
+        window: usize,
     },
     /// FHIR read/search throughput and p99 with consent filtering, next to serving JSON from memory.
     Api {
@@ -67,12 +70,14 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             messages,
             rate,
             runs,
+            window,
         } => {
             ingest(
                 connections.max(1),
                 messages.max(100),
                 rate.max(1),
                 runs.max(1),
+                window.max(2),
             )
             .await
         }
@@ -188,7 +193,11 @@ async fn drive(
     total: usize,
     start_n: u64,
     rate: Option<u64>,
+    window: usize,
 ) -> anyhow::Result<IngestResult> {
+    if window > 1 {
+        return drive_pipelined(addr, conns, total, start_n, window).await;
+    }
     let per = total / conns;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -210,6 +219,64 @@ async fn drive(
                 let t = Instant::now();
                 roundtrip(&mut stream, msg.as_bytes(), &mut buf).await?;
                 lat.push(t.elapsed());
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    for t in tasks {
+        latencies.extend(t.await.context("sender task")??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    latencies.sort();
+    Ok(IngestResult {
+        msgs_per_sec: (per * conns) as f64 / secs,
+        latencies,
+    })
+}
+
+/// Each connection keeps up to `window` messages outstanding (MLLP
+/// pipelining); the gateway answers in order.
+async fn drive_pipelined(
+    addr: std::net::SocketAddr,
+    conns: usize,
+    total: usize,
+    start_n: u64,
+    window: usize,
+) -> anyhow::Result<IngestResult> {
+    let per = total / conns;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        tasks.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let mut dec = hl7v2::mllp::FrameDecoder::new(1 << 20);
+            let mut sent_at = std::collections::VecDeque::with_capacity(window);
+            let mut lat = Vec::with_capacity(per);
+            let mut next = 0usize;
+            let mut chunk = [0u8; 16 * 1024];
+            while lat.len() < per {
+                let mut out = Vec::new();
+                while next < per && sent_at.len() < window {
+                    let n = start_n + (c * per + next) as u64;
+                    out.extend(hl7v2::mllp::frame(sample_adt(n).as_bytes()));
+                    sent_at.push_back(Instant::now());
+                    next += 1;
+                }
+                if !out.is_empty() {
+                    stream.write_all(&out).await?;
+                }
+                let n = stream.read(&mut chunk).await?;
+                anyhow::ensure!(n > 0, "connection closed before the ACK");
+                dec.push(chunk.get(..n).unwrap_or(&[]));
+                while let Some(ev) = dec.next_event() {
+                    if let hl7v2::mllp::FrameEvent::Frame(f) = ev {
+                        anyhow::ensure!(f.windows(7).any(|w| w == b"MSA|AA|"), "not an AA");
+                        let t = sent_at.pop_front().context("more ACKs than messages")?;
+                        lat.push(t.elapsed());
+                    }
+                }
             }
             Ok::<_, anyhow::Error>(lat)
         }));
@@ -266,8 +333,15 @@ async fn reference_commit_rate(
     Ok((per * conns) as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn ingest(conns: usize, messages: usize, rate: u64, runs: usize) -> anyhow::Result<()> {
+async fn ingest(
+    conns: usize,
+    messages: usize,
+    rate: u64,
+    runs: usize,
+    window: usize,
+) -> anyhow::Result<()> {
     let mut thr = Vec::new();
+    let mut piped = Vec::new();
     let mut p50 = Vec::new();
     let mut p99 = Vec::new();
     let mut paced_p50 = Vec::new();
@@ -279,8 +353,17 @@ async fn ingest(conns: usize, messages: usize, rate: u64, runs: usize) -> anyhow
         let running = crate::serve::start(cfg).await?;
         let addr = running.mllp_addr;
         // Warm up (connections, page cache, mapping caches).
-        drive(addr, conns, conns * 50, 900_000_000, None).await?;
-        let r = drive(addr, conns, messages, run as u64 * 10_000_000, None).await?;
+        drive(addr, conns, conns * 50, 900_000_000, None, 1).await?;
+        let r = drive(addr, conns, messages, run as u64 * 10_000_000, None, 1).await?;
+        let p = drive(
+            addr,
+            conns,
+            messages,
+            300_000_000 + run as u64 * 10_000_000,
+            None,
+            window,
+        )
+        .await?;
         let paced_total = (rate as usize * 3).max(conns);
         let paced = drive(
             addr,
@@ -288,6 +371,7 @@ async fn ingest(conns: usize, messages: usize, rate: u64, runs: usize) -> anyhow
             paced_total,
             500_000_000 + run as u64 * 10_000_000,
             Some(rate),
+            1,
         )
         .await?;
         let commits = running.store.metrics().commits;
@@ -299,6 +383,8 @@ async fn ingest(conns: usize, messages: usize, rate: u64, runs: usize) -> anyhow
                 "bench": "ingest", "run": run + 1, "connections": conns, "messages": messages,
                 "msgs_per_sec": r.msgs_per_sec.round(),
                 "ack_p50_ms": percentile(&r.latencies, 0.5), "ack_p99_ms": percentile(&r.latencies, 0.99),
+                "pipelined_window": window, "pipelined_msgs_per_sec": p.msgs_per_sec.round(),
+                "pipelined_ack_p99_ms": percentile(&p.latencies, 0.99),
                 "paced_rate": rate, "paced_ack_p50_ms": percentile(&paced.latencies, 0.5),
                 "paced_ack_p99_ms": percentile(&paced.latencies, 0.99),
                 "journal_commits": commits,
@@ -306,6 +392,7 @@ async fn ingest(conns: usize, messages: usize, rate: u64, runs: usize) -> anyhow
             })
         );
         thr.push(r.msgs_per_sec);
+        piped.push(p.msgs_per_sec);
         p50.push(percentile(&r.latencies, 0.5));
         p99.push(percentile(&r.latencies, 0.99));
         paced_p50.push(percentile(&paced.latencies, 0.5));
@@ -313,6 +400,7 @@ async fn ingest(conns: usize, messages: usize, rate: u64, runs: usize) -> anyhow
         reference.push(refr);
     }
     let t = median(&mut thr);
+    let pt = median(&mut piped);
     let r = median(&mut reference);
     println!(
         "{}",
@@ -322,6 +410,8 @@ async fn ingest(conns: usize, messages: usize, rate: u64, runs: usize) -> anyhow
             "paced_rate": rate, "paced_ack_p50_ms": median(&mut paced_p50), "paced_ack_p99_ms": median(&mut paced_p99),
             "reference_one_commit_per_msg_per_sec": r.round(),
             "speedup_vs_reference": if r > 0.0 { (t / r * 100.0).round() / 100.0 } else { 0.0 },
+            "pipelined_window": window, "pipelined_msgs_per_sec": pt.round(),
+            "pipelined_speedup_vs_reference": if r > 0.0 { (pt / r * 100.0).round() / 100.0 } else { 0.0 },
             "peak_rss_mib": peak_rss_mib(),
         })
     );

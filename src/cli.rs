@@ -236,7 +236,7 @@ fn serve_until_signal(cfg: Config, demo: Option<&Path>) -> anyhow::Result<ExitCo
             );
             println!("demo: try  curl -s http://{}/healthz", running.http_addr);
             println!(
-                "demo: send ADT  curl -s -H 'Authorization: Bearer demo-stmary-token' -H 'Content-Type: x-application/hl7-v2+er7' --data-binary @tests/golden/adt/a01/001-admit.hl7 http://{}/hl7/v2",
+                "demo: send ADT  curl -s -H 'Authorization: Bearer demo-stmary-token' -H 'Content-Type: x-application/hl7-v2+er7' --data-binary @tests/golden/adt/adt-to-fhir/001-a01-admit-v251.hl7 http://{}/hl7/v2",
                 running.http_addr
             );
             println!(

@@ -84,38 +84,32 @@ pub(crate) fn unescape<'a>(raw: &'a str, d: &Delimiters, charset: Charset) -> Co
     } else {
         raw.find(esc)
     };
-    let Some(first) = first else {
+    if first.is_none() {
         return Cow::Borrowed(raw);
-    };
-    let esc_len = esc.len_utf8();
+    }
     let mut out = String::with_capacity(raw.len());
-    out.push_str(&raw[..first]);
-    let mut rest = &raw[first..];
-    loop {
-        // `rest` starts with the escape character.
-        let body_start = esc_len;
-        let Some(close_rel) = rest[body_start..].find(esc) else {
-            // Unterminated: keep literally.
-            out.push_str(rest);
-            break;
-        };
-        let body = &rest[body_start..body_start + close_rel];
-        let seq_end = body_start + close_rel + esc_len;
-        if !resolve(body, d, esc, charset, &mut out) {
-            out.push_str(&rest[..seq_end]);
-        }
-        rest = &rest[seq_end..];
-        match rest.find(esc) {
-            Some(next) => {
-                out.push_str(&rest[..next]);
-                rest = &rest[next..];
+    let mut rest = raw;
+    while let Some((before, after)) = rest.split_once(esc) {
+        out.push_str(before);
+        match after.split_once(esc) {
+            Some((body, tail)) => {
+                if !resolve(body, d, esc, charset, &mut out) {
+                    // Unknown or malformed: keep the whole sequence literally.
+                    out.push(esc);
+                    out.push_str(body);
+                    out.push(esc);
+                }
+                rest = tail;
             }
             None => {
-                out.push_str(rest);
+                // Unterminated: keep literally.
+                out.push(esc);
+                rest = after;
                 break;
             }
         }
     }
+    out.push_str(rest);
     Cow::Owned(out)
 }
 

@@ -4,12 +4,12 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use serde_yaml::Value as Y;
 
 use crate::error::{MappingError, TranslateError};
-use crate::eval::{uuid5, Eval, Instance, RunCtx};
-use crate::expr::{Node, Scope, SourceKind};
+use crate::eval::{uuid5, write_str, Eval, Flags, Instance, RunCtx};
+use crate::expr::{Node, ObjField, Scope, SourceKind, StampField};
 use crate::path::SourcePath;
 use crate::source::{Hl7Source, JsonSource, Source};
 use crate::terminology::ConceptMap;
@@ -107,7 +107,7 @@ pub struct JsonContext<'a> {
 }
 
 #[derive(Debug, Clone, Copy, Default)]
-struct Labels {
+pub(crate) struct Labels {
     diagnosis: bool,
     context: bool,
 }
@@ -287,7 +287,22 @@ impl Engine {
         msg: &hl7v2::Message,
         ctx: &AdtContext,
     ) -> Result<Value, TranslateError> {
-        let src = Hl7Source { msg };
+        let mut buf = Vec::with_capacity(8 * 1024);
+        self.translate_adt_into(msg, ctx, &mut buf)?;
+        to_value(&buf)
+    }
+
+    /// Like [`Engine::translate_adt`], but appends the Bundle as compact JSON
+    /// to `out` (keys sorted: byte-identical to serializing the `Value`).
+    /// This is the fast path: no intermediate tree is built. On error `out`
+    /// is left as it was.
+    pub fn translate_adt_into(
+        &self,
+        msg: &hl7v2::Message,
+        ctx: &AdtContext,
+        out: &mut Vec<u8>,
+    ) -> Result<(), TranslateError> {
+        let src = Hl7Source::new(msg);
         let root = src.root();
         let msg_type = src.get(
             root,
@@ -327,7 +342,7 @@ impl Engine {
             source_org_name: ctx.source_org_name,
             received_at: ctx.received_at,
         };
-        self.run(mapping, &src, run, Some(ctx.sensitivity))
+        self.run(mapping, &src, run, Some(ctx.sensitivity), out)
     }
 
     /// Translate a JSON document with the `json` mapping `mapping_id`.
@@ -353,7 +368,9 @@ impl Engine {
             source_org_name: ctx.source_org_name,
             received_at: ctx.received_at,
         };
-        self.run(mapping, &src, run, None)
+        let mut buf = Vec::with_capacity(4 * 1024);
+        self.run(mapping, &src, run, None, &mut buf)?;
+        to_value(&buf)
     }
 
     fn run<'v, S: Source<'v>>(
@@ -362,7 +379,8 @@ impl Engine {
         src: &'v S,
         ctx: RunCtx<'v>,
         sens: Option<&Sensitivity>,
-    ) -> Result<Value, TranslateError> {
+        out: &mut Vec<u8>,
+    ) -> Result<(), TranslateError> {
         let root = src.root();
         let default_tz = m
             .timezone_from
@@ -376,6 +394,11 @@ impl Engine {
             default_tz,
             keys: Vec::with_capacity(m.keys.len()),
             instances: Vec::new(),
+            meta_source: format!(
+                "{}/mapping/{}|{}",
+                ctx.canonical_base, m.info.id, m.info.version
+            ),
+            current: std::cell::Cell::new(0),
         };
         for k in &m.keys {
             let v = ev.text(k, root);
@@ -430,6 +453,7 @@ impl Engine {
                     rtype: def.rtype.clone(),
                     id,
                     per_item: def.for_each.is_some(),
+                    flags: Flags::default(),
                 });
             }
         }
@@ -438,46 +462,61 @@ impl Engine {
             (Some(cfg), Some(sp)) => flags(src, sp, cfg),
             _ => (Flags::default(), Flags::default()),
         };
-        // Phase 2: bodies.
-        let meta_source = format!(
-            "{}/mapping/{}|{}",
-            ctx.canonical_base, m.info.id, m.info.version
-        );
-        let mut entries = Vec::with_capacity(ev.instances.len());
-        for inst in &ev.instances {
-            let Some(def) = m.resources.get(inst.def) else {
-                continue;
-            };
-            let mut body = match ev
-                .eval(&def.body, inst.cur)
-                .map(crate::eval::Val::into_json)
-            {
-                Some(Value::Object(o)) => o,
-                _ => Map::new(),
-            };
-            let mut f = Flags::default();
-            if def.labels.diagnosis {
-                f.or(diag);
+        for inst in &mut ev.instances {
+            let labels = m
+                .resources
+                .get(inst.def)
+                .map(|d| d.labels)
+                .unwrap_or_default();
+            if labels.diagnosis {
+                inst.flags.or(diag);
             }
-            if def.labels.context {
-                f.or(context);
+            if labels.context {
+                inst.flags.or(context);
             }
-            let mut meta = Map::new();
-            meta.insert("source".into(), Value::String(meta_source.clone()));
-            if let Some(sec) = f.security() {
-                meta.insert("security".into(), sec);
-            }
-            body.insert("resourceType".into(), Value::String(inst.rtype.clone()));
-            body.insert("id".into(), Value::String(inst.id.clone()));
-            body.insert("meta".into(), Value::Object(meta));
-            entries.push(json!({
-                "fullUrl": format!("{}/{}/{}", ctx.canonical_base, inst.rtype, inst.id),
-                "resource": Value::Object(body),
-                "request": { "method": "PUT", "url": format!("{}/{}", inst.rtype, inst.id) },
-            }));
         }
-        Ok(json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries }))
+        // Phase 2: bodies, streamed as compact JSON with sorted keys.
+        let start = out.len();
+        out.extend_from_slice(b"{");
+        if !ev.instances.is_empty() {
+            out.extend_from_slice(b"\"entry\":[");
+            for (i, inst) in ev.instances.iter().enumerate() {
+                let Some(def) = m.resources.get(inst.def) else {
+                    continue;
+                };
+                if i > 0 {
+                    out.push(b',');
+                }
+                ev.current.set(i);
+                let url = format!("{}/{}", inst.rtype, inst.id);
+                out.extend_from_slice(b"{\"fullUrl\":");
+                write_str(out, &format!("{}/{url}", ctx.canonical_base));
+                out.extend_from_slice(b",\"request\":{\"method\":\"PUT\",\"url\":");
+                write_str(out, &url);
+                out.extend_from_slice(b"},\"resource\":");
+                if !ev.emit(&def.body, inst.cur, out) {
+                    out.truncate(start);
+                    return Err(TranslateError {
+                        code: "internal",
+                        location: None,
+                        text: "empty resource body".into(),
+                    });
+                }
+                out.push(b'}');
+            }
+            out.extend_from_slice(b"],");
+        }
+        out.extend_from_slice(b"\"resourceType\":\"Bundle\",\"type\":\"transaction\"}");
+        Ok(())
     }
+}
+
+fn to_value(buf: &[u8]) -> Result<Value, TranslateError> {
+    serde_json::from_slice(buf).map_err(|_| TranslateError {
+        code: "internal",
+        location: None,
+        text: "translation produced invalid JSON".into(),
+    })
 }
 
 fn valid_id(id: &str) -> bool {
@@ -486,39 +525,6 @@ fn valid_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Flags {
-    eth: bool,
-    psy: bool,
-}
-
-impl Flags {
-    fn or(&mut self, o: Flags) {
-        self.eth |= o.eth;
-        self.psy |= o.psy;
-    }
-
-    fn security(&self) -> Option<Value> {
-        const ACT: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
-        let mut out = Vec::new();
-        if self.eth {
-            out.push(json!({"system": ACT, "code": "ETH", "display": "substance abuse information sensitivity"}));
-        }
-        if self.psy {
-            out.push(json!({"system": ACT, "code": "PSY", "display": "psychiatry information sensitivity"}));
-        }
-        if out.is_empty() {
-            return None;
-        }
-        out.push(json!({
-            "system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
-            "code": "R",
-            "display": "restricted"
-        }));
-        Some(Value::Array(out))
-    }
 }
 
 /// ICD-10 F10–F19 (substance use) → ETH; any other F code → PSY.
@@ -844,7 +850,48 @@ fn compile_text(
                 ));
             }
         }
-        let body = scope.compile(&format!("{at}.body"), body_y, 0)?;
+        let body = match scope.compile(&format!("{at}.body"), body_y, 0)? {
+            Node::Object(mut fields) => {
+                if let Some(k) = fields.iter().find(|f| f.required).map(|f| &f.name) {
+                    return Err(MappingError::new(
+                        file,
+                        format!("{at}.body.{k}!"),
+                        "top-level body fields cannot be required",
+                    ));
+                }
+                for (name, stamp) in [
+                    ("resourceType", StampField::ResourceType),
+                    ("id", StampField::Id),
+                    ("meta", StampField::Meta),
+                ] {
+                    if fields.iter().any(|f| f.name == name) {
+                        return Err(MappingError::new(
+                            file,
+                            format!("{at}.body.{name}"),
+                            "set by the engine; remove it",
+                        ));
+                    }
+                    fields.push(ObjField::new(name, Node::Stamp(stamp), false));
+                }
+                fields.sort_by(|a, b| a.name.cmp(&b.name));
+                Node::Object(fields)
+            }
+            Node::Lit(_) | Node::Str(..) | Node::Array(_) => {
+                return Err(MappingError::new(
+                    file,
+                    format!("{at}.body"),
+                    "expected a mapping",
+                ))
+            }
+            // A function at the top (e.g. `$if`) is not a resource body.
+            _ => {
+                return Err(MappingError::new(
+                    file,
+                    format!("{at}.body"),
+                    "the body must be an object template",
+                ))
+            }
+        };
         resources.push(ResourceDef {
             rtype: rtype.clone(),
             for_each,

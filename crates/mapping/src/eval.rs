@@ -6,10 +6,11 @@
 //! values (dates, codes) evaluate to `None`.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 
 use serde_json::{Map, Value};
 
-use crate::expr::{CtxField, Node, Part};
+use crate::expr::{CtxField, Node, Part, StampField};
 use crate::source::Source;
 use crate::terminology::ConceptMap;
 
@@ -19,7 +20,11 @@ pub const ID_NAMESPACE: uuid::Uuid =
 
 /// Deterministic resource id for a key string.
 pub fn uuid5(key: &str) -> String {
-    uuid::Uuid::new_v5(&ID_NAMESPACE, key.as_bytes()).to_string()
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::new_v5(&ID_NAMESPACE, key.as_bytes())
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_string()
 }
 
 /// Run-time values for `$ctx`.
@@ -78,6 +83,99 @@ pub(crate) struct Instance<C> {
     /// Made once per visited segment/element (`for_each`): `$ref` then
     /// only pairs it with the cursor visiting that same segment.
     pub per_item: bool,
+    /// Sensitivity labels of this resource.
+    pub flags: Flags,
+}
+
+/// Sensitivity labels (v3-ActCode) a resource carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Flags {
+    pub eth: bool,
+    pub psy: bool,
+}
+
+impl Flags {
+    pub(crate) fn or(&mut self, o: Flags) {
+        self.eth |= o.eth;
+        self.psy |= o.psy;
+    }
+
+    /// `meta.security` as compact JSON (keys sorted), `None` when unlabelled.
+    fn write_security(&self, out: &mut Vec<u8>) -> bool {
+        const ACT: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+        const CONF: &str = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";
+        let mut codes: Vec<(&str, &str, &str)> = Vec::with_capacity(3);
+        if self.eth {
+            codes.push(("ETH", "substance abuse information sensitivity", ACT));
+        }
+        if self.psy {
+            codes.push(("PSY", "psychiatry information sensitivity", ACT));
+        }
+        if codes.is_empty() {
+            return false;
+        }
+        codes.push(("R", "restricted", CONF));
+        out.push(b'[');
+        for (i, (code, display, system)) in codes.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"code\":");
+            write_str(out, code);
+            out.extend_from_slice(b",\"display\":");
+            write_str(out, display);
+            out.extend_from_slice(b",\"system\":");
+            write_str(out, system);
+            out.push(b'}');
+        }
+        out.push(b']');
+        true
+    }
+}
+
+/// Bytes that need escaping in a JSON string.
+const NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+/// Write `s` as a JSON string, escaped exactly as `serde_json` does.
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !NEEDS_ESCAPE[usize::from(b)] {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        start = i + 1;
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
+            }
+        }
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
 }
 
 /// Evaluator state for one input document.
@@ -88,6 +186,10 @@ pub(crate) struct Eval<'v, S: Source<'v>> {
     pub default_tz: Option<String>,
     pub keys: Vec<Option<String>>,
     pub instances: Vec<Instance<S::Cur>>,
+    /// `meta.source` of every resource.
+    pub meta_source: String,
+    /// The instance whose body is being written (for [`Node::Stamp`]).
+    pub current: Cell<usize>,
 }
 
 fn non_empty(s: String) -> Option<Val<'static>> {
@@ -104,6 +206,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
     /// Evaluate a node at a cursor.
     pub(crate) fn eval(&self, n: &'v Node, cur: S::Cur) -> Option<Val<'v>> {
         match n {
+            Node::Str(s, _) => Some(Val::Str(Cow::Borrowed(s.as_str()))),
             Node::Lit(Value::String(s)) => Some(Val::Str(Cow::Borrowed(s.as_str()))),
             Node::Lit(v) => Some(Val::Json(v.clone())),
             Node::Path(p) => self.src.get(cur, p).map(Val::Str),
@@ -261,14 +364,15 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                     })
                     .find_map(|c| self.eval(body, c))
             }
+            Node::Stamp(_) => None,
             Node::Object(fields) => {
                 let mut m = Map::new();
-                for (k, n, required) in fields {
-                    match self.eval(n, cur) {
+                for f in fields {
+                    match self.eval(&f.node, cur) {
                         Some(v) => {
-                            m.insert(k.clone(), v.into_json());
+                            m.insert(f.name.clone(), v.into_json());
                         }
-                        None if *required => return None,
+                        None if f.required => return None,
                         None => {}
                     }
                 }
@@ -284,6 +388,209 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                     }
                 }
                 (!out.is_empty()).then_some(Val::Json(Value::Array(out)))
+            }
+        }
+    }
+
+    /// Write the JSON of `n` at `cur` to `out`; `false` (and nothing
+    /// written) when it is empty. Structured nodes are streamed; scalars go
+    /// through [`Eval::eval`]. Key order equals `serde_json::Value`'s.
+    pub(crate) fn emit(&self, n: &'v Node, cur: S::Cur, out: &mut Vec<u8>) -> bool {
+        match n {
+            Node::Object(fields) => {
+                let start = out.len();
+                out.push(b'{');
+                let mut any = false;
+                for f in fields {
+                    let mark = out.len();
+                    if any {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(&f.key);
+                    if self.emit(&f.node, cur, out) {
+                        any = true;
+                    } else {
+                        out.truncate(mark);
+                        if f.required {
+                            out.truncate(start);
+                            return false;
+                        }
+                    }
+                }
+                if !any {
+                    out.truncate(start);
+                    return false;
+                }
+                out.push(b'}');
+                true
+            }
+            Node::Array(_) | Node::ForEach { .. } | Node::Refs(_) => {
+                let start = out.len();
+                out.push(b'[');
+                let mut any = false;
+                self.emit_items(n, cur, out, &mut any);
+                if !any {
+                    out.truncate(start);
+                    return false;
+                }
+                out.push(b']');
+                true
+            }
+            Node::If {
+                cond,
+                then,
+                otherwise,
+            } => {
+                if self.eval(cond, cur).is_some_and(|c| c.truthy()) {
+                    self.emit(then, cur, out)
+                } else {
+                    otherwise.as_ref().is_some_and(|o| self.emit(o, cur, out))
+                }
+            }
+            Node::First(items) => items.iter().any(|it| self.emit(it, cur, out)),
+            Node::Find { path, filter, body } => {
+                let mut curs = Vec::new();
+                self.src.each(cur, path, &mut curs);
+                curs.into_iter().any(|c| {
+                    filter
+                        .as_ref()
+                        .is_none_or(|f| self.eval(f, c).is_some_and(|v| v.truthy()))
+                        && self.emit(body, c, out)
+                })
+            }
+            Node::Map {
+                table,
+                value,
+                part: Part::Coding,
+            } => {
+                let Some(v) = self.eval(value, cur) else {
+                    return false;
+                };
+                let Some(t) = v
+                    .text()
+                    .and_then(|code| self.tables.get(*table)?.get(&code))
+                else {
+                    return false;
+                };
+                out.push(b'{');
+                let mut first = true;
+                for (k, x) in [
+                    ("code", &t.code),
+                    ("display", &t.display),
+                    ("system", &t.system),
+                ] {
+                    if !x.is_empty() {
+                        if !first {
+                            out.push(b',');
+                        }
+                        first = false;
+                        write_str(out, k);
+                        out.push(b':');
+                        write_str(out, x);
+                    }
+                }
+                out.push(b'}');
+                true
+            }
+            Node::Stamp(f) => {
+                let Some(inst) = self.instances.get(self.current.get()) else {
+                    return false;
+                };
+                match f {
+                    StampField::ResourceType => write_str(out, &inst.rtype),
+                    StampField::Id => write_str(out, &inst.id),
+                    StampField::Meta => {
+                        out.push(b'{');
+                        let mark = out.len();
+                        out.extend_from_slice(b"\"security\":");
+                        if inst.flags.write_security(out) {
+                            out.push(b',');
+                        } else {
+                            out.truncate(mark);
+                        }
+                        out.extend_from_slice(b"\"source\":");
+                        write_str(out, &self.meta_source);
+                        out.push(b'}');
+                    }
+                }
+                true
+            }
+            Node::Str(_, json) => {
+                out.extend_from_slice(json);
+                true
+            }
+            _ => match self.eval(n, cur) {
+                None => false,
+                Some(Val::Str(s)) => {
+                    write_str(out, &s);
+                    true
+                }
+                Some(Val::Bool(b)) => {
+                    out.extend_from_slice(if b { b"true" } else { b"false" });
+                    true
+                }
+                Some(Val::Json(j)) => serde_json::to_writer(&mut *out, &j).is_ok(),
+            },
+        }
+    }
+
+    /// Write the elements `n` contributes to an enclosing array: the items of
+    /// a `$for_each`, `$refs` or nested list are spliced in.
+    fn emit_items(&self, n: &'v Node, cur: S::Cur, out: &mut Vec<u8>, any: &mut bool) {
+        match n {
+            Node::Array(items) => items
+                .iter()
+                .for_each(|it| self.emit_items(it, cur, out, any)),
+            Node::ForEach { path, filter, body } => {
+                let mut curs = Vec::new();
+                self.src.each(cur, path, &mut curs);
+                for c in curs {
+                    if filter
+                        .as_ref()
+                        .is_some_and(|f| !self.eval(f, c).is_some_and(|v| v.truthy()))
+                    {
+                        continue;
+                    }
+                    self.emit_items(body, c, out, any);
+                }
+            }
+            Node::Refs(defs) => {
+                for i in self.instances.iter().filter(|i| defs.contains(&i.def)) {
+                    if *any {
+                        out.push(b',');
+                    }
+                    *any = true;
+                    out.extend_from_slice(b"{\"reference\":\"");
+                    let mark = out.len();
+                    out.extend_from_slice(i.rtype.as_bytes());
+                    out.push(b'/');
+                    out.extend_from_slice(i.id.as_bytes());
+                    // Types and ids are validated ([A-Za-z0-9.-]); nothing to escape.
+                    debug_assert!(out[mark..].iter().all(|b| *b != b'"' && *b != b'\\'));
+                    out.extend_from_slice(b"\"}");
+                }
+            }
+            Node::If {
+                cond,
+                then,
+                otherwise,
+            } => {
+                if self.eval(cond, cur).is_some_and(|c| c.truthy()) {
+                    self.emit_items(then, cur, out, any);
+                } else if let Some(o) = otherwise {
+                    self.emit_items(o, cur, out, any);
+                }
+            }
+            _ => {
+                let mark = out.len();
+                if *any {
+                    out.push(b',');
+                }
+                if self.emit(n, cur, out) {
+                    *any = true;
+                } else {
+                    out.truncate(mark);
+                }
             }
         }
     }

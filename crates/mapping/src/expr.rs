@@ -74,6 +74,39 @@ pub(crate) enum CtxField {
     ReceivedAt,
 }
 
+/// One field of an object template.
+#[derive(Debug)]
+pub(crate) struct ObjField {
+    pub name: String,
+    /// `"name":` pre-rendered for the JSON writer.
+    pub key: Vec<u8>,
+    pub node: Node,
+    /// Written `name!`: when empty, the enclosing object is dropped.
+    pub required: bool,
+}
+
+impl ObjField {
+    pub(crate) fn new(name: &str, node: Node, required: bool) -> ObjField {
+        let mut key = Vec::with_capacity(name.len() + 3);
+        crate::eval::write_str(&mut key, name);
+        key.push(b':');
+        ObjField {
+            name: name.to_string(),
+            key,
+            node,
+            required,
+        }
+    }
+}
+
+/// Resource fields the engine fills in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StampField {
+    ResourceType,
+    Id,
+    Meta,
+}
+
 /// What `$map` returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Part {
@@ -128,8 +161,13 @@ pub(crate) enum Node {
         filter: Option<Box<Node>>,
         body: Box<Node>,
     },
-    /// Object fields; `true` marks a required field (`name!` in YAML).
-    Object(Vec<(String, Node, bool)>),
+    /// Object fields, sorted by name (so the streamed JSON has the same key
+    /// order as a `serde_json::Value`); `true` marks a required field (`name!`).
+    Object(Vec<ObjField>),
+    /// A string literal and its pre-rendered JSON.
+    Str(String, Vec<u8>),
+    /// Set by the engine on every resource body: `resourceType`, `id`, `meta`.
+    Stamp(StampField),
     Array(Vec<Node>),
 }
 
@@ -198,7 +236,11 @@ impl Scope<'_> {
                 Ok(Node::Lit(j))
             }
             Y::String(s) if s.is_empty() => Err(self.err(at, "empty string literal")),
-            Y::String(s) => Ok(Node::Lit(Value::String(s.clone()))),
+            Y::String(s) => {
+                let mut json = Vec::with_capacity(s.len() + 2);
+                crate::eval::write_str(&mut json, s);
+                Ok(Node::Str(s.clone(), json))
+            }
             Y::Sequence(items) => items
                 .iter()
                 .enumerate()
@@ -230,15 +272,13 @@ impl Scope<'_> {
                         Some(n) => (n, true),
                         None => (k, false),
                     };
-                    if name.is_empty() || fields.iter().any(|(f, _, _)| f == name) {
+                    if name.is_empty() || fields.iter().any(|f: &ObjField| f.name == name) {
                         return Err(self.err(&format!("{at}.{k}"), "empty or duplicate field name"));
                     }
-                    fields.push((
-                        name.to_string(),
-                        self.compile(&format!("{at}.{k}"), val, depth + 1)?,
-                        required,
-                    ));
+                    let node = self.compile(&format!("{at}.{k}"), val, depth + 1)?;
+                    fields.push(ObjField::new(name, node, required));
                 }
+                fields.sort_by(|a, b| a.name.cmp(&b.name));
                 Ok(Node::Object(fields))
             }
         }

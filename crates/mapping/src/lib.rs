@@ -13,10 +13,28 @@
 //! Translation has two phases. Phase 1 decides which resources exist
 //! (`when`, `for_each`) and their ids (`uuid5(ID_NAMESPACE, key)`); phase 2
 //! evaluates the bodies, which may reference any resource of phase 1
-//! (`$ref`, `$refs`). The engine then stamps `resourceType`, `id` and `meta`
+//! (`$ref`, `$refs`). The engine stamps `resourceType`, `id` and `meta`
 //! (`meta.source` = `{canonical_base}/mapping/{id}|{version}`, plus
 //! sensitivity labels) and wraps everything in a `transaction` Bundle of
 //! `PUT` entries, in declaration order.
+//!
+//! Output is built structurally, never by text templating: the compiled
+//! template tree is walked and written by a small JSON writer (every string
+//! escaped, object keys pre-sorted at load so the bytes equal
+//! `serde_json::to_vec` of the same `Value`). An element that turns out empty
+//! is rolled back by truncating the buffer. [`Engine::translate_adt_into`] is
+//! that fast path; [`Engine::translate_adt`] parses its bytes into a
+//! `serde_json::Value`.
+//!
+//! # Code map
+//!
+//! - `expr` — the template language: YAML → [`FUNCTIONS`]-only node tree.
+//! - `path` — HL7 (`PID-3[2].4.1`, `.5`) and JSON (`child.name.given`) paths.
+//! - `source` — the `Source` trait (cursors, `get`, `each`) and its HL7 v2
+//!   and JSON implementations.
+//! - `eval` — evaluation (`eval` for scalars/conditions, `emit` for JSON).
+//! - `engine` — loading, the two phases, Bundle assembly, sensitivity labels.
+//! - `terminology` — CSV concept maps; `datetime` — DTM → FHIR date/dateTime.
 //!
 //! The input is read through the [`source`] abstraction (cursors + compiled
 //! paths): HL7 v2 messages via the `hl7v2` crate, and JSON documents.

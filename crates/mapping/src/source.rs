@@ -47,7 +47,9 @@ fn trimmed(v: Cow<'_, str>) -> Option<Cow<'_, str>> {
 
 /// HL7 v2 message source.
 pub(crate) struct Hl7Source<'m> {
-    pub msg: &'m hl7v2::Message,
+    msg: &'m hl7v2::Message,
+    /// First segment of each id, found once per message.
+    firsts: Vec<(&'m str, hl7v2::Segment<'m>)>,
 }
 
 /// A position in an HL7 v2 message.
@@ -59,11 +61,61 @@ pub(crate) enum Hl7Cur<'m> {
 }
 
 impl<'m> Hl7Source<'m> {
+    pub(crate) fn new(msg: &'m hl7v2::Message) -> Self {
+        let mut firsts: Vec<(&'m str, hl7v2::Segment<'m>)> = Vec::with_capacity(16);
+        for s in msg.segments() {
+            let id = s.id();
+            if !firsts.iter().any(|(i, _)| *i == id) {
+                firsts.push((id, s));
+            }
+        }
+        Hl7Source { msg, firsts }
+    }
+
     fn segment(&self, cur: Hl7Cur<'m>, id: &str) -> Option<hl7v2::Segment<'m>> {
         match cur {
             Hl7Cur::Seg(s) | Hl7Cur::Rep(s, _, _) if s.id() == id => Some(s),
-            _ => self.msg.first(id),
+            _ => self.firsts.iter().find(|(i, _)| *i == id).map(|(_, s)| *s),
         }
+    }
+
+    /// The decoded value at field/rep/comp/sub (1-based; 0 = whole), split
+    /// straight from the raw field. Same result as `Segment::value`, which
+    /// it defers to for the atomic MSH-1/MSH-2.
+    fn value(
+        &self,
+        s: hl7v2::Segment<'m>,
+        field: usize,
+        rep: usize,
+        comp: usize,
+        sub: usize,
+    ) -> Option<Cow<'m, str>> {
+        if field <= 2 && s.id() == "MSH" {
+            return s.value(field, rep, comp, sub).and_then(trimmed);
+        }
+        let d = self.msg.delimiters();
+        let raw = s.field(field).raw();
+        if raw.is_empty() || rep == 0 {
+            return None;
+        }
+        let r = raw.split(d.repetition).nth(rep - 1)?;
+        let piece = match (comp, sub) {
+            (0, _) => r,
+            (c, 0) => r.split(d.component).nth(c - 1)?,
+            (c, sb) => r
+                .split(d.component)
+                .nth(c - 1)?
+                .split(d.subcomponent)
+                .nth(sb - 1)?,
+        };
+        if piece.is_empty() {
+            return None;
+        }
+        let v = match d.escape {
+            Some(e) if piece.contains(e) => self.msg.unescape(piece),
+            _ => Cow::Borrowed(piece),
+        };
+        trimmed(v)
     }
 }
 
@@ -80,7 +132,7 @@ impl<'m> Source<'m> for Hl7Source<'m> {
         };
         match &p.segment {
             None => match cur {
-                Hl7Cur::Rep(s, f, r) => s.value(f, r, p.comp, p.sub).and_then(trimmed),
+                Hl7Cur::Rep(s, f, r) => self.value(s, f, r, p.comp, p.sub),
                 _ => None,
             },
             Some(id) => {
@@ -122,7 +174,7 @@ impl<'m> Source<'m> for Hl7Source<'m> {
             None => 1..=s.field(*field).repetition_count().min(MAX_ITEMS),
         };
         for r in reps {
-            if s.value(*field, r, 0, 0).and_then(trimmed).is_some() {
+            if self.value(s, *field, r, 0, 0).is_some() {
                 out.push(Hl7Cur::Rep(s, *field, r));
             }
         }

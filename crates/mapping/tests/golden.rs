@@ -247,6 +247,34 @@ fn two_runs_are_byte_identical() {
     }
 }
 
+#[test]
+fn the_streamed_bytes_equal_the_serialized_value() {
+    for p in golden_inputs() {
+        let bytes = std::fs::read(&p).unwrap();
+        let Some(msg) = hl7v2::parse(&bytes, &hl7v2::ParseOptions::default()).message else {
+            continue;
+        };
+        let mut out = b"prefix".to_vec();
+        match engine().translate_adt_into(&msg, &ctx(), &mut out) {
+            Ok(()) => {
+                let v = engine().translate_adt(&msg, &ctx()).unwrap();
+                assert_eq!(
+                    out[6..],
+                    serde_json::to_vec(&v).unwrap()[..],
+                    "{}",
+                    p.display()
+                );
+            }
+            Err(_) => assert_eq!(
+                out,
+                b"prefix",
+                "{}: output left untouched on error",
+                p.display()
+            ),
+        }
+    }
+}
+
 fn assert_no_empties(path: &str, v: &Value) {
     match v {
         Value::String(s) => assert!(!s.trim().is_empty(), "empty string at {path}"),
@@ -303,6 +331,13 @@ fn schema_validator() -> &'static jsonschema::Validator {
 #[test]
 fn every_bundle_validates_against_the_fhir_r4_schema() {
     let v = schema_validator();
+    // The validator really checks: an unknown element and a bad code fail.
+    let mut broken = find("001-a01").clone();
+    broken["entry"][1]["resource"]["colour"] = json!("blue");
+    assert!(!v.is_valid(&broken), "schema accepted an unknown element");
+    let mut broken = find("001-a01").clone();
+    broken["entry"][1]["resource"]["gender"] = json!("F");
+    assert!(!v.is_valid(&broken), "schema accepted a bad gender code");
     let mut failures = Vec::new();
     for (p, b) in bundles() {
         let errs: Vec<String> = v

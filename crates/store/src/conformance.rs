@@ -10,6 +10,8 @@
 //! that already holds data — but not concurrently with other writers to the
 //! same store (the stats deltas would be off).
 
+mod v2;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -36,6 +38,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     history_and_patient_compartment(&*store).await;
     stats_track_states(&*store).await;
     concurrent_duplicates_share_one_id(Arc::clone(&store)).await;
+    v2::run_all(store).await;
 }
 
 /// Records appended through one store are all present, pending, after it is
@@ -133,6 +136,7 @@ fn write(
         id: id.to_string(),
         patient_id: patient.map(str::to_string),
         body,
+        index: Vec::new(),
     }
 }
 

@@ -1,17 +1,39 @@
 //! Durable storage for the gateway behind one async trait, [`Store`].
 //!
-//! The store holds two things:
+//! The store holds:
 //!
 //! * the **journal** — every accepted input (HL7 v2 ADT, county case event,
 //!   ECM referral, FHIR write) exactly as received, keyed by
 //!   `(kind, dedup_key)`, with a processing state (`pending` → `processed` or
 //!   `failed`, and back to `pending` on replay);
 //! * the **resources** — the current version of every FHIR resource derived
-//!   from the journal, with every superseded version kept in a history table.
+//!   from the journal, with every superseded version kept in a history table,
+//!   and a **search index** of caller-computed tokens (see [`search`]);
+//! * the **outbox** — durable deliveries to recipient endpoints, claimed by
+//!   workers with leases, ordered per `(endpoint, ordering_key)` (see
+//!   [`outbox`]);
+//! * the **audit trail** — an append-only, SHA-256 hash chain of every
+//!   disclosure, refusal and read (see [`audit`]);
+//! * the SMART **`jti` replay cache** and **deadline clocks** (see [`clock`]).
 //!
 //! Translation, routing and delivery are all derived from the journal, so a
 //! crash loses nothing that was acknowledged and a mapping fix can be replayed
 //! over past input ([`Store::requeue`]).
+//!
+//! # Tables (SQLite names; PostgreSQL uses the same)
+//!
+//! | table | holds | key |
+//! |---|---|---|
+//! | `schema_migrations` | applied migrations | version |
+//! | `journal` | inputs as received, processing state | id; unique (kind, dedup_key) |
+//! | `resources` | current version of each resource | (resource_type, id) |
+//! | `resource_history` | superseded versions | (resource_type, id, version_id) |
+//! | `resource_index` | search tokens of the current version | (resource_type, param, value, id) |
+//! | `outbox` | deliveries and their state, attempts, lease | id (never reused) |
+//! | `audit` | hash-chained audit records | seq (1.., no gaps) |
+//! | `audit_head` | the chain head (last seq, hash): one row | id = 1 |
+//! | `jti_cache` | SMART assertion ids until they expire | (client_id, jti) |
+//! | `clocks` | deadline clocks | caller-made id |
 //!
 //! # Architecture invariants
 //!
@@ -19,25 +41,40 @@
 //!   returns `Ok`.** The gateway sends an HL7 ACK or HTTP 2xx only after that.
 //! * **Appends are idempotent:** the same `(kind, dedup_key)` again returns
 //!   [`AppendOutcome::Duplicate`] with the original id and writes nothing.
-//! * **[`Store::complete`] is one transaction:** the resource upserts and the
-//!   journal state change commit together or not at all, and completing the
-//!   same record again with the same writes changes nothing.
+//! * **[`Store::complete_with`] is one transaction:** resource upserts (and
+//!   their index rows), outbox inserts, audit appends, clock upserts and the
+//!   journal state change commit together or not at all. Completing an
+//!   already-processed record changes nothing at all (so an older
+//!   translation seen twice never overwrites a newer one, and no delivery or
+//!   audit record is duplicated).
+//! * **Resource stamps (`last_updated`) strictly increase** per store for
+//!   every write that changes something, so keyset paging over
+//!   `(last_updated, id)` is stable under concurrent inserts.
+//! * **Outbox order:** only the oldest Pending item of an
+//!   `(endpoint, ordering_key)` is claimable; a lease is owned by one worker
+//!   and only the owner's outcome is applied ([`StoreError::LeaseLost`]).
+//! * **The audit chain never forks:** its head is read and extended inside
+//!   the writing transaction; [`Store::audit_verify`] finds the first record
+//!   that does not match.
 //! * **No PHI in errors:** [`StoreError`] messages carry ids, counts, field
 //!   names and SQLite diagnostics, never payload values.
 //!
 //! # Backends
 //!
 //! [`SqliteStore`] is the embedded default: one writer thread doing group
-//! commit (concurrent appends share one transaction and one fsync) and a
-//! small pool of read-only connections (see [`sqlite`]). A PostgreSQL backend
-//! (several gateway instances sharing one database) will implement the same
-//! trait and must pass the same suite in `conformance` (feature
-//! `conformance`). [`open_url`] picks the backend from a database URL.
+//! commit (concurrent appends, completions, outbox outcomes and audit
+//! appends share one transaction and one fsync) and a small pool of
+//! read-only connections (see [`sqlite`]). A PostgreSQL backend (several
+//! gateway instances sharing one database) will implement the same trait —
+//! claims with `FOR UPDATE SKIP LOCKED`, the audit head with a row lock —
+//! and must pass the same suite in `conformance` (feature `conformance`).
+//! [`open_url`] picks the backend from a database URL.
 //!
 //! # Limits
 //!
-//! Inputs are bounded (see the `MAX_*` constants); oversized input is
-//! rejected with [`StoreError::Invalid`] before it reaches the database.
+//! Inputs are bounded (see the `MAX_*` constants here and in the
+//! submodules); oversized input is rejected with [`StoreError::Invalid`]
+//! before it reaches the database. Pages are clamped.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -47,13 +84,21 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub mod audit;
+pub mod clock;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod metrics;
+pub mod outbox;
 mod resource;
+pub mod search;
 pub mod sqlite;
 
+pub use audit::{AuditRecord, NewAudit};
+pub use clock::ClockRow;
 pub use metrics::{StoreMetrics, COMMIT_SECONDS_BUCKETS};
+pub use outbox::{Delivery, DeliveryOutcome, DeliveryState, NewDelivery, OutboxId};
+pub use search::{Cmp, ResourceQuery, SearchToken};
 pub use sqlite::{sqlite_schema_version, SqliteOptions, SqliteStore};
 
 /// Journal record id: positive, strictly increasing in insertion order.
@@ -282,6 +327,38 @@ pub struct ResourceWrite {
     /// match; when absent they are filled in. `meta.versionId` and
     /// `meta.lastUpdated` are ignored and replaced by the stored values.
     pub body: serde_json::Value,
+    /// Search tokens of this version; they replace the resource's previous
+    /// tokens, even when the body is unchanged (see [`search`]). Duplicates
+    /// are ignored; at most [`search::MAX_TOKENS_PER_RESOURCE`].
+    pub index: Vec<SearchToken>,
+}
+
+/// Everything one journal record's processing commits, atomically, in
+/// [`Store::complete_with`].
+#[derive(Debug, Clone, Default)]
+pub struct Completion {
+    /// Resource upserts (same rules as [`Store::complete`]).
+    pub writes: Vec<ResourceWrite>,
+    /// Outbox rows to queue; a `None` journal id becomes the completed record.
+    pub deliveries: Vec<NewDelivery>,
+    /// Audit records to append to the chain.
+    pub audits: Vec<NewAudit>,
+    /// Deadline clocks to upsert (by id).
+    pub clocks: Vec<ClockRow>,
+}
+
+/// Result of [`Store::complete_with`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletionResult {
+    /// The stored resources, one per write, in order. When
+    /// `already_processed`, the current versions (a write whose resource does
+    /// not exist is left out).
+    pub resources: Vec<StoredResource>,
+    /// Ids of the queued deliveries, in order. When `already_processed`, the
+    /// ids of every outbox row of this journal record.
+    pub deliveries: Vec<OutboxId>,
+    /// True when the record was already Processed and nothing was written.
+    pub already_processed: bool,
 }
 
 /// One stored version of a resource.
@@ -346,6 +423,9 @@ pub enum StoreError {
     /// A journal record that does not exist.
     #[error("journal record {0} not found")]
     NotFound(JournalId),
+    /// The outbox item is not (or no longer) leased by this worker; nothing changed.
+    #[error("outbox item {0} is not leased by this worker")]
+    LeaseLost(OutboxId),
     /// An SQLite error.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -386,13 +466,42 @@ pub trait Store: Send + Sync + 'static {
     /// keep version, no new row in history; changed → version+1 and the
     /// previous version kept in a history table), then mark the journal
     /// record Processed. Returns the stored resources, one per write, in
-    /// order. Idempotent: completing an already-processed record again with
-    /// the same writes changes nothing (not even `processed_at`).
+    /// order. Idempotent: completing an already-processed record changes
+    /// nothing and returns the current versions (see
+    /// [`Store::complete_with`]).
     async fn complete(
         &self,
         id: JournalId,
         writes: Vec<ResourceWrite>,
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        let c = Completion {
+            writes,
+            ..Completion::default()
+        };
+        Ok(self.complete_with(id, c).await?.resources)
+    }
+    /// ONE transaction: resource upserts (rules of [`Store::complete`]),
+    /// outbox inserts, audit appends, clock upserts, journal → Processed.
+    /// Idempotent: if the record is already Processed, change NOTHING (no
+    /// writes, deliveries, audits or clocks; `processed_at` kept) and return
+    /// the current stored versions with `already_processed: true` — an older
+    /// translation seen twice never overwrites a newer one. Unknown record →
+    /// [`StoreError::NotFound`]; any invalid part → nothing written.
+    async fn complete_with(
+        &self,
+        id: JournalId,
+        c: Completion,
+    ) -> Result<CompletionResult, StoreError>;
+    /// Upsert resources outside the journal (same version rules as
+    /// [`Store::complete`], one transaction, no journal change).
+    async fn put_resources(
+        &self,
+        writes: Vec<ResourceWrite>,
     ) -> Result<Vec<StoredResource>, StoreError>;
+    /// Current resources matching `q`, ordered by `(last_updated, id)`
+    /// ascending, at most `q.limit` (clamped to
+    /// [`search::MAX_SEARCH_PAGE`]). See [`ResourceQuery`] for the semantics.
+    async fn resource_search(&self, q: &ResourceQuery) -> Result<Vec<StoredResource>, StoreError>;
     /// Mark Failed with a short, PHI-free error code/text (truncated to
     /// [`MAX_ERROR_LEN`] bytes).
     async fn fail(&self, id: JournalId, error: &str) -> Result<(), StoreError>;
@@ -420,6 +529,90 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<StoredResource>, StoreError>;
     /// Number of current resources, optionally of one type.
     async fn resource_count(&self, resource_type: Option<&str>) -> Result<u64, StoreError>;
+    /// Queue deliveries (one transaction); ids in order.
+    async fn outbox_enqueue(&self, items: Vec<NewDelivery>) -> Result<Vec<OutboxId>, StoreError>;
+    /// Claim up to `limit` (clamped to [`outbox::MAX_OUTBOX_PAGE`]) due items
+    /// — Pending, `not_before <= now`, lease absent or expired — optionally
+    /// of one endpoint, leasing them to `worker` until `now + lease`. Only
+    /// the head of each `(endpoint, ordering_key)` is claimable: an item
+    /// with an OLDER Pending item of the same key (leased or not) is not.
+    /// Claiming counts no attempt. Earliest due are chosen first (by
+    /// `not_before`, then id); the result is ordered by id.
+    async fn outbox_claim(
+        &self,
+        worker: &str,
+        endpoint: Option<&str>,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError>;
+    /// Apply an outcome to an item `worker` holds; otherwise
+    /// [`StoreError::LeaseLost`] and nothing changes. Delivered/Retry/Dead
+    /// count an attempt; Retry stays Pending with the new `not_before`;
+    /// every outcome clears the lease; Release changes nothing else.
+    async fn outbox_finish(
+        &self,
+        id: OutboxId,
+        worker: &str,
+        outcome: DeliveryOutcome,
+    ) -> Result<(), StoreError>;
+    /// One outbox item, or `None`.
+    async fn outbox_get(&self, id: OutboxId) -> Result<Option<Delivery>, StoreError>;
+    /// Items by id ascending, optionally filtered, at most `limit` (clamped
+    /// to [`outbox::MAX_OUTBOX_PAGE`]).
+    async fn outbox_list(
+        &self,
+        state: Option<DeliveryState>,
+        endpoint: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError>;
+    /// Dead|Withheld → Pending with attempts 0 and not_before now; false if
+    /// the item is in another state or unknown.
+    async fn outbox_retry(&self, id: OutboxId) -> Result<bool, StoreError>;
+    /// Dead → Dropped; false otherwise.
+    async fn outbox_drop(&self, id: OutboxId) -> Result<bool, StoreError>;
+    /// Item counts per (endpoint, state), ordered by endpoint then state name.
+    async fn outbox_depth(&self) -> Result<Vec<(String, DeliveryState, u64)>, StoreError>;
+    /// When the next Pending item may become claimable (for worker sleeping):
+    /// the earliest, over heads of their ordering key, of `not_before` — or
+    /// `lease_until` when a live lease ends later. `None` when nothing is Pending.
+    async fn outbox_next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
+    /// Append to the hash chain (one transaction); the stored records in order.
+    async fn audit_append(&self, entries: Vec<NewAudit>) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Records with seq > `after_seq`, ascending, optionally filtered, at most
+    /// `limit` (clamped to [`audit::MAX_AUDIT_PAGE`]).
+    async fn audit_list(
+        &self,
+        after_seq: i64,
+        limit: usize,
+        patient_id: Option<&str>,
+        recipient: Option<&str>,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Recompute the chain from the start; Ok(None) when intact, Ok(Some(seq))
+    /// = the first record whose seq, prev_hash or hash does not match.
+    async fn audit_verify(&self) -> Result<Option<i64>, StoreError>;
+    /// Record a client assertion id; Ok(true) on first use, Ok(false) if
+    /// `(client_id, jti)` was seen and has not expired (at `now`). An expired
+    /// entry may be reused. Expired rows are purged opportunistically.
+    async fn jti_use(
+        &self,
+        client_id: &str,
+        jti: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Insert or replace clocks by id (one transaction).
+    async fn clock_upsert(&self, clocks: Vec<ClockRow>) -> Result<(), StoreError>;
+    /// Clocks ordered by (due_at, id): only `open` ones if `open_only`,
+    /// optionally due strictly before `due_before` and of one subject; at
+    /// most `limit` (clamped to [`clock::MAX_CLOCK_PAGE`]).
+    async fn clock_list(
+        &self,
+        open_only: bool,
+        due_before: Option<DateTime<Utc>>,
+        subject: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ClockRow>, StoreError>;
     /// Succeeds when the database answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
     /// Cheap snapshot of the write-path metrics, no IO.

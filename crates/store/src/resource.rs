@@ -10,8 +10,9 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
+use crate::search::prepare_tokens;
 use crate::{
-    valid_fhir_id, valid_resource_type, ResourceWrite, StoreError, MAX_BODY_BYTES,
+    valid_fhir_id, valid_resource_type, ResourceWrite, SearchToken, StoreError, MAX_BODY_BYTES,
     MAX_PATIENT_ID_LEN, MAX_WRITES_PER_COMPLETE,
 };
 
@@ -23,6 +24,8 @@ pub(crate) struct PreparedWrite {
     pub patient_id: Option<String>,
     /// Body without version meta; `resourceType` and `id` filled in.
     pub content: Value,
+    /// Validated, de-duplicated search tokens.
+    pub index: Vec<SearchToken>,
 }
 
 /// Validate the writes of one `complete` call. Errors name the write's
@@ -81,11 +84,13 @@ fn prepare_write(i: usize, w: ResourceWrite) -> Result<PreparedWrite, StoreError
     if size > MAX_BODY_BYTES {
         return Err(bad("body is larger than the limit"));
     }
+    let index = prepare_tokens(i, w.index)?;
     Ok(PreparedWrite {
         resource_type: w.resource_type,
         id: w.id,
         patient_id: w.patient_id,
         content,
+        index,
     })
 }
 
@@ -141,6 +146,7 @@ mod tests {
             id: "p1".into(),
             patient_id: Some("p1".into()),
             body,
+            index: Vec::new(),
         }
     }
 
@@ -198,6 +204,7 @@ mod tests {
             id: "p1".into(),
             patient_id: None,
             body: json!({"id":"SECRET-NAME"}),
+            index: Vec::new(),
         };
         let msg = prepare_writes(vec![w]).unwrap_err().to_string();
         assert!(!msg.contains("SECRET"), "{msg}");

@@ -120,7 +120,9 @@ pub(crate) fn check_query(q: &ResourceQuery) -> Result<QueryCheck, StoreError> {
         return bad(&format!("more than {MAX_QUERY_PARAMS} parameters"));
     }
     if q.last_updated.len() > MAX_QUERY_DATES {
-        return bad(&format!("more than {MAX_QUERY_DATES} _lastUpdated comparisons"));
+        return bad(&format!(
+            "more than {MAX_QUERY_DATES} _lastUpdated comparisons"
+        ));
     }
     let mut empty = q.limit == 0;
     for (param, values) in &q.params {
@@ -128,7 +130,9 @@ pub(crate) fn check_query(q: &ResourceQuery) -> Result<QueryCheck, StoreError> {
             return bad("parameter name is empty or too long");
         }
         if values.len() > MAX_QUERY_VALUES {
-            return bad(&format!("more than {MAX_QUERY_VALUES} values for one parameter"));
+            return bad(&format!(
+                "more than {MAX_QUERY_VALUES} values for one parameter"
+            ));
         }
         if values.is_empty() {
             empty = true;

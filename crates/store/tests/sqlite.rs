@@ -5,9 +5,13 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
 use cwsgw_store::{
-    conformance, open_url, sqlite_schema_version, AppendOutcome, InputKind, JournalState, NewInput,
-    SqliteOptions, SqliteStore, Store, StoreError,
+    conformance, open_url, sqlite_schema_version, AppendOutcome, DeliveryOutcome, DeliveryState,
+    InputKind, JournalState, NewAudit, NewDelivery, NewInput, ResourceQuery, ResourceWrite,
+    SearchToken, SqliteOptions, SqliteStore, Store, StoreError,
 };
 use serde_json::json;
 
@@ -212,7 +216,13 @@ fn migrations_are_recorded() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(rows, vec![(1, "init".to_string())]);
+    assert_eq!(
+        rows,
+        vec![
+            (1, "init".to_string()),
+            (2, "outbox_audit_search".to_string())
+        ]
+    );
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
@@ -296,4 +306,215 @@ async fn reads_see_writes_and_ping_works() {
         assert!(h.await.unwrap().is_some());
     }
     assert_eq!(store.journal_stats().await.unwrap().total, 32);
+}
+
+fn audit(n: i64) -> NewAudit {
+    NewAudit {
+        recorded: Utc::now(),
+        kind: "disclosure".into(),
+        patient_id: Some(format!("p{n}")),
+        recipient: Some("mcp-1".into()),
+        body: json!({"resourceType": "AuditEvent", "n": n}),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_audit_row_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let store = open(&path, 512);
+    let recs = store
+        .audit_append((1..=4).map(audit).collect())
+        .await
+        .unwrap();
+    assert_eq!(
+        recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    assert_eq!(recs[0].prev_hash, cwsgw_store::audit::GENESIS_HASH);
+    assert_eq!(store.audit_verify().await.unwrap(), None);
+
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    // Same JSON, keys in another order: still canonical-equal, still intact.
+    raw.execute(
+        "UPDATE audit SET body = '{\"n\":2,\"resourceType\":\"AuditEvent\"}' WHERE seq = 2",
+        [],
+    )
+    .unwrap();
+    assert_eq!(store.audit_verify().await.unwrap(), None);
+    // Changed content.
+    raw.execute(
+        "UPDATE audit SET body = '{\"n\":99,\"resourceType\":\"AuditEvent\"}' WHERE seq = 3",
+        [],
+    )
+    .unwrap();
+    assert_eq!(store.audit_verify().await.unwrap(), Some(3));
+    // An earlier break is reported first.
+    raw.execute(
+        "UPDATE audit SET recipient = 'someone-else' WHERE seq = 2",
+        [],
+    )
+    .unwrap();
+    assert_eq!(store.audit_verify().await.unwrap(), Some(2));
+    drop(raw);
+    drop(store);
+
+    // A removed tail is caught by the head row.
+    let path = dir.path().join("tail.db");
+    let store = open(&path, 512);
+    store
+        .audit_append((1..=3).map(audit).collect())
+        .await
+        .unwrap();
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
+    assert_eq!(store.audit_verify().await.unwrap(), Some(3));
+    // A removed middle row is a gap.
+    raw.execute("DELETE FROM audit WHERE seq = 1", []).unwrap();
+    assert_eq!(store.audit_verify().await.unwrap(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_chain_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reopen.db");
+    let last = {
+        let store = open(&path, 512);
+        store.audit_append(vec![audit(1), audit(2)]).await.unwrap()
+    };
+    let store = open(&path, 512);
+    let next = store.audit_append(vec![audit(3)]).await.unwrap();
+    assert_eq!(next[0].seq, 3);
+    assert_eq!(next[0].prev_hash, last[1].hash);
+    assert_eq!(store.audit_verify().await.unwrap(), None);
+}
+
+fn delivery(i: usize) -> NewDelivery {
+    NewDelivery {
+        endpoint: "mcp-1".into(),
+        ordering_key: format!("k{i}"),
+        kind: "notification".into(),
+        payload: json!({"n": i}),
+        not_before: Utc::now() - TimeDelta::minutes(1),
+        journal_id: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_never_share_an_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("claim.db"), 512);
+    let n = 300;
+    let ids = store
+        .outbox_enqueue((0..n).map(delivery).collect())
+        .await
+        .unwrap();
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let worker = format!("w{w}");
+                let mut mine = Vec::new();
+                loop {
+                    let got = store
+                        .outbox_claim(&worker, None, Utc::now(), Duration::from_secs(300), 7)
+                        .await
+                        .unwrap();
+                    if got.is_empty() {
+                        break;
+                    }
+                    for d in got {
+                        assert_eq!(d.lease_owner.as_deref(), Some(worker.as_str()));
+                        mine.push(d.id);
+                    }
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    let unique: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!(all.len(), unique.len(), "no item claimed twice");
+    assert_eq!(unique, ids.into_iter().collect::<HashSet<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_finishes_share_group_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("finish.db"), 512);
+    let n = 64;
+    store
+        .outbox_enqueue((0..n).map(delivery).collect())
+        .await
+        .unwrap();
+    let claimed = store
+        .outbox_claim("w", None, Utc::now(), Duration::from_secs(60), 1000)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), n);
+    let before = store.metrics().commits;
+    let handles: Vec<_> = claimed
+        .into_iter()
+        .map(|d| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .outbox_finish(d.id, "w", DeliveryOutcome::Delivered)
+                    .await
+            })
+        })
+        .collect();
+    for h in handles {
+        h.await.unwrap().unwrap();
+    }
+    let commits = store.metrics().commits - before;
+    assert!(commits < n as u64, "{commits} commits for {n} finishes");
+    let delivered = store
+        .outbox_list(Some(DeliveryState::Delivered), None, 1000)
+        .await
+        .unwrap();
+    assert_eq!(delivered.len(), n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stamps_keep_increasing_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stamps.db");
+    let w = |id: &str, n: i64| ResourceWrite {
+        resource_type: "Task".into(),
+        id: id.into(),
+        patient_id: None,
+        body: json!({"n": n}),
+        index: vec![SearchToken::new("tag", "x")],
+    };
+    let first = {
+        let store = open(&path, 512);
+        store.put_resources(vec![w("a", 1)]).await.unwrap()
+    };
+    // Pretend the stored stamp is in the future (clock stepped back).
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let future = first[0].last_updated.timestamp_micros() + 3_600_000_000;
+    raw.execute("UPDATE resources SET last_updated = ?1", [future])
+        .unwrap();
+    drop(raw);
+    let store = open(&path, 512);
+    let second = store.put_resources(vec![w("b", 1)]).await.unwrap();
+    assert!(second[0].last_updated.timestamp_micros() > future);
+    let q = ResourceQuery {
+        resource_type: "Task".into(),
+        params: vec![("tag".into(), vec!["x".into()])],
+        limit: 10,
+        ..ResourceQuery::default()
+    };
+    let ids: Vec<String> = store
+        .resource_search(&q)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, vec!["a".to_string(), "b".to_string()]);
 }

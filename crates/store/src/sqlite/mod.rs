@@ -2,9 +2,12 @@
 //!
 //! Shape:
 //! * **one writer thread** (see `writer.rs`) owns the only read-write
-//!   connection and does group commit: concurrent `append` / `complete` /
-//!   `fail` / `requeue` requests arriving over a bounded channel share one
-//!   transaction and one fsync;
+//!   connection and does group commit: every write (`append`,
+//!   `complete_with`, `put_resources`, `fail`, `requeue`, outbox enqueue /
+//!   claim / finish / retry / drop, `audit_append`, `jti_use`,
+//!   `clock_upsert`) goes over one bounded channel, and requests queued
+//!   together share one transaction and one fsync. Claims are writes too, so
+//!   two workers can never lease the same row;
 //! * **a small pool of read-only connections** serves reads through
 //!   `tokio::task::spawn_blocking`; WAL lets them read while the writer
 //!   writes, and a read that starts after `append` returned sees the record;
@@ -35,14 +38,24 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
+use chrono::{DateTime, Utc};
+use rusqlite::types::Value as SqlValue;
+
+use crate::audit::{prepare_audits, ChainVerifier, MAX_AUDIT_PAGE};
+use crate::clock::{check_clocks, check_jti, MAX_CLOCK_PAGE};
 use crate::metrics::MetricsRecorder;
+use crate::outbox::{check_worker, prepare_deliveries, MAX_OUTBOX_PAGE};
 use crate::resource::prepare_writes;
+use crate::search::{check_query, QueryCheck, MAX_SEARCH_PAGE};
 use crate::{
-    validate_input, AppendOutcome, JournalId, JournalRecord, JournalStats, NewInput, ResourceWrite,
-    Store, StoreError, StoreMetrics, StoredResource, MAX_PATIENT_ID_LEN, MAX_PENDING_PAGE,
-    MAX_RESOURCE_ID_LEN, MAX_RESOURCE_TYPE_LEN,
+    validate_input, AppendOutcome, AuditRecord, ClockRow, Completion, CompletionResult, Delivery,
+    DeliveryOutcome, DeliveryState, JournalId, JournalRecord, JournalStats, NewAudit, NewDelivery,
+    NewInput, OutboxId, ResourceQuery, ResourceWrite, Store, StoreError, StoreMetrics,
+    StoredResource, MAX_PATIENT_ID_LEN, MAX_PENDING_PAGE, MAX_RESOURCE_ID_LEN,
+    MAX_RESOURCE_TYPE_LEN,
 };
-use writer::WriteOp;
+use rows::to_micros;
+use writer::{PreparedCompletion, PreparedDelivery, WriteOp, WriterState};
 
 /// Highest SQLite schema (migration) version this binary can run against.
 pub fn sqlite_schema_version() -> i64 {
@@ -123,6 +136,7 @@ impl SqliteStore {
         .map_err(|e| open_err(e.to_string()))?;
         configure_writer(&conn, opts.synchronous_full).map_err(|e| open_err(e.to_string()))?;
         migrate::migrate(&conn)?;
+        let state = WriterState::load(&conn)?;
 
         let readers = (0..opts.read_connections.clamp(1, MAX_READ_CONNECTIONS))
             .map(|_| open_reader(path))
@@ -135,7 +149,7 @@ impl SqliteStore {
         let thread_metrics = Arc::clone(&metrics);
         let writer = std::thread::Builder::new()
             .name("cwsgw-store-writer".to_string())
-            .spawn(move || writer::run(conn, rx, max_batch, &thread_metrics))
+            .spawn(move || writer::run(conn, state, rx, max_batch, &thread_metrics))
             .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
 
         Ok(SqliteStore {
@@ -301,6 +315,49 @@ fn query_resources(
     Ok(out)
 }
 
+/// Validate deliveries and keep their serialized payloads.
+fn prepare(items: Vec<NewDelivery>) -> Result<Vec<PreparedDelivery>, StoreError> {
+    let payloads = prepare_deliveries(&items)?;
+    Ok(items
+        .into_iter()
+        .zip(payloads)
+        .map(|(item, payload)| PreparedDelivery { item, payload })
+        .collect())
+}
+
+/// The SQL and bound values of a (checked) search.
+fn search_sql(q: &ResourceQuery) -> (String, Vec<SqlValue>) {
+    let mut values = vec![SqlValue::Text(q.resource_type.clone())];
+    values.extend(q.ids.iter().map(|id| SqlValue::Text(id.clone())));
+    for (param, vals) in &q.params {
+        values.push(SqlValue::Text(param.clone()));
+        values.extend(vals.iter().map(|v| SqlValue::Text(v.clone())));
+    }
+    if let Some(p) = &q.patient_id {
+        values.push(SqlValue::Text(p.clone()));
+    }
+    let cmps: Vec<crate::Cmp> = q.last_updated.iter().map(|(c, _)| *c).collect();
+    values.extend(
+        q.last_updated
+            .iter()
+            .map(|(_, t)| SqlValue::Integer(to_micros(*t))),
+    );
+    if let Some((at, id)) = &q.after {
+        values.push(SqlValue::Integer(to_micros(*at)));
+        values.push(SqlValue::Integer(to_micros(*at)));
+        values.push(SqlValue::Text(id.clone()));
+    }
+    values.push(SqlValue::Integer(q.limit.min(MAX_SEARCH_PAGE) as i64));
+    let shape = sql::SearchShape {
+        ids: q.ids.len(),
+        values_per_param: q.params.iter().map(|(_, v)| v.len()).collect(),
+        patient: q.patient_id.is_some(),
+        cmps: &cmps,
+        after: q.after.is_some(),
+    };
+    (sql::resource_search(&shape), values)
+}
+
 fn plausible_resource_key(resource_type: &str, id: &str) -> bool {
     !resource_type.is_empty()
         && resource_type.len() <= MAX_RESOURCE_TYPE_LEN
@@ -368,16 +425,51 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn complete(
+    async fn complete_with(
         &self,
         id: JournalId,
+        c: Completion,
+    ) -> Result<CompletionResult, StoreError> {
+        let writes = prepare_writes(c.writes)?;
+        let deliveries = prepare(c.deliveries)?;
+        let audits = prepare_audits(c.audits)?;
+        check_clocks(&c.clocks)?;
+        let completion = PreparedCompletion {
+            writes,
+            deliveries,
+            audits,
+            clocks: c.clocks,
+        };
+        self.write(|reply| WriteOp::Complete {
+            id,
+            completion,
+            reply,
+        })
+        .await
+    }
+
+    async fn put_resources(
+        &self,
         writes: Vec<ResourceWrite>,
     ) -> Result<Vec<StoredResource>, StoreError> {
         let writes = prepare_writes(writes)?;
-        self.write(|reply| WriteOp::Complete { id, writes, reply })
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|reply| WriteOp::PutResources { writes, reply })
             .await
     }
 
+    async fn resource_search(&self, q: &ResourceQuery) -> Result<Vec<StoredResource>, StoreError> {
+        if let QueryCheck::Empty = check_query(q)? {
+            return Ok(Vec::new());
+        }
+        let (sql, values) = search_sql(q);
+        self.read(move |conn| {
+            query_resources(conn, &sql, rusqlite::params_from_iter(values.iter()))
+        })
+        .await
+    }
     async fn fail(&self, id: JournalId, error: &str) -> Result<(), StoreError> {
         let error = crate::truncate_str(error, crate::MAX_ERROR_LEN).to_string();
         self.write(|reply| WriteOp::Fail { id, error, reply }).await
@@ -462,6 +554,253 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn outbox_enqueue(&self, items: Vec<NewDelivery>) -> Result<Vec<OutboxId>, StoreError> {
+        let items = prepare(items)?;
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|reply| WriteOp::Enqueue { items, reply }).await
+    }
+
+    async fn outbox_claim(
+        &self,
+        worker: &str,
+        endpoint: Option<&str>,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        check_worker(worker)?;
+        let limit = limit.min(MAX_OUTBOX_PAGE) as i64;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let lease = chrono::Duration::from_std(lease)
+            .map_err(|_| StoreError::Invalid("lease is too long".to_string()))?;
+        let lease_until = now
+            .checked_add_signed(lease)
+            .ok_or_else(|| StoreError::Invalid("lease end is out of range".to_string()))?;
+        let (worker, endpoint) = (worker.to_string(), endpoint.map(str::to_string));
+        self.write(|reply| WriteOp::Claim {
+            worker,
+            endpoint,
+            now,
+            lease_until,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    async fn outbox_finish(
+        &self,
+        id: OutboxId,
+        worker: &str,
+        outcome: DeliveryOutcome,
+    ) -> Result<(), StoreError> {
+        check_worker(worker)?;
+        let worker = worker.to_string();
+        self.write(|reply| WriteOp::Finish {
+            id,
+            worker,
+            outcome,
+            reply,
+        })
+        .await
+    }
+
+    async fn outbox_get(&self, id: OutboxId) -> Result<Option<Delivery>, StoreError> {
+        self.read(move |conn| {
+            conn.query_row(&sql::outbox_get(), [id], rows::delivery_row)
+                .optional()?
+                .map(rows::delivery)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn outbox_list(
+        &self,
+        state: Option<DeliveryState>,
+        endpoint: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let limit = limit.min(MAX_OUTBOX_PAGE) as i64;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let state = state.map(DeliveryState::as_str);
+        let endpoint = endpoint.map(str::to_string);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&sql::outbox_list(state.is_some(), endpoint.is_some()))?;
+            let rows = stmt.query_map(params![state, endpoint, limit], rows::delivery_row)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(rows::delivery(row?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn outbox_retry(&self, id: OutboxId) -> Result<bool, StoreError> {
+        self.write(|reply| WriteOp::OutboxRetry { id, reply }).await
+    }
+
+    async fn outbox_drop(&self, id: OutboxId) -> Result<bool, StoreError> {
+        self.write(|reply| WriteOp::OutboxDrop { id, reply }).await
+    }
+
+    async fn outbox_depth(&self) -> Result<Vec<(String, DeliveryState, u64)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare(sql::OUTBOX_DEPTH)?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (endpoint, state, n) = row?;
+                let state = state
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt("outbox: bad state".to_string()))?;
+                out.push((endpoint, state, u64::try_from(n).unwrap_or(0)));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn outbox_next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.read(|conn| {
+            let us: Option<i64> = conn.query_row(&sql::outbox_next_due(), [], |r| r.get(0))?;
+            us.map(|us| rows::from_micros(us, "outbox next due"))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn audit_append(&self, entries: Vec<NewAudit>) -> Result<Vec<AuditRecord>, StoreError> {
+        let entries = prepare_audits(entries)?;
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|reply| WriteOp::AuditAppend { entries, reply })
+            .await
+    }
+
+    async fn audit_list(
+        &self,
+        after_seq: i64,
+        limit: usize,
+        patient_id: Option<&str>,
+        recipient: Option<&str>,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let limit = limit.min(MAX_AUDIT_PAGE) as i64;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (p, r) = (
+            patient_id.map(str::to_string),
+            recipient.map(str::to_string),
+        );
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&sql::audit_list(p.is_some(), r.is_some()))?;
+            let rows = stmt.query_map(params![after_seq, p, r, limit], rows::audit_row)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(rows::audit_record(row?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn audit_verify(&self) -> Result<Option<i64>, StoreError> {
+        self.read(|conn| {
+            snapshot(conn, |conn| {
+                let mut verifier = ChainVerifier::default();
+                let mut stmt = conn.prepare(&sql::audit_all())?;
+                let rows = stmt.query_map([], rows::audit_row)?;
+                for row in rows {
+                    let row = row?;
+                    let record = match rows::audit_record(row) {
+                        Ok(r) => r,
+                        // An undecodable row is a broken link, not an I/O error.
+                        Err(StoreError::Corrupt(_)) => {
+                            return Ok(Some(verifier.next_seq()));
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    if let Some(bad) = verifier.check(&record) {
+                        return Ok(Some(bad));
+                    }
+                }
+                let (head_seq, head_hash): (i64, String) =
+                    conn.query_row(sql::AUDIT_HEAD, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Ok(verifier.check_head(head_seq, &head_hash))
+            })
+        })
+        .await
+    }
+
+    async fn jti_use(
+        &self,
+        client_id: &str,
+        jti: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        check_jti(client_id, jti)?;
+        let (client_id, jti) = (client_id.to_string(), jti.to_string());
+        self.write(|reply| WriteOp::JtiUse {
+            client_id,
+            jti,
+            expires_at,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    async fn clock_upsert(&self, clocks: Vec<ClockRow>) -> Result<(), StoreError> {
+        check_clocks(&clocks)?;
+        if clocks.is_empty() {
+            return Ok(());
+        }
+        self.write(|reply| WriteOp::ClockUpsert { clocks, reply })
+            .await
+    }
+
+    async fn clock_list(
+        &self,
+        open_only: bool,
+        due_before: Option<DateTime<Utc>>,
+        subject: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ClockRow>, StoreError> {
+        let limit = limit.min(MAX_CLOCK_PAGE) as i64;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let due = due_before.map(to_micros);
+        let subject = subject.map(str::to_string);
+        self.read(move |conn| {
+            let sql = sql::clock_list(open_only, due.is_some(), subject.is_some());
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(params![due, subject, limit], rows::clock_row)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(rows::clock(row?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         if self.tx.as_ref().is_none_or(|tx| tx.is_closed()) {
             return Err(StoreError::Closed);
@@ -488,8 +827,10 @@ mod tests {
 
     fn plan(conn: &Connection, sql: &str) -> String {
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        // Plan with every parameter bound (to 1).
+        let nulls = vec![SqlValue::Integer(1); stmt.parameter_count()];
         let rows = stmt
-            .query_map([], |r| r.get::<_, String>(3))
+            .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
             .unwrap()
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
@@ -512,5 +853,30 @@ mod tests {
         assert!(stats.contains("journal_state"), "{stats}");
         let by_patient = plan(&conn, &sql::resources_by_patient().replace("?1", "'p'"));
         assert!(by_patient.contains("resources_patient"), "{by_patient}");
+        let claim = plan(&conn, &sql::outbox_claim());
+        assert!(claim.contains("outbox_due"), "{claim}");
+        assert!(claim.contains("outbox_key"), "head-of-line check: {claim}");
+        assert!(!claim.contains("SCAN o"), "{claim}");
+        assert!(!claim.contains("TEMP B-TREE"), "no sort per claim: {claim}");
+        let next_due = plan(&conn, &sql::outbox_next_due());
+        assert!(next_due.contains("outbox_due"), "{next_due}");
+        let shape = sql::SearchShape {
+            ids: 0,
+            values_per_param: vec![2],
+            patient: false,
+            cmps: &[crate::Cmp::Ge],
+            after: true,
+        };
+        let search = plan(&conn, &sql::resource_search(&shape));
+        assert!(!search.contains("SCAN r"), "{search}");
+        assert!(!search.contains("SCAN x"), "{search}");
+        let clocks = plan(&conn, &sql::clock_list(true, true, false));
+        assert!(clocks.contains("clocks_state_due"), "{clocks}");
+        let by_subject = plan(&conn, &sql::clock_list(false, false, true));
+        assert!(by_subject.contains("clocks_subject"), "{by_subject}");
+        let audit = plan(&conn, &sql::audit_list(true, false));
+        assert!(audit.contains("audit_patient"), "{audit}");
+        let list = plan(&conn, &sql::outbox_list(true, true));
+        assert!(list.contains("outbox_endpoint_state"), "{list}");
     }
 }

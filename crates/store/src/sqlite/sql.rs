@@ -5,11 +5,18 @@
 
 /// Embedded, forward-only migrations: `(version, name, sql)`, ascending.
 /// Never edit a released migration; add a new file.
-pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "outbox_audit_search",
+        include_str!("../../migrations/sqlite/0002_outbox_audit_search.sql"),
+    ),
+];
 
 pub(crate) const CREATE_SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
     version    INTEGER PRIMARY KEY,
@@ -103,5 +110,194 @@ pub(crate) const RESOURCE_TO_HISTORY: &str = "INSERT INTO resource_history
 pub(crate) const RESOURCE_UPDATE: &str = "UPDATE resources
     SET version_id = ?3, last_updated = ?4, patient_id = ?5, body = ?6
     WHERE resource_type = ?1 AND id = ?2";
+
+/// Highest stamp in use, so stamps stay increasing across restarts.
+pub(crate) const RESOURCE_MAX_UPDATED: &str =
+    "SELECT COALESCE(MAX(last_updated), 0) FROM resources";
+
+// ---- search index ----
+
+/// Params: resource_type, id.
+pub(crate) const INDEX_DELETE: &str =
+    "DELETE FROM resource_index WHERE resource_type = ?1 AND id = ?2";
+/// Params: resource_type, id, param, value.
+pub(crate) const INDEX_INSERT: &str = "INSERT INTO resource_index
+    (resource_type, id, param, value) VALUES (?1, ?2, ?3, ?4)
+    ON CONFLICT DO NOTHING";
+
+/// The shape of one search; parameters are bound in this order:
+/// resource_type, ids…, for each param (name, values…), patient_id,
+/// each last_updated bound, cursor (last_updated, last_updated, id), limit.
+pub(crate) struct SearchShape<'a> {
+    pub ids: usize,
+    pub values_per_param: Vec<usize>,
+    pub patient: bool,
+    pub cmps: &'a [crate::Cmp],
+    pub after: bool,
+}
+
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+pub(crate) fn resource_search(shape: &SearchShape<'_>) -> String {
+    let mut sql = String::from(
+        "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.patient_id, r.body
+         FROM resources r WHERE r.resource_type = ?",
+    );
+    if shape.ids > 0 {
+        sql.push_str(&format!(" AND r.id IN ({})", placeholders(shape.ids)));
+    }
+    for &n in &shape.values_per_param {
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM resource_index x
+               WHERE x.resource_type = r.resource_type AND x.id = r.id
+               AND x.param = ? AND x.value IN ({}))",
+            placeholders(n)
+        ));
+    }
+    if shape.patient {
+        sql.push_str(" AND r.patient_id = ?");
+    }
+    for cmp in shape.cmps {
+        sql.push_str(&format!(" AND r.last_updated {} ?", cmp.sql_op()));
+    }
+    if shape.after {
+        sql.push_str(" AND (r.last_updated > ? OR (r.last_updated = ? AND r.id > ?))");
+    }
+    sql.push_str(" ORDER BY r.last_updated, r.id LIMIT ?");
+    sql
+}
+
+// ---- outbox ----
+
+const OUTBOX_COLUMNS: &str = "id, endpoint, ordering_key, kind, payload, state, attempts,
+    not_before, created_at, updated_at, last_error, lease_owner, lease_until, journal_id";
+
+/// Params: endpoint, ordering_key, kind, payload, not_before, now, journal_id.
+pub(crate) const OUTBOX_INSERT: &str = "INSERT INTO outbox
+    (endpoint, ordering_key, kind, payload, state, attempts, not_before,
+     created_at, updated_at, journal_id)
+    VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?6, ?7)
+    RETURNING id";
+pub(crate) const OUTBOX_IDS_BY_JOURNAL: &str =
+    "SELECT id FROM outbox WHERE journal_id = ?1 ORDER BY id";
+
+/// `o` has no older Pending row with the same (endpoint, ordering_key).
+const OUTBOX_IS_HEAD: &str = "NOT EXISTS (SELECT 1 FROM outbox p
+    WHERE p.endpoint = o.endpoint AND p.ordering_key = o.ordering_key
+    AND p.state = 'pending' AND p.id < o.id)";
+
+/// Params: worker, lease_until, updated_at, now, endpoint (nullable), limit.
+/// Earliest due first, walking `outbox_due` so a backlog is not sorted on
+/// every claim. (PostgreSQL: SELECT … FOR UPDATE SKIP LOCKED, then UPDATE.)
+pub(crate) fn outbox_claim() -> String {
+    format!(
+        "UPDATE outbox SET lease_owner = ?1, lease_until = ?2, updated_at = ?3
+         WHERE id IN (
+             SELECT o.id FROM outbox o
+             WHERE o.state = 'pending' AND o.not_before <= ?4
+             AND (o.lease_until IS NULL OR o.lease_until <= ?4)
+             AND (?5 IS NULL OR o.endpoint = ?5)
+             AND {OUTBOX_IS_HEAD}
+             ORDER BY o.not_before, o.id LIMIT ?6)
+         RETURNING {OUTBOX_COLUMNS}"
+    )
+}
+/// Params: id, worker, new state, attempts increment, new not_before
+/// (nullable = keep), set_error (0/1), error, updated_at.
+pub(crate) const OUTBOX_FINISH: &str = "UPDATE outbox
+    SET state = ?3, attempts = attempts + ?4, not_before = COALESCE(?5, not_before),
+        last_error = CASE WHEN ?6 = 1 THEN ?7 ELSE last_error END,
+        lease_owner = NULL, lease_until = NULL, updated_at = ?8
+    WHERE id = ?1 AND lease_owner = ?2 AND state = 'pending'";
+/// Params: id, now.
+pub(crate) const OUTBOX_RETRY: &str = "UPDATE outbox
+    SET state = 'pending', attempts = 0, not_before = ?2, updated_at = ?2,
+        lease_owner = NULL, lease_until = NULL
+    WHERE id = ?1 AND state IN ('dead', 'withheld')";
+/// Params: id, now.
+pub(crate) const OUTBOX_DROP: &str = "UPDATE outbox
+    SET state = 'dropped', updated_at = ?2 WHERE id = ?1 AND state = 'dead'";
+pub(crate) fn outbox_get() -> String {
+    format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE id = ?1")
+}
+/// Params: state, endpoint, limit (filters only present when asked for,
+/// so the indexes apply).
+pub(crate) fn outbox_list(state: bool, endpoint: bool) -> String {
+    format!(
+        "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE 1 = 1{}{} ORDER BY id LIMIT ?3",
+        if state { " AND state = ?1" } else { "" },
+        if endpoint { " AND endpoint = ?2" } else { "" },
+    )
+}
+pub(crate) const OUTBOX_DEPTH: &str = "SELECT endpoint, state, COUNT(*) FROM outbox
+    GROUP BY endpoint, state ORDER BY endpoint, state";
+pub(crate) fn outbox_next_due() -> String {
+    format!(
+        "SELECT MIN(CASE WHEN o.lease_until IS NOT NULL AND o.lease_until > o.not_before
+                    THEN o.lease_until ELSE o.not_before END)
+         FROM outbox o WHERE o.state = 'pending' AND {OUTBOX_IS_HEAD}"
+    )
+}
+
+// ---- audit ----
+
+const AUDIT_COLUMNS: &str = "seq, recorded, kind, patient_id, recipient, body, prev_hash, hash";
+
+/// The chain head (PostgreSQL: `FOR UPDATE`).
+pub(crate) const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
+/// Params: seq, hash.
+pub(crate) const AUDIT_HEAD_UPDATE: &str = "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1";
+/// Params: seq, recorded, kind, patient_id, recipient, body, prev_hash, hash.
+pub(crate) const AUDIT_INSERT: &str = "INSERT INTO audit
+    (seq, recorded, kind, patient_id, recipient, body, prev_hash, hash)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+/// Params: after_seq, patient_id, recipient, limit (filters only present
+/// when asked for).
+pub(crate) fn audit_list(patient: bool, recipient: bool) -> String {
+    format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ?1{}{} ORDER BY seq LIMIT ?4",
+        if patient { " AND patient_id = ?2" } else { "" },
+        if recipient { " AND recipient = ?3" } else { "" },
+    )
+}
+pub(crate) fn audit_all() -> String {
+    format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq")
+}
+
+// ---- SMART jti cache ----
+
+/// Purge a bounded number of expired rows. Params: now.
+pub(crate) const JTI_PURGE: &str = "DELETE FROM jti_cache WHERE (client_id, jti) IN
+    (SELECT client_id, jti FROM jti_cache WHERE expires_at <= ?1 LIMIT 64)";
+/// Insert, or take over an expired row. Returns a row on first use.
+/// Params: client_id, jti, expires_at, now.
+pub(crate) const JTI_USE: &str = "INSERT INTO jti_cache (client_id, jti, expires_at)
+    VALUES (?1, ?2, ?3)
+    ON CONFLICT (client_id, jti) DO UPDATE SET expires_at = excluded.expires_at
+    WHERE jti_cache.expires_at <= ?4
+    RETURNING 1";
+
+// ---- clocks ----
+
+const CLOCK_COLUMNS: &str = "id, kind, subject, patient_id, started_at, due_at, state, closed_at";
+
+/// Params in CLOCK_COLUMNS order.
+pub(crate) const CLOCK_UPSERT: &str = "INSERT INTO clocks
+    (id, kind, subject, patient_id, started_at, due_at, state, closed_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+    ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, subject = excluded.subject,
+        patient_id = excluded.patient_id, started_at = excluded.started_at,
+        due_at = excluded.due_at, state = excluded.state, closed_at = excluded.closed_at";
+/// Params: due_before, subject, limit (filters only present when asked for).
+pub(crate) fn clock_list(open_only: bool, due_before: bool, subject: bool) -> String {
+    format!(
+        "SELECT {CLOCK_COLUMNS} FROM clocks WHERE 1 = 1{}{}{} ORDER BY due_at, id LIMIT ?3",
+        if open_only { " AND state = 'open'" } else { "" },
+        if due_before { " AND due_at < ?1" } else { "" },
+        if subject { " AND subject = ?2" } else { "" },
+    )
+}
 
 pub(crate) const PING: &str = "SELECT 1";

@@ -14,25 +14,50 @@
 //! * **One bad request does not poison its batch:** each request runs inside
 //!   its own savepoint; on error only that savepoint is rolled back and that
 //!   request alone gets the error.
+//! * **Resource stamps are strictly increasing:** the writer keeps the last
+//!   `last_updated` it handed out (initialised from the database at open)
+//!   and stamps every changing write with `max(now, last + 1µs)`. Batches
+//!   commit in stamp order, so a reader's keyset cursor never sees a later
+//!   commit sort before it.
 //! * When every sender is gone (the store was dropped), the thread finishes
 //!   what is queued and exits, closing the connection.
 
 use std::time::Instant;
 
+use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
-use super::rows::{self, now_micros, to_micros};
+use super::rows::{self, from_micros, now_micros, to_micros};
 use super::sql;
+use crate::audit::{chain_hash, PreparedAudit};
 use crate::metrics::MetricsRecorder;
 use crate::resource::{content_of, with_version_meta, PreparedWrite};
-use crate::{truncate_str, AppendOutcome, JournalId, NewInput, StoreError, StoredResource};
+use crate::{
+    truncate_str, AppendOutcome, AuditRecord, ClockRow, CompletionResult, Delivery,
+    DeliveryOutcome, DeliveryState, JournalId, NewDelivery, NewInput, OutboxId, StoreError,
+    StoredResource,
+};
 use crate::{JournalState, MAX_ERROR_LEN};
 
 /// Soft cap on the raw bytes of appends drained into one batch.
 const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// A delivery with its payload already serialized and size-checked.
+pub(crate) struct PreparedDelivery {
+    pub item: NewDelivery,
+    pub payload: String,
+}
+
+/// A validated [`crate::Completion`].
+pub(crate) struct PreparedCompletion {
+    pub writes: Vec<PreparedWrite>,
+    pub deliveries: Vec<PreparedDelivery>,
+    pub audits: Vec<PreparedAudit>,
+    pub clocks: Vec<ClockRow>,
+}
 
 /// A request for the writer thread.
 pub(crate) enum WriteOp {
@@ -44,6 +69,10 @@ pub(crate) enum WriteOp {
     },
     Complete {
         id: JournalId,
+        completion: PreparedCompletion,
+        reply: Reply<CompletionResult>,
+    },
+    PutResources {
         writes: Vec<PreparedWrite>,
         reply: Reply<Vec<StoredResource>>,
     },
@@ -57,6 +86,47 @@ pub(crate) enum WriteOp {
         to: JournalId,
         reply: Reply<u64>,
     },
+    Enqueue {
+        items: Vec<PreparedDelivery>,
+        reply: Reply<Vec<OutboxId>>,
+    },
+    Claim {
+        worker: String,
+        endpoint: Option<String>,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+        reply: Reply<Vec<Delivery>>,
+    },
+    Finish {
+        id: OutboxId,
+        worker: String,
+        outcome: DeliveryOutcome,
+        reply: Reply<()>,
+    },
+    OutboxRetry {
+        id: OutboxId,
+        reply: Reply<bool>,
+    },
+    OutboxDrop {
+        id: OutboxId,
+        reply: Reply<bool>,
+    },
+    AuditAppend {
+        entries: Vec<PreparedAudit>,
+        reply: Reply<Vec<AuditRecord>>,
+    },
+    JtiUse {
+        client_id: String,
+        jti: String,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+        reply: Reply<bool>,
+    },
+    ClockUpsert {
+        clocks: Vec<ClockRow>,
+        reply: Reply<()>,
+    },
 }
 
 impl WriteOp {
@@ -68,48 +138,66 @@ impl WriteOp {
     }
 }
 
+/// State the writer keeps between requests.
+pub(crate) struct WriterState {
+    /// Last resource stamp handed out (unix µs).
+    last_stamp: i64,
+}
+
+impl WriterState {
+    /// Read the highest stamp in use.
+    pub(crate) fn load(conn: &Connection) -> Result<Self, StoreError> {
+        let last_stamp = conn.query_row(sql::RESOURCE_MAX_UPDATED, [], |r| r.get(0))?;
+        Ok(WriterState { last_stamp })
+    }
+
+    /// A stamp strictly after every earlier one (and not before now).
+    fn stamp(&mut self) -> Result<DateTime<Utc>, StoreError> {
+        let now = to_micros(now_micros());
+        let next = now.max(self.last_stamp.saturating_add(1));
+        let at = from_micros(next, "resource stamp")?;
+        self.last_stamp = next;
+        Ok(at)
+    }
+}
+
+/// Sends a held result; the argument is the commit failure, if any.
+type Deliver = Box<dyn FnOnce(Option<&str>)>;
+
 /// A request's result, held until its batch is committed.
-enum Outcome {
-    Append(Reply<AppendOutcome>, Result<AppendOutcome, StoreError>),
-    Complete(
-        Reply<Vec<StoredResource>>,
-        Result<Vec<StoredResource>, StoreError>,
-    ),
-    Unit(Reply<()>, Result<(), StoreError>),
-    Count(Reply<u64>, Result<u64, StoreError>),
+struct Outcome {
+    is_err: bool,
+    /// For the metrics: what an append did.
+    append: Option<AppendOutcome>,
+    /// Sends the result; when the batch did not commit, an Ok becomes
+    /// `Commit(reason)`. A caller that went away is ignored.
+    send: Deliver,
 }
 
 impl Outcome {
-    fn is_err(&self) -> bool {
-        match self {
-            Outcome::Append(_, r) => r.is_err(),
-            Outcome::Complete(_, r) => r.is_err(),
-            Outcome::Unit(_, r) => r.is_err(),
-            Outcome::Count(_, r) => r.is_err(),
+    fn new<T: 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> Outcome {
+        Outcome {
+            is_err: result.is_err(),
+            append: None,
+            send: Box::new(move |failed| {
+                let result = match (result, failed) {
+                    (Ok(_), Some(why)) => Err(StoreError::Commit(why.to_string())),
+                    (r, _) => r,
+                };
+                let _ = reply.send(result);
+            }),
         }
     }
 
-    /// Send the result; when the batch did not commit, an Ok becomes
-    /// `Commit(reason)`. A caller that went away is ignored.
     fn deliver(self, commit_failed: Option<&str>) {
-        fn fix<T>(r: Result<T, StoreError>, failed: Option<&str>) -> Result<T, StoreError> {
-            match (r, failed) {
-                (Ok(_), Some(why)) => Err(StoreError::Commit(why.to_string())),
-                (r, _) => r,
-            }
-        }
-        match self {
-            Outcome::Append(tx, r) => drop(tx.send(fix(r, commit_failed))),
-            Outcome::Complete(tx, r) => drop(tx.send(fix(r, commit_failed))),
-            Outcome::Unit(tx, r) => drop(tx.send(fix(r, commit_failed))),
-            Outcome::Count(tx, r) => drop(tx.send(fix(r, commit_failed))),
-        }
+        (self.send)(commit_failed);
     }
 }
 
 /// The writer thread body.
 pub(crate) fn run(
     conn: Connection,
+    mut state: WriterState,
     mut rx: mpsc::Receiver<WriteOp>,
     max_batch: usize,
     metrics: &MetricsRecorder,
@@ -130,13 +218,14 @@ pub(crate) fn run(
                 Err(_) => break,
             }
         }
-        commit_batch(&conn, batch.drain(..), metrics);
+        commit_batch(&conn, &mut state, batch.drain(..), metrics);
     }
     // Channel closed and drained: dropping `conn` closes the database.
 }
 
 fn commit_batch(
     conn: &Connection,
+    state: &mut WriterState,
     batch: impl ExactSizeIterator<Item = WriteOp>,
     metrics: &MetricsRecorder,
 ) {
@@ -161,8 +250,8 @@ fn commit_batch(
             outcomes.push(outcome_without_running(op));
             continue;
         }
-        let outcome = execute(conn, op);
-        let end = if outcome.is_err() {
+        let outcome = execute(conn, state, op);
+        let end = if outcome.is_err {
             conn.execute_batch("ROLLBACK TO op; RELEASE op")
         } else {
             conn.execute_batch("RELEASE op")
@@ -180,10 +269,10 @@ fn commit_batch(
         Ok(()) => {
             let (mut appended, mut duplicates) = (0, 0);
             for o in &outcomes {
-                match o {
-                    Outcome::Append(_, Ok(AppendOutcome::Inserted(_))) => appended += 1,
-                    Outcome::Append(_, Ok(AppendOutcome::Duplicate(_))) => duplicates += 1,
-                    _ => {}
+                match o.append {
+                    Some(AppendOutcome::Inserted(_)) => appended += 1,
+                    Some(AppendOutcome::Duplicate(_)) => duplicates += 1,
+                    None => {}
                 }
             }
             metrics.record_commit(started.elapsed().as_secs_f64(), size, appended, duplicates);
@@ -208,24 +297,81 @@ fn outcome_without_running(op: WriteOp) -> Outcome {
         Err(StoreError::Commit("batch aborted".to_string()))
     }
     match op {
-        WriteOp::Append { reply, .. } => Outcome::Append(reply, never()),
-        WriteOp::Complete { reply, .. } => Outcome::Complete(reply, never()),
-        WriteOp::Fail { reply, .. } => Outcome::Unit(reply, never()),
-        WriteOp::Requeue { reply, .. } => Outcome::Count(reply, never()),
+        WriteOp::Append { reply, .. } => Outcome::new(reply, never()),
+        WriteOp::Complete { reply, .. } => Outcome::new(reply, never()),
+        WriteOp::PutResources { reply, .. } => Outcome::new(reply, never()),
+        WriteOp::Fail { reply, .. } => Outcome::new(reply, never()),
+        WriteOp::Requeue { reply, .. } => Outcome::new(reply, never()),
+        WriteOp::Enqueue { reply, .. } => Outcome::new(reply, never()),
+        WriteOp::Claim { reply, .. } => Outcome::new(reply, never()),
+        WriteOp::Finish { reply, .. } => Outcome::new(reply, never()),
+        WriteOp::OutboxRetry { reply, .. } => Outcome::new(reply, never()),
+        WriteOp::OutboxDrop { reply, .. } => Outcome::new(reply, never()),
+        WriteOp::AuditAppend { reply, .. } => Outcome::new(reply, never()),
+        WriteOp::JtiUse { reply, .. } => Outcome::new(reply, never()),
+        WriteOp::ClockUpsert { reply, .. } => Outcome::new(reply, never()),
     }
 }
 
-fn execute(conn: &Connection, op: WriteOp) -> Outcome {
+fn execute(conn: &Connection, state: &mut WriterState, op: WriteOp) -> Outcome {
     match op {
         WriteOp::Append { input, meta, reply } => {
-            Outcome::Append(reply, append(conn, &input, &meta))
+            let result = append(conn, &input, &meta);
+            let done = result.as_ref().ok().copied();
+            let mut o = Outcome::new(reply, result);
+            o.append = done;
+            o
         }
-        WriteOp::Complete { id, writes, reply } => {
-            Outcome::Complete(reply, complete(conn, id, writes))
+        WriteOp::Complete {
+            id,
+            completion,
+            reply,
+        } => Outcome::new(reply, complete(conn, state, id, completion)),
+        WriteOp::PutResources { writes, reply } => {
+            Outcome::new(reply, upsert_all(conn, state, writes))
         }
-        WriteOp::Fail { id, error, reply } => Outcome::Unit(reply, fail(conn, id, &error)),
-        WriteOp::Requeue { from, to, reply } => Outcome::Count(reply, requeue(conn, from, to)),
+        WriteOp::Fail { id, error, reply } => Outcome::new(reply, fail(conn, id, &error)),
+        WriteOp::Requeue { from, to, reply } => Outcome::new(reply, requeue(conn, from, to)),
+        WriteOp::Enqueue { items, reply } => Outcome::new(reply, enqueue(conn, items, None)),
+        WriteOp::Claim {
+            worker,
+            endpoint,
+            now,
+            lease_until,
+            limit,
+            reply,
+        } => Outcome::new(
+            reply,
+            claim(conn, &worker, endpoint.as_deref(), now, lease_until, limit),
+        ),
+        WriteOp::Finish {
+            id,
+            worker,
+            outcome,
+            reply,
+        } => Outcome::new(reply, finish(conn, id, &worker, outcome)),
+        WriteOp::OutboxRetry { id, reply } => Outcome::new(
+            reply,
+            changed(conn.execute(sql::OUTBOX_RETRY, params![id, to_micros(now_micros())])),
+        ),
+        WriteOp::OutboxDrop { id, reply } => Outcome::new(
+            reply,
+            changed(conn.execute(sql::OUTBOX_DROP, params![id, to_micros(now_micros())])),
+        ),
+        WriteOp::AuditAppend { entries, reply } => Outcome::new(reply, audit_append(conn, entries)),
+        WriteOp::JtiUse {
+            client_id,
+            jti,
+            expires_at,
+            now,
+            reply,
+        } => Outcome::new(reply, jti_use(conn, &client_id, &jti, expires_at, now)),
+        WriteOp::ClockUpsert { clocks, reply } => Outcome::new(reply, clock_upsert(conn, &clocks)),
     }
+}
+
+fn changed(n: rusqlite::Result<usize>) -> Result<bool, StoreError> {
+    Ok(n? > 0)
 }
 
 fn append(conn: &Connection, input: &NewInput, meta: &str) -> Result<AppendOutcome, StoreError> {
@@ -267,34 +413,76 @@ fn journal_state(conn: &Connection, id: JournalId) -> Result<JournalState, Store
 
 fn complete(
     conn: &Connection,
+    state: &mut WriterState,
     id: JournalId,
+    c: PreparedCompletion,
+) -> Result<CompletionResult, StoreError> {
+    if journal_state(conn, id)? == JournalState::Processed {
+        // Idempotent: report what is stored, write nothing.
+        let mut resources = Vec::with_capacity(c.writes.len());
+        for w in &c.writes {
+            resources.extend(current(conn, &w.resource_type, &w.id)?);
+        }
+        let mut stmt = conn.prepare(sql::OUTBOX_IDS_BY_JOURNAL)?;
+        let deliveries = stmt
+            .query_map([id], |r| r.get(0))?
+            .collect::<Result<Vec<OutboxId>, _>>()?;
+        return Ok(CompletionResult {
+            resources,
+            deliveries,
+            already_processed: true,
+        });
+    }
+    let resources = upsert_all(conn, state, c.writes)?;
+    let deliveries = enqueue(conn, c.deliveries, Some(id))?;
+    audit_append(conn, c.audits)?;
+    clock_upsert(conn, &c.clocks)?;
+    conn.execute(
+        sql::JOURNAL_MARK_PROCESSED,
+        params![id, to_micros(now_micros())],
+    )?;
+    Ok(CompletionResult {
+        resources,
+        deliveries,
+        already_processed: false,
+    })
+}
+
+fn current(
+    conn: &Connection,
+    resource_type: &str,
+    id: &str,
+) -> Result<Option<StoredResource>, StoreError> {
+    conn.query_row(
+        &sql::resource_get(),
+        params![resource_type, id],
+        rows::resource_row,
+    )
+    .optional()?
+    .map(rows::stored_resource)
+    .transpose()
+}
+
+fn upsert_all(
+    conn: &Connection,
+    state: &mut WriterState,
     writes: Vec<PreparedWrite>,
 ) -> Result<Vec<StoredResource>, StoreError> {
-    journal_state(conn, id)?;
-    let now = now_micros();
     let mut stored = Vec::with_capacity(writes.len());
     for w in writes {
-        stored.push(upsert(conn, w, now)?);
+        stored.push(upsert(conn, state, w)?);
     }
-    conn.execute(sql::JOURNAL_MARK_PROCESSED, params![id, to_micros(now)])?;
     Ok(stored)
 }
 
 fn upsert(
     conn: &Connection,
+    state: &mut WriterState,
     w: PreparedWrite,
-    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<StoredResource, StoreError> {
-    let current = conn
-        .query_row(
-            &sql::resource_get(),
-            params![w.resource_type, w.id],
-            rows::resource_row,
-        )
-        .optional()?
-        .map(rows::stored_resource)
-        .transpose()?;
-    let Some(current) = current else {
+    replace_index(conn, &w)?;
+    let Some(current) = current(conn, &w.resource_type, &w.id)? else {
+        let now = state.stamp()?;
         let body = with_version_meta(w.content, 1, now);
         let text = body_text(&body)?;
         conn.execute(
@@ -316,8 +504,9 @@ fn upsert(
     let version = current.version_id.checked_add(1).ok_or_else(|| {
         StoreError::Corrupt(format!("{}/{}: version overflow", w.resource_type, w.id))
     })?;
-    // Keep history ordered even if the wall clock stepped back.
-    let at = now.max(current.last_updated);
+    // The stamp is above every stored one, so history stays ordered even if
+    // the wall clock stepped back.
+    let at = state.stamp()?.max(current.last_updated);
     let body = with_version_meta(w.content, version, at);
     let text = body_text(&body)?;
     conn.execute(sql::RESOURCE_TO_HISTORY, params![w.resource_type, w.id])?;
@@ -340,6 +529,198 @@ fn upsert(
         patient_id: w.patient_id,
         body,
     })
+}
+
+/// The index always holds the tokens of the latest write of the resource.
+fn replace_index(conn: &Connection, w: &PreparedWrite) -> Result<(), StoreError> {
+    conn.execute(sql::INDEX_DELETE, params![w.resource_type, w.id])?;
+    let mut stmt = conn.prepare(sql::INDEX_INSERT)?;
+    for t in &w.index {
+        stmt.execute(params![w.resource_type, w.id, t.param, t.value])?;
+    }
+    Ok(())
+}
+
+fn enqueue(
+    conn: &Connection,
+    items: Vec<PreparedDelivery>,
+    journal: Option<JournalId>,
+) -> Result<Vec<OutboxId>, StoreError> {
+    let now = to_micros(now_micros());
+    let mut stmt = conn.prepare(sql::OUTBOX_INSERT)?;
+    let mut ids = Vec::with_capacity(items.len());
+    for PreparedDelivery { item, payload } in items {
+        let id: OutboxId = stmt.query_row(
+            params![
+                item.endpoint,
+                item.ordering_key,
+                item.kind,
+                payload,
+                to_micros(item.not_before),
+                now,
+                item.journal_id.or(journal)
+            ],
+            |r| r.get(0),
+        )?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+fn claim(
+    conn: &Connection,
+    worker: &str,
+    endpoint: Option<&str>,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Delivery>, StoreError> {
+    let mut stmt = conn.prepare(&sql::outbox_claim())?;
+    let rows = stmt.query_map(
+        params![
+            worker,
+            to_micros(lease_until),
+            to_micros(now_micros()),
+            to_micros(now),
+            endpoint,
+            limit
+        ],
+        rows::delivery_row,
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(rows::delivery(row?)?);
+    }
+    out.sort_by_key(|d| d.id);
+    Ok(out)
+}
+
+fn finish(
+    conn: &Connection,
+    id: OutboxId,
+    worker: &str,
+    outcome: DeliveryOutcome,
+) -> Result<(), StoreError> {
+    let short = |e: &str| truncate_str(e, MAX_ERROR_LEN).to_string();
+    // (state, attempts increment, new not_before, set last_error, last_error)
+    let (state, inc, not_before, set_error, error) = match outcome {
+        DeliveryOutcome::Delivered => (DeliveryState::Delivered, 1, None, 1, None),
+        DeliveryOutcome::Retry { not_before, error } => (
+            DeliveryState::Pending,
+            1,
+            Some(to_micros(not_before)),
+            1,
+            Some(short(&error)),
+        ),
+        DeliveryOutcome::Dead { error } => (DeliveryState::Dead, 1, None, 1, Some(short(&error))),
+        DeliveryOutcome::Withheld { reason } => {
+            (DeliveryState::Withheld, 0, None, 1, Some(short(&reason)))
+        }
+        DeliveryOutcome::Release => (DeliveryState::Pending, 0, None, 0, None),
+    };
+    let n = conn.execute(
+        sql::OUTBOX_FINISH,
+        params![
+            id,
+            worker,
+            state.as_str(),
+            inc,
+            not_before,
+            set_error,
+            error,
+            to_micros(now_micros())
+        ],
+    )?;
+    if n == 0 {
+        return Err(StoreError::LeaseLost(id));
+    }
+    Ok(())
+}
+
+/// Extend the chain from its head, inside the current transaction.
+fn audit_append(
+    conn: &Connection,
+    entries: Vec<PreparedAudit>,
+) -> Result<Vec<AuditRecord>, StoreError> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (mut seq, mut prev): (i64, String) =
+        conn.query_row(sql::AUDIT_HEAD, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let mut stmt = conn.prepare(sql::AUDIT_INSERT)?;
+    let mut out = Vec::with_capacity(entries.len());
+    for a in entries {
+        seq = seq
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corrupt("audit: seq overflow".to_string()))?;
+        let hash = chain_hash(
+            &prev,
+            seq,
+            a.recorded,
+            &a.kind,
+            a.patient_id.as_deref(),
+            a.recipient.as_deref(),
+            &a.canonical,
+        );
+        stmt.execute(params![
+            seq,
+            to_micros(a.recorded),
+            a.kind,
+            a.patient_id,
+            a.recipient,
+            a.canonical,
+            prev,
+            hash
+        ])?;
+        out.push(AuditRecord {
+            seq,
+            recorded: a.recorded,
+            kind: a.kind,
+            patient_id: a.patient_id,
+            recipient: a.recipient,
+            body: a.body,
+            prev_hash: std::mem::replace(&mut prev, hash.clone()),
+            hash,
+        });
+    }
+    conn.execute(sql::AUDIT_HEAD_UPDATE, params![seq, prev])?;
+    Ok(out)
+}
+
+fn jti_use(
+    conn: &Connection,
+    client_id: &str,
+    jti: &str,
+    expires_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let now = to_micros(now);
+    conn.execute(sql::JTI_PURGE, [now])?;
+    let first: Option<i64> = conn
+        .query_row(
+            sql::JTI_USE,
+            params![client_id, jti, to_micros(expires_at), now],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(first.is_some())
+}
+
+fn clock_upsert(conn: &Connection, clocks: &[ClockRow]) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare(sql::CLOCK_UPSERT)?;
+    for c in clocks {
+        stmt.execute(params![
+            c.id,
+            c.kind,
+            c.subject,
+            c.patient_id,
+            to_micros(c.started_at),
+            to_micros(c.due_at),
+            c.state,
+            c.closed_at.map(to_micros)
+        ])?;
+    }
+    Ok(())
 }
 
 fn body_text(body: &serde_json::Value) -> Result<String, StoreError> {

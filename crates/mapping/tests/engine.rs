@@ -1,0 +1,184 @@
+//! Loading rules (closed function set, unknown keys rejected with file and
+//! path) and the JSON source.
+
+use std::path::{Path, PathBuf};
+
+use cwsgw_mapping::{Engine, JsonContext, MappingError};
+use serde_json::json;
+
+fn terminology() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../mappings/terminology")
+}
+
+fn load(yaml: &str) -> Result<Engine, MappingError> {
+    Engine::from_yaml(Path::new("test.yaml"), yaml, Some(&terminology()))
+}
+
+const HEADER: &str = "id: t\nversion: 1.0.0\nsource: hl7v2\ndescription: test\n";
+
+fn with_body(body: &str) -> String {
+    format!("{HEADER}resources:\n  - name: p\n    type: Patient\n    key: {{$v: PID-3.1}}\n    body:\n{body}")
+}
+
+#[test]
+fn the_shipped_mappings_load_and_describe_themselves() {
+    let e = Engine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../mappings")).unwrap();
+    let infos = e.mappings();
+    let adt = infos.iter().find(|m| m.id == "adt-to-fhir").unwrap();
+    assert_eq!(adt.source, "hl7v2");
+    assert_eq!(adt.message_types, ["ADT"]);
+    assert!(adt.file.ends_with("adt/adt-to-fhir.yaml"));
+    assert!(!adt.description.is_empty());
+    assert!(!adt.golden.is_empty());
+}
+
+#[test]
+fn unknown_function_is_rejected_with_file_and_path() {
+    let e = load(&with_body("      gender: {$script: \"rm -rf\"}\n")).unwrap_err();
+    assert_eq!(e.file, Path::new("test.yaml"));
+    assert_eq!(e.path, "resources[0].body.gender.$script");
+    assert!(e.reason.contains("unknown function"), "{e}");
+}
+
+#[test]
+fn unknown_keys_are_rejected() {
+    let e = load(&format!("{HEADER}colour: blue\nresources: []\n")).unwrap_err();
+    assert_eq!(e.path, "colour");
+    let e = load(&format!(
+        "{HEADER}resources:\n  - name: p\n    type: Patient\n    key: x\n    bodyy: {{}}\n"
+    ))
+    .unwrap_err();
+    assert_eq!(e.path, "resources[0].bodyy");
+    let e = load(&with_body(
+        "      gender: {$map: v2-0001-gender, $value: {$v: PID-8}, $colour: red}\n",
+    ))
+    .unwrap_err();
+    assert_eq!(e.path, "resources[0].body.gender.$colour");
+}
+
+#[test]
+fn unknown_names_and_bad_paths_are_rejected() {
+    let e = load(&with_body(
+        "      gender: {$map: no-such-map, $value: {$v: PID-8}}\n",
+    ))
+    .unwrap_err();
+    assert!(e.reason.contains("unknown concept map"), "{e}");
+    let e = load(&with_body("      x: {$key: nope}\n")).unwrap_err();
+    assert!(e.reason.contains("unknown key"), "{e}");
+    let e = load(&with_body("      x: {$ref: nope}\n")).unwrap_err();
+    assert!(e.reason.contains("unknown resource"), "{e}");
+    let e = load(&with_body("      x: {$v: pid-3}\n")).unwrap_err();
+    assert_eq!(e.path, "resources[0].body.x.$v");
+    let e = load(&with_body("      x: {$for_each: PID-3, $do: {$v: .1}}\n")).unwrap_err();
+    assert!(e.reason.contains("quoted"), "{e}");
+    let e = load(&with_body("      id: {$v: PID-3.1}\n")).unwrap_err();
+    assert!(e.reason.contains("set by the engine"), "{e}");
+}
+
+#[test]
+fn header_fields_are_checked() {
+    let e =
+        load("id: t\nversion: one\nsource: hl7v2\ndescription: d\nresources: []\n").unwrap_err();
+    assert_eq!(e.path, "version");
+    let e =
+        load("id: t\nversion: 1.0.0\nsource: csv\ndescription: d\nresources: []\n").unwrap_err();
+    assert_eq!(e.path, "source");
+    let e = load("id: t\nversion: 1.0.0\nsource: hl7v2\nresources: []\n").unwrap_err();
+    assert_eq!(e.path, "description");
+}
+
+#[test]
+fn load_errors_name_the_file_on_disk() {
+    let dir = std::env::temp_dir().join(format!("cwsgw-mapping-test-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("x")).unwrap();
+    std::fs::write(
+        dir.join("x/bad.yaml"),
+        with_body("      gender: {$eval: x}\n"),
+    )
+    .unwrap();
+    let e = Engine::load(&dir).unwrap_err();
+    assert!(e.file.ends_with("x/bad.yaml"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("bad.yaml: resources[0].body.gender.$eval"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+const CASE_EVENT_MAPPING: &str = r#"
+id: case-event-patient
+version: 0.1.0
+source: json
+description: County case event child to Patient (sketch of the json source).
+keys:
+  patient:
+    $first:
+      - {$concat: ["patient|cin|", {$v: child.cin}]}
+      - {$concat: ["patient|", {$v: county}, "|", {$v: child.clientId}]}
+resources:
+  - name: patient
+    type: Patient
+    required: true
+    key: {$key: patient}
+    body:
+      identifier:
+        - system: {$concat: [{$ctx: canonical_base}, /identifier/medi-cal-cin]}
+          value!: {$v: child.cin}
+      name:
+        - family: {$v: child.name.family}
+          given:
+            $for_each: child.name.given
+            $do: {$v: "."}
+      gender: {$map: v2-0001-gender, $value: {$upper: {$v: child.sex}}, $part: code}
+      birthDate: {$v: child.birthDate}
+"#;
+
+#[test]
+fn json_source_maps_a_case_event() {
+    let e = Engine::from_yaml(
+        Path::new("case.yaml"),
+        CASE_EVENT_MAPPING,
+        Some(&terminology()),
+    )
+    .unwrap();
+    let ev = json!({
+        "eventId": "e1", "type": "case.opened", "county": "Fresno",
+        "child": {"clientId": "C-1", "cin": "91234567A", "name": {"given": ["Sofia", "Marie"], "family": "Rivera"},
+                  "birthDate": "2012-03-05", "sex": "f"}
+    });
+    let ctx = JsonContext {
+        canonical_base: "https://gateway.example.org/fhir",
+        source_org_id: "county-fresno",
+        source_org_name: "Fresno County DSS",
+        received_at: "2026-01-15T10:00:00Z",
+    };
+    let b = e.translate_json("case-event-patient", &ev, &ctx).unwrap();
+    let p = &b["entry"][0]["resource"];
+    // Same CIN → same Patient id as the ADT mapping produces.
+    assert_eq!(
+        p["id"],
+        cwsgw_mapping::uuid5("patient|cin|91234567A").as_str()
+    );
+    assert_eq!(p["name"][0]["given"], json!(["Sofia", "Marie"]));
+    assert_eq!(p["gender"], "female");
+    assert_eq!(
+        p["meta"]["source"],
+        "https://gateway.example.org/fhir/mapping/case-event-patient|0.1.0"
+    );
+    // Without a CIN the county client id is the key; empty given names vanish.
+    let ev2 = json!({"county": "Fresno", "child": {"clientId": "C-2", "name": {"given": [], "family": "Lee"}}});
+    let b2 = e.translate_json("case-event-patient", &ev2, &ctx).unwrap();
+    let p2 = &b2["entry"][0]["resource"];
+    assert_eq!(
+        p2["id"],
+        cwsgw_mapping::uuid5("patient|Fresno|C-2").as_str()
+    );
+    assert!(p2.get("identifier").is_none());
+    assert_eq!(p2["name"], json!([{"family": "Lee"}]));
+    // A document with no usable id is refused with a stable code.
+    let err = e
+        .translate_json("case-event-patient", &json!({"child": {}}), &ctx)
+        .unwrap_err();
+    assert_eq!(err.code, "missing-id");
+}

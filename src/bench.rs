@@ -471,6 +471,9 @@ fn translate(seconds: u64, runs: usize) -> anyhow::Result<()> {
 
 const API_TOKEN: &str = "bench-mcp-token";
 
+/// The request path of the i-th request of a phase.
+type PathFn = Arc<dyn Fn(usize) -> String + Send + Sync>;
+
 fn api_config(dir: &std::path::Path) -> anyhow::Result<Config> {
     use sha2::Digest;
     let text = format!(
@@ -545,11 +548,7 @@ fn api_seed(n: usize) -> Vec<store::ResourceWrite> {
 
 /// A minimal HTTP/1.1 keep-alive GET client (the bench must not depend on a
 /// client library); returns the status code.
-async fn http_get(
-    s: &mut TcpStream,
-    path: &str,
-    buf: &mut Vec<u8>,
-) -> anyhow::Result<u16> {
+async fn http_get(s: &mut TcpStream, path: &str, buf: &mut Vec<u8>) -> anyhow::Result<u16> {
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {API_TOKEN}\r\nAccept: application/fhir+json\r\n\r\n"
     );
@@ -588,7 +587,7 @@ async fn api_phase(
     addr: std::net::SocketAddr,
     conns: usize,
     requests: usize,
-    path_of: Arc<dyn Fn(usize) -> String + Send + Sync>,
+    path_of: PathFn,
 ) -> anyhow::Result<(f64, f64, f64)> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
@@ -660,11 +659,10 @@ async fn api(patients: usize, requests: usize, conns: usize, runs: usize) -> any
         let _ = axum::serve(listener, reference).await;
     });
     let n = patients;
-    let read_path: Arc<dyn Fn(usize) -> String + Send + Sync> =
-        Arc::new(move |i| format!("/fhir/Task/bt{}", i % n));
-    let search_path: Arc<dyn Fn(usize) -> String + Send + Sync> =
+    let read_path: PathFn = Arc::new(move |i| format!("/fhir/Task/bt{}", i % n));
+    let search_path: PathFn =
         Arc::new(move |i| format!("/fhir/Task?patient=bp{}&status=requested", i % n));
-    let phases: [(&str, std::net::SocketAddr, Arc<dyn Fn(usize) -> String + Send + Sync>); 3] = [
+    let phases: [(&str, std::net::SocketAddr, PathFn); 3] = [
         ("read", gw.http_addr, read_path.clone()),
         ("search", gw.http_addr, search_path),
         ("memory_reference", ref_addr, read_path),

@@ -197,7 +197,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let cfg = load_config(config.as_deref())?;
             let purpose = crate::explain::parse_purpose(purpose.as_deref()).ok_or_else(|| {
-                anyhow::anyhow!("--purpose must be pull, referral, care_coordination or notification")
+                anyhow::anyhow!(
+                    "--purpose must be pull, referral, care_coordination or notification"
+                )
             })?;
             let store = crate::serve::open_store(&cfg)?;
             let rt = runtime()?;

@@ -204,10 +204,16 @@ pub async fn decisions(
         return Ok(bad("patient", "patient (a CIN or Patient id) is required"));
     };
     let Some(recipient) = q.get("recipient").filter(|p| !p.is_empty()) else {
-        return Ok(bad("recipient", "recipient (an organization id) is required"));
+        return Ok(bad(
+            "recipient",
+            "recipient (an organization id) is required",
+        ));
     };
     let Some(purpose) = parse_purpose(q.get("purpose").map(String::as_str)) else {
-        return Ok(bad("purpose", "purpose must be pull, referral, care_coordination or notification"));
+        return Ok(bad(
+            "purpose",
+            "purpose must be pull, referral, care_coordination or notification",
+        ));
     };
     let store = state.store.as_ref();
     let cfg = state.cfg.as_ref();

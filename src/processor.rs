@@ -195,7 +195,6 @@ pub fn bundle_writes(bundle: &serde_json::Value) -> Vec<ResourceWrite> {
             patient_id: mapping::patient_reference(res),
             index: crate::fhir::index::tokens(res),
             body: res.clone(),
-            index: Vec::new(),
         });
     }
     out

@@ -178,7 +178,11 @@ impl Auth {
     }
 
     /// Resolve the bearer token of a request and check the organization kind.
-    pub fn authenticate(&self, headers: &HeaderMap, allowed: &[OrgKind]) -> Result<Caller, ApiError> {
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        allowed: &[OrgKind],
+    ) -> Result<Caller, ApiError> {
         let value = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -193,7 +197,10 @@ impl Auth {
         let digest = hex::encode(Sha256::digest(token.as_bytes()));
         let caller = match self.static_tokens.get(&digest) {
             Some(c) => c.clone(),
-            None => self.smart.validate_access_token(token).ok_or(ApiError::BadToken)?,
+            None => self
+                .smart
+                .validate_access_token(token)
+                .ok_or(ApiError::BadToken)?,
         };
         if !allowed.contains(&caller.kind) {
             return Err(ApiError::Forbidden(caller.kind.as_str()));

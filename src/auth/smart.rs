@@ -109,7 +109,10 @@ impl IntoResponse for OAuthError {
         let body = json!({"error": self.error, "error_description": self.description});
         let mut resp = (status, body.to_string()).into_response();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         resp
     }
@@ -192,8 +195,9 @@ impl Smart {
         }
         let secret = match &cfg.auth.token_key_env {
             Some(var) => {
-                let v = std::env::var(var)
-                    .map_err(|_| SetupError::Key(format!("environment variable {var} is not set")))?;
+                let v = std::env::var(var).map_err(|_| {
+                    SetupError::Key(format!("environment variable {var} is not set"))
+                })?;
                 if v.len() < 32 {
                     return Err(SetupError::Key(format!(
                         "environment variable {var} must hold at least 32 bytes"
@@ -206,7 +210,9 @@ impl Smart {
         Ok(Smart {
             clients,
             token_url,
-            ttl_secs: i64::try_from(cfg.auth.token_ttl_secs).unwrap_or(300).clamp(1, 300),
+            ttl_secs: i64::try_from(cfg.auth.token_ttl_secs)
+                .unwrap_or(300)
+                .clamp(1, 300),
             encoding: EncodingKey::from_secret(&secret),
             decoding: DecodingKey::from_secret(&secret),
         })
@@ -245,7 +251,10 @@ impl Smart {
             .map_err(|_| oauth("invalid_client", "client_assertion claims are malformed"))?;
         let client_id = unverified.claims.iss;
         if form_client_id.is_some_and(|c| c != client_id) {
-            return Err(oauth("invalid_client", "client_id does not match the assertion"));
+            return Err(oauth(
+                "invalid_client",
+                "client_id does not match the assertion",
+            ));
         }
         let client = self
             .clients
@@ -269,7 +278,10 @@ impl Smart {
             ));
         }
         let key = DecodingKey::from_jwk(jwk).map_err(|_| {
-            oauth("invalid_client", format!("client {client_id}: key {kid} is unusable"))
+            oauth(
+                "invalid_client",
+                format!("client {client_id}: key {kid} is unusable"),
+            )
         })?;
         let mut v = Validation::new(header.alg);
         v.leeway = LEEWAY_SECS;
@@ -297,7 +309,10 @@ impl Smart {
         })?;
         let c = data.claims;
         if c.sub != client_id {
-            return Err(oauth("invalid_client", "iss and sub must both be the client id"));
+            return Err(oauth(
+                "invalid_client",
+                "iss and sub must both be the client id",
+            ));
         }
         if c.exp - now.timestamp() > MAX_ASSERTION_LIFETIME_SECS + LEEWAY_SECS as i64 {
             return Err(oauth(
@@ -330,7 +345,10 @@ impl Smart {
         let mut granted = Vec::new();
         for s in requested.split_ascii_whitespace() {
             let Some(mut scope) = Scope::parse(s) else {
-                return Err(oauth("invalid_scope", "only system/{Type}.{read|write|*} scopes are supported"));
+                return Err(oauth(
+                    "invalid_scope",
+                    "only system/{Type}.{read|write|*} scopes are supported",
+                ));
             };
             let known = scope.resource.as_deref().is_none_or(|t| {
                 crate::fhir::params::resource_def(t).is_some() || t == "AuditEvent"
@@ -341,8 +359,7 @@ impl Smart {
             if !matches!(client.kind, OrgKind::EcmProvider | OrgKind::County) {
                 scope.write = false;
             }
-            if scope.resource.as_deref() == Some("AuditEvent") && client.kind != OrgKind::Operator
-            {
+            if scope.resource.as_deref() == Some("AuditEvent") && client.kind != OrgKind::Operator {
                 continue;
             }
             if (scope.read || scope.write) && !granted.contains(&scope) {
@@ -356,7 +373,12 @@ impl Smart {
     }
 
     /// Issue an access token.
-    pub fn issue(&self, client_id: &str, scopes: &[Scope], now: chrono::DateTime<Utc>) -> Result<Issued, OAuthError> {
+    pub fn issue(
+        &self,
+        client_id: &str,
+        scopes: &[Scope],
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Issued, OAuthError> {
         let scope = scopes
             .iter()
             .map(ToString::to_string)
@@ -393,7 +415,11 @@ impl Smart {
         let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &v).ok()?;
         let c = data.claims;
         let client = self.clients.get(&c.sub)?;
-        let scopes: Vec<Scope> = c.scope.split_ascii_whitespace().filter_map(Scope::parse).collect();
+        let scopes: Vec<Scope> = c
+            .scope
+            .split_ascii_whitespace()
+            .filter_map(Scope::parse)
+            .collect();
         Some(Caller {
             client_id: c.sub,
             org_id: client.org_id.clone(),
@@ -449,7 +475,10 @@ pub async fn token_endpoint(State(state): State<AppState>, body: Bytes) -> Respo
             });
             let mut resp = (StatusCode::OK, body.to_string()).into_response();
             let h = resp.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             resp
         }
@@ -461,13 +490,20 @@ pub async fn token_endpoint(State(state): State<AppState>, body: Bytes) -> Respo
 }
 
 async fn token(state: &AppState, body: &[u8]) -> Result<Issued, OAuthError> {
-    let form = parse_form(body).ok_or_else(|| oauth("invalid_request", "body must be form-encoded"))?;
+    let form =
+        parse_form(body).ok_or_else(|| oauth("invalid_request", "body must be form-encoded"))?;
     let field = |k: &str| form.get(k).map(String::as_str);
     if field("grant_type") != Some("client_credentials") {
-        return Err(oauth("unsupported_grant_type", "grant_type must be client_credentials"));
+        return Err(oauth(
+            "unsupported_grant_type",
+            "grant_type must be client_credentials",
+        ));
     }
     if field("client_assertion_type") != Some(JWT_BEARER) {
-        return Err(oauth("invalid_request", format!("client_assertion_type must be {JWT_BEARER}")));
+        return Err(oauth(
+            "invalid_request",
+            format!("client_assertion_type must be {JWT_BEARER}"),
+        ));
     }
     let assertion = field("client_assertion")
         .ok_or_else(|| oauth("invalid_request", "client_assertion is required"))?;
@@ -482,7 +518,10 @@ async fn token(state: &AppState, body: &[u8]) -> Result<Issued, OAuthError> {
         .await
         .map_err(|_| oauth("temporarily_unavailable", "the store is not reachable"))?;
     if !first {
-        return Err(oauth("invalid_grant", "client_assertion jti was already used"));
+        return Err(oauth(
+            "invalid_grant",
+            "client_assertion jti was already used",
+        ));
     }
     tracing::info!(client = %v.client_id, "access token issued");
     smart.issue(&v.client_id, &scopes, now)

@@ -162,7 +162,10 @@ mod tests {
             ]
         );
         let pat = json!({"resourceType": "Patient", "id": "p3"});
-        assert_eq!(tokens(&pat), vec![SearchToken::new("patient", "Patient/p3")]);
+        assert_eq!(
+            tokens(&pat),
+            vec![SearchToken::new("patient", "Patient/p3")]
+        );
         assert!(tokens(&json!([1, 2])).is_empty());
         assert!(tokens(&json!({"status": "x"})).is_empty());
         let long = "x".repeat(MAX_TOKEN_VALUE + 1);
@@ -171,7 +174,10 @@ mod tests {
 
     #[test]
     fn references_normalize() {
-        assert_eq!(normalize_reference("Patient/p1").as_deref(), Some("Patient/p1"));
+        assert_eq!(
+            normalize_reference("Patient/p1").as_deref(),
+            Some("Patient/p1")
+        );
         assert_eq!(
             normalize_reference("http://h/fhir/Patient/p1/_history/3").as_deref(),
             Some("Patient/p1")

@@ -83,13 +83,22 @@ fn not_found(rtype: &str, id: &str) -> Response {
 fn unknown_type() -> Response {
     fhir_json(
         StatusCode::NOT_FOUND,
-        &operation_outcome("error", "not-supported", "this resource type is not served", None),
+        &operation_outcome(
+            "error",
+            "not-supported",
+            "this resource type is not served",
+            None,
+        ),
     )
 }
 
 /// 400 for a refused search parameter.
 fn bad_param(e: &params::ParamError) -> Response {
-    let code = if e.unsupported { "not-supported" } else { "invalid" };
+    let code = if e.unsupported {
+        "not-supported"
+    } else {
+        "invalid"
+    };
     fhir_json(
         StatusCode::BAD_REQUEST,
         &operation_outcome("error", code, &e.to_string(), Some(&e.param)),
@@ -140,7 +149,10 @@ impl<'a> Gate<'a> {
         }
         let Some(pid) = patient else {
             let why = "R1 deny.no-patient".to_string();
-            self.refused.entry((None, why.clone())).or_default().push(reference);
+            self.refused
+                .entry((None, why.clone()))
+                .or_default()
+                .push(reference);
             return Ok(Verdict::Withhold(why));
         };
         if !self.contexts.contains_key(&pid) {
@@ -253,7 +265,12 @@ pub fn accepts_json(headers: &HeaderMap) -> bool {
         return true;
     };
     a.split(',').any(|m| {
-        let m = m.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let m = m
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         matches!(
             m.as_str(),
             "*/*" | "application/*" | "application/fhir+json" | "application/json" | ""
@@ -317,7 +334,10 @@ async fn read(
 }
 
 fn entry(base: &str, body: Value, mode: &str) -> Value {
-    let rt = body.get("resourceType").and_then(Value::as_str).unwrap_or("");
+    let rt = body
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let id = body.get("id").and_then(Value::as_str).unwrap_or("");
     json!({
         "fullUrl": format!("{base}/fhir/{rt}/{id}"),
@@ -351,15 +371,10 @@ async fn fill_page(gate: &mut Gate<'_>, s: &params::Search) -> Result<Page, ApiE
         let mut q = s.query.clone();
         q.after = after.clone();
         q.limit = limit;
-        let rows = gate
-            .state
-            .store
-            .resource_search(&q)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "resource search failed");
-                ApiError::Unavailable
-            })?;
+        let rows = gate.state.store.resource_search(&q).await.map_err(|e| {
+            tracing::error!(error = %e, "resource search failed");
+            ApiError::Unavailable
+        })?;
         let n = rows.len();
         for (i, r) in rows.iter().enumerate() {
             scanned += 1;
@@ -439,27 +454,31 @@ async fn search(
     for m in page.matches {
         entries.push(entry(base, m, "match"));
     }
-        for r in focus_refs {
-            let Some((t, id)) = r.split_once('/') else {
-                continue;
-            };
-            if params::resource_def(t).is_none() || !caller.may(t, Access::Read) {
-                continue;
-            }
-            let found = state
-                .store
-                .resource_get(t, id)
-                .await
-                .map_err(|_| ApiError::Unavailable)?;
-            if let Some(res) = found {
-                if let Verdict::Permit(body) = gate.judge(&res).await? {
-                    entries.push(entry(base, body, "include"));
-                }
+    for r in focus_refs {
+        let Some((t, id)) = r.split_once('/') else {
+            continue;
+        };
+        if params::resource_def(t).is_none() || !caller.may(t, Access::Read) {
+            continue;
+        }
+        let found = state
+            .store
+            .resource_get(t, id)
+            .await
+            .map_err(|_| ApiError::Unavailable)?;
+        if let Some(res) = found {
+            if let Verdict::Permit(body) = gate.judge(&res).await? {
+                entries.push(entry(base, body, "include"));
             }
         }
+    }
     gate.finish().await?;
-    let self_q = params::next_query(&s, "").trim_end_matches("_cursor=").trim_end_matches('&').to_string();
-    let mut links = vec![json!({"relation": "self", "url": format!("{base}/fhir/{rtype}?{self_q}")})];
+    let self_q = params::next_query(&s, "")
+        .trim_end_matches("_cursor=")
+        .trim_end_matches('&')
+        .to_string();
+    let mut links =
+        vec![json!({"relation": "self", "url": format!("{base}/fhir/{rtype}?{self_q}")})];
     if let Some((t, id)) = &page.next {
         let c = params::encode_cursor(*t, id);
         links.push(json!({"relation": "next", "url": format!("{base}/fhir/{rtype}?{}", params::next_query(&s, &c))}));
@@ -576,15 +595,25 @@ async fn audit_search(
     gate.finish().await?;
     let q: Vec<String> = link_params
         .iter()
-        .map(|(k, v)| format!("{}={}", params::encode_component(k), params::encode_component(v)))
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                params::encode_component(k),
+                params::encode_component(v)
+            )
+        })
         .collect();
-    let mut links = vec![json!({"relation": "self", "url": format!("{base}/fhir/AuditEvent?{}", q.join("&"))})];
+    let mut links =
+        vec![json!({"relation": "self", "url": format!("{base}/fhir/AuditEvent?{}", q.join("&"))})];
     if let (true, Some(last)) = (more, rows.last()) {
         let mut nq = q.clone();
         nq.push(format!("_cursor={}", last.seq));
-        links.push(json!({"relation": "next", "url": format!("{base}/fhir/AuditEvent?{}", nq.join("&"))}));
+        links.push(
+            json!({"relation": "next", "url": format!("{base}/fhir/AuditEvent?{}", nq.join("&"))}),
+        );
     }
-    let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries});
+    let mut bundle =
+        json!({"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries});
     if !more && after == 0 {
         bundle["total"] = json!(rows.len());
     }

@@ -58,7 +58,14 @@ pub const RESOURCES: &[ResourceDef] = &[
     },
     ResourceDef {
         name: "ServiceRequest",
-        params: &["_id", "_lastUpdated", "identifier", "patient", "subject", "status"],
+        params: &[
+            "_id",
+            "_lastUpdated",
+            "identifier",
+            "patient",
+            "subject",
+            "status",
+        ],
         includes: &[],
     },
     ResourceDef {
@@ -78,7 +85,14 @@ pub const RESOURCES: &[ResourceDef] = &[
     },
     ResourceDef {
         name: "CarePlan",
-        params: &["_id", "_lastUpdated", "identifier", "patient", "subject", "status"],
+        params: &[
+            "_id",
+            "_lastUpdated",
+            "identifier",
+            "patient",
+            "subject",
+            "status",
+        ],
         includes: &[],
     },
     ResourceDef {
@@ -88,7 +102,14 @@ pub const RESOURCES: &[ResourceDef] = &[
     },
     ResourceDef {
         name: "Encounter",
-        params: &["_id", "_lastUpdated", "identifier", "patient", "subject", "status"],
+        params: &[
+            "_id",
+            "_lastUpdated",
+            "identifier",
+            "patient",
+            "subject",
+            "status",
+        ],
         includes: &[],
     },
     ResourceDef {
@@ -313,8 +334,7 @@ pub fn parse(
     let mut patient: Option<String> = None;
     for (name, value) in pairs {
         let name = name.as_str();
-        let known = matches!(name, "_count" | "_cursor" | "_include")
-            || def.params.contains(&name);
+        let known = matches!(name, "_count" | "_cursor" | "_include") || def.params.contains(&name);
         if !known {
             if lenient {
                 s.ignored.push(name.to_string());
@@ -405,14 +425,23 @@ pub fn parse(
             "status" => s.query.params.push(("status".into(), values(name, value)?)),
             "owner" => s.query.params.push((
                 "owner".into(),
-                reference_values(name, value, &["Organization", "Practitioner", "PractitionerRole"])?,
+                reference_values(
+                    name,
+                    value,
+                    &["Organization", "Practitioner", "PractitionerRole"],
+                )?,
             )),
             "requester" => s.query.params.push((
                 "requester".into(),
                 reference_values(
                     name,
                     value,
-                    &["Organization", "Practitioner", "PractitionerRole", "Patient"],
+                    &[
+                        "Organization",
+                        "Practitioner",
+                        "PractitionerRole",
+                        "Patient",
+                    ],
                 )?,
             )),
             "focus" => s.query.params.push((
@@ -511,7 +540,10 @@ mod tests {
     fn identifier_forms() {
         let def = resource_def("Patient").unwrap();
         let s = parse(def, &p(&[("identifier", "|X1")]), false).unwrap();
-        assert_eq!(s.query.params, vec![("identifier".into(), vec!["|X1".into()])]);
+        assert_eq!(
+            s.query.params,
+            vec![("identifier".into(), vec!["|X1".into()])]
+        );
         let s = parse(def, &p(&[("identifier", "X1,X2")]), false).unwrap();
         assert_eq!(
             s.query.params,
@@ -555,7 +587,12 @@ mod tests {
 
     #[test]
     fn patient_conflicts_and_bad_values() {
-        let s = parse(task(), &p(&[("patient", "a"), ("subject", "Patient/b")]), false).unwrap();
+        let s = parse(
+            task(),
+            &p(&[("patient", "a"), ("subject", "Patient/b")]),
+            false,
+        )
+        .unwrap();
         assert!(s.empty);
         assert!(parse(task(), &p(&[("patient", "a,b")]), false).is_err());
         assert!(parse(task(), &p(&[("subject", "Group/g")]), false).is_err());

@@ -55,7 +55,12 @@ pub fn json_content_type(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     media == "application/fhir+json" || media == "application/json"
 }
 
@@ -108,8 +113,15 @@ pub fn consent_shape_problem(res: &Value) -> Option<(&'static str, &'static str)
             .and_then(Value::as_array)
             .is_some_and(|a| !a.is_empty())
     };
-    if res.get("patient").and_then(|p| ref_id(p, "Patient")).is_none() {
-        return Some(("Consent.patient must reference a Patient", "Consent.patient"));
+    if res
+        .get("patient")
+        .and_then(|p| ref_id(p, "Patient"))
+        .is_none()
+    {
+        return Some((
+            "Consent.patient must reference a Patient",
+            "Consent.patient",
+        ));
     }
     if !kind_ok {
         return Some((
@@ -180,7 +192,12 @@ pub async fn create(
     if !CREATE_TYPES.contains(&rtype.as_str()) {
         return Ok(fhir_json(
             StatusCode::METHOD_NOT_ALLOWED,
-            &operation_outcome("error", "not-supported", "create is not supported on this resource type", None),
+            &operation_outcome(
+                "error",
+                "not-supported",
+                "create is not supported on this resource type",
+                None,
+            ),
         ));
     }
     caller.require(&rtype, Access::Write)?;
@@ -196,7 +213,10 @@ pub async fn create(
         ));
     };
     if !res.is_object() {
-        return Ok(unprocessable("the body must be a JSON object", "resourceType"));
+        return Ok(unprocessable(
+            "the body must be a JSON object",
+            "resourceType",
+        ));
     }
     if res.get("resourceType").and_then(Value::as_str) != Some(rtype.as_str()) {
         return Ok(unprocessable(
@@ -212,12 +232,22 @@ pub async fn create(
     } else {
         res.get("subject").and_then(|p| ref_id(p, "Patient"))
     };
-    let subject_expr = if rtype == "Consent" { "Consent.patient" } else { "CarePlan.subject" };
+    let subject_expr = if rtype == "Consent" {
+        "Consent.patient"
+    } else {
+        "CarePlan.subject"
+    };
     let Some(patient_id) = patient_id else {
-        return Ok(unprocessable("the subject must reference a Patient", subject_expr));
+        return Ok(unprocessable(
+            "the subject must reference a Patient",
+            subject_expr,
+        ));
     };
     let Some(patient) = visible_patient(&state, &caller, &patient_id).await? else {
-        return Ok(unprocessable("the referenced Patient is not known", subject_expr));
+        return Ok(unprocessable(
+            "the referenced Patient is not known",
+            subject_expr,
+        ));
     };
     if rtype == "Consent" {
         if let Some(resp) = check_grantor(&res, &patient.body) {
@@ -247,7 +277,10 @@ pub async fn create(
             m.remove("lastUpdated");
         }
         let strip_empty_meta = |v: &mut Value| {
-            if v.get("meta").and_then(Value::as_object).is_some_and(|m| m.is_empty()) {
+            if v.get("meta")
+                .and_then(Value::as_object)
+                .is_some_and(|m| m.is_empty())
+            {
                 if let Some(o) = v.as_object_mut() {
                     o.remove("meta");
                 }
@@ -258,7 +291,12 @@ pub async fn create(
         if a != b {
             return Ok(fhir_json(
                 StatusCode::CONFLICT,
-                &operation_outcome("error", "conflict", &format!("{rtype}/{id} exists; create with a new id"), Some("id")),
+                &operation_outcome(
+                    "error",
+                    "conflict",
+                    &format!("{rtype}/{id} exists; create with a new id"),
+                    Some("id"),
+                ),
             ));
         }
         return Ok(created(&state, StatusCode::OK, &existing));
@@ -362,7 +400,12 @@ fn check_grantor(res: &Value, patient: &Value) -> Option<Response> {
         Ok(()) => None,
         Err(e) => Some(fhir_json(
             StatusCode::UNPROCESSABLE_ENTITY,
-            &operation_outcome("error", "business-rule", &e.to_string(), Some("Consent.extension")),
+            &operation_outcome(
+                "error",
+                "business-rule",
+                &e.to_string(),
+                Some("Consent.extension"),
+            ),
         )),
     }
 }
@@ -402,13 +445,25 @@ mod tests {
         });
         assert_eq!(consent_shape_problem(&good), None);
         let mut no_actor = good.clone();
-        no_actor["provision"].as_object_mut().unwrap().remove("actor");
-        assert_eq!(consent_shape_problem(&no_actor).unwrap().1, "Consent.provision.actor");
+        no_actor["provision"]
+            .as_object_mut()
+            .unwrap()
+            .remove("actor");
+        assert_eq!(
+            consent_shape_problem(&no_actor).unwrap().1,
+            "Consent.provision.actor"
+        );
         let mut no_ext = good.clone();
         no_ext.as_object_mut().unwrap().remove("extension");
-        assert_eq!(consent_shape_problem(&no_ext).unwrap().1, "Consent.extension");
+        assert_eq!(
+            consent_shape_problem(&no_ext).unwrap().1,
+            "Consent.extension"
+        );
         let mut no_patient = good;
         no_patient.as_object_mut().unwrap().remove("patient");
-        assert_eq!(consent_shape_problem(&no_patient).unwrap().1, "Consent.patient");
+        assert_eq!(
+            consent_shape_problem(&no_patient).unwrap().1,
+            "Consent.patient"
+        );
     }
 }

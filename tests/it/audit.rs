@@ -29,7 +29,14 @@ async fn reads_and_refusals_are_audited_and_tampering_is_detected() {
         vec![
             patient("p1", "91000001A", "2010-03-15"),
             patient("p2", "91000002B", "2011-05-01"),
-            consent("c1", "p1", "referral_verbal", "youth", &["mcp-a"], &["referral"]),
+            consent(
+                "c1",
+                "p1",
+                "referral_verbal",
+                "youth",
+                &["mcp-a"],
+                &["referral"],
+            ),
             service_request("sr1", "p1"),
             task("t1", "p1", "sr1", "requested", "mcp-a"),
             task("t2", "p2", "sr1", "requested", "mcp-a"),
@@ -38,11 +45,35 @@ async fn reads_and_refusals_are_audited_and_tampering_is_detected() {
     .await;
     let c = reqwest::Client::new();
     let get = |url: String, tok: &'static str| c.get(url).bearer_auth(tok).send();
-    assert_eq!(get(format!("{base}/fhir/Task/t1"), MCP_TOKEN).await.unwrap().status(), StatusCode::OK);
-    assert_eq!(get(format!("{base}/fhir/Task/t2"), MCP_TOKEN).await.unwrap().status(), StatusCode::NOT_FOUND);
-    assert_eq!(get(format!("{base}/fhir/Patient/p2"), OPS_TOKEN).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        get(format!("{base}/fhir/Task/t1"), MCP_TOKEN)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(format!("{base}/fhir/Task/t2"), MCP_TOKEN)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(format!("{base}/fhir/Patient/p2"), OPS_TOKEN)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
     // A true 404 discloses nothing and is not a refusal.
-    assert_eq!(get(format!("{base}/fhir/Task/zz"), MCP_TOKEN).await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(format!("{base}/fhir/Task/zz"), MCP_TOKEN)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
     let recs = gw.store.audit_list(0, 100, None, None).await.unwrap();
     let summary: Vec<(String, Option<String>, Option<String>)> = recs
         .iter()
@@ -59,11 +90,17 @@ async fn reads_and_refusals_are_audited_and_tampering_is_detected() {
     assert_eq!(recs[0].body["entity"][1]["what"]["reference"], "Task/t1");
     assert_eq!(recs[1].body["outcome"], "4");
     assert!(recs[1].body["outcomeDesc"].as_str().unwrap().contains("R1"));
-    assert_eq!(recs[2].body["purposeOfEvent"][0]["coding"][0]["code"], "HOPERAT");
+    assert_eq!(
+        recs[2].body["purposeOfEvent"][0]["coding"][0]["code"],
+        "HOPERAT"
+    );
     // Served to operators as AuditEvent resources.
-    let r = get(format!("{base}/fhir/AuditEvent/2"), OPS_TOKEN).await.unwrap();
+    let r = get(format!("{base}/fhir/AuditEvent/2"), OPS_TOKEN)
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let ev: serde_json::Value = r.json().await.unwrap();
+    let ev: serde_json::Value =
+        serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap();
     assert_eq!(ev["id"], "2");
     assert_eq!(ev["meta"]["tag"][0]["code"], recs[1].hash);
     gw.stop().await;

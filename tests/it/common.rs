@@ -248,7 +248,9 @@ jwks_file = "{jwks}"
         mcp = sha(MCP_TOKEN),
         mcpb = sha(MCP_B_TOKEN),
         ecm = sha(ECM_TOKEN),
-        jwks = repo().join("tests/fixtures/smart/plan-a.jwks.json").display(),
+        jwks = repo()
+            .join("tests/fixtures/smart/plan-a.jwks.json")
+            .display(),
     )
 }
 

@@ -46,7 +46,14 @@ async fn seed_two_youths(store: &dyn store::Store) {
         vec![
             patient("p1", "91000001A", "2010-03-15"),
             patient("p2", "91000002B", "2011-05-01"),
-            consent("c1", "p1", "referral_verbal", "youth", &["mcp-a"], &["referral"]),
+            consent(
+                "c1",
+                "p1",
+                "referral_verbal",
+                "youth",
+                &["mcp-a"],
+                &["referral"],
+            ),
             service_request("sr1", "p1"),
             service_request("sr2", "p2"),
             task("t1", "p1", "sr1", "requested", "mcp-a"),
@@ -81,14 +88,22 @@ async fn every_declared_search_parameter_works() {
         ("Patient", "_lastUpdated=ge2000-01-01", vec!["p1", "p2"]),
         ("Patient", "_lastUpdated=lt2000-01-01", vec![]),
         ("ServiceRequest", "patient=p1", vec!["sr1"]),
-        ("ServiceRequest", "_id=sr1,sr2&_lastUpdated=ge2000-01-01", vec!["sr1", "sr2"]),
+        (
+            "ServiceRequest",
+            "_id=sr1,sr2&_lastUpdated=ge2000-01-01",
+            vec!["sr1", "sr2"],
+        ),
         ("CarePlan", "_id=cp1&_lastUpdated=ge2000-01-01", vec!["cp1"]),
         ("Consent", "_id=c1&_lastUpdated=lt2100-01-01", vec!["c1"]),
         ("Consent", "identifier=none", vec![]),
         ("Encounter", "_id=e1&_lastUpdated=ge2000-01-01", vec!["e1"]),
         ("Condition", "_lastUpdated=ge2000-01-01", vec!["cond1"]),
         ("ServiceRequest", "subject=Patient/p2", vec!["sr2"]),
-        ("ServiceRequest", "status=active&identifier=urn:sr|SR-sr1", vec!["sr1"]),
+        (
+            "ServiceRequest",
+            "status=active&identifier=urn:sr|SR-sr1",
+            vec!["sr1"],
+        ),
         ("Task", "patient=Patient/p2", vec!["t2"]),
         ("Task", "subject=p1", vec!["t1"]),
         ("Task", "status=requested,accepted", vec!["t1", "t2"]),
@@ -98,16 +113,32 @@ async fn every_declared_search_parameter_works() {
         ("Task", "requester=county-fresno&focus=sr2", vec!["t2"]),
         ("Task", "identifier=|T-t1", vec![]),
         ("Task", "identifier=urn:task|T-t1", vec!["t1"]),
-        ("Task", "_id=t1,t2&_lastUpdated=gt2000-01-01T00:00:00Z&_lastUpdated=le2100-01-01", vec!["t1", "t2"]),
-        ("CarePlan", "subject=p1&status=active&identifier=CP-1", vec!["cp1"]),
+        (
+            "Task",
+            "_id=t1,t2&_lastUpdated=gt2000-01-01T00:00:00Z&_lastUpdated=le2100-01-01",
+            vec!["t1", "t2"],
+        ),
+        (
+            "CarePlan",
+            "subject=p1&status=active&identifier=CP-1",
+            vec!["cp1"],
+        ),
         ("CarePlan", "patient=p2", vec![]),
         ("Consent", "patient=p1&status=active", vec!["c1"]),
-        ("Encounter", "patient=p1&status=finished&identifier=urn:enc|V1", vec!["e1"]),
+        (
+            "Encounter",
+            "patient=p1&status=finished&identifier=urn:enc|V1",
+            vec!["e1"],
+        ),
         ("Encounter", "subject=p1", vec!["e1"]),
         ("Condition", "subject=p1&identifier=|COND-1", vec!["cond1"]),
         ("Condition", "patient=p1&_id=cond1", vec!["cond1"]),
         ("Provenance", "patient=p1", vec!["prov1"]),
-        ("Provenance", "_id=prov1&_lastUpdated=ge2000-01-01", vec!["prov1"]),
+        (
+            "Provenance",
+            "_id=prov1&_lastUpdated=ge2000-01-01",
+            vec!["prov1"],
+        ),
     ];
     for (rt, q, want) in &cases {
         let (s, b) = get(&c, &format!("{base}/fhir/{rt}?{q}"), OPS_TOKEN).await;
@@ -127,15 +158,19 @@ async fn every_declared_search_parameter_works() {
         for p in r["searchParam"].as_array().unwrap() {
             let name = p["name"].as_str().unwrap();
             assert!(
-                cases
-                    .iter()
-                    .any(|(t, q, _)| *t == rt && q.split('&').any(|kv| kv.starts_with(&format!("{name}=")))),
+                cases.iter().any(|(t, q, _)| *t == rt
+                    && q.split('&').any(|kv| kv.starts_with(&format!("{name}=")))),
                 "{rt}.{name} is declared but not tested"
             );
         }
     }
     // _include=Task:focus
-    let (_, b) = get(&c, &format!("{base}/fhir/Task?_id=t1&_include=Task:focus"), OPS_TOKEN).await;
+    let (_, b) = get(
+        &c,
+        &format!("{base}/fhir/Task?_id=t1&_include=Task:focus"),
+        OPS_TOKEN,
+    )
+    .await;
     let inc: Vec<&str> = b["entry"]
         .as_array()
         .unwrap()
@@ -158,9 +193,14 @@ async fn every_declared_search_parameter_works() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let b: Value = r.json().await.unwrap();
+    let b: Value = serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap();
     assert_eq!(ids(&b), vec!["p1"]);
-    for bad in ["_lastUpdated=eq2026-01-01", "_count=x", "status=x", "_include=Patient:link"] {
+    for bad in [
+        "_lastUpdated=eq2026-01-01",
+        "_count=x",
+        "status=x",
+        "_include=Patient:link",
+    ] {
         let (s, _) = get(&c, &format!("{base}/fhir/Patient?{bad}"), OPS_TOKEN).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
     }
@@ -213,7 +253,10 @@ async fn paging_is_stable_under_concurrent_inserts() {
     uniq.sort();
     uniq.dedup();
     for i in 0..7 {
-        assert!(uniq.contains(&format!("pg{i:02}")), "pg{i:02} skipped: {seen:?}");
+        assert!(
+            uniq.contains(&format!("pg{i:02}")),
+            "pg{i:02} skipped: {seen:?}"
+        );
     }
     assert!(uniq.contains(&"pg-new1".to_string()), "{seen:?}");
     assert_eq!(
@@ -233,17 +276,31 @@ async fn consent_filters_reads_searches_totals_and_includes() {
     let (_dir, gw, base) = start_fhir().await;
     seed_two_youths(gw.store.as_ref()).await;
     // A later Task of p1: behind p2's withheld t2 in (last_updated, id) order.
-    seed(gw.store.as_ref(), vec![task("t3", "p1", "sr1", "accepted", "mcp-a")]).await;
+    seed(
+        gw.store.as_ref(),
+        vec![task("t3", "p1", "sr1", "accepted", "mcp-a")],
+    )
+    .await;
     let c = reqwest::Client::new();
     // mcp-a is named by p1's referral consent: the referral package of p1.
     let (s, b) = get(&c, &format!("{base}/fhir/Task/t1"), MCP_TOKEN).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["id"], "t1");
     // p2's Task is withheld: 404 with exactly the body of a true 404.
-    let r = c.get(format!("{base}/fhir/Task/t2")).bearer_auth(MCP_TOKEN).send().await.unwrap();
+    let r = c
+        .get(format!("{base}/fhir/Task/t2"))
+        .bearer_auth(MCP_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let withheld = r.text().await.unwrap();
-    let r = c.get(format!("{base}/fhir/Task/nope")).bearer_auth(MCP_TOKEN).send().await.unwrap();
+    let r = c
+        .get(format!("{base}/fhir/Task/nope"))
+        .bearer_auth(MCP_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let absent = r.text().await.unwrap();
     assert_eq!(
@@ -275,7 +332,12 @@ async fn consent_filters_reads_searches_totals_and_includes() {
     }
     assert_eq!(seen, vec!["t1", "t3"]);
     // _include is filtered the same way.
-    let (_, b) = get(&c, &format!("{base}/fhir/Task?_include=Task:focus"), MCP_TOKEN).await;
+    let (_, b) = get(
+        &c,
+        &format!("{base}/fhir/Task?_include=Task:focus"),
+        MCP_TOKEN,
+    )
+    .await;
     let all: Vec<&str> = b["entry"]
         .as_array()
         .unwrap()
@@ -310,9 +372,17 @@ async fn consent_filters_reads_searches_totals_and_includes() {
         .unwrap();
     assert_eq!(refusal.body["resourceType"], "AuditEvent");
     assert_eq!(refusal.patient_id.as_deref(), Some("p2"));
-    assert!(!refusal.body.to_string().contains("91000002B"), "no CIN in audit");
+    assert!(
+        !refusal.body.to_string().contains("91000002B"),
+        "no CIN in audit"
+    );
     // Operators search the audit trail.
-    let (s, b) = get(&c, &format!("{base}/fhir/AuditEvent?patient=p2&_count=200"), OPS_TOKEN).await;
+    let (s, b) = get(
+        &c,
+        &format!("{base}/fhir/AuditEvent?patient=p2&_count=200"),
+        OPS_TOKEN,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     assert!(!ids(&b).is_empty());
     let (s, _) = get(&c, &format!("{base}/fhir/AuditEvent"), MCP_TOKEN).await;
@@ -327,7 +397,14 @@ async fn create_care_plan_and_consent() {
     // The ECM provider holds a release for p1's care plans and case.
     seed(
         gw.store.as_ref(),
-        vec![consent("c-roi", "p1", "release_of_information", "youth", &["ecm-compass"], &["case", "health"])],
+        vec![consent(
+            "c-roi",
+            "p1",
+            "release_of_information",
+            "youth",
+            &["ecm-compass"],
+            &["case", "health"],
+        )],
     )
     .await;
     let c = reqwest::Client::new();
@@ -340,59 +417,137 @@ async fn create_care_plan_and_consent() {
     let cp = json!({"resourceType": "CarePlan", "status": "active", "intent": "plan",
         "subject": {"reference": "Patient/p1"},
         "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}]}});
-    let r = post("CarePlan", cp.clone(), "application/fhir+json").send().await.unwrap();
+    let r = post("CarePlan", cp.clone(), "application/fhir+json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(r.headers()["content-type"], "application/fhir+json");
     let loc = r.headers()["location"].to_str().unwrap().to_string();
-    let created: Value = r.json().await.unwrap();
+    let created: Value =
+        serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap();
     let id = created["id"].as_str().unwrap().to_string();
-    assert!(loc.ends_with(&format!("/fhir/CarePlan/{id}/_history/1")), "{loc}");
+    assert!(
+        loc.ends_with(&format!("/fhir/CarePlan/{id}/_history/1")),
+        "{loc}"
+    );
     assert_eq!(created["meta"]["security"][0]["code"], "PSY", "labels kept");
     // Stored, indexed and journaled.
     let (_, b) = get(&c, &format!("{base}/fhir/CarePlan?patient=p1"), OPS_TOKEN).await;
     assert!(ids(&b).contains(&id));
     assert_eq!(gw.store.journal_stats().await.unwrap().total, 1);
     // The same POST again: same id, not a second resource.
-    let r = post("CarePlan", cp, "application/json").send().await.unwrap();
+    let r = post("CarePlan", cp, "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // Bad: no subject / unknown patient / wrong type / wrong media type.
-    let r = post("CarePlan", json!({"resourceType": "CarePlan", "status": "active"}), "application/fhir+json").send().await.unwrap();
+    let r = post(
+        "CarePlan",
+        json!({"resourceType": "CarePlan", "status": "active"}),
+        "application/fhir+json",
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let b: Value = r.json().await.unwrap();
+    let b: Value = serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap();
     assert_eq!(b["issue"][0]["expression"][0], "CarePlan.subject");
-    let r = post("CarePlan", json!({"resourceType": "CarePlan", "subject": {"reference": "Patient/zz"}}), "application/fhir+json").send().await.unwrap();
+    let r = post(
+        "CarePlan",
+        json!({"resourceType": "CarePlan", "subject": {"reference": "Patient/zz"}}),
+        "application/fhir+json",
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let r = post("CarePlan", json!({"resourceType": "Consent", "subject": {"reference": "Patient/p1"}}), "application/fhir+json").send().await.unwrap();
+    let r = post(
+        "CarePlan",
+        json!({"resourceType": "Consent", "subject": {"reference": "Patient/p1"}}),
+        "application/fhir+json",
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let r = post("CarePlan", json!({}), "text/plain").send().await.unwrap();
+    let r = post("CarePlan", json!({}), "text/plain")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     // An MCP may not create.
-    let r = c.post(format!("{base}/fhir/CarePlan")).bearer_auth(MCP_TOKEN)
-        .header("Content-Type", "application/fhir+json").body("{}").send().await.unwrap();
+    let r = c
+        .post(format!("{base}/fhir/CarePlan"))
+        .bearer_auth(MCP_TOKEN)
+        .header("Content-Type", "application/fhir+json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     // Consent: a good one (the youth, 15, grants a release for case info).
-    let good = consent("c-new", "p1", "release_of_information", "youth", &["ecm-compass"], &["case"]);
-    let r = post("Consent", good, "application/fhir+json").send().await.unwrap();
+    let good = consent(
+        "c-new",
+        "p1",
+        "release_of_information",
+        "youth",
+        &["ecm-compass"],
+        &["case"],
+    );
+    let r = post("Consent", good, "application/fhir+json")
+        .send()
+        .await
+        .unwrap();
     let st = r.status();
-    let b: Value = r.json().await.unwrap();
+    let b: Value = serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap();
     assert_eq!(st, StatusCode::CREATED, "{b}");
     assert_eq!(b["id"], "c-new");
     // A bad grantor: a social worker cannot release substance use records → 422 saying why.
-    let bad = consent("c-bad", "p1", "part2_written", "social_worker", &["ecm-compass"], &["substance_use"]);
-    let r = post("Consent", bad, "application/fhir+json").send().await.unwrap();
+    let bad = consent(
+        "c-bad",
+        "p1",
+        "part2_written",
+        "social_worker",
+        &["ecm-compass"],
+        &["substance_use"],
+    );
+    let r = post("Consent", bad, "application/fhir+json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let b: Value = r.json().await.unwrap();
+    let b: Value = serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap();
     assert_eq!(b["issue"][0]["code"], "business-rule");
     assert_eq!(b["issue"][0]["expression"][0], "Consent.extension");
     assert!(!b["issue"][0]["diagnostics"].as_str().unwrap().is_empty());
     // Not our shape.
-    let mut shapeless = consent("c-x", "p1", "release_of_information", "youth", &["ecm-compass"], &["case"]);
-    shapeless["provision"].as_object_mut().unwrap().remove("class");
-    let r = post("Consent", shapeless, "application/fhir+json").send().await.unwrap();
+    let mut shapeless = consent(
+        "c-x",
+        "p1",
+        "release_of_information",
+        "youth",
+        &["ecm-compass"],
+        &["case"],
+    );
+    shapeless["provision"]
+        .as_object_mut()
+        .unwrap()
+        .remove("class");
+    let r = post("Consent", shapeless, "application/fhir+json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let b: Value = r.json().await.unwrap();
+    let b: Value = serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap();
     assert_eq!(b["issue"][0]["expression"][0], "Consent.provision.class");
-    assert!(gw.store.resource_get("Consent", "c-bad").await.unwrap().is_none());
+    assert!(gw
+        .store
+        .resource_get("Consent", "c-bad")
+        .await
+        .unwrap()
+        .is_none());
     gw.stop().await;
 }
 
@@ -402,21 +557,40 @@ async fn content_types_and_unknown_types() {
     seed_two_youths(gw.store.as_ref()).await;
     let c = reqwest::Client::new();
     for accept in ["application/fhir+json", "application/json", "*/*"] {
-        let r = c.get(format!("{base}/fhir/Patient/p1")).bearer_auth(OPS_TOKEN)
-            .header("Accept", accept).send().await.unwrap();
+        let r = c
+            .get(format!("{base}/fhir/Patient/p1"))
+            .bearer_auth(OPS_TOKEN)
+            .header("Accept", accept)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{accept}");
         assert_eq!(r.headers()["content-type"], "application/fhir+json");
         assert_eq!(r.headers()["etag"], "W/\"1\"");
     }
-    let r = c.get(format!("{base}/fhir/Patient/p1")).bearer_auth(OPS_TOKEN)
-        .header("Accept", "application/fhir+xml").send().await.unwrap();
+    let r = c
+        .get(format!("{base}/fhir/Patient/p1"))
+        .bearer_auth(OPS_TOKEN)
+        .header("Accept", "application/fhir+xml")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_ACCEPTABLE);
     let (s, b) = get(&c, &format!("{base}/fhir/MessageHeader/x"), OPS_TOKEN).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(b["resourceType"], "OperationOutcome");
-    let r = c.get(format!("{base}/fhir/Patient/p1")).send().await.unwrap();
+    let r = c
+        .get(format!("{base}/fhir/Patient/p1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = c.get(format!("{base}/fhir/Patient/p1")).bearer_auth(STMARY_TOKEN).send().await.unwrap();
+    let r = c
+        .get(format!("{base}/fhir/Patient/p1"))
+        .bearer_auth(STMARY_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     gw.stop().await;
 }
@@ -434,13 +608,35 @@ async fn explain_names_what_may_and_may_not_be_seen() {
     .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["patient"], "p1");
-    assert!(b["may_see"].as_array().unwrap().contains(&json!("referral")), "{b}");
-    assert!(b["may_not_see"].as_array().unwrap().contains(&json!("substance_use")));
+    assert!(
+        b["may_see"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("referral")),
+        "{b}"
+    );
+    assert!(b["may_not_see"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("substance_use")));
     assert_eq!(b["context"]["consents"][0]["id"], "c1");
-    assert!(!b.to_string().contains("91000001A"), "the CIN is not echoed");
-    let (s, _) = get(&c, &format!("{base}/ops/decisions?patient=00000000X&recipient=mcp-a"), OPS_TOKEN).await;
+    assert!(
+        !b.to_string().contains("91000001A"),
+        "the CIN is not echoed"
+    );
+    let (s, _) = get(
+        &c,
+        &format!("{base}/ops/decisions?patient=00000000X&recipient=mcp-a"),
+        OPS_TOKEN,
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, _) = get(&c, &format!("{base}/ops/decisions?patient=91000001A&recipient=mcp-a"), MCP_TOKEN).await;
+    let (s, _) = get(
+        &c,
+        &format!("{base}/ops/decisions?patient=91000001A&recipient=mcp-a"),
+        MCP_TOKEN,
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     gw.stop().await;
 }

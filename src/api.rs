@@ -1,10 +1,12 @@
 //! The HTTP edge: routes, bearer-token authentication, and the one error type
 //! that becomes a FHIR `OperationOutcome`.
 //!
+//! Authentication lives in [`crate::auth`] (static tokens and SMART Backend
+//! Services); the FHIR pull API in [`crate::fhir`].
+//!
 //! Limits are layers: a body limit (`server.max_body_bytes`, 413 above it), a
 //! per-request timeout (`server.request_timeout_ms`), and a concurrency limit.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use store::Store;
 
 use crate::config::{Config, OrgKind};
@@ -29,19 +30,18 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub intake: Arc<AdtIntake>,
     pub metrics: Arc<Metrics>,
-    /// SHA-256 hex of a bearer token → (client id, organization id, kind).
-    pub tokens: Arc<HashMap<String, Caller>>,
+    /// Static bearer tokens and SMART Backend Services.
+    pub auth: Arc<crate::auth::Auth>,
     pub capability: Arc<serde_json::Value>,
     /// County events, referrals, Task lifecycle, eligibility, deadlines.
     pub county: Arc<crate::county::County>,
+    /// The one consent decision point.
+    pub disclosure: crate::disclosure::Disclosure,
+    /// Public base URL (no trailing slash), for links and `Location`.
+    pub base_url: Arc<String>,
 }
 
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub client_id: String,
-    pub org_id: String,
-    pub kind: OrgKind,
-}
+pub use crate::auth::Caller;
 
 /// An error at the edge, rendered as an OperationOutcome.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,8 @@ pub enum ApiError {
     BadToken,
     #[error("organizations of kind {0} may not use this endpoint")]
     Forbidden(&'static str),
+    #[error("the token's scopes do not cover this resource type and access")]
+    InsufficientScope,
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("the store is not reachable")]
@@ -64,7 +66,7 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthenticated | ApiError::BadToken => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::InsufficientScope => StatusCode::FORBIDDEN,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -74,7 +76,7 @@ impl ApiError {
     fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthenticated | ApiError::BadToken => "login",
-            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Forbidden(_) | ApiError::InsufficientScope => "forbidden",
             ApiError::UnsupportedMediaType(_) => "structure",
             ApiError::Unavailable => "transient",
             ApiError::Internal(_) => "exception",
@@ -117,50 +119,12 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Build the token table from the configuration.
-pub fn token_table(cfg: &Config) -> HashMap<String, Caller> {
-    let mut out = HashMap::new();
-    for c in &cfg.clients {
-        let (Some(hash), Some(org)) = (&c.token_sha256, cfg.organization(&c.organization)) else {
-            continue;
-        };
-        out.insert(
-            hash.to_ascii_lowercase(),
-            Caller {
-                client_id: c.id.clone(),
-                org_id: org.id.clone(),
-                kind: org.kind,
-            },
-        );
-    }
-    out
-}
-
 pub(crate) fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     allowed: &[OrgKind],
 ) -> Result<Caller, ApiError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(ApiError::Unauthenticated)?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or(ApiError::Unauthenticated)?;
-    let digest = hex::encode(Sha256::digest(token.as_bytes()));
-    let caller = state
-        .tokens
-        .get(&digest)
-        .cloned()
-        .ok_or(ApiError::BadToken)?;
-    if !allowed.contains(&caller.kind) {
-        return Err(ApiError::Forbidden(caller.kind.as_str()));
-    }
-    Ok(caller)
+    state.auth.authenticate(headers, allowed)
 }
 
 pub fn router(state: AppState) -> Router {
@@ -173,6 +137,9 @@ pub fn router(state: AppState) -> Router {
         .route("/hl7/v2", post(hl7_v2))
         .route("/fhir/metadata", get(metadata))
         .merge(crate::county::routes())
+        .route("/auth/token", post(crate::auth::smart::token_endpoint))
+        .route("/ops/decisions", get(crate::explain::decisions))
+        .merge(crate::fhir::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn(move |req, next| {
@@ -230,7 +197,18 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
     Ok(resp)
 }
 
-async fn metadata(State(state): State<AppState>) -> Response {
+async fn metadata(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !crate::fhir::accepts_json(&headers) {
+        return fhir_json(
+            StatusCode::NOT_ACCEPTABLE,
+            &operation_outcome(
+                "error",
+                "not-supported",
+                "only application/fhir+json and application/json are served",
+                None,
+            ),
+        );
+    }
     fhir_json(StatusCode::OK, &state.capability)
 }
 

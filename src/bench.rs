@@ -5,6 +5,9 @@
 //!   paced run at a fixed rate for ACK latency; next to it, in the same run, the
 //!   reference: the same store committing one message per transaction.
 //! - `bench translate`: ADT → FHIR Bundle (parse + map + serialize) on one core.
+//! - `bench api`: FHIR read and search through the real API (static token of
+//!   an MCP, consent filtering and audit on), next to the same JSON served
+//!   from memory by a trivial axum route (the HTTP floor), in one run.
 //!
 //! - `bench delivery`: outbox → mock endpoint throughput with 1 and 4
 //!   endpoints (consent decided per resource per attempt, audit appended),
@@ -53,6 +56,20 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// FHIR read/search throughput and p99 with consent filtering, next to serving JSON from memory.
+    Api {
+        /// Patients seeded (each with a consent, a ServiceRequest and a Task).
+        #[arg(long, default_value_t = 500)]
+        patients: usize,
+        /// Requests per measured phase.
+        #[arg(long, default_value_t = 5_000)]
+        requests: usize,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// ADT → FHIR translation throughput on one core.
     Translate {
         #[arg(long, default_value_t = 3)]
@@ -86,6 +103,20 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             adt,
             runs,
         } => delivery(deliveries.max(10), adt.max(10), runs.max(1)).await,
+        BenchCommand::Api {
+            patients,
+            requests,
+            connections,
+            runs,
+        } => {
+            api(
+                patients.clamp(1, 100_000),
+                requests.max(100),
+                connections.clamp(1, 256),
+                runs.max(1),
+            )
+            .await
+        }
     }
 }
 
@@ -766,5 +797,233 @@ fn translate(seconds: u64, runs: usize) -> anyhow::Result<()> {
                "value_api_msgs_per_sec": median(&mut value_rates).round(),
                "naive_split_msgs_per_sec": median(&mut naive_rates).round(), "peak_rss_mib": peak_rss_mib()})
     );
+    Ok(())
+}
+
+// ---- bench api ----------------------------------------------------------
+
+const API_TOKEN: &str = "bench-mcp-token";
+
+/// The request path of the i-th request of a phase.
+type PathFn = Arc<dyn Fn(usize) -> String + Send + Sync>;
+
+fn api_config(dir: &std::path::Path) -> anyhow::Result<Config> {
+    use sha2::Digest;
+    let text = format!(
+        r#"
+[server]
+http_addr = "127.0.0.1:0"
+mllp_addr = "127.0.0.1:0"
+[store]
+url = "sqlite://{}"
+[mappings]
+dir = "{}"
+[[organizations]]
+id = "county-fresno"
+kind = "county"
+name = "Fresno"
+county = "Fresno"
+[[organizations]]
+id = "mcp-a"
+kind = "mcp"
+name = "Plan A"
+[[clients]]
+id = "bench"
+organization = "mcp-a"
+token_sha256 = "{}"
+"#,
+        dir.join("api.db").display(),
+        std::env::current_dir()?.join("mappings").display(),
+        hex::encode(sha2::Sha256::digest(API_TOKEN.as_bytes()))
+    );
+    Ok(Config::from_toml(&text, "bench")?)
+}
+
+fn api_seed(n: usize) -> Vec<store::ResourceWrite> {
+    let mut out = Vec::new();
+    let recipients = vec!["mcp-a".to_string()];
+    let categories = vec!["referral".to_string()];
+    for i in 0..n {
+        let pid = format!("bp{i}");
+        let consent = crate::disclosure::consent_to_fhir(&crate::disclosure::ConsentSpec {
+            canonical_base: "https://gateway.example.org/fhir",
+            id: &format!("bc{i}"),
+            identifier: None,
+            patient_id: &pid,
+            kind: "referral_verbal",
+            grantor_role: "youth",
+            grantor_name: None,
+            recorded_by_org: "county-fresno",
+            recorded_at: "2026-01-10T09:00:00Z",
+            recipients: &recipients,
+            categories: &categories,
+            start: "2026-01-10",
+            end: None,
+        });
+        let sr = json!({"resourceType": "ServiceRequest", "id": format!("bsr{i}"), "status": "active", "intent": "order",
+            "subject": {"reference": format!("Patient/{pid}")}, "requester": {"reference": "Organization/county-fresno"},
+            "performer": [{"reference": "Organization/mcp-a"}]});
+        let task = json!({"resourceType": "Task", "id": format!("bt{i}"), "status": "requested", "intent": "order",
+            "for": {"reference": format!("Patient/{pid}")}, "focus": {"reference": format!("ServiceRequest/bsr{i}")},
+            "owner": {"reference": "Organization/mcp-a"}, "requester": {"reference": "Organization/county-fresno"}});
+        for r in [consent, sr, task] {
+            out.push(store::ResourceWrite {
+                resource_type: r["resourceType"].as_str().unwrap_or_default().to_string(),
+                id: r["id"].as_str().unwrap_or_default().to_string(),
+                patient_id: Some(pid.clone()),
+                index: crate::fhir::index::tokens(&r),
+                body: r,
+            });
+        }
+    }
+    out
+}
+
+/// A minimal HTTP/1.1 keep-alive GET client (the bench must not depend on a
+/// client library); returns the status code.
+async fn http_get(s: &mut TcpStream, path: &str, buf: &mut Vec<u8>) -> anyhow::Result<u16> {
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {API_TOKEN}\r\nAccept: application/fhir+json\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    buf.clear();
+    let mut chunk = [0u8; 16 * 1024];
+    let (head_end, len) = loop {
+        let n = s.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "connection closed");
+        buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(buf.get(..p).unwrap_or(&[])).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            break (p + 4, len);
+        }
+    };
+    while buf.len() < head_end + len {
+        let n = s.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "connection closed");
+        buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+    }
+    let status = buf
+        .get(9..12)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok(status)
+}
+
+/// Run `requests` GETs over `conns` connections; (requests/s, p50 ms, p99 ms).
+async fn api_phase(
+    addr: std::net::SocketAddr,
+    conns: usize,
+    requests: usize,
+    path_of: PathFn,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let next = next.clone();
+        let path_of = path_of.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            let mut buf = Vec::new();
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= requests {
+                    break;
+                }
+                let t = Instant::now();
+                let status = http_get(&mut s, &path_of(i), &mut buf).await?;
+                anyhow::ensure!(status == 200, "HTTP {status}");
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::with_capacity(requests);
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    all.sort();
+    Ok((
+        all.len() as f64 / secs,
+        percentile(&all, 0.50),
+        percentile(&all, 0.99),
+    ))
+}
+
+async fn api(patients: usize, requests: usize, conns: usize, runs: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg = api_config(dir.path())?;
+    let gw = crate::serve::start(cfg).await?;
+    for chunk in api_seed(patients).chunks(900) {
+        gw.store.put_resources(chunk.to_vec()).await?;
+    }
+    // The reference: the same Task JSON, from memory, through a trivial route.
+    let sample = gw
+        .store
+        .resource_get("Task", "bt0")
+        .await?
+        .map(|r| r.body.to_string())
+        .unwrap_or_default();
+    let sample = Arc::new(sample);
+    let reference = axum::Router::new().route(
+        "/fhir/Task/{id}",
+        axum::routing::get(move || {
+            let body = sample.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/fhir+json")],
+                    body.as_str().to_string(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let ref_addr = listener.local_addr()?;
+    let ref_server = tokio::spawn(async move {
+        let _ = axum::serve(listener, reference).await;
+    });
+    let n = patients;
+    let read_path: PathFn = Arc::new(move |i| format!("/fhir/Task/bt{}", i % n));
+    let search_path: PathFn =
+        Arc::new(move |i| format!("/fhir/Task?patient=bp{}&status=requested", i % n));
+    let phases: [(&str, std::net::SocketAddr, PathFn); 3] = [
+        ("read", gw.http_addr, read_path.clone()),
+        ("search", gw.http_addr, search_path),
+        ("memory_reference", ref_addr, read_path),
+    ];
+    for (name, addr, path_of) in phases {
+        // Warm-up.
+        api_phase(addr, conns, requests.min(500), path_of.clone()).await?;
+        let (mut rps, mut p50, mut p99) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..runs {
+            let (r, a, b) = api_phase(addr, conns, requests, path_of.clone()).await?;
+            println!(
+                "{}",
+                json!({"bench": "api", "phase": name, "run": run, "requests_per_sec": r.round(), "p50_ms": a, "p99_ms": b})
+            );
+            rps.push(r);
+            p50.push(a);
+            p99.push(b);
+        }
+        println!(
+            "{}",
+            json!({"bench": "api", "phase": name, "median_of": runs, "connections": conns,
+                   "requests": requests, "patients": patients, "consent_filtering": name != "memory_reference",
+                   "requests_per_sec": median(&mut rps).round(), "p50_ms": median(&mut p50), "p99_ms": median(&mut p99)})
+        );
+    }
+    let audits = gw.store.audit_list(0, 1, None, None).await?.len();
+    anyhow::ensure!(audits > 0, "the API phases wrote no audit records");
+    ref_server.abort();
+    gw.stop().await;
     Ok(())
 }

@@ -76,6 +76,25 @@ pub enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        what: AuditCommand,
+    },
+    /// What an organization may see of a youth now, why, and what consent would change it.
+    Explain {
+        /// The youth's Medi-Cal CIN.
+        #[arg(long)]
+        patient: String,
+        /// The recipient organization id.
+        #[arg(long)]
+        recipient: String,
+        /// pull (default), referral, care_coordination or notification.
+        #[arg(long)]
+        purpose: Option<String>,
+        #[arg(long, env = "CWSGW_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Measure the real paths (prints JSON lines).
     Bench {
         #[command(subcommand)]
@@ -99,6 +118,15 @@ pub enum DlqAction {
     Retry { id: i64 },
     /// Drop a dead delivery for good.
     Drop { id: i64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Recompute the hash chain: "intact", or the first broken record (exit 1).
+    Verify {
+        #[arg(long, env = "CWSGW_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -248,6 +276,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Audit {
+            what: AuditCommand::Verify { config },
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            let store = crate::serve::open_store(&cfg)?;
+            let rt = runtime()?;
+            match rt.block_on(crate::audit::verify(store.as_ref()))? {
+                None => {
+                    println!("audit trail intact");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(seq) => {
+                    println!("audit trail broken at record {seq}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Explain {
+            patient,
+            recipient,
+            purpose,
+            config,
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            let purpose = crate::explain::parse_purpose(purpose.as_deref()).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--purpose must be pull, referral, care_coordination or notification"
+                )
+            })?;
+            let store = crate::serve::open_store(&cfg)?;
+            let rt = runtime()?;
+            let out = rt.block_on(crate::explain::explain_cin(
+                &cfg,
+                store.as_ref(),
+                &patient,
+                &recipient,
+                purpose,
+                chrono::Utc::now(),
+            ))?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench { what } => {
             let rt = runtime()?;

@@ -33,6 +33,8 @@ pub struct Config {
     pub clients: Vec<Client>,
     #[serde(default)]
     pub calendar: CalendarConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 /// `[calendar]`: the working-day calendar of the deadline clocks.
@@ -42,6 +44,33 @@ pub struct CalendarConfig {
     /// CSV `date,name` of holidays replacing the embedded California table.
     #[serde(default)]
     pub holidays_file: Option<PathBuf>,
+}
+
+/// `[auth]`: SMART Backend Services access tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Lifetime of issued access tokens, seconds (1..=300).
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl_secs: u64,
+    /// Name of an environment variable holding the HMAC key (at least 32
+    /// bytes) that signs issued access tokens. Instances sharing the key accept
+    /// each other's tokens; without it a random per-process key is used.
+    #[serde(default)]
+    pub token_key_env: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token_ttl_secs: default_token_ttl(),
+            token_key_env: None,
+        }
+    }
+}
+
+fn default_token_ttl() -> u64 {
+    300
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +88,12 @@ pub struct ServerConfig {
     /// Per-request time limit for the HTTP API, in milliseconds.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// The gateway's public base URL (e.g. `https://gw.example.org`), used for
+    /// the SMART token endpoint (`{public_url}/auth/token`, the required
+    /// `aud` of client assertions) and paging links. Default
+    /// `http://{bound http address}`.
+    #[serde(default)]
+    pub public_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +104,7 @@ impl Default for ServerConfig {
             canonical_base: default_canonical_base(),
             max_body_bytes: default_max_body(),
             request_timeout_ms: default_request_timeout_ms(),
+            public_url: None,
         }
     }
 }
@@ -389,6 +425,16 @@ impl Config {
                     "{key}: \"{v}\" is not an address like 127.0.0.1:8080"
                 ));
             }
+        }
+        if let Some(u) = &self.server.public_url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) || u.ends_with('/') {
+                errs.push(format!(
+                    "server.public_url: \"{u}\" must be an http(s) URL without a trailing slash"
+                ));
+            }
+        }
+        if !(1..=300).contains(&self.auth.token_ttl_secs) {
+            errs.push("auth.token_ttl_secs: must be between 1 and 300".to_string());
         }
         let base = &self.server.canonical_base;
         if !(base.starts_with("https://") || base.starts_with("http://")) || base.ends_with('/') {

@@ -7,12 +7,16 @@
 //! this crate is the IO shell around them.
 
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod county;
 pub mod delivery;
 pub mod disclosure;
+pub mod explain;
+pub mod fhir;
 pub mod intake;
 pub mod mllp;
 pub mod processor;

@@ -186,7 +186,11 @@ impl Translator {
     }
 }
 
-/// The resources of a Bundle as store writes.
+/// The resources of a Bundle as store writes, each with its search tokens.
+///
+/// Every writer of resources must compute `index` with
+/// [`crate::fhir::index::tokens`]: the FHIR search API finds resources only
+/// through those tokens.
 pub fn bundle_writes(bundle: &serde_json::Value) -> Vec<ResourceWrite> {
     let mut out = Vec::new();
     let Some(entries) = bundle.get("entry").and_then(|e| e.as_array()) else {
@@ -206,8 +210,8 @@ pub fn bundle_writes(bundle: &serde_json::Value) -> Vec<ResourceWrite> {
             resource_type: rt.to_string(),
             id: id.to_string(),
             patient_id: mapping::patient_reference(res),
+            index: crate::fhir::index::tokens(res),
             body: res.clone(),
-            index: Vec::new(),
         });
     }
     out

@@ -60,6 +60,26 @@ async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen for {what} on {addr}"))
 }
 
+/// Put this instance's URLs into the CapabilityStatement: the
+/// implementation URL and the SMART token endpoint (the file holds defaults).
+pub fn set_live_urls(capability: &mut serde_json::Value, base_url: &str, token_url: &str) {
+    capability["implementation"]["url"] = serde_json::json!(format!("{base_url}/fhir"));
+    if let Some(exts) = capability
+        .pointer_mut("/rest/0/security/extension")
+        .and_then(|v| v.as_array_mut())
+    {
+        for e in exts {
+            if let Some(inner) = e.get_mut("extension").and_then(|v| v.as_array_mut()) {
+                for i in inner {
+                    if i.get("url").and_then(|u| u.as_str()) == Some("token") {
+                        i["valueUri"] = serde_json::json!(token_url);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Start everything; returns once both listeners are bound.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let cfg = Arc::new(cfg);
@@ -103,14 +123,25 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(mllp_server.run(mllp, shutdown_rx.clone())));
 
+    let base_url = cfg
+        .server
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{http_addr}"));
+    let token_url = format!("{base_url}/auth/token");
+    let auth = crate::auth::Auth::new(&cfg, token_url.clone()).map_err(|e| anyhow!("{e}"))?;
+    let mut capability = capability;
+    set_live_urls(&mut capability, &base_url, &token_url);
     let state = AppState {
         cfg: cfg.clone(),
         store: store.clone(),
         intake: intake.clone(),
         metrics: metrics.clone(),
-        tokens: Arc::new(api::token_table(&cfg)),
+        auth: Arc::new(auth),
         capability: Arc::new(capability),
         county,
+        disclosure: crate::disclosure::Disclosure::new(cfg.clone()),
+        base_url: Arc::new(base_url),
     };
     let app = api::router(state);
     let mut http_shutdown = shutdown_rx.clone();

@@ -511,6 +511,7 @@ pub async fn recover_one(
         client_id: String::new(),
         org_id: rec.source_org.clone(),
         kind,
+        scopes: None,
     };
     let pid = patients::cin_patient_id(s(&doc, "/member/cin").unwrap_or(""));
     let resources = store.resources_by_patient(&pid, None).await?;

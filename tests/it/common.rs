@@ -180,3 +180,164 @@ pub async fn wait_translated(store: &dyn store::Store) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+// ---- FHIR API, SMART and audit fixtures -------------------------------
+
+pub const MCP_TOKEN: &str = "mcp-a-test-token";
+pub const MCP_B_TOKEN: &str = "mcp-b-test-token";
+pub const ECM_TOKEN: &str = "ecm-test-token";
+pub const BASE: &str = "https://gateway.example.org/fhir";
+pub const CIN_SYSTEM: &str = "https://gateway.example.org/fhir/identifier/medi-cal-cin";
+
+/// Organizations and clients for the FHIR API tests (appended to `config_text`).
+pub fn fhir_extra() -> String {
+    format!(
+        r#"
+[[organizations]]
+id = "mcp-a"
+kind = "mcp"
+name = "Plan A"
+plan_codes = ["A"]
+counties = ["Fresno"]
+
+[[organizations]]
+id = "mcp-b"
+kind = "mcp"
+name = "Plan B"
+plan_codes = ["B"]
+counties = ["Fresno"]
+
+[[organizations]]
+id = "ecm-compass"
+kind = "ecm_provider"
+name = "Compass Clinics"
+mcps = ["mcp-a"]
+pofs = ["8"]
+provider_type = "wraparound"
+
+[[clients]]
+id = "plan-a"
+organization = "mcp-a"
+token_sha256 = "{mcp}"
+
+[[clients]]
+id = "plan-b"
+organization = "mcp-b"
+token_sha256 = "{mcpb}"
+
+[[clients]]
+id = "compass"
+organization = "ecm-compass"
+token_sha256 = "{ecm}"
+
+[[clients]]
+id = "plan-a-backend"
+organization = "mcp-a"
+jwks_file = "{jwks}"
+
+[[clients]]
+id = "compass-backend"
+organization = "ecm-compass"
+jwks_file = "{jwks}"
+
+[[clients]]
+id = "ops-backend"
+organization = "ops"
+jwks_file = "{jwks}"
+"#,
+        mcp = sha(MCP_TOKEN),
+        mcpb = sha(MCP_B_TOKEN),
+        ecm = sha(ECM_TOKEN),
+        jwks = repo()
+            .join("tests/fixtures/smart/plan-a.jwks.json")
+            .display(),
+    )
+}
+
+pub fn fhir_config(dir: &Path) -> Config {
+    Config::from_toml(&config_text(dir, &fhir_extra()), "test").expect("fhir test config")
+}
+
+/// Start a gateway with the FHIR test configuration.
+pub async fn start_fhir() -> (tempfile::TempDir, cws_gateway::serve::Running, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let running = cws_gateway::serve::start(fhir_config(dir.path()))
+        .await
+        .unwrap();
+    let base = format!("http://{}", running.http_addr);
+    (dir, running, base)
+}
+
+/// Store resources directly, with their index tokens (as every writer must).
+pub async fn seed(store: &dyn store::Store, resources: Vec<serde_json::Value>) {
+    let writes = resources
+        .into_iter()
+        .map(|r| store::ResourceWrite {
+            resource_type: r["resourceType"].as_str().unwrap().to_string(),
+            id: r["id"].as_str().unwrap().to_string(),
+            patient_id: cws_gateway::fhir::index::patient_of(&r),
+            index: cws_gateway::fhir::index::tokens(&r),
+            body: r,
+        })
+        .collect();
+    store.put_resources(writes).await.unwrap();
+}
+
+pub fn patient(id: &str, cin: &str, birth: &str) -> serde_json::Value {
+    serde_json::json!({
+        "resourceType": "Patient", "id": id,
+        "identifier": [{"system": CIN_SYSTEM, "value": cin,
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MA"}]}}],
+        "birthDate": birth,
+        "address": [{"city": "Fresno"}]
+    })
+}
+
+pub fn service_request(id: &str, pid: &str) -> serde_json::Value {
+    serde_json::json!({
+        "resourceType": "ServiceRequest", "id": id, "status": "active", "intent": "order",
+        "identifier": [{"system": "urn:sr", "value": format!("SR-{id}")}],
+        "subject": {"reference": format!("Patient/{pid}")},
+        "requester": {"reference": "Organization/county-fresno"},
+        "performer": [{"reference": "Organization/mcp-a"}]
+    })
+}
+
+pub fn task(id: &str, pid: &str, sr: &str, status: &str, owner: &str) -> serde_json::Value {
+    serde_json::json!({
+        "resourceType": "Task", "id": id, "status": status, "intent": "order",
+        "identifier": [{"system": "urn:task", "value": format!("T-{id}")}],
+        "for": {"reference": format!("Patient/{pid}")},
+        "focus": {"reference": format!("ServiceRequest/{sr}")},
+        "owner": {"reference": format!("Organization/{owner}")},
+        "requester": {"reference": "Organization/county-fresno"}
+    })
+}
+
+/// A Consent in the gateway's shape.
+pub fn consent(
+    id: &str,
+    pid: &str,
+    kind: &str,
+    grantor: &str,
+    recipients: &[&str],
+    categories: &[&str],
+) -> serde_json::Value {
+    let r: Vec<String> = recipients.iter().map(|s| s.to_string()).collect();
+    let c: Vec<String> = categories.iter().map(|s| s.to_string()).collect();
+    cws_gateway::disclosure::consent_to_fhir(&cws_gateway::disclosure::ConsentSpec {
+        canonical_base: BASE,
+        id,
+        identifier: None,
+        patient_id: pid,
+        kind,
+        grantor_role: grantor,
+        grantor_name: None,
+        recorded_by_org: "county-fresno",
+        recorded_at: "2026-01-10T09:00:00Z",
+        recipients: &r,
+        categories: &c,
+        start: "2026-01-10",
+        end: None,
+    })
+}

@@ -205,11 +205,17 @@ async fn health_readiness_metrics_and_metadata() {
     let resp = c.get(format!("{base}/fhir/metadata")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let served: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
-    let file: serde_json::Value = serde_json::from_str(
+    let mut file: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(repo().join("conformance/CapabilityStatement.json")).unwrap(),
     )
     .unwrap();
+    // The file as is, but for this instance's own URLs.
+    cws_gateway::serve::set_live_urls(&mut file, &base, &format!("{base}/auth/token"));
     assert_eq!(served, file);
+    assert_eq!(
+        served["rest"][0]["security"]["extension"][0]["extension"][0]["valueUri"],
+        format!("{base}/auth/token")
+    );
     gw.stop().await;
 }
 

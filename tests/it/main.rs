@@ -1,9 +1,12 @@
 //! Integration tests through the real interfaces (TCP/MLLP, HTTP, the binary),
 //! all in one test binary.
 
+mod audit;
+mod auth;
 mod common;
 mod county;
 mod crash;
 mod delivery;
+mod fhir;
 mod http;
 mod mllp;

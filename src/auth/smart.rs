@@ -1,0 +1,543 @@
+//! SMART Backend Services (`client_credentials` with a signed JWT
+//! assertion, RFC 7523) at `POST /auth/token`, and validation of the access
+//! tokens it issues.
+//!
+//! The client assertion must:
+//! - be signed with **RS384 or ES384** (anything else, `none` and HMAC
+//!   included, is refused) by a key of the client's JWKS selected by `kid`;
+//! - have `iss` = `sub` = the client id, `aud` = the token URL
+//!   (`{server.public_url}/auth/token`), `exp` in the future and at most five
+//!   minutes ahead, and a `jti` never seen before for this client (the
+//!   store's `jti_use`, shared by every instance on one database).
+//!
+//! Errors follow RFC 6749 §5.2 as JSON (`{"error", "error_description"}`):
+//! `invalid_request` (missing or malformed form fields),
+//! `unsupported_grant_type`, `invalid_client` (401: unknown client, bad
+//! algorithm, unknown `kid`, bad signature, `iss`/`sub` mismatch),
+//! `invalid_grant` (expired, too long-lived, wrong audience, replayed `jti`),
+//! `invalid_scope` (no grantable scope). Descriptions carry no assertion
+//! content beyond the client id.
+//!
+//! Granted scopes: the requested `system/` scopes that the client's
+//! organization kind could use (`write` only for ECM providers and
+//! counties; `AuditEvent` only for operators); none → `invalid_scope`.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Caller, Scope, MAX_SCOPE_LEN};
+use crate::api::AppState;
+use crate::config::{Config, OrgKind};
+
+/// Largest accepted client assertion, bytes.
+pub const MAX_ASSERTION_LEN: usize = 8 * 1024;
+/// Latest accepted assertion `exp`, seconds after now.
+pub const MAX_ASSERTION_LIFETIME_SECS: i64 = 300;
+/// Clock skew tolerated on `exp`, seconds.
+pub const LEEWAY_SECS: u64 = 30;
+/// Largest JWKS file read at start.
+pub const MAX_JWKS_BYTES: u64 = 256 * 1024;
+/// `client_assertion_type` of RFC 7523.
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Why the SMART set-up failed at start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A client's JWKS file is unreadable or not a JWKS.
+    #[error("clients ({client}): jwks_file {path}: {reason}")]
+    Jwks {
+        /// Client id.
+        client: String,
+        /// File path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The token signing key is missing or too short.
+    #[error("auth.token_key_env: {0}")]
+    Key(String),
+}
+
+struct SmartClient {
+    org_id: String,
+    kind: OrgKind,
+    jwks: JwkSet,
+}
+
+/// SMART Backend Services state.
+pub struct Smart {
+    clients: HashMap<String, SmartClient>,
+    token_url: String,
+    ttl_secs: i64,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+/// An RFC 6749 error response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}: {description}")]
+pub struct OAuthError {
+    /// The RFC 6749 error code.
+    pub error: &'static str,
+    /// Human-readable reason (no assertion content).
+    pub description: String,
+}
+
+fn oauth(error: &'static str, description: impl Into<String>) -> OAuthError {
+    OAuthError {
+        error,
+        description: description.into(),
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let status = if self.error == "invalid_client" {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        let body = json!({"error": self.error, "error_description": self.description});
+        let mut resp = (status, body.to_string()).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AssertionClaims {
+    iss: String,
+    sub: String,
+    exp: i64,
+    jti: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AccessClaims {
+    iss: String,
+    sub: String,
+    scope: String,
+    iat: i64,
+    exp: i64,
+    jti: String,
+}
+
+/// A verified assertion, before the replay check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedAssertion {
+    /// The client id (`iss` = `sub`).
+    pub client_id: String,
+    /// The assertion id.
+    pub jti: String,
+    /// Its expiry (for the replay cache).
+    pub exp: chrono::DateTime<Utc>,
+}
+
+/// An issued access token.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The bearer token.
+    pub access_token: String,
+    /// Lifetime, seconds.
+    pub expires_in: i64,
+    /// Granted scopes, space-separated.
+    pub scope: String,
+}
+
+fn random_hex(n: usize) -> Result<String, SetupError> {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).map_err(|e| SetupError::Key(format!("no randomness: {e}")))?;
+    Ok(hex::encode(buf))
+}
+
+impl Smart {
+    /// Load every client's JWKS and the token signing key.
+    pub fn new(cfg: &Config, token_url: String) -> Result<Smart, SetupError> {
+        let mut clients = HashMap::new();
+        for c in &cfg.clients {
+            let (Some(path), Some(org)) = (&c.jwks_file, cfg.organization(&c.organization)) else {
+                continue;
+            };
+            let fail = |reason: String| SetupError::Jwks {
+                client: c.id.clone(),
+                path: path.display().to_string(),
+                reason,
+            };
+            let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+            if meta.len() > MAX_JWKS_BYTES {
+                return Err(fail(format!("larger than {MAX_JWKS_BYTES} bytes")));
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+            let jwks: JwkSet =
+                serde_json::from_str(&text).map_err(|e| fail(format!("not a JWKS: {e}")))?;
+            clients.insert(
+                c.id.clone(),
+                SmartClient {
+                    org_id: org.id.clone(),
+                    kind: org.kind,
+                    jwks,
+                },
+            );
+        }
+        let secret = match &cfg.auth.token_key_env {
+            Some(var) => {
+                let v = std::env::var(var).map_err(|_| {
+                    SetupError::Key(format!("environment variable {var} is not set"))
+                })?;
+                if v.len() < 32 {
+                    return Err(SetupError::Key(format!(
+                        "environment variable {var} must hold at least 32 bytes"
+                    )));
+                }
+                v.into_bytes()
+            }
+            None => random_hex(32)?.into_bytes(),
+        };
+        Ok(Smart {
+            clients,
+            token_url,
+            ttl_secs: i64::try_from(cfg.auth.token_ttl_secs)
+                .unwrap_or(300)
+                .clamp(1, 300),
+            encoding: EncodingKey::from_secret(&secret),
+            decoding: DecodingKey::from_secret(&secret),
+        })
+    }
+
+    /// The token endpoint URL (the required assertion `aud`).
+    pub fn token_url(&self) -> &str {
+        &self.token_url
+    }
+
+    /// Verify a client assertion (everything but the replay check).
+    pub fn verify_assertion(
+        &self,
+        assertion: &str,
+        form_client_id: Option<&str>,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<VerifiedAssertion, OAuthError> {
+        if assertion.len() > MAX_ASSERTION_LEN {
+            return Err(oauth("invalid_request", "client_assertion too large"));
+        }
+        let header = jsonwebtoken::decode_header(assertion)
+            .map_err(|_| oauth("invalid_client", "client_assertion is not a signed JWT"))?;
+        if !matches!(header.alg, Algorithm::RS384 | Algorithm::ES384) {
+            return Err(oauth(
+                "invalid_client",
+                "client_assertion must be signed with RS384 or ES384",
+            ));
+        }
+        let kid = header
+            .kid
+            .as_deref()
+            .ok_or_else(|| oauth("invalid_client", "client_assertion has no kid"))?;
+        // The issuer names the client whose keys verify the signature; it is
+        // trusted only once that signature checks out.
+        let unverified = jsonwebtoken::dangerous::insecure_decode::<AssertionClaims>(assertion)
+            .map_err(|_| oauth("invalid_client", "client_assertion claims are malformed"))?;
+        let client_id = unverified.claims.iss;
+        if form_client_id.is_some_and(|c| c != client_id) {
+            return Err(oauth(
+                "invalid_client",
+                "client_id does not match the assertion",
+            ));
+        }
+        let client = self
+            .clients
+            .get(&client_id)
+            .ok_or_else(|| oauth("invalid_client", "unknown client"))?;
+        let jwk = client
+            .jwks
+            .find(kid)
+            .ok_or_else(|| oauth("invalid_client", format!("client {client_id}: unknown kid")))?;
+        let family_ok = match (&jwk.algorithm, header.alg) {
+            (AlgorithmParameters::RSA(_), Algorithm::RS384) => true,
+            (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES384) => {
+                ec.curve == EllipticCurve::P384
+            }
+            _ => false,
+        };
+        if !family_ok {
+            return Err(oauth(
+                "invalid_client",
+                format!("client {client_id}: key {kid} does not match the algorithm"),
+            ));
+        }
+        let key = DecodingKey::from_jwk(jwk).map_err(|_| {
+            oauth(
+                "invalid_client",
+                format!("client {client_id}: key {kid} is unusable"),
+            )
+        })?;
+        let mut v = Validation::new(header.alg);
+        v.leeway = LEEWAY_SECS;
+        v.set_audience(&[self.token_url.as_str()]);
+        v.set_issuer(&[client_id.as_str()]);
+        v.sub = Some(client_id.clone());
+        v.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        let data = jsonwebtoken::decode::<AssertionClaims>(assertion, &key, &v).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => oauth("invalid_grant", "client_assertion has expired"),
+                K::InvalidAudience => oauth(
+                    "invalid_grant",
+                    format!("client_assertion aud must be {}", self.token_url),
+                ),
+                K::InvalidSignature => oauth("invalid_client", "bad client_assertion signature"),
+                K::InvalidIssuer | K::InvalidSubject => {
+                    oauth("invalid_client", "iss and sub must both be the client id")
+                }
+                K::MissingRequiredClaim(c) => {
+                    oauth("invalid_grant", format!("client_assertion lacks {c}"))
+                }
+                _ => oauth("invalid_client", "client_assertion refused"),
+            }
+        })?;
+        let c = data.claims;
+        if c.sub != client_id {
+            return Err(oauth(
+                "invalid_client",
+                "iss and sub must both be the client id",
+            ));
+        }
+        if c.exp - now.timestamp() > MAX_ASSERTION_LIFETIME_SECS + LEEWAY_SECS as i64 {
+            return Err(oauth(
+                "invalid_grant",
+                "client_assertion exp is more than 5 minutes ahead",
+            ));
+        }
+        let jti = c
+            .jti
+            .filter(|j| !j.is_empty() && j.len() <= 256)
+            .ok_or_else(|| oauth("invalid_grant", "client_assertion needs a jti"))?;
+        let exp = chrono::DateTime::from_timestamp(c.exp, 0)
+            .ok_or_else(|| oauth("invalid_grant", "client_assertion exp out of range"))?;
+        Ok(VerifiedAssertion {
+            client_id,
+            jti,
+            exp,
+        })
+    }
+
+    /// The scopes granted to `client_id` out of the space-separated `requested`.
+    pub fn grant_scopes(&self, client_id: &str, requested: &str) -> Result<Vec<Scope>, OAuthError> {
+        let client = self
+            .clients
+            .get(client_id)
+            .ok_or_else(|| oauth("invalid_client", "unknown client"))?;
+        if requested.len() > MAX_SCOPE_LEN {
+            return Err(oauth("invalid_scope", "scope too long"));
+        }
+        let mut granted = Vec::new();
+        for s in requested.split_ascii_whitespace() {
+            let Some(mut scope) = Scope::parse(s) else {
+                return Err(oauth(
+                    "invalid_scope",
+                    "only system/{Type}.{read|write|*} scopes are supported",
+                ));
+            };
+            let known = scope.resource.as_deref().is_none_or(|t| {
+                crate::fhir::params::resource_def(t).is_some() || t == "AuditEvent"
+            });
+            if !known {
+                continue;
+            }
+            if !matches!(client.kind, OrgKind::EcmProvider | OrgKind::County) {
+                scope.write = false;
+            }
+            if scope.resource.as_deref() == Some("AuditEvent") && client.kind != OrgKind::Operator {
+                continue;
+            }
+            if (scope.read || scope.write) && !granted.contains(&scope) {
+                granted.push(scope);
+            }
+        }
+        if granted.is_empty() {
+            return Err(oauth("invalid_scope", "no requested scope can be granted"));
+        }
+        Ok(granted)
+    }
+
+    /// Issue an access token.
+    pub fn issue(
+        &self,
+        client_id: &str,
+        scopes: &[Scope],
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Issued, OAuthError> {
+        let scope = scopes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let claims = AccessClaims {
+            iss: self.token_url.clone(),
+            sub: client_id.to_string(),
+            scope: scope.clone(),
+            iat: now.timestamp(),
+            exp: now.timestamp() + self.ttl_secs,
+            jti: random_hex(16).map_err(|_| oauth("server_error", "no randomness"))?,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|_| oauth("server_error", "token signing failed"))?;
+        Ok(Issued {
+            access_token: token,
+            expires_in: self.ttl_secs,
+            scope,
+        })
+    }
+
+    /// The caller of an issued access token; `None` if forged, expired, or
+    /// its client is no longer configured.
+    pub fn validate_access_token(&self, token: &str) -> Option<Caller> {
+        if token.len() > 4096 || token.matches('.').count() != 2 {
+            return None;
+        }
+        let mut v = Validation::new(Algorithm::HS256);
+        v.leeway = 0;
+        v.validate_aud = false;
+        v.set_issuer(&[self.token_url.as_str()]);
+        v.set_required_spec_claims(&["exp", "iss", "sub"]);
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &v).ok()?;
+        let c = data.claims;
+        let client = self.clients.get(&c.sub)?;
+        let scopes: Vec<Scope> = c
+            .scope
+            .split_ascii_whitespace()
+            .filter_map(Scope::parse)
+            .collect();
+        Some(Caller {
+            client_id: c.sub,
+            org_id: client.org_id.clone(),
+            kind: client.kind,
+            scopes: Some(scopes),
+        })
+    }
+}
+
+/// Decode an `application/x-www-form-urlencoded` body (bounded by the body
+/// limit). Repeated keys: the first wins.
+pub fn parse_form(body: &[u8]) -> Option<HashMap<String, String>> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut out = HashMap::new();
+    for pair in text.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(k)?;
+        let v = percent_decode(v)?;
+        out.entry(k).or_insert(v);
+    }
+    Some(out)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b.get(i) {
+            Some(b'+') => out.push(b' '),
+            Some(b'%') => {
+                let h = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(h, 16).ok()?);
+                i += 2;
+            }
+            Some(c) => out.push(*c),
+            None => break,
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `POST /auth/token`.
+pub async fn token_endpoint(State(state): State<AppState>, body: Bytes) -> Response {
+    match token(&state, &body).await {
+        Ok(issued) => {
+            let body = json!({
+                "access_token": issued.access_token,
+                "token_type": "bearer",
+                "expires_in": issued.expires_in,
+                "scope": issued.scope,
+            });
+            let mut resp = (StatusCode::OK, body.to_string()).into_response();
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+        Err(e) => {
+            tracing::info!(error = e.error, "token request refused");
+            e.into_response()
+        }
+    }
+}
+
+async fn token(state: &AppState, body: &[u8]) -> Result<Issued, OAuthError> {
+    let form =
+        parse_form(body).ok_or_else(|| oauth("invalid_request", "body must be form-encoded"))?;
+    let field = |k: &str| form.get(k).map(String::as_str);
+    if field("grant_type") != Some("client_credentials") {
+        return Err(oauth(
+            "unsupported_grant_type",
+            "grant_type must be client_credentials",
+        ));
+    }
+    if field("client_assertion_type") != Some(JWT_BEARER) {
+        return Err(oauth(
+            "invalid_request",
+            format!("client_assertion_type must be {JWT_BEARER}"),
+        ));
+    }
+    let assertion = field("client_assertion")
+        .ok_or_else(|| oauth("invalid_request", "client_assertion is required"))?;
+    let scope = field("scope").ok_or_else(|| oauth("invalid_request", "scope is required"))?;
+    let smart = &state.auth.smart;
+    let now = Utc::now();
+    let v = smart.verify_assertion(assertion, field("client_id"), now)?;
+    let scopes = smart.grant_scopes(&v.client_id, scope)?;
+    let first = state
+        .store
+        .jti_use(&v.client_id, &v.jti, v.exp, now)
+        .await
+        .map_err(|_| oauth("temporarily_unavailable", "the store is not reachable"))?;
+    if !first {
+        return Err(oauth(
+            "invalid_grant",
+            "client_assertion jti was already used",
+        ));
+    }
+    tracing::info!(client = %v.client_id, "access token issued");
+    smart.issue(&v.client_id, &scopes, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_decoding() {
+        let f = parse_form(b"a=1&b=x%2By+z&a=2&c").unwrap();
+        assert_eq!(f["a"], "1");
+        assert_eq!(f["b"], "x+y z");
+        assert_eq!(f["c"], "");
+        assert!(parse_form(b"a=%zz").is_none());
+        assert!(parse_form(b"a=%4").is_none());
+    }
+}

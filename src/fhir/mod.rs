@@ -1,0 +1,627 @@
+//! The FHIR pull API: read and search of the stored resources, filtered by
+//! the consent engine for the caller, plus `POST /fhir/CarePlan|Consent`
+//! ([`write`]) and AuditEvent for operators.
+//!
+//! ## Consent at every exit (the HAPI consent model: decide, then mask)
+//! Every resource that leaves — a read, each search match, each `_include` —
+//! goes through [`Gate::judge`]: `Disclosure::decide` for the caller's
+//! organization with purpose `Pull`, against the patient's context loaded
+//! once per patient per request, then `apply_obligations` (masks, Part 2
+//! notice) on a permit. Invariants:
+//! - **A withheld read is a 404 with exactly the body of a true 404**: no
+//!   existence leak.
+//! - **A withheld search match is omitted**, and the page is refilled from
+//!   the store until `_count` permitted matches or the store is exhausted
+//!   (bounded by [`MAX_SCAN`] rows per request; past it the page is returned
+//!   short, with a `next` link).
+//! - **`Bundle.total` never counts what is withheld**: it is present only on
+//!   a single, complete page (no cursor, no `next`), where it equals the
+//!   number of `match` entries; on paged results it is omitted.
+//! - Operators bypass consent and see everything; every operator read is
+//!   audited (`read`). For everyone else every disclosure and every refusal
+//!   is audited; the batch is appended before the response is sent.
+//! - Paging is keyset paging on `(last_updated, id)` (the store stamps
+//!   strictly increasing `last_updated`), with an opaque base64url cursor in
+//!   `Bundle.link[next]`; rows inserted between pages sort after the cursor,
+//!   so paging never skips or repeats.
+
+pub mod index;
+pub mod params;
+pub mod write;
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use store::StoredResource;
+
+use crate::api::{fhir_json, operation_outcome, ApiError, AppState};
+use crate::audit::{self, AuditEntry, Interaction};
+use crate::auth::{Access, Caller};
+use crate::config::OrgKind;
+use crate::disclosure::{apply_obligations, PatientContext};
+
+/// Organization kinds that may read and search.
+pub const READ_KINDS: &[OrgKind] = &[
+    OrgKind::Mcp,
+    OrgKind::EcmProvider,
+    OrgKind::County,
+    OrgKind::Operator,
+];
+
+/// Most store rows examined for one search request.
+pub const MAX_SCAN: usize = 2000;
+/// Most distinct patients whose context one request loads.
+pub const MAX_PATIENTS_PER_REQUEST: usize = 256;
+
+/// The `/fhir` routes (besides `/fhir/metadata`).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/fhir/{rtype}", get(search).post(write::create))
+        .route("/fhir/{rtype}/{id}", get(read))
+}
+
+/// The 404 of an unknown or withheld resource (identical bodies).
+fn not_found(rtype: &str, id: &str) -> Response {
+    fhir_json(
+        StatusCode::NOT_FOUND,
+        &operation_outcome(
+            "error",
+            "not-found",
+            &format!("{rtype}/{id} is not known"),
+            None,
+        ),
+    )
+}
+
+fn unknown_type() -> Response {
+    fhir_json(
+        StatusCode::NOT_FOUND,
+        &operation_outcome(
+            "error",
+            "not-supported",
+            "this resource type is not served",
+            None,
+        ),
+    )
+}
+
+/// 400 for a refused search parameter.
+fn bad_param(e: &params::ParamError) -> Response {
+    let code = if e.unsupported {
+        "not-supported"
+    } else {
+        "invalid"
+    };
+    fhir_json(
+        StatusCode::BAD_REQUEST,
+        &operation_outcome("error", code, &e.to_string(), Some(&e.param)),
+    )
+}
+
+/// The outcome of consent for one resource.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Send this (obligations applied).
+    Permit(Value),
+    /// Withhold; `rule reason` for the audit.
+    Withhold(String),
+}
+
+/// Consent decisions and audit records of one request.
+pub struct Gate<'a> {
+    state: &'a AppState,
+    caller: &'a Caller,
+    now: DateTime<Utc>,
+    contexts: HashMap<String, PatientContext>,
+    disclosed: BTreeMap<Option<String>, Vec<String>>,
+    refused: BTreeMap<(Option<String>, String), Vec<String>>,
+    interaction: Interaction,
+}
+
+impl<'a> Gate<'a> {
+    /// A gate for one request.
+    pub fn new(state: &'a AppState, caller: &'a Caller, interaction: Interaction) -> Gate<'a> {
+        Gate {
+            state,
+            caller,
+            now: Utc::now(),
+            contexts: HashMap::new(),
+            disclosed: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            interaction,
+        }
+    }
+
+    /// Decide one stored resource for the caller and remember it for the audit.
+    pub async fn judge(&mut self, r: &StoredResource) -> Result<Verdict, ApiError> {
+        let reference = format!("{}/{}", r.resource_type, r.id);
+        let patient = r.patient_id.clone().or_else(|| index::patient_of(&r.body));
+        if self.caller.kind == OrgKind::Operator {
+            self.disclosed.entry(patient).or_default().push(reference);
+            return Ok(Verdict::Permit(r.body.clone()));
+        }
+        let Some(pid) = patient else {
+            let why = "R1 deny.no-patient".to_string();
+            self.refused
+                .entry((None, why.clone()))
+                .or_default()
+                .push(reference);
+            return Ok(Verdict::Withhold(why));
+        };
+        if !self.contexts.contains_key(&pid) {
+            if self.contexts.len() >= MAX_PATIENTS_PER_REQUEST {
+                return Err(ApiError::Internal(
+                    "too many patients in one request".into(),
+                ));
+            }
+            let ctx = PatientContext::load(&self.state.cfg, self.state.store.as_ref(), &pid)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "loading a patient context failed");
+                    ApiError::Unavailable
+                })?;
+            self.contexts.insert(pid.clone(), ctx);
+        }
+        let Some(ctx) = self.contexts.get(&pid) else {
+            return Err(ApiError::Internal("patient context missing".into()));
+        };
+        // `Disclosure::decide` finds the patient with
+        // `mapping::patient_reference`, which does not read `Task.for`:
+        // decide on a view that names the patient as `subject` too.
+        let view;
+        let body = if r.resource_type == "Task" && r.body.get("subject").is_none() {
+            let mut v = r.body.clone();
+            v["subject"] = json!({"reference": format!("Patient/{pid}")});
+            view = v;
+            &view
+        } else {
+            &r.body
+        };
+        let d = self.state.disclosure.decide(
+            body,
+            &self.caller.org_id,
+            consent::Purpose::Pull,
+            ctx,
+            self.now,
+        );
+        if d.effect == consent::Effect::Permit {
+            self.disclosed.entry(Some(pid)).or_default().push(reference);
+            Ok(Verdict::Permit(apply_obligations(&r.body, &d)))
+        } else {
+            let why = format!("{} {}", d.rule, d.reason);
+            self.refused
+                .entry((Some(pid), why.clone()))
+                .or_default()
+                .push(reference);
+            Ok(Verdict::Withhold(why))
+        }
+    }
+
+    /// Append the request's audit records (one per patient and outcome).
+    pub async fn finish(self) -> Result<(), ApiError> {
+        let operator = self.caller.kind == OrgKind::Operator;
+        let mut entries = Vec::new();
+        for (patient, refs) in &self.disclosed {
+            entries.push(audit::new_audit(&AuditEntry {
+                kind: if operator { "read" } else { "disclosure" },
+                interaction: self.interaction,
+                caller: self.caller,
+                patient_id: patient.as_deref(),
+                entities: refs.clone(),
+                detail: None,
+                recorded: self.now,
+            }));
+        }
+        for ((patient, why), refs) in &self.refused {
+            entries.push(audit::new_audit(&AuditEntry {
+                kind: "refusal",
+                interaction: self.interaction,
+                caller: self.caller,
+                patient_id: patient.as_deref(),
+                entities: refs.clone(),
+                detail: Some(why.clone()),
+                recorded: self.now,
+            }));
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // Bounded by MAX_SCAN + includes, well under the store's per-call cap
+        // once grouped; chunk anyway.
+        for chunk in entries.chunks(500) {
+            self.state
+                .store
+                .audit_append(chunk.to_vec())
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "audit append failed; nothing disclosed");
+                    ApiError::Unavailable
+                })?;
+        }
+        Ok(())
+    }
+}
+
+fn lenient(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|p| p.trim().eq_ignore_ascii_case("handling=lenient"))
+}
+
+/// Does the caller accept a FHIR JSON response? (`Accept` absent, `*/*`,
+/// `application/fhir+json`, `application/json`.)
+pub fn accepts_json(headers: &HeaderMap) -> bool {
+    let Some(a) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    a.split(',').any(|m| {
+        let m = m
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        matches!(
+            m.as_str(),
+            "*/*" | "application/*" | "application/fhir+json" | "application/json" | ""
+        )
+    })
+}
+
+fn not_acceptable() -> Response {
+    fhir_json(
+        StatusCode::NOT_ACCEPTABLE,
+        &operation_outcome(
+            "error",
+            "not-supported",
+            "only application/fhir+json and application/json are served",
+            None,
+        ),
+    )
+}
+
+fn with_version_headers(mut resp: Response, r: &StoredResource) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&format!("W/\"{}\"", r.version_id)) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Path((rtype, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = state.auth.authenticate(&headers, READ_KINDS)?;
+    if !accepts_json(&headers) {
+        return Ok(not_acceptable());
+    }
+    if rtype == params::AUDIT_EVENT.name {
+        return audit_read(&state, &caller, &id).await;
+    }
+    if params::resource_def(&rtype).is_none() {
+        return Ok(unknown_type());
+    }
+    caller.require(&rtype, Access::Read)?;
+    if !crate::config::valid_fhir_id(&id) {
+        return Ok(not_found(&rtype, "invalid"));
+    }
+    let Some(r) = state
+        .store
+        .resource_get(&rtype, &id)
+        .await
+        .map_err(|_| ApiError::Unavailable)?
+    else {
+        return Ok(not_found(&rtype, &id));
+    };
+    let mut gate = Gate::new(&state, &caller, Interaction::Read);
+    let verdict = gate.judge(&r).await?;
+    gate.finish().await?;
+    Ok(match verdict {
+        Verdict::Permit(body) => with_version_headers(fhir_json(StatusCode::OK, &body), &r),
+        Verdict::Withhold(_) => not_found(&rtype, &id),
+    })
+}
+
+fn entry(base: &str, body: Value, mode: &str) -> Value {
+    let rt = body
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let id = body.get("id").and_then(Value::as_str).unwrap_or("");
+    json!({
+        "fullUrl": format!("{base}/fhir/{rt}/{id}"),
+        "resource": body,
+        "search": {"mode": mode}
+    })
+}
+
+/// One page of consent-filtered matches.
+struct Page {
+    matches: Vec<Value>,
+    /// Cursor after the last examined row, when the store may hold more.
+    next: Option<(DateTime<Utc>, String)>,
+}
+
+async fn fill_page(gate: &mut Gate<'_>, s: &params::Search) -> Result<Page, ApiError> {
+    let mut matches = Vec::new();
+    let mut after = s.cursor.clone();
+    let mut scanned = 0usize;
+    loop {
+        let remaining = s.count.saturating_sub(matches.len());
+        let budget = MAX_SCAN.saturating_sub(scanned);
+        if remaining == 0 || budget == 0 {
+            // Filled or out of budget: the store may hold more.
+            return Ok(Page {
+                matches,
+                next: after,
+            });
+        }
+        let limit = (remaining + remaining / 2 + 1).min(budget).min(1000);
+        let mut q = s.query.clone();
+        q.after = after.clone();
+        q.limit = limit;
+        let rows = gate.state.store.resource_search(&q).await.map_err(|e| {
+            tracing::error!(error = %e, "resource search failed");
+            ApiError::Unavailable
+        })?;
+        let n = rows.len();
+        for (i, r) in rows.iter().enumerate() {
+            scanned += 1;
+            after = Some((r.last_updated, r.id.clone()));
+            if let Verdict::Permit(body) = gate.judge(r).await? {
+                matches.push(body);
+                if matches.len() == s.count {
+                    let more = i + 1 < n || n == limit;
+                    return Ok(Page {
+                        matches,
+                        next: if more { after } else { None },
+                    });
+                }
+            }
+        }
+        if n < limit {
+            return Ok(Page {
+                matches,
+                next: None,
+            });
+        }
+    }
+}
+
+async fn search(
+    State(state): State<AppState>,
+    Path(rtype): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let caller = state.auth.authenticate(&headers, READ_KINDS)?;
+    if !accepts_json(&headers) {
+        return Ok(not_acceptable());
+    }
+    let pairs = match query {
+        Ok(Query(p)) => p,
+        Err(_) => {
+            return Ok(fhir_json(
+                StatusCode::BAD_REQUEST,
+                &operation_outcome("error", "invalid", "the query string is malformed", None),
+            ))
+        }
+    };
+    if rtype == params::AUDIT_EVENT.name {
+        return audit_search(&state, &caller, &pairs, lenient(&headers)).await;
+    }
+    let Some(def) = params::resource_def(&rtype) else {
+        return Ok(unknown_type());
+    };
+    caller.require(&rtype, Access::Read)?;
+    let s = match params::parse(def, &pairs, lenient(&headers)) {
+        Ok(s) => s,
+        Err(e) => return Ok(bad_param(&e)),
+    };
+    let mut gate = Gate::new(&state, &caller, Interaction::SearchType);
+    let page = if s.empty {
+        Page {
+            matches: Vec::new(),
+            next: None,
+        }
+    } else {
+        fill_page(&mut gate, &s).await?
+    };
+    let base = state.base_url.as_str();
+    let mut entries: Vec<Value> = Vec::with_capacity(page.matches.len());
+    let mut focus_refs: Vec<String> = Vec::new();
+    for m in &page.matches {
+        if s.include_focus {
+            if let Some(r) = m.get("focus").and_then(index::reference_of) {
+                if !focus_refs.contains(&r) {
+                    focus_refs.push(r);
+                }
+            }
+        }
+    }
+    let n_matches = page.matches.len();
+    for m in page.matches {
+        entries.push(entry(base, m, "match"));
+    }
+    for r in focus_refs {
+        let Some((t, id)) = r.split_once('/') else {
+            continue;
+        };
+        if params::resource_def(t).is_none() || !caller.may(t, Access::Read) {
+            continue;
+        }
+        let found = state
+            .store
+            .resource_get(t, id)
+            .await
+            .map_err(|_| ApiError::Unavailable)?;
+        if let Some(res) = found {
+            if let Verdict::Permit(body) = gate.judge(&res).await? {
+                entries.push(entry(base, body, "include"));
+            }
+        }
+    }
+    gate.finish().await?;
+    let self_q = params::next_query(&s, "")
+        .trim_end_matches("_cursor=")
+        .trim_end_matches('&')
+        .to_string();
+    let mut links =
+        vec![json!({"relation": "self", "url": format!("{base}/fhir/{rtype}?{self_q}")})];
+    if let Some((t, id)) = &page.next {
+        let c = params::encode_cursor(*t, id);
+        links.push(json!({"relation": "next", "url": format!("{base}/fhir/{rtype}?{}", params::next_query(&s, &c))}));
+    }
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "link": links,
+        "entry": entries,
+    });
+    if page.next.is_none() && s.cursor.is_none() {
+        bundle["total"] = json!(n_matches);
+    }
+    if !s.ignored.is_empty() {
+        // Tell a lenient caller what was ignored (names only).
+        bundle["meta"] = json!({"tag": [{"system": "urn:cws-gateway:ignored-params", "code": s.ignored.join(",")}]});
+    }
+    Ok(fhir_json(StatusCode::OK, &bundle))
+}
+
+fn operator_only(caller: &Caller) -> Result<(), ApiError> {
+    if caller.kind != OrgKind::Operator {
+        return Err(ApiError::Forbidden(caller.kind.as_str()));
+    }
+    caller.require("AuditEvent", Access::Read)
+}
+
+async fn audit_read(state: &AppState, caller: &Caller, id: &str) -> Result<Response, ApiError> {
+    operator_only(caller)?;
+    let Ok(seq) = id.parse::<i64>() else {
+        return Ok(not_found("AuditEvent", "invalid"));
+    };
+    if seq < 1 {
+        return Ok(not_found("AuditEvent", id));
+    }
+    let rows = state
+        .store
+        .audit_list(seq - 1, 1, None, None)
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
+    let Some(r) = rows.into_iter().find(|r| r.seq == seq) else {
+        return Ok(not_found("AuditEvent", id));
+    };
+    let mut gate = Gate::new(state, caller, Interaction::Read);
+    gate.disclosed
+        .entry(r.patient_id.clone())
+        .or_default()
+        .push(format!("AuditEvent/{seq}"));
+    gate.finish().await?;
+    Ok(fhir_json(StatusCode::OK, &audit::record_to_fhir(&r)))
+}
+
+async fn audit_search(
+    state: &AppState,
+    caller: &Caller,
+    pairs: &[(String, String)],
+    lenient: bool,
+) -> Result<Response, ApiError> {
+    operator_only(caller)?;
+    let mut count = params::DEFAULT_COUNT;
+    let mut after: i64 = 0;
+    let mut patient: Option<String> = None;
+    let mut link_params: Vec<(String, String)> = Vec::new();
+    let fail = |p: &str, m: &str, unsupported: bool| {
+        bad_param(&params::ParamError {
+            param: p.into(),
+            message: m.into(),
+            unsupported,
+        })
+    };
+    for (k, v) in pairs {
+        match k.as_str() {
+            "_count" => match v.parse::<usize>() {
+                Ok(n) => count = n.clamp(1, params::MAX_COUNT),
+                Err(_) => return Ok(fail(k, "expected a non-negative integer", false)),
+            },
+            "_cursor" => match v.parse::<i64>() {
+                Ok(n) if n >= 0 => after = n,
+                _ => return Ok(fail(k, "not a valid cursor", false)),
+            },
+            "patient" => {
+                let id = v.strip_prefix("Patient/").unwrap_or(v);
+                if !crate::config::valid_fhir_id(id) {
+                    return Ok(fail(k, "not a valid id", false));
+                }
+                patient = Some(id.to_string());
+            }
+            _ if lenient => continue,
+            _ => return Ok(fail(k, "not supported on this resource type", true)),
+        }
+        if k != "_cursor" {
+            link_params.push((k.clone(), v.clone()));
+        }
+    }
+    let rows = state
+        .store
+        .audit_list(after, count + 1, patient.as_deref(), None)
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
+    let more = rows.len() > count;
+    let rows: Vec<_> = rows.into_iter().take(count).collect();
+    let base = state.base_url.as_str();
+    let mut gate = Gate::new(state, caller, Interaction::SearchType);
+    let entries: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            gate.disclosed
+                .entry(r.patient_id.clone())
+                .or_default()
+                .push(format!("AuditEvent/{}", r.seq));
+            entry(base, audit::record_to_fhir(r), "match")
+        })
+        .collect();
+    gate.finish().await?;
+    let q: Vec<String> = link_params
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                params::encode_component(k),
+                params::encode_component(v)
+            )
+        })
+        .collect();
+    let mut links =
+        vec![json!({"relation": "self", "url": format!("{base}/fhir/AuditEvent?{}", q.join("&"))})];
+    if let (true, Some(last)) = (more, rows.last()) {
+        let mut nq = q.clone();
+        nq.push(format!("_cursor={}", last.seq));
+        links.push(
+            json!({"relation": "next", "url": format!("{base}/fhir/AuditEvent?{}", nq.join("&"))}),
+        );
+    }
+    let mut bundle =
+        json!({"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries});
+    if !more && after == 0 {
+        bundle["total"] = json!(rows.len());
+    }
+    Ok(fhir_json(StatusCode::OK, &bundle))
+}
+
+impl IntoResponse for params::ParamError {
+    fn into_response(self) -> Response {
+        bad_param(&self)
+    }
+}

@@ -1,0 +1,642 @@
+//! The FHIR pull API: every declared search parameter, paging under
+//! concurrent inserts, consent filtering of reads, searches, totals and
+//! `_include`, operator access and its audit, creates, content types.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+async fn get(c: &reqwest::Client, url: &str, token: &str) -> (StatusCode, Value) {
+    let r = c.get(url).bearer_auth(token).send().await.unwrap();
+    let s = r.status();
+    let body = r.text().await.unwrap();
+    (s, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+fn ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["search"]["mode"] == "match")
+                .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+fn next_link(bundle: &Value) -> Option<String> {
+    bundle["link"].as_array().and_then(|a| {
+        a.iter()
+            .find(|l| l["relation"] == "next")
+            .and_then(|l| l["url"].as_str().map(String::from))
+    })
+}
+
+/// Two youths: p1 with a verbal referral consent naming mcp-a, p2 with none.
+async fn seed_two_youths(store: &dyn store::Store) {
+    seed(
+        store,
+        vec![
+            patient("p1", "91000001A", "2010-03-15"),
+            patient("p2", "91000002B", "2011-05-01"),
+            consent(
+                "c1",
+                "p1",
+                "referral_verbal",
+                "youth",
+                &["mcp-a"],
+                &["referral"],
+            ),
+            service_request("sr1", "p1"),
+            service_request("sr2", "p2"),
+            task("t1", "p1", "sr1", "requested", "mcp-a"),
+            task("t2", "p2", "sr2", "requested", "mcp-a"),
+            json!({"resourceType": "Encounter", "id": "e1", "status": "finished",
+                   "identifier": [{"system": "urn:enc", "value": "V1"}],
+                   "subject": {"reference": "Patient/p1"}}),
+            json!({"resourceType": "Condition", "id": "cond1",
+                   "identifier": [{"value": "COND-1"}],
+                   "subject": {"reference": "Patient/p1"}}),
+            json!({"resourceType": "CarePlan", "id": "cp1", "status": "active", "intent": "plan",
+                   "identifier": [{"system": "urn:cp", "value": "CP-1"}],
+                   "subject": {"reference": "Patient/p1"}}),
+            json!({"resourceType": "Provenance", "id": "prov1", "recorded": "2026-01-10T09:00:00Z",
+                   "target": [{"reference": "Patient/p1"}],
+                   "agent": [{"who": {"reference": "Organization/county-fresno"}}]}),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_declared_search_parameter_works() {
+    let (_dir, gw, base) = start_fhir().await;
+    seed_two_youths(gw.store.as_ref()).await;
+    let c = reqwest::Client::new();
+    let cin_q = format!("identifier={}|91000002B", CIN_SYSTEM.replace(':', "%3A"));
+    let cases: Vec<(&str, &str, Vec<&str>)> = vec![
+        ("Patient", "_id=p2", vec!["p2"]),
+        ("Patient", "identifier=91000001A", vec!["p1"]),
+        ("Patient", &cin_q, vec!["p2"]),
+        ("Patient", "_lastUpdated=ge2000-01-01", vec!["p1", "p2"]),
+        ("Patient", "_lastUpdated=lt2000-01-01", vec![]),
+        ("ServiceRequest", "patient=p1", vec!["sr1"]),
+        (
+            "ServiceRequest",
+            "_id=sr1,sr2&_lastUpdated=ge2000-01-01",
+            vec!["sr1", "sr2"],
+        ),
+        ("CarePlan", "_id=cp1&_lastUpdated=ge2000-01-01", vec!["cp1"]),
+        ("Consent", "_id=c1&_lastUpdated=lt2100-01-01", vec!["c1"]),
+        ("Consent", "identifier=none", vec![]),
+        ("Encounter", "_id=e1&_lastUpdated=ge2000-01-01", vec!["e1"]),
+        ("Condition", "_lastUpdated=ge2000-01-01", vec!["cond1"]),
+        ("ServiceRequest", "subject=Patient/p2", vec!["sr2"]),
+        (
+            "ServiceRequest",
+            "status=active&identifier=urn:sr|SR-sr1",
+            vec!["sr1"],
+        ),
+        ("Task", "patient=Patient/p2", vec!["t2"]),
+        ("Task", "subject=p1", vec!["t1"]),
+        ("Task", "status=requested,accepted", vec!["t1", "t2"]),
+        ("Task", "status=completed", vec![]),
+        ("Task", "owner=Organization/mcp-a", vec!["t1", "t2"]),
+        ("Task", "owner=mcp-b", vec![]),
+        ("Task", "requester=county-fresno&focus=sr2", vec!["t2"]),
+        ("Task", "identifier=|T-t1", vec![]),
+        ("Task", "identifier=urn:task|T-t1", vec!["t1"]),
+        (
+            "Task",
+            "_id=t1,t2&_lastUpdated=gt2000-01-01T00:00:00Z&_lastUpdated=le2100-01-01",
+            vec!["t1", "t2"],
+        ),
+        (
+            "CarePlan",
+            "subject=p1&status=active&identifier=CP-1",
+            vec!["cp1"],
+        ),
+        ("CarePlan", "patient=p2", vec![]),
+        ("Consent", "patient=p1&status=active", vec!["c1"]),
+        (
+            "Encounter",
+            "patient=p1&status=finished&identifier=urn:enc|V1",
+            vec!["e1"],
+        ),
+        ("Encounter", "subject=p1", vec!["e1"]),
+        ("Condition", "subject=p1&identifier=|COND-1", vec!["cond1"]),
+        ("Condition", "patient=p1&_id=cond1", vec!["cond1"]),
+        ("Provenance", "patient=p1", vec!["prov1"]),
+        (
+            "Provenance",
+            "_id=prov1&_lastUpdated=ge2000-01-01",
+            vec!["prov1"],
+        ),
+    ];
+    for (rt, q, want) in &cases {
+        let (s, b) = get(&c, &format!("{base}/fhir/{rt}?{q}"), OPS_TOKEN).await;
+        assert_eq!(s, StatusCode::OK, "{rt}?{q}: {b}");
+        assert_eq!(b["type"], "searchset");
+        let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        assert_eq!(sorted(ids(&b)), sorted(want.clone()), "{rt}?{q}");
+        assert_eq!(b["total"], json!(want.len()), "{rt}?{q}");
+    }
+    // Every parameter declared in the CapabilityStatement was exercised above.
+    let cs: Value = serde_json::from_str(cws_gateway::serve::CAPABILITY_STATEMENT).unwrap();
+    for r in cs["rest"][0]["resource"].as_array().unwrap() {
+        let rt = r["type"].as_str().unwrap();
+        if rt == "AuditEvent" {
+            continue;
+        }
+        for p in r["searchParam"].as_array().unwrap() {
+            let name = p["name"].as_str().unwrap();
+            assert!(
+                cases.iter().any(|(t, q, _)| *t == rt
+                    && q.split('&').any(|kv| kv.starts_with(&format!("{name}=")))),
+                "{rt}.{name} is declared but not tested"
+            );
+        }
+    }
+    // _include=Task:focus
+    let (_, b) = get(
+        &c,
+        &format!("{base}/fhir/Task?_id=t1&_include=Task:focus"),
+        OPS_TOKEN,
+    )
+    .await;
+    let inc: Vec<&str> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["search"]["mode"] == "include")
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(inc, vec!["sr1"]);
+    // Strict handling: unknown parameter → 400 naming it; lenient: ignored.
+    let (s, b) = get(&c, &format!("{base}/fhir/Patient?name=Rivera"), OPS_TOKEN).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(b["resourceType"], "OperationOutcome");
+    assert_eq!(b["issue"][0]["expression"][0], "name");
+    assert!(!b.to_string().contains("Rivera"), "no value echoed");
+    let r = c
+        .get(format!("{base}/fhir/Patient?name=Rivera&_id=p1"))
+        .bearer_auth(OPS_TOKEN)
+        .header("Prefer", "handling=lenient")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let b: Value = serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap();
+    assert_eq!(ids(&b), vec!["p1"]);
+    for bad in [
+        "_lastUpdated=eq2026-01-01",
+        "_count=x",
+        "status=x",
+        "_include=Patient:link",
+    ] {
+        let (s, _) = get(&c, &format!("{base}/fhir/Patient?{bad}"), OPS_TOKEN).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_is_stable_under_concurrent_inserts() {
+    let (_dir, gw, base) = start_fhir().await;
+    let store = gw.store.clone();
+    let first: Vec<Value> = (0..7)
+        .map(|i| patient(&format!("pg{i:02}"), &format!("9200000{i}A"), "2010-01-01"))
+        .collect();
+    seed(store.as_ref(), first).await;
+    let c = reqwest::Client::new();
+    let mut url = format!("{base}/fhir/Patient?_count=3");
+    let mut seen: Vec<String> = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (s, b) = get(&c, &url, OPS_TOKEN).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let page = ids(&b);
+        assert!(page.len() <= 3);
+        if pages == 0 {
+            assert!(b.get("total").is_none(), "paged results carry no total");
+        }
+        seen.extend(page);
+        pages += 1;
+        // Between pages, new rows arrive (and one old row is rewritten).
+        if pages == 1 {
+            seed(
+                store.as_ref(),
+                vec![
+                    patient("pg-new1", "93000001A", "2010-01-01"),
+                    patient("pg00", "92000000A", "2010-01-02"),
+                ],
+            )
+            .await;
+        }
+        match next_link(&b) {
+            Some(n) => url = n,
+            None => break,
+        }
+        assert!(pages < 20);
+    }
+    // Nothing repeated or skipped: every original row once (pg00 was seen on
+    // page 1 and its rewrite sorts after the cursor, so it shows up again as
+    // the new version — the new row too).
+    let mut uniq = seen.clone();
+    uniq.sort();
+    uniq.dedup();
+    for i in 0..7 {
+        assert!(
+            uniq.contains(&format!("pg{i:02}")),
+            "pg{i:02} skipped: {seen:?}"
+        );
+    }
+    assert!(uniq.contains(&"pg-new1".to_string()), "{seen:?}");
+    assert_eq!(
+        seen.iter().filter(|s| *s == "pg-new1").count(),
+        1,
+        "{seen:?}"
+    );
+    for i in 1..7 {
+        let id = format!("pg{i:02}");
+        assert_eq!(seen.iter().filter(|s| **s == id).count(), 1, "{seen:?}");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_filters_reads_searches_totals_and_includes() {
+    let (_dir, gw, base) = start_fhir().await;
+    seed_two_youths(gw.store.as_ref()).await;
+    // A later Task of p1: behind p2's withheld t2 in (last_updated, id) order.
+    seed(
+        gw.store.as_ref(),
+        vec![task("t3", "p1", "sr1", "accepted", "mcp-a")],
+    )
+    .await;
+    let c = reqwest::Client::new();
+    // mcp-a is named by p1's referral consent: the referral package of p1.
+    let (s, b) = get(&c, &format!("{base}/fhir/Task/t1"), MCP_TOKEN).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["id"], "t1");
+    // p2's Task is withheld: 404 with exactly the body of a true 404.
+    let r = c
+        .get(format!("{base}/fhir/Task/t2"))
+        .bearer_auth(MCP_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let withheld = r.text().await.unwrap();
+    let r = c
+        .get(format!("{base}/fhir/Task/nope"))
+        .bearer_auth(MCP_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let absent = r.text().await.unwrap();
+    assert_eq!(
+        withheld.replace("t2", "ID"),
+        absent.replace("nope", "ID"),
+        "a withheld read must look like a missing one"
+    );
+    // Encounter of p1: no release of information → withheld.
+    let (s, _) = get(&c, &format!("{base}/fhir/Encounter/e1"), MCP_TOKEN).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Searches omit what is withheld, and total counts only what is returned.
+    let (s, b) = get(&c, &format!("{base}/fhir/Task?status=requested"), MCP_TOKEN).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(ids(&b), vec!["t1"]);
+    assert_eq!(b["total"], 1);
+    // Page filling: with _count=1 the second page skips the withheld t2 and
+    // still holds a match; paged results carry no total.
+    let mut url = format!("{base}/fhir/Task?_count=1");
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let (s, b) = get(&c, &url, MCP_TOKEN).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(b.get("total").is_none());
+        seen.extend(ids(&b));
+        match next_link(&b) {
+            Some(n) => url = n,
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec!["t1", "t3"]);
+    // _include is filtered the same way.
+    let (_, b) = get(
+        &c,
+        &format!("{base}/fhir/Task?_include=Task:focus"),
+        MCP_TOKEN,
+    )
+    .await;
+    let all: Vec<&str> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(all, vec!["t1", "t3", "sr1"]);
+    assert_eq!(b["total"], 2, "total counts matches only");
+    // Another plan, not named: nothing, and no hint of existence.
+    let (_, b) = get(&c, &format!("{base}/fhir/Task"), MCP_B_TOKEN).await;
+    assert_eq!(ids(&b), Vec::<String>::new());
+    assert_eq!(b["total"], 0);
+    // The operator sees everything.
+    let (_, b) = get(&c, &format!("{base}/fhir/Task"), OPS_TOKEN).await;
+    assert_eq!(sorted(ids(&b)), vec!["t1", "t2", "t3"]);
+    let (s, _) = get(&c, &format!("{base}/fhir/Encounter/e1"), OPS_TOKEN).await;
+    assert_eq!(s, StatusCode::OK);
+    // Audit: disclosures and refusals for mcp-a, reads for ops.
+    let recs = gw.store.audit_list(0, 1000, None, None).await.unwrap();
+    let kinds = |org: &str, kind: &str| {
+        recs.iter()
+            .filter(|r| r.recipient.as_deref() == Some(org) && r.kind == kind)
+            .count()
+    };
+    assert!(kinds("mcp-a", "disclosure") >= 4, "{recs:?}");
+    assert!(kinds("mcp-a", "refusal") >= 3);
+    assert!(kinds("mcp-b", "refusal") >= 1);
+    assert!(kinds("ops", "read") >= 2);
+    let refusal = recs
+        .iter()
+        .find(|r| r.kind == "refusal" && r.body.to_string().contains("Task/t2"))
+        .unwrap();
+    assert_eq!(refusal.body["resourceType"], "AuditEvent");
+    assert_eq!(refusal.patient_id.as_deref(), Some("p2"));
+    assert!(
+        !refusal.body.to_string().contains("91000002B"),
+        "no CIN in audit"
+    );
+    // Operators search the audit trail.
+    let (s, b) = get(
+        &c,
+        &format!("{base}/fhir/AuditEvent?patient=p2&_count=200"),
+        OPS_TOKEN,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(!ids(&b).is_empty());
+    let (s, _) = get(&c, &format!("{base}/fhir/AuditEvent"), MCP_TOKEN).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_care_plan_and_consent() {
+    let (_dir, gw, base) = start_fhir().await;
+    seed_two_youths(gw.store.as_ref()).await;
+    // The ECM provider holds a release for p1's care plans and case.
+    seed(
+        gw.store.as_ref(),
+        vec![consent(
+            "c-roi",
+            "p1",
+            "release_of_information",
+            "youth",
+            &["ecm-compass"],
+            &["case", "health"],
+        )],
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let post = |rt: &str, body: Value, ctype: &str| {
+        c.post(format!("{base}/fhir/{rt}"))
+            .bearer_auth(ECM_TOKEN)
+            .header("Content-Type", ctype)
+            .body(body.to_string())
+    };
+    let cp = json!({"resourceType": "CarePlan", "status": "active", "intent": "plan",
+        "subject": {"reference": "Patient/p1"},
+        "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}]}});
+    let r = post("CarePlan", cp.clone(), "application/fhir+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers()["content-type"], "application/fhir+json");
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let created: Value =
+        serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert!(
+        loc.ends_with(&format!("/fhir/CarePlan/{id}/_history/1")),
+        "{loc}"
+    );
+    assert_eq!(created["meta"]["security"][0]["code"], "PSY", "labels kept");
+    // Stored, indexed and journaled.
+    let (_, b) = get(&c, &format!("{base}/fhir/CarePlan?patient=p1"), OPS_TOKEN).await;
+    assert!(ids(&b).contains(&id));
+    assert_eq!(gw.store.journal_stats().await.unwrap().total, 1);
+    // The same POST again: same id, not a second resource.
+    let r = post("CarePlan", cp, "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // Bad: no subject / unknown patient / wrong type / wrong media type.
+    let r = post(
+        "CarePlan",
+        json!({"resourceType": "CarePlan", "status": "active"}),
+        "application/fhir+json",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let b: Value = serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap();
+    assert_eq!(b["issue"][0]["expression"][0], "CarePlan.subject");
+    let r = post(
+        "CarePlan",
+        json!({"resourceType": "CarePlan", "subject": {"reference": "Patient/zz"}}),
+        "application/fhir+json",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let r = post(
+        "CarePlan",
+        json!({"resourceType": "Consent", "subject": {"reference": "Patient/p1"}}),
+        "application/fhir+json",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let r = post("CarePlan", json!({}), "text/plain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // An MCP may not create.
+    let r = c
+        .post(format!("{base}/fhir/CarePlan"))
+        .bearer_auth(MCP_TOKEN)
+        .header("Content-Type", "application/fhir+json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Consent: a good one (the youth, 15, grants a release for case info).
+    let good = consent(
+        "c-new",
+        "p1",
+        "release_of_information",
+        "youth",
+        &["ecm-compass"],
+        &["case"],
+    );
+    let r = post("Consent", good, "application/fhir+json")
+        .send()
+        .await
+        .unwrap();
+    let st = r.status();
+    let b: Value = serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap();
+    assert_eq!(st, StatusCode::CREATED, "{b}");
+    assert_eq!(b["id"], "c-new");
+    // A bad grantor: a social worker cannot release substance use records → 422 saying why.
+    let bad = consent(
+        "c-bad",
+        "p1",
+        "part2_written",
+        "social_worker",
+        &["ecm-compass"],
+        &["substance_use"],
+    );
+    let r = post("Consent", bad, "application/fhir+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let b: Value = serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap();
+    assert_eq!(b["issue"][0]["code"], "business-rule");
+    assert_eq!(b["issue"][0]["expression"][0], "Consent.extension");
+    assert!(!b["issue"][0]["diagnostics"].as_str().unwrap().is_empty());
+    // Not our shape.
+    let mut shapeless = consent(
+        "c-x",
+        "p1",
+        "release_of_information",
+        "youth",
+        &["ecm-compass"],
+        &["case"],
+    );
+    shapeless["provision"]
+        .as_object_mut()
+        .unwrap()
+        .remove("class");
+    let r = post("Consent", shapeless, "application/fhir+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let b: Value = serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap();
+    assert_eq!(b["issue"][0]["expression"][0], "Consent.provision.class");
+    assert!(gw
+        .store
+        .resource_get("Consent", "c-bad")
+        .await
+        .unwrap()
+        .is_none());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_types_and_unknown_types() {
+    let (_dir, gw, base) = start_fhir().await;
+    seed_two_youths(gw.store.as_ref()).await;
+    let c = reqwest::Client::new();
+    for accept in ["application/fhir+json", "application/json", "*/*"] {
+        let r = c
+            .get(format!("{base}/fhir/Patient/p1"))
+            .bearer_auth(OPS_TOKEN)
+            .header("Accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{accept}");
+        assert_eq!(r.headers()["content-type"], "application/fhir+json");
+        assert_eq!(r.headers()["etag"], "W/\"1\"");
+    }
+    let r = c
+        .get(format!("{base}/fhir/Patient/p1"))
+        .bearer_auth(OPS_TOKEN)
+        .header("Accept", "application/fhir+xml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_ACCEPTABLE);
+    let (s, b) = get(&c, &format!("{base}/fhir/MessageHeader/x"), OPS_TOKEN).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(b["resourceType"], "OperationOutcome");
+    let r = c
+        .get(format!("{base}/fhir/Patient/p1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = c
+        .get(format!("{base}/fhir/Patient/p1"))
+        .bearer_auth(STMARY_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_names_what_may_and_may_not_be_seen() {
+    let (_dir, gw, base) = start_fhir().await;
+    seed_two_youths(gw.store.as_ref()).await;
+    let c = reqwest::Client::new();
+    let (s, b) = get(
+        &c,
+        &format!("{base}/ops/decisions?patient=91000001A&recipient=mcp-a&purpose=referral"),
+        OPS_TOKEN,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["patient"], "p1");
+    assert!(
+        b["may_see"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("referral")),
+        "{b}"
+    );
+    assert!(b["may_not_see"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("substance_use")));
+    assert_eq!(b["context"]["consents"][0]["id"], "c1");
+    assert!(
+        !b.to_string().contains("91000001A"),
+        "the CIN is not echoed"
+    );
+    let (s, _) = get(
+        &c,
+        &format!("{base}/ops/decisions?patient=00000000X&recipient=mcp-a"),
+        OPS_TOKEN,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = get(
+        &c,
+        &format!("{base}/ops/decisions?patient=91000001A&recipient=mcp-a"),
+        MCP_TOKEN,
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    gw.stop().await;
+}

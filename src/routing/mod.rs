@@ -278,10 +278,23 @@ impl RouteInput {
         }
     }
 
-    /// The patient the input is about (first resource naming one).
+    /// The patient the input is about (first resource naming one; a Task
+    /// names it in `for`).
     pub fn patient_id(&self) -> Option<String> {
-        self.written.iter().find_map(mapping::patient_reference)
+        self.written.iter().find_map(patient_of)
     }
+}
+
+/// The patient a resource belongs to: `mapping::patient_reference`, or a
+/// Task's `for`.
+pub fn patient_of(res: &Value) -> Option<String> {
+    mapping::patient_reference(res).or_else(|| {
+        res.pointer("/for/reference")
+            .and_then(Value::as_str)
+            .and_then(|s| s.strip_prefix("Patient/"))
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    })
 }
 
 /// One delivery a rule asks for.

@@ -243,6 +243,12 @@ fn accepted_task_assigns_the_ecm_provider_and_reports_status_to_the_referrer() {
 }
 
 #[test]
+fn a_task_names_its_patient_in_for() {
+    let inp = input("mcp-a", None, vec![task("accepted", Some("ecm-compass"))]);
+    assert_eq!(inp.patient_id().as_deref(), Some("p1"));
+}
+
+#[test]
 fn a_change_is_not_echoed_to_its_sender() {
     // The ECM provider accepts its own assignment: only the referrer hears.
     let written = vec![task("accepted", Some("ecm-compass"))];

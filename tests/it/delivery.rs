@@ -36,6 +36,17 @@ fn delivery_config(
     ecm: &MockEndpoint,
     max_attempts: u32,
 ) -> Config {
+    delivery_config_auth(dir, mcp, ecm, max_attempts, "", "")
+}
+
+fn delivery_config_auth(
+    dir: &std::path::Path,
+    mcp: &MockEndpoint,
+    ecm: &MockEndpoint,
+    max_attempts: u32,
+    mcp_auth: &str,
+    ecm_auth: &str,
+) -> Config {
     let text = config_text(
         dir,
         &format!(
@@ -47,6 +58,7 @@ name = "Plan A"
 endpoint = "{mcp}"
 plan_codes = ["A"]
 counties = ["Fresno"]
+{mcp_auth}
 
 [[organizations]]
 id = "ecm-compass"
@@ -54,6 +66,7 @@ kind = "ecm_provider"
 name = "Compass Clinics"
 endpoint = "{ecm}"
 mcps = ["mcp-a"]
+{ecm_auth}
 
 [delivery]
 max_attempts = {max_attempts}
@@ -120,12 +133,7 @@ impl Env {
             .map(|r| ResourceWrite {
                 resource_type: r["resourceType"].as_str().unwrap().to_string(),
                 id: r["id"].as_str().unwrap().to_string(),
-                patient_id: mapping::patient_reference(&r).or_else(|| {
-                    r.pointer("/for/reference")
-                        .and_then(Value::as_str)
-                        .and_then(|s| s.strip_prefix("Patient/"))
-                        .map(str::to_string)
-                }),
+                patient_id: cws_gateway::routing::patient_of(&r),
                 body: r,
                 index: Vec::new(),
             })
@@ -683,4 +691,91 @@ async fn graceful_shutdown_mid_queue_loses_nothing() {
         assert!(n >= 1, "pg{i} not delivered: {counts:?}");
     }
     env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_and_oauth2_credentials_are_sent_and_tokens_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let mcp = MockEndpoint::start().await.unwrap();
+    let ecm = MockEndpoint::start().await.unwrap();
+    // Names unique to this test: the process environment is shared.
+    std::env::set_var("CWSGW_TEST_DLV_BEARER", "static-token-1");
+    std::env::set_var("CWSGW_TEST_DLV_SECRET", "s3cret");
+    let cfg = delivery_config_auth(
+        dir.path(),
+        &mcp,
+        &ecm,
+        5,
+        r#"endpoint_auth = { bearer_token_env = "CWSGW_TEST_DLV_BEARER" }"#,
+        &format!(
+            r#"endpoint_auth = {{ token_url = "http://{}/oauth/token", client_id = "gw", client_secret_env = "CWSGW_TEST_DLV_SECRET", scope = "system/*.write" }}"#,
+            ecm.addr
+        ),
+    );
+    let gw = cws_gateway::serve::start(cfg.clone()).await.unwrap();
+    let env = Env {
+        dir,
+        gw: Some(gw),
+        mcp,
+        ecm,
+        cfg,
+    };
+    env.put(member("pauth", true)).await;
+    env.put(vec![
+        json!({"resourceType": "Task", "id": "t-pauth", "status": "in-progress", "intent": "order",
+        "for": {"reference": "Patient/pauth"}, "focus": {"reference": "ServiceRequest/sr-pauth-1"},
+        "owner": {"reference": "Organization/ecm-compass"}}),
+    ])
+    .await;
+    let ids = queue_referral(&env, "pauth", 1).await;
+    env.wait_state(ids[0], DeliveryState::Delivered, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        env.mcp.accepted()[0].authorization.as_deref(),
+        Some("Bearer static-token-1")
+    );
+    // Two assignments routed to the ECM provider reuse one OAuth2 token.
+    let mut task = json!({"resourceType": "Task", "id": "t-pauth", "status": "accepted", "intent": "order",
+        "for": {"reference": "Patient/pauth"}, "focus": {"reference": "ServiceRequest/sr-pauth-1"},
+        "owner": {"reference": "Organization/ecm-compass"}});
+    let a = env.route("mcp-a", vec![task.clone()]).await;
+    task["id"] = json!("t-pauth-2");
+    env.put(vec![task.clone()]).await;
+    let b = env.route("mcp-a", vec![task]).await;
+    let to_ecm: Vec<i64> = a.into_iter().chain(b).collect();
+    for id in &to_ecm {
+        let d = env.store().outbox_get(*id).await.unwrap().unwrap();
+        if d.endpoint == "ecm-compass" {
+            env.wait_state(*id, DeliveryState::Delivered, Duration::from_secs(10))
+                .await;
+        }
+    }
+    let got = env.ecm.accepted();
+    assert!(got.len() >= 2, "{}", got.len());
+    assert!(got
+        .iter()
+        .all(|r| r.authorization.as_deref() == Some("Bearer mock-token-1")));
+    assert_eq!(env.ecm.tokens_issued(), 1);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_prints_the_routing_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let mcp = MockEndpoint::start().await.unwrap();
+    let ecm = MockEndpoint::start().await.unwrap();
+    let cfg = delivery_config(dir.path(), &mcp, &ecm, 5);
+    let engine = cws_gateway::serve::load_engine(&cfg).unwrap();
+    let text = cws_gateway::cli::describe(&cfg, &engine);
+    for needle in [
+        "routing rules",
+        "referral-to-performer",
+        "service_request.performer",
+        "adt-notification",
+        "assigned_ecm + member_mcp",
+        "task_status",
+        "max 5 attempts",
+    ] {
+        assert!(text.contains(needle), "missing {needle}:\n{text}");
+    }
 }

@@ -267,8 +267,7 @@ impl RouteInput {
                     .or_else(|| e.pointer("/period/start"))
                     .and_then(Value::as_str)
             })
-            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-            .map(|t| t.with_timezone(&Utc));
+            .and_then(parse_fhir_time);
         RouteInput {
             event,
             source_org: source_org.to_string(),
@@ -283,6 +282,18 @@ impl RouteInput {
     pub fn patient_id(&self) -> Option<String> {
         self.written.iter().find_map(patient_of)
     }
+}
+
+/// A FHIR dateTime: RFC 3339, or a date (its start, UTC) when the source
+/// gave no time zone.
+fn parse_fhir_time(s: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|dt| dt.and_utc())
 }
 
 /// The patient a resource belongs to: `mapping::patient_reference`, or a

@@ -36,7 +36,7 @@ fn delivery_config(
     ecm: &MockEndpoint,
     max_attempts: u32,
 ) -> Config {
-    delivery_config_auth(dir, mcp, ecm, max_attempts, "", "")
+    delivery_config_auth(dir, mcp, ecm, max_attempts, "", "", 2000)
 }
 
 fn delivery_config_auth(
@@ -46,6 +46,7 @@ fn delivery_config_auth(
     max_attempts: u32,
     mcp_auth: &str,
     ecm_auth: &str,
+    grace_ms: u64,
 ) -> Config {
     let text = config_text(
         dir,
@@ -75,7 +76,7 @@ max_backoff_ms = 200
 timeout_ms = 500
 connect_timeout_ms = 300
 lease_ms = 5000
-shutdown_grace_ms = 2000
+shutdown_grace_ms = {grace_ms}
 concurrency = 8
 "#,
             mcp = mcp.base_url(),
@@ -367,6 +368,15 @@ async fn a_500_is_retried_then_delivered() {
     assert_eq!(d.attempts, 3);
     let statuses: Vec<u16> = env.mcp.received().iter().map(|r| r.status).collect();
     assert_eq!(statuses, vec![500, 503, 200]);
+    let text = env.gw().metrics.render(&env.store().metrics(), None);
+    for needle in [
+        "cwsgw_delivery_attempts_total{endpoint=\"mcp-a\"} 3",
+        "cwsgw_delivery_outcomes_total{endpoint=\"mcp-a\",outcome=\"retry\"} 2",
+        "cwsgw_delivery_outcomes_total{endpoint=\"mcp-a\",outcome=\"delivered\"} 1",
+        "cwsgw_delivery_latency_seconds_count 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle}");
+    }
     env.stop().await;
 }
 
@@ -627,6 +637,15 @@ async fn adt_admit_for_an_assigned_member_notifies_ecm_and_mcp_within_a_second()
     let p50 = latencies[latencies.len() / 2];
     println!("ADT A01 → ECM notification: n={n} p50={p50:?} p99={p99:?}");
     assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
+    // The test messages' events are months old: each counts as late (> 24 h).
+    assert!(
+        env.gw()
+            .metrics
+            .delivery
+            .late_adt
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= n as u64
+    );
     // Shape: a Da Vinci message Bundle to $process-message.
     let got = env.ecm.accepted();
     let first = &got[0];
@@ -711,6 +730,7 @@ async fn bearer_and_oauth2_credentials_are_sent_and_tokens_cached() {
             r#"endpoint_auth = {{ token_url = "http://{}/oauth/token", client_id = "gw", client_secret_env = "CWSGW_TEST_DLV_SECRET", scope = "system/*.write" }}"#,
             ecm.addr
         ),
+        2000,
     );
     let gw = cws_gateway::serve::start(cfg.clone()).await.unwrap();
     let env = Env {
@@ -778,4 +798,50 @@ async fn check_config_prints_the_routing_rules() {
     ] {
         assert!(text.contains(needle), "missing {needle}:\n{text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_releases_what_did_not_finish_within_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let mcp = MockEndpoint::start().await.unwrap();
+    let ecm = MockEndpoint::start().await.unwrap();
+    let cfg = delivery_config_auth(dir.path(), &mcp, &ecm, 5, "", "", 200);
+    let gw = cws_gateway::serve::start(cfg.clone()).await.unwrap();
+    let mut env = Env {
+        dir,
+        gw: Some(gw),
+        mcp,
+        ecm,
+        cfg,
+    };
+    // The endpoint hangs longer than the grace period (below the timeout).
+    env.mcp.script([MockResponse {
+        status: 200,
+        retry_after: None,
+        delay: Duration::from_millis(450),
+    }]);
+    env.put(member("prel", false)).await;
+    let ids = queue_referral(&env, "prel", 1).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while env.mcp.received().is_empty() {
+        // received() records after the delay; wait for the claim instead.
+        let d = env.store().outbox_get(ids[0]).await.unwrap().unwrap();
+        if d.lease_owner.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let gw = env.gw.take().unwrap();
+    let store = gw.store.clone();
+    gw.stop().await;
+    let d = store.outbox_get(ids[0]).await.unwrap().unwrap();
+    assert_eq!(d.state, DeliveryState::Pending, "released, not lost");
+    assert_eq!(d.attempts, 0, "a released item counts no attempt");
+    assert!(d.lease_owner.is_none());
+    drop(store);
+    env.gw = Some(cws_gateway::serve::start(env.cfg.clone()).await.unwrap());
+    env.wait_state(ids[0], DeliveryState::Delivered, Duration::from_secs(10))
+        .await;
+    env.stop().await;
 }

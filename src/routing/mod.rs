@@ -45,6 +45,15 @@ fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 
+/// The resource types [`MemberView`] is derived from.
+pub const MEMBER_TYPES: [&str; 5] = [
+    "Consent",
+    "ServiceRequest",
+    "Task",
+    "Coverage",
+    "EpisodeOfCare",
+];
+
 /// What the gateway knows of a member that routing depends on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemberView {
@@ -190,7 +199,12 @@ impl MemberView {
         patient_id: &str,
         writing: &[Value],
     ) -> Result<MemberView, store::StoreError> {
-        let stored = store.resources_by_patient(patient_id, None).await?;
+        // Only the types the view reads: a member's compartment grows with
+        // every ADT message (Encounters, Conditions …), these stay small.
+        let mut stored = Vec::new();
+        for t in MEMBER_TYPES {
+            stored.extend(store.resources_by_patient(patient_id, Some(t)).await?);
+        }
         Ok(MemberView::from_resources(
             cfg, patient_id, &stored, writing,
         ))

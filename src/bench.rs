@@ -173,12 +173,7 @@ mcps = ["mcp-0"]
 }
 
 fn bench_write(r: serde_json::Value) -> store::ResourceWrite {
-    let patient_id = mapping::patient_reference(&r).or_else(|| {
-        r.pointer("/for/reference")
-            .and_then(serde_json::Value::as_str)
-            .and_then(|s| s.strip_prefix("Patient/"))
-            .map(str::to_string)
-    });
+    let patient_id = crate::routing::patient_of(&r);
     store::ResourceWrite {
         resource_type: r["resourceType"].as_str().unwrap_or("").to_string(),
         id: r["id"].as_str().unwrap_or("").to_string(),

@@ -67,10 +67,7 @@ impl Sender {
     }
 
     /// As [`Sender::new`], reading secrets through `env` (tests).
-    pub fn with_env(
-        cfg: &Config,
-        env: SecretSource,
-    ) -> Result<Sender, ClientError> {
+    pub fn with_env(cfg: &Config, env: SecretSource) -> Result<Sender, ClientError> {
         install_crypto_provider();
         let d = &cfg.delivery;
         let mut b = reqwest::Client::builder()

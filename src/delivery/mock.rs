@@ -4,7 +4,9 @@
 //! counts every `PUT` entry url (so duplicates are visible), and can be
 //! scripted: a queue of responses (status, `Retry-After`, delay) consumed one
 //! per request, and per-substring failures (e.g. fail every Bundle that
-//! mentions one patient).
+//! mentions one patient). A POST to a path ending in `/token` is answered as
+//! an OAuth2 token endpoint (`{"access_token": "mock-token-N", "expires_in": 3600}`)
+//! and counted, not recorded.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -54,6 +56,7 @@ struct Inner {
     received: Vec<Received>,
     puts: BTreeMap<String, u64>,
     down: bool,
+    tokens_issued: u64,
 }
 
 /// A running mock endpoint.
@@ -73,6 +76,27 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if uri.path().ends_with("/token") {
+        let n = match inner.lock() {
+            Ok(mut g) => {
+                g.tokens_issued += 1;
+                g.tokens_issued
+            }
+            Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        };
+        let form = String::from_utf8_lossy(&body);
+        if !form.contains("grant_type=client_credentials") {
+            return StatusCode::BAD_REQUEST.into_response();
+        }
+        return (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            format!(
+                r#"{{"access_token":"mock-token-{n}","token_type":"bearer","expires_in":3600}}"#
+            ),
+        )
+            .into_response();
+    }
     let text = String::from_utf8_lossy(&body).to_string();
     let (resp, down) = {
         let Ok(mut g) = inner.lock() else {
@@ -202,6 +226,11 @@ impl MockEndpoint {
             .into_iter()
             .filter(|r| (200..300).contains(&r.status))
             .collect()
+    }
+
+    /// OAuth2 tokens issued by the `/token` path.
+    pub fn tokens_issued(&self) -> u64 {
+        self.with(|g| g.tokens_issued).unwrap_or(0)
     }
 
     /// How often each `PUT` url was accepted.

@@ -45,6 +45,15 @@ fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 
+/// The resource types [`MemberView`] is derived from.
+pub const MEMBER_TYPES: [&str; 5] = [
+    "Consent",
+    "ServiceRequest",
+    "Task",
+    "Coverage",
+    "EpisodeOfCare",
+];
+
 /// What the gateway knows of a member that routing depends on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemberView {
@@ -190,7 +199,12 @@ impl MemberView {
         patient_id: &str,
         writing: &[Value],
     ) -> Result<MemberView, store::StoreError> {
-        let stored = store.resources_by_patient(patient_id, None).await?;
+        // Only the types the view reads: a member's compartment grows with
+        // every ADT message (Encounters, Conditions …), these stay small.
+        let mut stored = Vec::new();
+        for t in MEMBER_TYPES {
+            stored.extend(store.resources_by_patient(patient_id, Some(t)).await?);
+        }
         Ok(MemberView::from_resources(
             cfg, patient_id, &stored, writing,
         ))
@@ -267,8 +281,7 @@ impl RouteInput {
                     .or_else(|| e.pointer("/period/start"))
                     .and_then(Value::as_str)
             })
-            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-            .map(|t| t.with_timezone(&Utc));
+            .and_then(parse_fhir_time);
         RouteInput {
             event,
             source_org: source_org.to_string(),
@@ -278,10 +291,35 @@ impl RouteInput {
         }
     }
 
-    /// The patient the input is about (first resource naming one).
+    /// The patient the input is about (first resource naming one; a Task
+    /// names it in `for`).
     pub fn patient_id(&self) -> Option<String> {
-        self.written.iter().find_map(mapping::patient_reference)
+        self.written.iter().find_map(patient_of)
     }
+}
+
+/// A FHIR dateTime: RFC 3339, or a date (its start, UTC) when the source
+/// gave no time zone.
+fn parse_fhir_time(s: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|dt| dt.and_utc())
+}
+
+/// The patient a resource belongs to: `mapping::patient_reference`, or a
+/// Task's `for`.
+pub fn patient_of(res: &Value) -> Option<String> {
+    mapping::patient_reference(res).or_else(|| {
+        res.pointer("/for/reference")
+            .and_then(Value::as_str)
+            .and_then(|s| s.strip_prefix("Patient/"))
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    })
 }
 
 /// One delivery a rule asks for.

@@ -243,6 +243,12 @@ fn accepted_task_assigns_the_ecm_provider_and_reports_status_to_the_referrer() {
 }
 
 #[test]
+fn a_task_names_its_patient_in_for() {
+    let inp = input("mcp-a", None, vec![task("accepted", Some("ecm-compass"))]);
+    assert_eq!(inp.patient_id().as_deref(), Some("p1"));
+}
+
+#[test]
 fn a_change_is_not_echoed_to_its_sender() {
     // The ECM provider accepts its own assignment: only the referrer hears.
     let written = vec![task("accepted", Some("ecm-compass"))];
@@ -301,7 +307,10 @@ fn adt_for_an_assigned_member_notifies_ecm_and_mcp() {
     ] {
         let inp = RouteInput::from_adt_bundle(&adt_bundle(trigger), "st-mary");
         assert_eq!(inp.patient_id().as_deref(), Some("p1"));
-        assert!(inp.event_time.is_some());
+        assert_eq!(
+            inp.event_time.map(|t| t.to_rfc3339()).as_deref(),
+            Some("2026-01-15T08:25:00+00:00")
+        );
         let p = rules().plan(&cfg(), &inp, &v);
         assert_eq!(
             recipients(&p),
@@ -320,6 +329,14 @@ fn adt_for_an_assigned_member_notifies_ecm_and_mcp() {
             vec!["Encounter/e1", "Patient/p1", "Condition/c1"]
         );
     }
+    // A date-only period (no time zone in the source) counts from its start.
+    let mut dated = adt_bundle("A01");
+    dated["entry"][2]["resource"]["period"]["start"] = json!("2026-01-15");
+    let inp = RouteInput::from_adt_bundle(&dated, "st-mary");
+    assert_eq!(
+        inp.event_time.map(|t| t.to_rfc3339()).as_deref(),
+        Some("2026-01-15T00:00:00+00:00")
+    );
     // A08 (update) notifies nobody.
     let inp = RouteInput::from_adt_bundle(&adt_bundle("A08"), "st-mary");
     assert!(rules().plan(&cfg(), &inp, &v).deliveries.is_empty());

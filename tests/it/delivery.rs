@@ -36,6 +36,18 @@ fn delivery_config(
     ecm: &MockEndpoint,
     max_attempts: u32,
 ) -> Config {
+    delivery_config_auth(dir, mcp, ecm, max_attempts, "", "", 2000)
+}
+
+fn delivery_config_auth(
+    dir: &std::path::Path,
+    mcp: &MockEndpoint,
+    ecm: &MockEndpoint,
+    max_attempts: u32,
+    mcp_auth: &str,
+    ecm_auth: &str,
+    grace_ms: u64,
+) -> Config {
     let text = config_text(
         dir,
         &format!(
@@ -47,6 +59,7 @@ name = "Plan A"
 endpoint = "{mcp}"
 plan_codes = ["A"]
 counties = ["Fresno"]
+{mcp_auth}
 
 [[organizations]]
 id = "ecm-compass"
@@ -54,6 +67,7 @@ kind = "ecm_provider"
 name = "Compass Clinics"
 endpoint = "{ecm}"
 mcps = ["mcp-a"]
+{ecm_auth}
 
 [delivery]
 max_attempts = {max_attempts}
@@ -62,7 +76,7 @@ max_backoff_ms = 200
 timeout_ms = 500
 connect_timeout_ms = 300
 lease_ms = 5000
-shutdown_grace_ms = 2000
+shutdown_grace_ms = {grace_ms}
 concurrency = 8
 "#,
             mcp = mcp.base_url(),
@@ -120,12 +134,7 @@ impl Env {
             .map(|r| ResourceWrite {
                 resource_type: r["resourceType"].as_str().unwrap().to_string(),
                 id: r["id"].as_str().unwrap().to_string(),
-                patient_id: mapping::patient_reference(&r).or_else(|| {
-                    r.pointer("/for/reference")
-                        .and_then(Value::as_str)
-                        .and_then(|s| s.strip_prefix("Patient/"))
-                        .map(str::to_string)
-                }),
+                patient_id: cws_gateway::routing::patient_of(&r),
                 body: r,
                 index: Vec::new(),
             })
@@ -359,6 +368,15 @@ async fn a_500_is_retried_then_delivered() {
     assert_eq!(d.attempts, 3);
     let statuses: Vec<u16> = env.mcp.received().iter().map(|r| r.status).collect();
     assert_eq!(statuses, vec![500, 503, 200]);
+    let text = env.gw().metrics.render(&env.store().metrics(), None);
+    for needle in [
+        "cwsgw_delivery_attempts_total{endpoint=\"mcp-a\"} 3",
+        "cwsgw_delivery_outcomes_total{endpoint=\"mcp-a\",outcome=\"retry\"} 2",
+        "cwsgw_delivery_outcomes_total{endpoint=\"mcp-a\",outcome=\"delivered\"} 1",
+        "cwsgw_delivery_latency_seconds_count 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle}");
+    }
     env.stop().await;
 }
 
@@ -619,6 +637,15 @@ async fn adt_admit_for_an_assigned_member_notifies_ecm_and_mcp_within_a_second()
     let p50 = latencies[latencies.len() / 2];
     println!("ADT A01 → ECM notification: n={n} p50={p50:?} p99={p99:?}");
     assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
+    // The test messages' events are months old: each counts as late (> 24 h).
+    assert!(
+        env.gw()
+            .metrics
+            .delivery
+            .late_adt
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= n as u64
+    );
     // Shape: a Da Vinci message Bundle to $process-message.
     let got = env.ecm.accepted();
     let first = &got[0];
@@ -682,5 +709,139 @@ async fn graceful_shutdown_mid_queue_loses_nothing() {
             .unwrap_or(0);
         assert!(n >= 1, "pg{i} not delivered: {counts:?}");
     }
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_and_oauth2_credentials_are_sent_and_tokens_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let mcp = MockEndpoint::start().await.unwrap();
+    let ecm = MockEndpoint::start().await.unwrap();
+    // Names unique to this test: the process environment is shared.
+    std::env::set_var("CWSGW_TEST_DLV_BEARER", "static-token-1");
+    std::env::set_var("CWSGW_TEST_DLV_SECRET", "s3cret");
+    let cfg = delivery_config_auth(
+        dir.path(),
+        &mcp,
+        &ecm,
+        5,
+        r#"endpoint_auth = { bearer_token_env = "CWSGW_TEST_DLV_BEARER" }"#,
+        &format!(
+            r#"endpoint_auth = {{ token_url = "http://{}/oauth/token", client_id = "gw", client_secret_env = "CWSGW_TEST_DLV_SECRET", scope = "system/*.write" }}"#,
+            ecm.addr
+        ),
+        2000,
+    );
+    let gw = cws_gateway::serve::start(cfg.clone()).await.unwrap();
+    let env = Env {
+        dir,
+        gw: Some(gw),
+        mcp,
+        ecm,
+        cfg,
+    };
+    env.put(member("pauth", true)).await;
+    env.put(vec![
+        json!({"resourceType": "Task", "id": "t-pauth", "status": "in-progress", "intent": "order",
+        "for": {"reference": "Patient/pauth"}, "focus": {"reference": "ServiceRequest/sr-pauth-1"},
+        "owner": {"reference": "Organization/ecm-compass"}}),
+    ])
+    .await;
+    let ids = queue_referral(&env, "pauth", 1).await;
+    env.wait_state(ids[0], DeliveryState::Delivered, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        env.mcp.accepted()[0].authorization.as_deref(),
+        Some("Bearer static-token-1")
+    );
+    // Two assignments routed to the ECM provider reuse one OAuth2 token.
+    let mut task = json!({"resourceType": "Task", "id": "t-pauth", "status": "accepted", "intent": "order",
+        "for": {"reference": "Patient/pauth"}, "focus": {"reference": "ServiceRequest/sr-pauth-1"},
+        "owner": {"reference": "Organization/ecm-compass"}});
+    let a = env.route("mcp-a", vec![task.clone()]).await;
+    task["id"] = json!("t-pauth-2");
+    env.put(vec![task.clone()]).await;
+    let b = env.route("mcp-a", vec![task]).await;
+    let to_ecm: Vec<i64> = a.into_iter().chain(b).collect();
+    for id in &to_ecm {
+        let d = env.store().outbox_get(*id).await.unwrap().unwrap();
+        if d.endpoint == "ecm-compass" {
+            env.wait_state(*id, DeliveryState::Delivered, Duration::from_secs(10))
+                .await;
+        }
+    }
+    let got = env.ecm.accepted();
+    assert!(got.len() >= 2, "{}", got.len());
+    assert!(got
+        .iter()
+        .all(|r| r.authorization.as_deref() == Some("Bearer mock-token-1")));
+    assert_eq!(env.ecm.tokens_issued(), 1);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_prints_the_routing_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let mcp = MockEndpoint::start().await.unwrap();
+    let ecm = MockEndpoint::start().await.unwrap();
+    let cfg = delivery_config(dir.path(), &mcp, &ecm, 5);
+    let engine = cws_gateway::serve::load_engine(&cfg).unwrap();
+    let text = cws_gateway::cli::describe(&cfg, &engine);
+    for needle in [
+        "routing rules",
+        "referral-to-performer",
+        "service_request.performer",
+        "adt-notification",
+        "assigned_ecm + member_mcp",
+        "task_status",
+        "max 5 attempts",
+    ] {
+        assert!(text.contains(needle), "missing {needle}:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_releases_what_did_not_finish_within_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let mcp = MockEndpoint::start().await.unwrap();
+    let ecm = MockEndpoint::start().await.unwrap();
+    let cfg = delivery_config_auth(dir.path(), &mcp, &ecm, 5, "", "", 200);
+    let gw = cws_gateway::serve::start(cfg.clone()).await.unwrap();
+    let mut env = Env {
+        dir,
+        gw: Some(gw),
+        mcp,
+        ecm,
+        cfg,
+    };
+    // The endpoint hangs longer than the grace period (below the timeout).
+    env.mcp.script([MockResponse {
+        status: 200,
+        retry_after: None,
+        delay: Duration::from_millis(450),
+    }]);
+    env.put(member("prel", false)).await;
+    let ids = queue_referral(&env, "prel", 1).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while env.mcp.received().is_empty() {
+        // received() records after the delay; wait for the claim instead.
+        let d = env.store().outbox_get(ids[0]).await.unwrap().unwrap();
+        if d.lease_owner.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let gw = env.gw.take().unwrap();
+    let store = gw.store.clone();
+    gw.stop().await;
+    let d = store.outbox_get(ids[0]).await.unwrap().unwrap();
+    assert_eq!(d.state, DeliveryState::Pending, "released, not lost");
+    assert_eq!(d.attempts, 0, "a released item counts no attempt");
+    assert!(d.lease_owner.is_none());
+    drop(store);
+    env.gw = Some(cws_gateway::serve::start(env.cfg.clone()).await.unwrap());
+    env.wait_state(ids[0], DeliveryState::Delivered, Duration::from_secs(10))
+        .await;
     env.stop().await;
 }

@@ -145,9 +145,7 @@ impl<'a> Gate<'a> {
     /// Can [`Gate::judge`] decide `r` without loading more than
     /// [`MAX_PATIENTS_PER_REQUEST`] patient contexts?
     pub fn has_room_for(&self, r: &StoredResource) -> bool {
-        if self.caller.kind == OrgKind::Operator
-            || self.contexts.len() < MAX_PATIENTS_PER_REQUEST
-        {
+        if self.caller.kind == OrgKind::Operator || self.contexts.len() < MAX_PATIENTS_PER_REQUEST {
             return true;
         }
         match r.patient_id.clone().or_else(|| index::patient_of(&r.body)) {

@@ -643,22 +643,45 @@ async fn explain_names_what_may_and_may_not_be_seen() {
     let cfg_path = dir.path().join("gw.toml");
     std::fs::write(&cfg_path, config_text(dir.path(), &fhir_extra())).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cws-gateway"))
-        .args(["explain", "--patient", "91000001A", "--recipient", "mcp-a", "--purpose", "referral", "--config"])
+        .args([
+            "explain",
+            "--patient",
+            "91000001A",
+            "--recipient",
+            "mcp-a",
+            "--purpose",
+            "referral",
+            "--config",
+        ])
         .arg(&cfg_path)
         .env_remove("CWSGW_CONFIG")
         .env_remove("CWSGW_DATABASE_URL")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(cli["patient"], "p1");
     assert_eq!(cli["may_see"], b["may_see"]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cws-gateway"))
-        .args(["explain", "--patient", "00000000X", "--recipient", "mcp-a", "--config"])
+        .args([
+            "explain",
+            "--patient",
+            "00000000X",
+            "--recipient",
+            "mcp-a",
+            "--config",
+        ])
         .arg(&cfg_path)
         .env_remove("CWSGW_CONFIG")
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("00000000X"), "no CIN echoed");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("00000000X"),
+        "no CIN echoed"
+    );
 }

@@ -23,6 +23,7 @@
 //!   `IRCP`, reference `Organization/{id}`), `class[]` codes from
 //!   `{base}/CodeSystem/consent-category`, `securityLabel[]` for the sensitive
 //!   categories (`ETH`, `PSY`, `HIV`, `SEX`).
+//!
 //! Systems are matched on their path suffix, so a change of `canonical_base`
 //! does not orphan existing consents.
 
@@ -362,10 +363,8 @@ impl PatientContext {
                         ctx.consents.push(c);
                     }
                 }
-                "ServiceRequest" => {
-                    if newest_sr.is_none_or(|n| n.last_updated < r.last_updated) {
-                        newest_sr = Some(r);
-                    }
+                "ServiceRequest" if newest_sr.is_none_or(|n| n.last_updated < r.last_updated) => {
+                    newest_sr = Some(r);
                 }
                 "Task" => {
                     let status = str_of(b, "status").unwrap_or("");

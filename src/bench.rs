@@ -822,6 +822,8 @@ county = "Fresno"
 id = "mcp-a"
 kind = "mcp"
 name = "Plan A"
+plan_codes = ["A"]
+counties = ["Fresno"]
 [[clients]]
 id = "bench"
 organization = "mcp-a"

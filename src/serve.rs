@@ -82,6 +82,9 @@ pub fn set_live_urls(capability: &mut serde_json::Value, base_url: &str, token_u
 
 /// Start everything; returns once both listeners are bound.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    // The HTTP client (reqwest, `rustls-no-provider`) needs a process-wide
+    // rustls crypto provider; an already installed one is kept.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cfg = Arc::new(cfg);
     let engine = load_engine(&cfg)?;
     let store = open_store(&cfg)?;

@@ -57,8 +57,11 @@ pub const READ_KINDS: &[OrgKind] = &[
 
 /// Most store rows examined for one search request.
 pub const MAX_SCAN: usize = 2000;
-/// Most distinct patients whose context one request loads.
+/// Most distinct patients whose context one request loads (a search page
+/// stops short, with a `next` link, rather than load more).
 pub const MAX_PATIENTS_PER_REQUEST: usize = 256;
+/// Most resource references in one audit record.
+pub const MAX_ENTITIES_PER_AUDIT: usize = 200;
 
 /// The `/fhir` routes (besides `/fhir/metadata`).
 pub fn routes() -> Router<AppState> {
@@ -139,6 +142,18 @@ impl<'a> Gate<'a> {
         }
     }
 
+    /// Can [`Gate::judge`] decide `r` without loading more than
+    /// [`MAX_PATIENTS_PER_REQUEST`] patient contexts?
+    pub fn has_room_for(&self, r: &StoredResource) -> bool {
+        if self.caller.kind == OrgKind::Operator || self.contexts.len() < MAX_PATIENTS_PER_REQUEST {
+            return true;
+        }
+        match r.patient_id.clone().or_else(|| index::patient_of(&r.body)) {
+            Some(p) => self.contexts.contains_key(&p),
+            None => true,
+        }
+    }
+
     /// Decide one stored resource for the caller and remember it for the audit.
     pub async fn judge(&mut self, r: &StoredResource) -> Result<Verdict, ApiError> {
         let reference = format!("{}/{}", r.resource_type, r.id);
@@ -208,27 +223,33 @@ impl<'a> Gate<'a> {
     pub async fn finish(self) -> Result<(), ApiError> {
         let operator = self.caller.kind == OrgKind::Operator;
         let mut entries = Vec::new();
+        // At most MAX_ENTITIES_PER_AUDIT references per record keeps every
+        // body well under the store's size cap.
         for (patient, refs) in &self.disclosed {
-            entries.push(audit::new_audit(&AuditEntry {
-                kind: if operator { "read" } else { "disclosure" },
-                interaction: self.interaction,
-                caller: self.caller,
-                patient_id: patient.as_deref(),
-                entities: refs.clone(),
-                detail: None,
-                recorded: self.now,
-            }));
+            for chunk in refs.chunks(MAX_ENTITIES_PER_AUDIT) {
+                entries.push(audit::new_audit(&AuditEntry {
+                    kind: if operator { "read" } else { "disclosure" },
+                    interaction: self.interaction,
+                    caller: self.caller,
+                    patient_id: patient.as_deref(),
+                    entities: chunk.to_vec(),
+                    detail: None,
+                    recorded: self.now,
+                }));
+            }
         }
         for ((patient, why), refs) in &self.refused {
-            entries.push(audit::new_audit(&AuditEntry {
-                kind: "refusal",
-                interaction: self.interaction,
-                caller: self.caller,
-                patient_id: patient.as_deref(),
-                entities: refs.clone(),
-                detail: Some(why.clone()),
-                recorded: self.now,
-            }));
+            for chunk in refs.chunks(MAX_ENTITIES_PER_AUDIT) {
+                entries.push(audit::new_audit(&AuditEntry {
+                    kind: "refusal",
+                    interaction: self.interaction,
+                    caller: self.caller,
+                    patient_id: patient.as_deref(),
+                    entities: chunk.to_vec(),
+                    detail: Some(why.clone()),
+                    recorded: self.now,
+                }));
+            }
         }
         if entries.is_empty() {
             return Ok(());
@@ -377,6 +398,14 @@ async fn fill_page(gate: &mut Gate<'_>, s: &params::Search) -> Result<Page, ApiE
         })?;
         let n = rows.len();
         for (i, r) in rows.iter().enumerate() {
+            if !gate.has_room_for(r) {
+                // Too many distinct patients for one request: stop before
+                // this row; the next page starts with it.
+                return Ok(Page {
+                    matches,
+                    next: after,
+                });
+            }
             scanned += 1;
             after = Some((r.last_updated, r.id.clone()));
             if let Verdict::Permit(body) = gate.judge(r).await? {

@@ -597,7 +597,7 @@ async fn content_types_and_unknown_types() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_names_what_may_and_may_not_be_seen() {
-    let (_dir, gw, base) = start_fhir().await;
+    let (dir, gw, base) = start_fhir().await;
     seed_two_youths(gw.store.as_ref()).await;
     let c = reqwest::Client::new();
     let (s, b) = get(
@@ -639,4 +639,49 @@ async fn explain_names_what_may_and_may_not_be_seen() {
     .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     gw.stop().await;
+    // The same through the CLI.
+    let cfg_path = dir.path().join("gw.toml");
+    std::fs::write(&cfg_path, config_text(dir.path(), &fhir_extra())).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cws-gateway"))
+        .args([
+            "explain",
+            "--patient",
+            "91000001A",
+            "--recipient",
+            "mcp-a",
+            "--purpose",
+            "referral",
+            "--config",
+        ])
+        .arg(&cfg_path)
+        .env_remove("CWSGW_CONFIG")
+        .env_remove("CWSGW_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli["patient"], "p1");
+    assert_eq!(cli["may_see"], b["may_see"]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cws-gateway"))
+        .args([
+            "explain",
+            "--patient",
+            "00000000X",
+            "--recipient",
+            "mcp-a",
+            "--config",
+        ])
+        .arg(&cfg_path)
+        .env_remove("CWSGW_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("00000000X"),
+        "no CIN echoed"
+    );
 }

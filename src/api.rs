@@ -35,6 +35,8 @@ pub struct AppState {
     pub capability: Arc<serde_json::Value>,
     /// County events, referrals, Task lifecycle, eligibility, deadlines.
     pub county: Arc<crate::county::County>,
+    /// Routes what the HTTP writers store, and wakes the delivery workers.
+    pub routing: crate::routing::Routing,
     /// The one consent decision point.
     pub disclosure: crate::disclosure::Disclosure,
     /// Public base URL (no trailing slash), for links and `Location`.

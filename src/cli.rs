@@ -179,11 +179,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
             let cfg = load_config(config.as_deref())?;
-            serve_until_signal(cfg, None)
+            serve_until_signal(cfg)
         }
         Command::Demo { config } => {
             let cfg = load_config(Some(&config))?;
-            serve_until_signal(cfg, Some(&config))
+            let rt = runtime()?;
+            rt.block_on(crate::demo::run(cfg, &config))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Translate {
             kind: Kind::Adt,
@@ -350,7 +352,7 @@ fn read_input(input: Option<&str>) -> anyhow::Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn serve_until_signal(cfg: Config, demo: Option<&Path>) -> anyhow::Result<ExitCode> {
+fn serve_until_signal(cfg: Config) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     rt.block_on(async move {
         let running = crate::serve::start(cfg.clone()).await?;
@@ -359,21 +361,6 @@ fn serve_until_signal(cfg: Config, demo: Option<&Path>) -> anyhow::Result<ExitCo
             "listening http={} mllp={}",
             running.http_addr, running.mllp_addr
         );
-        if let Some(path) = demo {
-            println!(
-                "demo: configuration {} — HTTP and MLLP bind loopback only.",
-                path.display()
-            );
-            println!("demo: try  curl -s http://{}/healthz", running.http_addr);
-            println!(
-                "demo: send ADT  curl -s -H 'Authorization: Bearer demo-stmary-token' -H 'Content-Type: x-application/hl7-v2+er7' --data-binary @tests/golden/adt/adt-to-fhir/001-a01-admit-v251.hl7 http://{}/hl7/v2",
-                running.http_addr
-            );
-            println!(
-                "demo: metrics  curl -s -H 'Authorization: Bearer demo-ops-token' http://{}/metrics",
-                running.http_addr
-            );
-        }
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
         crate::serve::wait_for_signal().await;

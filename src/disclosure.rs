@@ -471,6 +471,20 @@ impl Disclosure {
         pctx: &PatientContext,
         now: DateTime<Utc>,
     ) -> Decision {
+        self.decide_with(res, recipient_org, purpose, pctx, now, false)
+    }
+
+    /// [`Disclosure::decide`] for a Task status projection (status, owner,
+    /// business status — no clinical detail) when `status_only` (rule R4).
+    pub fn decide_with(
+        &self,
+        res: &Value,
+        recipient_org: &str,
+        purpose: Purpose,
+        pctx: &PatientContext,
+        now: DateTime<Utc>,
+        status_only: bool,
+    ) -> Decision {
         let deny = |reason: &str| Decision {
             effect: consent::Effect::Deny,
             rule: "R1".into(),
@@ -482,9 +496,13 @@ impl Disclosure {
         let Some(to) = recipient(&self.cfg, recipient_org) else {
             return deny("deny.unknown-recipient");
         };
-        let Some(facts) = resource_facts(res) else {
+        let Some(mut facts) = resource_facts(res) else {
             return deny("deny.no-patient");
         };
+        if status_only {
+            facts.status_only = true;
+            facts.referral_package = false;
+        }
         if facts.patient_id != pctx.patient_id {
             return deny("deny.patient-mismatch");
         }

@@ -321,37 +321,52 @@ async fn process_batch(
             return;
         }
     };
-    // Issue the completions in journal order (first poll of join_all is in
-    // order, and the store's writer applies requests in arrival order).
-    let futs = translated.into_iter().map(|(job, result)| {
+    // Phase 1: routing decisions (store reads, any order; results keep the
+    // batch order).
+    let routed = join_all(translated.into_iter().map(|(job, result)| {
         let store = store.clone();
-        let metrics = metrics.clone();
         let translator = translator.clone();
         async move {
-            let outcome = match result {
+            let prepared = match result {
                 Ok(bundle) => {
                     let writes = bundle_writes(&bundle);
-                    // Routing: outbox rows committed with the resources.
-                    let deliveries = match &translator.router {
+                    match &translator.router {
                         Some(router) => {
-                            let input =
-                                crate::routing::RouteInput::from_adt_bundle(&bundle, &job.source_org);
+                            let input = crate::routing::RouteInput::from_adt_bundle(
+                                &bundle,
+                                &job.source_org,
+                            );
                             match router
                                 .deliveries(store.as_ref(), &input, chrono::Utc::now(), None)
                                 .await
                             {
-                                Ok(d) => d,
+                                Ok(d) => Ok((writes, d)),
                                 Err(e) => {
                                     tracing::error!(journal_id = job.id, error = %e, "routing failed; record stays pending");
-                                    if let Some(reply) = job.reply {
-                                        let _ = reply.send(JobOutcome::Deferred);
-                                    }
-                                    return;
+                                    Err(JobOutcome::Deferred)
                                 }
                             }
                         }
-                        None => Vec::new(),
-                    };
+                        None => Ok((writes, Vec::new())),
+                    }
+                }
+                Err(outcome) => Err(outcome),
+            };
+            (job, prepared)
+        }
+    }))
+    .await;
+    // Phase 2: the commits, issued in journal order. Nothing is awaited in a
+    // future before its store request is sent, and join_all polls each future
+    // for the first time in order, so the store's single writer applies them
+    // in journal order (an A01 then an A03 of one visit ends as the A03 says).
+    let futs = routed.into_iter().map(|(job, prepared)| {
+        let store = store.clone();
+        let metrics = metrics.clone();
+        let translator = translator.clone();
+        async move {
+            let outcome = match prepared {
+                Ok((writes, deliveries)) => {
                     let queued = !deliveries.is_empty();
                     let completion = store::Completion {
                         writes,

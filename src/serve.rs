@@ -97,14 +97,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let http_addr = http.local_addr()?;
     let mllp_addr = mllp.local_addr()?;
 
-    let county = Arc::new(crate::county::County::new(cfg.clone(), engine.clone())?);
-    if let Err(e) = crate::county::recover(&county, store.as_ref()).await {
-        tracing::error!(error = %e, "recovering county inputs failed; they stay pending");
-    }
     let router =
         Arc::new(crate::routing::Router::from_config(cfg.clone()).map_err(|e| anyhow!("{e}"))?);
     let delivery = crate::delivery::start(cfg.clone(), store.clone(), metrics.clone())
         .map_err(|e| anyhow!("{e}"))?;
+    let routing = crate::routing::Routing {
+        router: router.clone(),
+        waker: delivery.waker(),
+    };
+    let county = Arc::new(crate::county::County::new(cfg.clone(), engine.clone())?);
+    let _ = county.routing.set(routing.clone());
+    if let Err(e) = crate::county::recover(&county, store.as_ref()).await {
+        tracing::error!(error = %e, "recovering county inputs failed; they stay pending");
+    }
     let translator =
         Arc::new(Translator::new(cfg.clone(), engine).with_routing(router, delivery.waker()));
     let (handle, worker) = processor::spawn(translator, store.clone(), metrics.clone());
@@ -143,6 +148,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         auth: Arc::new(auth),
         capability: Arc::new(capability),
         county,
+        routing,
         disclosure: crate::disclosure::Disclosure::new(cfg.clone()),
         base_url: Arc::new(base_url),
     };

@@ -309,9 +309,20 @@ pub async fn derive(
     if let Some(ev) = eligibility::evaluate(&facts, as_of) {
         out.push(eligibility::observation(base, &pid, &ev, as_of));
     }
+    let out_of_county = etype == "placement.changed"
+        && doc
+            .pointer("/placement/outOfCounty")
+            .and_then(Value::as_bool)
+            == Some(true);
     let mut derived = Derived {
         writes: out.into_iter().map(to_write).collect(),
         clocks: Vec::new(),
+        route: Some(RouteMeta {
+            event: Some(etype.to_string()),
+            source_org: county_org.to_string(),
+            out_of_county,
+            event_time: Some(occurred),
+        }),
     };
     if etype == "placement.changed" {
         let new_county = s(doc, "/placement/county").unwrap_or("");
@@ -391,6 +402,18 @@ pub fn to_write(res: Value) -> ResourceWrite {
 pub struct Derived {
     pub writes: Vec<ResourceWrite>,
     pub clocks: Vec<ClockRow>,
+    /// How to route what is written (event, sender); `None` = not routed.
+    pub route: Option<RouteMeta>,
+}
+
+/// What routing needs besides the written resources.
+#[derive(Debug, Clone, Default)]
+pub struct RouteMeta {
+    /// `case.closed`, `placement.changed` …; `None` for plain writes.
+    pub event: Option<String>,
+    pub source_org: String,
+    pub out_of_county: bool,
+    pub event_time: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The stored versions of these (type, id) pairs, in order (missing ones left out).
@@ -410,21 +433,42 @@ pub async fn read_back(
 /// Commit what was derived for a journal record (resources, clocks and the
 /// journal state in one transaction) and return the stored resources; a
 /// record already processed changes nothing and answers the current versions.
+///
+/// What is written is routed in the same transaction (outbox rows beside
+/// the resources), and the delivery workers are woken after the commit.
 pub async fn settle(
+    county: &County,
     store: &dyn Store,
     journal_id: store::JournalId,
     d: Derived,
 ) -> Result<Vec<Value>, CountyError> {
+    let routing = county.routing.get();
+    let mut deliveries = Vec::new();
+    if let (Some(routing), Some(meta)) = (routing, &d.route) {
+        let input = crate::routing::RouteInput {
+            event: meta.event.clone(),
+            source_org: meta.source_org.clone(),
+            written: d.writes.iter().map(|w| w.body.clone()).collect(),
+            out_of_county: meta.out_of_county,
+            event_time: meta.event_time,
+        };
+        deliveries = routing.deliveries_for(store, &input).await?;
+    }
+    let routed = !deliveries.is_empty();
     let r = store
         .complete_with(
             journal_id,
             Completion {
                 writes: d.writes,
                 clocks: d.clocks,
+                deliveries,
                 ..Completion::default()
             },
         )
         .await?;
+    if let (true, Some(routing)) = (routed, routing) {
+        routing.waker.wake();
+    }
     Ok(r.resources.into_iter().map(|r| r.body).collect())
 }
 
@@ -485,7 +529,7 @@ pub async fn post_event(
             return Err(e);
         }
     };
-    let stored = settle(state.store.as_ref(), journal_id, derived).await?;
+    let stored = settle(&state.county, state.store.as_ref(), journal_id, derived).await?;
     tracing::info!(
         journal_id,
         r#type = etype,

@@ -47,7 +47,7 @@ pub mod tasks;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post, put};
+use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 
@@ -62,6 +62,9 @@ pub struct County {
     pub engine: Arc<mapping::Engine>,
     pub schemas: schemas::Schemas,
     pub calendar: program::Calendar,
+    /// Set once the delivery workers exist (`serve::start`); writes are
+    /// routed in their own transaction when it is set.
+    pub routing: std::sync::OnceLock<crate::routing::Routing>,
 }
 
 impl County {
@@ -75,6 +78,7 @@ impl County {
             engine,
             schemas,
             calendar,
+            routing: std::sync::OnceLock::new(),
         })
     }
 }
@@ -84,7 +88,6 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/cws/events", post(events::post_event))
         .route("/ecm/referrals", post(referrals::post_referral))
-        .route("/fhir/Task/{id}", put(tasks::put_task))
         .route(
             "/cws/eligibility/{patient_id}",
             get(eligibility::get_eligibility),
@@ -138,7 +141,7 @@ pub async fn recover(county: &County, store: &dyn store::Store) -> Result<usize,
             let outcome = match rec.kind {
                 InputKind::CaseEvent => match error::parse_json(&rec.raw) {
                     Ok(doc) => match events::derive(county, store, &doc, &rec.source_org).await {
-                        Ok(d) => events::settle(store, rec.id, d).await.map(|_| ()),
+                        Ok(d) => events::settle(county, store, rec.id, d).await.map(|_| ()),
                         Err(e) => Err(e),
                     },
                     Err(e) => Err(e),

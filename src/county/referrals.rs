@@ -491,6 +491,12 @@ fn build(
     Derived {
         writes: out.into_iter().map(to_write).collect(),
         clocks,
+        route: Some(crate::county::events::RouteMeta {
+            event: None,
+            source_org: referrer.to_string(),
+            out_of_county: false,
+            event_time: Some(received),
+        }),
     }
 }
 
@@ -524,7 +530,7 @@ pub async fn recover_one(
         &resources,
         rec.received_at,
     );
-    settle(store, rec.id, derived).await.map(|_| ())
+    settle(county, store, rec.id, derived).await.map(|_| ())
 }
 
 /// The handler.
@@ -607,7 +613,7 @@ pub async fn post_referral(
             }
         };
         let derived = build(county, &raw_doc, &caller.org_id, &p, &resources, t);
-        settle(state.store.as_ref(), jid, derived).await?
+        settle(county, state.store.as_ref(), jid, derived).await?
     };
     tracing::info!(
         journal_id = jid,

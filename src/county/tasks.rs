@@ -304,8 +304,13 @@ pub async fn put_task(
         let derived = Derived {
             writes: vec![to_write(task)],
             clocks,
+            route: Some(crate::county::events::RouteMeta {
+                event: None,
+                source_org: caller.org_id.clone(),
+                ..Default::default()
+            }),
         };
-        settle(store, jid, derived).await?
+        settle(&state.county, store, jid, derived).await?
     };
     tracing::info!(journal_id = jid, task = %id, "Task updated");
     let task = stored

@@ -67,7 +67,32 @@ pub const MAX_ENTITIES_PER_AUDIT: usize = 200;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/fhir/{rtype}", get(search).post(write::create))
-        .route("/fhir/{rtype}/{id}", get(read))
+        .route("/fhir/{rtype}/{id}", get(read).put(update))
+}
+
+/// `PUT /fhir/{type}/{id}`: only Task is updatable (its lifecycle lives in
+/// `county::tasks`); any other type answers 405.
+async fn update(
+    state: State<AppState>,
+    headers: HeaderMap,
+    Path((rtype, id)): Path<(String, String)>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    if rtype != "Task" {
+        return fhir_json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &operation_outcome(
+                "error",
+                "not-supported",
+                &format!("{rtype} cannot be updated here; only Task supports PUT"),
+                None,
+            ),
+        );
+    }
+    match crate::county::tasks::put_task(state, headers, Path(id), body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
 }
 
 /// The 404 of an unknown or withheld resource (identical bodies).
@@ -208,8 +233,26 @@ impl<'a> Gate<'a> {
         );
         if d.effect == consent::Effect::Permit {
             self.disclosed.entry(Some(pid)).or_default().push(reference);
-            Ok(Verdict::Permit(apply_obligations(&r.body, &d)))
-        } else {
+            return Ok(Verdict::Permit(apply_obligations(&r.body, &d)));
+        }
+        // R4: the referring organization always learns a referral's status —
+        // a projection of the Task without clinical detail.
+        if r.resource_type == "Task" {
+            let projection = crate::delivery::bundle::task_status_projection(body);
+            let d2 = self.state.disclosure.decide_with(
+                &projection,
+                &self.caller.org_id,
+                consent::Purpose::Pull,
+                ctx,
+                self.now,
+                true,
+            );
+            if d2.effect == consent::Effect::Permit {
+                self.disclosed.entry(Some(pid)).or_default().push(reference);
+                return Ok(Verdict::Permit(apply_obligations(&projection, &d2)));
+            }
+        }
+        {
             let why = format!("{} {}", d.rule, d.reason);
             self.refused
                 .entry((Some(pid), why.clone()))

@@ -333,6 +333,24 @@ pub async fn create(
         detail: None,
         recorded: now,
     });
+    // Route it (an ECM provider's CarePlan or Consent → the county, under
+    // consent at send time) in the same transaction.
+    let input = crate::routing::RouteInput {
+        event: None,
+        source_org: caller.org_id.clone(),
+        written: vec![write.body.clone()],
+        out_of_county: false,
+        event_time: None,
+    };
+    let deliveries = state
+        .routing
+        .deliveries_for(state.store.as_ref(), &input)
+        .await
+        .map_err(|e| {
+            tracing::error!(journal_id, error = %e, "routing a FHIR write failed");
+            ApiError::Unavailable
+        })?;
+    let routed = !deliveries.is_empty();
     let done = state
         .store
         .complete_with(
@@ -340,6 +358,7 @@ pub async fn create(
             Completion {
                 writes: vec![write],
                 audits: vec![audit],
+                deliveries,
                 ..Completion::default()
             },
         )
@@ -348,6 +367,9 @@ pub async fn create(
             tracing::error!(journal_id, error = %e, "storing a FHIR write failed");
             ApiError::Unavailable
         })?;
+    if routed {
+        state.routing.waker.wake();
+    }
     let Some(stored) = done.resources.into_iter().next() else {
         return Err(ApiError::Internal("the store returned no resource".into()));
     };

@@ -706,6 +706,27 @@ fn resolve(
     }
 }
 
+/// The router and the delivery workers' waker, handed to every writer of
+/// resources (HTTP handlers, crash recovery) so that what they commit is
+/// routed in the same transaction and the workers are woken after it.
+#[derive(Clone)]
+pub struct Routing {
+    pub router: std::sync::Arc<Router>,
+    pub waker: crate::delivery::Waker,
+}
+
+impl Routing {
+    /// The outbox rows for `input` (errors are logged and yield none: the
+    /// input itself must still be stored; nothing is sent without a row).
+    pub async fn deliveries_for(
+        &self,
+        store: &dyn store::Store,
+        input: &RouteInput,
+    ) -> Result<Vec<store::NewDelivery>, store::StoreError> {
+        self.router.deliveries(store, input, Utc::now(), None).await
+    }
+}
+
 /// Rules plus configuration: what the processor and the HTTP handlers call
 /// to turn an input into outbox rows.
 pub struct Router {

@@ -10,3 +10,4 @@ mod delivery;
 mod fhir;
 mod http;
 mod mllp;
+mod scenarios;

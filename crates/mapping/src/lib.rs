@@ -113,7 +113,8 @@ pub use expr::{SourceKind, FUNCTIONS};
 use serde_json::Value;
 
 /// The Patient a resource belongs to: `Patient.id` for a Patient, else the
-/// id in its `subject`, `patient` or (first Patient) `target` reference.
+/// id in its `subject`, `patient`, `beneficiary`, `for` (Task) or (first
+/// Patient) `target` reference.
 pub fn patient_reference(resource: &Value) -> Option<String> {
     let id_of = |r: &Value| {
         r.get("reference")
@@ -128,7 +129,8 @@ pub fn patient_reference(resource: &Value) -> Option<String> {
             .and_then(Value::as_str)
             .map(str::to_string);
     }
-    for field in ["subject", "patient", "beneficiary"] {
+    // `for` is the Task's patient (FHIR R4 Task.for).
+    for field in ["subject", "patient", "beneficiary", "for"] {
         if let Some(id) = resource.get(field).and_then(id_of) {
             return Some(id);
         }

@@ -182,3 +182,18 @@ fn json_source_maps_a_case_event() {
         .unwrap_err();
     assert_eq!(err.code, "missing-id");
 }
+
+#[test]
+fn patient_reference_reads_task_for() {
+    let task =
+        serde_json::json!({"resourceType": "Task", "id": "t", "for": {"reference": "Patient/p1"}});
+    assert_eq!(
+        cwsgw_mapping::patient_reference(&task).as_deref(),
+        Some("p1")
+    );
+    let enc = serde_json::json!({"resourceType": "Encounter", "id": "e", "subject": {"reference": "Patient/p2"}});
+    assert_eq!(
+        cwsgw_mapping::patient_reference(&enc).as_deref(),
+        Some("p2")
+    );
+}

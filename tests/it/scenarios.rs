@@ -1,0 +1,87 @@
+//! The seed workflows as executable scenarios (`tests/scenarios/*.yaml`), run
+//! through the public interfaces against a real gateway on the demo
+//! configuration, with mock MCP/ECM endpoints on loopback.
+
+use std::collections::HashMap;
+
+use cws_gateway::config::Config;
+use cws_gateway::delivery::mock::MockEndpoint;
+use cws_gateway::scenario::{self, RunLog, Scenario, Target};
+
+use crate::common::repo;
+
+async fn run_file(name: &str) {
+    let path = repo().join("tests/scenarios").join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let scenario = Scenario::from_yaml(&text, name).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::from_file(&repo().join("config/demo.toml")).unwrap();
+    cfg.server.http_addr = "127.0.0.1:0".into();
+    cfg.server.mllp_addr = "127.0.0.1:0".into();
+    cfg.store.url = format!("sqlite://{}", dir.path().join("gw.db").display());
+    cfg.mappings.dir = repo().join("mappings");
+    // One mock per endpoint, on a free port; the config points at it.
+    let mut mocks = HashMap::new();
+    for o in cfg.organizations.iter_mut() {
+        if o.endpoint.is_some() {
+            let m = MockEndpoint::start().await.unwrap();
+            o.endpoint = Some(format!(
+                "{}/fhir",
+                m.base_url().trim_end_matches('/').trim_end_matches("/fhir")
+            ));
+            mocks.insert(o.id.clone(), m);
+        }
+    }
+    cfg.delivery.initial_backoff_ms = 50;
+    cfg.delivery.max_backoff_ms = 500;
+    cfg.validate().unwrap();
+    let tokens = cws_gateway::demo::demo_tokens(&cfg).unwrap();
+    let gw = cws_gateway::serve::start(cfg).await.unwrap();
+    let target = Target {
+        http: gw.http_addr,
+        mllp: gw.mllp_addr,
+        tokens,
+        mocks,
+    };
+    let mut log = RunLog::default();
+    let result = scenario::run(&scenario, &target, &mut log).await;
+    gw.stop().await;
+    if let Err(e) = result {
+        panic!("{e:#}\nsteps done:\n{}", log.lines.join("\n"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_traffic() {
+    run_file("demo.yaml").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_removal_case() {
+    run_file("new-removal-case.yaml").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn andrea_psychiatric_admission() {
+    run_file("andrea-psychiatric-admission.yaml").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prevention_pathway() {
+    run_file("prevention-pathway.yaml").await;
+}
+
+/// Every scenario file has a test above.
+#[test]
+fn every_scenario_file_is_run() {
+    let this = std::fs::read_to_string(repo().join("tests/it/scenarios.rs")).unwrap();
+    for entry in std::fs::read_dir(repo().join("tests/scenarios")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().to_string();
+        if name.ends_with(".yaml") {
+            assert!(
+                this.contains(&format!("run_file(\"{name}\")")),
+                "{name} has no test"
+            );
+        }
+    }
+}

@@ -85,6 +85,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub mod audit;
+#[doc(hidden)]
+pub mod backend;
 pub mod clock;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -426,6 +428,10 @@ pub enum StoreError {
     /// The outbox item is not (or no longer) leased by this worker; nothing changed.
     #[error("outbox item {0} is not leased by this worker")]
     LeaseLost(OutboxId),
+    /// A PostgreSQL error: SQLSTATE code and the server's message (never
+    /// the DETAIL, which can echo row values).
+    #[error("postgres: {0}")]
+    Postgres(String),
     /// An SQLite error.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),

@@ -23,6 +23,7 @@
 //!   `IRCP`, reference `Organization/{id}`), `class[]` codes from
 //!   `{base}/CodeSystem/consent-category`, `securityLabel[]` for the sensitive
 //!   categories (`ETH`, `PSY`, `HIV`, `SEX`).
+//!
 //! Systems are matched on their path suffix, so a change of `canonical_base`
 //! does not orphan existing consents.
 
@@ -362,11 +363,10 @@ impl PatientContext {
                         ctx.consents.push(c);
                     }
                 }
-                "ServiceRequest" => {
-                    if newest_sr.is_none_or(|n| n.last_updated < r.last_updated) {
-                        newest_sr = Some(r);
-                    }
+                "ServiceRequest" if newest_sr.is_none_or(|n| n.last_updated < r.last_updated) => {
+                    newest_sr = Some(r);
                 }
+                "ServiceRequest" => {}
                 "Task" => {
                     let status = str_of(b, "status").unwrap_or("");
                     if matches!(status, "accepted" | "in-progress" | "on-hold" | "completed") {

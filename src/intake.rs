@@ -195,11 +195,7 @@ impl AdtIntake {
                 .cfg
                 .organization(org_id)
                 .filter(|o| o.kind == OrgKind::AdtSource)
-                .filter(|o| {
-                    o.sending_facilities
-                        .iter()
-                        .any(|f| *f == header.sending_facility)
-                }),
+                .filter(|o| o.sending_facilities.contains(&header.sending_facility)),
         };
         let Some(source) = source else {
             tracing::warn!(

@@ -1,6 +1,7 @@
 //! `cws-gateway bench`: measurements of the real paths, printed as JSON lines.
 //!
-//! - `bench ingest`: a gateway on a temporary SQLite store, N MLLP connections
+//! - `bench ingest`: a gateway on a temporary SQLite store (and, with
+//!   `--database-url`, on a scratch PostgreSQL database, printed side by side), N MLLP connections
 //!   sending ADT messages and waiting for each ACK (durable ingest), then a
 //!   paced run at a fixed rate for ACK latency; next to it, in the same run, the
 //!   reference: the same store committing one message per transaction.
@@ -33,6 +34,11 @@ pub enum BenchCommand {
         rate: u64,
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Also measure PostgreSQL: a server URL whose role may CREATE
+        /// DATABASE (a scratch database is created per run and dropped);
+        /// printed next to SQLite.
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// ADT → FHIR translation throughput on one core.
     Translate {
@@ -50,14 +56,32 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             messages,
             rate,
             runs,
+            database_url,
         } => {
-            ingest(
-                connections.max(1),
-                messages.max(100),
-                rate.max(1),
-                runs.max(1),
-            )
-            .await
+            let mut summaries = vec![
+                ingest(
+                    connections.max(1),
+                    messages.max(100),
+                    rate.max(1),
+                    runs.max(1),
+                    None,
+                )
+                .await?,
+            ];
+            if let Some(url) = database_url {
+                summaries.push(
+                    ingest(
+                        connections.max(1),
+                        messages.max(100),
+                        rate.max(1),
+                        runs.max(1),
+                        Some(url),
+                    )
+                    .await?,
+                );
+                println!("{}", json!({"bench": "ingest", "side_by_side": summaries}));
+            }
+            Ok(())
         }
         BenchCommand::Translate { seconds, runs } => translate(seconds.max(1), runs.max(1)),
     }
@@ -102,14 +126,22 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn bench_config(dir: &std::path::Path, max_batch: usize) -> anyhow::Result<Config> {
+fn bench_config(
+    dir: &std::path::Path,
+    max_batch: usize,
+    url: Option<&str>,
+) -> anyhow::Result<Config> {
+    let url = match url {
+        Some(u) => u.to_string(),
+        None => format!("sqlite://{}", dir.join("bench.db").display()),
+    };
     let text = format!(
         r#"
 [server]
 http_addr = "127.0.0.1:0"
 mllp_addr = "127.0.0.1:0"
 [store]
-url = "sqlite://{}"
+url = "{url}"
 max_batch = {max_batch}
 [mappings]
 dir = "{}"
@@ -119,7 +151,6 @@ kind = "adt_source"
 name = "St Mary Hospital"
 sending_facilities = ["STMARY"]
 "#,
-        dir.join("bench.db").display(),
         std::env::current_dir()?.join("mappings").display()
     );
     Ok(Config::from_toml(&text, "bench")?)
@@ -197,16 +228,29 @@ async fn drive(
 
 async fn reference_commit_rate(
     dir: &std::path::Path,
+    pg_url: Option<&str>,
     total: usize,
     conns: usize,
 ) -> anyhow::Result<f64> {
-    let store: Arc<dyn store::Store> = Arc::new(store::SqliteStore::open(
-        &dir.join("reference.db"),
-        store::SqliteOptions {
-            max_batch: 1,
-            ..store::SqliteOptions::default()
-        },
-    )?);
+    let store: Arc<dyn store::Store> = match pg_url {
+        Some(url) => Arc::new(
+            store_postgres::PgStore::open(
+                url,
+                store_postgres::PgOptions {
+                    max_batch: 1,
+                    ..store_postgres::PgOptions::default()
+                },
+            )
+            .await?,
+        ),
+        None => Arc::new(store::SqliteStore::open(
+            &dir.join("reference.db"),
+            store::SqliteOptions {
+                max_batch: 1,
+                ..store::SqliteOptions::default()
+            },
+        )?),
+    };
     let per = total / conns;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -235,7 +279,20 @@ async fn reference_commit_rate(
     Ok((per * conns) as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn ingest(conns: usize, messages: usize, rate: u64, runs: usize) -> anyhow::Result<()> {
+/// One backend's ingest runs; returns its summary line (also printed).
+/// `pg_admin`: measure PostgreSQL, in a scratch database per run.
+async fn ingest(
+    conns: usize,
+    messages: usize,
+    rate: u64,
+    runs: usize,
+    pg_admin: Option<String>,
+) -> anyhow::Result<serde_json::Value> {
+    let backend = if pg_admin.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
     let mut thr = Vec::new();
     let mut p50 = Vec::new();
     let mut p99 = Vec::new();
@@ -244,7 +301,16 @@ async fn ingest(conns: usize, messages: usize, rate: u64, runs: usize) -> anyhow
     let mut reference = Vec::new();
     for run in 0..runs {
         let dir = tempfile::tempdir()?;
-        let cfg = bench_config(dir.path(), 512)?;
+        let scratch = match &pg_admin {
+            Some(admin) => Some(
+                store_postgres::testing::TestDb::create_on(admin)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            ),
+            None => None,
+        };
+        let pg_url = scratch.as_ref().map(|db| db.url.clone());
+        let cfg = bench_config(dir.path(), 512, pg_url.as_deref())?;
         let running = crate::serve::start(cfg).await?;
         let addr = running.mllp_addr;
         // Warm up (connections, page cache, mapping caches).
@@ -261,11 +327,15 @@ async fn ingest(conns: usize, messages: usize, rate: u64, runs: usize) -> anyhow
         .await?;
         let commits = running.store.metrics().commits;
         running.stop().await;
-        let refr = reference_commit_rate(dir.path(), messages.min(5_000), conns).await?;
+        let refr = reference_commit_rate(dir.path(), pg_url.as_deref(), messages.min(5_000), conns)
+            .await?;
+        if let Some(db) = scratch {
+            db.drop_db().await.map_err(|e| anyhow::anyhow!(e))?;
+        }
         println!(
             "{}",
             json!({
-                "bench": "ingest", "run": run + 1, "connections": conns, "messages": messages,
+                "bench": "ingest", "store": backend, "run": run + 1, "connections": conns, "messages": messages,
                 "msgs_per_sec": r.msgs_per_sec.round(),
                 "ack_p50_ms": percentile(&r.latencies, 0.5), "ack_p99_ms": percentile(&r.latencies, 0.99),
                 "paced_rate": rate, "paced_ack_p50_ms": percentile(&paced.latencies, 0.5),
@@ -283,18 +353,16 @@ async fn ingest(conns: usize, messages: usize, rate: u64, runs: usize) -> anyhow
     }
     let t = median(&mut thr);
     let r = median(&mut reference);
-    println!(
-        "{}",
-        json!({
-            "bench": "ingest", "summary": "median", "runs": runs, "connections": conns,
+    let summary = json!({
+            "bench": "ingest", "store": backend, "summary": "median", "runs": runs, "connections": conns,
             "msgs_per_sec": t.round(), "ack_p50_ms": median(&mut p50), "ack_p99_ms": median(&mut p99),
             "paced_rate": rate, "paced_ack_p50_ms": median(&mut paced_p50), "paced_ack_p99_ms": median(&mut paced_p99),
             "reference_one_commit_per_msg_per_sec": r.round(),
             "speedup_vs_reference": if r > 0.0 { (t / r * 100.0).round() / 100.0 } else { 0.0 },
             "peak_rss_mib": peak_rss_mib(),
-        })
-    );
-    Ok(())
+    });
+    println!("{summary}");
+    Ok(summary)
 }
 
 fn translate(seconds: u64, runs: usize) -> anyhow::Result<()> {

@@ -24,6 +24,12 @@
 //!   `max(clock_timestamp(), last + 1µs)` and stores the last stamp. The row
 //!   lock is held to COMMIT, so resource writes commit in stamp order and
 //!   keyset paging over `(last_updated, id)` stays stable.
+//! * **Call order within an instance:** resource-writing calls
+//!   (`complete_with` with writes, `put_resources`) take a FIFO turn as
+//!   their first await, so calls issued in journal order (the translation
+//!   worker's batches) commit in that order, as with SQLite's single writer.
+//!   Across instances, the order is the order in which they take the stamp
+//!   lock.
 //! * **`complete_with` is idempotent across instances:** the journal row is
 //!   locked `FOR UPDATE`; a second completion waits, then sees `processed`
 //!   and writes nothing.
@@ -122,6 +128,9 @@ pub struct PgStore {
     tx: Option<mpsc::Sender<writer::AppendReq>>,
     metrics: Arc<CommitMetrics>,
     shown: String,
+    /// FIFO turn for resource-writing calls: they take the shared stamp
+    /// lock in the order they were called (see `write_turn` in the docs).
+    write_turn: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -211,6 +220,7 @@ impl PgStore {
             tx: Some(tx),
             metrics,
             shown,
+            write_turn: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -674,6 +684,12 @@ impl Store for PgStore {
         let deliveries = checked_deliveries(c.deliveries)?;
         let audits = backend::check_audits(c.audits)?;
         backend::check_clocks(&c.clocks)?;
+        // First await: calls made in journal order keep that order.
+        let _turn = if writes.is_empty() {
+            None
+        } else {
+            Some(self.write_turn.lock().await)
+        };
         let started = std::time::Instant::now();
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg)?;
@@ -742,6 +758,7 @@ impl Store for PgStore {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
+        let _turn = self.write_turn.lock().await;
         let started = std::time::Instant::now();
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg)?;

@@ -55,9 +55,14 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// `CREATE DATABASE cwsgw_test_<pid>_<n>_<nanos>` on the test server.
+    /// `CREATE DATABASE cwsgw_test_<pid>_<n>_<micros>` on the test server.
     pub async fn create() -> Result<TestDb, String> {
-        let admin = admin_url();
+        Self::create_on(&admin_url()).await
+    }
+
+    /// The same on the server `admin` names (a role that may CREATE DATABASE).
+    pub async fn create_on(admin: &str) -> Result<TestDb, String> {
+        let admin = admin.trim().to_string();
         let name = format!(
             "cwsgw_test_{}_{}_{}",
             std::process::id(),

@@ -2,8 +2,9 @@
 //! one reply per framed message, in order, per connection.
 //!
 //! **Architecture Invariant: a framed message always gets an ACK or NAK.** The
-//! connection task handles its frames one after another and writes each reply
-//! before reading on, so replies keep the order of the messages. Oversize
+//! connection task handles the frames it has (one, or several when the sender
+//! pipelines) and writes their replies in frame order before reading on, so
+//! replies keep the order of the messages. Oversize
 //! frames are answered `AR` (the decoder keeps their head so MSA-2 can name the
 //! control id); unparseable ones `AE`. Bytes outside any frame cannot be
 //! answered and are counted and dropped. Idle connections are closed after
@@ -13,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use hl7v2::mllp::{frame, FrameDecoder, FrameEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -20,6 +22,9 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::intake::{AdtIntake, Via};
 use crate::telemetry::Metrics;
+
+/// Most messages of one connection handled together when a sender pipelines.
+const MAX_PIPELINE: usize = 64;
 
 pub struct MllpServer {
     pub intake: Arc<AdtIntake>,
@@ -69,6 +74,22 @@ impl MllpServer {
         tracing::info!("MLLP listener stopped");
     }
 
+    /// The replies (zero, one, or two in enhanced mode) to one decoder event.
+    async fn reply_to(&self, ev: FrameEvent) -> Vec<String> {
+        match ev {
+            FrameEvent::Frame(payload) => self.intake.handle(&payload, &Via::Mllp).await,
+            FrameEvent::Oversize { head, len } => {
+                self.metrics.mllp_frame_errors.inc(&["oversize"]);
+                vec![self.intake.oversize(&head, len)]
+            }
+            FrameEvent::Garbage { len } => {
+                self.metrics.mllp_frame_errors.inc(&["garbage"]);
+                tracing::debug!(bytes = len, "discarded bytes outside an MLLP frame");
+                Vec::new()
+            }
+        }
+    }
+
     async fn serve_connection(
         &self,
         mut stream: TcpStream,
@@ -78,24 +99,28 @@ impl MllpServer {
         let mut decoder = FrameDecoder::new(self.max_frame);
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            // Drain every complete event before reading more.
-            while let Some(ev) = decoder.next_event() {
-                match ev {
-                    FrameEvent::Frame(payload) => {
-                        for ack in self.intake.handle(&payload, &Via::Mllp).await {
-                            stream.write_all(&frame(ack.as_bytes())).await?;
-                        }
-                    }
-                    FrameEvent::Oversize { head, len } => {
-                        self.metrics.mllp_frame_errors.inc(&["oversize"]);
-                        let ack = self.intake.oversize(&head, len);
-                        stream.write_all(&frame(ack.as_bytes())).await?;
-                    }
-                    FrameEvent::Garbage { len } => {
-                        self.metrics.mllp_frame_errors.inc(&["garbage"]);
-                        tracing::debug!(bytes = len, "discarded bytes outside an MLLP frame");
-                    }
+            // Take every complete event before reading more. A sender that
+            // pipelines gets its messages handled together: each message runs
+            // until its journal append, the appends are issued in frame order
+            // (join_all polls in order) and share one group commit, and the
+            // replies are written in frame order.
+            let mut events = Vec::new();
+            while events.len() < MAX_PIPELINE {
+                match decoder.next_event() {
+                    Some(ev) => events.push(ev),
+                    None => break,
                 }
+            }
+            if !events.is_empty() {
+                let replies = join_all(events.into_iter().map(|ev| self.reply_to(ev))).await;
+                let mut out = Vec::new();
+                for ack in replies.into_iter().flatten() {
+                    out.extend_from_slice(&frame(ack.as_bytes()));
+                }
+                if !out.is_empty() {
+                    stream.write_all(&out).await?;
+                }
+                continue;
             }
             if *shutdown.borrow() && !decoder.in_frame() {
                 return Ok(());

@@ -38,26 +38,53 @@ fn days_in_month(year: u32, month: u32) -> u32 {
     }
 }
 
+/// Append `n` zero-padded to `width` digits (`n < 10^width`, checked by callers).
+fn push_num(out: &mut String, n: u32, width: u32) {
+    let mut div = 10u32.pow(width.saturating_sub(1));
+    while div > 0 {
+        out.push(char::from(b'0' + ((n / div) % 10) as u8));
+        div /= 10;
+    }
+}
+
 /// Validate and format the date part (`YYYY`, `YYYYMM`, `YYYYMMDD`).
 fn date_part(d: &str) -> Option<String> {
-    let year = num(d.get(0..4)?)?;
+    let mut out = String::with_capacity(40);
+    date_part_into(d, &mut out).then_some(out)
+}
+
+/// [`date_part`] appended to `out`; `false` (and nothing written) when invalid.
+fn date_part_into(d: &str, out: &mut String) -> bool {
+    let Some(year) = d.get(0..4).and_then(num) else {
+        return false;
+    };
     if year == 0 {
-        return None;
+        return false;
     }
-    match d.len() {
-        4 => Some(format!("{year:04}")),
-        6 => {
-            let m = num(d.get(4..6)?)?;
-            (1..=12).contains(&m).then(|| format!("{year:04}-{m:02}"))
-        }
+    let (month, day) = match d.len() {
+        4 => (None, None),
+        6 => match d.get(4..6).and_then(num) {
+            Some(m) if (1..=12).contains(&m) => (Some(m), None),
+            _ => return false,
+        },
         8.. => {
-            let m = num(d.get(4..6)?)?;
-            let day = num(d.get(6..8)?)?;
-            ((1..=12).contains(&m) && day >= 1 && day <= days_in_month(year, m))
-                .then(|| format!("{year:04}-{m:02}-{day:02}"))
+            let (Some(m), Some(day)) = (d.get(4..6).and_then(num), d.get(6..8).and_then(num))
+            else {
+                return false;
+            };
+            if !((1..=12).contains(&m) && day >= 1 && day <= days_in_month(year, m)) {
+                return false;
+            }
+            (Some(m), Some(day))
         }
-        _ => None,
+        _ => return false,
+    };
+    push_num(out, year, 4);
+    for part in [month, day].into_iter().flatten() {
+        out.push('-');
+        push_num(out, part, 2);
     }
+    true
 }
 
 /// Normalise an HL7 offset `+HHMM` to FHIR `+HH:MM` (`Z` never produced).
@@ -72,7 +99,12 @@ pub(crate) fn offset(tz: &str) -> Option<String> {
     if h > 14 || m > 59 || (h == 14 && m != 0) {
         return None;
     }
-    Some(format!("{sign}{h:02}:{m:02}"))
+    let mut out = String::with_capacity(6);
+    out.push_str(sign);
+    push_num(&mut out, h, 2);
+    out.push(':');
+    push_num(&mut out, m, 2);
+    Some(out)
 }
 
 /// The offset carried by an HL7 timestamp, if any (used for `timezone_from`).
@@ -101,6 +133,36 @@ pub fn to_date(v: &str) -> Option<String> {
 }
 
 fn time_part(t: &str, frac: Option<&str>) -> Option<String> {
+    let mut out = String::with_capacity(16);
+    time_part_into(t, frac, &mut out).then_some(out)
+}
+
+/// [`time_part`] appended to `out`; `false` when invalid (then `out` may
+/// hold a partial time: callers discard it).
+fn time_part_into(t: &str, frac: Option<&str>, out: &mut String) -> bool {
+    let Some(v) = time_values(t) else {
+        return false;
+    };
+    if let Some(f) = frac {
+        if t.len() != 6 || f.is_empty() || f.len() > 4 || !all_digits(f) {
+            return false;
+        }
+    }
+    let (h, mi, s) = v;
+    push_num(out, h, 2);
+    out.push(':');
+    push_num(out, mi, 2);
+    out.push(':');
+    push_num(out, s, 2);
+    if let Some(f) = frac {
+        out.push('.');
+        out.push_str(f);
+    }
+    true
+}
+
+/// Hours, minutes, seconds of `HH[MM[SS]]`, range-checked.
+fn time_values(t: &str) -> Option<(u32, u32, u32)> {
     let h = num(t.get(0..2)?)?;
     let mi = match t.len() {
         2 => 0,
@@ -111,15 +173,7 @@ fn time_part(t: &str, frac: Option<&str>) -> Option<String> {
     if h > 23 || mi > 59 || s > 60 {
         return None;
     }
-    let mut out = format!("{h:02}:{mi:02}:{s:02}");
-    if let Some(f) = frac {
-        if t.len() != 6 || f.is_empty() || f.len() > 4 || !all_digits(f) {
-            return None;
-        }
-        out.push('.');
-        out.push_str(f);
-    }
-    Some(out)
+    Some((h, mi, s))
 }
 
 /// HL7 DTM → FHIR `dateTime`. `default_tz` is the message's offset
@@ -138,18 +192,26 @@ pub fn to_datetime(v: &str, default_tz: Option<&str>) -> Option<String> {
     if !all_digits(digits) {
         return None;
     }
-    let date = date_part(digits.get(..digits.len().min(8))?)?;
+    let mut out = String::with_capacity(32);
+    if !date_part_into(digits.get(..digits.len().min(8))?, &mut out) {
+        return None;
+    }
     if digits.len() <= 8 {
-        return (frac.is_none()).then_some(date);
+        return (frac.is_none()).then_some(out);
     }
     if digits.len() < 10 {
         return None; // YYYYMMDDH is malformed
     }
-    let time = time_part(digits.get(8..)?, frac)?;
-    match own_tz.as_deref().or(default_tz) {
-        Some(tz) => Some(format!("{date}T{time}{tz}")),
-        None => Some(date),
+    let date_len = out.len();
+    out.push('T');
+    if !time_part_into(digits.get(8..)?, frac, &mut out) {
+        return None;
     }
+    match own_tz.as_deref().or(default_tz) {
+        Some(tz) => out.push_str(tz),
+        None => out.truncate(date_len),
+    }
+    Some(out)
 }
 
 #[cfg(test)]

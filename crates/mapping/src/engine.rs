@@ -1,14 +1,14 @@
 //! Loading (YAML → plan) and running mappings; FHIR Bundle assembly and
 //! sensitivity labelling.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use serde_yaml::Value as Y;
 
 use crate::error::{MappingError, TranslateError};
-use crate::eval::{uuid5, write_str, Eval, Flags, Instance, RunCtx};
+use crate::eval::{uuid5, write_str_body, Eval, Flags, Instance, RunCtx};
 use crate::expr::{Node, ObjField, Scope, SourceKind, StampField};
 use crate::path::SourcePath;
 use crate::source::{Hl7Source, JsonSource, Source};
@@ -307,7 +307,8 @@ impl Engine {
         let msg_type = src.get(
             root,
             &SourcePath::Hl7(crate::path::Hl7Path {
-                segment: Some("MSH".into()),
+                segment: None,
+                seg_key: crate::source::seg_key("MSH"),
                 field: 9,
                 rep: None,
                 comp: 1,
@@ -393,20 +394,27 @@ impl Engine {
             ctx,
             default_tz,
             keys: Vec::with_capacity(m.keys.len()),
-            instances: Vec::new(),
-            meta_source: format!(
-                "{}/mapping/{}|{}",
-                ctx.canonical_base, m.info.id, m.info.version
-            ),
+            instances: Vec::with_capacity(m.resources.len() + 8),
+            meta_source: {
+                let mut j = Vec::with_capacity(ctx.canonical_base.len() + 64);
+                j.push(b'"');
+                write_str_body(&mut j, ctx.canonical_base);
+                j.extend_from_slice(b"/mapping/");
+                write_str_body(&mut j, &m.info.id);
+                j.push(b'|');
+                write_str_body(&mut j, &m.info.version);
+                j.push(b'"');
+                j
+            },
             current: std::cell::Cell::new(0),
+            pool: std::cell::Cell::new(Vec::with_capacity(8)),
         };
         for k in &m.keys {
             let v = ev.text(k, root);
             ev.keys.push(v);
         }
         // Phase 1: which resources exist, and their ids.
-        let mut seen: HashSet<(String, String)> = HashSet::new();
-        let mut curs = Vec::new();
+        let mut curs = Vec::with_capacity(8);
         for (di, def) in m.resources.iter().enumerate() {
             curs.clear();
             match &def.for_each {
@@ -436,7 +444,11 @@ impl Engine {
                     }
                     continue;
                 };
-                if !seen.insert((def.rtype.clone(), id.clone())) {
+                if ev
+                    .instances
+                    .iter()
+                    .any(|i| i.rtype == def.rtype && i.id == id)
+                {
                     continue; // same resource twice (e.g. repeated DG1 code): first wins
                 }
                 if ev.instances.len() >= MAX_RESOURCES {
@@ -450,7 +462,14 @@ impl Engine {
                     def: di,
                     cur: c,
                     anchor: src.anchor(c),
-                    rtype: def.rtype.clone(),
+                    rtype: &def.rtype,
+                    url: {
+                        let mut u = String::with_capacity(def.rtype.len() + 1 + id.len());
+                        u.push_str(&def.rtype);
+                        u.push('/');
+                        u.push_str(&id);
+                        u
+                    },
                     id,
                     per_item: def.for_each.is_some(),
                     flags: Flags::default(),
@@ -488,12 +507,14 @@ impl Engine {
                     out.push(b',');
                 }
                 ev.current.set(i);
-                let url = format!("{}/{}", inst.rtype, inst.id);
-                out.extend_from_slice(b"{\"fullUrl\":");
-                write_str(out, &format!("{}/{url}", ctx.canonical_base));
-                out.extend_from_slice(b",\"request\":{\"method\":\"PUT\",\"url\":");
-                write_str(out, &url);
-                out.extend_from_slice(b"},\"resource\":");
+                // `url` is a validated type and id: nothing to escape.
+                out.extend_from_slice(b"{\"fullUrl\":\"");
+                write_str_body(out, ctx.canonical_base);
+                out.push(b'/');
+                out.extend_from_slice(inst.url.as_bytes());
+                out.extend_from_slice(b"\",\"request\":{\"method\":\"PUT\",\"url\":\"");
+                out.extend_from_slice(inst.url.as_bytes());
+                out.extend_from_slice(b"\"},\"resource\":");
                 if !ev.emit(&def.body, inst.cur, out) {
                     out.truncate(start);
                     return Err(TranslateError {
@@ -549,7 +570,7 @@ fn classify_icd10(code: &str) -> Flags {
 fn flags<'v, S: Source<'v>>(src: &S, sp: &SensitivityPaths, cfg: &Sensitivity) -> (Flags, Flags) {
     let root = src.root();
     let mut diag = Flags::default();
-    let mut curs = Vec::new();
+    let mut curs = Vec::with_capacity(8);
     src.each(root, &sp.diagnosis_each, &mut curs);
     for c in curs {
         if let Some(code) = src.get(c, &sp.diagnosis_code) {
@@ -934,6 +955,47 @@ mod tests {
         let f = classify_icd10("J45.909");
         assert!(!f.eth && !f.psy);
         assert!(!classify_icd10("F").psy);
+    }
+
+    /// Constant templates are folded at load (nested lists still splice,
+    /// constant objects inside dynamic ones keep their place) and the
+    /// streamed bytes still equal serializing the `Value`.
+    #[test]
+    fn constant_templates_fold_and_splice() {
+        let yaml = "id: t\nversion: 1.0.0\nsource: hl7v2\ndescription: test\nresources:\n  - name: p\n    type: Patient\n    key: {$v: PID-3.1}\n    body:\n      tags: [[a, b], {$v: PID-3.1}, [c], {k: 1, z: [true, x]}]\n      fixed: {system: s, code: c}\n      mixed: {code: {$v: PID-3.1}, fixed: {a: 1}}\n";
+        let e = Engine::from_yaml(Path::new("t.yaml"), yaml, None).unwrap();
+        let Node::Object(fields) = &e.mappings[0].resources[0].body else {
+            panic!("body stays an object");
+        };
+        let fixed = fields.iter().find(|f| f.name == "fixed").unwrap();
+        assert!(matches!(fixed.node, Node::Const(..)));
+        let parsed = hl7v2::parse(
+            b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|1|P|2.5\rPID|1||ID1",
+            &hl7v2::ParseOptions::default(),
+        );
+        let msg = parsed.message.unwrap();
+        let sens = Sensitivity::default();
+        let ctx = AdtContext {
+            canonical_base: "https://x",
+            source_org_id: "o",
+            source_org_name: "O",
+            received_at: "2026-01-01T00:00:00Z",
+            sensitivity: &sens,
+        };
+        let mut bytes = Vec::new();
+        e.translate_adt_into(&msg, &ctx, &mut bytes).unwrap();
+        let v = e.translate_adt(&msg, &ctx).unwrap();
+        assert_eq!(bytes, serde_json::to_vec(&v).unwrap());
+        let r = &v["entry"][0]["resource"];
+        assert_eq!(
+            r["tags"],
+            serde_json::json!(["a", "b", "ID1", "c", {"k": 1, "z": [true, "x"]}])
+        );
+        assert_eq!(r["fixed"], serde_json::json!({"code": "c", "system": "s"}));
+        assert_eq!(
+            r["mixed"],
+            serde_json::json!({"code": "ID1", "fixed": {"a": 1}})
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::cell::Cell;
 use serde_json::{Map, Value};
 
 use crate::expr::{CtxField, Node, Part, StampField};
+use crate::path::SourcePath;
 use crate::source::Source;
 use crate::terminology::ConceptMap;
 
@@ -74,12 +75,14 @@ impl<'v> Val<'v> {
 
 /// One resource to be emitted: which definition, where, with which id.
 #[derive(Debug)]
-pub(crate) struct Instance<C> {
+pub(crate) struct Instance<'v, C> {
     pub def: usize,
     pub cur: C,
     pub anchor: Option<usize>,
-    pub rtype: String,
+    pub rtype: &'v str,
     pub id: String,
+    /// `{rtype}/{id}`: the reference to it (validated: nothing to escape).
+    pub url: String,
     /// Made once per visited segment/element (`for_each`): `$ref` then
     /// only pairs it with the cursor visiting that same segment.
     pub per_item: bool,
@@ -100,35 +103,23 @@ impl Flags {
         self.psy |= o.psy;
     }
 
-    /// `meta.security` as compact JSON (keys sorted), `None` when unlabelled.
+    /// `meta.security` as compact JSON (keys sorted), `false` (nothing
+    /// written) when unlabelled. The codings are constant, pre-rendered.
     fn write_security(&self, out: &mut Vec<u8>) -> bool {
-        const ACT: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
-        const CONF: &str = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";
-        let mut codes: Vec<(&str, &str, &str)> = Vec::with_capacity(3);
-        if self.eth {
-            codes.push(("ETH", "substance abuse information sensitivity", ACT));
-        }
-        if self.psy {
-            codes.push(("PSY", "psychiatry information sensitivity", ACT));
-        }
-        if codes.is_empty() {
+        const ETH: &[u8] = b"{\"code\":\"ETH\",\"display\":\"substance abuse information sensitivity\",\"system\":\"http://terminology.hl7.org/CodeSystem/v3-ActCode\"},";
+        const PSY: &[u8] = b"{\"code\":\"PSY\",\"display\":\"psychiatry information sensitivity\",\"system\":\"http://terminology.hl7.org/CodeSystem/v3-ActCode\"},";
+        const R: &[u8] = b"{\"code\":\"R\",\"display\":\"restricted\",\"system\":\"http://terminology.hl7.org/CodeSystem/v3-Confidentiality\"}]";
+        if !self.eth && !self.psy {
             return false;
         }
-        codes.push(("R", "restricted", CONF));
         out.push(b'[');
-        for (i, (code, display, system)) in codes.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(b"{\"code\":");
-            write_str(out, code);
-            out.extend_from_slice(b",\"display\":");
-            write_str(out, display);
-            out.extend_from_slice(b",\"system\":");
-            write_str(out, system);
-            out.push(b'}');
+        if self.eth {
+            out.extend_from_slice(ETH);
         }
-        out.push(b']');
+        if self.psy {
+            out.extend_from_slice(PSY);
+        }
+        out.extend_from_slice(R);
         true
     }
 }
@@ -146,19 +137,70 @@ const NEEDS_ESCAPE: [bool; 256] = {
     t
 };
 
+/// Whether any of the 8 bytes packed in `w` needs escaping (`< 0x20`,
+/// `"` or `\\`): the classic SWAR zero-byte tests, exact as a yes/no.
+#[inline]
+fn any_escape8(w: u64) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let ctl = w.wrapping_sub(LO * 0x20) & !w & HI;
+    let q = w ^ (LO * u64::from(b'"'));
+    let q = q.wrapping_sub(LO) & !q & HI;
+    let bs = w ^ (LO * u64::from(b'\\'));
+    let bs = bs.wrapping_sub(LO) & !bs & HI;
+    (ctl | q | bs) != 0
+}
+
 /// Write `s` as a JSON string, escaped exactly as `serde_json` does.
 pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
+    out.reserve(s.len() + 2);
     out.push(b'"');
+    write_str_body(out, s);
+    out.push(b'"');
+}
+
+/// The escaped contents of a JSON string, without the quotes. Clean runs
+/// are skipped 8 bytes at a time and copied in one piece.
+pub(crate) fn write_str_body(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    // Fast path: nothing to escape (the common case) → one copy.
+    let chunks = bytes.chunks_exact(8);
+    let tail = chunks.remainder();
+    let clean = chunks
+        .map(|c| <[u8; 8]>::try_from(c).map_or(0, u64::from_le_bytes))
+        .all(|w| !any_escape8(w))
+        && tail.iter().all(|&b| !NEEDS_ESCAPE[usize::from(b)]);
+    if clean {
+        out.extend_from_slice(bytes);
+        return;
+    }
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if !NEEDS_ESCAPE[usize::from(b)] {
-            continue;
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(Ok(w)) = bytes.get(i..i + 8).map(<[u8; 8]>::try_from) {
+            if !any_escape8(u64::from_le_bytes(w)) {
+                i += 8;
+                continue;
+            }
         }
-        out.extend_from_slice(&bytes[start..i]);
-        start = i + 1;
+        let end = (i + 8).min(bytes.len());
+        while i < end {
+            let b = bytes.get(i).copied().unwrap_or(0);
+            if NEEDS_ESCAPE[usize::from(b)] {
+                out.extend_from_slice(bytes.get(start..i).unwrap_or_default());
+                start = i + 1;
+                write_escape(out, b);
+            }
+            i += 1;
+        }
+    }
+    out.extend_from_slice(bytes.get(start..).unwrap_or_default());
+}
+
+/// The JSON escape of one byte that needs one (as `serde_json` writes it).
+fn write_escape(out: &mut Vec<u8>, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    {
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -174,8 +216,47 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
             }
         }
     }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+}
+
+/// Write an evaluated value as JSON; `false` if it cannot be written.
+fn write_val(out: &mut Vec<u8>, v: Val<'_>) -> bool {
+    match v {
+        Val::Str(s) => {
+            write_str(out, &s);
+            true
+        }
+        Val::Bool(b) => {
+            out.extend_from_slice(if b { b"true" } else { b"false" });
+            true
+        }
+        Val::Json(j) => serde_json::to_writer(&mut *out, &j).is_ok(),
+    }
+}
+
+/// Nodes whose JSON is a plain scalar computed by [`Eval::eval`] (no
+/// streaming structure): an object member of this kind is evaluated before
+/// its key is written.
+fn is_scalar(n: &Node) -> bool {
+    match n {
+        Node::Path(_)
+        | Node::Ctx(_)
+        | Node::Date(_)
+        | Node::DateTime(_)
+        | Node::Concat(_)
+        | Node::Join { .. }
+        | Node::Uuid5(_)
+        | Node::Upper(_)
+        | Node::Lower(_)
+        | Node::Key(_)
+        | Node::Id(_)
+        | Node::Ref(_)
+        | Node::Eq(..)
+        | Node::In(..)
+        | Node::Not(_)
+        | Node::Exists(_) => true,
+        Node::Map { part, .. } => *part != Part::Coding,
+        _ => false,
+    }
 }
 
 /// Evaluator state for one input document.
@@ -185,9 +266,11 @@ pub(crate) struct Eval<'v, S: Source<'v>> {
     pub ctx: RunCtx<'v>,
     pub default_tz: Option<String>,
     pub keys: Vec<Option<String>>,
-    pub instances: Vec<Instance<S::Cur>>,
-    /// `meta.source` of every resource.
-    pub meta_source: String,
+    pub instances: Vec<Instance<'v, S::Cur>>,
+    /// `meta.source` of every resource, as a JSON string.
+    pub meta_source: Vec<u8>,
+    /// Spare cursor vectors for `$for_each` / `$find` (no allocation per visit).
+    pub pool: Cell<Vec<Vec<S::Cur>>>,
     /// The instance whose body is being written (for [`Node::Stamp`]).
     pub current: Cell<usize>,
 }
@@ -197,6 +280,25 @@ fn non_empty(s: String) -> Option<Val<'static>> {
 }
 
 impl<'v, S: Source<'v>> Eval<'v, S> {
+    /// The cursors `$for_each: path` visits from `cur`, in a pooled vector
+    /// (hand it back with [`Eval::recycle`]).
+    fn cursors(&self, cur: S::Cur, path: &SourcePath) -> Vec<S::Cur> {
+        let mut pool = self.pool.take();
+        let mut v = pool.pop().unwrap_or_else(|| Vec::with_capacity(8));
+        self.pool.set(pool);
+        v.clear();
+        self.src.each(cur, path, &mut v);
+        v
+    }
+
+    fn recycle(&self, v: Vec<S::Cur>) {
+        let mut pool = self.pool.take();
+        if pool.len() < 16 {
+            pool.push(v);
+        }
+        self.pool.set(pool);
+    }
+
     /// A node as text (`None` when empty or structured).
     pub(crate) fn text(&self, n: &'v Node, cur: S::Cur) -> Option<String> {
         self.eval(n, cur)
@@ -204,11 +306,11 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
     }
 
     /// Evaluate a node at a cursor.
-    pub(crate) fn eval(&self, n: &'v Node, cur: S::Cur) -> Option<Val<'v>> {
+    pub(crate) fn eval<'s>(&'s self, n: &'v Node, cur: S::Cur) -> Option<Val<'s>> {
         match n {
             Node::Str(s, _) => Some(Val::Str(Cow::Borrowed(s.as_str()))),
             Node::Lit(Value::String(s)) => Some(Val::Str(Cow::Borrowed(s.as_str()))),
-            Node::Lit(v) => Some(Val::Json(v.clone())),
+            Node::Lit(v) | Node::Const(v, _) => Some(Val::Json(v.clone())),
             Node::Path(p) => self.src.get(cur, p).map(Val::Str),
             Node::Ctx(f) => {
                 let s = match f {
@@ -252,14 +354,14 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 }
             }
             Node::Concat(items) => {
-                let mut out = String::new();
+                let mut out = String::with_capacity(64);
                 for it in items {
                     out.push_str(&self.eval(it, cur)?.text()?);
                 }
                 non_empty(out)
             }
             Node::Join { items, sep } => {
-                let mut out = String::new();
+                let mut out = String::with_capacity(64);
                 for it in items {
                     if let Some(t) = self.eval(it, cur).as_ref().and_then(Val::text) {
                         if !out.is_empty() {
@@ -306,7 +408,11 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 Some(Val::Bool(t.is_some_and(|t| values.iter().any(|x| *x == t))))
             }
             Node::Not(x) => Some(Val::Bool(!self.eval(x, cur).is_some_and(|c| c.truthy()))),
-            Node::Key(i) => self.keys.get(*i)?.clone().map(|k| Val::Str(Cow::Owned(k))),
+            Node::Key(i) => self
+                .keys
+                .get(*i)?
+                .as_deref()
+                .map(|k| Val::Str(Cow::Borrowed(k))),
             Node::Id(i) => self
                 .keys
                 .get(*i)?
@@ -318,7 +424,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                     .instances
                     .iter()
                     .find(|i| i.def == *def && (!i.per_item || i.anchor == here))?;
-                Some(Val::Str(Cow::Owned(format!("{}/{}", inst.rtype, inst.id))))
+                Some(Val::Str(Cow::Borrowed(inst.url.as_str())))
             }
             Node::Refs(defs) => {
                 let refs: Vec<Value> = self
@@ -327,20 +433,16 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                     .filter(|i| defs.contains(&i.def))
                     .map(|i| {
                         let mut m = Map::new();
-                        m.insert(
-                            "reference".into(),
-                            Value::String(format!("{}/{}", i.rtype, i.id)),
-                        );
+                        m.insert("reference".into(), Value::String(i.url.clone()));
                         Value::Object(m)
                     })
                     .collect();
                 (!refs.is_empty()).then_some(Val::Json(Value::Array(refs)))
             }
             Node::ForEach { path, filter, body } => {
-                let mut curs = Vec::new();
-                self.src.each(cur, path, &mut curs);
+                let curs = self.cursors(cur, path);
                 let mut out = Vec::with_capacity(curs.len());
-                for c in curs {
+                for &c in &curs {
                     if filter
                         .as_ref()
                         .is_some_and(|f| !self.eval(f, c).is_some_and(|v| v.truthy()))
@@ -351,18 +453,21 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                         out.push(v.into_json());
                     }
                 }
+                self.recycle(curs);
                 (!out.is_empty()).then_some(Val::Json(Value::Array(out)))
             }
             Node::Find { path, filter, body } => {
-                let mut curs = Vec::new();
-                self.src.each(cur, path, &mut curs);
-                curs.into_iter()
+                let curs = self.cursors(cur, path);
+                let found = curs
+                    .iter()
                     .filter(|c| {
                         filter
                             .as_ref()
-                            .is_none_or(|f| self.eval(f, *c).is_some_and(|v| v.truthy()))
+                            .is_none_or(|f| self.eval(f, **c).is_some_and(|v| v.truthy()))
                     })
-                    .find_map(|c| self.eval(body, c))
+                    .find_map(|c| self.eval(body, *c));
+                self.recycle(curs);
+                found
             }
             Node::Stamp(_) => None,
             Node::Object(fields) => {
@@ -402,6 +507,26 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 out.push(b'{');
                 let mut any = false;
                 for f in fields {
+                    if is_scalar(&f.node) {
+                        // Evaluate first: an absent value writes nothing.
+                        if let Some(v) = self.eval(&f.node, cur) {
+                            let mark = out.len();
+                            if any {
+                                out.push(b',');
+                            }
+                            out.extend_from_slice(&f.key);
+                            if write_val(out, v) {
+                                any = true;
+                                continue;
+                            }
+                            out.truncate(mark);
+                        }
+                        if f.required {
+                            out.truncate(start);
+                            return false;
+                        }
+                        continue;
+                    }
                     let mark = out.len();
                     if any {
                         out.push(b',');
@@ -449,14 +574,15 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
             }
             Node::First(items) => items.iter().any(|it| self.emit(it, cur, out)),
             Node::Find { path, filter, body } => {
-                let mut curs = Vec::new();
-                self.src.each(cur, path, &mut curs);
-                curs.into_iter().any(|c| {
+                let curs = self.cursors(cur, path);
+                let found = curs.iter().any(|&c| {
                     filter
                         .as_ref()
                         .is_none_or(|f| self.eval(f, c).is_some_and(|v| v.truthy()))
                         && self.emit(body, c, out)
-                })
+                });
+                self.recycle(curs);
+                found
             }
             Node::Map {
                 table,
@@ -475,17 +601,16 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 out.push(b'{');
                 let mut first = true;
                 for (k, x) in [
-                    ("code", &t.code),
-                    ("display", &t.display),
-                    ("system", &t.system),
+                    (&b"\"code\":"[..], &t.code),
+                    (&b"\"display\":"[..], &t.display),
+                    (&b"\"system\":"[..], &t.system),
                 ] {
                     if !x.is_empty() {
                         if !first {
                             out.push(b',');
                         }
                         first = false;
-                        write_str(out, k);
-                        out.push(b':');
+                        out.extend_from_slice(k);
                         write_str(out, x);
                     }
                 }
@@ -497,7 +622,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                     return false;
                 };
                 match f {
-                    StampField::ResourceType => write_str(out, &inst.rtype),
+                    StampField::ResourceType => write_str(out, inst.rtype),
                     StampField::Id => write_str(out, &inst.id),
                     StampField::Meta => {
                         out.push(b'{');
@@ -509,28 +634,17 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                             out.truncate(mark);
                         }
                         out.extend_from_slice(b"\"source\":");
-                        write_str(out, &self.meta_source);
+                        out.extend_from_slice(&self.meta_source);
                         out.push(b'}');
                     }
                 }
                 true
             }
-            Node::Str(_, json) => {
+            Node::Str(_, json) | Node::Const(_, json) => {
                 out.extend_from_slice(json);
                 true
             }
-            _ => match self.eval(n, cur) {
-                None => false,
-                Some(Val::Str(s)) => {
-                    write_str(out, &s);
-                    true
-                }
-                Some(Val::Bool(b)) => {
-                    out.extend_from_slice(if b { b"true" } else { b"false" });
-                    true
-                }
-                Some(Val::Json(j)) => serde_json::to_writer(&mut *out, &j).is_ok(),
-            },
+            _ => self.eval(n, cur).is_some_and(|v| write_val(out, v)),
         }
     }
 
@@ -542,9 +656,8 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 .iter()
                 .for_each(|it| self.emit_items(it, cur, out, any)),
             Node::ForEach { path, filter, body } => {
-                let mut curs = Vec::new();
-                self.src.each(cur, path, &mut curs);
-                for c in curs {
+                let curs = self.cursors(cur, path);
+                for &c in &curs {
                     if filter
                         .as_ref()
                         .is_some_and(|f| !self.eval(f, c).is_some_and(|v| v.truthy()))
@@ -552,6 +665,19 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                         continue;
                     }
                     self.emit_items(body, c, out, any);
+                }
+                self.recycle(curs);
+            }
+            Node::Const(Value::Array(_), json) => {
+                // Splice the items: the JSON without its brackets.
+                if let Some(inner) = json.get(1..json.len().saturating_sub(1)) {
+                    if !inner.is_empty() {
+                        if *any {
+                            out.push(b',');
+                        }
+                        *any = true;
+                        out.extend_from_slice(inner);
+                    }
                 }
             }
             Node::Refs(defs) => {
@@ -561,12 +687,8 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                     }
                     *any = true;
                     out.extend_from_slice(b"{\"reference\":\"");
-                    let mark = out.len();
-                    out.extend_from_slice(i.rtype.as_bytes());
-                    out.push(b'/');
-                    out.extend_from_slice(i.id.as_bytes());
                     // Types and ids are validated ([A-Za-z0-9.-]); nothing to escape.
-                    debug_assert!(out[mark..].iter().all(|b| *b != b'"' && *b != b'\\'));
+                    out.extend_from_slice(i.url.as_bytes());
                     out.extend_from_slice(b"\"}");
                 }
             }
@@ -593,5 +715,76 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SWAR fast path and the byte loop escape exactly as `serde_json`,
+    /// whatever the position of the escaped byte within an 8-byte chunk.
+    #[test]
+    fn write_str_matches_serde_json() {
+        let specials = [
+            '"', '\\', '\n', '\r', '\t', '\u{8}', '\u{c}', '\u{1}', '\u{1f}', 'é', '\u{7f}',
+        ];
+        for len in 0..20 {
+            for pos in 0..len.max(1) {
+                for sp in specials {
+                    let s: String = (0..len)
+                        .map(|i| {
+                            if i == pos {
+                                sp
+                            } else {
+                                char::from(b'a' + (i % 26) as u8)
+                            }
+                        })
+                        .collect();
+                    let mut out = Vec::new();
+                    write_str(&mut out, &s);
+                    assert_eq!(
+                        String::from_utf8(out).unwrap(),
+                        serde_json::to_string(&s).unwrap(),
+                        "{s:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn swar_flags_exactly_the_escaped_bytes() {
+        for b in 0u8..=255 {
+            for pos in 0..8 {
+                let mut w = [b'a'; 8];
+                w[pos] = b;
+                assert_eq!(
+                    any_escape8(u64::from_le_bytes(w)),
+                    NEEDS_ESCAPE[usize::from(b)],
+                    "byte {b:#x} at {pos}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn security_labels_are_the_documented_codings() {
+        let mut out = Vec::new();
+        assert!(!Flags::default().write_security(&mut out));
+        assert!(out.is_empty());
+        let both = Flags {
+            eth: true,
+            psy: true,
+        };
+        assert!(both.write_security(&mut out));
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        let codes: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["code"].as_str().unwrap())
+            .collect();
+        assert_eq!(codes, ["ETH", "PSY", "R"]);
     }
 }

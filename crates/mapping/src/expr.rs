@@ -166,9 +166,64 @@ pub(crate) enum Node {
     Object(Vec<ObjField>),
     /// A string literal and its pre-rendered JSON.
     Str(String, Vec<u8>),
+    /// A constant object or array (every member a literal), folded at load:
+    /// its value and its pre-rendered compact JSON (never empty).
+    Const(Value, Vec<u8>),
     /// Set by the engine on every resource body: `resourceType`, `id`, `meta`.
     Stamp(StampField),
     Array(Vec<Node>),
+}
+
+/// The constant value of a literal node (not an array: arrays nested in
+/// arrays are spliced, which folding keeps out of the way).
+fn const_item(n: &Node) -> Option<Value> {
+    match n {
+        Node::Str(s, _) => Some(Value::String(s.clone())),
+        Node::Lit(v) if !v.is_array() && !v.is_object() => Some(v.clone()),
+        Node::Const(v @ Value::Object(_), _) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+fn konst(v: Value) -> Node {
+    let json = serde_json::to_vec(&v).unwrap_or_default();
+    Node::Const(v, json)
+}
+
+/// An object template whose members are all constant becomes one
+/// pre-rendered [`Node::Const`] (not at depth 0: resource bodies stay
+/// objects, the engine stamps them).
+fn fold_object(fields: Vec<ObjField>, depth: usize) -> Node {
+    if depth == 0 || fields.is_empty() {
+        return Node::Object(fields);
+    }
+    let mut m = serde_json::Map::new();
+    for f in &fields {
+        let v = match &f.node {
+            Node::Const(v, _) => v.clone(),
+            n => match const_item(n) {
+                Some(v) => v,
+                None => return Node::Object(fields),
+            },
+        };
+        m.insert(f.name.clone(), v);
+    }
+    konst(Value::Object(m))
+}
+
+/// A non-empty list of constant scalars/objects becomes a [`Node::Const`].
+fn fold_array(items: Vec<Node>, depth: usize) -> Node {
+    if depth == 0 || items.is_empty() {
+        return Node::Array(items);
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for it in &items {
+        match const_item(it) {
+            Some(v) => out.push(v),
+            None => return Node::Array(items),
+        }
+    }
+    konst(Value::Array(out))
 }
 
 /// Names a template may refer to, collected before compiling.
@@ -241,12 +296,14 @@ impl Scope<'_> {
                 crate::eval::write_str(&mut json, s);
                 Ok(Node::Str(s.clone(), json))
             }
-            Y::Sequence(items) => items
-                .iter()
-                .enumerate()
-                .map(|(i, it)| self.compile(&format!("{at}[{i}]"), it, depth + 1))
-                .collect::<Result<Vec<_>, _>>()
-                .map(Node::Array),
+            Y::Sequence(items) => {
+                let items = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, it)| self.compile(&format!("{at}[{i}]"), it, depth + 1))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(fold_array(items, depth))
+            }
             Y::Tagged(_) => Err(self.err(at, "YAML tags are not allowed")),
             Y::Mapping(m) => {
                 let is_fn = m
@@ -279,7 +336,7 @@ impl Scope<'_> {
                     fields.push(ObjField::new(name, node, required));
                 }
                 fields.sort_by(|a, b| a.name.cmp(&b.name));
-                Ok(Node::Object(fields))
+                Ok(fold_object(fields, depth))
             }
         }
     }

@@ -18,6 +18,8 @@
 pub(crate) struct Hl7Path {
     /// Segment id; `None` for a path relative to the current repetition.
     pub segment: Option<String>,
+    /// `segment` packed for fast comparison (`source::seg_key`); 0 = relative.
+    pub seg_key: u32,
     /// Field number (0 = the whole segment).
     pub field: usize,
     /// Repetition (1-based); `None` = not given (first, or all for `$for_each`).
@@ -64,6 +66,7 @@ pub(crate) fn parse_hl7(s: &str) -> Result<Hl7Path, String> {
         }
         return Ok(Hl7Path {
             segment: None,
+            seg_key: 0,
             field: 0,
             rep: None,
             comp,
@@ -86,6 +89,7 @@ pub(crate) fn parse_hl7(s: &str) -> Result<Hl7Path, String> {
     let Some(rest) = rest else {
         return Ok(Hl7Path {
             segment: Some(seg.to_string()),
+            seg_key: crate::source::seg_key(seg),
             field: 0,
             rep: None,
             comp: 0,
@@ -110,6 +114,7 @@ pub(crate) fn parse_hl7(s: &str) -> Result<Hl7Path, String> {
     }
     Ok(Hl7Path {
         segment: Some(seg.to_string()),
+        seg_key: crate::source::seg_key(seg),
         field,
         rep,
         comp,
@@ -148,6 +153,7 @@ mod tests {
             p,
             Hl7Path {
                 segment: Some("PID".into()),
+                seg_key: crate::source::seg_key("PID"),
                 field: 3,
                 rep: Some(2),
                 comp: 4,

@@ -45,110 +45,442 @@ fn trimmed(v: Cow<'_, str>) -> Option<Cow<'_, str>> {
     })
 }
 
-/// HL7 v2 message source.
-pub(crate) struct Hl7Source<'m> {
-    msg: &'m hl7v2::Message,
-    /// First segment of each id, found once per message.
-    firsts: Vec<(&'m str, hl7v2::Segment<'m>)>,
+/// A segment id packed into a `u32` for one-instruction comparison
+/// (`0` for ids that are not 1–3 ASCII bytes, which no path can name).
+pub(crate) fn seg_key(id: &str) -> u32 {
+    let b = id.as_bytes();
+    if b.is_empty() || b.len() > 3 {
+        return 0;
+    }
+    b.iter()
+        .fold(b.len() as u32, |k, &c| (k << 8) | u32::from(c))
 }
 
-/// A position in an HL7 v2 message.
+/// Index entry of one segment: its id and its fields in [`Hl7Source::fields`].
 #[derive(Clone, Copy)]
-pub(crate) enum Hl7Cur<'m> {
+struct SegEntry<'m> {
+    key: u32,
+    seg: hl7v2::Segment<'m>,
+    /// Fields `1..` of the segment: `fields[field_start + n - 1]` is field `n`.
+    field_start: u32,
+    field_count: u32,
+}
+
+/// One field: its repetitions, `reps[start..end]`.
+#[derive(Clone, Copy)]
+struct FieldEntry {
+    start: u32,
+    end: u32,
+}
+
+/// One repetition: its raw text and its components, `comps[start..end]`.
+#[derive(Clone, Copy)]
+struct RepEntry {
+    /// Byte range in the message text.
+    raw: (u32, u32),
+    start: u32,
+    end: u32,
+    /// The repetition contains the escape character (values need decoding).
+    esc: bool,
+}
+
+/// `s` trimmed (Unicode whitespace, as `str::trim`), `None` when blank.
+/// Values rarely carry padding: when both ends are visible ASCII the scan
+/// is skipped.
+fn trim_fast(s: &str) -> Option<&str> {
+    let b = s.as_bytes();
+    let visible = |c: Option<&u8>| c.is_some_and(|&c| c > b' ' && c < 0x7f);
+    if visible(b.first()) && visible(b.last()) {
+        return Some(s);
+    }
+    let t = s.trim();
+    (!t.is_empty()).then_some(t)
+}
+
+/// Byte classes of the index scan (`0` = ordinary byte).
+const COMP: u8 = 1;
+const REP: u8 = 2;
+const FIELD: u8 = 3;
+const ESC: u8 = 4;
+
+/// Scan state within one segment (offsets relative to the segment).
+struct Scan {
+    /// Start of the current field, repetition, component.
+    f0: u32,
+    r0: u32,
+    c0: u32,
+    /// First component (in `comps`) / repetition (in `reps`) of the current
+    /// repetition / field.
+    rc: u32,
+    rep_start: u32,
+    /// The current repetition holds the escape character.
+    esc: bool,
+    /// The current field is MSH-2 (never split).
+    atomic: bool,
+}
+
+/// The delimiter bytes the index splits on, as a byte → class table.
+struct Seps {
+    field: u8,
+    class: [u8; 256],
+}
+
+/// HL7 v2 message source.
+///
+/// The index is linear in the message size (every segment, field,
+/// repetition and component once), which `hl7v2::ParseOptions` bounds.
+///
+/// At construction every field of every segment is split once into
+/// repetitions and components (one pass over the message text, ASCII
+/// delimiters); a path lookup is then a few bounds-checked index operations,
+/// plus a subcomponent split when the path names one. Values are decoded
+/// (`\E\`-style escapes resolved by `hl7v2`) only when they contain the
+/// escape character, so the common case borrows from the message.
+pub(crate) struct Hl7Source<'m> {
+    msg: &'m hl7v2::Message,
+    segs: Vec<SegEntry<'m>>,
+    fields: Vec<FieldEntry>,
+    reps: Vec<RepEntry>,
+    /// Byte ranges in the message text.
+    comps: Vec<(u32, u32)>,
+    sub_sep: u8,
+    /// The escape byte; `None` when the message has no escape character.
+    esc: Option<u8>,
+    /// `false` when a delimiter is not ASCII: every lookup then defers to
+    /// `hl7v2`'s own accessors (same results, slower).
+    indexed: bool,
+}
+
+/// A position in an HL7 v2 message: segment / field / repetition numbers
+/// (segment = 0-based index in the message; field, repetition 1-based).
+#[derive(Clone, Copy)]
+pub(crate) enum Hl7Cur {
     Root,
-    Seg(hl7v2::Segment<'m>),
-    Rep(hl7v2::Segment<'m>, usize, usize),
+    Seg(u32),
+    Rep(u32, u32, u32),
+}
+
+fn ascii(c: char) -> Option<u8> {
+    u8::try_from(c).ok().filter(u8::is_ascii)
+}
+
+/// Index of `v` as `u32` (sizes are bounded by the message length, itself
+/// bounded by `hl7v2`'s `max_bytes` well below `u32::MAX`).
+fn idx32(v: usize) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
 }
 
 impl<'m> Hl7Source<'m> {
     pub(crate) fn new(msg: &'m hl7v2::Message) -> Self {
-        let mut firsts: Vec<(&'m str, hl7v2::Segment<'m>)> = Vec::with_capacity(16);
+        let d = msg.delimiters();
+        let seps = (
+            ascii(d.repetition),
+            ascii(d.component),
+            ascii(d.subcomponent),
+        );
+        let esc_ok = d.escape.is_none_or(|e| ascii(e).is_some());
+        let mut src = Hl7Source {
+            msg,
+            segs: Vec::with_capacity(msg.segment_count()),
+            fields: Vec::new(),
+            reps: Vec::new(),
+            comps: Vec::new(),
+            sub_sep: b'&',
+            esc: d.escape.and_then(ascii),
+            indexed: false,
+        };
+        let (Some(rep), Some(comp), Some(sub)) = seps else {
+            return src.with_segments_only();
+        };
+        if !esc_ok {
+            return src.with_segments_only();
+        }
+        let Some(fs) = ascii(d.field) else {
+            return src.with_segments_only();
+        };
+        if u32::try_from(msg.text().len()).is_err() {
+            // Offsets are `u32`; `hl7v2` never builds such a message.
+            return src.with_segments_only();
+        }
+        src.sub_sep = sub;
+        src.indexed = true;
+        let text_len = msg.text().len();
+        src.fields.reserve(text_len / 4);
+        src.reps.reserve(text_len / 8);
+        src.comps.reserve(text_len / 4);
+        let mut class = [0u8; 256];
+        class[usize::from(comp)] = COMP;
+        class[usize::from(rep)] = REP;
+        class[usize::from(fs)] = FIELD;
+        if let Some(e) = src.esc {
+            class[usize::from(e)] = ESC;
+        }
+        let distinct = [comp, rep, fs, sub]
+            .into_iter()
+            .chain(src.esc)
+            .enumerate()
+            .all(|(i, x)| {
+                [comp, rep, fs, sub]
+                    .into_iter()
+                    .chain(src.esc)
+                    .skip(i + 1)
+                    .all(|y| y != x)
+            });
+        if !distinct {
+            src.indexed = false;
+            return src.with_segments_only();
+        }
+        let seps = Seps { field: fs, class };
         for s in msg.segments() {
-            let id = s.id();
-            if !firsts.iter().any(|(i, _)| *i == id) {
-                firsts.push((id, s));
+            src.index_segment(s, &seps);
+        }
+        src
+    }
+
+    /// Index one segment: a single pass over its text, splitting fields,
+    /// repetitions and components at once. Field numbering follows `hl7v2`
+    /// (MSH-1 is the field separator, MSH-2 the encoding characters; both
+    /// are left to `hl7v2`), and only the `field_count()` fields `hl7v2`
+    /// kept are indexed.
+    fn index_segment(&mut self, s: hl7v2::Segment<'m>, d: &Seps) {
+        let key = seg_key(s.id());
+        let n = s.field_count();
+        let field_start = idx32(self.fields.len());
+        let raw = s.raw();
+        let b = raw.as_bytes();
+        let msh = key == seg_key("MSH");
+        // Field number of the text after the first field separator.
+        let mut f = 1;
+        if msh && n >= 1 {
+            // MSH-1: read through `hl7v2`.
+            self.fields.push(FieldEntry {
+                start: idx32(self.reps.len()),
+                end: idx32(self.reps.len()),
+            });
+            f = 2;
+        }
+        // Offsets are kept relative to the message text (`u32`: `hl7v2`
+        // caps messages far below 4 GiB).
+        let base = (raw.as_ptr() as usize).wrapping_sub(self.msg.text().as_ptr() as usize) as u32;
+        let first = b.iter().position(|&c| c == d.field);
+        if let Some(p) = first.filter(|_| f <= n) {
+            let p = p as u32 + 1;
+            let mut st = Scan {
+                f0: p,
+                r0: p,
+                c0: p,
+                rc: self.comps.len() as u32,
+                rep_start: self.reps.len() as u32,
+                esc: false,
+                atomic: msh && f == 2,
+            };
+            let rest = b.get(p as usize..).unwrap_or_default();
+            let mut done = false;
+            for (k, &c) in rest.iter().enumerate() {
+                let class = d.class[usize::from(c)];
+                if class == 0 {
+                    continue;
+                }
+                if self.boundary(&mut st, class, p + k as u32, base, &mut f, n) {
+                    done = true;
+                    break;
+                }
+            }
+            if !done {
+                // The end of the segment closes the last field.
+                self.boundary(&mut st, FIELD, b.len() as u32, base, &mut f, n);
             }
         }
-        Hl7Source { msg, firsts }
+        while f <= n {
+            self.fields.push(FieldEntry {
+                start: idx32(self.reps.len()),
+                end: idx32(self.reps.len()),
+            });
+            f += 1;
+        }
+        self.segs.push(SegEntry {
+            key,
+            seg: s,
+            field_start,
+            field_count: idx32(n),
+        });
     }
 
-    fn segment(&self, cur: Hl7Cur<'m>, id: &str) -> Option<hl7v2::Segment<'m>> {
+    /// Handle a delimiter of class `class` at segment offset `j`; `true`
+    /// once the last field `hl7v2` kept (`n`) is closed.
+    #[inline]
+    fn boundary(
+        &mut self,
+        st: &mut Scan,
+        class: u8,
+        j: u32,
+        base: u32,
+        f: &mut usize,
+        n: usize,
+    ) -> bool {
+        if st.atomic && class != FIELD {
+            return false;
+        }
+        if class == ESC {
+            st.esc = true;
+            return false;
+        }
+        // A component ends (unless closing an empty or atomic field).
+        if class != FIELD || (j > st.f0 && !st.atomic) {
+            self.comps.push((base + st.c0, base + j));
+            st.c0 = j + 1;
+            if class != COMP {
+                self.reps.push(RepEntry {
+                    raw: (base + st.r0, base + j),
+                    start: st.rc,
+                    end: self.comps.len() as u32,
+                    esc: st.esc,
+                });
+                st.r0 = j + 1;
+                st.rc = self.comps.len() as u32;
+                st.esc = false;
+            }
+        }
+        if class != FIELD {
+            return false;
+        }
+        self.fields.push(FieldEntry {
+            start: st.rep_start,
+            end: self.reps.len() as u32,
+        });
+        *f += 1;
+        if *f > n {
+            return true;
+        }
+        (st.f0, st.r0, st.c0) = (j + 1, j + 1, j + 1);
+        st.rep_start = self.reps.len() as u32;
+        st.esc = false;
+        st.atomic = false;
+        false
+    }
+
+    /// Non-indexed mode: only the segment table (lookups use `hl7v2`).
+    fn with_segments_only(mut self) -> Self {
+        for s in self.msg.segments() {
+            self.segs.push(SegEntry {
+                key: seg_key(s.id()),
+                seg: s,
+                field_start: 0,
+                field_count: 0,
+            });
+        }
+        self
+    }
+
+    /// The segment a path with segment key `key` reads at `cur`: the visited
+    /// segment when it has that id, else the first segment with that id.
+    fn segment(&self, cur: Hl7Cur, key: u32) -> Option<u32> {
         match cur {
-            Hl7Cur::Seg(s) | Hl7Cur::Rep(s, _, _) if s.id() == id => Some(s),
-            _ => self.firsts.iter().find(|(i, _)| *i == id).map(|(_, s)| *s),
+            Hl7Cur::Seg(s) | Hl7Cur::Rep(s, _, _)
+                if self.segs.get(s as usize).is_some_and(|e| e.key == key) =>
+            {
+                Some(s)
+            }
+            _ => self.segs.iter().position(|e| e.key == key).map(idx32),
         }
     }
 
-    /// The decoded value at field/rep/comp/sub (1-based; 0 = whole), split
-    /// straight from the raw field. Same result as `Segment::value`, which
-    /// it defers to for the atomic MSH-1/MSH-2.
+    /// Number of repetitions of field `field` of segment `seg`.
+    fn rep_count(&self, seg: u32, field: usize) -> usize {
+        let Some(e) = self.segs.get(seg as usize) else {
+            return 0;
+        };
+        if !self.indexed || field == 0 || (field <= 2 && e.key == seg_key("MSH")) {
+            return e.seg.field(field).repetition_count();
+        }
+        self.field(e, field)
+            .map(|f| (f.end - f.start) as usize)
+            .unwrap_or(0)
+    }
+
+    fn field(&self, e: &SegEntry<'m>, field: usize) -> Option<FieldEntry> {
+        if field == 0 || field > e.field_count as usize {
+            return None;
+        }
+        self.fields.get(e.field_start as usize + field - 1).copied()
+    }
+
+    /// The decoded, trimmed value at field/rep/comp/sub (1-based; 0 =
+    /// whole) of segment `seg`. Same result as `Segment::value` + trim.
     fn value(
         &self,
-        s: hl7v2::Segment<'m>,
+        seg: u32,
         field: usize,
         rep: usize,
         comp: usize,
         sub: usize,
     ) -> Option<Cow<'m, str>> {
-        if field <= 2 && s.id() == "MSH" {
-            return s.value(field, rep, comp, sub).and_then(trimmed);
+        let e = self.segs.get(seg as usize)?;
+        if !self.indexed || field == 0 || (field <= 2 && e.key == seg_key("MSH")) {
+            return e.seg.value(field, rep, comp, sub).and_then(trimmed);
         }
-        let d = self.msg.delimiters();
-        let raw = s.field(field).raw();
-        if raw.is_empty() || rep == 0 {
+        let f = self.field(e, field)?;
+        let ri = (f.start as usize).checked_add(rep.checked_sub(1)?)?;
+        if ri >= f.end as usize {
             return None;
         }
-        let r = raw.split(d.repetition).nth(rep - 1)?;
-        let piece = match (comp, sub) {
-            (0, _) => r,
-            (c, 0) => r.split(d.component).nth(c - 1)?,
-            (c, sb) => r
-                .split(d.component)
-                .nth(c - 1)?
-                .split(d.subcomponent)
-                .nth(sb - 1)?,
+        let r = self.reps.get(ri)?;
+        let text = self.msg.text();
+        let piece = if comp == 0 {
+            text.get(r.raw.0 as usize..r.raw.1 as usize)?
+        } else {
+            let ci = (r.start as usize).checked_add(comp - 1)?;
+            if ci >= r.end as usize {
+                return None;
+            }
+            let (a, b) = *self.comps.get(ci)?;
+            let c = text.get(a as usize..b as usize)?;
+            if sub == 0 {
+                c
+            } else {
+                c.split(char::from(self.sub_sep)).nth(sub - 1)?
+            }
         };
         if piece.is_empty() {
             return None;
         }
-        let v = match d.escape {
-            Some(e) if piece.contains(e) => self.msg.unescape(piece),
-            _ => Cow::Borrowed(piece),
-        };
-        trimmed(v)
+        if r.esc {
+            return trimmed(self.msg.unescape(piece));
+        }
+        trim_fast(piece).map(Cow::Borrowed)
     }
 }
 
 impl<'m> Source<'m> for Hl7Source<'m> {
-    type Cur = Hl7Cur<'m>;
+    type Cur = Hl7Cur;
 
-    fn root(&self) -> Hl7Cur<'m> {
+    fn root(&self) -> Hl7Cur {
         Hl7Cur::Root
     }
 
-    fn get(&self, cur: Hl7Cur<'m>, path: &SourcePath) -> Option<Cow<'m, str>> {
+    fn get(&self, cur: Hl7Cur, path: &SourcePath) -> Option<Cow<'m, str>> {
         let SourcePath::Hl7(p) = path else {
             return None;
         };
-        match &p.segment {
-            None => match cur {
-                Hl7Cur::Rep(s, f, r) => self.value(s, f, r, p.comp, p.sub),
+        if p.seg_key == 0 {
+            return match cur {
+                Hl7Cur::Rep(s, f, r) => self.value(s, f as usize, r as usize, p.comp, p.sub),
                 _ => None,
-            },
-            Some(id) => {
-                let s = self.segment(cur, id)?;
-                if p.field == 0 {
-                    return Some(Cow::Borrowed(s.raw()));
-                }
-                s.value(p.field, p.rep.unwrap_or(1), p.comp, p.sub)
-                    .and_then(trimmed)
-            }
+            };
         }
+        let s = self.segment(cur, p.seg_key)?;
+        if p.field == 0 {
+            return self
+                .segs
+                .get(s as usize)
+                .map(|e| Cow::Borrowed(e.seg.raw()));
+        }
+        self.value(s, p.field, p.rep.unwrap_or(1), p.comp, p.sub)
     }
 
-    fn each(&self, cur: Hl7Cur<'m>, path: &SourcePath, out: &mut Vec<Hl7Cur<'m>>) {
+    fn each(&self, cur: Hl7Cur, path: &SourcePath, out: &mut Vec<Hl7Cur>) {
         let SourcePath::Hl7(Hl7Path {
-            segment: Some(id),
+            seg_key,
             field,
             rep,
             ..
@@ -156,34 +488,38 @@ impl<'m> Source<'m> for Hl7Source<'m> {
         else {
             return;
         };
+        if *seg_key == 0 {
+            return;
+        }
         if *field == 0 {
             out.extend(
-                self.msg
-                    .segments()
-                    .filter(|s| s.id() == id.as_str())
+                self.segs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.key == *seg_key)
                     .take(MAX_ITEMS)
-                    .map(Hl7Cur::Seg),
+                    .map(|(i, _)| Hl7Cur::Seg(idx32(i))),
             );
             return;
         }
-        let Some(s) = self.segment(cur, id) else {
+        let Some(s) = self.segment(cur, *seg_key) else {
             return;
         };
         let reps = match rep {
             Some(r) => *r..=*r,
-            None => 1..=s.field(*field).repetition_count().min(MAX_ITEMS),
+            None => 1..=self.rep_count(s, *field).min(MAX_ITEMS),
         };
         for r in reps {
             if self.value(s, *field, r, 0, 0).is_some() {
-                out.push(Hl7Cur::Rep(s, *field, r));
+                out.push(Hl7Cur::Rep(s, idx32(*field), idx32(r)));
             }
         }
     }
 
-    fn anchor(&self, cur: Hl7Cur<'m>) -> Option<usize> {
+    fn anchor(&self, cur: Hl7Cur) -> Option<usize> {
         match cur {
             Hl7Cur::Root => None,
-            Hl7Cur::Seg(s) | Hl7Cur::Rep(s, _, _) => Some(s.index()),
+            Hl7Cur::Seg(s) | Hl7Cur::Rep(s, _, _) => Some(s as usize),
         }
     }
 }
@@ -239,5 +575,68 @@ impl<'a> Source<'a> for JsonSource<'a> {
 
     fn anchor(&self, cur: &'a serde_json::Value) -> Option<usize> {
         Some(cur as *const serde_json::Value as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// Every (field, rep, comp, sub) the index answers equals `hl7v2`'s own
+    /// accessor, trimmed (the pre-index implementation).
+    fn assert_same_as_hl7v2(text: &str) {
+        let parsed = hl7v2::parse(text.as_bytes(), &hl7v2::ParseOptions::default());
+        let msg = parsed.message.expect("parses");
+        let src = Hl7Source::new(&msg);
+        assert!(src.indexed);
+        for (si, s) in msg.segments().enumerate() {
+            let si = u32::try_from(si).unwrap();
+            for f in 0..=s.field_count() + 1 {
+                assert_eq!(
+                    src.rep_count(si, f),
+                    s.field(f).repetition_count(),
+                    "{} field {f}",
+                    s.id()
+                );
+                for r in 0..=4 {
+                    for c in 0..=9 {
+                        for sb in 0..=3 {
+                            let want = s.value(f, r, c, sb).and_then(trimmed);
+                            let got = src.value(si, f, r, c, sb);
+                            assert_eq!(got, want, "{}-{f}[{r}].{c}.{sb}", s.id());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn index_matches_hl7v2_on_every_golden_input() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden/adt/adt-to-fhir");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().and_then(|x| x.to_str()) == Some("hl7") {
+                let bytes = std::fs::read(&p).unwrap();
+                assert_same_as_hl7v2(&String::from_utf8_lossy(&bytes));
+                n += 1;
+            }
+        }
+        assert!(n >= 40, "only {n} golden inputs");
+    }
+
+    #[test]
+    fn index_matches_hl7v2_on_odd_messages() {
+        for m in [
+            "MSH|^~\\&|A|B|C|D|20260101||ADT^A01|1|P|2.5\rPID|1||~^^~a^b&c&&d^\\T\\x~ y ||",
+            "MSH|^~\\&|A\rPID|||||||||||||||||||||||||||||||||||||||||||||||||||||||||||||x",
+            "MSH|^~\\&\rPID\rPV1|\rDG1||^^|~~|\\E\\^\\S\\&\\R\\|",
+            "MSH|#*!%|A#B*C%D!F!|E\rPID|1|x#y*z%w!T!v||",
+            "MSH|^~|A^B~C&D\rPID|1|a\\b^c&d",
+        ] {
+            assert_same_as_hl7v2(m);
+        }
     }
 }

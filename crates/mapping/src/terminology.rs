@@ -24,7 +24,35 @@ pub(crate) struct Target {
 /// A compiled concept map.
 #[derive(Debug, Default)]
 pub(crate) struct ConceptMap {
-    pub rows: HashMap<String, Target>,
+    pub rows: HashMap<String, Target, FastHash>,
+}
+
+/// FNV-1a: codes are short and the maps are loaded from reviewed files
+/// (no adversarial keys), so a cheap hash beats SipHash on the hot path.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FastHash;
+
+/// The running FNV-1a state.
+pub(crate) struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+impl std::hash::BuildHasher for FastHash {
+    type Hasher = Fnv;
+
+    fn build_hasher(&self) -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
 }
 
 /// Split one CSV line into fields (RFC 4180 quotes, no embedded newlines).
@@ -88,7 +116,7 @@ impl ConceptMap {
                 "header must be source_code,target_system,target_code,target_display",
             ));
         }
-        let mut rows = HashMap::new();
+        let mut rows = HashMap::with_hasher(FastHash);
         for (i, line) in lines {
             let line = line.trim_end_matches('\r');
             if line.trim().is_empty() || line.starts_with('#') {

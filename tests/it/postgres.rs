@@ -25,6 +25,9 @@ use store_postgres::testing::TestDb;
 use crate::common::*;
 
 async fn fresh() -> TestDb {
+    // reqwest is built with `rustls-no-provider`: HTTP clients need one
+    // installed (the binary installs it at start; tests do it here).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match TestDb::create().await {
         Ok(db) => db,
         Err(e) => panic!("{e}"),

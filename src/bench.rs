@@ -1,6 +1,7 @@
 //! `cws-gateway bench`: measurements of the real paths, printed as JSON lines.
 //!
-//! - `bench ingest`: a gateway on a temporary SQLite store, N MLLP connections
+//! - `bench ingest`: a gateway on a temporary SQLite store (and, with
+//!   `--database-url`, on a scratch PostgreSQL database, printed side by side), N MLLP connections
 //!   sending ADT messages and waiting for each ACK (durable ingest), then a
 //!   paced run at a fixed rate for ACK latency; next to it, in the same run, the
 //!   reference: the same store committing one message per transaction.
@@ -43,6 +44,11 @@ pub enum BenchCommand {
         /// Messages each connection keeps outstanding in the pipelined run.
         #[arg(long, default_value_t = 8)]
         window: usize,
+        /// Also measure PostgreSQL: a server URL whose role may CREATE
+        /// DATABASE (a scratch database is created per run and dropped);
+        /// printed next to SQLite.
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// Outbox delivery throughput to local mock endpoints (1 and 4 endpoints)
     /// and ADT-in → notification-at-mock latency.
@@ -87,15 +93,21 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             rate,
             runs,
             window,
+            database_url,
         } => {
-            ingest(
+            let (conns, messages, rate, runs) = (
                 connections.max(1),
                 messages.max(100),
                 rate.max(1),
                 runs.max(1),
-                window.max(2),
-            )
-            .await
+            );
+            let window = window.max(2);
+            let mut summaries = vec![ingest(conns, messages, rate, runs, window, None).await?];
+            if let Some(url) = database_url {
+                summaries.push(ingest(conns, messages, rate, runs, window, Some(url)).await?);
+                println!("{}", json!({"bench": "ingest", "side_by_side": summaries}));
+            }
+            Ok(())
         }
         BenchCommand::Translate { seconds, runs } => translate(seconds.max(1), runs.max(1)),
         BenchCommand::Delivery {
@@ -419,14 +431,22 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn bench_config(dir: &std::path::Path, max_batch: usize) -> anyhow::Result<Config> {
+fn bench_config(
+    dir: &std::path::Path,
+    max_batch: usize,
+    url: Option<&str>,
+) -> anyhow::Result<Config> {
+    let url = match url {
+        Some(u) => u.to_string(),
+        None => format!("sqlite://{}", dir.join("bench.db").display()),
+    };
     let text = format!(
         r#"
 [server]
 http_addr = "127.0.0.1:0"
 mllp_addr = "127.0.0.1:0"
 [store]
-url = "sqlite://{}"
+url = "{url}"
 max_batch = {max_batch}
 [mappings]
 dir = "{}"
@@ -436,7 +456,6 @@ kind = "adt_source"
 name = "St Mary Hospital"
 sending_facilities = ["STMARY"]
 "#,
-        dir.join("bench.db").display(),
         std::env::current_dir()?.join("mappings").display()
     );
     Ok(Config::from_toml(&text, "bench")?)
@@ -576,16 +595,29 @@ async fn drive_pipelined(
 
 async fn reference_commit_rate(
     dir: &std::path::Path,
+    pg_url: Option<&str>,
     total: usize,
     conns: usize,
 ) -> anyhow::Result<f64> {
-    let store: Arc<dyn store::Store> = Arc::new(store::SqliteStore::open(
-        &dir.join("reference.db"),
-        store::SqliteOptions {
-            max_batch: 1,
-            ..store::SqliteOptions::default()
-        },
-    )?);
+    let store: Arc<dyn store::Store> = match pg_url {
+        Some(url) => Arc::new(
+            store_postgres::PgStore::open(
+                url,
+                store_postgres::PgOptions {
+                    max_batch: 1,
+                    ..store_postgres::PgOptions::default()
+                },
+            )
+            .await?,
+        ),
+        None => Arc::new(store::SqliteStore::open(
+            &dir.join("reference.db"),
+            store::SqliteOptions {
+                max_batch: 1,
+                ..store::SqliteOptions::default()
+            },
+        )?),
+    };
     let per = total / conns;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -614,13 +646,21 @@ async fn reference_commit_rate(
     Ok((per * conns) as f64 / started.elapsed().as_secs_f64())
 }
 
+/// One backend's ingest runs; returns its summary line (also printed).
+/// `pg_admin`: measure PostgreSQL, in a scratch database per run.
 async fn ingest(
     conns: usize,
     messages: usize,
     rate: u64,
     runs: usize,
     window: usize,
-) -> anyhow::Result<()> {
+    pg_admin: Option<String>,
+) -> anyhow::Result<serde_json::Value> {
+    let backend = if pg_admin.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
     let mut thr = Vec::new();
     let mut piped = Vec::new();
     let mut p50 = Vec::new();
@@ -630,7 +670,16 @@ async fn ingest(
     let mut reference = Vec::new();
     for run in 0..runs {
         let dir = tempfile::tempdir()?;
-        let cfg = bench_config(dir.path(), 512)?;
+        let scratch = match &pg_admin {
+            Some(admin) => Some(
+                store_postgres::testing::TestDb::create_on(admin)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            ),
+            None => None,
+        };
+        let pg_url = scratch.as_ref().map(|db| db.url.clone());
+        let cfg = bench_config(dir.path(), 512, pg_url.as_deref())?;
         let running = crate::serve::start(cfg).await?;
         let addr = running.mllp_addr;
         // Warm up (connections, page cache, mapping caches).
@@ -657,11 +706,15 @@ async fn ingest(
         .await?;
         let commits = running.store.metrics().commits;
         running.stop().await;
-        let refr = reference_commit_rate(dir.path(), messages.min(5_000), conns).await?;
+        let refr = reference_commit_rate(dir.path(), pg_url.as_deref(), messages.min(5_000), conns)
+            .await?;
+        if let Some(db) = scratch {
+            db.drop_db().await.map_err(|e| anyhow::anyhow!(e))?;
+        }
         println!(
             "{}",
             json!({
-                "bench": "ingest", "run": run + 1, "connections": conns, "messages": messages,
+                "bench": "ingest", "store": backend, "run": run + 1, "connections": conns, "messages": messages,
                 "msgs_per_sec": r.msgs_per_sec.round(),
                 "ack_p50_ms": percentile(&r.latencies, 0.5), "ack_p99_ms": percentile(&r.latencies, 0.99),
                 "pipelined_window": window, "pipelined_msgs_per_sec": p.msgs_per_sec.round(),
@@ -683,10 +736,8 @@ async fn ingest(
     let t = median(&mut thr);
     let pt = median(&mut piped);
     let r = median(&mut reference);
-    println!(
-        "{}",
-        json!({
-            "bench": "ingest", "summary": "median", "runs": runs, "connections": conns,
+    let summary = json!({
+            "bench": "ingest", "store": backend, "summary": "median", "runs": runs, "connections": conns,
             "msgs_per_sec": t.round(), "ack_p50_ms": median(&mut p50), "ack_p99_ms": median(&mut p99),
             "paced_rate": rate, "paced_ack_p50_ms": median(&mut paced_p50), "paced_ack_p99_ms": median(&mut paced_p99),
             "reference_one_commit_per_msg_per_sec": r.round(),
@@ -694,9 +745,9 @@ async fn ingest(
             "pipelined_window": window, "pipelined_msgs_per_sec": pt.round(),
             "pipelined_speedup_vs_reference": if r > 0.0 { (pt / r * 100.0).round() / 100.0 } else { 0.0 },
             "peak_rss_mib": peak_rss_mib(),
-        })
-    );
-    Ok(())
+    });
+    println!("{summary}");
+    Ok(summary)
 }
 
 /// CPU time this thread has run, from `/proc/thread-self/schedstat` (ns).

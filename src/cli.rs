@@ -248,7 +248,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = load_config(config.as_deref())?;
             let rt = runtime()?;
             let items = rt.block_on(async move {
-                let store = crate::serve::open_store(&cfg)?;
+                let store = crate::serve::open_store(&cfg).await?;
                 let items = crate::county::deadlines::list(store.as_ref(), chrono::Utc::now(), true, overdue).await?;
                 Ok::<_, anyhow::Error>(items)
             })?;
@@ -269,7 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = load_config(config.as_deref())?;
             let rt = runtime()?;
             let out = rt.block_on(async move {
-                let store = crate::serve::open_store(&cfg)?;
+                let store = crate::serve::open_store(&cfg).await?;
                 crate::delivery::dlq(store.as_ref(), action).await
             })?;
             print!("{}", out.text);
@@ -283,8 +283,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             what: AuditCommand::Verify { config },
         } => {
             let cfg = load_config(config.as_deref())?;
-            let store = crate::serve::open_store(&cfg)?;
             let rt = runtime()?;
+            let store = rt.block_on(crate::serve::open_store(&cfg))?;
             match rt.block_on(crate::audit::verify(store.as_ref()))? {
                 None => {
                     println!("audit trail intact");
@@ -308,8 +308,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "--purpose must be pull, referral, care_coordination or notification"
                 )
             })?;
-            let store = crate::serve::open_store(&cfg)?;
             let rt = runtime()?;
+            let store = rt.block_on(crate::serve::open_store(&cfg))?;
             let out = rt.block_on(crate::explain::explain_cin(
                 &cfg,
                 store.as_ref(),

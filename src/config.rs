@@ -117,6 +117,9 @@ pub struct StoreConfig {
     /// Most inputs committed together in one transaction (group commit).
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// PostgreSQL only: connections in this instance's pool.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
 }
 
 impl Default for StoreConfig {
@@ -124,6 +127,7 @@ impl Default for StoreConfig {
         StoreConfig {
             url: default_store_url(),
             max_batch: default_max_batch(),
+            pool_size: default_pool_size(),
         }
     }
 }
@@ -315,6 +319,10 @@ fn default_max_body() -> usize {
 fn default_request_timeout_ms() -> u64 {
     30_000
 }
+fn default_pool_size() -> usize {
+    16
+}
+
 fn default_store_url() -> String {
     "sqlite://gateway-data/gateway.db".into()
 }
@@ -460,6 +468,9 @@ impl Config {
         }
         if self.store.max_batch == 0 || self.store.max_batch > 10_000 {
             errs.push("store.max_batch: must be between 1 and 10000".into());
+        }
+        if !(2..=256).contains(&self.store.pool_size) {
+            errs.push("store.pool_size: must be between 2 and 256".into());
         }
         if self.delivery.max_attempts == 0 {
             errs.push("delivery.max_attempts: must be at least 1".into());

@@ -366,6 +366,7 @@ impl PatientContext {
                 "ServiceRequest" if newest_sr.is_none_or(|n| n.last_updated < r.last_updated) => {
                     newest_sr = Some(r);
                 }
+                "ServiceRequest" => {}
                 "Task" => {
                     let status = str_of(b, "status").unwrap_or("");
                     if matches!(status, "accepted" | "in-progress" | "on-hold" | "completed") {

@@ -38,13 +38,29 @@ pub struct Running {
     delivery: crate::delivery::Workers,
 }
 
-pub fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let opts = SqliteOptions {
-        max_batch: cfg.store.max_batch,
-        ..SqliteOptions::default()
+/// Open the store `store.url` names: `postgres://…` / `postgresql://…` →
+/// PostgreSQL (several instances may share it), `sqlite://…` → the embedded
+/// default. Must run inside the Tokio runtime.
+pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let url = cfg.store.url.trim();
+    let opened: Result<Arc<dyn Store>, store::StoreError> = if store_postgres::is_postgres_url(url)
+    {
+        let opts = store_postgres::PgOptions {
+            max_batch: cfg.store.max_batch,
+            pool_size: cfg.store.pool_size,
+            ..store_postgres::PgOptions::default()
+        };
+        store_postgres::PgStore::open(url, opts)
+            .await
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+    } else {
+        let opts = SqliteOptions {
+            max_batch: cfg.store.max_batch,
+            ..SqliteOptions::default()
+        };
+        store::open_url(url, opts)
     };
-    store::open_url(&cfg.store.url, opts)
-        .map_err(|e| anyhow!("store {}: {e}", redact_url(&cfg.store.url)))
+    opened.map_err(|e| anyhow!("store {}: {e}", redact_url(&cfg.store.url)))
 }
 
 pub fn load_engine(cfg: &Config) -> anyhow::Result<Arc<mapping::Engine>> {
@@ -87,7 +103,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cfg = Arc::new(cfg);
     let engine = load_engine(&cfg)?;
-    let store = open_store(&cfg)?;
+    let store = open_store(&cfg).await?;
     let capability: serde_json::Value = serde_json::from_str(CAPABILITY_STATEMENT)
         .context("conformance/CapabilityStatement.json is not JSON")?;
     let metrics = Arc::new(Metrics::default());

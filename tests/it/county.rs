@@ -1430,7 +1430,7 @@ async fn inputs_journaled_before_a_crash_are_finished_at_start() {
     let cfg = config(dir.path());
     // Journal an event and a referral as a crashed gateway would have left them.
     {
-        let store = cws_gateway::serve::open_store(&cfg).unwrap();
+        let store = cws_gateway::serve::open_store(&cfg).await.unwrap();
         let now = chrono::Utc::now();
         for (eid, doc) in [
             ("evt-001", golden("case.opened", "001-court-ordered-fr")),

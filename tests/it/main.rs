@@ -10,4 +10,5 @@ mod delivery;
 mod fhir;
 mod http;
 mod mllp;
+mod postgres;
 mod scenarios;

@@ -64,11 +64,13 @@
 //! [`SqliteStore`] is the embedded default: one writer thread doing group
 //! commit (concurrent appends, completions, outbox outcomes and audit
 //! appends share one transaction and one fsync) and a small pool of
-//! read-only connections (see [`sqlite`]). A PostgreSQL backend (several
-//! gateway instances sharing one database) will implement the same trait —
-//! claims with `FOR UPDATE SKIP LOCKED`, the audit head with a row lock —
-//! and must pass the same suite in `conformance` (feature `conformance`).
-//! [`open_url`] picks the backend from a database URL.
+//! read-only connections (see [`sqlite`]). The PostgreSQL backend (several
+//! gateway instances sharing one database) lives in the
+//! `cwsgw-store-postgres` crate — claims with `FOR UPDATE SKIP LOCKED`, the
+//! audit head with a row lock — and passes the same suite in `conformance`
+//! (feature `conformance`); it uses the shared checks in [`backend`].
+//! [`open_url`] opens SQLite URLs; the gateway opens `postgres://` URLs
+//! with that crate.
 //!
 //! # Limits
 //!
@@ -85,6 +87,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub mod audit;
+#[doc(hidden)]
+pub mod backend;
 pub mod clock;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -426,6 +430,10 @@ pub enum StoreError {
     /// The outbox item is not (or no longer) leased by this worker; nothing changed.
     #[error("outbox item {0} is not leased by this worker")]
     LeaseLost(OutboxId),
+    /// A PostgreSQL error: SQLSTATE code and the server's message (never
+    /// the DETAIL, which can echo row values).
+    #[error("postgres: {0}")]
+    Postgres(String),
     /// An SQLite error.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -625,14 +633,15 @@ pub trait Store: Send + Sync + 'static {
 ///
 /// * `sqlite://relative/or/absolute/path.db` or `sqlite:path` → [`SqliteStore`]
 ///   (`sqlite:///abs/path.db` is absolute);
-/// * `postgres://…` / `postgresql://…` → [`StoreError::Unsupported`] for now;
+/// * `postgres://…` / `postgresql://…` → [`StoreError::Unsupported`]: this
+///   crate has no PostgreSQL driver; open those with `cwsgw-store-postgres`;
 /// * anything else (including in-memory SQLite, which could not keep the
 ///   durability promise) → [`StoreError::InvalidUrl`].
 pub fn open_url(url: &str, opts: SqliteOptions) -> Result<Arc<dyn Store>, StoreError> {
     let url = url.trim();
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Err(StoreError::Unsupported(
-            "PostgreSQL storage is not built yet (issue 7)".to_string(),
+            "PostgreSQL URLs are opened by cwsgw-store-postgres, not store::open_url".to_string(),
         ));
     }
     let path = sqlite_path_from_url(url)?;

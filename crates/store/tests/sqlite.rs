@@ -237,7 +237,7 @@ fn database_urls() {
     assert!(matches!(err, StoreError::Unsupported(_)));
     assert_eq!(
         err.to_string(),
-        "unsupported: PostgreSQL storage is not built yet (issue 7)"
+        "unsupported: PostgreSQL URLs are opened by cwsgw-store-postgres, not store::open_url"
     );
     assert!(matches!(
         open_url("postgresql://gw@db/gateway", SqliteOptions::default()).err(),

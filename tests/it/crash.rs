@@ -85,6 +85,8 @@ async fn terminate(mut p: Proc) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_acked_message() {
+    // The HTTP client below needs a process-wide rustls provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let cfg_path = dir.path().join("gw.toml");
     std::fs::write(&cfg_path, config_text(dir.path(), "")).unwrap();

@@ -71,6 +71,16 @@ async fn prevention_pathway() {
     run_file("prevention-pathway.yaml").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_closure() {
+    run_file("case-closure.yaml").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_case() {
+    run_file("existing-case.yaml").await;
+}
+
 /// Every scenario file has a test above.
 #[test]
 fn every_scenario_file_is_run() {

@@ -431,13 +431,15 @@ fn rows() -> Vec<Row> {
             network(Notification),
             r1(),
         ),
+        // What the plan network is sent it may also read by pull (Gravity's
+        // `Task?owner=…` polling); labels (R6) still apply, see below.
         row(
-            "r3-not-for-pull",
+            "r3-also-for-pull",
             res("Encounter"),
             compass(),
             vec![],
             network(Pull),
-            r1(),
+            permit("R3", "permit.plan-network"),
         ),
         row(
             "r3-care-plan-is-not-covered",

@@ -500,16 +500,77 @@ impl Disclosure {
         let Some(mut facts) = resource_facts(res) else {
             return deny("deny.no-patient");
         };
-        if status_only {
-            facts.status_only = true;
-            facts.referral_package = false;
-        }
+        facts.status_only = status_only;
         if facts.patient_id != pctx.patient_id {
             return deny("deny.patient-mismatch");
         }
         let ctx = pctx.engine_context(purpose, now);
-        self.policy.decide(&facts, &to, &pctx.consents, &ctx)
+        let d = self.policy.decide(&facts, &to, &pctx.consents, &ctx);
+        // A Patient the recipient may not see in full may still go as the
+        // minimal Patient of a referral package (R2, or R3 in the plan
+        // network); `apply_obligations` then cuts it down.
+        if d.effect == consent::Effect::Deny && facts.resource_type == "Patient" && !status_only {
+            let mut package = facts.clone();
+            package.referral_package = true;
+            let d2 = self.policy.decide(&package, &to, &pctx.consents, &ctx);
+            if d2.effect == consent::Effect::Permit {
+                return d2;
+            }
+        }
+        d
     }
+}
+
+/// The minimal Patient of a referral package (rule R2): name, birth date,
+/// sex, the Medi-Cal CIN, telecom and contacts (without their addresses) —
+/// no address, no other identifiers, no extensions.
+pub fn minimal_patient(p: &Value) -> Value {
+    let mut out = json!({"resourceType": "Patient"});
+    for k in [
+        "id",
+        "meta",
+        "active",
+        "name",
+        "birthDate",
+        "gender",
+        "telecom",
+        "link",
+    ] {
+        if let Some(v) = p.get(k) {
+            out[k] = v.clone();
+        }
+    }
+    let cin: Vec<Value> = p
+        .get("identifier")
+        .and_then(Value::as_array)
+        .map(|ids| {
+            ids.iter()
+                .filter(|i| {
+                    i.pointer("/type/coding")
+                        .and_then(Value::as_array)
+                        .is_some_and(|c| c.iter().any(|c| str_of(c, "code") == Some("MA")))
+                })
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    if !cin.is_empty() {
+        out["identifier"] = Value::Array(cin);
+    }
+    if let Some(contacts) = p.get("contact").and_then(Value::as_array) {
+        let cut: Vec<Value> = contacts
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                if let Some(o) = c.as_object_mut() {
+                    o.remove("address");
+                }
+                c
+            })
+            .collect();
+        out["contact"] = Value::Array(cut);
+    }
+    out
 }
 
 /// Apply a permit's obligations to a copy of the resource: masks remove the
@@ -517,7 +578,13 @@ impl Disclosure {
 /// notice adds the v3-ActCode `NORDSCLCD` (no redisclosure without consent)
 /// label, which is never removed afterwards.
 pub fn apply_obligations(res: &Value, decision: &Decision) -> Value {
-    let mut out = res.clone();
+    let mut out = if str_of(res, "resourceType") == Some("Patient")
+        && matches!(decision.rule.as_str(), "R2" | "R3")
+    {
+        minimal_patient(res)
+    } else {
+        res.clone()
+    };
     let rtype = str_of(res, "resourceType").unwrap_or("").to_string();
     for ob in &decision.obligations {
         match ob {
@@ -628,6 +695,37 @@ mod tests {
         )
         .is_none());
         assert!(consent_from_fhir(&json!({"resourceType": "Patient", "id": "x"})).is_none());
+    }
+
+    #[test]
+    fn referral_package_patient_is_minimal() {
+        let p = json!({"resourceType": "Patient", "id": "p1", "birthDate": "2011-04-02", "gender": "male",
+            "name": [{"family": "Demo"}], "address": [{"city": "Fresno"}],
+            "identifier": [
+                {"type": {"coding": [{"code": "MR"}]}, "value": "MRN1"},
+                {"type": {"coding": [{"code": "MA"}]}, "value": "92000001A"}],
+            "contact": [{"name": {"family": "Demo"}, "address": {"city": "Fresno"}}],
+            "extension": [{"url": "x", "valueString": "y"}]});
+        let d = Decision {
+            effect: consent::Effect::Permit,
+            rule: "R2".into(),
+            consent_id: Some("c".into()),
+            reason: "permit.referral-consent".into(),
+            obligations: vec![],
+            votes: vec![],
+        };
+        let out = apply_obligations(&p, &d);
+        assert!(out.get("address").is_none() && out.get("extension").is_none());
+        assert_eq!(out["identifier"].as_array().unwrap().len(), 1);
+        assert_eq!(out["identifier"][0]["value"], "92000001A");
+        assert!(out["contact"][0].get("address").is_none());
+        assert_eq!(out["birthDate"], "2011-04-02");
+        // Under another rule (a release), the Patient is not cut down.
+        let d5 = Decision {
+            rule: "R5".into(),
+            ..d
+        };
+        assert!(apply_obligations(&p, &d5).get("address").is_some());
     }
 
     #[test]

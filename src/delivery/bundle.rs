@@ -8,12 +8,12 @@
 //! must focus on something); a package with nothing permitted is withheld.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use consent::{Decision, Effect};
+use consent::Decision;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::disclosure::{apply_obligations, recipient, resource_facts, Disclosure, PatientContext};
+use crate::disclosure::{apply_obligations, Disclosure, PatientContext};
 use crate::routing::{Package, RoutePurpose};
 
 /// The Da Vinci notification event code system.
@@ -103,25 +103,6 @@ pub fn task_status_projection(task: &Value) -> Value {
     out
 }
 
-/// The consent engine's facts for a resource; a Task's patient is its `for`.
-fn facts_of(res: &Value, status_only: bool) -> Option<consent::ResourceFacts> {
-    let mut f = match resource_facts(res) {
-        Some(f) => f,
-        None => {
-            let patient = res
-                .get("for")
-                .and_then(|r| r.get("reference"))
-                .and_then(Value::as_str)
-                .and_then(|s| s.strip_prefix("Patient/"))?;
-            let mut with_subject = res.clone();
-            with_subject["subject"] = json!({"reference": format!("Patient/{patient}")});
-            resource_facts(&with_subject)?
-        }
-    };
-    f.status_only = status_only;
-    Some(f)
-}
-
 /// `Disclosure::decide` with the delivery's own view of the resource (a
 /// status-only projection is decided as such).
 pub fn decide(
@@ -133,25 +114,7 @@ pub fn decide(
     now: DateTime<Utc>,
     status_only: bool,
 ) -> Decision {
-    let deny = |reason: &str| Decision {
-        effect: Effect::Deny,
-        rule: "R1".into(),
-        consent_id: None,
-        reason: reason.into(),
-        obligations: Vec::new(),
-        votes: Vec::new(),
-    };
-    let Some(to) = recipient(&disclosure.cfg, recipient_org) else {
-        return deny("deny.unknown-recipient");
-    };
-    let Some(facts) = facts_of(res, status_only) else {
-        return deny("deny.no-patient");
-    };
-    if facts.patient_id != pctx.patient_id {
-        return deny("deny.patient-mismatch");
-    }
-    let ctx = pctx.engine_context(purpose, now);
-    disclosure.policy.decide(&facts, &to, &pctx.consents, &ctx)
+    disclosure.decide_with(res, recipient_org, purpose, pctx, now, status_only)
 }
 
 fn split_ref(r: &str) -> Option<(&str, &str)> {
@@ -383,9 +346,9 @@ mod tests {
         assert!(p.get("description").is_none() && p.get("input").is_none());
         assert_eq!(p["meta"]["security"][0]["code"], "PSY");
         assert!(p["meta"].get("versionId").is_none());
-        let f = facts_of(&p, true).unwrap();
+        // The projection still names its patient (Task.for).
+        let f = crate::disclosure::resource_facts(&p).unwrap();
         assert_eq!(f.patient_id, "p1");
-        assert!(f.status_only);
     }
 
     #[test]

@@ -268,9 +268,17 @@ async fn referral_is_delivered_as_a_put_transaction_with_consent_applied() {
             e["request"]["url"].as_str().unwrap()
         })
         .collect();
-    // R2 permits the referral package; the Patient (category case) and the
-    // Consent need a release of information that this member has not signed.
-    assert_eq!(urls, vec!["ServiceRequest/sr-p1-1"]);
+    // R2 permits the referral package: the ServiceRequest and the minimal
+    // Patient (name, birth date, sex, CIN, contact — no address); the Consent
+    // needs a release of information that this member has not signed.
+    assert_eq!(urls, vec!["ServiceRequest/sr-p1-1", "Patient/p1"]);
+    let minimal = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["resource"]["resourceType"] == "Patient")
+        .unwrap();
+    assert!(minimal["resource"].get("address").is_none(), "{minimal}");
     // Audit: one refusal per left-out resource, one disclosure.
     let audits = env
         .store()
@@ -280,7 +288,7 @@ async fn referral_is_delivered_as_a_put_transaction_with_consent_applied() {
     let kinds: Vec<&str> = audits.iter().map(|a| a.kind.as_str()).collect();
     assert_eq!(
         kinds.iter().filter(|k| **k == "refusal").count(),
-        2,
+        1,
         "{kinds:?}"
     );
     assert_eq!(kinds.iter().filter(|k| **k == "disclosure").count(), 1);

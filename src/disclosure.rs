@@ -47,7 +47,8 @@ fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 
-fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+/// A FHIR dateTime: RFC 3339, or a date (the start of that day, UTC).
+pub fn parse_fhir_time(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
@@ -128,7 +129,7 @@ pub fn consent_from_fhir(res: &Value) -> Option<ConsentRecord> {
     let grantor_role = ext(GRANTOR_EXT)
         .and_then(|e| str_of(e, "valueCode"))
         .and_then(grantor_from_code)?;
-    let recorded_at = str_of(res, "dateTime").and_then(parse_time)?;
+    let recorded_at = str_of(res, "dateTime").and_then(parse_fhir_time)?;
     let provision = res.get("provision");
     let recipients: Vec<String> = provision
         .and_then(|p| p.get("actor"))
@@ -152,12 +153,14 @@ pub fn consent_from_fhir(res: &Value) -> Option<ConsentRecord> {
     let period = provision.and_then(|p| p.get("period"));
     let start = period
         .and_then(|p| str_of(p, "start"))
-        .and_then(parse_time)
+        .and_then(parse_fhir_time)
         .unwrap_or(recorded_at);
-    let end = period.and_then(|p| str_of(p, "end")).and_then(parse_time);
+    let end = period
+        .and_then(|p| str_of(p, "end"))
+        .and_then(parse_fhir_time);
     let mut withdrawn_at = ext(WITHDRAWN_EXT)
         .and_then(|e| str_of(e, "valueDateTime"))
-        .and_then(parse_time);
+        .and_then(parse_fhir_time);
     if withdrawn_at.is_none() && str_of(res, "status") != Some("active") {
         // Not active and no withdrawal time: it counts for nothing, ever.
         withdrawn_at = Some(DateTime::<Utc>::MIN_UTC);

@@ -31,7 +31,7 @@ use serde_json::{json, Value};
 use store::StoredResource;
 
 use crate::config::{Config, OrgKind};
-use crate::disclosure::{org_of, ref_id};
+use crate::disclosure::{org_of, parse_fhir_time, ref_id};
 pub use rules::{
     Condition, DeliveryKind, Package, Relation, RoutePurpose, RoutingRules, Rule, RulesError,
     Trigger,
@@ -296,18 +296,6 @@ impl RouteInput {
     pub fn patient_id(&self) -> Option<String> {
         self.written.iter().find_map(patient_of)
     }
-}
-
-/// A FHIR dateTime: RFC 3339, or a date (its start, UTC) when the source
-/// gave no time zone.
-fn parse_fhir_time(s: &str) -> Option<DateTime<Utc>> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.with_timezone(&Utc));
-    }
-    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|dt| dt.and_utc())
 }
 
 /// The patient a resource belongs to: `mapping::patient_reference`, or a

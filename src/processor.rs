@@ -186,6 +186,50 @@ impl Translator {
     }
 }
 
+/// The subject of the 24-hour "ADT data to the assigned ECM provider" clock
+/// of one notification: its focus (the Encounter), the recipient and the
+/// journal record of the ADT message (one clock per message and provider).
+pub fn adt_clock_subject(
+    payload: &crate::delivery::bundle::Payload,
+    recipient: &str,
+    journal_id: store::JournalId,
+) -> Option<String> {
+    let focus = payload.focus.as_ref().or(payload.resources.first())?;
+    Some(format!("{focus}@{recipient}#{journal_id}"))
+}
+
+/// One open 24-hour clock (DOMAIN.md: ADT data to the assigned ECM provider
+/// within 24 hours) per ADT notification queued for an ECM provider; the
+/// delivery worker closes it when the notification is delivered.
+fn adt_clocks(
+    cfg: &Config,
+    deliveries: &[store::NewDelivery],
+    received: DateTime<Utc>,
+    journal_id: store::JournalId,
+) -> Vec<store::ClockRow> {
+    let calendar = program::Calendar::default_ca();
+    deliveries
+        .iter()
+        .filter(|d| {
+            cfg.organization(&d.endpoint)
+                .is_some_and(|o| o.kind == crate::config::OrgKind::EcmProvider)
+        })
+        .filter_map(|d| {
+            let p = crate::delivery::bundle::Payload::parse(&d.payload)?;
+            p.event.as_ref()?;
+            let subject = adt_clock_subject(&p, &d.endpoint, journal_id)?;
+            let spec = crate::county::deadlines::ClockSpec {
+                clock: program::Clock::AdtToEcmProvider,
+                patient_id: p.patient.clone(),
+                subject,
+                start: p.event_time.unwrap_or(received),
+                expedited: false,
+            };
+            Some(crate::county::deadlines::open(&spec, &calendar))
+        })
+        .collect()
+}
+
 /// The resources of a Bundle as store writes, each with its search tokens.
 ///
 /// Every writer of resources must compute `index` with
@@ -340,14 +384,17 @@ async fn process_batch(
                                 .deliveries(store.as_ref(), &input, chrono::Utc::now(), None)
                                 .await
                             {
-                                Ok(d) => Ok((writes, d)),
+                                Ok(d) => {
+                                    let clocks = adt_clocks(&translator.cfg, &d, job.received_at, job.id);
+                                    Ok((writes, d, clocks))
+                                }
                                 Err(e) => {
                                     tracing::error!(journal_id = job.id, error = %e, "routing failed; record stays pending");
                                     Err(JobOutcome::Deferred)
                                 }
                             }
                         }
-                        None => Ok((writes, Vec::new())),
+                        None => Ok((writes, Vec::new(), Vec::new())),
                     }
                 }
                 Err(outcome) => Err(outcome),
@@ -366,11 +413,12 @@ async fn process_batch(
         let translator = translator.clone();
         async move {
             let outcome = match prepared {
-                Ok((writes, deliveries)) => {
+                Ok((writes, deliveries, clocks)) => {
                     let queued = !deliveries.is_empty();
                     let completion = store::Completion {
                         writes,
                         deliveries,
+                        clocks,
                         ..store::Completion::default()
                     };
                     match store.complete_with(job.id, completion).await {

@@ -224,6 +224,7 @@ impl DeliveryService {
                 );
                 self.append_audit("disclosure", d, &payload, audit, done)
                     .await;
+                self.close_adt_clock(d, &payload, done).await;
                 let latency = (done - d.created_at).to_std().unwrap_or_default();
                 self.metrics.delivery.latency.observe(latency.as_secs_f64());
                 if let (Some(_), Some(at)) = (&payload.event, payload.event_time) {
@@ -250,6 +251,37 @@ impl DeliveryService {
                     ),
                     None => dead(&class),
                 }
+            }
+        }
+    }
+
+    /// A delivered ADT notification meets its 24-hour clock (when one was
+    /// opened: notifications to an ECM provider).
+    async fn close_adt_clock(&self, d: &Delivery, payload: &Payload, at: DateTime<Utc>) {
+        if payload.event.is_none() {
+            return;
+        }
+        let Some(journal_id) = d.journal_id else {
+            return;
+        };
+        let Some(subject) = crate::processor::adt_clock_subject(payload, &d.endpoint, journal_id)
+        else {
+            return;
+        };
+        let open = match self.store.clock_list(true, None, Some(&subject), 4).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(delivery = d.id, error = %e, "reading the ADT clock failed");
+                return;
+            }
+        };
+        let closed: Vec<_> = open
+            .iter()
+            .filter_map(|c| crate::county::deadlines::close(c, at))
+            .collect();
+        if !closed.is_empty() {
+            if let Err(e) = self.store.clock_upsert(closed).await {
+                tracing::warn!(delivery = d.id, error = %e, "closing the ADT clock failed");
             }
         }
     }

@@ -351,6 +351,20 @@ pub async fn create(
             ApiError::Unavailable
         })?;
     let routed = !deliveries.is_empty();
+    // A care plan is reviewed every 6 months (DOMAIN.md timelines).
+    let clocks: Vec<store::ClockRow> = match (write.resource_type.as_str(), &write.patient_id) {
+        ("CarePlan", Some(patient)) => vec![crate::county::deadlines::open(
+            &crate::county::deadlines::ClockSpec {
+                clock: program::Clock::CarePlanReview,
+                patient_id: patient.clone(),
+                subject: format!("CarePlan/{}", write.id),
+                start: chrono::Utc::now(),
+                expedited: false,
+            },
+            &state.county.calendar,
+        )],
+        _ => Vec::new(),
+    };
     let done = state
         .store
         .complete_with(
@@ -359,7 +373,7 @@ pub async fn create(
                 writes: vec![write],
                 audits: vec![audit],
                 deliveries,
-                ..Completion::default()
+                clocks,
             },
         )
         .await

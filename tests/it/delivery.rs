@@ -654,6 +654,24 @@ async fn adt_admit_for_an_assigned_member_notifies_ecm_and_mcp_within_a_second()
             .load(std::sync::atomic::Ordering::Relaxed)
             >= n as u64
     );
+    // Each notification to the ECM provider opened a 24-hour clock, met on
+    // delivery (the MCP's copies open none).
+    let clocks = env
+        .store()
+        .clock_list(false, None, None, 1000)
+        .await
+        .unwrap();
+    let adt: Vec<_> = clocks
+        .iter()
+        .filter(|c| c.kind == "adt-to-ecm-provider")
+        .collect();
+    assert_eq!(adt.len(), n, "{clocks:?}");
+    assert!(adt
+        .iter()
+        .all(|c| c.state == "met" && c.subject.contains("@ecm-compass#")));
+    assert!(adt
+        .iter()
+        .all(|c| c.due_at - c.started_at == chrono::Duration::hours(24)));
     // Shape: a Da Vinci message Bundle to $process-message.
     let got = env.ecm.accepted();
     let first = &got[0];

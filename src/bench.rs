@@ -75,6 +75,10 @@ pub enum BenchCommand {
         connections: usize,
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Also measure on PostgreSQL (a scratch database is created and
+        /// dropped); printed after SQLite in the same run.
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// ADT → FHIR translation throughput on one core.
     Translate {
@@ -120,14 +124,19 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             requests,
             connections,
             runs,
+            database_url,
         } => {
-            api(
+            let (patients, requests, conns, runs) = (
                 patients.clamp(1, 100_000),
                 requests.max(100),
                 connections.clamp(1, 256),
                 runs.max(1),
-            )
-            .await
+            );
+            api(patients, requests, conns, runs, None).await?;
+            if let Some(admin) = database_url {
+                api(patients, requests, conns, runs, Some(admin)).await?;
+            }
+            Ok(())
         }
     }
 }
@@ -1007,9 +1016,31 @@ async fn api_phase(
     ))
 }
 
-async fn api(patients: usize, requests: usize, conns: usize, runs: usize) -> anyhow::Result<()> {
+async fn api(
+    patients: usize,
+    requests: usize,
+    conns: usize,
+    runs: usize,
+    pg_admin: Option<String>,
+) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let cfg = api_config(dir.path())?;
+    let mut cfg = api_config(dir.path())?;
+    let scratch = match &pg_admin {
+        Some(admin) => Some(
+            store_postgres::testing::TestDb::create_on(admin)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?,
+        ),
+        None => None,
+    };
+    if let Some(db) = &scratch {
+        cfg.store.url = db.url.clone();
+    }
+    let backend = if scratch.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
     let gw = crate::serve::start(cfg).await?;
     for chunk in api_seed(patients).chunks(900) {
         gw.store.put_resources(chunk.to_vec()).await?;
@@ -1056,7 +1087,7 @@ async fn api(patients: usize, requests: usize, conns: usize, runs: usize) -> any
             let (r, a, b) = api_phase(addr, conns, requests, path_of.clone()).await?;
             println!(
                 "{}",
-                json!({"bench": "api", "phase": name, "run": run, "requests_per_sec": r.round(), "p50_ms": a, "p99_ms": b})
+                json!({"bench": "api", "store": backend, "phase": name, "run": run, "requests_per_sec": r.round(), "p50_ms": a, "p99_ms": b})
             );
             rps.push(r);
             p50.push(a);
@@ -1064,7 +1095,7 @@ async fn api(patients: usize, requests: usize, conns: usize, runs: usize) -> any
         }
         println!(
             "{}",
-            json!({"bench": "api", "phase": name, "median_of": runs, "connections": conns,
+            json!({"bench": "api", "store": backend, "phase": name, "median_of": runs, "connections": conns,
                    "requests": requests, "patients": patients, "consent_filtering": name != "memory_reference",
                    "requests_per_sec": median(&mut rps).round(), "p50_ms": median(&mut p50), "p99_ms": median(&mut p99)})
         );
@@ -1073,5 +1104,8 @@ async fn api(patients: usize, requests: usize, conns: usize, runs: usize) -> any
     anyhow::ensure!(audits > 0, "the API phases wrote no audit records");
     ref_server.abort();
     gw.stop().await;
+    if let Some(db) = scratch {
+        db.drop_db().await.map_err(|e| anyhow::anyhow!(e))?;
+    }
     Ok(())
 }

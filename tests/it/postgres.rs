@@ -242,3 +242,157 @@ async fn two_instances_share_one_database() {
     gw2.stop().await;
     db.drop_db().await.unwrap();
 }
+
+/// Two gateways on one PostgreSQL database, referrals posted to both (as an
+/// HTTP load balancer spreads them), one instance stopped while deliveries
+/// are under way: every referral reaches the MCP exactly once, and either
+/// instance serves the pull API over the shared data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_deliver_each_referral_exactly_once() {
+    let db = fresh().await;
+    let mcp = cws_gateway::delivery::mock::MockEndpoint::start()
+        .await
+        .unwrap();
+    let make = |dir: &Path| {
+        let mut cfg = Config::from_file(&repo().join("config/demo.toml")).unwrap();
+        cfg.server.http_addr = "127.0.0.1:0".into();
+        cfg.server.mllp_addr = "127.0.0.1:0".into();
+        cfg.store.url = db.url.clone();
+        cfg.mappings.dir = repo().join("mappings");
+        for o in cfg.organizations.iter_mut() {
+            if o.id == "mcp-a" {
+                o.endpoint = Some(mcp.base_url());
+            } else {
+                o.endpoint = None;
+            }
+        }
+        cfg.delivery.initial_backoff_ms = 50;
+        cfg.delivery.max_backoff_ms = 500;
+        let _ = dir;
+        cfg.validate().unwrap();
+        cfg
+    };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let gw1 = cws_gateway::serve::start(make(d1.path())).await.unwrap();
+    let gw2 = cws_gateway::serve::start(make(d2.path())).await.unwrap();
+    let bases = [
+        format!("http://{}", gw1.http_addr),
+        format!("http://{}", gw2.http_addr),
+    ];
+    let c = reqwest::Client::new();
+    let post = |base: &str, path: &str, body: serde_json::Value| {
+        c.post(format!("{base}{path}"))
+            .bearer_auth("demo-county-token")
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+    };
+    let n = 12;
+    let today = Utc::now().date_naive().to_string();
+    let now = Utc::now().to_rfc3339();
+    for i in 0..n {
+        let cin = format!("98{i:06}A");
+        let child = json!({"clientId": format!("C-PG-{i}"), "cin": cin, "name": {"given": ["Pat"], "family": "Twin"}, "birthDate": "2012-01-01", "sex": "female"});
+        // Events to one instance, the referral to the other.
+        let (a, b) = (&bases[i % 2], &bases[(i + 1) % 2]);
+        let r = post(a, "/cws/events", json!({"eventId": format!("pg-e-{i}"), "type": "enrollment.updated", "occurredAt": now, "county": "Fresno", "child": child,
+            "enrollment": {"cin": cin, "aidCode": "4K", "planCode": "A", "feeForService": false, "shareOfCost": false, "effectiveOn": today}}))
+            .send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::ACCEPTED,
+            "{}",
+            r.text().await.unwrap()
+        );
+        let r = post(a, "/cws/events", json!({"eventId": format!("pg-c-{i}"), "type": "consent.recorded", "occurredAt": now, "county": "Fresno", "child": child,
+            "consent": {"consentId": format!("PG-C-{i}"), "kind": "referral_verbal", "grantor": {"role": "parent", "name": "P Twin"},
+                        "recipients": ["mcp-a"], "categories": ["referral"], "period": {"start": today},
+                        "explained": {"provider": true, "informationShared": true, "duration": true, "rightToWithdraw": true}}}))
+            .send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let referral = json!({"referralId": format!("PG-R-{i}"), "member": {"cin": cin, "name": {"given": ["Pat"], "family": "Twin"}, "birthDate": "2012-01-01"},
+            "referrer": {"organizationId": "county-fresno", "name": "SW", "role": "social worker", "relationship": "county social worker"},
+            "selfReferral": false, "populationsOfFocus": ["8"], "criteria": "in foster care", "expedited": false, "consentId": format!("PG-C-{i}")});
+        let r = post(b, "/ecm/referrals", referral.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "{}",
+            r.text().await.unwrap()
+        );
+        // The same referral again through the other instance: 200, not a second one.
+        let r = post(a, "/ecm/referrals", referral).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        if i == n / 2 {
+            // Stop instance 1 mid-run (graceful: in-flight claims are released).
+            break;
+        }
+    }
+    gw1.stop().await;
+    // The rest go to the survivor only.
+    let survivor = &bases[1];
+    for i in (n / 2 + 1)..n {
+        let cin = format!("98{i:06}A");
+        let child = json!({"clientId": format!("C-PG-{i}"), "cin": cin, "name": {"given": ["Pat"], "family": "Twin"}, "birthDate": "2012-01-01", "sex": "female"});
+        for (kind, body) in [(
+            "enrollment.updated",
+            json!({"cin": cin, "aidCode": "4K", "planCode": "A", "feeForService": false, "shareOfCost": false, "effectiveOn": today}),
+        )] {
+            let r = post(survivor, "/cws/events", json!({"eventId": format!("pg-e-{i}"), "type": kind, "occurredAt": now, "county": "Fresno", "child": child, "enrollment": body}))
+                .send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::ACCEPTED);
+        }
+        let referral = json!({"referralId": format!("PG-R-{i}"), "member": {"cin": cin, "name": {"given": ["Pat"], "family": "Twin"}, "birthDate": "2012-01-01"},
+            "referrer": {"organizationId": "county-fresno", "name": "SW", "role": "social worker", "relationship": "county social worker"},
+            "selfReferral": false, "populationsOfFocus": ["8"], "criteria": "in foster care", "expedited": false,
+            "consent": {"obtainedOn": today, "obtainedBy": "SW", "grantor": {"role": "parent", "name": "P Twin"},
+                        "explained": {"provider": true, "informationShared": true, "duration": true, "rightToWithdraw": true}}});
+        let r = post(survivor, "/ecm/referrals", referral)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "{}",
+            r.text().await.unwrap()
+        );
+    }
+    // Every ServiceRequest reaches the MCP exactly once (bounded wait).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let srs: Vec<u64> = mcp
+            .put_counts()
+            .iter()
+            .filter(|(url, _)| url.starts_with("ServiceRequest/"))
+            .map(|(_, c)| *c)
+            .collect();
+        if srs.len() == n {
+            assert!(
+                srs.iter().all(|c| *c == 1),
+                "duplicates at the MCP: {srs:?}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {n} referrals delivered",
+            srs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The survivor serves pulls over everything, including what instance 1 wrote.
+    let r = c
+        .get(format!("{survivor}/fhir/ServiceRequest?_count=50"))
+        .bearer_auth("demo-plan-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let bundle: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(bundle["entry"].as_array().map(|a| a.len()), Some(n));
+    gw2.stop().await;
+    db.drop_db().await.unwrap();
+}

@@ -52,6 +52,15 @@ const EXISTING: &str = "SELECT j.id, j.kind, j.dedup_key FROM journal j
     JOIN unnest($1::text[], $2::text[]) AS t(k, d) ON j.kind = t.k AND j.dedup_key = t.d";
 
 /// The writer task body: runs until every sender is gone and the queue is drained.
+/// How often a batch is retried after a deadlock or serialization failure.
+const DEADLOCK_RETRIES: u64 = 5;
+
+/// PostgreSQL's "deadlock detected" (40P01) and "serialization failure"
+/// (40001): the statement was rolled back and may be tried again.
+fn is_retryable(e: &StoreError) -> bool {
+    matches!(e, StoreError::Postgres(m) if m.ends_with("(40P01)") || m.ends_with("(40001)"))
+}
+
 pub(crate) async fn run(
     pool_: Pool,
     shown: String,
@@ -77,7 +86,20 @@ pub(crate) async fn run(
         }
         let started = Instant::now();
         let size = batch.len();
-        match write_batch(&pool_, &shown, &batch).await {
+        // Two instances inserting overlapping keys in different orders can
+        // deadlock; PostgreSQL then aborts one statement whole (nothing of it
+        // is written), so the batch is simply tried again (bounded).
+        let mut result = write_batch(&pool_, &shown, &batch).await;
+        for attempt in 1..=DEADLOCK_RETRIES {
+            match &result {
+                Err(e) if is_retryable(e) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
+                    result = write_batch(&pool_, &shown, &batch).await;
+                }
+                _ => break,
+            }
+        }
+        match result {
             Ok(outcomes) => {
                 let appended = outcomes.iter().filter(|o| !o.is_duplicate()).count() as u64;
                 metrics.record_commit(

@@ -84,14 +84,11 @@ pub fn tokens(resource: &Value) -> Vec<SearchToken> {
     out
 }
 
-/// The patient a resource belongs to: `mapping::patient_reference`, or the
-/// Patient in `Task.for`.
+/// The patient a resource belongs to, when its id is well formed.
 pub fn patient_of(resource: &Value) -> Option<String> {
-    mapping::patient_reference(resource).or_else(|| {
-        let r = resource.get("for")?.get("reference")?.as_str()?;
-        let id = r.strip_prefix("Patient/")?;
-        crate::config::valid_fhir_id(id).then(|| id.to_string())
-    })
+    // `mapping::patient_reference` reads subject, patient, beneficiary, a
+    // Task's `for` and target; only well-formed ids are indexed.
+    mapping::patient_reference(resource).filter(|id| crate::config::valid_fhir_id(id))
 }
 
 /// The `identifier` token of `system|value` (`|value` without a system).

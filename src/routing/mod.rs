@@ -298,16 +298,9 @@ impl RouteInput {
     }
 }
 
-/// The patient a resource belongs to: `mapping::patient_reference`, or a
-/// Task's `for`.
+/// The patient a resource belongs to (see `fhir::index::patient_of`).
 pub fn patient_of(res: &Value) -> Option<String> {
-    mapping::patient_reference(res).or_else(|| {
-        res.pointer("/for/reference")
-            .and_then(Value::as_str)
-            .and_then(|s| s.strip_prefix("Patient/"))
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-    })
+    crate::fhir::index::patient_of(res)
 }
 
 /// One delivery a rule asks for.

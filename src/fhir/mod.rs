@@ -212,11 +212,12 @@ impl<'a> Gate<'a> {
         let Some(ctx) = self.contexts.get(&pid) else {
             return Err(ApiError::Internal("patient context missing".into()));
         };
-        // `Disclosure::decide` finds the patient with
-        // `mapping::patient_reference`, which does not read `Task.for`:
-        // decide on a view that names the patient as `subject` too.
+        // `Disclosure::decide` finds the patient in the body
+        // (`mapping::patient_reference`, which reads `Task.for`); a stored
+        // Task whose body names none is decided on a view naming the patient
+        // the store indexed it under.
         let view;
-        let body = if r.resource_type == "Task" && r.body.get("subject").is_none() {
+        let body = if r.resource_type == "Task" && mapping::patient_reference(&r.body).is_none() {
             let mut v = r.body.clone();
             v["subject"] = json!({"reference": format!("Patient/{pid}")});
             view = v;

@@ -340,6 +340,26 @@ pub struct PatientContext {
     pub assigned_ecm: Option<String>,
     pub self_referral: bool,
     pub source_county: Option<String>,
+    /// An active CWS case of the member is a Family Maintenance case.
+    pub family_maintenance: bool,
+}
+
+/// `EpisodeOfCare.type` code of a Family Maintenance case.
+pub const FAMILY_MAINTENANCE: &str = "family_maintenance";
+
+/// The CWS case component of an EpisodeOfCare (`type[].coding[].code` in
+/// the `cws-case-component` code system).
+pub fn case_component(episode: &Value) -> Option<&str> {
+    episode
+        .get("type")?
+        .as_array()?
+        .iter()
+        .filter_map(|t| t.get("coding").and_then(Value::as_array))
+        .flatten()
+        .find(|c| {
+            str_of(c, "system").is_some_and(|s| s.ends_with("/CodeSystem/cws-case-component"))
+        })
+        .and_then(|c| str_of(c, "code"))
 }
 
 impl PatientContext {
@@ -358,6 +378,7 @@ impl PatientContext {
         };
         let kind_of = |org: &str| cfg.organization(org).map(|o| o.kind);
         let mut newest_sr: Option<&store::StoredResource> = None;
+        let mut assigned_at = None;
         for r in resources {
             let b = &r.body;
             match r.resource_type.as_str() {
@@ -371,11 +392,16 @@ impl PatientContext {
                 }
                 "ServiceRequest" => {}
                 "Task" => {
+                    // The newest assignment wins (a plan change may leave the
+                    // former provider's Task open beside the new one).
                     let status = str_of(b, "status").unwrap_or("");
-                    if matches!(status, "accepted" | "in-progress" | "on-hold" | "completed") {
+                    if matches!(status, "accepted" | "in-progress" | "on-hold" | "completed")
+                        && assigned_at.is_none_or(|t| t <= r.last_updated)
+                    {
                         if let Some(owner) = b.get("owner").and_then(org_of) {
                             if kind_of(&owner) == Some(OrgKind::EcmProvider) {
                                 ctx.assigned_ecm = Some(owner);
+                                assigned_at = Some(r.last_updated);
                             }
                         }
                     }
@@ -395,6 +421,11 @@ impl PatientContext {
                 "EpisodeOfCare" => {
                     if let Some(org) = b.get("managingOrganization").and_then(org_of) {
                         ctx.source_county = cfg.organization(&org).and_then(|o| o.county.clone());
+                    }
+                    if str_of(b, "status") == Some("active")
+                        && case_component(b) == Some(FAMILY_MAINTENANCE)
+                    {
+                        ctx.family_maintenance = true;
                     }
                 }
                 _ => {}
@@ -446,6 +477,7 @@ impl PatientContext {
             member_mcp: self.member_mcp.clone(),
             self_referral: self.self_referral,
             source_county: self.source_county.clone(),
+            family_maintenance: self.family_maintenance,
         }
     }
 }

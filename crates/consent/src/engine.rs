@@ -506,6 +506,11 @@ fn selector_matches(s: &Selector, f: &Facts<'_>) -> bool {
             return false;
         }
     }
+    if let Some(b) = s.family_maintenance {
+        if f.ctx.family_maintenance != b {
+            return false;
+        }
+    }
     if let Some(any) = &s.any_of {
         if !any.iter().any(|sub| selector_matches(sub, f)) {
             return false;
@@ -519,6 +524,7 @@ fn consent_satisfies(req: &ConsentReq, c: &ConsentRecord, f: &Facts<'_>) -> bool
         && c.names(&f.to.org_id)
         && (!req.covers_resource_category || c.covers(f.category))
         && req.covers.iter().all(|&cat| c.covers(cat))
+        && (req.grantor_roles.is_empty() || req.grantor_roles.contains(&c.grantor_role))
 }
 
 /// The first alternative met, and the consent it relied on.

@@ -78,6 +78,7 @@
 //!     member_mcp: Some("mcp-a".into()),
 //!     self_referral: false,
 //!     source_county: Some("Fresno".into()),
+//!     family_maintenance: false,
 //! };
 //! let policy = Policy::default_policy();
 //! let d = policy.decide(&referral, &ecm, std::slice::from_ref(&consent), &ctx);

@@ -341,4 +341,9 @@ pub struct Context {
     /// The county that owns the case.
     #[serde(default)]
     pub source_county: Option<String>,
+    /// The member's open CWS case is a Family Maintenance case (court or
+    /// voluntary): the child lives at home and the family, not the SW or
+    /// the court, decides who joins the Child and Family Team (seed 000).
+    #[serde(default)]
+    pub family_maintenance: bool,
 }

@@ -11,7 +11,7 @@
 use serde::Deserialize;
 
 use crate::error::PolicyError;
-use crate::model::{Category, ConsentKind, OrgKind, Purpose};
+use crate::model::{Category, ConsentKind, GrantorRole, OrgKind, Purpose};
 
 /// Largest policy text accepted.
 pub const MAX_POLICY_BYTES: usize = 256 * 1024;
@@ -110,6 +110,9 @@ pub(crate) struct Selector {
     pub relations: Option<Vec<Relation>>,
     #[serde(default)]
     pub except_relations: Option<Vec<Relation>>,
+    /// The member's case is a Family Maintenance case (`ctx.family_maintenance`).
+    #[serde(default)]
+    pub family_maintenance: Option<bool>,
     #[serde(default)]
     pub any_of: Option<Vec<Selector>>,
 }
@@ -151,6 +154,10 @@ pub(crate) struct ConsentReq {
     /// The consent must cover every one of these categories.
     #[serde(default)]
     pub covers: Vec<Category>,
+    /// The consent must have been granted by one of these roles (empty: any
+    /// grantor the grantor table allows).
+    #[serde(default)]
+    pub grantor_roles: Vec<GrantorRole>,
 }
 
 /// A context fact that meets a requirement without a consent.
@@ -326,6 +333,7 @@ impl PolicyFile {
                     (Some(c), None) => {
                         check_len("kinds", &r.id, &c.kinds)?;
                         check_len("covers", &r.id, &c.covers)?;
+                        check_len("grantor_roles", &r.id, &c.grantor_roles)?;
                         if c.kinds.is_empty() {
                             return Err(PolicyError::Invalid {
                                 rule: r.id.clone(),

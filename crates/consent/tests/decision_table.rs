@@ -117,8 +117,13 @@ trait ConsentExt {
     fn withdrawn(self, t: DateTime<Utc>) -> Self;
     fn recorded(self, t: DateTime<Utc>) -> Self;
     fn patient(self, p: &str) -> Self;
+    fn by_role(self, r: GrantorRole) -> Self;
 }
 impl ConsentExt for ConsentRecord {
+    fn by_role(mut self, r: GrantorRole) -> Self {
+        self.grantor_role = r;
+        self
+    }
     fn start_at(mut self, t: DateTime<Utc>) -> Self {
         self.start = t;
         self.recorded_at = self.recorded_at.min(t);
@@ -152,6 +157,7 @@ fn ctx(purpose: Purpose) -> Context {
         member_mcp: Some("mcp-a".into()),
         self_referral: false,
         source_county: Some("Fresno".into()),
+        family_maintenance: false,
     }
 }
 /// Care coordination with ecm-compass assigned by mcp-a.
@@ -159,6 +165,13 @@ fn network(purpose: Purpose) -> Context {
     Context {
         assigned_ecm: Some("ecm-compass".into()),
         ..ctx(purpose)
+    }
+}
+/// A Family Maintenance case with ecm-compass assigned.
+fn family_maintenance(purpose: Purpose) -> Context {
+    Context {
+        family_maintenance: true,
+        ..network(purpose)
     }
 }
 fn self_ref() -> Context {
@@ -819,6 +832,72 @@ fn rows() -> Vec<Row> {
             vec![roi("roi", &["ecm-compass"], &[Health, SubstanceUse])],
             network(Notification),
             deny("R6-part2", "deny.part2-requires-written-consent"),
+        ),
+        // ---- R9 Family Maintenance: the family decides who joins the CFT
+        row(
+            "r9-fm-cft-without-release-is-denied",
+            res("Appointment"),
+            compass(),
+            vec![],
+            family_maintenance(CareCoordination),
+            deny(
+                "R9-family-maintenance-cft",
+                "deny.family-maintenance-cft-requires-family-release",
+            ),
+        ),
+        row(
+            "r9-fm-cft-social-worker-release-is-not-the-familys",
+            res("Appointment"),
+            compass(),
+            vec![roi("roi", &["ecm-compass"], &[Case]).by_role(GrantorRole::SocialWorker)],
+            family_maintenance(CareCoordination),
+            deny(
+                "R9-family-maintenance-cft",
+                "deny.family-maintenance-cft-requires-family-release",
+            ),
+        ),
+        row(
+            "r9-fm-cft-parent-release-permits",
+            res("Appointment"),
+            compass(),
+            vec![roi("roi", &["ecm-compass"], &[Case]).by_role(GrantorRole::Parent)],
+            family_maintenance(CareCoordination),
+            permit("R5", "permit.release-of-information").by("roi"),
+        ),
+        row(
+            "r9-fm-cft-parent-release-for-another-provider",
+            res("Appointment"),
+            compass(),
+            vec![roi("roi", &["ecm-bridges"], &[Case]).by_role(GrantorRole::Parent)],
+            family_maintenance(CareCoordination),
+            deny(
+                "R9-family-maintenance-cft",
+                "deny.family-maintenance-cft-requires-family-release",
+            ),
+        ),
+        row(
+            "r9-removal-case-cft-social-worker-release-permits",
+            res("Appointment"),
+            compass(),
+            vec![roi("roi", &["ecm-compass"], &[Case]).by_role(GrantorRole::SocialWorker)],
+            network(CareCoordination),
+            permit("R5", "permit.release-of-information").by("roi"),
+        ),
+        row(
+            "r9-fm-case-details-follow-r5",
+            res("EpisodeOfCare"),
+            compass(),
+            vec![roi("roi", &["ecm-compass"], &[Case]).by_role(GrantorRole::SocialWorker)],
+            family_maintenance(CareCoordination),
+            permit("R5", "permit.release-of-information").by("roi"),
+        ),
+        row(
+            "r9-fm-county-itself-is-not-gated",
+            res("Appointment"),
+            fresno(),
+            vec![roi("roi", &["county-fresno"], &[Case]).by_role(GrantorRole::SocialWorker)],
+            family_maintenance(CareCoordination),
+            permit("R5", "permit.release-of-information").by("roi"),
         ),
         // ---- R7 placement address
         row(

@@ -41,6 +41,7 @@ fn ctx() -> Context {
         member_mcp: Some("mcp-a".into()),
         self_referral: false,
         source_county: Some("Fresno".into()),
+        family_maintenance: false,
     }
 }
 

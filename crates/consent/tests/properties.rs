@@ -143,6 +143,7 @@ fn ctx_s() -> impl Strategy<Value = Context> {
                 member_mcp: mcp.map(Into::into),
                 self_referral,
                 source_county: county.map(Into::into),
+                family_maintenance: false,
             },
         )
 }

@@ -800,7 +800,11 @@ token_sha256 = "abc"
 
     #[test]
     fn shipped_configs_are_valid() {
-        for f in ["config/demo.toml", "config/example.toml"] {
+        for f in [
+            "config/demo.toml",
+            "config/example.toml",
+            "config/scenarios.toml",
+        ] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
             Config::from_file(&path).unwrap_or_else(|e| panic!("{f}: {e}"));
         }

@@ -7,6 +7,7 @@
 //! ```yaml
 //! name: short title
 //! source: the seed section it follows
+//! config: config/scenarios.toml                     # optional; default config/demo.toml
 //! steps:
 //!   - name: county opens the case
 //!     http: { method: POST, path: /cws/events, as: county-fresno, body: { … } }
@@ -39,6 +40,10 @@ pub struct Scenario {
     pub name: String,
     #[serde(default)]
     pub source: Option<String>,
+    /// The gateway configuration to run on, relative to the repository
+    /// (default `config/demo.toml`).
+    #[serde(default)]
+    pub config: Option<String>,
     pub steps: Vec<Step>,
 }
 

@@ -26,7 +26,10 @@ use store::{
 };
 
 use super::error::{body_rejection, parse_json, CountyError};
-use super::{collection, deadlines, eligibility, is_internal, orgs, patients, rid, County};
+use super::{
+    collection, continuity, deadlines, eligibility, is_internal, orgs, patients, referrals, rid,
+    County,
+};
 use crate::api::{authenticate, fhir_json, AppState};
 use crate::config::{Config, OrgKind};
 use crate::disclosure;
@@ -141,12 +144,18 @@ pub fn consent_resource_id(county_org: &str, consent_id: &str) -> String {
 
 /// The event plus the `gateway` object the mapping reads (see the header
 /// of `mappings/case_event/case-event-to-fhir.yaml`). Pure.
+///
+/// `residence_county` is where the member lives now (the county of the
+/// latest placement, when one is known): a Medi-Cal plan serves members by
+/// county of residence, so an enrollment after an out-of-county placement
+/// is looked up there; without one, the event's county.
 pub fn enrich(
     cfg: &Config,
     doc: &Value,
     county_org: &str,
     patient_id: &str,
     occurred: DateTime<Utc>,
+    residence_county: Option<&str>,
 ) -> Value {
     let mut gateway = json!({
         "patientId": patient_id,
@@ -157,7 +166,8 @@ pub fn enrich(
         let ffs = doc.pointer("/enrollment/feeForService") == Some(&Value::Bool(true));
         let soc = doc.pointer("/enrollment/shareOfCost") == Some(&Value::Bool(true));
         if let (false, false, Some(plan)) = (ffs, soc, s(doc, "/enrollment/planCode")) {
-            if let Some(mcp) = orgs::mcp_for(cfg, plan, s(doc, "/county").unwrap_or("")) {
+            let county = residence_county.unwrap_or_else(|| s(doc, "/county").unwrap_or(""));
+            if let Some(mcp) = orgs::mcp_for(cfg, plan, county) {
                 gateway["mcpId"] = json!(mcp.id);
             }
         }
@@ -201,7 +211,27 @@ pub async fn derive(
     let resolved = patients::resolve(store, base, county_org, client_id, cin).await?;
     let pid = resolved.patient_id.clone();
 
-    let enriched = enrich(cfg, doc, county_org, &pid, occurred);
+    // The facts before this event: where the member lives, for the plan
+    // lookup and the plan-determination clock.
+    let old_facts = store
+        .resource_get("Basic", &eligibility::facts_id(&pid))
+        .await?
+        .and_then(|r| eligibility::facts_of(&r.body));
+    let prev_county = old_facts
+        .as_ref()
+        .and_then(|f| f.pointer("/placement/county"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let enriched = enrich(cfg, doc, county_org, &pid, occurred, prev_county.as_deref());
+    // The member's MCP before an enrollment change (for ECM continuity).
+    let old_mcp = if etype == "enrollment.updated" {
+        referrals::coverage_mcp(
+            cfg,
+            &store.resources_by_patient(&pid, Some("Coverage")).await?,
+        )
+    } else {
+        None
+    };
     let mut org_ids: Vec<String> = vec![county_org.to_string()];
     if let Some(m) = s(&enriched, "/gateway/mcpId") {
         org_ids.push(m.to_string());
@@ -294,15 +324,6 @@ pub async fn derive(
     out.extend(orgs::organizations(cfg, &ids));
 
     // Facts, eligibility, and the plan-determination clock.
-    let old_facts = store
-        .resource_get("Basic", &eligibility::facts_id(&pid))
-        .await?
-        .and_then(|r| eligibility::facts_of(&r.body));
-    let prev_county = old_facts
-        .as_ref()
-        .and_then(|f| f.pointer("/placement/county"))
-        .and_then(Value::as_str)
-        .map(str::to_string);
     let facts = eligibility::fold_event(old_facts, doc);
     out.push(eligibility::facts_record(base, &pid, &facts));
     let as_of = program::pacific::local_date(occurred);
@@ -326,7 +347,9 @@ pub async fn derive(
     };
     if etype == "placement.changed" {
         let new_county = s(doc, "/placement/county").unwrap_or("");
-        if let Some(prev) = prev_county {
+        // From the previous placement's county, else the case county.
+        let case_county = cfg.organization(county_org).and_then(|o| o.county.clone());
+        if let Some(prev) = prev_county.or(case_county) {
             if !prev.eq_ignore_ascii_case(new_county) && orgs::single_plan_county(cfg, &prev) {
                 let clock = deadlines::ClockSpec {
                     clock: program::Clock::PlanDetermination,
@@ -338,6 +361,35 @@ pub async fn derive(
                 derived
                     .clocks
                     .push(deadlines::open(&clock, &county.calendar));
+            }
+        }
+    }
+    if etype == "enrollment.updated" {
+        // A plan determination made: the 24-hour clock after a move out of
+        // a single-plan county is met.
+        let subject = format!("Patient/{pid}");
+        for c in deadlines::open_for(store, &subject).await? {
+            if c.kind == program::Clock::PlanDetermination.code() && c.started_at <= occurred {
+                derived.clocks.extend(deadlines::close(&c, occurred));
+            }
+        }
+        // A change of MCP after recent ECM: the new MCP auto-authorizes.
+        let new_mcp = s(&enriched, "/gateway/mcpId");
+        if let (Some(old), Some(new)) = (old_mcp.as_deref(), new_mcp) {
+            let tasks = store.resources_by_patient(&pid, Some("Task")).await?;
+            if let Some(c) = continuity::on_plan_change(
+                cfg,
+                &county.calendar,
+                &pid,
+                county_org,
+                old,
+                new,
+                &tasks,
+                occurred,
+            ) {
+                tracing::info!(task = %c.task["id"].as_str().unwrap_or(""), "plan change after recent ECM: continuity Task for the new MCP");
+                derived.writes.push(to_write(c.task));
+                derived.clocks.push(c.clock);
             }
         }
     }
@@ -358,32 +410,11 @@ pub fn strip_meta(mut body: Value) -> Value {
     body
 }
 
-/// Search tokens of a resource: `identifier` (`{system}|{value}` and the
-/// bare value), `status`, and `patient` (`Patient/{id}`). The FHIR read API
-/// may add more; these are what county lookups need.
+/// Search tokens of a resource: the FHIR API's index
+/// (`crate::fhir::index::tokens`), so what a county input writes is found by
+/// every declared search parameter — `Task?owner=` polling included.
 pub fn tokens(res: &Value) -> Vec<SearchToken> {
-    let mut out = Vec::new();
-    for i in res
-        .get("identifier")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        if let Some(v) = s(i, "/value") {
-            if let Some(sys) = s(i, "/system") {
-                out.push(SearchToken::new("identifier", format!("{sys}|{v}")));
-            }
-            out.push(SearchToken::new("identifier", v));
-        }
-    }
-    if let Some(st) = s(res, "/status") {
-        out.push(SearchToken::new("status", st));
-    }
-    if let Some(p) = mapping::patient_reference(res) {
-        out.push(SearchToken::new("patient", format!("Patient/{p}")));
-    }
-    out.truncate(store::search::MAX_TOKENS_PER_RESOURCE);
-    out
+    crate::fhir::index::tokens(res)
 }
 
 /// A resource as a store write (patient compartment from its references).
@@ -565,7 +596,7 @@ pub fn translate_offline(county: &County, doc: &Value) -> Result<Value, CountyEr
         Some(c) => patients::cin_patient_id(c),
         None => patients::county_patient_id(&org.id, client_id),
     };
-    let enriched = enrich(cfg, doc, &org.id, &pid, occurred);
+    let enriched = enrich(cfg, doc, &org.id, &pid, occurred, None);
     let ctx = mapping::JsonContext {
         canonical_base: &cfg.server.canonical_base,
         source_org_id: &org.id,

@@ -35,6 +35,7 @@
 //! in the same `Store::complete_with` transaction and are not returned in
 //! answers. No PHI is logged: ids, types and counts only.
 
+pub mod continuity;
 pub mod deadlines;
 pub mod eligibility;
 pub mod error;

@@ -90,6 +90,14 @@ fn ext_bool(res: &Value, suffix: &str) -> bool {
         })
 }
 
+/// The MCP of the member's active Coverage, if any.
+pub fn coverage_mcp(cfg: &Config, resources: &[StoredResource]) -> Option<String> {
+    match managed(cfg, resources) {
+        Managed::Mcp(m) => Some(m),
+        _ => None,
+    }
+}
+
 /// What the stored Coverage says.
 pub fn managed(cfg: &Config, resources: &[StoredResource]) -> Managed {
     let mut seen = Managed::Unknown;
@@ -279,7 +287,14 @@ fn plan(
         .get("populationsOfFocus")
         .and_then(Value::as_array)
         .is_some_and(|a| a.iter().any(|p| p == "8"));
+    criteria_facts(doc)?;
+    // Streamlined authorization is for POF 8: not when what the county has
+    // sent shows the member is not in POF 8 (a CCS child, say, is POF 7).
+    let refuted_pof8 = referral_facts(doc, resources, &patient_id)
+        .and_then(|f| eligibility::evaluate(&f, program::pacific::local_date(now)))
+        .is_some_and(|ev| !ev.pofs.iter().any(|p| p == "8"));
     let streamlined = claims_pof8
+        && !refuted_pof8
         && cfg.organization(&caller.org_id).is_some_and(|o| {
             o.kind == OrgKind::EcmProvider
                 && o.mcps.contains(&mcp)
@@ -295,6 +310,87 @@ fn plan(
         consent_ref,
         streamlined,
     })
+}
+
+/// `criteria` keys that are eligibility facts (`other` in the facts
+/// document, camelCase as in `cwsgw_program::facts::OtherFacts`): a
+/// structured `criteria` object may state them, and the engine then
+/// evaluates the referral with them (e.g. POF 7: `ccsEnrolled` and
+/// `complexSocialFactors`). Other keys stay informative.
+pub const CRITERIA_FACTS: &[(&str, CriteriaType)] = &[
+    ("ccsEnrolled", CriteriaType::Bool),
+    ("complexSocialFactors", CriteriaType::Codes),
+    ("smhsEligible", CriteriaType::Bool),
+    ("dmcEligible", CriteriaType::Bool),
+    ("homeless", CriteriaType::Bool),
+    ("correctionalReleaseOn", CriteriaType::Date),
+];
+
+/// The JSON type a criteria fact must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CriteriaType {
+    Bool,
+    /// An array of at most 64 short codes.
+    Codes,
+    /// `YYYY-MM-DD`.
+    Date,
+}
+
+/// The eligibility facts a structured `criteria` object states, checked
+/// (422 naming `criteria.{key}` on a wrong type).
+fn criteria_facts(doc: &Value) -> Result<serde_json::Map<String, Value>, CountyError> {
+    let mut out = serde_json::Map::new();
+    let Some(c) = doc.get("criteria").and_then(Value::as_object) else {
+        return Ok(out);
+    };
+    for (key, ty) in CRITERIA_FACTS {
+        let Some(v) = c.get(*key) else { continue };
+        let ok = match ty {
+            CriteriaType::Bool => v.is_boolean(),
+            CriteriaType::Codes => v.as_array().is_some_and(|a| {
+                a.len() <= program::facts::MAX_SOCIAL_FACTORS
+                    && a.iter()
+                        .all(|x| x.as_str().is_some_and(|s| !s.is_empty() && s.len() <= 64))
+            }),
+            CriteriaType::Date => v
+                .as_str()
+                .is_some_and(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok()),
+        };
+        if !ok {
+            let what = match ty {
+                CriteriaType::Bool => "a boolean",
+                CriteriaType::Codes => "an array of at most 64 codes",
+                CriteriaType::Date => "a date (YYYY-MM-DD)",
+            };
+            let at = format!("criteria.{key}");
+            return Err(CountyError::invalid(
+                format!("{key} must be {what}"),
+                Some(&at),
+            ));
+        }
+        out.insert((*key).to_string(), v.clone());
+    }
+    Ok(out)
+}
+
+/// The facts the referral is evaluated on: the stored facts (county
+/// events) with the facts the referral's `criteria` states merged into
+/// `other`. None when the county has sent nothing about the member.
+fn referral_facts(doc: &Value, resources: &[StoredResource], pid: &str) -> Option<Value> {
+    let mut facts = resources
+        .iter()
+        .find(|r| r.resource_type == "Basic" && r.id == eligibility::facts_id(pid))
+        .and_then(|r| eligibility::facts_of(&r.body))?;
+    let stated = criteria_facts(doc).unwrap_or_default();
+    if !stated.is_empty() {
+        if !facts.get("other").is_some_and(Value::is_object) {
+            facts["other"] = json!({});
+        }
+        if let Some(o) = facts.get_mut("other").and_then(Value::as_object_mut) {
+            o.extend(stated);
+        }
+    }
+    Some(facts)
 }
 
 /// Assignment recommendations in DOMAIN.md order.
@@ -378,13 +474,16 @@ fn build(
         }
         out.push(pat);
     }
-    // The engine's evaluation, beside the claimed POFs.
-    let facts = resources
-        .iter()
-        .find(|r| r.resource_type == "Basic" && r.id == eligibility::facts_id(pid))
-        .and_then(|r| eligibility::facts_of(&r.body));
-    let evaluation =
-        facts.and_then(|f| eligibility::evaluate(&f, program::pacific::local_date(received)));
+    // The engine's evaluation, beside the claimed POFs; facts the
+    // referral's criteria state are kept in the facts record.
+    let facts = referral_facts(doc, resources, pid);
+    let as_of = program::pacific::local_date(received);
+    let evaluation = facts.as_ref().and_then(|f| eligibility::evaluate(f, as_of));
+    let stated = !criteria_facts(doc).unwrap_or_default().is_empty();
+    if let (true, Some(f), Some(ev)) = (stated, facts.as_ref(), evaluation.as_ref()) {
+        out.push(eligibility::facts_record(base, pid, f));
+        out.push(eligibility::observation(base, pid, ev, as_of));
+    }
     let mut sr = json!({
         "resourceType": "ServiceRequest", "id": sr_id,
         "identifier": [{"system": format!("{base}/identifier/{referrer}/referral-id"), "value": referral_id}],

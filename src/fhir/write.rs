@@ -11,7 +11,8 @@
 //!
 //! Validation (422 `OperationOutcome`, `expression` naming the element):
 //! - `resourceType` matches the URL; `id`, when given, is a valid FHIR id;
-//! - CarePlan: `subject` references a Patient the caller may see;
+//! - CarePlan: `subject` references a Patient the caller may see; a
+//!   CarePlan without `author` gets the caller's Organization as author;
 //! - Consent: our shape (see `disclosure`): `patient`, the consent-kind
 //!   category, the grantor-role extension, `dateTime`, `provision.actor` and
 //!   `provision.class`; the grantor is checked with
@@ -253,6 +254,12 @@ pub async fn create(
         if let Some(resp) = check_grantor(&res, &patient.body) {
             return Ok(resp);
         }
+    }
+    // A care plan without an author is the posting organization's: the
+    // warm hand-off (`care-plan-handoff` routing) never sends a provider
+    // its own care plan.
+    if rtype == "CarePlan" && res.get("author").is_none() {
+        res["author"] = json!({"reference": format!("Organization/{}", caller.org_id)});
     }
     let id = match res.get("id") {
         None => deterministic_id(&rtype, &caller.org_id, &body),

@@ -46,12 +46,13 @@ fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 /// The resource types [`MemberView`] is derived from.
-pub const MEMBER_TYPES: [&str; 5] = [
+pub const MEMBER_TYPES: [&str; 6] = [
     "Consent",
     "ServiceRequest",
     "Task",
     "Coverage",
     "EpisodeOfCare",
+    "CarePlan",
 ];
 
 /// What the gateway knows of a member that routing depends on.
@@ -76,6 +77,8 @@ pub struct MemberView {
     pub consents: Vec<String>,
     /// Ids of the patient's Tasks per focus ServiceRequest id.
     pub tasks_by_focus: Vec<(String, String)>,
+    /// The patient's CarePlans: (id, authoring organization).
+    pub care_plans: Vec<(String, Option<String>)>,
 }
 
 impl MemberView {
@@ -173,6 +176,14 @@ impl MemberView {
                         }
                     }
                 }
+                "CarePlan"
+                    if !matches!(str_of(b, "status"), Some("entered-in-error" | "revoked")) =>
+                {
+                    if let Some(id) = str_of(b, "id") {
+                        let author = b.get("author").and_then(org_of);
+                        v.care_plans.push((id.to_string(), author));
+                    }
+                }
                 _ => {}
             }
         }
@@ -189,6 +200,8 @@ impl MemberView {
         v.consents = consents.into_iter().collect();
         v.tasks_by_focus.sort();
         v.tasks_by_focus.dedup();
+        v.care_plans.sort();
+        v.care_plans.dedup_by(|a, b| a.0 == b.0);
         v
     }
 
@@ -476,21 +489,47 @@ impl RoutingRules {
                 return;
             }
         };
+        let mut targets: Vec<(Relation, String)> = Vec::new();
         for rel in &rule.recipients {
-            let recipient = match resolve(cfg, *rel, trig, member) {
-                Ok(r) => r,
-                Err(reason) => {
-                    plan.refusals.push(Refusal {
-                        rule: rule.id.clone(),
-                        relation: *rel,
-                        reason: reason.to_string(),
-                    });
-                    continue;
-                }
-            };
+            match resolve_all(cfg, *rel, trig, member) {
+                Ok(orgs) => targets.extend(orgs.into_iter().map(|o| (*rel, o))),
+                Err(reason) => plan.refusals.push(Refusal {
+                    rule: rule.id.clone(),
+                    relation: *rel,
+                    reason: reason.to_string(),
+                }),
+            }
+        }
+        for (rel, recipient) in targets {
+            let rel = &rel;
             if recipient == input.source_org {
                 continue;
             }
+            if rule.trigger.require.contains(&Condition::NamesRecipient)
+                && !trig.is_some_and(|c| consent_names(c, &recipient))
+            {
+                continue;
+            }
+            // Care plans: never a provider's own back; none left, nothing to send.
+            let resources: Vec<String> = if rule.package == Package::CarePlans {
+                let own: Vec<String> = member
+                    .care_plans
+                    .iter()
+                    .filter(|(_, a)| a.as_deref() == Some(recipient.as_str()))
+                    .map(|(id, _)| format!("CarePlan/{id}"))
+                    .collect();
+                let rest: Vec<String> = resources
+                    .iter()
+                    .filter(|r| !own.contains(r))
+                    .cloned()
+                    .collect();
+                if rest.is_empty() {
+                    continue;
+                }
+                rest
+            } else {
+                resources.clone()
+            };
             if cfg
                 .organization(&recipient)
                 .and_then(|o| o.endpoint.as_ref())
@@ -518,7 +557,7 @@ impl RoutingRules {
                 kind: rule.kind,
                 package: rule.package,
                 patient_id: member.patient_id.clone(),
-                resources: resources.clone(),
+                resources,
                 event: event.clone(),
                 focus: focus.clone(),
                 event_time: input.event_time,
@@ -601,6 +640,12 @@ fn package_refs(
             }
             Ok((refs, None, None))
         }
+        Package::CarePlans => {
+            for (id, _) in &member.care_plans {
+                push(format!("CarePlan/{id}"), &mut refs);
+            }
+            Ok((refs, None, None))
+        }
         Package::AdtNotification => {
             let trigger = input
                 .event
@@ -628,6 +673,47 @@ fn package_refs(
             Ok((refs, Some(event.to_string()), Some(enc)))
         }
     }
+}
+
+/// Whether a Consent names `org` among its `provision.actor`s.
+fn consent_names(consent: &Value, org: &str) -> bool {
+    consent
+        .pointer("/provision/actor")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.get("reference").and_then(org_of))
+        .any(|o| o == org)
+}
+
+/// Resolve a relation to its organizations (several only for
+/// `appointment.participants`), or a refusal reason.
+fn resolve_all(
+    cfg: &Config,
+    rel: Relation,
+    trig: Option<&Value>,
+    member: &MemberView,
+) -> Result<Vec<String>, &'static str> {
+    if rel != Relation::AppointmentParticipants {
+        return resolve(cfg, rel, trig, member).map(|o| vec![o]);
+    }
+    let mut out: Vec<String> = Vec::new();
+    for p in trig
+        .and_then(|t| t.get("participant"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(o) = p.get("actor").and_then(org_of) {
+            if cfg.organization(&o).is_some() && !out.contains(&o) && out.len() < MAX_REFS {
+                out.push(o);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err("no-participant-organization");
+    }
+    Ok(out)
 }
 
 /// Resolve a relation to an organization id, or a refusal reason.
@@ -684,6 +770,7 @@ fn resolve(
         Relation::MemberMcp => member.member_mcp.clone().ok_or("no-mcp-for-plan-county"),
         Relation::ReferringOrg => member.referring_org.clone().ok_or("no-referring-org"),
         Relation::CaseCounty => member.case_county.clone().ok_or("no-case-county"),
+        Relation::AppointmentParticipants => Err("no-participant-organization"),
     }
 }
 

@@ -49,6 +49,10 @@ pub enum Relation {
     /// The county organization owning the member's CWS case.
     #[serde(rename = "case_county")]
     CaseCounty,
+    /// Every organization the triggering Appointment names as a
+    /// participant (CFT invitees).
+    #[serde(rename = "appointment.participants")]
+    AppointmentParticipants,
 }
 
 impl Relation {
@@ -60,6 +64,7 @@ impl Relation {
             Relation::MemberMcp => "member_mcp",
             Relation::ReferringOrg => "referring_org",
             Relation::CaseCounty => "case_county",
+            Relation::AppointmentParticipants => "appointment.participants",
         }
     }
 }
@@ -132,6 +137,10 @@ pub enum Package {
     Written,
     /// Encounter, Patient, Conditions of an ADT message.
     AdtNotification,
+    /// The member's stored CarePlans, except those the recipient authored
+    /// (the warm hand-off to a new ECM provider); nothing to send is not a
+    /// refusal.
+    CarePlans,
 }
 
 impl Package {
@@ -141,6 +150,7 @@ impl Package {
             Package::TaskStatus => "task_status",
             Package::Written => "written",
             Package::AdtNotification => "adt_notification",
+            Package::CarePlans => "care_plans",
         }
     }
 }
@@ -155,6 +165,8 @@ pub enum Condition {
     OpenEcmAssignment,
     /// The input says the placement is outside the case county.
     OutOfCounty,
+    /// The triggering Consent names the recipient (`provision.actor`).
+    NamesRecipient,
 }
 
 impl Condition {
@@ -163,6 +175,7 @@ impl Condition {
             Condition::OwnerIsEcm => "owner_is_ecm",
             Condition::OpenEcmAssignment => "open_ecm_assignment",
             Condition::OutOfCounty => "out_of_county",
+            Condition::NamesRecipient => "names_recipient",
         }
     }
 }
@@ -286,6 +299,22 @@ impl RoutingRules {
             {
                 return Err(RulesError::Invalid(format!(
                     "rule {}: service_request.performer needs a ServiceRequest trigger",
+                    r.id
+                )));
+            }
+            if t.require.contains(&Condition::NamesRecipient)
+                && t.resource.as_deref() != Some("Consent")
+            {
+                return Err(RulesError::Invalid(format!(
+                    "rule {}: names_recipient needs a Consent trigger",
+                    r.id
+                )));
+            }
+            if r.recipients.contains(&Relation::AppointmentParticipants)
+                && t.resource.as_deref() != Some("Appointment")
+            {
+                return Err(RulesError::Invalid(format!(
+                    "rule {}: appointment.participants needs an Appointment trigger",
                     r.id
                 )));
             }

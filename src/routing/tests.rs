@@ -433,3 +433,175 @@ fn recipients_without_an_endpoint_are_refused() {
     assert!(p.deliveries.is_empty());
     assert_eq!(p.refusals[0].reason, "recipient-has-no-endpoint");
 }
+
+#[test]
+fn a_cft_meeting_goes_to_every_invited_organization_but_the_county() {
+    let appt = json!({"resourceType": "Appointment", "id": "ap1", "status": "booked",
+        "participant": [
+            {"actor": {"reference": "Patient/p1"}},
+            {"actor": {"reference": "Organization/ecm-compass"}},
+            {"actor": {"reference": "Organization/mcp-a"}},
+            {"actor": {"reference": "Organization/county-fresno"}},
+            {"actor": {"reference": "Organization/not-configured"}}]});
+    let v = view(&[episode(), appt.clone()]);
+    let p = rules().plan(
+        &cfg(),
+        &input("county-fresno", Some("cft.scheduled"), vec![appt.clone()]),
+        &v,
+    );
+    assert_eq!(
+        recipients(&p),
+        vec![
+            ("cft-invitation", "ecm-compass"),
+            ("cft-invitation", "mcp-a")
+        ]
+    );
+    assert_eq!(p.deliveries[0].resources, vec!["Appointment/ap1"]);
+    // Not a CFT event: nothing.
+    assert!(rules()
+        .plan(&cfg(), &input("county-fresno", None, vec![appt]), &v)
+        .deliveries
+        .is_empty());
+}
+
+#[test]
+fn a_new_provider_gets_the_care_plans_of_others_not_its_own() {
+    let cp = |id: &str, author: &str| {
+        json!({"resourceType": "CarePlan", "id": id, "status": "active", "subject": {"reference": "Patient/p1"},
+            "author": {"reference": format!("Organization/{author}")}})
+    };
+    let accepted = task("accepted", Some("ecm-compass"));
+    let v = view(&[
+        episode(),
+        coverage("A"),
+        cp("cp-old", "ecm-bridges"),
+        cp("cp-own", "ecm-compass"),
+        accepted.clone(),
+    ]);
+    let p = rules().plan(&cfg(), &input("mcp-a", None, vec![accepted.clone()]), &v);
+    let handoff: Vec<&Planned> = p
+        .deliveries
+        .iter()
+        .filter(|d| d.rule == "care-plan-handoff")
+        .collect();
+    assert_eq!(handoff.len(), 1);
+    assert_eq!(handoff[0].recipient, "ecm-compass");
+    assert_eq!(handoff[0].resources, vec!["CarePlan/cp-old"]);
+    // Only its own care plan: nothing to hand off, and no refusal either.
+    let v = view(&[
+        episode(),
+        coverage("A"),
+        cp("cp-own", "ecm-compass"),
+        accepted.clone(),
+    ]);
+    let p = rules().plan(&cfg(), &input("mcp-a", None, vec![accepted]), &v);
+    assert!(!p.deliveries.iter().any(|d| d.rule == "care-plan-handoff"));
+    assert!(!p.refusals.iter().any(|r| r.rule == "care-plan-handoff"));
+}
+
+#[test]
+fn a_release_naming_the_assigned_provider_sends_it_the_care_plans() {
+    let cp = json!({"resourceType": "CarePlan", "id": "cp-old", "status": "active",
+        "subject": {"reference": "Patient/p1"}, "author": {"reference": "Organization/ecm-bridges"}});
+    let consent = |to: &str| {
+        json!({"resourceType": "Consent", "id": "c1", "status": "active", "patient": {"reference": "Patient/p1"},
+            "provision": {"actor": [{"reference": {"reference": format!("Organization/{to}")}}]}})
+    };
+    let assigned = task("in-progress", Some("ecm-compass"));
+    let v = view(&[
+        episode(),
+        coverage("A"),
+        cp.clone(),
+        assigned.clone(),
+        consent("ecm-compass"),
+    ]);
+    let p = rules().plan(
+        &cfg(),
+        &input(
+            "county-fresno",
+            Some("consent.recorded"),
+            vec![consent("ecm-compass")],
+        ),
+        &v,
+    );
+    assert_eq!(
+        recipients(&p),
+        vec![("care-plan-handoff-on-release", "ecm-compass")]
+    );
+    // A release naming someone else does not.
+    let v = view(&[
+        episode(),
+        coverage("A"),
+        cp,
+        assigned,
+        consent("county-fresno"),
+    ]);
+    let p = rules().plan(
+        &cfg(),
+        &input(
+            "county-fresno",
+            Some("consent.recorded"),
+            vec![consent("county-fresno")],
+        ),
+        &v,
+    );
+    assert!(p.deliveries.is_empty());
+}
+
+#[test]
+fn a_continuity_task_goes_to_the_new_mcp_on_an_enrollment_change() {
+    let mut t = task("requested", Some("mcp-b"));
+    t["id"] = json!("t-cont");
+    let v = view(&[
+        episode(),
+        coverage("B"),
+        sr("mcp-a"),
+        task("in-progress", Some("ecm-bridges")),
+        t.clone(),
+    ]);
+    let p = rules().plan(
+        &cfg(),
+        &input("county-fresno", Some("enrollment.updated"), vec![t.clone()]),
+        &v,
+    );
+    assert_eq!(recipients(&p), vec![("ecm-continuity-to-new-mcp", "mcp-b")]);
+    assert!(p.deliveries[0]
+        .resources
+        .contains(&"Task/t-cont".to_string()));
+    assert!(p.deliveries[0]
+        .resources
+        .contains(&"ServiceRequest/sr1".to_string()));
+    // The same Task written by anything else is not a continuity hand-over.
+    assert!(rules()
+        .plan(&cfg(), &input("county-fresno", None, vec![t]), &v)
+        .deliveries
+        .is_empty());
+}
+
+#[test]
+fn rules_that_need_a_trigger_type_say_so() {
+    let bad = r#"
+version: 1
+rules:
+  - id: x
+    trigger: { resource: Task }
+    recipients: [appointment.participants]
+    purpose: care_coordination
+    kind: transaction
+    package: written
+"#;
+    assert!(RoutingRules::from_yaml(bad)
+        .unwrap_err()
+        .to_string()
+        .contains("Appointment trigger"));
+    let bad = bad
+        .replace("[appointment.participants]", "[assigned_ecm]")
+        .replace(
+            "{ resource: Task }",
+            "{ resource: Task, require: [names_recipient] }",
+        );
+    assert!(RoutingRules::from_yaml(&bad)
+        .unwrap_err()
+        .to_string()
+        .contains("Consent trigger"));
+}

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use cws_gateway::config::Config;
 use cws_gateway::delivery::mock::MockEndpoint;
 use cws_gateway::scenario::{self, RunLog, Scenario, Target};
+use sha2::{Digest, Sha256};
 
 use crate::common::repo;
 
@@ -15,7 +16,8 @@ async fn run_file(name: &str) {
     let text = std::fs::read_to_string(&path).unwrap();
     let scenario = Scenario::from_yaml(&text, name).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::from_file(&repo().join("config/demo.toml")).unwrap();
+    let config = scenario.config.as_deref().unwrap_or("config/demo.toml");
+    let mut cfg = Config::from_file(&repo().join(config)).unwrap();
     cfg.server.http_addr = "127.0.0.1:0".into();
     cfg.server.mllp_addr = "127.0.0.1:0".into();
     cfg.store.url = format!("sqlite://{}", dir.path().join("gw.db").display());
@@ -35,7 +37,15 @@ async fn run_file(name: &str) {
     cfg.delivery.initial_backoff_ms = 50;
     cfg.delivery.max_backoff_ms = 500;
     cfg.validate().unwrap();
-    let tokens = cws_gateway::demo::demo_tokens(&cfg).unwrap();
+    // A fresh token per configured client, so every organization can act.
+    let mut tokens = HashMap::new();
+    for c in cfg.clients.iter_mut() {
+        if c.token_sha256.is_some() && !tokens.contains_key(&c.organization) {
+            let token = format!("scenario-token-{}", c.id);
+            c.token_sha256 = Some(hex::encode(Sha256::digest(token.as_bytes())));
+            tokens.insert(c.organization.clone(), token);
+        }
+    }
     let gw = cws_gateway::serve::start(cfg).await.unwrap();
     let target = Target {
         http: gw.http_addr,
@@ -79,6 +89,21 @@ async fn case_closure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn existing_case() {
     run_file("existing-case.yaml").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_maintenance() {
+    run_file("family-maintenance.yaml").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_county_placement() {
+    run_file("out-of-county-placement.yaml").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sam_ccs_pof7() {
+    run_file("sam-ccs-pof7.yaml").await;
 }
 
 /// Every scenario file has a test above.

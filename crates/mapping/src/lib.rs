@@ -114,7 +114,7 @@ use serde_json::Value;
 
 /// The Patient a resource belongs to: `Patient.id` for a Patient, else the
 /// id in its `subject`, `patient`, `beneficiary`, `for` (Task) or (first
-/// Patient) `target` reference.
+/// Patient) `target` reference, or (Appointment) a Patient participant.
 pub fn patient_reference(resource: &Value) -> Option<String> {
     let id_of = |r: &Value| {
         r.get("reference")
@@ -136,16 +136,33 @@ pub fn patient_reference(resource: &Value) -> Option<String> {
         }
     }
     match resource.get("target") {
-        Some(Value::Array(a)) => a.iter().find_map(id_of),
-        Some(v) => id_of(v),
-        None => None,
+        Some(Value::Array(a)) => return a.iter().find_map(id_of),
+        Some(v) => return id_of(v),
+        None => {}
     }
+    // An Appointment's patient is a participant (FHIR compartment: actor).
+    resource
+        .get("participant")
+        .and_then(Value::as_array)?
+        .iter()
+        .find_map(|p| p.get("actor").and_then(id_of))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_appointments_patient_is_its_patient_participant() {
+        let a = json!({"resourceType": "Appointment", "participant": [
+            {"actor": {"reference": "Organization/ecm-1"}},
+            {"actor": {"reference": "Patient/p9"}}]});
+        assert_eq!(patient_reference(&a).as_deref(), Some("p9"));
+        let none = json!({"resourceType": "Appointment", "participant": [
+            {"actor": {"reference": "Organization/ecm-1"}}]});
+        assert_eq!(patient_reference(&none), None);
+    }
 
     #[test]
     fn patient_reference_finds_the_patient() {

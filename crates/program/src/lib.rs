@@ -6,6 +6,7 @@
 //! - [`calendar`] and [`deadlines`]: California working days (`mappings/calendar/ca-state-holidays.csv`)
 //!   and the policy timelines as [`deadlines::Clock`]s, counted on America/Los_Angeles local dates
 //!   ([`pacific`]).
+//! - [`continuity`]: ECM auto-authorization when a member changes MCP (90-day look-back).
 //!
 //! **Architecture invariant: this crate imports no IO crate and never panics on input.** Every input
 //! is bounded (document size, list lengths, day counts), errors are typed, and no reason text or error
@@ -13,6 +14,7 @@
 
 pub mod aid_codes;
 pub mod calendar;
+pub mod continuity;
 pub mod deadlines;
 pub mod eligibility;
 pub mod facts;

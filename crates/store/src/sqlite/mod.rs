@@ -326,10 +326,28 @@ fn prepare(items: Vec<NewDelivery>) -> Result<Vec<PreparedDelivery>, StoreError>
 }
 
 /// The SQL and bound values of a (checked) search.
+/// Token params selective enough to drive a search (see `sql::resource_search`).
+const DRIVING_PARAMS: [&str; 2] = ["patient", "identifier"];
+
 fn search_sql(q: &ResourceQuery) -> (String, Vec<SqlValue>) {
     let mut values = vec![SqlValue::Text(q.resource_type.clone())];
+    let driver = q
+        .params
+        .iter()
+        .position(|(p, v)| v.len() == 1 && DRIVING_PARAMS.contains(&p.as_str()));
+    if let Some((param, vals)) = driver.and_then(|i| q.params.get(i)) {
+        values.push(SqlValue::Text(param.clone()));
+        values.extend(vals.iter().map(|v| SqlValue::Text(v.clone())));
+    }
     values.extend(q.ids.iter().map(|id| SqlValue::Text(id.clone())));
-    for (param, vals) in &q.params {
+    let others: Vec<&(String, Vec<String>)> = q
+        .params
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != driver)
+        .map(|(_, p)| p)
+        .collect();
+    for (param, vals) in &others {
         values.push(SqlValue::Text(param.clone()));
         values.extend(vals.iter().map(|v| SqlValue::Text(v.clone())));
     }
@@ -349,8 +367,9 @@ fn search_sql(q: &ResourceQuery) -> (String, Vec<SqlValue>) {
     }
     values.push(SqlValue::Integer(q.limit.min(MAX_SEARCH_PAGE) as i64));
     let shape = sql::SearchShape {
+        driver: driver.is_some(),
         ids: q.ids.len(),
-        values_per_param: q.params.iter().map(|(_, v)| v.len()).collect(),
+        values_per_param: others.iter().map(|(_, v)| v.len()).collect(),
         patient: q.patient_id.is_some(),
         cmps: &cmps,
         after: q.after.is_some(),
@@ -861,6 +880,7 @@ mod tests {
         let next_due = plan(&conn, &sql::outbox_next_due());
         assert!(next_due.contains("outbox_due"), "{next_due}");
         let shape = sql::SearchShape {
+            driver: false,
             ids: 0,
             values_per_param: vec![2],
             patient: false,
@@ -870,6 +890,20 @@ mod tests {
         let search = plan(&conn, &sql::resource_search(&shape));
         assert!(!search.contains("SCAN r"), "{search}");
         assert!(!search.contains("SCAN x"), "{search}");
+        // A patient search starts from that patient's tokens, not from every
+        // resource of the type.
+        let driven = sql::SearchShape {
+            driver: true,
+            ids: 0,
+            values_per_param: vec![1],
+            patient: false,
+            cmps: &[crate::Cmp::Ge],
+            after: true,
+        };
+        let search = plan(&conn, &sql::resource_search(&driven));
+        assert!(search.starts_with("SEARCH d USING PRIMARY KEY"), "{search}");
+        assert!(!search.contains("resources_type_updated_id"), "{search}");
+        assert!(!search.contains("SCAN"), "{search}");
         let clocks = plan(&conn, &sql::clock_list(true, true, false));
         assert!(clocks.contains("clocks_state_due"), "{clocks}");
         let by_subject = plan(&conn, &sql::clock_list(false, false, true));

@@ -344,6 +344,15 @@ pub struct PatientContext {
     pub family_maintenance: bool,
 }
 
+/// The resource types [`PatientContext`] is derived from.
+pub const CONTEXT_TYPES: [&str; 5] = [
+    "Consent",
+    "ServiceRequest",
+    "Task",
+    "Coverage",
+    "EpisodeOfCare",
+];
+
 /// `EpisodeOfCare.type` code of a Family Maintenance case.
 pub const FAMILY_MAINTENANCE: &str = "family_maintenance";
 
@@ -464,7 +473,11 @@ impl PatientContext {
         store: &dyn store::Store,
         patient_id: &str,
     ) -> Result<PatientContext, store::StoreError> {
-        let resources = store.resources_by_patient(patient_id, None).await?;
+        // Only the types the context reads: a youth's compartment grows with
+        // every ADT message (Encounters, Conditions …); these stay small.
+        let resources = store
+            .resources_by_patient_types(patient_id, &CONTEXT_TYPES)
+            .await?;
         Ok(PatientContext::from_resources(cfg, patient_id, &resources))
     }
 

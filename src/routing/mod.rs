@@ -214,10 +214,9 @@ impl MemberView {
     ) -> Result<MemberView, store::StoreError> {
         // Only the types the view reads: a member's compartment grows with
         // every ADT message (Encounters, Conditions …), these stay small.
-        let mut stored = Vec::new();
-        for t in MEMBER_TYPES {
-            stored.extend(store.resources_by_patient(patient_id, Some(t)).await?);
-        }
+        let stored = store
+            .resources_by_patient_types(patient_id, &MEMBER_TYPES)
+            .await?;
         Ok(MemberView::from_resources(
             cfg, patient_id, &stored, writing,
         ))

@@ -859,6 +859,27 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn resources_by_patient_types(
+        &self,
+        patient_id: &str,
+        types: &[&str],
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        store::check_types(types)?;
+        if patient_id.is_empty() || patient_id.len() > store::MAX_PATIENT_ID_LEN || types.is_empty()
+        {
+            return Ok(Vec::new());
+        }
+        let c = self.conn().await?;
+        let cols = rows::RESOURCE_COLUMNS;
+        let sql = format!(
+            "SELECT {cols} FROM resources WHERE patient_id = $1 AND resource_type = ANY($2)
+             ORDER BY resource_type, id"
+        );
+        let types: Vec<String> = types.iter().map(|t| (*t).to_string()).collect();
+        let found = c.rows(&sql, &[&patient_id, &types]).await?;
+        found.iter().map(rows::resource).collect()
+    }
+
     async fn resources_by_patient(
         &self,
         patient_id: &str,

@@ -564,6 +564,33 @@ async fn history_and_patient_compartment(store: &dyn Store) {
         .await
         .expect("none")
         .is_empty());
+    // Several types in one call: the same rows as one call per type, ordered
+    // by (type, id); a type with nothing adds nothing.
+    let some = store
+        .resources_by_patient_types(&p, &["ServiceRequest", "Encounter", "Consent"])
+        .await
+        .expect("by patient and types");
+    let keys: Vec<(String, String)> = some
+        .iter()
+        .map(|r| (r.resource_type.clone(), r.id.clone()))
+        .collect();
+    let mut want: Vec<(String, String)> = vec![
+        ("Encounter".to_string(), enc_a.clone()),
+        ("Encounter".to_string(), enc_b.clone()),
+        ("ServiceRequest".to_string(), sr.clone()),
+    ];
+    want.sort();
+    assert_eq!(keys, want);
+    assert!(store
+        .resources_by_patient_types(&p, &[])
+        .await
+        .expect("no types")
+        .is_empty());
+    let too_many = ["Encounter"; crate::MAX_TYPES_PER_QUERY + 1];
+    assert!(matches!(
+        store.resources_by_patient_types(&p, &too_many).await,
+        Err(StoreError::Invalid(_))
+    ));
     assert!(store
         .resources_by_patient("nobody-here", None)
         .await

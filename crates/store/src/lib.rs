@@ -122,6 +122,19 @@ pub const MAX_RESOURCE_TYPE_LEN: usize = 64;
 pub const MAX_RESOURCE_ID_LEN: usize = 64;
 /// Longest patient id (bytes).
 pub const MAX_PATIENT_ID_LEN: usize = 64;
+/// Most resource types one `resources_by_patient_types` call accepts.
+pub const MAX_TYPES_PER_QUERY: usize = 16;
+
+/// Validate the type list of `resources_by_patient_types`.
+pub fn check_types(types: &[&str]) -> Result<(), StoreError> {
+    if types.len() > MAX_TYPES_PER_QUERY {
+        return Err(StoreError::Invalid(format!(
+            "{} resource types in one query; at most {MAX_TYPES_PER_QUERY}",
+            types.len()
+        )));
+    }
+    Ok(())
+}
 /// Largest serialized resource body accepted by [`Store::complete`] (4 MiB).
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Most resource writes in one [`Store::complete`] call.
@@ -535,6 +548,26 @@ pub trait Store: Send + Sync + 'static {
         patient_id: &str,
         resource_type: Option<&str>,
     ) -> Result<Vec<StoredResource>, StoreError>;
+    /// Current resources in a patient's compartment of any of `types`,
+    /// ordered by (resource_type, id): what a consent or routing decision
+    /// reads, without the compartment's clinical history. At most
+    /// [`MAX_TYPES_PER_QUERY`] types (more → `Invalid`). The default asks
+    /// once per type; backends answer in one query.
+    async fn resources_by_patient_types(
+        &self,
+        patient_id: &str,
+        types: &[&str],
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        check_types(types)?;
+        let mut sorted: Vec<&str> = types.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut out = Vec::new();
+        for t in sorted {
+            out.extend(self.resources_by_patient(patient_id, Some(t)).await?);
+        }
+        Ok(out)
+    }
     /// Number of current resources, optionally of one type.
     async fn resource_count(&self, resource_type: Option<&str>) -> Result<u64, StoreError>;
     /// Queue deliveries (one transaction); ids in order.

@@ -561,6 +561,24 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn resources_by_patient_types(
+        &self,
+        patient_id: &str,
+        types: &[&str],
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        crate::check_types(types)?;
+        if patient_id.is_empty() || patient_id.len() > MAX_PATIENT_ID_LEN || types.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut values = vec![SqlValue::Text(patient_id.to_string())];
+        values.extend(types.iter().map(|t| SqlValue::Text((*t).to_string())));
+        let sql = sql::resources_by_patient_types(types.len());
+        self.read(move |conn| {
+            query_resources(conn, &sql, rusqlite::params_from_iter(values.iter()))
+        })
+        .await
+    }
+
     async fn resource_count(&self, resource_type: Option<&str>) -> Result<u64, StoreError> {
         let t = resource_type.map(str::to_string);
         self.read(move |conn| {
@@ -872,6 +890,8 @@ mod tests {
         assert!(stats.contains("journal_state"), "{stats}");
         let by_patient = plan(&conn, &sql::resources_by_patient().replace("?1", "'p'"));
         assert!(by_patient.contains("resources_patient"), "{by_patient}");
+        let by_types = plan(&conn, &sql::resources_by_patient_types(5));
+        assert!(by_types.contains("resources_patient"), "{by_types}");
         let claim = plan(&conn, &sql::outbox_claim());
         assert!(claim.contains("outbox_due"), "{claim}");
         assert!(claim.contains("outbox_key"), "head-of-line check: {claim}");

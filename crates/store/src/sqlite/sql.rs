@@ -94,6 +94,15 @@ pub(crate) fn resources_by_patient_and_type() -> String {
          WHERE patient_id = ?1 AND resource_type = ?2 ORDER BY id"
     )
 }
+/// Params: patient_id, then `n` resource types.
+pub(crate) fn resources_by_patient_types(n: usize) -> String {
+    let marks: Vec<String> = (0..n).map(|i| format!("?{}", i + 2)).collect();
+    format!(
+        "SELECT {RESOURCE_COLUMNS} FROM resources
+         WHERE patient_id = ?1 AND resource_type IN ({}) ORDER BY resource_type, id",
+        marks.join(", ")
+    )
+}
 pub(crate) const RESOURCE_COUNT_ALL: &str = "SELECT COUNT(*) FROM resources";
 pub(crate) const RESOURCE_COUNT_TYPE: &str =
     "SELECT COUNT(*) FROM resources WHERE resource_type = ?1";

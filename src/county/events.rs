@@ -28,6 +28,7 @@ use store::{
 use super::error::{body_rejection, parse_json, CountyError};
 use super::{collection, deadlines, eligibility, is_internal, orgs, patients, rid, County};
 use crate::api::{authenticate, fhir_json, AppState};
+use crate::auth::ClientCert;
 use crate::config::{Config, OrgKind};
 use crate::disclosure;
 
@@ -475,10 +476,11 @@ pub async fn settle(
 /// The handler.
 pub async fn post_event(
     State(state): State<AppState>,
+    cert: ClientCert,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, CountyError> {
-    let caller = authenticate(&state, &headers, &[OrgKind::County])?;
+    let caller = authenticate(&state, &headers, &cert, &[OrgKind::County])?;
     let bytes = body.map_err(|r| body_rejection(r, state.cfg.server.max_body_bytes))?;
     let doc = parse_json(&bytes)?;
     let county = &state.county;

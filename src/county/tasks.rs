@@ -44,6 +44,7 @@ use super::events::{read_back, settle, strip_meta, to_write, Derived};
 use super::referrals::{now_secs, AUTHORIZING_MCP_EXT};
 use super::{orgs, County};
 use crate::api::{authenticate, fhir_json, AppState};
+use crate::auth::ClientCert;
 use crate::config::OrgKind;
 use crate::disclosure;
 
@@ -231,6 +232,7 @@ pub fn transition(
 /// The handler.
 pub async fn put_task(
     State(state): State<AppState>,
+    cert: ClientCert,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -238,6 +240,7 @@ pub async fn put_task(
     let caller = authenticate(
         &state,
         &headers,
+        &cert,
         &[OrgKind::Mcp, OrgKind::EcmProvider, OrgKind::County],
     )?;
     let bytes = body.map_err(|r| body_rejection(r, state.cfg.server.max_body_bytes))?;

@@ -12,3 +12,4 @@ mod http;
 mod mllp;
 mod postgres;
 mod scenarios;
+mod tls;

@@ -359,32 +359,12 @@ pub fn strip_meta(mut body: Value) -> Value {
     body
 }
 
-/// Search tokens of a resource: `identifier` (`{system}|{value}` and the
-/// bare value), `status`, and `patient` (`Patient/{id}`). The FHIR read API
-/// may add more; these are what county lookups need.
+/// Search tokens of a resource: the FHIR read API's index
+/// ([`crate::fhir::index::tokens`]: `identifier`, `patient`, `status`, and a
+/// Task's `owner`, `requester`, `focus`), so that what the county writers
+/// store is found by every search parameter the API declares.
 pub fn tokens(res: &Value) -> Vec<SearchToken> {
-    let mut out = Vec::new();
-    for i in res
-        .get("identifier")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        if let Some(v) = s(i, "/value") {
-            if let Some(sys) = s(i, "/system") {
-                out.push(SearchToken::new("identifier", format!("{sys}|{v}")));
-            }
-            out.push(SearchToken::new("identifier", v));
-        }
-    }
-    if let Some(st) = s(res, "/status") {
-        out.push(SearchToken::new("status", st));
-    }
-    if let Some(p) = mapping::patient_reference(res) {
-        out.push(SearchToken::new("patient", format!("Patient/{p}")));
-    }
-    out.truncate(store::search::MAX_TOKENS_PER_RESOURCE);
-    out
+    crate::fhir::index::tokens(res)
 }
 
 /// A resource as a store write (patient compartment from its references).

@@ -31,7 +31,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
@@ -320,5 +320,12 @@ pub async fn put_task(
         .into_iter()
         .find(|r| s(r, "/resourceType") == Some("Task"))
         .unwrap_or_default();
-    Ok(fhir_json(StatusCode::OK, &task))
+    let mut resp = fhir_json(StatusCode::OK, &task);
+    // The new version, as reads give it (FHIR update: ETag = W/"versionId").
+    if let Some(v) =
+        s(&task, "/meta/versionId").and_then(|v| HeaderValue::from_str(&format!("W/\"{v}\"")).ok())
+    {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(resp)
 }

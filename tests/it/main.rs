@@ -8,6 +8,7 @@ mod county;
 mod crash;
 mod delivery;
 mod fhir;
+mod fhir_sdk;
 mod http;
 mod mllp;
 mod postgres;

@@ -43,7 +43,7 @@ pub struct AppState {
     pub base_url: Arc<String>,
 }
 
-pub use crate::auth::Caller;
+pub use crate::auth::{Caller, ClientCert};
 
 /// An error at the edge, rendered as an OperationOutcome.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,8 @@ pub enum ApiError {
     Unauthenticated,
     #[error("the bearer token is not known")]
     BadToken,
+    #[error("the bearer token and the client certificate name different clients")]
+    CredentialMismatch,
     #[error("organizations of kind {0} may not use this endpoint")]
     Forbidden(&'static str),
     #[error("the token's scopes do not cover this resource type and access")]
@@ -67,7 +69,9 @@ pub enum ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthenticated | ApiError::BadToken => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthenticated | ApiError::BadToken | ApiError::CredentialMismatch => {
+                StatusCode::UNAUTHORIZED
+            }
             ApiError::Forbidden(_) | ApiError::InsufficientScope => StatusCode::FORBIDDEN,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -77,7 +81,9 @@ impl ApiError {
 
     fn code(&self) -> &'static str {
         match self {
-            ApiError::Unauthenticated | ApiError::BadToken => "login",
+            ApiError::Unauthenticated | ApiError::BadToken | ApiError::CredentialMismatch => {
+                "login"
+            }
             ApiError::Forbidden(_) | ApiError::InsufficientScope => "forbidden",
             ApiError::UnsupportedMediaType(_) => "structure",
             ApiError::Unavailable => "transient",
@@ -113,7 +119,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = operation_outcome("error", self.code(), &self.to_string(), None);
         let mut resp = fhir_json(self.status(), &body);
-        if matches!(self, ApiError::Unauthenticated | ApiError::BadToken) {
+        if matches!(
+            self,
+            ApiError::Unauthenticated | ApiError::BadToken | ApiError::CredentialMismatch
+        ) {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -121,12 +130,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The caller of a request: its bearer token and its connection's client
+/// certificate (see [`crate::auth`]), checked against the allowed kinds.
 pub(crate) fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
+    cert: &ClientCert,
     allowed: &[OrgKind],
 ) -> Result<Caller, ApiError> {
-    state.auth.authenticate(headers, allowed)
+    state.auth.authenticate(headers, cert, allowed)
 }
 
 pub fn router(state: AppState) -> Router {
@@ -185,8 +197,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authenticate(&state, &headers, &[OrgKind::Operator])?;
+async fn metrics(
+    State(state): State<AppState>,
+    cert: ClientCert,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authenticate(&state, &headers, &cert, &[OrgKind::Operator])?;
     let journal = state.store.journal_stats().await.ok();
     let text = state
         .metrics
@@ -221,10 +237,11 @@ const HL7_MEDIA: &str = "x-application/hl7-v2+er7";
 /// separated by a blank line).
 async fn hl7_v2(
     State(state): State<AppState>,
+    cert: ClientCert,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers, &[OrgKind::AdtSource])?;
+    let caller = authenticate(&state, &headers, &cert, &[OrgKind::AdtSource])?;
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

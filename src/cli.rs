@@ -262,6 +262,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cfg.apply_env(&env_map())?;
             let engine = crate::serve::load_engine(&cfg)?;
             crate::routing::Router::from_config(std::sync::Arc::new(cfg.clone()))?;
+            if let Some(tls) = &cfg.server.tls {
+                crate::tls::load(tls)?;
+            }
             print!("{}", describe(&cfg, &engine));
             Ok(ExitCode::SUCCESS)
         }
@@ -376,7 +379,24 @@ pub fn describe(cfg: &Config, engine: &mapping::Engine) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(s, "configuration OK");
-    let _ = writeln!(s, "http   {}", cfg.server.http_addr);
+    match &cfg.server.tls {
+        None => {
+            let _ = writeln!(s, "http   {}", cfg.server.http_addr);
+        }
+        Some(t) => {
+            let clients = match (&t.client_ca_file, t.require_client_cert) {
+                (None, _) => "no client certificates".to_string(),
+                (Some(ca), false) => format!("client certificates optional, CA {}", ca.display()),
+                (Some(ca), true) => format!("client certificates required, CA {}", ca.display()),
+            };
+            let _ = writeln!(
+                s,
+                "https  {} (certificate {}; {clients})",
+                cfg.server.http_addr,
+                t.cert_file.display()
+            );
+        }
+    }
     let _ = writeln!(
         s,
         "mllp   {} (max frame {} bytes, idle {} s, default charset {})",
@@ -424,10 +444,11 @@ pub fn describe(cfg: &Config, engine: &mapping::Engine) -> String {
     }
     let _ = writeln!(s, "\nclients:");
     for c in &cfg.clients {
-        let how = if c.token_sha256.is_some() {
-            "bearer token"
-        } else {
-            "SMART backend services (JWKS)"
+        let how = match (&c.token_sha256, &c.jwks_file, &c.cert_sha256) {
+            (Some(_), _, Some(_)) => "bearer token or client certificate",
+            (Some(_), _, None) => "bearer token",
+            (None, Some(_), _) => "SMART backend services (JWKS)",
+            (None, None, _) => "client certificate",
         };
         let _ = writeln!(s, "  {:<16} as {:<16} {}", c.id, c.organization, how);
     }

@@ -94,6 +94,27 @@ pub struct ServerConfig {
     /// `http://{bound http address}`.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// `[server.tls]`: serve HTTPS on `http_addr` (absent = plain HTTP).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: the HTTP API's TLS listener. The files are read and
+/// checked by `crate::tls::load` (at start and by `check-config`), not here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, end-entity certificate first.
+    pub cert_file: PathBuf,
+    /// PEM private key of that certificate (PKCS#8, RSA or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA certificate(s): client certificates are requested and must
+    /// chain to one of them. Absent = client certificates are not requested.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse the handshake of a client without a (valid) certificate.
+    #[serde(default)]
+    pub require_client_cert: bool,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +126,7 @@ impl Default for ServerConfig {
             max_body_bytes: default_max_body(),
             request_timeout_ms: default_request_timeout_ms(),
             public_url: None,
+            tls: None,
         }
     }
 }
@@ -302,6 +324,26 @@ pub struct Client {
     pub organization: String,
     pub token_sha256: Option<String>,
     pub jwks_file: Option<PathBuf>,
+    /// SHA-256 fingerprint of the client's TLS certificate (DER), 64 hex
+    /// characters, colons allowed: a connection presenting that certificate
+    /// (verified against `server.tls.client_ca_file`) is this client.
+    pub cert_sha256: Option<String>,
+}
+
+impl Client {
+    /// `cert_sha256` as lowercase hex without colons (`None` if absent).
+    pub fn cert_fingerprint(&self) -> Option<String> {
+        self.cert_sha256.as_deref().map(normalize_fingerprint)
+    }
+}
+
+/// A SHA-256 fingerprint as lowercase hex: colons and spaces dropped (as
+/// `openssl x509 -fingerprint -sha256` prints it, or plain hex).
+pub fn normalize_fingerprint(s: &str) -> String {
+    s.chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
 }
 
 fn default_http_addr() -> String {
@@ -439,6 +481,23 @@ impl Config {
                 errs.push(format!(
                     "server.public_url: \"{u}\" must be an http(s) URL without a trailing slash"
                 ));
+            }
+        }
+        if let Some(tls) = &self.server.tls {
+            for (key, path) in [
+                ("server.tls.cert_file", Some(&tls.cert_file)),
+                ("server.tls.key_file", Some(&tls.key_file)),
+                ("server.tls.client_ca_file", tls.client_ca_file.as_ref()),
+            ] {
+                if path.is_some_and(|p| p.as_os_str().is_empty()) {
+                    errs.push(format!("{key}: must not be empty"));
+                }
+            }
+            if tls.require_client_cert && tls.client_ca_file.is_none() {
+                errs.push(
+                    "server.tls.require_client_cert: needs server.tls.client_ca_file (the CA client certificates must chain to)"
+                        .into(),
+                );
             }
         }
         if !(1..=300).contains(&self.auth.token_ttl_secs) {
@@ -601,6 +660,7 @@ impl Config {
         }
         let mut client_ids = HashSet::new();
         let mut hashes = HashSet::new();
+        let mut cert_hashes = HashSet::new();
         for (i, c) in self.clients.iter().enumerate() {
             let at = format!("clients[{i}] ({})", c.id);
             if !client_ids.insert(c.id.as_str()) {
@@ -616,7 +676,10 @@ impl Config {
                 (Some(_), Some(_)) => {
                     errs.push(format!("{at}: use token_sha256 or jwks_file, not both"))
                 }
-                (None, None) => errs.push(format!("{at}: needs token_sha256 or jwks_file")),
+                (None, None) if c.cert_sha256.is_none() => errs.push(format!(
+                    "{at}: needs token_sha256, jwks_file or cert_sha256"
+                )),
+                (None, None) => {}
                 (Some(h), None) => {
                     if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
                         errs.push(format!(
@@ -629,6 +692,33 @@ impl Config {
                     }
                 }
                 (None, Some(_)) => {}
+            }
+            if let Some(fp) = c.cert_fingerprint() {
+                if c.jwks_file.is_some() {
+                    errs.push(format!(
+                        "{at}.cert_sha256: not with jwks_file (a SMART client's scopes come from its access token)"
+                    ));
+                }
+                if fp.len() != 64 || !fp.chars().all(|c| c.is_ascii_hexdigit()) {
+                    errs.push(format!(
+                        "{at}.cert_sha256: must be 64 hex characters, colons allowed (the SHA-256 of the certificate's DER)"
+                    ));
+                } else if !cert_hashes.insert(fp) {
+                    errs.push(format!(
+                        "{at}.cert_sha256: the same certificate is mapped to another client"
+                    ));
+                }
+                if self
+                    .server
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.client_ca_file.as_ref())
+                    .is_none()
+                {
+                    errs.push(format!(
+                        "{at}.cert_sha256: needs [server.tls] with client_ca_file (client certificates are requested only then)"
+                    ));
+                }
             }
         }
         if errs.is_empty() {
@@ -787,6 +877,146 @@ token_sha256 = "abc"
         let err = Config::from_toml(&text, "t.toml").unwrap_err().to_string();
         assert!(err.contains("duplicate organization id"), "{err}");
         assert!(err.contains("already listed by st-mary"), "{err}");
+    }
+
+    #[test]
+    fn tls_table_parses_and_is_optional() {
+        let cfg = Config::from_toml(MINIMAL, "t.toml").unwrap();
+        assert!(cfg.server.tls.is_none());
+        let text = MINIMAL.replace(
+            "[[organizations]]",
+            "[server.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_ca_file = \"ca.pem\"\nrequire_client_cert = true\n\n[[organizations]]",
+        );
+        let cfg = Config::from_toml(&text, "t.toml").unwrap();
+        let tls = cfg.server.tls.unwrap();
+        assert_eq!(tls.cert_file, PathBuf::from("c.pem"));
+        assert_eq!(tls.key_file, PathBuf::from("k.pem"));
+        assert_eq!(tls.client_ca_file, Some(PathBuf::from("ca.pem")));
+        assert!(tls.require_client_cert);
+    }
+
+    #[test]
+    fn tls_table_is_validated() {
+        let with_tls = |tls: &str| {
+            MINIMAL.replace(
+                "[[organizations]]",
+                &format!("[server.tls]\n{tls}\n[[organizations]]"),
+            )
+        };
+        // Unknown key, missing key: one line naming it.
+        let err = Config::from_toml(
+            &with_tls("cert_file = \"c\"\nkey_file = \"k\"\nca_file = \"x\""),
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ca_file") && !err.contains('\n'), "{err}");
+        let err = Config::from_toml(&with_tls("cert_file = \"c\""), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key_file") && !err.contains('\n'), "{err}");
+        // require_client_cert needs a CA; empty paths are refused.
+        let err = Config::from_toml(
+            &with_tls("cert_file = \"\"\nkey_file = \"k\"\nrequire_client_cert = true"),
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("server.tls.cert_file: must not be empty"),
+            "{err}"
+        );
+        assert!(
+            err.contains("server.tls.require_client_cert: needs server.tls.client_ca_file"),
+            "{err}"
+        );
+    }
+
+    const FP: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    fn with_cert_client(tls: bool, client: &str) -> String {
+        let tls = if tls {
+            "[server.tls]\ncert_file = \"c\"\nkey_file = \"k\"\nclient_ca_file = \"ca\"\n\n"
+        } else {
+            ""
+        };
+        format!(
+            "{}\n[[clients]]\nid = \"st-mary-mtls\"\norganization = \"st-mary\"\n{client}\n",
+            MINIMAL.replace("[[organizations]]", &format!("{tls}[[organizations]]"))
+        )
+    }
+
+    #[test]
+    fn cert_sha256_maps_a_client_and_is_validated() {
+        // Alone, in openssl's colon form: accepted and normalized.
+        let colons: String = FP
+            .to_ascii_uppercase()
+            .as_bytes()
+            .chunks(2)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(":");
+        let cfg = Config::from_toml(
+            &with_cert_client(true, &format!("cert_sha256 = \"{colons}\"")),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.clients[1].cert_fingerprint().as_deref(), Some(FP));
+        // With a static token too: fine.
+        Config::from_toml(
+            &with_cert_client(
+                true,
+                &format!(
+                    "cert_sha256 = \"{FP}\"\ntoken_sha256 = \"{}\"",
+                    FP.replace('9', "8")
+                ),
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let err = |client: &str, tls: bool| {
+            Config::from_toml(&with_cert_client(tls, client), "t.toml")
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("cert_sha256 = \"abc\"", true);
+        assert!(
+            e.contains("clients[1] (st-mary-mtls).cert_sha256: must be 64 hex"),
+            "{e}"
+        );
+        let e = err(&format!("cert_sha256 = \"{FP}\""), false);
+        assert!(
+            e.contains("cert_sha256: needs [server.tls] with client_ca_file"),
+            "{e}"
+        );
+        let e = err(
+            &format!("cert_sha256 = \"{FP}\"\njwks_file = \"x.json\""),
+            true,
+        );
+        assert!(e.contains("cert_sha256: not with jwks_file"), "{e}");
+        let e = err("", true);
+        assert!(
+            e.contains("needs token_sha256, jwks_file or cert_sha256"),
+            "{e}"
+        );
+        // The same certificate for two clients.
+        let text = format!(
+            "{}\n[[clients]]\nid = \"again\"\norganization = \"st-mary\"\ncert_sha256 = \"{FP}\"\n",
+            with_cert_client(true, &format!("cert_sha256 = \"{FP}\""))
+        );
+        let e = Config::from_toml(&text, "t.toml").unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "clients[2] (again).cert_sha256: the same certificate is mapped to another client"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn fingerprints_normalize() {
+        assert_eq!(normalize_fingerprint("AB:cd:0F"), "abcd0f");
+        assert_eq!(normalize_fingerprint(" ab cd "), "abcd");
     }
 
     #[test]

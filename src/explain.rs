@@ -21,6 +21,7 @@ use store::{ResourceQuery, Store};
 
 use crate::api::{fhir_json, operation_outcome, ApiError, AppState};
 use crate::audit::{self, AuditEntry, Interaction};
+use crate::auth::ClientCert;
 use crate::config::{Config, OrgKind};
 use crate::disclosure::{self, PatientContext};
 use crate::fhir::index::{identifier_token, IDENTIFIER_VALUE};
@@ -190,10 +191,13 @@ pub async fn explain_cin(
 /// `GET /ops/decisions?patient=CIN|id&recipient=ORG[&purpose=…]` (operators).
 pub async fn decisions(
     State(state): State<AppState>,
+    cert: ClientCert,
     headers: HeaderMap,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let caller = state.auth.authenticate(&headers, &[OrgKind::Operator])?;
+    let caller = state
+        .auth
+        .authenticate(&headers, &cert, &[OrgKind::Operator])?;
     let bad = |p: &str, text: &str| {
         fhir_json(
             StatusCode::BAD_REQUEST,

@@ -25,4 +25,5 @@ pub mod routing;
 pub mod scenario;
 pub mod serve;
 pub mod telemetry;
+pub mod tls;
 pub mod translate;

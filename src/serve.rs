@@ -108,6 +108,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         .context("conformance/CapabilityStatement.json is not JSON")?;
     let metrics = Arc::new(Metrics::default());
 
+    // Read the certificate and keys before binding: a bad file fails start-up
+    // with one line and no port is taken.
+    let tls = match &cfg.server.tls {
+        Some(t) => Some(crate::tls::load(t)?),
+        None => None,
+    };
     let http = bind(&cfg.server.http_addr, "HTTP").await?;
     let mllp = bind(&cfg.server.mllp_addr, "MLLP").await?;
     let http_addr = http.local_addr()?;
@@ -147,11 +153,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(mllp_server.run(mllp, shutdown_rx.clone())));
 
-    let base_url = cfg
-        .server
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{http_addr}"));
+    let base_url = cfg.server.public_url.clone().unwrap_or_else(|| {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{http_addr}")
+    });
     let token_url = format!("{base_url}/auth/token");
     let auth = crate::auth::Auth::new(&cfg, token_url.clone()).map_err(|e| anyhow!("{e}"))?;
     let mut capability = capability;
@@ -170,15 +175,34 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     };
     let app = api::router(state);
     let mut http_shutdown = shutdown_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let server = axum::serve(http, app).with_graceful_shutdown(async move {
-            let _ = http_shutdown.wait_for(|v| *v).await;
-        });
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "HTTP server failed");
+    let stopped = async move {
+        let _ = http_shutdown.wait_for(|v| *v).await;
+    };
+    let scheme = match tls {
+        None => {
+            tasks.push(tokio::spawn(async move {
+                let server = axum::serve(http, app).with_graceful_shutdown(stopped);
+                if let Err(e) = server.await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            }));
+            "http"
         }
-    }));
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(http, tls, metrics.clone())
+                .context("cannot start the TLS listener")?;
+            let app = app.into_make_service_with_connect_info::<crate::tls::TlsPeer>();
+            tasks.push(tokio::spawn(async move {
+                let server = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                if let Err(e) = server.await {
+                    tracing::error!(error = %e, "HTTPS server failed");
+                }
+            }));
+            "https"
+        }
+    };
     tracing::info!(
+        scheme,
         http = %http_addr,
         mllp = %mllp_addr,
         store = store.backend(),

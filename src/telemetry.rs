@@ -138,6 +138,9 @@ pub struct Metrics {
     /// Jobs waiting for the translation worker.
     pub translate_queue_depth: AtomicI64,
     pub http_requests: CounterVec,
+    /// TLS handshakes on the HTTP API, by outcome (`ok`, `no_client_cert`,
+    /// `bad_client_cert`, `protocol`, `io`, `timeout`).
+    pub tls_handshakes: CounterVec,
     /// Open deadline clocks past due, as last counted.
     pub deadlines_overdue: AtomicI64,
     /// Outbox and push delivery.
@@ -155,6 +158,7 @@ impl Default for Metrics {
             translations: CounterVec::default(),
             translate_queue_depth: AtomicI64::new(0),
             http_requests: CounterVec::default(),
+            tls_handshakes: CounterVec::default(),
             deadlines_overdue: AtomicI64::new(0),
             delivery: crate::delivery::metrics::DeliveryMetrics::default(),
         }
@@ -258,6 +262,12 @@ impl Metrics {
             "cwsgw_http_requests_total",
             "HTTP requests, by route and status class.",
             &["route", "status"],
+        );
+        self.tls_handshakes.render(
+            &mut out,
+            "cwsgw_tls_handshakes_total",
+            "TLS handshakes on the HTTP API (server.tls), by outcome.",
+            &["outcome"],
         );
         // Store.
         let _ = writeln!(

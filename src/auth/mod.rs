@@ -13,14 +13,27 @@
 //!   `system/` scopes; the organization is looked up in the configuration at
 //!   every request, so removing a client revokes its tokens at the next start.
 //!
-//! 401 = no token, or a token that is unknown, forged or expired; 403 = a
-//! valid caller whose organization kind may not use the endpoint, or whose
-//! scopes do not cover the resource type and access.
+//! - **Client certificates** (`clients[].cert_sha256`, with `[server.tls]`
+//!   `client_ca_file`): a connection whose certificate chained to the client
+//!   CA and whose SHA-256 fingerprint (of the DER) is configured is that
+//!   client, with no bearer token needed; like a static token it carries no
+//!   scopes. A bearer token sent as well must name the same client (401
+//!   otherwise). A CA-valid certificate that no client lists gives no
+//!   identity: the bearer token decides.
+//!
+//! 401 = no credential, a token that is unknown, forged or expired, or a token
+//! and a certificate naming different clients; 403 = a valid caller whose
+//! organization kind may not use the endpoint, or whose scopes do not cover
+//! the resource type and access.
 
 pub mod smart;
 
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
 
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use sha2::{Digest, Sha256};
 
@@ -143,9 +156,35 @@ impl Caller {
     }
 }
 
+/// The verified client certificate of the request's connection, as the
+/// lowercase hex SHA-256 of its DER (`None`: plain HTTP, or no certificate).
+/// Extracting it never fails.
+#[derive(Debug, Clone, Default)]
+pub struct ClientCert(pub Option<Arc<str>>);
+
+impl ClientCert {
+    /// No certificate (plain HTTP).
+    pub const NONE: ClientCert = ClientCert(None);
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientCert {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientCert(
+            parts
+                .extensions
+                .get::<ConnectInfo<crate::tls::TlsPeer>>()
+                .and_then(|c| c.0.cert_sha256.clone()),
+        ))
+    }
+}
+
 /// The authentication state built at start.
 pub struct Auth {
     static_tokens: HashMap<String, Caller>,
+    /// Client certificate fingerprint (lowercase hex) → caller.
+    cert_clients: HashMap<String, Caller>,
     /// SMART Backend Services (token endpoint and issued-token validation).
     pub smart: smart::Smart,
 }
@@ -156,57 +195,84 @@ impl Auth {
     /// `token_url` is the absolute URL of `POST /auth/token`.
     pub fn new(cfg: &Config, token_url: String) -> Result<Auth, smart::SetupError> {
         let mut static_tokens = HashMap::new();
+        let mut cert_clients = HashMap::new();
         for c in &cfg.clients {
-            let (Some(hash), Some(org)) = (&c.token_sha256, cfg.organization(&c.organization))
-            else {
+            let Some(org) = cfg.organization(&c.organization) else {
                 continue;
             };
-            static_tokens.insert(
-                hash.to_ascii_lowercase(),
-                Caller {
-                    client_id: c.id.clone(),
-                    org_id: org.id.clone(),
-                    kind: org.kind,
-                    scopes: None,
-                },
-            );
+            let caller = Caller {
+                client_id: c.id.clone(),
+                org_id: org.id.clone(),
+                kind: org.kind,
+                scopes: None,
+            };
+            if let Some(fp) = c.cert_fingerprint() {
+                cert_clients.insert(fp, caller.clone());
+            }
+            if let Some(hash) = &c.token_sha256 {
+                static_tokens.insert(hash.to_ascii_lowercase(), caller);
+            }
         }
         Ok(Auth {
             static_tokens,
+            cert_clients,
             smart: smart::Smart::new(cfg, token_url)?,
         })
     }
 
-    /// Resolve the bearer token of a request and check the organization kind.
+    /// Resolve the request's credentials — the bearer token and the
+    /// connection's client certificate — and check the organization kind.
     pub fn authenticate(
         &self,
         headers: &HeaderMap,
+        cert: &ClientCert,
         allowed: &[OrgKind],
     ) -> Result<Caller, ApiError> {
-        let value = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthenticated)?;
-        let token = value
-            .get(..7)
-            .filter(|p| p.eq_ignore_ascii_case("bearer "))
-            .and_then(|_| value.get(7..))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Unauthenticated)?;
-        let digest = hex::encode(Sha256::digest(token.as_bytes()));
-        let caller = match self.static_tokens.get(&digest) {
-            Some(c) => c.clone(),
-            None => self
-                .smart
-                .validate_access_token(token)
-                .ok_or(ApiError::BadToken)?,
+        let by_cert = cert.0.as_deref().and_then(|fp| self.cert_clients.get(fp));
+        let caller = match (bearer_token(headers)?, by_cert) {
+            (None, None) => return Err(ApiError::Unauthenticated),
+            (None, Some(c)) => c.clone(),
+            (Some(token), by_cert) => {
+                let caller = self.resolve_token(token)?;
+                if by_cert.is_some_and(|c| c.client_id != caller.client_id) {
+                    return Err(ApiError::CredentialMismatch);
+                }
+                caller
+            }
         };
         if !allowed.contains(&caller.kind) {
             return Err(ApiError::Forbidden(caller.kind.as_str()));
         }
         Ok(caller)
     }
+
+    fn resolve_token(&self, token: &str) -> Result<Caller, ApiError> {
+        let digest = hex::encode(Sha256::digest(token.as_bytes()));
+        match self.static_tokens.get(&digest) {
+            Some(c) => Ok(c.clone()),
+            None => self
+                .smart
+                .validate_access_token(token)
+                .ok_or(ApiError::BadToken),
+        }
+    }
+}
+
+/// The bearer token of `Authorization`: `None` without the header, 401 for a
+/// header that is not `Bearer <token>`.
+fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| ApiError::Unauthenticated)?;
+    value
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case("bearer "))
+        .and_then(|_| value.get(7..))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(Some)
+        .ok_or(ApiError::Unauthenticated)
 }
 
 #[cfg(test)]
@@ -254,5 +320,84 @@ mod tests {
         assert!(c.may("Patient", Access::Read));
         assert!(!c.may("Task", Access::Read));
         assert!(c.require("Task", Access::Read).is_err());
+    }
+
+    #[test]
+    fn client_certificates_resolve_and_must_agree_with_the_token() {
+        let sha = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
+        let fp = sha("the certificate DER");
+        let text = format!(
+            r#"
+[server.tls]
+cert_file = "c.pem"
+key_file = "k.pem"
+client_ca_file = "ca.pem"
+
+[[organizations]]
+id = "ops"
+kind = "operator"
+name = "Ops"
+
+[[organizations]]
+id = "st-mary"
+kind = "adt_source"
+name = "St Mary"
+sending_facilities = ["STMARY"]
+
+[[clients]]
+id = "ops-cert"
+organization = "ops"
+cert_sha256 = "{fp}"
+
+[[clients]]
+id = "hospital"
+organization = "st-mary"
+token_sha256 = "{hosp}"
+"#,
+            hosp = sha("hospital-token"),
+        );
+        let cfg = Config::from_toml(&text, "t.toml").unwrap();
+        let auth = Auth::new(&cfg, "http://x/auth/token".into()).unwrap();
+        let ops = [OrgKind::Operator];
+        let any = [OrgKind::Operator, OrgKind::AdtSource];
+        let none = HeaderMap::new();
+        let mut hospital = HeaderMap::new();
+        hospital.insert(
+            header::AUTHORIZATION,
+            "Bearer hospital-token".parse().unwrap(),
+        );
+        let mapped = ClientCert(Some(Arc::from(fp.as_str())));
+        let unmapped = ClientCert(Some(Arc::from(sha("another").as_str())));
+
+        let c = auth.authenticate(&none, &mapped, &ops).unwrap();
+        assert_eq!(
+            (c.client_id.as_str(), c.org_id.as_str()),
+            ("ops-cert", "ops")
+        );
+        assert!(c.scopes.is_none());
+        assert!(matches!(
+            auth.authenticate(&hospital, &mapped, &any),
+            Err(ApiError::CredentialMismatch)
+        ));
+        assert!(matches!(
+            auth.authenticate(&none, &unmapped, &ops),
+            Err(ApiError::Unauthenticated)
+        ));
+        assert!(matches!(
+            auth.authenticate(&none, &ClientCert::NONE, &ops),
+            Err(ApiError::Unauthenticated)
+        ));
+        let c = auth.authenticate(&hospital, &unmapped, &any).unwrap();
+        assert_eq!(c.client_id, "hospital");
+        assert!(matches!(
+            auth.authenticate(&none, &mapped, &[OrgKind::AdtSource]),
+            Err(ApiError::Forbidden("operator"))
+        ));
+        let mut bad = HeaderMap::new();
+        bad.insert(header::AUTHORIZATION, "Basic eA==".parse().unwrap());
+        assert!(matches!(
+            auth.authenticate(&bad, &mapped, &ops),
+            Err(ApiError::Unauthenticated)
+        ));
     }
 }

@@ -27,6 +27,7 @@ use store::{ClockRow, Store};
 use super::error::CountyError;
 use super::rid;
 use crate::api::{authenticate, fhir_json, AppState};
+use crate::auth::ClientCert;
 use crate::config::{Config, OrgKind};
 
 /// The holiday calendar: `calendar.holidays_file` (CSV `date,name`) when
@@ -160,10 +161,11 @@ pub struct DeadlineQuery {
 /// `GET /ops/deadlines[?overdue=true][&all=true]` (operator): open clocks by due time.
 pub async fn get_deadlines(
     State(state): State<AppState>,
+    cert: ClientCert,
     headers: HeaderMap,
     Query(q): Query<DeadlineQuery>,
 ) -> Result<Response, CountyError> {
-    authenticate(&state, &headers, &[OrgKind::Operator])?;
+    authenticate(&state, &headers, &cert, &[OrgKind::Operator])?;
     let now = Utc::now();
     let items = list(
         state.store.as_ref(),

@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 use super::error::CountyError;
 use super::rid;
 use crate::api::{authenticate, fhir_json, AppState};
+use crate::auth::ClientCert;
 use crate::config::OrgKind;
 
 pub const FACTS_EXT: &str = "/StructureDefinition/ecm-facts";
@@ -174,12 +175,14 @@ pub fn evaluation_of(obs: &Value) -> Option<Value> {
 /// the stored facts evaluated as of today, plus the stored result.
 pub async fn get_eligibility(
     State(state): State<AppState>,
+    cert: ClientCert,
     headers: HeaderMap,
     Path(patient_id): Path<String>,
 ) -> Result<Response, CountyError> {
     authenticate(
         &state,
         &headers,
+        &cert,
         &[
             OrgKind::County,
             OrgKind::Mcp,

@@ -31,6 +31,7 @@ use super::{
     County,
 };
 use crate::api::{authenticate, fhir_json, AppState};
+use crate::auth::ClientCert;
 use crate::config::{Config, OrgKind};
 use crate::disclosure;
 
@@ -410,9 +411,10 @@ pub fn strip_meta(mut body: Value) -> Value {
     body
 }
 
-/// Search tokens of a resource: the FHIR API's index
-/// (`crate::fhir::index::tokens`), so what a county input writes is found by
-/// every declared search parameter — `Task?owner=` polling included.
+/// Search tokens of a resource: the FHIR read API's index
+/// ([`crate::fhir::index::tokens`]: `identifier`, `patient`, `status`, and a
+/// Task's `owner`, `requester`, `focus`), so that what the county writers
+/// store is found by every search parameter the API declares.
 pub fn tokens(res: &Value) -> Vec<SearchToken> {
     crate::fhir::index::tokens(res)
 }
@@ -506,10 +508,11 @@ pub async fn settle(
 /// The handler.
 pub async fn post_event(
     State(state): State<AppState>,
+    cert: ClientCert,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, CountyError> {
-    let caller = authenticate(&state, &headers, &[OrgKind::County])?;
+    let caller = authenticate(&state, &headers, &cert, &[OrgKind::County])?;
     let bytes = body.map_err(|r| body_rejection(r, state.cfg.server.max_body_bytes))?;
     let doc = parse_json(&bytes)?;
     let county = &state.county;

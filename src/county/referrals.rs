@@ -47,6 +47,7 @@ use super::error::{body_rejection, parse_json, CountyError};
 use super::events::{grantor_role, read_back, settle, to_write, Derived};
 use super::{collection, eligibility, is_internal, orgs, patients, rid, County};
 use crate::api::{authenticate, fhir_json, AppState};
+use crate::auth::ClientCert;
 use crate::config::{Config, OrgKind};
 use crate::disclosure;
 
@@ -635,12 +636,14 @@ pub async fn recover_one(
 /// The handler.
 pub async fn post_referral(
     State(state): State<AppState>,
+    cert: ClientCert,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, CountyError> {
     let caller = authenticate(
         &state,
         &headers,
+        &cert,
         &[OrgKind::County, OrgKind::EcmProvider, OrgKind::Mcp],
     )?;
     let bytes = body.map_err(|r| body_rejection(r, state.cfg.server.max_body_bytes))?;

@@ -31,7 +31,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
@@ -44,6 +44,7 @@ use super::events::{read_back, settle, strip_meta, to_write, Derived};
 use super::referrals::{now_secs, AUTHORIZING_MCP_EXT};
 use super::{orgs, County};
 use crate::api::{authenticate, fhir_json, AppState};
+use crate::auth::ClientCert;
 use crate::config::OrgKind;
 use crate::disclosure;
 
@@ -231,6 +232,7 @@ pub fn transition(
 /// The handler.
 pub async fn put_task(
     State(state): State<AppState>,
+    cert: ClientCert,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
@@ -238,6 +240,7 @@ pub async fn put_task(
     let caller = authenticate(
         &state,
         &headers,
+        &cert,
         &[OrgKind::Mcp, OrgKind::EcmProvider, OrgKind::County],
     )?;
     let bytes = body.map_err(|r| body_rejection(r, state.cfg.server.max_body_bytes))?;
@@ -317,5 +320,12 @@ pub async fn put_task(
         .into_iter()
         .find(|r| s(r, "/resourceType") == Some("Task"))
         .unwrap_or_default();
-    Ok(fhir_json(StatusCode::OK, &task))
+    let mut resp = fhir_json(StatusCode::OK, &task);
+    // The new version, as reads give it (FHIR update: ETag = W/"versionId").
+    if let Some(v) =
+        s(&task, "/meta/versionId").and_then(|v| HeaderValue::from_str(&format!("W/\"{v}\"")).ok())
+    {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(resp)
 }

@@ -43,7 +43,7 @@ use store::StoredResource;
 
 use crate::api::{fhir_json, operation_outcome, ApiError, AppState};
 use crate::audit::{self, AuditEntry, Interaction};
-use crate::auth::{Access, Caller};
+use crate::auth::{Access, Caller, ClientCert};
 use crate::config::OrgKind;
 use crate::disclosure::{apply_obligations, PatientContext};
 
@@ -74,6 +74,7 @@ pub fn routes() -> Router<AppState> {
 /// `county::tasks`); any other type answers 405.
 async fn update(
     state: State<AppState>,
+    cert: ClientCert,
     headers: HeaderMap,
     Path((rtype, id)): Path<(String, String)>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
@@ -89,7 +90,7 @@ async fn update(
             ),
         );
     }
-    match crate::county::tasks::put_task(state, headers, Path(id), body).await {
+    match crate::county::tasks::put_task(state, cert, headers, Path(id), body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -364,10 +365,11 @@ fn with_version_headers(mut resp: Response, r: &StoredResource) -> Response {
 
 async fn read(
     State(state): State<AppState>,
+    cert: ClientCert,
     Path((rtype, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = state.auth.authenticate(&headers, READ_KINDS)?;
+    let caller = state.auth.authenticate(&headers, &cert, READ_KINDS)?;
     if !accepts_json(&headers) {
         return Ok(not_acceptable());
     }
@@ -474,11 +476,12 @@ async fn fill_page(gate: &mut Gate<'_>, s: &params::Search) -> Result<Page, ApiE
 
 async fn search(
     State(state): State<AppState>,
+    cert: ClientCert,
     Path(rtype): Path<String>,
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = state.auth.authenticate(&headers, READ_KINDS)?;
+    let caller = state.auth.authenticate(&headers, &cert, READ_KINDS)?;
     if !accepts_json(&headers) {
         return Ok(not_acceptable());
     }

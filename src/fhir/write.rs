@@ -34,6 +34,7 @@ use store::{Completion, InputKind, NewInput, ResourceWrite};
 use super::{Gate, Verdict};
 use crate::api::{fhir_json, operation_outcome, ApiError, AppState};
 use crate::audit::{self, AuditEntry, Interaction};
+use crate::auth::ClientCert;
 use crate::auth::{Access, Caller};
 use crate::config::OrgKind;
 use crate::disclosure::{self, ref_id};
@@ -185,11 +186,12 @@ async fn visible_patient(
 /// `POST /fhir/{CarePlan|Consent}`.
 pub async fn create(
     State(state): State<AppState>,
+    cert: ClientCert,
     Path(rtype): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = state.auth.authenticate(&headers, WRITE_KINDS)?;
+    let caller = state.auth.authenticate(&headers, &cert, WRITE_KINDS)?;
     if !CREATE_TYPES.contains(&rtype.as_str()) {
         return Ok(fhir_json(
             StatusCode::METHOD_NOT_ALLOWED,

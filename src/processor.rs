@@ -184,6 +184,30 @@ impl Translator {
                 location: e.location.clone(),
             })
     }
+
+    /// One ADT message → what the worker needs from its translation: the
+    /// resource writes (with search tokens) for `Store::complete_with` and
+    /// the routing input.
+    pub fn prepare(
+        &self,
+        raw: &[u8],
+        source_org: &str,
+        received_at: &DateTime<Utc>,
+    ) -> Result<Prepared, JobOutcome> {
+        let bundle = self.translate_adt(raw, source_org, received_at)?;
+        let writes = bundle_writes(&bundle);
+        let route = crate::routing::RouteInput::from_adt_bundle(&bundle, source_org);
+        Ok(Prepared { writes, route })
+    }
+}
+
+/// A translated message, ready for routing and the store.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The Bundle's resources as store writes, in Bundle order.
+    pub writes: Vec<ResourceWrite>,
+    /// The routing input (event, written resources, event time).
+    pub route: crate::routing::RouteInput,
 }
 
 /// The subject of the 24-hour "ADT data to the assigned ECM provider" clock
@@ -352,7 +376,7 @@ async fn process_batch(
         batch
             .into_iter()
             .map(|job| {
-                let r = t.translate_adt(&job.raw, &job.source_org, &job.received_at);
+                let r = t.prepare(&job.raw, &job.source_org, &job.received_at);
                 (job, r)
             })
             .collect::<Vec<_>>()
@@ -372,14 +396,9 @@ async fn process_batch(
         let translator = translator.clone();
         async move {
             let prepared = match result {
-                Ok(bundle) => {
-                    let writes = bundle_writes(&bundle);
+                Ok(Prepared { writes, route: input }) => {
                     match &translator.router {
                         Some(router) => {
-                            let input = crate::routing::RouteInput::from_adt_bundle(
-                                &bundle,
-                                &job.source_org,
-                            );
                             match router
                                 .deliveries(store.as_ref(), &input, chrono::Utc::now(), None)
                                 .await

@@ -17,7 +17,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use cws_gateway::config::Config;
-use cws_gateway::processor::{self, Translator};
+use cws_gateway::processor::Translator;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -69,7 +69,7 @@ fn main() {
                 .map(|b| usize::from(b.is_object()))
                 .unwrap_or(0),
             _ => match translator.prepare(raw, "st-mary", &received) {
-                Ok(p) => black_box(p).writes.len(),
+                Ok(p) => black_box(p).into_writes().len(),
                 Err(_) => 0,
             },
         };
@@ -79,5 +79,4 @@ fn main() {
         "{{\"mode\":\"{mode}\",\"n\":{n},\"checksum\":{total},\"msgs_per_sec\":{}}}",
         (n as f64 / secs).round() as u64
     );
-    let _ = processor::bundle_writes;
 }

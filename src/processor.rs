@@ -157,6 +157,24 @@ impl Translator {
         source_org: &str,
         received_at: &DateTime<Utc>,
     ) -> Result<serde_json::Value, JobOutcome> {
+        self.with_adt(raw, source_org, received_at, |engine, msg, ctx| {
+            engine.translate_adt(msg, ctx)
+        })
+    }
+
+    /// Parse `raw` and run `f` with the engine, the message and its mapping
+    /// context; a mapping error becomes a failed job.
+    fn with_adt<R>(
+        &self,
+        raw: &[u8],
+        source_org: &str,
+        received_at: &DateTime<Utc>,
+        f: impl FnOnce(
+            &mapping::Engine,
+            &hl7v2::Message,
+            &mapping::AdtContext,
+        ) -> Result<R, mapping::TranslateError>,
+    ) -> Result<R, JobOutcome> {
         let parsed = hl7v2::parse(raw, &self.parse_opts);
         let Some(msg) = parsed.message else {
             return Err(JobOutcome::Failed {
@@ -177,37 +195,108 @@ impl Translator {
             received_at: &received,
             sensitivity: &self.sensitivity,
         };
-        self.engine
-            .translate_adt(&msg, &ctx)
-            .map_err(|e| JobOutcome::Failed {
-                code: e.code.to_string(),
-                location: e.location.clone(),
-            })
+        f(&self.engine, &msg, &ctx).map_err(|e| JobOutcome::Failed {
+            code: e.code.to_string(),
+            location: e.location.clone(),
+        })
     }
 
     /// One ADT message → what the worker needs from its translation: the
-    /// resource writes (with search tokens) for `Store::complete_with` and
-    /// the routing input.
+    /// resources (for routing, then for `Store::complete_with`) with their
+    /// type, id, patient and search tokens.
+    ///
+    /// The mapping engine writes the Bundle as JSON (its fast path) and says
+    /// where each resource is; each resource is parsed once into the
+    /// `Value` that routing reads and the store takes, and never copied.
+    /// Same resources as parsing the Bundle (`translate_adt`) and taking
+    /// its entries.
     pub fn prepare(
         &self,
         raw: &[u8],
         source_org: &str,
         received_at: &DateTime<Utc>,
     ) -> Result<Prepared, JobOutcome> {
-        let bundle = self.translate_adt(raw, source_org, received_at)?;
-        let writes = bundle_writes(&bundle);
-        let route = crate::routing::RouteInput::from_adt_bundle(&bundle, source_org);
-        Ok(Prepared { writes, route })
+        let mut buf = Vec::with_capacity(8 * 1024);
+        let spans = self.with_adt(raw, source_org, received_at, |engine, msg, ctx| {
+            engine.translate_adt_resources(msg, ctx, &mut buf)
+        })?;
+        let internal = || JobOutcome::Failed {
+            code: "internal".into(),
+            location: None,
+        };
+        // One UTF-8 check of the whole output instead of one per string.
+        let text = std::str::from_utf8(&buf).map_err(|_| internal())?;
+        let mut written = Vec::with_capacity(spans.len());
+        for span in spans {
+            let v = text
+                .get(span)
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+                .ok_or_else(internal)?;
+            written.push(v);
+        }
+        let heads = written.iter().map(WriteHead::of).collect();
+        let route = crate::routing::RouteInput::from_adt_resources(written, source_org);
+        Ok(Prepared { route, heads })
+    }
+}
+
+/// What a store write needs besides the body.
+#[derive(Debug)]
+struct WriteHead {
+    resource_type: String,
+    id: String,
+    patient_id: Option<String>,
+    index: Vec<store::SearchToken>,
+}
+
+impl WriteHead {
+    /// `None` for a resource without `resourceType` or `id` (not written).
+    fn of(res: &serde_json::Value) -> Option<WriteHead> {
+        let (Some(rt), Some(id)) = (
+            res.get("resourceType").and_then(|v| v.as_str()),
+            res.get("id").and_then(|v| v.as_str()),
+        ) else {
+            return None;
+        };
+        Some(WriteHead {
+            resource_type: rt.to_string(),
+            id: id.to_string(),
+            patient_id: mapping::patient_reference(res),
+            index: crate::fhir::index::tokens(res),
+        })
+    }
+
+    fn write(self, body: serde_json::Value) -> ResourceWrite {
+        ResourceWrite {
+            resource_type: self.resource_type,
+            id: self.id,
+            patient_id: self.patient_id,
+            index: self.index,
+            body,
+        }
     }
 }
 
 /// A translated message, ready for routing and the store.
 #[derive(Debug)]
 pub struct Prepared {
-    /// The Bundle's resources as store writes, in Bundle order.
-    pub writes: Vec<ResourceWrite>,
-    /// The routing input (event, written resources, event time).
+    /// The routing input; `route.written` holds the Bundle's resources, in
+    /// Bundle order.
     pub route: crate::routing::RouteInput,
+    /// Per resource of `route.written`.
+    heads: Vec<Option<WriteHead>>,
+}
+
+impl Prepared {
+    /// The store writes (what [`bundle_writes`] makes of the Bundle),
+    /// taking the bodies from the routing input.
+    pub fn into_writes(self) -> Vec<ResourceWrite> {
+        self.heads
+            .into_iter()
+            .zip(self.route.written)
+            .filter_map(|(h, body)| h.map(|h| h.write(body)))
+            .collect()
+    }
 }
 
 /// The subject of the 24-hour "ADT data to the assigned ECM provider" clock
@@ -260,29 +349,14 @@ fn adt_clocks(
 /// [`crate::fhir::index::tokens`]: the FHIR search API finds resources only
 /// through those tokens.
 pub fn bundle_writes(bundle: &serde_json::Value) -> Vec<ResourceWrite> {
-    let mut out = Vec::new();
     let Some(entries) = bundle.get("entry").and_then(|e| e.as_array()) else {
-        return out;
+        return Vec::new();
     };
-    for e in entries {
-        let Some(res) = e.get("resource") else {
-            continue;
-        };
-        let (Some(rt), Some(id)) = (
-            res.get("resourceType").and_then(|v| v.as_str()),
-            res.get("id").and_then(|v| v.as_str()),
-        ) else {
-            continue;
-        };
-        out.push(ResourceWrite {
-            resource_type: rt.to_string(),
-            id: id.to_string(),
-            patient_id: mapping::patient_reference(res),
-            index: crate::fhir::index::tokens(res),
-            body: res.clone(),
-        });
-    }
-    out
+    entries
+        .iter()
+        .filter_map(|e| e.get("resource"))
+        .filter_map(|res| Some(WriteHead::of(res)?.write(res.clone())))
+        .collect()
 }
 
 const BATCH: usize = 256;
@@ -396,16 +470,16 @@ async fn process_batch(
         let translator = translator.clone();
         async move {
             let prepared = match result {
-                Ok(Prepared { writes, route: input }) => {
+                Ok(prepared) => {
                     match &translator.router {
                         Some(router) => {
                             match router
-                                .deliveries(store.as_ref(), &input, chrono::Utc::now(), None)
+                                .deliveries(store.as_ref(), &prepared.route, chrono::Utc::now(), None)
                                 .await
                             {
                                 Ok(d) => {
                                     let clocks = adt_clocks(&translator.cfg, &d, job.received_at, job.id);
-                                    Ok((writes, d, clocks))
+                                    Ok((prepared.into_writes(), d, clocks))
                                 }
                                 Err(e) => {
                                     tracing::error!(journal_id = job.id, error = %e, "routing failed; record stays pending");
@@ -413,7 +487,7 @@ async fn process_batch(
                                 }
                             }
                         }
-                        None => Ok((writes, Vec::new(), Vec::new())),
+                        None => Ok((prepared.into_writes(), Vec::new(), Vec::new())),
                     }
                 }
                 Err(outcome) => Err(outcome),

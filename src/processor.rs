@@ -364,9 +364,9 @@ pub fn bundle_writes(bundle: &serde_json::Value) -> Vec<ResourceWrite> {
 
 /// Records read per chunk when intake is quiet / while appends are waiting.
 const CHUNK: usize = 256;
-const CHUNK_BUSY: usize = 32;
+const CHUNK_BUSY: usize = 16;
 /// Completions handed to the store's writer at a time while appends are waiting.
-const COMPLETE_GROUP_BUSY: usize = 8;
+const COMPLETE_GROUP_BUSY: usize = 2;
 /// Routing decisions (store reads) running at once.
 const ROUTE_CONCURRENCY: usize = 8;
 /// How long the worker waits for a hint before rescanning the journal.

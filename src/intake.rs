@@ -276,7 +276,10 @@ impl AdtIntake {
                 "via": match via { Via::Mllp => "mllp", Via::Http { .. } => "http" },
             }),
         };
-        let outcome = match self.store.append(input).await {
+        let appending = self.processor.intake();
+        let appended = self.store.append(input).await;
+        drop(appending);
+        let outcome = match appended {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(error = %e, "journal append failed; NAK so the sender retries");
@@ -312,13 +315,7 @@ impl AdtIntake {
         let job_result = match outcome {
             AppendOutcome::Inserted(id) => {
                 tracing::debug!(journal_id = id, r#type = label, "journaled");
-                let (job, rx) = Job::new(
-                    id,
-                    source.id.clone(),
-                    received_at,
-                    bytes.to_vec(),
-                    app_wanted,
-                );
+                let (job, rx) = Job::new(id, app_wanted);
                 self.processor.submit(job);
                 rx
             }

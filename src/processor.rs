@@ -1,23 +1,34 @@
 //! The translation worker: journal records → FHIR resources in the store.
 //!
-//! Translation is derived from the journal, never from the network: intake
-//! hands the worker a job *after* the journal commit (a hint that saves a read),
-//! and the worker also scans the journal for pending records at start-up and
-//! whenever it is idle, so a crash or a full queue loses nothing — the record
-//! is simply translated later. `Store::complete` is idempotent (a processed
-//! record is not completed twice), so a record seen both ways is harmless.
+//! Translation is derived from the journal, never from the network: the
+//! worker reads pending ADT records from the store in bounded chunks, in
+//! journal order, and intake only wakes it (after the journal commit) with a
+//! small hint — the raw message is not kept in memory between intake and
+//! translation, so a backlog costs nothing but rows in the journal. A crash,
+//! a full hint queue or a record that could not be completed (it stays
+//! pending) loses nothing: the worker starts with a scan of the whole
+//! journal and rescans it whenever it is idle. `Store::complete` is
+//! idempotent (a processed record is not completed twice), so a record seen
+//! twice is harmless.
 //!
-//! Order: jobs are translated in batches and completed in journal order within
-//! a batch (the store's single writer applies them in the order sent), so an A01
+//! Order: records are translated in chunks and completed in journal order
+//! (the store's single writer applies them in the order sent), so an A01
 //! followed by an A03 for the same visit ends as the A03 says.
+//!
+//! Intake first: while appends are waiting for the journal (counted by
+//! [`ProcessorHandle::intake`]), the worker reads small chunks and hands the
+//! writer a few completions at a time, so an append never queues behind a
+//! long completion transaction; when intake is quiet it works in large
+//! chunks. Routing reads run with bounded concurrency.
 
-use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::future::join_all;
+use futures_util::StreamExt as _;
 use store::{JournalId, JournalRecord, ResourceWrite, Store};
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,62 +47,47 @@ pub enum JobOutcome {
     },
 }
 
+/// A hint for the worker: record `id` was journaled (and, for an
+/// enhanced-mode application ACK, where to send its outcome).
 pub struct Job {
     id: JournalId,
-    source_org: String,
-    received_at: DateTime<Utc>,
-    raw: Vec<u8>,
     reply: Option<oneshot::Sender<JobOutcome>>,
 }
 
 impl Job {
-    /// A job for a freshly journaled record; with `want_reply`, the receiver
-    /// yields its outcome.
-    pub fn new(
-        id: JournalId,
-        source_org: String,
-        received_at: DateTime<Utc>,
-        raw: Vec<u8>,
-        want_reply: bool,
-    ) -> (Job, Option<oneshot::Receiver<JobOutcome>>) {
+    /// A hint for a freshly journaled record; with `want_reply`, the
+    /// receiver yields its outcome.
+    pub fn new(id: JournalId, want_reply: bool) -> (Job, Option<oneshot::Receiver<JobOutcome>>) {
         let (reply, rx) = if want_reply {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
         } else {
             (None, None)
         };
-        (
-            Job {
-                id,
-                source_org,
-                received_at,
-                raw,
-                reply,
-            },
-            rx,
-        )
-    }
-
-    fn from_record(r: JournalRecord) -> Job {
-        Job {
-            id: r.id,
-            source_org: r.source_org,
-            received_at: r.received_at,
-            raw: r.raw,
-            reply: None,
-        }
+        (Job { id, reply }, rx)
     }
 }
 
-/// Hands jobs to the worker without ever blocking intake.
+/// Hands hints to the worker without ever blocking intake.
 #[derive(Clone)]
 pub struct ProcessorHandle {
     tx: mpsc::Sender<Job>,
     metrics: Arc<Metrics>,
+    appending: Arc<AtomicUsize>,
+}
+
+/// Counts one append in flight while it lives (see [`ProcessorHandle::intake`]).
+pub struct IntakeGuard(Arc<AtomicUsize>);
+
+impl Drop for IntakeGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl ProcessorHandle {
-    /// A full queue drops the hint, not the message: the journal scan finds it.
+    /// A full queue drops the hint, not the message: the worker reads the
+    /// journal, not the hints (a reply that cannot be queued is `Deferred`).
     pub fn submit(&self, job: Job) {
         match self.tx.try_send(job) {
             Ok(()) => {
@@ -106,6 +102,13 @@ impl ProcessorHandle {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+
+    /// Intake is about to append to the journal: hold the guard until the
+    /// append returned. While any is held the worker works in small steps.
+    pub fn intake(&self) -> IntakeGuard {
+        self.appending.fetch_add(1, Ordering::Relaxed);
+        IntakeGuard(self.appending.clone())
     }
 }
 
@@ -157,6 +160,24 @@ impl Translator {
         source_org: &str,
         received_at: &DateTime<Utc>,
     ) -> Result<serde_json::Value, JobOutcome> {
+        self.with_adt(raw, source_org, received_at, |engine, msg, ctx| {
+            engine.translate_adt(msg, ctx)
+        })
+    }
+
+    /// Parse `raw` and run `f` with the engine, the message and its mapping
+    /// context; a mapping error becomes a failed job.
+    fn with_adt<R>(
+        &self,
+        raw: &[u8],
+        source_org: &str,
+        received_at: &DateTime<Utc>,
+        f: impl FnOnce(
+            &mapping::Engine,
+            &hl7v2::Message,
+            &mapping::AdtContext,
+        ) -> Result<R, mapping::TranslateError>,
+    ) -> Result<R, JobOutcome> {
         let parsed = hl7v2::parse(raw, &self.parse_opts);
         let Some(msg) = parsed.message else {
             return Err(JobOutcome::Failed {
@@ -177,12 +198,107 @@ impl Translator {
             received_at: &received,
             sensitivity: &self.sensitivity,
         };
-        self.engine
-            .translate_adt(&msg, &ctx)
-            .map_err(|e| JobOutcome::Failed {
-                code: e.code.to_string(),
-                location: e.location.clone(),
-            })
+        f(&self.engine, &msg, &ctx).map_err(|e| JobOutcome::Failed {
+            code: e.code.to_string(),
+            location: e.location.clone(),
+        })
+    }
+
+    /// One ADT message → what the worker needs from its translation: the
+    /// resources (for routing, then for `Store::complete_with`) with their
+    /// type, id, patient and search tokens.
+    ///
+    /// The mapping engine writes the Bundle as JSON (its fast path) and says
+    /// where each resource is; each resource is parsed once into the
+    /// `Value` that routing reads and the store takes, and never copied.
+    /// Same resources as parsing the Bundle (`translate_adt`) and taking
+    /// its entries.
+    pub fn prepare(
+        &self,
+        raw: &[u8],
+        source_org: &str,
+        received_at: &DateTime<Utc>,
+    ) -> Result<Prepared, JobOutcome> {
+        let mut buf = Vec::with_capacity(8 * 1024);
+        let spans = self.with_adt(raw, source_org, received_at, |engine, msg, ctx| {
+            engine.translate_adt_resources(msg, ctx, &mut buf)
+        })?;
+        let internal = || JobOutcome::Failed {
+            code: "internal".into(),
+            location: None,
+        };
+        // One UTF-8 check of the whole output instead of one per string.
+        let text = std::str::from_utf8(&buf).map_err(|_| internal())?;
+        let mut written = Vec::with_capacity(spans.len());
+        for span in spans {
+            let v = text
+                .get(span)
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+                .ok_or_else(internal)?;
+            written.push(v);
+        }
+        let heads = written.iter().map(WriteHead::of).collect();
+        let route = crate::routing::RouteInput::from_adt_resources(written, source_org);
+        Ok(Prepared { route, heads })
+    }
+}
+
+/// What a store write needs besides the body.
+#[derive(Debug)]
+struct WriteHead {
+    resource_type: String,
+    id: String,
+    patient_id: Option<String>,
+    index: Vec<store::SearchToken>,
+}
+
+impl WriteHead {
+    /// `None` for a resource without `resourceType` or `id` (not written).
+    fn of(res: &serde_json::Value) -> Option<WriteHead> {
+        let (Some(rt), Some(id)) = (
+            res.get("resourceType").and_then(|v| v.as_str()),
+            res.get("id").and_then(|v| v.as_str()),
+        ) else {
+            return None;
+        };
+        Some(WriteHead {
+            resource_type: rt.to_string(),
+            id: id.to_string(),
+            patient_id: mapping::patient_reference(res),
+            index: crate::fhir::index::tokens(res),
+        })
+    }
+
+    fn write(self, body: serde_json::Value) -> ResourceWrite {
+        ResourceWrite {
+            resource_type: self.resource_type,
+            id: self.id,
+            patient_id: self.patient_id,
+            index: self.index,
+            body,
+        }
+    }
+}
+
+/// A translated message, ready for routing and the store.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The routing input; `route.written` holds the Bundle's resources, in
+    /// Bundle order.
+    pub route: crate::routing::RouteInput,
+    /// Per resource of `route.written`.
+    heads: Vec<Option<WriteHead>>,
+}
+
+impl Prepared {
+    /// The store writes (what [`bundle_writes`] makes of the Bundle),
+    /// taking the bodies from the routing input.
+    pub fn into_writes(self) -> Vec<ResourceWrite> {
+        self.heads
+            .into_iter()
+            .zip(self.route.written)
+            .filter_map(|(h, body)| h.map(|h| h.write(body)))
+            .collect()
     }
 }
 
@@ -236,221 +352,343 @@ fn adt_clocks(
 /// [`crate::fhir::index::tokens`]: the FHIR search API finds resources only
 /// through those tokens.
 pub fn bundle_writes(bundle: &serde_json::Value) -> Vec<ResourceWrite> {
-    let mut out = Vec::new();
     let Some(entries) = bundle.get("entry").and_then(|e| e.as_array()) else {
-        return out;
+        return Vec::new();
     };
-    for e in entries {
-        let Some(res) = e.get("resource") else {
-            continue;
-        };
-        let (Some(rt), Some(id)) = (
-            res.get("resourceType").and_then(|v| v.as_str()),
-            res.get("id").and_then(|v| v.as_str()),
-        ) else {
-            continue;
-        };
-        out.push(ResourceWrite {
-            resource_type: rt.to_string(),
-            id: id.to_string(),
-            patient_id: mapping::patient_reference(res),
-            index: crate::fhir::index::tokens(res),
-            body: res.clone(),
-        });
-    }
-    out
+    entries
+        .iter()
+        .filter_map(|e| e.get("resource"))
+        .filter_map(|res| Some(WriteHead::of(res)?.write(res.clone())))
+        .collect()
 }
 
-const BATCH: usize = 256;
+/// Records read per chunk when intake is quiet / while appends are waiting.
+const CHUNK: usize = 256;
+const CHUNK_BUSY: usize = 16;
+/// Completions handed to the store's writer at a time while appends are waiting.
+const COMPLETE_GROUP_BUSY: usize = 2;
+/// Routing decisions (store reads) running at once.
+const ROUTE_CONCURRENCY: usize = 8;
+/// How long the worker waits for a hint before rescanning the journal.
 const IDLE_SCAN: Duration = Duration::from_millis(500);
+/// Hints queued (small: id and reply channel; the raw message stays in the journal).
+const HINT_QUEUE: usize = 16_384;
+/// Outcomes remembered for replies whose hint arrives after the record was done.
+const RECENT_OUTCOMES: usize = 1024;
 
-/// Start the worker; it stops when every handle is dropped and the queue is empty.
+/// Start the worker; it stops when every handle is dropped and the journal
+/// has no pending ADT record it has not tried.
 pub fn spawn(
     translator: Arc<Translator>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
 ) -> (ProcessorHandle, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(16_384);
+    let (tx, rx) = mpsc::channel(HINT_QUEUE);
+    let appending = Arc::new(AtomicUsize::new(0));
     let handle = ProcessorHandle {
         tx,
         metrics: metrics.clone(),
+        appending: appending.clone(),
     };
-    let task = tokio::spawn(run(translator, store, metrics, rx));
+    let worker = Worker {
+        translator,
+        store,
+        metrics,
+        appending,
+    };
+    let task = tokio::spawn(worker.run(rx));
     (handle, task)
 }
 
-async fn run(
+struct Worker {
     translator: Arc<Translator>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    mut rx: mpsc::Receiver<Job>,
-) {
-    // Catch up on whatever a previous run journaled but did not translate.
-    scan_backlog(&translator, &store, &metrics).await;
-    loop {
-        let first = tokio::select! {
-            job = rx.recv() => job,
-            _ = tokio::time::sleep(IDLE_SCAN) => {
-                scan_backlog(&translator, &store, &metrics).await;
+    appending: Arc<AtomicUsize>,
+}
+
+/// Enhanced-mode senders waiting for a record's outcome.
+#[derive(Default)]
+struct Waiters {
+    waiting: HashMap<JournalId, oneshot::Sender<JobOutcome>>,
+    /// The latest outcomes, for a hint that arrives after its record was done.
+    recent: VecDeque<(JournalId, JobOutcome)>,
+    /// Highest journal id read so far: a hint at or below it was handled
+    /// (or skipped) before the hint arrived.
+    seen: JournalId,
+}
+
+impl Waiters {
+    fn add(&mut self, job: Job, store: &Arc<dyn Store>) {
+        let Some(reply) = job.reply else { return };
+        if job.id > self.seen {
+            self.waiting.insert(job.id, reply);
+            return;
+        }
+        if let Some((_, o)) = self.recent.iter().find(|(id, _)| *id == job.id) {
+            let _ = reply.send(o.clone());
+            return;
+        }
+        // Done long ago (or left pending): ask the journal.
+        let store = store.clone();
+        tokio::spawn(async move {
+            let outcome = match store.journal_get(job.id).await {
+                Ok(Some(r)) => match r.state {
+                    store::JournalState::Processed => JobOutcome::Translated,
+                    store::JournalState::Failed => JobOutcome::Failed {
+                        code: r.error.unwrap_or_default(),
+                        location: None,
+                    },
+                    _ => JobOutcome::Deferred,
+                },
+                _ => JobOutcome::Deferred,
+            };
+            let _ = reply.send(outcome);
+        });
+    }
+
+    fn done(&mut self, id: JournalId, outcome: JobOutcome) {
+        if let Some(reply) = self.waiting.remove(&id) {
+            let _ = reply.send(outcome.clone());
+        }
+        if self.recent.len() >= RECENT_OUTCOMES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((id, outcome));
+    }
+
+    /// Waiters whose record was read but not translated (not ADT, or no
+    /// longer pending): answer `Deferred`, never leave them hanging.
+    fn settle(&mut self) {
+        let seen = self.seen;
+        self.waiting.retain(|id, _| *id > seen);
+    }
+}
+
+impl Worker {
+    async fn run(self, mut rx: mpsc::Receiver<Job>) {
+        let mut waiters = Waiters::default();
+        // Journal position of this pass; 0 = from the start (catches up on
+        // whatever a previous run journaled but did not translate).
+        let mut cursor: JournalId = 0;
+        let mut open = true;
+        loop {
+            while let Ok(job) = rx.try_recv() {
+                waiters.add(job, &self.store);
+            }
+            let busy = self.appending.load(Ordering::Relaxed) > 0;
+            let limit = if busy { CHUNK_BUSY } else { CHUNK };
+            let records = match self.store.journal_pending(cursor, limit).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the journal; retrying");
+                    if !open {
+                        break;
+                    }
+                    tokio::time::sleep(IDLE_SCAN).await;
+                    continue;
+                }
+            };
+            let full = records.len() >= limit;
+            if let Some(last) = records.last() {
+                cursor = last.id;
+                waiters.seen = waiters.seen.max(last.id);
+            }
+            let jobs: Vec<JournalRecord> = records
+                .into_iter()
+                .filter(|r| r.kind == store::InputKind::Adt)
+                .collect();
+            if !jobs.is_empty() {
+                let n = jobs.len() as i64;
+                for (id, outcome) in self.process(jobs).await {
+                    waiters.done(id, outcome);
+                }
+                let _ = self.metrics.translate_queue_depth.fetch_update(
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                    |d| Some((d - n).max(0)),
+                );
+            }
+            waiters.settle();
+            if full {
                 continue;
             }
-        };
-        let Some(first) = first else { break };
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
+            // Caught up with the journal.
+            if !open {
+                break;
+            }
+            tokio::select! {
+                job = rx.recv() => match job {
+                    Some(job) => waiters.add(job, &self.store),
+                    None => open = false,
+                },
+                _ = tokio::time::sleep(IDLE_SCAN) => {
+                    // Idle: rescan from the start for records left pending.
+                    cursor = 0;
+                }
             }
         }
-        metrics
-            .translate_queue_depth
-            .fetch_sub(batch.len() as i64, Ordering::Relaxed);
-        batch.sort_by_key(|j| j.id);
-        process_batch(&translator, &store, &metrics, batch).await;
+        tracing::debug!("translation worker stopped");
     }
-    tracing::debug!("translation worker stopped");
-}
 
-/// Translate every pending journal record (ADT), oldest first.
-pub async fn scan_backlog(
-    translator: &Arc<Translator>,
-    store: &Arc<dyn Store>,
-    metrics: &Arc<Metrics>,
-) {
-    let mut seen: HashSet<JournalId> = HashSet::new();
-    loop {
-        let records = match store.journal_pending(0, BATCH).await {
-            Ok(r) => r,
+    fn busy(&self) -> bool {
+        self.appending.load(Ordering::Relaxed) > 0
+    }
+
+    /// Translate, route and complete `batch` (ADT records in journal order);
+    /// the outcome of each.
+    async fn process(&self, batch: Vec<JournalRecord>) -> Vec<(JournalId, JobOutcome)> {
+        let (translator, store, metrics) = (&self.translator, &self.store, &self.metrics);
+        let ids: Vec<JournalId> = batch.iter().map(|r| r.id).collect();
+        // CPU work off the async workers; the raw bytes are dropped here.
+        let t = translator.clone();
+        let translated = tokio::task::spawn_blocking(move || {
+            batch
+                .into_iter()
+                .map(|r| {
+                    let p = t.prepare(&r.raw, &r.source_org, &r.received_at);
+                    (Done::of(r), p)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let translated = match translated {
+            Ok(t) => t,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the journal backlog");
-                return;
+                tracing::error!(error = %e, "translation task failed; records stay pending");
+                return ids
+                    .into_iter()
+                    .map(|id| (id, JobOutcome::Deferred))
+                    .collect();
             }
         };
-        let jobs: Vec<Job> = records
-            .into_iter()
-            .filter(|r| r.kind == store::InputKind::Adt && seen.insert(r.id))
-            .map(Job::from_record)
-            .collect();
-        if jobs.is_empty() {
-            return;
-        }
-        tracing::info!(records = jobs.len(), "translating journal backlog");
-        process_batch(translator, store, metrics, jobs).await;
-    }
-}
-
-async fn process_batch(
-    translator: &Arc<Translator>,
-    store: &Arc<dyn Store>,
-    metrics: &Arc<Metrics>,
-    batch: Vec<Job>,
-) {
-    // CPU work off the async workers.
-    let t = translator.clone();
-    let translated = tokio::task::spawn_blocking(move || {
-        batch
-            .into_iter()
-            .map(|job| {
-                let r = t.translate_adt(&job.raw, &job.source_org, &job.received_at);
-                (job, r)
-            })
-            .collect::<Vec<_>>()
-    })
-    .await;
-    let translated = match translated {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(error = %e, "translation task failed; records stay pending");
-            return;
-        }
-    };
-    // Phase 1: routing decisions (store reads, any order; results keep the
-    // batch order).
-    let routed = join_all(translated.into_iter().map(|(job, result)| {
-        let store = store.clone();
-        let translator = translator.clone();
-        async move {
-            let prepared = match result {
-                Ok(bundle) => {
-                    let writes = bundle_writes(&bundle);
-                    match &translator.router {
-                        Some(router) => {
-                            let input = crate::routing::RouteInput::from_adt_bundle(
-                                &bundle,
-                                &job.source_org,
-                            );
-                            match router
-                                .deliveries(store.as_ref(), &input, chrono::Utc::now(), None)
-                                .await
-                            {
-                                Ok(d) => {
-                                    let clocks = adt_clocks(&translator.cfg, &d, job.received_at, job.id);
-                                    Ok((writes, d, clocks))
+        // Phase 1: routing decisions (store reads, a few at a time; results
+        // keep the batch order).
+        let routed: Vec<(Done, Result<Ready, JobOutcome>)> =
+            futures_util::stream::iter(translated.into_iter().map(|(job, result)| async move {
+                let prepared = match result {
+                    Ok(prepared) => self.route(&job, prepared).await,
+                    Err(outcome) => Err(outcome),
+                };
+                (job, prepared)
+            }))
+            .buffered(ROUTE_CONCURRENCY)
+            .collect()
+            .await;
+        // Phase 2: the commits, issued in journal order. Nothing is awaited
+        // in a future before its store request is sent, and join_all polls
+        // each future for the first time in order, so the store's single
+        // writer applies them in journal order (an A01 then an A03 of one
+        // visit ends as the A03 says). While appends are waiting, a few at a
+        // time: an append then queues behind at most a short transaction.
+        let mut outcomes = Vec::with_capacity(routed.len());
+        let mut rest = routed.into_iter().peekable();
+        while rest.peek().is_some() {
+            let group = if self.busy() {
+                COMPLETE_GROUP_BUSY
+            } else {
+                usize::MAX
+            };
+            let futs = rest.by_ref().take(group).map(|(job, prepared)| {
+                let store = store.clone();
+                let metrics = metrics.clone();
+                let translator = translator.clone();
+                async move {
+                    let outcome = match prepared {
+                        Ok(ready) => {
+                            let queued = !ready.deliveries.is_empty();
+                            let completion = store::Completion {
+                                writes: ready.writes,
+                                deliveries: ready.deliveries,
+                                clocks: ready.clocks,
+                                ..store::Completion::default()
+                            };
+                            match store.complete_with(job.id, completion).await {
+                                Ok(_) => {
+                                    if queued {
+                                        if let Some(w) = &translator.waker {
+                                            w.wake();
+                                        }
+                                    }
+                                    metrics.translations.inc(&["ok"]);
+                                    JobOutcome::Translated
                                 }
                                 Err(e) => {
-                                    tracing::error!(journal_id = job.id, error = %e, "routing failed; record stays pending");
-                                    Err(JobOutcome::Deferred)
+                                    tracing::error!(journal_id = job.id, error = %e, "storing translation failed; record stays pending");
+                                    JobOutcome::Deferred
                                 }
                             }
                         }
-                        None => Ok((writes, Vec::new(), Vec::new())),
-                    }
-                }
-                Err(outcome) => Err(outcome),
-            };
-            (job, prepared)
-        }
-    }))
-    .await;
-    // Phase 2: the commits, issued in journal order. Nothing is awaited in a
-    // future before its store request is sent, and join_all polls each future
-    // for the first time in order, so the store's single writer applies them
-    // in journal order (an A01 then an A03 of one visit ends as the A03 says).
-    let futs = routed.into_iter().map(|(job, prepared)| {
-        let store = store.clone();
-        let metrics = metrics.clone();
-        let translator = translator.clone();
-        async move {
-            let outcome = match prepared {
-                Ok((writes, deliveries, clocks)) => {
-                    let queued = !deliveries.is_empty();
-                    let completion = store::Completion {
-                        writes,
-                        deliveries,
-                        clocks,
-                        ..store::Completion::default()
+                        Err(JobOutcome::Failed { code, location }) => {
+                            tracing::warn!(journal_id = job.id, code = %code, "translation failed");
+                            metrics.translations.inc(&["failed"]);
+                            if let Err(e) = store.fail(job.id, &code).await {
+                                tracing::error!(journal_id = job.id, error = %e, "marking failure failed");
+                            }
+                            JobOutcome::Failed { code, location }
+                        }
+                        Err(other) => other,
                     };
-                    match store.complete_with(job.id, completion).await {
-                        Ok(_) => {
-                            if queued {
-                                if let Some(w) = &translator.waker {
-                                    w.wake();
-                                }
-                            }
-                            metrics.translations.inc(&["ok"]);
-                            JobOutcome::Translated
-                        }
-                        Err(e) => {
-                            tracing::error!(journal_id = job.id, error = %e, "storing translation failed; record stays pending");
-                            JobOutcome::Deferred
-                        }
-                    }
+                    (job.id, outcome)
                 }
-                Err(JobOutcome::Failed { code, location }) => {
-                    tracing::warn!(journal_id = job.id, code = %code, "translation failed");
-                    metrics.translations.inc(&["failed"]);
-                    if let Err(e) = store.fail(job.id, &code).await {
-                        tracing::error!(journal_id = job.id, error = %e, "marking failure failed");
-                    }
-                    JobOutcome::Failed { code, location }
-                }
-                Err(other) => other,
-            };
-            if let Some(reply) = job.reply {
-                let _ = reply.send(outcome);
+            });
+            outcomes.extend(join_all(futs).await);
+        }
+        outcomes
+    }
+
+    /// The routing decisions and deadline clocks of one translated record.
+    async fn route(&self, job: &Done, prepared: Prepared) -> Result<Ready, JobOutcome> {
+        let Some(router) = &self.translator.router else {
+            return Ok(Ready {
+                writes: prepared.into_writes(),
+                deliveries: Vec::new(),
+                clocks: Vec::new(),
+            });
+        };
+        match router
+            .deliveries(
+                self.store.as_ref(),
+                &prepared.route,
+                chrono::Utc::now(),
+                None,
+            )
+            .await
+        {
+            Ok(deliveries) => {
+                let clocks = adt_clocks(&self.translator.cfg, &deliveries, job.received_at, job.id);
+                Ok(Ready {
+                    writes: prepared.into_writes(),
+                    deliveries,
+                    clocks,
+                })
+            }
+            Err(e) => {
+                tracing::error!(journal_id = job.id, error = %e, "routing failed; record stays pending");
+                Err(JobOutcome::Deferred)
             }
         }
-    });
-    join_all(futs).await;
+    }
+}
+
+/// A record once translated (its raw bytes dropped).
+struct Done {
+    id: JournalId,
+    received_at: DateTime<Utc>,
+}
+
+impl Done {
+    fn of(r: JournalRecord) -> Done {
+        Done {
+            id: r.id,
+            received_at: r.received_at,
+        }
+    }
+}
+
+/// What one record's completion commits.
+struct Ready {
+    writes: Vec<ResourceWrite>,
+    deliveries: Vec<store::NewDelivery>,
+    clocks: Vec<store::ClockRow>,
 }

@@ -239,7 +239,7 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP cwsgw_translate_queue_depth Journal records waiting for translation in memory."
+            "# HELP cwsgw_translate_queue_depth Journaled ADT records intake announced that are not translated yet (the backlog itself stays in the journal)."
         );
         let _ = writeln!(out, "# TYPE cwsgw_translate_queue_depth gauge");
         let _ = writeln!(

@@ -279,6 +279,12 @@ impl RouteInput {
                     .collect()
             })
             .unwrap_or_default();
+        RouteInput::from_adt_resources(written, source_org)
+    }
+
+    /// [`RouteInput::from_adt_bundle`] from the Bundle's resources, in
+    /// Bundle order (taken, not copied).
+    pub fn from_adt_resources(written: Vec<Value>, source_org: &str) -> RouteInput {
         let event = written
             .iter()
             .find(|r| str_of(r, "resourceType") == Some("MessageHeader"))

@@ -655,20 +655,39 @@ async fn adt_admit_for_an_assigned_member_notifies_ecm_and_mcp_within_a_second()
             >= n as u64
     );
     // Each notification to the ECM provider opened a 24-hour clock, met on
-    // delivery (the MCP's copies open none).
-    let clocks = env
-        .store()
-        .clock_list(false, None, None, 1000)
-        .await
-        .unwrap();
+    // delivery (the MCP's copies open none). The worker closes the clock
+    // after the endpoint's response, so the last one may still be closing
+    // when the mock has the notification: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let clocks = loop {
+        let clocks = env
+            .store()
+            .clock_list(false, None, None, 1000)
+            .await
+            .unwrap();
+        let all_met = clocks
+            .iter()
+            .filter(|c| c.kind == "adt-to-ecm-provider")
+            .all(|c| c.state == "met");
+        if all_met || Instant::now() >= deadline {
+            break clocks;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     let adt: Vec<_> = clocks
         .iter()
         .filter(|c| c.kind == "adt-to-ecm-provider")
         .collect();
     assert_eq!(adt.len(), n, "{clocks:?}");
-    assert!(adt
-        .iter()
-        .all(|c| c.state == "met" && c.subject.contains("@ecm-compass#")));
+    assert!(
+        adt.iter()
+            .all(|c| c.state == "met" && c.subject.contains("@ecm-compass#")),
+        "not met: {:?}",
+        adt.iter()
+            .filter(|c| c.state != "met")
+            .map(|c| (&c.subject, &c.state))
+            .collect::<Vec<_>>()
+    );
     assert!(adt
         .iter()
         .all(|c| c.due_at - c.started_at == chrono::Duration::hours(24)));

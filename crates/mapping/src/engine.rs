@@ -302,6 +302,31 @@ impl Engine {
         ctx: &AdtContext,
         out: &mut Vec<u8>,
     ) -> Result<(), TranslateError> {
+        self.translate_adt_spans(msg, ctx, out, None)
+    }
+
+    /// [`Engine::translate_adt_into`] that also returns where each entry's
+    /// `resource` is in `out` (byte ranges, in Bundle order): a caller that
+    /// needs the resources one by one parses just those slices, without the
+    /// Bundle around them.
+    pub fn translate_adt_resources(
+        &self,
+        msg: &hl7v2::Message,
+        ctx: &AdtContext,
+        out: &mut Vec<u8>,
+    ) -> Result<Vec<std::ops::Range<usize>>, TranslateError> {
+        let mut spans = Vec::with_capacity(16);
+        self.translate_adt_spans(msg, ctx, out, Some(&mut spans))?;
+        Ok(spans)
+    }
+
+    fn translate_adt_spans(
+        &self,
+        msg: &hl7v2::Message,
+        ctx: &AdtContext,
+        out: &mut Vec<u8>,
+        spans: Option<&mut Vec<std::ops::Range<usize>>>,
+    ) -> Result<(), TranslateError> {
         let src = Hl7Source::new(msg);
         let root = src.root();
         let msg_type = src.get(
@@ -343,7 +368,7 @@ impl Engine {
             source_org_name: ctx.source_org_name,
             received_at: ctx.received_at,
         };
-        self.run(mapping, &src, run, Some(ctx.sensitivity), out)
+        self.run(mapping, &src, run, Some(ctx.sensitivity), out, spans)
     }
 
     /// Translate a JSON document with the `json` mapping `mapping_id`.
@@ -370,7 +395,7 @@ impl Engine {
             received_at: ctx.received_at,
         };
         let mut buf = Vec::with_capacity(4 * 1024);
-        self.run(mapping, &src, run, None, &mut buf)?;
+        self.run(mapping, &src, run, None, &mut buf, None)?;
         to_value(&buf)
     }
 
@@ -381,6 +406,7 @@ impl Engine {
         ctx: RunCtx<'v>,
         sens: Option<&Sensitivity>,
         out: &mut Vec<u8>,
+        mut spans: Option<&mut Vec<std::ops::Range<usize>>>,
     ) -> Result<(), TranslateError> {
         let root = src.root();
         let default_tz = m
@@ -515,13 +541,20 @@ impl Engine {
                 out.extend_from_slice(b"\",\"request\":{\"method\":\"PUT\",\"url\":\"");
                 out.extend_from_slice(inst.url.as_bytes());
                 out.extend_from_slice(b"\"},\"resource\":");
+                let body_start = out.len();
                 if !ev.emit(&def.body, inst.cur, out) {
                     out.truncate(start);
+                    if let Some(s) = spans.as_deref_mut() {
+                        s.clear();
+                    }
                     return Err(TranslateError {
                         code: "internal",
                         location: None,
                         text: "empty resource body".into(),
                     });
+                }
+                if let Some(s) = spans.as_deref_mut() {
+                    s.push(body_start..out.len());
                 }
                 out.push(b'}');
             }

@@ -23,8 +23,10 @@
 //! escaped, object keys pre-sorted at load so the bytes equal
 //! `serde_json::to_vec` of the same `Value`). An element that turns out empty
 //! is rolled back by truncating the buffer. [`Engine::translate_adt_into`] is
-//! that fast path; [`Engine::translate_adt`] parses its bytes into a
-//! `serde_json::Value`.
+//! that fast path; [`Engine::translate_adt_resources`] is the same and also
+//! returns each resource's byte range (the gateway's worker parses only
+//! those, one `Value` per resource); [`Engine::translate_adt`] parses its
+//! bytes into a `serde_json::Value`.
 //!
 //! # Performance
 //!

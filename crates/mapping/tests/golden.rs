@@ -275,6 +275,34 @@ fn the_streamed_bytes_equal_the_serialized_value() {
     }
 }
 
+#[test]
+fn resource_spans_are_the_bundle_entries() {
+    for p in golden_inputs() {
+        let bytes = std::fs::read(&p).unwrap();
+        let Some(msg) = hl7v2::parse(&bytes, &hl7v2::ParseOptions::default()).message else {
+            continue;
+        };
+        let mut out = b"prefix".to_vec();
+        match engine().translate_adt_resources(&msg, &ctx(), &mut out) {
+            Ok(spans) => {
+                let v = engine().translate_adt(&msg, &ctx()).unwrap();
+                assert_eq!(out[6..], serde_json::to_vec(&v).unwrap()[..]);
+                let entries = v["entry"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+                assert_eq!(spans.len(), entries.len(), "{}", p.display());
+                for (span, e) in spans.iter().zip(entries) {
+                    assert_eq!(
+                        out[span.clone()],
+                        serde_json::to_vec(&e["resource"]).unwrap()[..],
+                        "{}",
+                        p.display()
+                    );
+                }
+            }
+            Err(_) => assert_eq!(out, b"prefix", "{}", p.display()),
+        }
+    }
+}
+
 fn assert_no_empties(path: &str, v: &Value) {
     match v {
         Value::String(s) => assert!(!s.trim().is_empty(), "empty string at {path}"),

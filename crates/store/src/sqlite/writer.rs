@@ -147,7 +147,9 @@ pub(crate) struct WriterState {
 impl WriterState {
     /// Read the highest stamp in use.
     pub(crate) fn load(conn: &Connection) -> Result<Self, StoreError> {
-        let last_stamp = conn.query_row(sql::RESOURCE_MAX_UPDATED, [], |r| r.get(0))?;
+        let last_stamp = conn
+            .prepare_cached(sql::RESOURCE_MAX_UPDATED)?
+            .query_row([], |r| r.get(0))?;
         Ok(WriterState { last_stamp })
     }
 
@@ -377,7 +379,7 @@ fn changed(n: rusqlite::Result<usize>) -> Result<bool, StoreError> {
 fn append(conn: &Connection, input: &NewInput, meta: &str) -> Result<AppendOutcome, StoreError> {
     let kind = input.kind.as_str();
     let inserted: Option<i64> = conn
-        .prepare(sql::JOURNAL_INSERT)?
+        .prepare_cached(sql::JOURNAL_INSERT)?
         .query_row(
             params![
                 kind,
@@ -393,11 +395,9 @@ fn append(conn: &Connection, input: &NewInput, meta: &str) -> Result<AppendOutco
     if let Some(id) = inserted {
         return Ok(AppendOutcome::Inserted(id));
     }
-    let existing: i64 = conn.query_row(
-        sql::JOURNAL_ID_BY_KEY,
-        params![kind, input.dedup_key],
-        |r| r.get(0),
-    )?;
+    let existing: i64 = conn
+        .prepare_cached(sql::JOURNAL_ID_BY_KEY)?
+        .query_row(params![kind, input.dedup_key], |r| r.get(0))?;
     Ok(AppendOutcome::Duplicate(existing))
 }
 
@@ -423,7 +423,7 @@ fn complete(
         for w in &c.writes {
             resources.extend(current(conn, &w.resource_type, &w.id)?);
         }
-        let mut stmt = conn.prepare(sql::OUTBOX_IDS_BY_JOURNAL)?;
+        let mut stmt = conn.prepare_cached(sql::OUTBOX_IDS_BY_JOURNAL)?;
         let deliveries = stmt
             .query_map([id], |r| r.get(0))?
             .collect::<Result<Vec<OutboxId>, _>>()?;
@@ -437,10 +437,8 @@ fn complete(
     let deliveries = enqueue(conn, c.deliveries, Some(id))?;
     audit_append(conn, c.audits)?;
     clock_upsert(conn, &c.clocks)?;
-    conn.execute(
-        sql::JOURNAL_MARK_PROCESSED,
-        params![id, to_micros(now_micros())],
-    )?;
+    conn.prepare_cached(sql::JOURNAL_MARK_PROCESSED)?
+        .execute(params![id, to_micros(now_micros())])?;
     Ok(CompletionResult {
         resources,
         deliveries,
@@ -453,14 +451,11 @@ fn current(
     resource_type: &str,
     id: &str,
 ) -> Result<Option<StoredResource>, StoreError> {
-    conn.query_row(
-        &sql::resource_get(),
-        params![resource_type, id],
-        rows::resource_row,
-    )
-    .optional()?
-    .map(rows::stored_resource)
-    .transpose()
+    conn.prepare_cached(&sql::resource_get())?
+        .query_row(params![resource_type, id], rows::resource_row)
+        .optional()?
+        .map(rows::stored_resource)
+        .transpose()
 }
 
 fn upsert_all(
@@ -485,10 +480,13 @@ fn upsert(
         let now = state.stamp()?;
         let body = with_version_meta(w.content, 1, now);
         let text = body_text(&body)?;
-        conn.execute(
-            sql::RESOURCE_INSERT,
-            params![w.resource_type, w.id, to_micros(now), w.patient_id, text],
-        )?;
+        conn.prepare_cached(sql::RESOURCE_INSERT)?.execute(params![
+            w.resource_type,
+            w.id,
+            to_micros(now),
+            w.patient_id,
+            text
+        ])?;
         return Ok(StoredResource {
             resource_type: w.resource_type,
             id: w.id,
@@ -509,18 +507,16 @@ fn upsert(
     let at = state.stamp()?.max(current.last_updated);
     let body = with_version_meta(w.content, version, at);
     let text = body_text(&body)?;
-    conn.execute(sql::RESOURCE_TO_HISTORY, params![w.resource_type, w.id])?;
-    conn.execute(
-        sql::RESOURCE_UPDATE,
-        params![
-            w.resource_type,
-            w.id,
-            version,
-            to_micros(at),
-            w.patient_id,
-            text
-        ],
-    )?;
+    conn.prepare_cached(sql::RESOURCE_TO_HISTORY)?
+        .execute(params![w.resource_type, w.id])?;
+    conn.prepare_cached(sql::RESOURCE_UPDATE)?.execute(params![
+        w.resource_type,
+        w.id,
+        version,
+        to_micros(at),
+        w.patient_id,
+        text
+    ])?;
     Ok(StoredResource {
         resource_type: w.resource_type,
         id: w.id,
@@ -533,8 +529,9 @@ fn upsert(
 
 /// The index always holds the tokens of the latest write of the resource.
 fn replace_index(conn: &Connection, w: &PreparedWrite) -> Result<(), StoreError> {
-    conn.execute(sql::INDEX_DELETE, params![w.resource_type, w.id])?;
-    let mut stmt = conn.prepare(sql::INDEX_INSERT)?;
+    conn.prepare_cached(sql::INDEX_DELETE)?
+        .execute(params![w.resource_type, w.id])?;
+    let mut stmt = conn.prepare_cached(sql::INDEX_INSERT)?;
     for t in &w.index {
         stmt.execute(params![w.resource_type, w.id, t.param, t.value])?;
     }
@@ -547,7 +544,7 @@ fn enqueue(
     journal: Option<JournalId>,
 ) -> Result<Vec<OutboxId>, StoreError> {
     let now = to_micros(now_micros());
-    let mut stmt = conn.prepare(sql::OUTBOX_INSERT)?;
+    let mut stmt = conn.prepare_cached(sql::OUTBOX_INSERT)?;
     let mut ids = Vec::with_capacity(items.len());
     for PreparedDelivery { item, payload } in items {
         let id: OutboxId = stmt.query_row(
@@ -575,7 +572,7 @@ fn claim(
     lease_until: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<Delivery>, StoreError> {
-    let mut stmt = conn.prepare(&sql::outbox_claim())?;
+    let mut stmt = conn.prepare_cached(&sql::outbox_claim())?;
     let rows = stmt.query_map(
         params![
             worker,
@@ -618,19 +615,16 @@ fn finish(
         }
         DeliveryOutcome::Release => (DeliveryState::Pending, 0, None, 0, None),
     };
-    let n = conn.execute(
-        sql::OUTBOX_FINISH,
-        params![
-            id,
-            worker,
-            state.as_str(),
-            inc,
-            not_before,
-            set_error,
-            error,
-            to_micros(now_micros())
-        ],
-    )?;
+    let n = conn.prepare_cached(sql::OUTBOX_FINISH)?.execute(params![
+        id,
+        worker,
+        state.as_str(),
+        inc,
+        not_before,
+        set_error,
+        error,
+        to_micros(now_micros())
+    ])?;
     if n == 0 {
         return Err(StoreError::LeaseLost(id));
     }
@@ -645,9 +639,10 @@ fn audit_append(
     if entries.is_empty() {
         return Ok(Vec::new());
     }
-    let (mut seq, mut prev): (i64, String) =
-        conn.query_row(sql::AUDIT_HEAD, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let mut stmt = conn.prepare(sql::AUDIT_INSERT)?;
+    let (mut seq, mut prev): (i64, String) = conn
+        .prepare_cached(sql::AUDIT_HEAD)?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let mut stmt = conn.prepare_cached(sql::AUDIT_INSERT)?;
     let mut out = Vec::with_capacity(entries.len());
     for a in entries {
         seq = seq
@@ -683,7 +678,8 @@ fn audit_append(
             hash,
         });
     }
-    conn.execute(sql::AUDIT_HEAD_UPDATE, params![seq, prev])?;
+    conn.prepare_cached(sql::AUDIT_HEAD_UPDATE)?
+        .execute(params![seq, prev])?;
     Ok(out)
 }
 
@@ -695,7 +691,7 @@ fn jti_use(
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
     let now = to_micros(now);
-    conn.execute(sql::JTI_PURGE, [now])?;
+    conn.prepare_cached(sql::JTI_PURGE)?.execute([now])?;
     let first: Option<i64> = conn
         .query_row(
             sql::JTI_USE,
@@ -707,7 +703,7 @@ fn jti_use(
 }
 
 fn clock_upsert(conn: &Connection, clocks: &[ClockRow]) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare(sql::CLOCK_UPSERT)?;
+    let mut stmt = conn.prepare_cached(sql::CLOCK_UPSERT)?;
     for c in clocks {
         stmt.execute(params![
             c.id,
@@ -730,10 +726,9 @@ fn body_text(body: &serde_json::Value) -> Result<String, StoreError> {
 
 fn fail(conn: &Connection, id: JournalId, error: &str) -> Result<(), StoreError> {
     let error = truncate_str(error, MAX_ERROR_LEN);
-    let n = conn.execute(
-        sql::JOURNAL_MARK_FAILED,
-        params![id, to_micros(now_micros()), error],
-    )?;
+    let n = conn
+        .prepare_cached(sql::JOURNAL_MARK_FAILED)?
+        .execute(params![id, to_micros(now_micros()), error])?;
     if n == 0 {
         return Err(StoreError::NotFound(id));
     }
@@ -744,6 +739,8 @@ fn requeue(conn: &Connection, from: JournalId, to: JournalId) -> Result<u64, Sto
     if from > to {
         return Ok(0);
     }
-    let n = conn.execute(sql::JOURNAL_REQUEUE, params![from, to])?;
+    let n = conn
+        .prepare_cached(sql::JOURNAL_REQUEUE)?
+        .execute(params![from, to])?;
     Ok(n as u64)
 }

@@ -511,7 +511,9 @@ impl RoutingRules {
                 continue;
             }
             if rule.trigger.require.contains(&Condition::NamesRecipient)
-                && !trig.is_some_and(|c| consent_names(c, &recipient))
+                && !trig
+                    .and_then(crate::disclosure::consent_from_fhir)
+                    .is_some_and(|c| c.names(&recipient))
             {
                 continue;
             }
@@ -678,17 +680,6 @@ fn package_refs(
             Ok((refs, Some(event.to_string()), Some(enc)))
         }
     }
-}
-
-/// Whether a Consent names `org` among its `provision.actor`s.
-fn consent_names(consent: &Value, org: &str) -> bool {
-    consent
-        .pointer("/provision/actor")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|a| a.get("reference").and_then(org_of))
-        .any(|o| o == org)
 }
 
 /// Resolve a relation to its organizations (several only for

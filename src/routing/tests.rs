@@ -504,8 +504,21 @@ fn a_release_naming_the_assigned_provider_sends_it_the_care_plans() {
     let cp = json!({"resourceType": "CarePlan", "id": "cp-old", "status": "active",
         "subject": {"reference": "Patient/p1"}, "author": {"reference": "Organization/ecm-bridges"}});
     let consent = |to: &str| {
-        json!({"resourceType": "Consent", "id": "c1", "status": "active", "patient": {"reference": "Patient/p1"},
-            "provision": {"actor": [{"reference": {"reference": format!("Organization/{to}")}}]}})
+        crate::disclosure::consent_to_fhir(&crate::disclosure::ConsentSpec {
+            canonical_base: "https://gateway.example.org/fhir",
+            id: "c1",
+            identifier: None,
+            patient_id: "p1",
+            kind: "release_of_information",
+            grantor_role: "youth",
+            grantor_name: None,
+            recorded_by_org: "county-fresno",
+            recorded_at: "2026-11-01T09:00:00Z",
+            recipients: &[to.to_string()],
+            categories: &["health".to_string()],
+            start: "2026-11-01",
+            end: None,
+        })
     };
     let assigned = task("in-progress", Some("ecm-compass"));
     let v = view(&[

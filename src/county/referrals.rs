@@ -163,6 +163,12 @@ struct Plan {
     consent: Option<Value>,
     consent_ref: Option<String>,
     streamlined: bool,
+    /// The facts the referral is evaluated on (stored facts plus what its
+    /// `criteria` states), the engine's evaluation of them as of the
+    /// referral, and whether `criteria` stated any facts.
+    facts: Option<Value>,
+    evaluation: Option<program::Evaluation>,
+    criteria_stated: bool,
 }
 
 /// Check the rules; `resources` are the patient's stored resources.
@@ -288,11 +294,16 @@ fn plan(
         .get("populationsOfFocus")
         .and_then(Value::as_array)
         .is_some_and(|a| a.iter().any(|p| p == "8"));
-    criteria_facts(doc)?;
+    let stated = criteria_facts(doc)?;
+    let criteria_stated = !stated.is_empty();
+    let facts = referral_facts(resources, &patient_id, stated);
+    let evaluation = facts
+        .as_ref()
+        .and_then(|f| eligibility::evaluate(f, program::pacific::local_date(now)));
     // Streamlined authorization is for POF 8: not when what the county has
     // sent shows the member is not in POF 8 (a CCS child, say, is POF 7).
-    let refuted_pof8 = referral_facts(doc, resources, &patient_id)
-        .and_then(|f| eligibility::evaluate(&f, program::pacific::local_date(now)))
+    let refuted_pof8 = evaluation
+        .as_ref()
         .is_some_and(|ev| !ev.pofs.iter().any(|p| p == "8"));
     let streamlined = claims_pof8
         && !refuted_pof8
@@ -310,6 +321,9 @@ fn plan(
         consent,
         consent_ref,
         streamlined,
+        facts,
+        evaluation,
+        criteria_stated,
     })
 }
 
@@ -377,12 +391,15 @@ fn criteria_facts(doc: &Value) -> Result<serde_json::Map<String, Value>, CountyE
 /// The facts the referral is evaluated on: the stored facts (county
 /// events) with the facts the referral's `criteria` states merged into
 /// `other`. None when the county has sent nothing about the member.
-fn referral_facts(doc: &Value, resources: &[StoredResource], pid: &str) -> Option<Value> {
+fn referral_facts(
+    resources: &[StoredResource],
+    pid: &str,
+    stated: serde_json::Map<String, Value>,
+) -> Option<Value> {
     let mut facts = resources
         .iter()
         .find(|r| r.resource_type == "Basic" && r.id == eligibility::facts_id(pid))
         .and_then(|r| eligibility::facts_of(&r.body))?;
-    let stated = criteria_facts(doc).unwrap_or_default();
     if !stated.is_empty() {
         if !facts.get("other").is_some_and(Value::is_object) {
             facts["other"] = json!({});
@@ -477,11 +494,10 @@ fn build(
     }
     // The engine's evaluation, beside the claimed POFs; facts the
     // referral's criteria state are kept in the facts record.
-    let facts = referral_facts(doc, resources, pid);
-    let as_of = program::pacific::local_date(received);
-    let evaluation = facts.as_ref().and_then(|f| eligibility::evaluate(f, as_of));
-    let stated = !criteria_facts(doc).unwrap_or_default().is_empty();
-    if let (true, Some(f), Some(ev)) = (stated, facts.as_ref(), evaluation.as_ref()) {
+    // (`plan` evaluated them as of `received`: both callers pass one time.)
+    let evaluation = &p.evaluation;
+    if let (true, Some(f), Some(ev)) = (p.criteria_stated, p.facts.as_ref(), evaluation.as_ref()) {
+        let as_of = program::pacific::local_date(received);
         out.push(eligibility::facts_record(base, pid, f));
         out.push(eligibility::observation(base, pid, ev, as_of));
     }

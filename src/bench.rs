@@ -677,6 +677,7 @@ async fn ingest(
     let mut paced_p50 = Vec::new();
     let mut paced_p99 = Vec::new();
     let mut reference = Vec::new();
+    let mut catch_up = Vec::new();
     for run in 0..runs {
         let dir = tempfile::tempdir()?;
         let scratch = match &pg_admin {
@@ -714,6 +715,11 @@ async fn ingest(
         )
         .await?;
         let commits = running.store.metrics().commits;
+        // Intake runs ahead of translation under load (the backlog waits in
+        // the journal): how much was left when the last ACK arrived, and how
+        // long translation took to catch up.
+        let left = running.store.journal_stats().await?.pending;
+        let caught_up_ms = translation_catch_up(running.store.as_ref()).await?;
         running.stop().await;
         let refr = reference_commit_rate(dir.path(), pg_url.as_deref(), messages.min(5_000), conns)
             .await?;
@@ -731,6 +737,7 @@ async fn ingest(
                 "paced_rate": rate, "paced_ack_p50_ms": percentile(&paced.latencies, 0.5),
                 "paced_ack_p99_ms": percentile(&paced.latencies, 0.99),
                 "journal_commits": commits,
+                "pending_at_last_ack": left, "translation_caught_up_ms": caught_up_ms,
                 "reference_one_commit_per_msg_per_sec": refr.round(),
             })
         );
@@ -741,6 +748,7 @@ async fn ingest(
         paced_p50.push(percentile(&paced.latencies, 0.5));
         paced_p99.push(percentile(&paced.latencies, 0.99));
         reference.push(refr);
+        catch_up.push(caught_up_ms);
     }
     let t = median(&mut thr);
     let pt = median(&mut piped);
@@ -753,10 +761,25 @@ async fn ingest(
             "speedup_vs_reference": if r > 0.0 { (t / r * 100.0).round() / 100.0 } else { 0.0 },
             "pipelined_window": window, "pipelined_msgs_per_sec": pt.round(),
             "pipelined_speedup_vs_reference": if r > 0.0 { (pt / r * 100.0).round() / 100.0 } else { 0.0 },
+            "translation_caught_up_ms": median(&mut catch_up),
             "peak_rss_mib": peak_rss_mib(),
     });
     println!("{summary}");
     Ok(summary)
+}
+
+/// Wait (at most 120 s) until no journal record is pending; milliseconds taken.
+async fn translation_catch_up(store: &dyn store::Store) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(120);
+    while store.journal_stats().await?.pending > 0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "translation did not catch up with intake within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((start.elapsed().as_secs_f64() * 10_000.0).round() / 10.0)
 }
 
 /// CPU time this thread has run, from `/proc/thread-self/schedstat` (ns).

@@ -518,3 +518,75 @@ async fn stamps_keep_increasing_across_reopen() {
         .collect();
     assert_eq!(ids, vec!["a".to_string(), "b".to_string()]);
 }
+
+/// Commits do not checkpoint (`wal_autocheckpoint=0` on the writer); the
+/// checkpoint thread copies committed frames into the database file on its
+/// own, while the store stays open — and the WAL is reused rather than
+/// growing without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_checkpoint_thread_copies_the_wal_into_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.db");
+    let store = open(&path, 512);
+    let db_size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let wal_size = || {
+        std::fs::metadata(dir.path().join("gw.db-wal"))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    let before = db_size();
+    // ~4 MB of journal records in several commits.
+    for round in 0..8 {
+        let big: Vec<NewInput> = (0..64)
+            .map(|i| NewInput {
+                raw: vec![b'x'; 8 * 1024],
+                ..input(&format!("ckpt|{round}|{i}"))
+            })
+            .collect();
+        let handles: Vec<_> = big
+            .into_iter()
+            .map(|inp| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move { store.append(inp).await })
+            })
+            .collect();
+        for h in handles {
+            h.await.unwrap().unwrap();
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while db_size() < before + 4 * 1024 * 1024 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "database file did not grow: {} → {} bytes (WAL {})",
+            before,
+            db_size(),
+            wal_size()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Once checkpointed, new commits reuse the WAL from its start.
+    let wal_after_first = wal_size();
+    for round in 0..8 {
+        let handles: Vec<_> = (0..64)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                let inp = NewInput {
+                    raw: vec![b'y'; 8 * 1024],
+                    ..input(&format!("ckpt2|{round}|{i}"))
+                };
+                tokio::spawn(async move { store.append(inp).await })
+            })
+            .collect();
+        for h in handles {
+            h.await.unwrap().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert!(
+        wal_size() <= wal_after_first.max(2 * 1024 * 1024),
+        "WAL grew from {wal_after_first} to {} bytes",
+        wal_size()
+    );
+    assert_eq!(store.journal_stats().await.unwrap().total, 1024);
+}

@@ -100,6 +100,7 @@ pub struct SqliteStore {
     /// `None` only while dropping.
     tx: Option<mpsc::Sender<WriteOp>>,
     writer: Option<JoinHandle<()>>,
+    checkpointer: Option<Checkpointer>,
     readers: Arc<ReadPool>,
     metrics: Arc<MetricsRecorder>,
     path: PathBuf,
@@ -144,6 +145,8 @@ impl SqliteStore {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| open_err(format!("read connection: {e}")))?;
 
+        let checkpointer = Checkpointer::start(path).map_err(open_err)?;
+
         let metrics = Arc::new(MetricsRecorder::default());
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
         let max_batch = opts.max_batch.clamp(1, MAX_BATCH_LIMIT);
@@ -156,6 +159,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             tx: Some(tx),
             writer: Some(writer),
+            checkpointer: Some(checkpointer),
             readers: Arc::new(ReadPool::new(readers)),
             metrics,
             path: path.to_path_buf(),
@@ -199,6 +203,72 @@ impl Drop for SqliteStore {
         if let Some(handle) = self.writer.take() {
             let _ = handle.join();
         }
+        if let Some(c) = self.checkpointer.take() {
+            c.stop();
+        }
+    }
+}
+
+/// How often the checkpointer copies committed WAL frames into the database.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Checkpoints the WAL on its own connection and thread.
+///
+/// With SQLite's default auto-checkpoint, the commit that takes the WAL past
+/// 1,000 pages copies them into the database file and fsyncs it before it
+/// returns — on the writer thread, so every append waiting for that commit
+/// waits for the checkpoint too. Measured before this (`bench ingest`,
+/// 8 connections): the paced ACK p99 was 13–26 ms while the median was
+/// ~2 ms, and the writer thread spent ~11 % of its time in fsync. The writer
+/// now runs with `wal_autocheckpoint=0` and this thread runs a `PASSIVE`
+/// checkpoint every [`CHECKPOINT_INTERVAL`]: it never takes the write lock,
+/// so commits go on while it copies; when it has copied every frame and no
+/// reader still needs them, the next write transaction starts the WAL from
+/// the beginning again, which keeps the file's size bounded.
+struct Checkpointer {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    handle: JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Checkpointer, String> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| format!("checkpoint connection: {e}"))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| format!("checkpoint connection: {e}"))?;
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("cwsgw-store-checkpoint".to_string())
+            .spawn(move || {
+                let (lock, cv) = &*flag;
+                let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+                while !*stopped {
+                    let (guard, _) = cv
+                        .wait_timeout(stopped, CHECKPOINT_INTERVAL)
+                        .unwrap_or_else(|e| e.into_inner());
+                    stopped = guard;
+                    if *stopped {
+                        break;
+                    }
+                    // PASSIVE: copy what no reader needs, never wait for locks.
+                    // An error (the disk) is the writer's error too and is
+                    // reported by its commits; this just tries again later.
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+            })
+            .map_err(|e| format!("cannot start checkpoint thread: {e}"))?;
+        Ok(Checkpointer { stop, handle })
+    }
+
+    fn stop(self) {
+        let (lock, cv) = &*self.stop;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
+        let _ = self.handle.join();
     }
 }
 
@@ -216,6 +286,8 @@ fn configure_writer(conn: &Connection, synchronous_full: bool) -> rusqlite::Resu
         if synchronous_full { "FULL" } else { "NORMAL" },
     )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Checkpoints run on their own thread ([`Checkpointer`]), not inside commits.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(())
 }
 

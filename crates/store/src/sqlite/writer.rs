@@ -2,10 +2,23 @@
 //!
 //! The thread owns the only read-write connection. It blocks for one
 //! request, drains up to `max_batch - 1` more that are already queued
-//! (without waiting, and within a byte budget), runs them all in ONE
+//! (without waiting, and within a byte budget), runs them in ONE
 //! `BEGIN IMMEDIATE` transaction, commits (one WAL fsync with
 //! `synchronous=FULL`), records the latency, and only then replies to each
 //! request.
+//!
+//! **Appends first, the rest on a time budget.** Journal appends are what a
+//! sender waits for before its ACK, so every transaction runs all the
+//! appends it drained, then the other requests (completions, outbox, audit
+//! …) in arrival order only until [`OTHER_WORK_BUDGET`] has passed (at
+//! least one per transaction, so they always progress). What is left waits,
+//! in order, for the next transaction. An append therefore never queues
+//! behind a long run of completions: before this, a translation worker
+//! catching up between two paced messages put up to 256 completions in
+//! front of the next append, and that transaction's length was the ACK p99.
+//! Moving appends ahead of other requests drained with them is safe: an
+//! append only inserts a new journal row, which no other request of the
+//! same batch can have read.
 //!
 //! Invariants:
 //! * **No reply says Ok before the commit that contains its change
@@ -22,7 +35,8 @@
 //! * When every sender is gone (the store was dropped), the thread finishes
 //!   what is queued and exits, closing the connection.
 
-use std::time::Instant;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -196,6 +210,19 @@ impl Outcome {
     }
 }
 
+/// Time one transaction spends on requests other than appends once it has
+/// run at least one of them; the rest waits for the next transaction.
+///
+/// Measured with `cws-gateway bench ingest` (see docs/performance.md): with
+/// no budget, a paced sender's ACK p99 was the length of the longest
+/// completion run (16–26 ms); the budget bounds what an append can wait
+/// behind to about one budget plus one fsync.
+pub(crate) const OTHER_WORK_BUDGET: Duration = Duration::from_millis(1);
+
+/// Requests other than appends the writer holds (drained, not yet run)
+/// before it stops draining the channel for more of them.
+const MAX_CARRIED: usize = 4096;
+
 /// The writer thread body.
 pub(crate) fn run(
     conn: Connection,
@@ -205,52 +232,110 @@ pub(crate) fn run(
     metrics: &MetricsRecorder,
 ) {
     let max_batch = max_batch.max(1);
-    let mut batch = Vec::with_capacity(max_batch.min(1024));
-    while let Some(first) = rx.blocking_recv() {
-        metrics.dequeued();
-        let mut bytes = first.weight();
-        batch.push(first);
-        while batch.len() < max_batch && bytes < MAX_BATCH_BYTES {
+    let mut appends = Vec::with_capacity(max_batch.min(1024));
+    // Requests other than appends, in arrival order, drained but not yet run.
+    let mut others: VecDeque<WriteOp> = VecDeque::new();
+    let mut open = true;
+    while open || !others.is_empty() {
+        if open && others.is_empty() {
+            // Nothing carried over: block for the next request.
+            match rx.blocking_recv() {
+                Some(op) => {
+                    metrics.dequeued();
+                    push(op, &mut appends, &mut others);
+                }
+                None => open = false,
+            }
+        }
+        let mut bytes: usize = appends.iter().map(WriteOp::weight).sum();
+        // Appends are drained even while many other requests are carried:
+        // an append must not wait in the channel behind them.
+        while open
+            && appends.len() < max_batch
+            && others.len() < MAX_CARRIED
+            && bytes < MAX_BATCH_BYTES
+        {
             match rx.try_recv() {
                 Ok(op) => {
                     metrics.dequeued();
                     bytes = bytes.saturating_add(op.weight());
-                    batch.push(op);
+                    push(op, &mut appends, &mut others);
                 }
-                Err(_) => break,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
             }
         }
-        commit_batch(&conn, &mut state, batch.drain(..), metrics);
+        if appends.is_empty() && others.is_empty() {
+            continue;
+        }
+        let budget = if open {
+            OTHER_WORK_BUDGET
+        } else {
+            // Closing: finish what is queued without splitting it up.
+            Duration::MAX
+        };
+        commit_batch(
+            &conn,
+            &mut state,
+            &mut appends,
+            &mut others,
+            budget,
+            max_batch,
+            metrics,
+        );
     }
     // Channel closed and drained: dropping `conn` closes the database.
 }
 
+fn push(op: WriteOp, appends: &mut Vec<WriteOp>, others: &mut VecDeque<WriteOp>) {
+    if matches!(op, WriteOp::Append { .. }) {
+        appends.push(op);
+    } else {
+        others.push_back(op);
+    }
+}
+
+/// One transaction: every request of `appends`, then requests of `others`
+/// from the front while `budget` lasts (at least one, at most
+/// `max_batch` requests in all); the ones not run stay in `others`.
 fn commit_batch(
     conn: &Connection,
     state: &mut WriterState,
-    batch: impl ExactSizeIterator<Item = WriteOp>,
+    appends: &mut Vec<WriteOp>,
+    others: &mut VecDeque<WriteOp>,
+    budget: Duration,
+    max_batch: usize,
     metrics: &MetricsRecorder,
 ) {
     let started = Instant::now();
-    let size = batch.len();
-    let mut outcomes = Vec::with_capacity(size);
+    let mut outcomes = Vec::with_capacity(appends.len() + 8);
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let why = format!("begin: {e}");
-        for op in batch {
+        // Fail the appends (their senders answer with a NAK and may resend);
+        // carried requests wait for the next transaction.
+        for op in appends.drain(..) {
+            outcome_without_running(op).deliver(Some(&why));
+        }
+        // A failing BEGIN with only carried requests must not spin: fail the
+        // oldest so every request still gets an answer.
+        if let Some(op) = others.pop_front() {
             outcome_without_running(op).deliver(Some(&why));
         }
         return;
     }
     let mut aborted: Option<String> = None;
-    for op in batch {
+    let mut run_one = |op: WriteOp, aborted: &mut Option<String>, outcomes: &mut Vec<Outcome>| {
         if aborted.is_some() {
             outcomes.push(outcome_without_running(op));
-            continue;
+            return;
         }
         if let Err(e) = conn.execute_batch("SAVEPOINT op") {
-            aborted = Some(format!("savepoint: {e}"));
+            *aborted = Some(format!("savepoint: {e}"));
             outcomes.push(outcome_without_running(op));
-            continue;
+            return;
         }
         let outcome = execute(conn, state, op);
         let end = if outcome.is_err {
@@ -259,10 +344,24 @@ fn commit_batch(
             conn.execute_batch("RELEASE op")
         };
         if let Err(e) = end {
-            aborted = Some(format!("savepoint release: {e}"));
+            *aborted = Some(format!("savepoint release: {e}"));
         }
         outcomes.push(outcome);
+    };
+    for op in appends.drain(..) {
+        run_one(op, &mut aborted, &mut outcomes);
     }
+    let others_started = Instant::now();
+    let mut ran_others = 0usize;
+    while outcomes.len() < max_batch || ran_others == 0 {
+        if ran_others > 0 && others_started.elapsed() >= budget {
+            break;
+        }
+        let Some(op) = others.pop_front() else { break };
+        run_one(op, &mut aborted, &mut outcomes);
+        ran_others += 1;
+    }
+    let size = outcomes.len();
     let commit = match aborted {
         Some(why) => Err(why),
         None => conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
@@ -743,4 +842,134 @@ fn requeue(conn: &Connection, from: JournalId, to: JournalId) -> Result<u64, Sto
         .prepare_cached(sql::JOURNAL_REQUEUE)?
         .execute(params![from, to])?;
     Ok(n as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::InputKind;
+
+    fn writer_conn() -> (Connection, WriterState) {
+        let conn = Connection::open_in_memory().expect("in-memory database");
+        super::super::migrate::migrate(&conn).expect("migrations");
+        let state = WriterState::load(&conn).expect("writer state");
+        (conn, state)
+    }
+
+    fn append_op(
+        n: usize,
+    ) -> (
+        WriteOp,
+        oneshot::Receiver<Result<AppendOutcome, StoreError>>,
+    ) {
+        let (reply, rx) = oneshot::channel();
+        let input = NewInput {
+            kind: InputKind::Adt,
+            source_org: "st-mary".into(),
+            dedup_key: format!("ST-MARY|{n}"),
+            received_at: Utc::now(),
+            raw: b"MSH|^~\\&|".to_vec(),
+            meta: serde_json::json!({}),
+        };
+        (
+            WriteOp::Append {
+                input,
+                meta: "{}".into(),
+                reply,
+            },
+            rx,
+        )
+    }
+
+    fn clock_op() -> (WriteOp, oneshot::Receiver<Result<(), StoreError>>) {
+        let (reply, rx) = oneshot::channel();
+        (
+            WriteOp::ClockUpsert {
+                clocks: Vec::new(),
+                reply,
+            },
+            rx,
+        )
+    }
+
+    /// With the budget spent at once, a transaction runs every append it
+    /// holds but only one other request; the others wait, in order, for the
+    /// next transactions — and every request is answered once committed.
+    #[test]
+    fn appends_go_first_and_other_requests_run_on_a_budget() {
+        let (conn, mut state) = writer_conn();
+        let metrics = MetricsRecorder::default();
+        let mut appends = Vec::new();
+        let mut others = VecDeque::new();
+        let mut others_rx = Vec::new();
+        for _ in 0..3 {
+            let (op, rx) = clock_op();
+            others.push_back(op);
+            others_rx.push(rx);
+        }
+        let mut append_rx = Vec::new();
+        for n in 0..4 {
+            let (op, rx) = append_op(n);
+            appends.push(op);
+            append_rx.push(rx);
+        }
+        commit_batch(
+            &conn,
+            &mut state,
+            &mut appends,
+            &mut others,
+            Duration::ZERO,
+            512,
+            &metrics,
+        );
+        assert!(appends.is_empty());
+        assert_eq!(others.len(), 2, "one other request ran");
+        for mut rx in append_rx {
+            assert!(matches!(rx.try_recv(), Ok(Ok(AppendOutcome::Inserted(_)))));
+        }
+        let mut others_rx = others_rx.into_iter();
+        let mut first = others_rx.next().expect("first");
+        assert!(
+            matches!(first.try_recv(), Ok(Ok(()))),
+            "the oldest ran first"
+        );
+        let mut second = others_rx.next().expect("second");
+        assert!(second.try_recv().is_err(), "not answered before it ran");
+        // Two more transactions finish the rest, one request each.
+        for left in [1, 0] {
+            commit_batch(
+                &conn,
+                &mut state,
+                &mut appends,
+                &mut others,
+                Duration::ZERO,
+                512,
+                &metrics,
+            );
+            assert_eq!(others.len(), left);
+        }
+        assert!(matches!(second.try_recv(), Ok(Ok(()))));
+        assert_eq!(metrics.snapshot().commits, 3);
+        assert_eq!(metrics.snapshot().appended_inputs, 4);
+    }
+
+    /// `max_batch` bounds one transaction, but never to zero other requests.
+    #[test]
+    fn a_full_batch_of_appends_still_runs_one_other_request() {
+        let (conn, mut state) = writer_conn();
+        let metrics = MetricsRecorder::default();
+        let mut appends: Vec<WriteOp> = (0..2).map(|n| append_op(n).0).collect();
+        let mut others: VecDeque<WriteOp> = (0..2).map(|_| clock_op().0).collect();
+        commit_batch(
+            &conn,
+            &mut state,
+            &mut appends,
+            &mut others,
+            Duration::MAX,
+            2,
+            &metrics,
+        );
+        assert_eq!(others.len(), 1);
+        assert_eq!(metrics.snapshot().largest_batch, 3);
+    }
 }

@@ -11,7 +11,9 @@
 //! sender waits for before its ACK, so every transaction runs all the
 //! appends it drained, then the other requests (completions, outbox, audit
 //! …) in arrival order only until [`OTHER_WORK_BUDGET`] has passed (at
-//! least one per transaction, so they always progress). What is left waits,
+//! least one per transaction, so they always progress; while no append has
+//! come for a while the budget is longer, [`QUIET_WORK_BUDGET`], so a
+//! translation backlog is committed with fewer fsyncs). What is left waits,
 //! in order, for the next transaction. An append therefore never queues
 //! behind a long run of completions: before this, a translation worker
 //! catching up between two paced messages put up to 256 completions in
@@ -219,6 +221,11 @@ impl Outcome {
 /// behind to about one budget plus one fsync.
 pub(crate) const OTHER_WORK_BUDGET: Duration = Duration::from_millis(1);
 
+/// The budget while intake is quiet (no append for [`INTAKE_QUIET_AFTER`]):
+/// longer transactions, fewer fsyncs, while translation catches up.
+const QUIET_WORK_BUDGET: Duration = Duration::from_millis(8);
+const INTAKE_QUIET_AFTER: Duration = Duration::from_millis(50);
+
 /// Requests other than appends the writer holds (drained, not yet run)
 /// before it stops draining the channel for more of them.
 const MAX_CARRIED: usize = 4096;
@@ -236,6 +243,7 @@ pub(crate) fn run(
     // Requests other than appends, in arrival order, drained but not yet run.
     let mut others: VecDeque<WriteOp> = VecDeque::new();
     let mut open = true;
+    let mut last_append: Option<Instant> = None;
     while open || !others.is_empty() {
         if open && others.is_empty() {
             // Nothing carried over: block for the next request.
@@ -271,11 +279,17 @@ pub(crate) fn run(
         if appends.is_empty() && others.is_empty() {
             continue;
         }
-        let budget = if open {
-            OTHER_WORK_BUDGET
-        } else {
+        if !appends.is_empty() {
+            last_append = Some(Instant::now());
+        }
+        let intake_busy = last_append.is_some_and(|t| t.elapsed() < INTAKE_QUIET_AFTER);
+        let budget = if !open {
             // Closing: finish what is queued without splitting it up.
             Duration::MAX
+        } else if intake_busy {
+            OTHER_WORK_BUDGET
+        } else {
+            QUIET_WORK_BUDGET
         };
         commit_batch(
             &conn,

@@ -8,7 +8,7 @@ use serde_json::Value;
 use serde_yaml::Value as Y;
 
 use crate::error::{MappingError, TranslateError};
-use crate::eval::{uuid5, write_str_body, Eval, Flags, Instance, RunCtx};
+use crate::eval::{push_uuid5, write_str_body, Eval, Flags, Instance, RunCtx};
 use crate::expr::{Node, ObjField, Scope, SourceKind, StampField};
 use crate::path::SourcePath;
 use crate::source::{Hl7Source, JsonSource, Source};
@@ -456,11 +456,16 @@ impl Engine {
                         continue;
                     }
                 }
-                let id = match &def.id {
-                    IdRule::Key(k) => ev.text(k, c).map(|k| uuid5(&k)),
-                    IdRule::Raw(n) => ev.text(n, c),
+                // `{rtype}/{id}`, the id hashed straight into it.
+                let mut url = String::with_capacity(def.rtype.len() + 1 + 36);
+                url.push_str(&def.rtype);
+                url.push('/');
+                let id_ok = match &def.id {
+                    IdRule::Key(k) => ev.text(k, c).map(|k| push_uuid5(&mut url, &k)).is_some(),
+                    IdRule::Raw(n) => ev.text(n, c).map(|id| url.push_str(&id)).is_some(),
                 };
-                let Some(id) = id.filter(|i| valid_id(i)) else {
+                let id = url.get(def.rtype.len() + 1..).unwrap_or_default();
+                if !id_ok || !valid_id(id) {
                     if def.required {
                         return Err(TranslateError {
                             code: "missing-id",
@@ -469,11 +474,11 @@ impl Engine {
                         });
                     }
                     continue;
-                };
+                }
                 if ev
                     .instances
                     .iter()
-                    .any(|i| i.rtype == def.rtype && i.id == id)
+                    .any(|i| i.rtype == def.rtype && i.id() == id)
                 {
                     continue; // same resource twice (e.g. repeated DG1 code): first wins
                 }
@@ -489,14 +494,7 @@ impl Engine {
                     cur: c,
                     anchor: src.anchor(c),
                     rtype: &def.rtype,
-                    url: {
-                        let mut u = String::with_capacity(def.rtype.len() + 1 + id.len());
-                        u.push_str(&def.rtype);
-                        u.push('/');
-                        u.push_str(&id);
-                        u
-                    },
-                    id,
+                    url,
                     per_item: def.for_each.is_some(),
                     flags: Flags::default(),
                 });

@@ -103,6 +103,7 @@ mod error;
 mod eval;
 mod expr;
 mod path;
+mod sha1;
 mod source;
 mod terminology;
 

@@ -444,6 +444,11 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 }
             }
             Node::Eq(a, b) => {
+                if let (Node::Path(p), Node::Str(s, _)) = (&**a, &**b) {
+                    // `{$eq: [{$v: path}, literal]}`, the usual condition:
+                    // compared in place, no `Val`s (145.4 k → 144.4 k per message).
+                    return Some(Val::Bool(self.src.get(cur, p).is_some_and(|v| *v == **s)));
+                }
                 let (a, b) = (self.eval(a, cur), self.eval(b, cur));
                 let eq = match (
                     a.as_ref().and_then(Val::text),
@@ -559,6 +564,22 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 out.push(b'{');
                 let mut any = false;
                 for f in fields {
+                    if let Node::Path(p) = &f.node {
+                        // The most common member: read and write the value,
+                        // no `Val` (per message 146.7 k → 145.4 k instructions).
+                        if let Some(v) = self.src.get(cur, p) {
+                            if any {
+                                out.push(b',');
+                            }
+                            out.extend_from_slice(&f.key);
+                            write_str(out, &v);
+                            any = true;
+                        } else if f.required {
+                            out.truncate(start);
+                            return false;
+                        }
+                        continue;
+                    }
                     if is_scalar(&f.node) {
                         // Evaluate first: an absent value writes nothing.
                         if let Some(v) = self.eval(&f.node, cur) {

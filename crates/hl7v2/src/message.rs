@@ -280,6 +280,22 @@ impl<'m> Segment<'m> {
             .unwrap_or(0)
     }
 
+    /// Raw (escaped) text of fields `1..=field_count()`, in order: what
+    /// `field(n).raw()` returns for each `n`, without a lookup per field.
+    /// For MSH the first two are MSH-1 (the separator) and MSH-2.
+    pub fn fields_raw(&self) -> impl Iterator<Item = &'m str> + 'm {
+        let msg = self.msg;
+        let range = self
+            .idx()
+            .map(|s| (s.field_start as usize).saturating_add(1)..s.field_end as usize)
+            .unwrap_or(0..0);
+        msg.fields
+            .get(range)
+            .unwrap_or_default()
+            .iter()
+            .map(move |&(a, b)| msg.text.get(a as usize..b as usize).unwrap_or(""))
+    }
+
     /// Field `n` in HL7 numbering; absent → empty field. `field(0)` is the
     /// segment id. For MSH, `field(1)` is the field separator itself and
     /// `field(2)` the encoding characters; both are never split or unescaped.

@@ -172,19 +172,29 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// Nothing in `bytes` needs escaping: 8 bytes at a time (SWAR), then the tail.
+/// Nothing in `bytes` needs escaping: 8 bytes at a time (SWAR), the tail
+/// as one more, overlapping, 8-byte word (short strings: bytewise). A
+/// bytewise tail cost ≈ 1.7 k more per message.
 #[inline]
 fn is_clean(bytes: &[u8]) -> bool {
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        if <[u8; 8]>::try_from(c).is_ok_and(|w| any_escape8(u64::from_le_bytes(w))) {
+    let word = |i: usize| {
+        bytes
+            .get(i..i + 8)
+            .and_then(|c| <[u8; 8]>::try_from(c).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let n = bytes.len();
+    if n < 8 {
+        return bytes.iter().all(|&b| !NEEDS_ESCAPE[usize::from(b)]);
+    }
+    let mut i = 0;
+    while i + 8 <= n {
+        if any_escape8(word(i)) {
             return false;
         }
+        i += 8;
     }
-    chunks
-        .remainder()
-        .iter()
-        .all(|&b| !NEEDS_ESCAPE[usize::from(b)])
+    i == n || !any_escape8(word(n - 8))
 }
 
 /// The escaped contents of a JSON string, without the quotes. The common

@@ -8,7 +8,7 @@ use serde_json::Value;
 use serde_yaml::Value as Y;
 
 use crate::error::{MappingError, TranslateError};
-use crate::eval::{push_uuid5, write_str_body, Eval, Flags, Instance, RunCtx};
+use crate::eval::{uuid5_text, write_str_body, Eval, Flags, Instance, RunCtx};
 use crate::expr::{Node, ObjField, Scope, SourceKind, StampField};
 use crate::path::SourcePath;
 use crate::source::{Hl7Source, JsonSource, Source};
@@ -110,6 +110,12 @@ pub struct JsonContext<'a> {
 pub(crate) struct Labels {
     diagnosis: bool,
     context: bool,
+}
+
+/// A resource id before it is appended to the url buffer.
+enum IdText {
+    Uuid([u8; crate::sha1::UUID_LEN]),
+    Raw(String),
 }
 
 #[derive(Debug)]
@@ -432,6 +438,7 @@ impl Engine {
                 j.push(b'"');
                 j
             },
+            urls: String::with_capacity(64 * (m.resources.len() + 2)),
             current: std::cell::Cell::new(0),
             pool: std::cell::Cell::new(Vec::with_capacity(8)),
         };
@@ -456,16 +463,29 @@ impl Engine {
                         continue;
                     }
                 }
-                // `{rtype}/{id}`, the id hashed straight into it.
-                let mut url = String::with_capacity(def.rtype.len() + 1 + 36);
-                url.push_str(&def.rtype);
-                url.push('/');
-                let id_ok = match &def.id {
-                    IdRule::Key(k) => ev.text(k, c).map(|k| push_uuid5(&mut url, &k)).is_some(),
-                    IdRule::Raw(n) => ev.text(n, c).map(|id| url.push_str(&id)).is_some(),
+                // `{rtype}/{id}` appended to the shared url buffer, the id
+                // hashed straight into it (one allocation per message, not
+                // three per resource).
+                let id_text = match &def.id {
+                    IdRule::Key(k) => ev
+                        .eval(k, c)
+                        .and_then(|v| v.text().map(|t| IdText::Uuid(uuid5_text(&t)))),
+                    IdRule::Raw(n) => ev.text(n, c).map(IdText::Raw),
                 };
-                let id = url.get(def.rtype.len() + 1..).unwrap_or_default();
-                if !id_ok || !valid_id(id) {
+                let at = ev.urls.len();
+                ev.urls.push_str(&def.rtype);
+                ev.urls.push('/');
+                let id_at = ev.urls.len();
+                match &id_text {
+                    Some(IdText::Uuid(u)) => {
+                        ev.urls.push_str(std::str::from_utf8(u).unwrap_or_default())
+                    }
+                    Some(IdText::Raw(r)) => ev.urls.push_str(r),
+                    None => {}
+                }
+                let id = ev.urls.get(id_at..).unwrap_or_default();
+                if id_text.is_none() || !valid_id(id) {
+                    ev.urls.truncate(at);
                     if def.required {
                         return Err(TranslateError {
                             code: "missing-id",
@@ -478,8 +498,9 @@ impl Engine {
                 if ev
                     .instances
                     .iter()
-                    .any(|i| i.rtype == def.rtype && i.id() == id)
+                    .any(|i| i.rtype == def.rtype && ev.id_of(i) == id)
                 {
+                    ev.urls.truncate(at);
                     continue; // same resource twice (e.g. repeated DG1 code): first wins
                 }
                 if ev.instances.len() >= MAX_RESOURCES {
@@ -489,6 +510,7 @@ impl Engine {
                         text: "too many resources".into(),
                     });
                 }
+                let url = at..ev.urls.len();
                 ev.instances.push(Instance {
                     def: di,
                     cur: c,
@@ -535,9 +557,9 @@ impl Engine {
                 out.extend_from_slice(b"{\"fullUrl\":\"");
                 write_str_body(out, ctx.canonical_base);
                 out.push(b'/');
-                out.extend_from_slice(inst.url.as_bytes());
+                out.extend_from_slice(ev.url_of(inst).as_bytes());
                 out.extend_from_slice(b"\",\"request\":{\"method\":\"PUT\",\"url\":\"");
-                out.extend_from_slice(inst.url.as_bytes());
+                out.extend_from_slice(ev.url_of(inst).as_bytes());
                 out.extend_from_slice(b"\"},\"resource\":");
                 let body_start = out.len();
                 if !ev.emit(&def.body, inst.cur, out) {

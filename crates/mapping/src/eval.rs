@@ -21,16 +21,15 @@ pub const ID_NAMESPACE: uuid::Uuid =
 
 /// Deterministic resource id for a key string.
 pub fn uuid5(key: &str) -> String {
-    let mut s = String::with_capacity(crate::sha1::UUID_LEN);
-    push_uuid5(&mut s, key);
-    s
+    // Hex digits and hyphens: always ASCII, never the fallback.
+    std::str::from_utf8(&uuid5_text(key))
+        .unwrap_or_default()
+        .to_string()
 }
 
-/// Append `uuid5(key)` (the same text as [`uuid5`]) to `out`, hashing on the stack.
-pub(crate) fn push_uuid5(out: &mut String, key: &str) {
-    let text = crate::sha1::uuid5_text(ID_NAMESPACE.as_bytes(), key.as_bytes());
-    // Hex digits and hyphens: always ASCII, never the fallback.
-    out.push_str(std::str::from_utf8(&text).unwrap_or_default());
+/// The text of `uuid5(key)` (as [`uuid5`]), hashed and formatted on the stack.
+pub(crate) fn uuid5_text(key: &str) -> [u8; crate::sha1::UUID_LEN] {
+    crate::sha1::uuid5_text(ID_NAMESPACE.as_bytes(), key.as_bytes())
 }
 
 /// Run-time values for `$ctx`.
@@ -51,7 +50,7 @@ pub(crate) enum Val<'v> {
 }
 
 impl<'v> Val<'v> {
-    fn text(&self) -> Option<Cow<'_, str>> {
+    pub(crate) fn text(&self) -> Option<Cow<'_, str>> {
         match self {
             Val::Str(s) => Some(Cow::Borrowed(s.as_ref())),
             Val::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
@@ -85,21 +84,14 @@ pub(crate) struct Instance<'v, C> {
     pub cur: C,
     pub anchor: Option<usize>,
     pub rtype: &'v str,
-    /// `{rtype}/{id}`: the reference to it (validated: nothing to escape).
-    /// One string for both (one allocation per resource, not two).
-    pub url: String,
+    /// Where `{rtype}/{id}`, the reference to it (validated: nothing to
+    /// escape), is in [`Eval::urls`].
+    pub url: std::ops::Range<usize>,
     /// Made once per visited segment/element (`for_each`): `$ref` then
     /// only pairs it with the cursor visiting that same segment.
     pub per_item: bool,
     /// Sensitivity labels of this resource.
     pub flags: Flags,
-}
-
-impl<C> Instance<'_, C> {
-    /// The resource id (the part of `url` after `{rtype}/`).
-    pub fn id(&self) -> &str {
-        self.url.get(self.rtype.len() + 1..).unwrap_or_default()
-    }
 }
 
 /// Sensitivity labels (v3-ActCode) a resource carries.
@@ -329,6 +321,8 @@ pub(crate) struct Eval<'v, S: Source<'v>> {
     pub instances: Vec<Instance<'v, S::Cur>>,
     /// `meta.source` of every resource, as a JSON string.
     pub meta_source: Vec<u8>,
+    /// Every instance's `{rtype}/{id}`, back to back (see `Instance::url`).
+    pub urls: String,
     /// Spare cursor vectors for `$for_each` / `$find` (no allocation per visit).
     pub pool: Cell<Vec<Vec<S::Cur>>>,
     /// The instance whose body is being written (for [`Node::Stamp`]).
@@ -340,6 +334,16 @@ fn non_empty(s: String) -> Option<Val<'static>> {
 }
 
 impl<'v, S: Source<'v>> Eval<'v, S> {
+    /// The reference `{rtype}/{id}` of an instance.
+    pub(crate) fn url_of(&self, i: &Instance<'v, S::Cur>) -> &str {
+        self.urls.get(i.url.clone()).unwrap_or_default()
+    }
+
+    /// The resource id of an instance (its url after `{rtype}/`).
+    pub(crate) fn id_of(&self, i: &Instance<'v, S::Cur>) -> &str {
+        self.url_of(i).get(i.rtype.len() + 1..).unwrap_or_default()
+    }
+
     /// The cursors `$for_each: path` visits from `cur`, in a pooled vector
     /// (hand it back with [`Eval::recycle`]).
     fn cursors(&self, cur: S::Cur, path: &SourcePath) -> Vec<S::Cur> {
@@ -491,7 +495,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                     .instances
                     .iter()
                     .find(|i| i.def == *def && (!i.per_item || i.anchor == here))?;
-                Some(Val::Str(Cow::Borrowed(inst.url.as_str())))
+                Some(Val::Str(Cow::Borrowed(self.url_of(inst))))
             }
             Node::Refs(defs) => {
                 let refs: Vec<Value> = self
@@ -500,7 +504,10 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                     .filter(|i| defs.contains(&i.def))
                     .map(|i| {
                         let mut m = Map::new();
-                        m.insert("reference".into(), Value::String(i.url.clone()));
+                        m.insert(
+                            "reference".into(),
+                            Value::String(self.url_of(i).to_string()),
+                        );
                         Value::Object(m)
                     })
                     .collect();
@@ -706,7 +713,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 };
                 match f {
                     StampField::ResourceType => write_str(out, inst.rtype),
-                    StampField::Id => write_str(out, inst.id()),
+                    StampField::Id => write_str(out, self.id_of(inst)),
                     StampField::Meta => {
                         out.push(b'{');
                         let mark = out.len();
@@ -861,7 +868,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                     *any = true;
                     out.extend_from_slice(b"{\"reference\":\"");
                     // Types and ids are validated ([A-Za-z0-9.-]); nothing to escape.
-                    out.extend_from_slice(i.url.as_bytes());
+                    out.extend_from_slice(self.url_of(i).as_bytes());
                     out.extend_from_slice(b"\"}");
                 }
             }

@@ -484,7 +484,13 @@ impl Engine {
                     None => {}
                 }
                 let id = ev.urls.get(id_at..).unwrap_or_default();
-                if id_text.is_none() || !valid_id(id) {
+                // A uuid's text (hex and hyphens) is always a valid id.
+                let valid = match id_text {
+                    Some(IdText::Uuid(_)) => true,
+                    Some(IdText::Raw(_)) => valid_id(id),
+                    None => false,
+                };
+                if !valid {
                     ev.urls.truncate(at);
                     if def.required {
                         return Err(TranslateError {
@@ -604,15 +610,21 @@ fn valid_id(id: &str) -> bool {
 /// ICD-10 F10–F19 (substance use) → ETH; any other F code → PSY.
 fn classify_icd10(code: &str) -> Flags {
     let mut f = Flags::default();
-    let c: String = code
-        .chars()
-        .filter(|c| *c != '.')
-        .collect::<String>()
-        .to_ascii_uppercase();
-    let Some(rest) = c.strip_prefix('F') else {
+    // Without building the dot-free upper-cased copy (2 allocations): its
+    // first byte must be `F`, and its next two bytes parse as a `u8` (two
+    // digits, or `+` and a digit) — as `rest.get(0..2)?.parse::<u8>()`.
+    let mut b = code.bytes().filter(|&b| b != b'.');
+    if !matches!(b.next(), Some(b'F' | b'f')) {
         return f;
+    }
+    let digit = |c: Option<u8>| c.filter(u8::is_ascii_digit).map(|c| c - b'0');
+    let (x, y) = (b.next(), b.next());
+    let n = match (x, digit(y)) {
+        (Some(b'+'), Some(u)) => Some(u),
+        (x, Some(u)) => digit(x).map(|t| t * 10 + u),
+        _ => None,
     };
-    match rest.get(0..2).and_then(|d| d.parse::<u8>().ok()) {
+    match n {
         Some(10..=19) => f.eth = true,
         Some(_) => f.psy = true,
         None => {}
@@ -1008,6 +1020,23 @@ mod tests {
         let f = classify_icd10("J45.909");
         assert!(!f.eth && !f.psy);
         assert!(!classify_icd10("F").psy);
+        // The same answer as the dot-free, upper-cased copy parsed as `u8`.
+        for code in [
+            "F1", "F+5", "F-5", "F++", "f.1.9", "F1é", "Fé1", "F.", "", "G10", "F0", "F99",
+        ] {
+            let c = code.replace('.', "").to_ascii_uppercase();
+            let want = c
+                .strip_prefix('F')
+                .and_then(|r| r.get(0..2))
+                .and_then(|d| d.parse::<u8>().ok());
+            let f = classify_icd10(code);
+            assert_eq!(f.eth, matches!(want, Some(10..=19)), "{code}");
+            assert_eq!(
+                f.psy,
+                matches!(want, Some(n) if !(10..=19).contains(&n)),
+                "{code}"
+            );
+        }
     }
 
     /// Constant templates are folded at load (nested lists still splice,

@@ -307,7 +307,9 @@ fn index(
         };
         pos = line_end + 1;
         let line = src.get(line_start..line_end).unwrap_or("");
-        if line.bytes().all(|c| c == b' ' || c == b'\t') {
+        // A line with a field separator is never blank (the separator is
+        // punctuation): only separator-less lines are scanned.
+        if fields.len() == field_start && line.bytes().all(|c| c == b' ' || c == b'\t') {
             // Empty or whitespace-only line (it cannot contain the field
             // separator, which is punctuation, so no field was recorded).
             continue;

@@ -8,7 +8,7 @@ use serde_json::Value;
 use serde_yaml::Value as Y;
 
 use crate::error::{MappingError, TranslateError};
-use crate::eval::{uuid5, write_str_body, Eval, Flags, Instance, RunCtx};
+use crate::eval::{uuid5_text, write_str_body, Eval, Flags, Instance, RunCtx};
 use crate::expr::{Node, ObjField, Scope, SourceKind, StampField};
 use crate::path::SourcePath;
 use crate::source::{Hl7Source, JsonSource, Source};
@@ -110,6 +110,12 @@ pub struct JsonContext<'a> {
 pub(crate) struct Labels {
     diagnosis: bool,
     context: bool,
+}
+
+/// A resource id before it is appended to the url buffer.
+enum IdText {
+    Uuid([u8; crate::sha1::UUID_LEN]),
+    Raw(String),
 }
 
 #[derive(Debug)]
@@ -432,6 +438,7 @@ impl Engine {
                 j.push(b'"');
                 j
             },
+            urls: String::with_capacity(64 * (m.resources.len() + 2)),
             current: std::cell::Cell::new(0),
             pool: std::cell::Cell::new(Vec::with_capacity(8)),
         };
@@ -456,11 +463,35 @@ impl Engine {
                         continue;
                     }
                 }
-                let id = match &def.id {
-                    IdRule::Key(k) => ev.text(k, c).map(|k| uuid5(&k)),
-                    IdRule::Raw(n) => ev.text(n, c),
+                // `{rtype}/{id}` appended to the shared url buffer, the id
+                // hashed straight into it (one allocation per message, not
+                // three per resource).
+                let id_text = match &def.id {
+                    IdRule::Key(k) => ev
+                        .eval(k, c)
+                        .and_then(|v| v.text().map(|t| IdText::Uuid(uuid5_text(&t)))),
+                    IdRule::Raw(n) => ev.text(n, c).map(IdText::Raw),
                 };
-                let Some(id) = id.filter(|i| valid_id(i)) else {
+                let at = ev.urls.len();
+                ev.urls.push_str(&def.rtype);
+                ev.urls.push('/');
+                let id_at = ev.urls.len();
+                match &id_text {
+                    Some(IdText::Uuid(u)) => {
+                        ev.urls.push_str(std::str::from_utf8(u).unwrap_or_default())
+                    }
+                    Some(IdText::Raw(r)) => ev.urls.push_str(r),
+                    None => {}
+                }
+                let id = ev.urls.get(id_at..).unwrap_or_default();
+                // A uuid's text (hex and hyphens) is always a valid id.
+                let valid = match id_text {
+                    Some(IdText::Uuid(_)) => true,
+                    Some(IdText::Raw(_)) => valid_id(id),
+                    None => false,
+                };
+                if !valid {
+                    ev.urls.truncate(at);
                     if def.required {
                         return Err(TranslateError {
                             code: "missing-id",
@@ -469,12 +500,13 @@ impl Engine {
                         });
                     }
                     continue;
-                };
+                }
                 if ev
                     .instances
                     .iter()
-                    .any(|i| i.rtype == def.rtype && i.id == id)
+                    .any(|i| i.rtype == def.rtype && ev.id_of(i) == id)
                 {
+                    ev.urls.truncate(at);
                     continue; // same resource twice (e.g. repeated DG1 code): first wins
                 }
                 if ev.instances.len() >= MAX_RESOURCES {
@@ -484,19 +516,13 @@ impl Engine {
                         text: "too many resources".into(),
                     });
                 }
+                let url = at..ev.urls.len();
                 ev.instances.push(Instance {
                     def: di,
                     cur: c,
                     anchor: src.anchor(c),
                     rtype: &def.rtype,
-                    url: {
-                        let mut u = String::with_capacity(def.rtype.len() + 1 + id.len());
-                        u.push_str(&def.rtype);
-                        u.push('/');
-                        u.push_str(&id);
-                        u
-                    },
-                    id,
+                    url,
                     per_item: def.for_each.is_some(),
                     flags: Flags::default(),
                 });
@@ -537,9 +563,9 @@ impl Engine {
                 out.extend_from_slice(b"{\"fullUrl\":\"");
                 write_str_body(out, ctx.canonical_base);
                 out.push(b'/');
-                out.extend_from_slice(inst.url.as_bytes());
+                out.extend_from_slice(ev.url_of(inst).as_bytes());
                 out.extend_from_slice(b"\",\"request\":{\"method\":\"PUT\",\"url\":\"");
-                out.extend_from_slice(inst.url.as_bytes());
+                out.extend_from_slice(ev.url_of(inst).as_bytes());
                 out.extend_from_slice(b"\"},\"resource\":");
                 let body_start = out.len();
                 if !ev.emit(&def.body, inst.cur, out) {
@@ -584,15 +610,21 @@ fn valid_id(id: &str) -> bool {
 /// ICD-10 F10–F19 (substance use) → ETH; any other F code → PSY.
 fn classify_icd10(code: &str) -> Flags {
     let mut f = Flags::default();
-    let c: String = code
-        .chars()
-        .filter(|c| *c != '.')
-        .collect::<String>()
-        .to_ascii_uppercase();
-    let Some(rest) = c.strip_prefix('F') else {
+    // Without building the dot-free upper-cased copy (2 allocations): its
+    // first byte must be `F`, and its next two bytes parse as a `u8` (two
+    // digits, or `+` and a digit) — as `rest.get(0..2)?.parse::<u8>()`.
+    let mut b = code.bytes().filter(|&b| b != b'.');
+    if !matches!(b.next(), Some(b'F' | b'f')) {
         return f;
+    }
+    let digit = |c: Option<u8>| c.filter(u8::is_ascii_digit).map(|c| c - b'0');
+    let (x, y) = (b.next(), b.next());
+    let n = match (x, digit(y)) {
+        (Some(b'+'), Some(u)) => Some(u),
+        (x, Some(u)) => digit(x).map(|t| t * 10 + u),
+        _ => None,
     };
-    match rest.get(0..2).and_then(|d| d.parse::<u8>().ok()) {
+    match n {
         Some(10..=19) => f.eth = true,
         Some(_) => f.psy = true,
         None => {}
@@ -988,6 +1020,23 @@ mod tests {
         let f = classify_icd10("J45.909");
         assert!(!f.eth && !f.psy);
         assert!(!classify_icd10("F").psy);
+        // The same answer as the dot-free, upper-cased copy parsed as `u8`.
+        for code in [
+            "F1", "F+5", "F-5", "F++", "f.1.9", "F1é", "Fé1", "F.", "", "G10", "F0", "F99",
+        ] {
+            let c = code.replace('.', "").to_ascii_uppercase();
+            let want = c
+                .strip_prefix('F')
+                .and_then(|r| r.get(0..2))
+                .and_then(|d| d.parse::<u8>().ok());
+            let f = classify_icd10(code);
+            assert_eq!(f.eth, matches!(want, Some(10..=19)), "{code}");
+            assert_eq!(
+                f.psy,
+                matches!(want, Some(n) if !(10..=19).contains(&n)),
+                "{code}"
+            );
+        }
     }
 
     /// Constant templates are folded at load (nested lists still splice,

@@ -21,11 +21,15 @@ pub const ID_NAMESPACE: uuid::Uuid =
 
 /// Deterministic resource id for a key string.
 pub fn uuid5(key: &str) -> String {
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid::Uuid::new_v5(&ID_NAMESPACE, key.as_bytes())
-        .hyphenated()
-        .encode_lower(&mut buf)
+    // Hex digits and hyphens: always ASCII, never the fallback.
+    std::str::from_utf8(&uuid5_text(key))
+        .unwrap_or_default()
         .to_string()
+}
+
+/// The text of `uuid5(key)` (as [`uuid5`]), hashed and formatted on the stack.
+pub(crate) fn uuid5_text(key: &str) -> [u8; crate::sha1::UUID_LEN] {
+    crate::sha1::uuid5_text(ID_NAMESPACE.as_bytes(), key.as_bytes())
 }
 
 /// Run-time values for `$ctx`.
@@ -46,7 +50,7 @@ pub(crate) enum Val<'v> {
 }
 
 impl<'v> Val<'v> {
-    fn text(&self) -> Option<Cow<'_, str>> {
+    pub(crate) fn text(&self) -> Option<Cow<'_, str>> {
         match self {
             Val::Str(s) => Some(Cow::Borrowed(s.as_ref())),
             Val::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
@@ -80,9 +84,9 @@ pub(crate) struct Instance<'v, C> {
     pub cur: C,
     pub anchor: Option<usize>,
     pub rtype: &'v str,
-    pub id: String,
-    /// `{rtype}/{id}`: the reference to it (validated: nothing to escape).
-    pub url: String,
+    /// Where `{rtype}/{id}`, the reference to it (validated: nothing to
+    /// escape), is in [`Eval::urls`].
+    pub url: std::ops::Range<usize>,
     /// Made once per visited segment/element (`for_each`): `$ref` then
     /// only pairs it with the cursor visiting that same segment.
     pub per_item: bool,
@@ -152,6 +156,7 @@ fn any_escape8(w: u64) -> bool {
 }
 
 /// Write `s` as a JSON string, escaped exactly as `serde_json` does.
+#[inline]
 pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     out.reserve(s.len() + 2);
     out.push(b'"');
@@ -159,21 +164,48 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// The escaped contents of a JSON string, without the quotes. Clean runs
-/// are skipped 8 bytes at a time and copied in one piece.
-pub(crate) fn write_str_body(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
-    // Fast path: nothing to escape (the common case) → one copy.
-    let chunks = bytes.chunks_exact(8);
-    let tail = chunks.remainder();
-    let clean = chunks
-        .map(|c| <[u8; 8]>::try_from(c).map_or(0, u64::from_le_bytes))
-        .all(|w| !any_escape8(w))
-        && tail.iter().all(|&b| !NEEDS_ESCAPE[usize::from(b)]);
-    if clean {
-        out.extend_from_slice(bytes);
-        return;
+/// Nothing in `bytes` needs escaping: 8 bytes at a time (SWAR), the tail
+/// as one more, overlapping, 8-byte word (short strings: bytewise). A
+/// bytewise tail cost ≈ 1.7 k more per message.
+#[inline]
+fn is_clean(bytes: &[u8]) -> bool {
+    let word = |i: usize| {
+        bytes
+            .get(i..i + 8)
+            .and_then(|c| <[u8; 8]>::try_from(c).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let n = bytes.len();
+    if n < 8 {
+        return bytes.iter().all(|&b| !NEEDS_ESCAPE[usize::from(b)]);
     }
+    let mut i = 0;
+    while i + 8 <= n {
+        if any_escape8(word(i)) {
+            return false;
+        }
+        i += 8;
+    }
+    i == n || !any_escape8(word(n - 8))
+}
+
+/// The escaped contents of a JSON string, without the quotes. The common
+/// clean case is a check and one copy, inlined at the call site; escaping
+/// is out of line (per message 13.5 k → 9.7 k instructions here).
+#[inline]
+pub(crate) fn write_str_body(out: &mut Vec<u8>, s: &str) {
+    if is_clean(s.as_bytes()) {
+        out.extend_from_slice(s.as_bytes());
+    } else {
+        write_escaped(out, s.as_bytes());
+    }
+}
+
+/// [`write_str_body`] for a string that needs escaping: clean runs are
+/// skipped 8 bytes at a time and copied in one piece.
+#[cold]
+#[inline(never)]
+fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     let mut start = 0;
     let mut i = 0;
     while i < bytes.len() {
@@ -242,11 +274,8 @@ fn is_scalar(n: &Node) -> bool {
         | Node::Ctx(_)
         | Node::Date(_)
         | Node::DateTime(_)
-        | Node::Concat(_)
-        | Node::Join { .. }
         | Node::Uuid5(_)
         | Node::Upper(_)
-        | Node::Lower(_)
         | Node::Key(_)
         | Node::Id(_)
         | Node::Ref(_)
@@ -255,6 +284,29 @@ fn is_scalar(n: &Node) -> bool {
         | Node::Not(_)
         | Node::Exists(_) => true,
         Node::Map { part, .. } => *part != Part::Coding,
+        _ => false,
+    }
+}
+
+/// Nodes whose value, when present, always has a text (so writing their
+/// text directly is the same as evaluating them first).
+fn always_text(n: &Node) -> bool {
+    match n {
+        Node::Str(..)
+        | Node::Path(_)
+        | Node::Ctx(_)
+        | Node::Date(_)
+        | Node::DateTime(_)
+        | Node::Concat(_)
+        | Node::Join { .. }
+        | Node::Uuid5(_)
+        | Node::Upper(_)
+        | Node::Lower(_)
+        | Node::Key(_)
+        | Node::Id(_)
+        | Node::Ref(_) => true,
+        Node::Map { part, .. } => *part != Part::Coding,
+        Node::First(items) => items.iter().all(always_text),
         _ => false,
     }
 }
@@ -269,6 +321,8 @@ pub(crate) struct Eval<'v, S: Source<'v>> {
     pub instances: Vec<Instance<'v, S::Cur>>,
     /// `meta.source` of every resource, as a JSON string.
     pub meta_source: Vec<u8>,
+    /// Every instance's `{rtype}/{id}`, back to back (see `Instance::url`).
+    pub urls: String,
     /// Spare cursor vectors for `$for_each` / `$find` (no allocation per visit).
     pub pool: Cell<Vec<Vec<S::Cur>>>,
     /// The instance whose body is being written (for [`Node::Stamp`]).
@@ -280,6 +334,16 @@ fn non_empty(s: String) -> Option<Val<'static>> {
 }
 
 impl<'v, S: Source<'v>> Eval<'v, S> {
+    /// The reference `{rtype}/{id}` of an instance.
+    pub(crate) fn url_of(&self, i: &Instance<'v, S::Cur>) -> &str {
+        self.urls.get(i.url.clone()).unwrap_or_default()
+    }
+
+    /// The resource id of an instance (its url after `{rtype}/`).
+    pub(crate) fn id_of(&self, i: &Instance<'v, S::Cur>) -> &str {
+        self.url_of(i).get(i.rtype.len() + 1..).unwrap_or_default()
+    }
+
     /// The cursors `$for_each: path` visits from `cur`, in a pooled vector
     /// (hand it back with [`Eval::recycle`]).
     fn cursors(&self, cur: S::Cur, path: &SourcePath) -> Vec<S::Cur> {
@@ -301,8 +365,10 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
 
     /// A node as text (`None` when empty or structured).
     pub(crate) fn text(&self, n: &'v Node, cur: S::Cur) -> Option<String> {
-        self.eval(n, cur)
-            .and_then(|v| v.text().map(Cow::into_owned))
+        match self.eval(n, cur)? {
+            Val::Str(s) => Some(s.into_owned()),
+            v => v.text().map(Cow::into_owned),
+        }
     }
 
     /// Evaluate a node at a cursor.
@@ -392,6 +458,11 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 }
             }
             Node::Eq(a, b) => {
+                if let (Node::Path(p), Node::Str(s, _)) = (&**a, &**b) {
+                    // `{$eq: [{$v: path}, literal]}`, the usual condition:
+                    // compared in place, no `Val`s (145.4 k → 144.4 k per message).
+                    return Some(Val::Bool(self.src.get(cur, p).is_some_and(|v| *v == **s)));
+                }
                 let (a, b) = (self.eval(a, cur), self.eval(b, cur));
                 let eq = match (
                     a.as_ref().and_then(Val::text),
@@ -424,7 +495,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                     .instances
                     .iter()
                     .find(|i| i.def == *def && (!i.per_item || i.anchor == here))?;
-                Some(Val::Str(Cow::Borrowed(inst.url.as_str())))
+                Some(Val::Str(Cow::Borrowed(self.url_of(inst))))
             }
             Node::Refs(defs) => {
                 let refs: Vec<Value> = self
@@ -433,7 +504,10 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                     .filter(|i| defs.contains(&i.def))
                     .map(|i| {
                         let mut m = Map::new();
-                        m.insert("reference".into(), Value::String(i.url.clone()));
+                        m.insert(
+                            "reference".into(),
+                            Value::String(self.url_of(i).to_string()),
+                        );
                         Value::Object(m)
                     })
                     .collect();
@@ -507,6 +581,22 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 out.push(b'{');
                 let mut any = false;
                 for f in fields {
+                    if let Node::Path(p) = &f.node {
+                        // The most common member: read and write the value,
+                        // no `Val` (per message 146.7 k → 145.4 k instructions).
+                        if let Some(v) = self.src.get(cur, p) {
+                            if any {
+                                out.push(b',');
+                            }
+                            out.extend_from_slice(&f.key);
+                            write_str(out, &v);
+                            any = true;
+                        } else if f.required {
+                            out.truncate(start);
+                            return false;
+                        }
+                        continue;
+                    }
                     if is_scalar(&f.node) {
                         // Evaluate first: an absent value writes nothing.
                         if let Some(v) = self.eval(&f.node, cur) {
@@ -623,7 +713,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 };
                 match f {
                     StampField::ResourceType => write_str(out, inst.rtype),
-                    StampField::Id => write_str(out, &inst.id),
+                    StampField::Id => write_str(out, self.id_of(inst)),
                     StampField::Meta => {
                         out.push(b'{');
                         let mark = out.len();
@@ -644,7 +734,97 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 out.extend_from_slice(json);
                 true
             }
+            Node::Concat(_) | Node::Join { .. } | Node::Lower(_) => self.emit_text(n, cur, out),
             _ => self.eval(n, cur).is_some_and(|v| write_val(out, v)),
+        }
+    }
+
+    /// Write the JSON string of a text node straight into `out`, with no
+    /// intermediate `String` (≈ 2 allocations per `$concat`/`$join` saved);
+    /// `false` (nothing written) when it is absent or empty.
+    fn emit_text(&self, n: &'v Node, cur: S::Cur, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
+        out.push(b'"');
+        if self.write_body(n, cur, out) && out.len() > start + 1 {
+            out.push(b'"');
+            true
+        } else {
+            out.truncate(start);
+            false
+        }
+    }
+
+    /// Append the escaped text of `n` (no quotes); `false` exactly when
+    /// `eval(n)` has no text (the caller truncates what was written).
+    /// Escaping is per byte, so escaping the parts equals escaping the whole.
+    fn write_body(&self, n: &'v Node, cur: S::Cur, out: &mut Vec<u8>) -> bool {
+        match n {
+            Node::Str(s, _) => {
+                write_str_body(out, s);
+                true
+            }
+            Node::Path(p) => match self.src.get(cur, p) {
+                Some(v) => {
+                    write_str_body(out, &v);
+                    true
+                }
+                None => false,
+            },
+            Node::Concat(items) => {
+                let start = out.len();
+                items.iter().all(|it| self.write_body(it, cur, out)) && out.len() > start
+            }
+            Node::Join { items, sep } => {
+                let start = out.len();
+                for it in items {
+                    let mark = out.len();
+                    if mark > start {
+                        write_str_body(out, sep);
+                    }
+                    if !self.write_body(it, cur, out) {
+                        out.truncate(mark);
+                    }
+                }
+                out.len() > start
+            }
+            Node::First(items) if items.iter().all(always_text) => items.iter().any(|it| {
+                let mark = out.len();
+                self.write_body(it, cur, out) || {
+                    out.truncate(mark);
+                    false
+                }
+            }),
+            Node::Lower(x) => {
+                let start = out.len();
+                if !self.write_body(x, cur, out) || out.len() == start {
+                    return false;
+                }
+                match out.get_mut(start..) {
+                    // ASCII: lowercasing the escaped text in place is exact
+                    // (escapes are lowercase already).
+                    Some(t) if t.is_ascii() => {
+                        t.make_ascii_lowercase();
+                        true
+                    }
+                    _ => {
+                        out.truncate(start);
+                        match self.eval(n, cur).as_ref().and_then(Val::text) {
+                            Some(t) => {
+                                write_str_body(out, &t);
+                                true
+                            }
+                            None => false,
+                        }
+                    }
+                }
+            }
+            _ => match self.eval(n, cur).as_ref().and_then(Val::text) {
+                Some(t) => {
+                    write_str_body(out, &t);
+                    true
+                }
+                None => false,
+            },
         }
     }
 
@@ -688,7 +868,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                     *any = true;
                     out.extend_from_slice(b"{\"reference\":\"");
                     // Types and ids are validated ([A-Za-z0-9.-]); nothing to escape.
-                    out.extend_from_slice(i.url.as_bytes());
+                    out.extend_from_slice(self.url_of(i).as_bytes());
                     out.extend_from_slice(b"\"}");
                 }
             }

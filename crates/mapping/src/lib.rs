@@ -33,8 +33,9 @@
 //! The hot path (`translate_adt_into`) avoids per-value work that used to
 //! dominate:
 //!
-//! - **Field index.** `source::Hl7Source` splits every field of the message
-//!   into repetitions and components once, in one byte-class-table pass
+//! - **Field index.** `source::Hl7Source` splits every non-empty field of
+//!   the message into repetitions and components once, starting from
+//!   `hl7v2`'s own field ranges, in one byte-class-table pass per field
 //!   (offsets, not strings); a path lookup is then a few bounds-checked
 //!   index operations. A unit test checks it against `hl7v2`'s accessors for
 //!   every golden input and odd delimiter sets. Values are unescaped only
@@ -43,11 +44,17 @@
 //! - **Constant folding.** Object/array templates whose members are all
 //!   literals become one pre-rendered `Node::Const` at load time.
 //! - **No formatting machinery** on the hot path: references (`Type/id`)
-//!   are built once per resource and borrowed (`$ref`, `fullUrl`,
-//!   `request.url`), `meta.source` and `meta.security` are pre-rendered,
-//!   dates are formatted by hand, keys are borrowed rather than cloned.
-//! - **JSON strings** are checked 8 bytes at a time (SWAR) and copied in one
-//!   piece when nothing needs escaping.
+//!   are built once per resource into one per-message buffer and borrowed
+//!   (`$ref`, `fullUrl`, `request.url`), `meta.source` and `meta.security`
+//!   are pre-rendered, dates are formatted by hand, keys are borrowed rather
+//!   than cloned; `$concat`, `$join` and `$lower` are written straight into
+//!   the output (no intermediate `String`), as are path members.
+//! - **Deterministic ids**: `uuid5` is a one-shot SHA-1 of
+//!   `namespace ‖ key` on the stack (`sha1.rs`, checked against the `uuid`
+//!   crate), formatted into a `[u8; 36]`.
+//! - **JSON strings** are checked 8 bytes at a time (SWAR, the tail as one
+//!   overlapping word) and copied in one piece when nothing needs escaping;
+//!   escaping is out of line.
 //! - Pooled cursor vectors for `$for_each`/`$find`, FNV hashing for concept
 //!   maps, a linear duplicate check instead of a `HashSet` of cloned ids.
 //!
@@ -56,23 +63,27 @@
 //! 2000, minus an N = 0 run for start-up), release build, `valgrind
 //! --tool=callgrind` instruction counts (repeatable on a shared machine):
 //!
-//! | per message                         | before  | after   |
-//! |-------------------------------------|---------|---------|
-//! | parse + `translate_adt_into`        | 327.0 k | 157.2 k |
-//! | parse + `translate_adt` (`Value`)   | 737.9 k | 579.8 k |
-//! | of which `hl7v2::parse` alone       | 16.4 k  | 16.4 k  |
+//! | per message                         | first   | then    | now     |
+//! |-------------------------------------|---------|---------|---------|
+//! | parse + `translate_adt_into`        | 327.0 k | 157.9 k | 133.6 k |
+//! | parse + `translate_adt` (`Value`)   | 737.9 k | 579.0 k | 558.9 k |
+//! | of which `hl7v2::parse` alone       | 16.4 k  | 16.4 k  | 15.0 k  |
 //!
-//! CPU time (`perf stat -e task-clock`, N = 20 000, machine at load ~12 on
-//! 2 cores, so per-core rates are depressed and noisy): before 29–34 k
-//! msg/s, after 60–72 k msg/s for parse + `translate_adt_into` (wall clock
-//! under that load: 9–11 k → 20–27 k msg/s; `cargo bench -p cwsgw-mapping
-//! --bench translate` printed 21 k wall / 66 k CPU msg/s). The 100 k msg/s
-//! target needs roughly ≤ 105 k instructions per message at the observed
-//! ~10–11 G instructions per CPU-second: **not reached yet**. What remains
-//! per message: building the field index ≈ 20 k (more than `hl7v2::parse`;
-//! splitting fields lazily, on first use, is the next step), template
-//! walking ≈ 60 k, uuid5 (SHA-1) ≈ 10 k, allocation ≈ 10 k (a reusable
-//! per-worker scratch for the index and cursor pools would remove most).
+//! `cargo bench -p cwsgw-mapping --bench translate` (medians of 3
+//! interleaved runs, machine at load ≈ 6 on 2 cores): 157.9 k → 133.6 k
+//! instructions took 76 k → 92 k CPU msg/s (50 k → 63 k wall). The 100 k
+//! msg/s target needs roughly ≤ 100 k instructions per message at the
+//! observed ~10 G instructions per CPU-second: **not reached yet**. What
+//! remains per message (self cost): template walking (`emit`, `eval`,
+//! `write_body`, `emit_items`) ≈ 33 k, the field index ≈ 14 k, path lookups
+//! ≈ 17 k (`value` + `get` + slicing + trim, ≈ 130 lookups: repeated reads
+//! of the same component in `$first`/`$if` chains are not memoised),
+//! `hl7v2::parse` ≈ 11.5 k, JSON string writing ≈ 9.4 k plus `memcpy`
+//! ≈ 5.6 k, SHA-1 ≈ 7 k (5 one-block ids; 1.4 k per compression, already
+//! unrolled — only SHA-NI, i.e. `unsafe`, would cut it), allocation ≈ 6 k
+//! (≈ 33 per message). Reaching 100 k likely needs a flatter compiled form
+//! of the templates (fewer recursive calls and `Option<Val>` returns) rather
+//! than more local tuning.
 //!
 //! # Code map
 //!
@@ -103,6 +114,7 @@ mod error;
 mod eval;
 mod expr;
 mod path;
+mod sha1;
 mod source;
 mod terminology;
 

@@ -160,7 +160,16 @@ impl ConceptMap {
 
     /// Look a source code up.
     pub(crate) fn get(&self, code: &str) -> Option<&Target> {
-        self.rows.get(code.trim())
+        // Source values arrive trimmed: skip the trim when both ends are
+        // visible ASCII (same key either way).
+        let b = code.as_bytes();
+        let visible = |c: Option<&u8>| c.is_some_and(|&c| c > b' ' && c < 0x7f);
+        let code = if visible(b.first()) && visible(b.last()) {
+            code
+        } else {
+            code.trim()
+        };
+        self.rows.get(code)
     }
 }
 

@@ -51,7 +51,7 @@ use crate::{
     validate_input, AppendOutcome, AuditRecord, ClockRow, Completion, CompletionResult, Delivery,
     DeliveryOutcome, DeliveryState, JournalId, JournalRecord, JournalStats, NewAudit, NewDelivery,
     NewInput, OutboxId, ResourceQuery, ResourceWrite, Store, StoreError, StoreMetrics,
-    StoredResource, MAX_PATIENT_ID_LEN, MAX_PENDING_PAGE, MAX_RESOURCE_ID_LEN,
+    StoredResource, WithContext, MAX_PATIENT_ID_LEN, MAX_PENDING_PAGE, MAX_RESOURCE_ID_LEN,
     MAX_RESOURCE_TYPE_LEN,
 };
 use rows::to_micros;
@@ -386,6 +386,17 @@ fn search_sql(q: &ResourceQuery) -> (String, Vec<SqlValue>) {
     (sql::resource_search(&shape), values)
 }
 
+/// The query of [`Store::resources_by_patient_types`], or `None` when it
+/// cannot match (no types, or no plausible patient id).
+fn context_sql(patient_id: &str, types: &[&str]) -> Option<(String, Vec<SqlValue>)> {
+    if patient_id.is_empty() || patient_id.len() > MAX_PATIENT_ID_LEN || types.is_empty() {
+        return None;
+    }
+    let mut values = vec![SqlValue::Text(patient_id.to_string())];
+    values.extend(types.iter().map(|t| SqlValue::Text((*t).to_string())));
+    Some((sql::resources_by_patient_types(types.len()), values))
+}
+
 fn plausible_resource_key(resource_type: &str, id: &str) -> bool {
     !resource_type.is_empty()
         && resource_type.len() <= MAX_RESOURCE_TYPE_LEN
@@ -578,14 +589,80 @@ impl Store for SqliteStore {
         types: &[&str],
     ) -> Result<Vec<StoredResource>, StoreError> {
         crate::check_types(types)?;
-        if patient_id.is_empty() || patient_id.len() > MAX_PATIENT_ID_LEN || types.is_empty() {
+        let Some((sql, values)) = context_sql(patient_id, types) else {
             return Ok(Vec::new());
-        }
-        let mut values = vec![SqlValue::Text(patient_id.to_string())];
-        values.extend(types.iter().map(|t| SqlValue::Text((*t).to_string())));
-        let sql = sql::resources_by_patient_types(types.len());
+        };
         self.read(move |conn| {
             query_resources(conn, &sql, rusqlite::params_from_iter(values.iter()))
+        })
+        .await
+    }
+
+    async fn resource_search_with_context(
+        &self,
+        q: &ResourceQuery,
+        patient_id: &str,
+        context_types: &[&str],
+    ) -> Result<WithContext<Vec<StoredResource>>, StoreError> {
+        crate::check_types(context_types)?;
+        if let QueryCheck::Empty = check_query(q)? {
+            return Ok(WithContext::default());
+        }
+        let (sql, values) = search_sql(q);
+        let context = context_sql(patient_id, context_types);
+        // One pool checkout, one blocking hop, one snapshot.
+        self.read(move |conn| {
+            snapshot(conn, |conn| {
+                let found = query_resources(conn, &sql, rusqlite::params_from_iter(values.iter()))?;
+                let context = match context {
+                    Some((sql, values)) if !found.is_empty() => query_resources(
+                        conn,
+                        &sql,
+                        rusqlite::params_from_iter(values.iter()),
+                    )?,
+                    _ => Vec::new(),
+                };
+                Ok(WithContext { found, context })
+            })
+        })
+        .await
+    }
+
+    async fn resource_get_with_context(
+        &self,
+        resource_type: &str,
+        id: &str,
+        context_types: &[&str],
+    ) -> Result<WithContext<Option<StoredResource>>, StoreError> {
+        crate::check_types(context_types)?;
+        if !plausible_resource_key(resource_type, id) {
+            return Ok(WithContext::default());
+        }
+        let (t, i) = (resource_type.to_string(), id.to_string());
+        let types: Vec<String> = context_types.iter().map(|t| (*t).to_string()).collect();
+        self.read(move |conn| {
+            snapshot(conn, |conn| {
+                let found = conn
+                    .prepare_cached(&sql::resource_get())?
+                    .query_row(params![t, i], rows::resource_row)
+                    .optional()?
+                    .map(rows::stored_resource)
+                    .transpose()?;
+                let types: Vec<&str> = types.iter().map(String::as_str).collect();
+                let context = match found
+                    .as_ref()
+                    .and_then(|r| r.patient_id.as_deref())
+                    .and_then(|p| context_sql(p, &types))
+                {
+                    Some((sql, values)) => query_resources(
+                        conn,
+                        &sql,
+                        rusqlite::params_from_iter(values.iter()),
+                    )?,
+                    None => Vec::new(),
+                };
+                Ok(WithContext { found, context })
+            })
         })
         .await
     }

@@ -216,6 +216,22 @@ fn configure_writer(conn: &Connection, synchronous_full: bool) -> rusqlite::Resu
         if synchronous_full { "FULL" } else { "NORMAL" },
     )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    stable_plans(conn)?;
+    Ok(())
+}
+
+/// `SQLITE_DBCONFIG_ENABLE_QPSG` (query planner stability guarantee): plans
+/// never depend on bound values. Without it SQLite (3.4x+) marks a statement
+/// "re-prepare on bind" for a bound `LIMIT ?` (the value is coded into the
+/// program) and for `col = ?` terms it weighs, and rusqlite clears the
+/// bindings of every statement it returns to the statement cache — so each
+/// such cached statement was parsed and planned again at every use (the
+/// search: `sqlite3Reprepare` 8 % of the `bench api` profile, perf). Our
+/// plans need no bound values: no `LIKE`, no `ANALYZE`/stat4, and the
+/// search plans are fixed by their SQL shape (`sql.rs`, checked by
+/// `EXPLAIN QUERY PLAN` tests).
+fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     Ok(())
 }
 
@@ -226,6 +242,7 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    stable_plans(&conn)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
@@ -970,6 +987,49 @@ mod tests {
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
         rows.join("; ")
+    }
+
+    /// Runs the search statement the way the store does (statement cache,
+    /// different bound values each time); how often SQLite re-prepared it.
+    fn search_reprepares(conn: &Connection) -> i32 {
+        let mut reprepares = 0;
+        for i in 0..4 {
+            let q = ResourceQuery {
+                resource_type: "Task".into(),
+                params: vec![
+                    ("patient".into(), vec![format!("Patient/p{i}")]),
+                    ("status".into(), vec!["requested".into()]),
+                ],
+                limit: 31 + i,
+                ..ResourceQuery::default()
+            };
+            let (sql, values) = search_sql(&q);
+            let mut stmt = conn.prepare_cached(&sql).unwrap();
+            let n = stmt
+                .query_map(rusqlite::params_from_iter(values.iter()), |_| Ok(()))
+                .unwrap()
+                .count();
+            assert_eq!(n, 0);
+            reprepares = stmt.get_status(rusqlite::StatementStatus::RePrepare);
+        }
+        reprepares
+    }
+
+    /// With the planner stability guarantee on, a cached statement is
+    /// prepared once; without it SQLite re-prepares the search at each use
+    /// (bound `LIMIT ?`, and rusqlite clears bindings on return to the cache).
+    #[test]
+    fn cached_statements_are_not_reprepared() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate::migrate(&conn).unwrap();
+        assert!(
+            search_reprepares(&conn) > 0,
+            "control: SQLite's default re-prepares on bind"
+        );
+        let conn = Connection::open_in_memory().unwrap();
+        migrate::migrate(&conn).unwrap();
+        stable_plans(&conn).unwrap();
+        assert_eq!(search_reprepares(&conn), 0);
     }
 
     /// The hot queries must not scan the journal table (its rows hold the raw blobs).

@@ -1090,9 +1090,11 @@ async fn api(
             // Group commit of the audit appends: requests per write
             // transaction and the mean commit time (begin → fsync'd commit).
             let commits = m1.commits.saturating_sub(m0.commits);
-            let per_commit = (commits > 0).then(|| (requests as f64 / commits as f64 * 100.0).round() / 100.0);
+            let per_commit =
+                (commits > 0).then(|| (requests as f64 / commits as f64 * 100.0).round() / 100.0);
             let commit_ms = (commits > 0).then(|| {
-                ((m1.commit_seconds_sum - m0.commit_seconds_sum) / commits as f64 * 1e5).round() / 100.0
+                ((m1.commit_seconds_sum - m0.commit_seconds_sum) / commits as f64 * 1e5).round()
+                    / 100.0
             });
             println!(
                 "{}",

@@ -707,8 +707,9 @@ async fn consent_withdrawn_through_another_store_is_seen_on_the_next_request() {
         assert_eq!(ids(&b), vec!["t1"]);
     }
     // Another handle on the same database withdraws p1's referral consent.
-    let other = store::SqliteStore::open(&dir.path().join("gw.db"), store::SqliteOptions::default())
-        .unwrap();
+    let other =
+        store::SqliteStore::open(&dir.path().join("gw.db"), store::SqliteOptions::default())
+            .unwrap();
     let mut withdrawn = consent(
         "c1",
         "p1",
@@ -776,7 +777,12 @@ async fn patient_search_decides_on_the_patients_own_context() {
     assert_eq!(ids(&b), Vec::<String>::new(), "p2 has no consent for mcp-a");
     let (_, b) = get(&c, &format!("{base}/fhir/Task?patient=p1"), MCP_TOKEN).await;
     assert_eq!(ids(&b), vec!["t1"]);
-    let (_, b) = get(&c, &format!("{base}/fhir/Task?subject=Patient/p2"), OPS_TOKEN).await;
+    let (_, b) = get(
+        &c,
+        &format!("{base}/fhir/Task?subject=Patient/p2"),
+        OPS_TOKEN,
+    )
+    .await;
     assert_eq!(ids(&b), vec!["t2"]);
     // A patient with no matches: empty, total 0, and nothing to audit.
     let (_, b) = get(&c, &format!("{base}/fhir/Task?patient=nobody"), MCP_TOKEN).await;

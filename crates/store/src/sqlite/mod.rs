@@ -231,7 +231,10 @@ fn configure_writer(conn: &Connection, synchronous_full: bool) -> rusqlite::Resu
 /// search plans are fixed by their SQL shape (`sql.rs`, checked by
 /// `EXPLAIN QUERY PLAN` tests).
 fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     Ok(())
 }
 
@@ -632,11 +635,9 @@ impl Store for SqliteStore {
             snapshot(conn, |conn| {
                 let found = query_resources(conn, &sql, rusqlite::params_from_iter(values.iter()))?;
                 let context = match context {
-                    Some((sql, values)) if !found.is_empty() => query_resources(
-                        conn,
-                        &sql,
-                        rusqlite::params_from_iter(values.iter()),
-                    )?,
+                    Some((sql, values)) if !found.is_empty() => {
+                        query_resources(conn, &sql, rusqlite::params_from_iter(values.iter()))?
+                    }
                     _ => Vec::new(),
                 };
                 Ok(WithContext { found, context })
@@ -671,11 +672,9 @@ impl Store for SqliteStore {
                     .and_then(|r| r.patient_id.as_deref())
                     .and_then(|p| context_sql(p, &types))
                 {
-                    Some((sql, values)) => query_resources(
-                        conn,
-                        &sql,
-                        rusqlite::params_from_iter(values.iter()),
-                    )?,
+                    Some((sql, values)) => {
+                        query_resources(conn, &sql, rusqlite::params_from_iter(values.iter()))?
+                    }
                     None => Vec::new(),
                 };
                 Ok(WithContext { found, context })

@@ -1107,10 +1107,22 @@ async fn api(
         api_phase(addr, conns, requests.min(500), path_of.clone()).await?;
         let (mut rps, mut p50, mut p99) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..runs {
+            let m0 = gw.store.metrics();
             let (r, a, b) = api_phase(addr, conns, requests, path_of.clone()).await?;
+            let m1 = gw.store.metrics();
+            // Group commit of the audit appends: requests per write
+            // transaction and the mean commit time (begin → fsync'd commit).
+            let commits = m1.commits.saturating_sub(m0.commits);
+            let per_commit =
+                (commits > 0).then(|| (requests as f64 / commits as f64 * 100.0).round() / 100.0);
+            let commit_ms = (commits > 0).then(|| {
+                ((m1.commit_seconds_sum - m0.commit_seconds_sum) / commits as f64 * 1e5).round()
+                    / 100.0
+            });
             println!(
                 "{}",
-                json!({"bench": "api", "store": backend, "phase": name, "run": run, "requests_per_sec": r.round(), "p50_ms": a, "p99_ms": b})
+                json!({"bench": "api", "store": backend, "phase": name, "run": run, "requests_per_sec": r.round(), "p50_ms": a, "p99_ms": b,
+                       "commits": commits, "requests_per_commit": per_commit, "commit_ms_mean": commit_ms})
             );
             rps.push(r);
             p50.push(a);

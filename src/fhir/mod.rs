@@ -45,7 +45,7 @@ use crate::api::{fhir_json, operation_outcome, ApiError, AppState};
 use crate::audit::{self, AuditEntry, Interaction};
 use crate::auth::{Access, Caller, ClientCert};
 use crate::config::OrgKind;
-use crate::disclosure::{apply_obligations, PatientContext};
+use crate::disclosure::{apply_obligations, PatientContext, CONTEXT_TYPES};
 
 /// Organization kinds that may read and search.
 pub const READ_KINDS: &[OrgKind] = &[
@@ -177,6 +177,26 @@ impl<'a> Gate<'a> {
         match r.patient_id.clone().or_else(|| index::patient_of(&r.body)) {
             Some(p) => self.contexts.contains_key(&p),
             None => true,
+        }
+    }
+
+    /// Does the request still need `patient_id`'s context (a non-operator
+    /// caller whose context for that patient is not loaded yet)?
+    fn needs_context(&self, patient_id: &str) -> bool {
+        self.caller.kind != OrgKind::Operator
+            && !self.contexts.contains_key(patient_id)
+            && self.contexts.len() < MAX_PATIENTS_PER_REQUEST
+    }
+
+    /// Take `patient_id`'s context from resources the store read together
+    /// with the request's resources (`Store::*_with_context`, of
+    /// [`CONTEXT_TYPES`]) instead of loading it at the first
+    /// [`Gate::judge`]: the same [`PatientContext::from_resources`] over the
+    /// same rows `PatientContext::load` reads, one store round trip fewer.
+    fn preload(&mut self, patient_id: &str, context: &[StoredResource]) {
+        if self.needs_context(patient_id) {
+            let ctx = PatientContext::from_resources(&self.state.cfg, patient_id, context);
+            self.contexts.insert(patient_id.to_string(), ctx);
         }
     }
 
@@ -383,15 +403,25 @@ async fn read(
     if !crate::config::valid_fhir_id(&id) {
         return Ok(not_found(&rtype, "invalid"));
     }
-    let Some(r) = state
-        .store
-        .resource_get(&rtype, &id)
-        .await
-        .map_err(|_| ApiError::Unavailable)?
-    else {
+    let mut gate = Gate::new(&state, &caller, Interaction::Read);
+    let r = if caller.kind == OrgKind::Operator {
+        state.store.resource_get(&rtype, &id).await
+    } else {
+        // The resource and its patient's context in one store read.
+        state
+            .store
+            .resource_get_with_context(&rtype, &id, &CONTEXT_TYPES)
+            .await
+            .map(|w| {
+                if let Some(p) = w.found.as_ref().and_then(|r| r.patient_id.as_deref()) {
+                    gate.preload(p, &w.context);
+                }
+                w.found
+            })
+    };
+    let Some(r) = r.map_err(|_| ApiError::Unavailable)? else {
         return Ok(not_found(&rtype, &id));
     };
-    let mut gate = Gate::new(&state, &caller, Interaction::Read);
     let verdict = gate.judge(&r).await?;
     gate.finish().await?;
     Ok(match verdict {
@@ -438,7 +468,24 @@ async fn fill_page(gate: &mut Gate<'_>, s: &params::Search) -> Result<Page, ApiE
         let mut q = s.query.clone();
         q.after = after.clone();
         q.limit = limit;
-        let rows = gate.state.store.resource_search(&q).await.map_err(|e| {
+        let rows = match s.patient.as_deref().filter(|p| gate.needs_context(p)) {
+            // The matches and the searched patient's context in one store
+            // read (rows indexed under another patient load theirs in
+            // `judge`).
+            Some(p) => gate
+                .state
+                .store
+                .resource_search_with_context(&q, p, &CONTEXT_TYPES)
+                .await
+                .map(|w| {
+                    if !w.found.is_empty() {
+                        gate.preload(p, &w.context);
+                    }
+                    w.found
+                }),
+            None => gate.state.store.resource_search(&q).await,
+        }
+        .map_err(|e| {
             tracing::error!(error = %e, "resource search failed");
             ApiError::Unavailable
         })?;

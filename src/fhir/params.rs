@@ -182,6 +182,9 @@ pub struct Search {
     pub ignored: Vec<String>,
     /// The parameters to repeat in the `next` link (all but `_cursor`).
     pub link_params: Vec<(String, String)>,
+    /// The one patient `patient`/`subject` names, if any (its context is
+    /// read with the first page).
+    pub patient: Option<String>,
 }
 
 /// Split on unescaped commas; `\,` is a literal comma.
@@ -454,6 +457,7 @@ pub fn parse(
     if let Some(ids) = ids {
         s.query.ids = ids;
     }
+    s.patient = patient;
     Ok(s)
 }
 

@@ -685,3 +685,107 @@ async fn explain_names_what_may_and_may_not_be_seen() {
         "no CIN echoed"
     );
 }
+
+/// A read and a search read the patient's consent context together with the
+/// resource (`Store::*_with_context`) on every request: a Consent withdrawn
+/// through another store handle on the same database (as another gateway
+/// instance would) is honoured by the very next request, for reads and
+/// searches alike, and both are audited as refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consent_withdrawn_through_another_store_is_seen_on_the_next_request() {
+    let (dir, gw, base) = start_fhir().await;
+    seed_two_youths(gw.store.as_ref()).await;
+    let c = reqwest::Client::new();
+    let search = format!("{base}/fhir/Task?patient=p1&status=requested");
+    // Permitted, twice (the second request finds nothing left over from the
+    // first to reuse).
+    for _ in 0..2 {
+        let (s, b) = get(&c, &format!("{base}/fhir/Task/t1"), MCP_TOKEN).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let (s, b) = get(&c, &search, MCP_TOKEN).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(ids(&b), vec!["t1"]);
+    }
+    // Another handle on the same database withdraws p1's referral consent.
+    let other =
+        store::SqliteStore::open(&dir.path().join("gw.db"), store::SqliteOptions::default())
+            .unwrap();
+    let mut withdrawn = consent(
+        "c1",
+        "p1",
+        "referral_verbal",
+        "youth",
+        &["mcp-a"],
+        &["referral"],
+    );
+    cws_gateway::disclosure::withdraw(&mut withdrawn, BASE, &chrono::Utc::now().to_rfc3339());
+    seed(&other, vec![withdrawn]).await;
+    drop(other);
+    // The very next read and search are refused.
+    let (s, _) = get(&c, &format!("{base}/fhir/Task/t1"), MCP_TOKEN).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, b) = get(&c, &search, MCP_TOKEN).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(ids(&b), Vec::<String>::new());
+    assert_eq!(b["total"], 0);
+    let recs = gw
+        .store
+        .audit_list(0, 1000, Some("p1"), Some("mcp-a"))
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = recs.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "disclosure",
+            "disclosure",
+            "disclosure",
+            "disclosure",
+            "refusal",
+            "refusal"
+        ]
+    );
+    // Consent given again (a new version): permitted again at once.
+    seed(
+        gw.store.as_ref(),
+        vec![consent(
+            "c1",
+            "p1",
+            "referral_verbal",
+            "youth",
+            &["mcp-a"],
+            &["referral"],
+        )],
+    )
+    .await;
+    let (s, b) = get(&c, &search, MCP_TOKEN).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(ids(&b), vec!["t1"]);
+    gw.stop().await;
+}
+
+/// A search naming a patient reads that patient's context with the first
+/// page; rows of the page are still decided each on its own patient's
+/// context, and an operator's search (no consent) is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patient_search_decides_on_the_patients_own_context() {
+    let (_dir, gw, base) = start_fhir().await;
+    seed_two_youths(gw.store.as_ref()).await;
+    let c = reqwest::Client::new();
+    let (s, b) = get(&c, &format!("{base}/fhir/Task?patient=p2"), MCP_TOKEN).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(ids(&b), Vec::<String>::new(), "p2 has no consent for mcp-a");
+    let (_, b) = get(&c, &format!("{base}/fhir/Task?patient=p1"), MCP_TOKEN).await;
+    assert_eq!(ids(&b), vec!["t1"]);
+    let (_, b) = get(
+        &c,
+        &format!("{base}/fhir/Task?subject=Patient/p2"),
+        OPS_TOKEN,
+    )
+    .await;
+    assert_eq!(ids(&b), vec!["t2"]);
+    // A patient with no matches: empty, total 0, and nothing to audit.
+    let (_, b) = get(&c, &format!("{base}/fhir/Task?patient=nobody"), MCP_TOKEN).await;
+    assert_eq!(b["total"], 0);
+    gw.stop().await;
+}

@@ -78,6 +78,7 @@ use store::{
     AppendOutcome, AuditRecord, ClockRow, Completion, CompletionResult, Delivery, DeliveryOutcome,
     DeliveryState, JournalId, JournalRecord, JournalStats, NewAudit, NewDelivery, NewInput,
     OutboxId, ResourceQuery, ResourceWrite, Store, StoreError, StoreMetrics, StoredResource,
+    WithContext,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::config::SslMode;
@@ -251,6 +252,40 @@ impl Drop for PgStore {
         // Closing the channel lets the writer drain what is queued and exit.
         drop(self.tx.take());
     }
+}
+
+/// The rows of a checked [`ResourceQuery`].
+async fn search_rows(c: &impl Db, q: &ResourceQuery) -> Result<Vec<StoredResource>, StoreError> {
+    let (sql, params) = search_sql(q);
+    let refs: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    c.rows(&sql, &refs)
+        .await?
+        .iter()
+        .map(rows::resource)
+        .collect()
+}
+
+/// A patient's current resources of `types`, ordered by (type, id); the
+/// caller has checked the arguments.
+async fn by_patient_types(
+    c: &impl Db,
+    patient_id: &str,
+    types: &[&str],
+) -> Result<Vec<StoredResource>, StoreError> {
+    if patient_id.is_empty() || patient_id.len() > store::MAX_PATIENT_ID_LEN || types.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cols = rows::RESOURCE_COLUMNS;
+    let sql = format!(
+        "SELECT {cols} FROM resources WHERE patient_id = $1 AND resource_type = ANY($2)
+         ORDER BY resource_type, id"
+    );
+    let types: Vec<String> = types.iter().map(|t| (*t).to_string()).collect();
+    let found = c.rows(&sql, &[&patient_id, &types]).await?;
+    found.iter().map(rows::resource).collect()
 }
 
 // ---- transaction bodies ----
@@ -774,17 +809,8 @@ impl Store for PgStore {
         if !backend::check_query(q)? {
             return Ok(Vec::new());
         }
-        let (sql, params) = search_sql(q);
-        let refs: Vec<&(dyn ToSql + Sync)> = params
-            .iter()
-            .map(|b| b.as_ref() as &(dyn ToSql + Sync))
-            .collect();
         let c = self.conn().await?;
-        c.rows(&sql, &refs)
-            .await?
-            .iter()
-            .map(rows::resource)
-            .collect()
+        search_rows(&c, q).await
     }
 
     async fn fail(&self, id: JournalId, error: &str) -> Result<(), StoreError> {
@@ -870,14 +896,48 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         let c = self.conn().await?;
-        let cols = rows::RESOURCE_COLUMNS;
-        let sql = format!(
-            "SELECT {cols} FROM resources WHERE patient_id = $1 AND resource_type = ANY($2)
-             ORDER BY resource_type, id"
-        );
-        let types: Vec<String> = types.iter().map(|t| (*t).to_string()).collect();
-        let found = c.rows(&sql, &[&patient_id, &types]).await?;
-        found.iter().map(rows::resource).collect()
+        by_patient_types(&c, patient_id, types).await
+    }
+
+    // One pool checkout for both statements (each reads its own snapshot,
+    // READ COMMITTED, as the two separate calls would).
+    async fn resource_search_with_context(
+        &self,
+        q: &ResourceQuery,
+        patient_id: &str,
+        context_types: &[&str],
+    ) -> Result<WithContext<Vec<StoredResource>>, StoreError> {
+        store::check_types(context_types)?;
+        if !backend::check_query(q)? {
+            return Ok(WithContext::default());
+        }
+        let c = self.conn().await?;
+        let found = search_rows(&c, q).await?;
+        let context = if found.is_empty() {
+            Vec::new()
+        } else {
+            by_patient_types(&c, patient_id, context_types).await?
+        };
+        Ok(WithContext { found, context })
+    }
+
+    async fn resource_get_with_context(
+        &self,
+        resource_type: &str,
+        id: &str,
+        context_types: &[&str],
+    ) -> Result<WithContext<Option<StoredResource>>, StoreError> {
+        store::check_types(context_types)?;
+        if !plausible_resource_key(resource_type, id) {
+            return Ok(WithContext::default());
+        }
+        let c = self.conn().await?;
+        let found = current(&c, resource_type, id).await?;
+        let context = match found.as_ref().and_then(|r| r.patient_id.as_deref()) {
+            Some(p) => by_patient_types(&c, p, context_types).await?,
+            None => Vec::new(),
+        };
+        Ok(WithContext { found, context })
     }
 
     async fn resources_by_patient(

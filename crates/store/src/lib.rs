@@ -395,6 +395,18 @@ pub struct StoredResource {
     pub body: serde_json::Value,
 }
 
+/// What [`Store::resource_search_with_context`] and
+/// [`Store::resource_get_with_context`] return: the answer, and the
+/// patient's context resources read with it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WithContext<T> {
+    /// The search matches, or the resource read.
+    pub found: T,
+    /// The patient's resources of the requested context types, ordered by
+    /// `(resource_type, id)`.
+    pub context: Vec<StoredResource>,
+}
+
 /// Everything that can go wrong in the store. Messages are one line and
 /// carry no PHI (ids, counts, paths and field names only).
 #[derive(Debug, thiserror::Error)]
@@ -567,6 +579,48 @@ pub trait Store: Send + Sync + 'static {
             out.extend(self.resources_by_patient(patient_id, Some(t)).await?);
         }
         Ok(out)
+    }
+    /// [`Store::resource_search`] together with the compartment resources
+    /// of `patient_id` of `context_types` (what
+    /// [`Store::resources_by_patient_types`] returns, same order): what a
+    /// consent decision over the matches reads, in one call — one round trip
+    /// and, where the backend can (SQLite), one snapshot. `context` is empty
+    /// when nothing matched. The default makes the two calls.
+    async fn resource_search_with_context(
+        &self,
+        q: &ResourceQuery,
+        patient_id: &str,
+        context_types: &[&str],
+    ) -> Result<WithContext<Vec<StoredResource>>, StoreError> {
+        check_types(context_types)?;
+        let found = self.resource_search(q).await?;
+        let context = if found.is_empty() {
+            Vec::new()
+        } else {
+            self.resources_by_patient_types(patient_id, context_types)
+                .await?
+        };
+        Ok(WithContext { found, context })
+    }
+    /// [`Store::resource_get`] together with the compartment resources of
+    /// the found resource's `patient_id` of `context_types` (as
+    /// [`Store::resources_by_patient_types`]), in one call — one round trip
+    /// and, where the backend can (SQLite), one snapshot. `context` is empty
+    /// when the resource is unknown or has no `patient_id`. The default
+    /// makes the two calls.
+    async fn resource_get_with_context(
+        &self,
+        resource_type: &str,
+        id: &str,
+        context_types: &[&str],
+    ) -> Result<WithContext<Option<StoredResource>>, StoreError> {
+        check_types(context_types)?;
+        let found = self.resource_get(resource_type, id).await?;
+        let context = match found.as_ref().and_then(|r| r.patient_id.as_deref()) {
+            Some(p) => self.resources_by_patient_types(p, context_types).await?,
+            None => Vec::new(),
+        };
+        Ok(WithContext { found, context })
     }
     /// Number of current resources, optionally of one type.
     async fn resource_count(&self, resource_type: Option<&str>) -> Result<u64, StoreError>;

@@ -26,6 +26,7 @@ pub(super) async fn run_all(store: Arc<dyn Store>) {
     search_filters(&*store).await;
     search_keyset_paging_is_stable(&*store).await;
     search_limit_is_capped(&*store).await;
+    search_and_get_with_context(&*store).await;
     put_resources_versions(&*store).await;
     complete_with_is_atomic_and_idempotent(&*store).await;
     outbox_lifecycle(&*store).await;
@@ -80,6 +81,137 @@ async fn ids_of(store: &dyn Store, q: &ResourceQuery) -> Vec<String> {
         .into_iter()
         .map(|r| r.id)
         .collect()
+}
+
+/// `resource_search_with_context` / `resource_get_with_context` answer what
+/// `resource_search` / `resource_get` and `resources_by_patient_types` answer
+/// separately; the context is the patient's, of the asked types only; and it
+/// is re-read on every call (a Consent changed in between is seen).
+async fn search_and_get_with_context(store: &dyn Store) {
+    let t = id_tag();
+    let (p, other) = (format!("p-{t}"), format!("o-{t}"));
+    let patient_token = format!("Patient/{p}");
+    let (task, consent, sr, enc) = (
+        format!("t-{t}"),
+        format!("c-{t}"),
+        format!("s-{t}"),
+        format!("e-{t}"),
+    );
+    store
+        .put_resources(vec![
+            indexed(
+                "Task",
+                &task,
+                Some(&p),
+                json!({"status": "requested"}),
+                &[("patient", &patient_token), ("status", "requested")],
+            ),
+            indexed(
+                "Consent",
+                &consent,
+                Some(&p),
+                json!({"status": "active"}),
+                &[],
+            ),
+            indexed("ServiceRequest", &sr, Some(&p), json!({}), &[]),
+            indexed("Encounter", &enc, Some(&p), json!({}), &[]),
+            indexed("Consent", &format!("x-{t}"), Some(&other), json!({}), &[]),
+        ])
+        .await
+        .expect("put");
+    let types = ["Consent", "ServiceRequest", "Task"];
+    let q = query(
+        "Task",
+        &[("patient", &[&patient_token]), ("status", &["requested"])],
+    );
+    let got = store
+        .resource_search_with_context(&q, &p, &types)
+        .await
+        .expect("search with context");
+    assert_eq!(got.found, store.resource_search(&q).await.expect("search"));
+    assert_eq!(got.found.len(), 1);
+    let alone = store
+        .resources_by_patient_types(&p, &types)
+        .await
+        .expect("by types");
+    assert_eq!(got.context, alone);
+    let keys: Vec<(&str, &str)> = got
+        .context
+        .iter()
+        .map(|r| (r.resource_type.as_str(), r.id.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("Consent", consent.as_str()),
+            ("ServiceRequest", sr.as_str()),
+            ("Task", task.as_str())
+        ]
+    );
+    // Nothing matched: no context.
+    let none = query(
+        "Task",
+        &[("patient", &[&patient_token]), ("status", &["completed"])],
+    );
+    let got_none = store
+        .resource_search_with_context(&none, &p, &types)
+        .await
+        .expect("search with context");
+    assert!(got_none.found.is_empty() && got_none.context.is_empty());
+    // Read by id: the context of the resource's patient.
+    let read = store
+        .resource_get_with_context("Task", &task, &types)
+        .await
+        .expect("get with context");
+    assert_eq!(
+        read.found,
+        store.resource_get("Task", &task).await.expect("get")
+    );
+    assert_eq!(read.context, alone);
+    let missing = store
+        .resource_get_with_context("Task", &format!("nope-{t}"), &types)
+        .await
+        .expect("get with context");
+    assert!(missing.found.is_none() && missing.context.is_empty());
+    // A Consent changed between two calls is seen by the second.
+    store
+        .put_resources(vec![indexed(
+            "Consent",
+            &consent,
+            Some(&p),
+            json!({"status": "inactive"}),
+            &[],
+        )])
+        .await
+        .expect("withdraw");
+    let again = store
+        .resource_search_with_context(&q, &p, &types)
+        .await
+        .expect("search with context");
+    let c = again
+        .context
+        .iter()
+        .find(|r| r.resource_type == "Consent")
+        .expect("consent");
+    assert_eq!(c.body["status"], "inactive");
+    assert_eq!(c.version_id, 2);
+    let reread = store
+        .resource_get_with_context("Task", &task, &types)
+        .await
+        .expect("get with context");
+    assert_eq!(reread.context, again.context);
+    // Too many context types are refused like resources_by_patient_types.
+    let too_many = ["Encounter"; crate::MAX_TYPES_PER_QUERY + 1];
+    assert!(matches!(
+        store.resource_search_with_context(&q, &p, &too_many).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        store
+            .resource_get_with_context("Task", &task, &too_many)
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
 }
 
 async fn search_filters(store: &dyn Store) {

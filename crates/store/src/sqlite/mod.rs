@@ -51,7 +51,7 @@ use crate::{
     validate_input, AppendOutcome, AuditRecord, ClockRow, Completion, CompletionResult, Delivery,
     DeliveryOutcome, DeliveryState, JournalId, JournalRecord, JournalStats, NewAudit, NewDelivery,
     NewInput, OutboxId, ResourceQuery, ResourceWrite, Store, StoreError, StoreMetrics,
-    StoredResource, MAX_PATIENT_ID_LEN, MAX_PENDING_PAGE, MAX_RESOURCE_ID_LEN,
+    StoredResource, WithContext, MAX_PATIENT_ID_LEN, MAX_PENDING_PAGE, MAX_RESOURCE_ID_LEN,
     MAX_RESOURCE_TYPE_LEN,
 };
 use rows::to_micros;
@@ -288,6 +288,25 @@ fn configure_writer(conn: &Connection, synchronous_full: bool) -> rusqlite::Resu
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Checkpoints run on their own thread ([`Checkpointer`]), not inside commits.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    stable_plans(conn)?;
+    Ok(())
+}
+
+/// `SQLITE_DBCONFIG_ENABLE_QPSG` (query planner stability guarantee): plans
+/// never depend on bound values. Without it SQLite (3.4x+) marks a statement
+/// "re-prepare on bind" for a bound `LIMIT ?` (the value is coded into the
+/// program) and for `col = ?` terms it weighs, and rusqlite clears the
+/// bindings of every statement it returns to the statement cache — so each
+/// such cached statement was parsed and planned again at every use (the
+/// search: `sqlite3Reprepare` 8 % of the `bench api` profile, perf). Our
+/// plans need no bound values: no `LIKE`, no `ANALYZE`/stat4, and the
+/// search plans are fixed by their SQL shape (`sql.rs`, checked by
+/// `EXPLAIN QUERY PLAN` tests).
+fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     Ok(())
 }
 
@@ -298,6 +317,7 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    stable_plans(&conn)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
@@ -456,6 +476,17 @@ fn search_sql(q: &ResourceQuery) -> (String, Vec<SqlValue>) {
         after: q.after.is_some(),
     };
     (sql::resource_search(&shape), values)
+}
+
+/// The query of [`Store::resources_by_patient_types`], or `None` when it
+/// cannot match (no types, or no plausible patient id).
+fn context_sql(patient_id: &str, types: &[&str]) -> Option<(String, Vec<SqlValue>)> {
+    if patient_id.is_empty() || patient_id.len() > MAX_PATIENT_ID_LEN || types.is_empty() {
+        return None;
+    }
+    let mut values = vec![SqlValue::Text(patient_id.to_string())];
+    values.extend(types.iter().map(|t| SqlValue::Text((*t).to_string())));
+    Some((sql::resources_by_patient_types(types.len()), values))
 }
 
 fn plausible_resource_key(resource_type: &str, id: &str) -> bool {
@@ -650,14 +681,76 @@ impl Store for SqliteStore {
         types: &[&str],
     ) -> Result<Vec<StoredResource>, StoreError> {
         crate::check_types(types)?;
-        if patient_id.is_empty() || patient_id.len() > MAX_PATIENT_ID_LEN || types.is_empty() {
+        let Some((sql, values)) = context_sql(patient_id, types) else {
             return Ok(Vec::new());
-        }
-        let mut values = vec![SqlValue::Text(patient_id.to_string())];
-        values.extend(types.iter().map(|t| SqlValue::Text((*t).to_string())));
-        let sql = sql::resources_by_patient_types(types.len());
+        };
         self.read(move |conn| {
             query_resources(conn, &sql, rusqlite::params_from_iter(values.iter()))
+        })
+        .await
+    }
+
+    async fn resource_search_with_context(
+        &self,
+        q: &ResourceQuery,
+        patient_id: &str,
+        context_types: &[&str],
+    ) -> Result<WithContext<Vec<StoredResource>>, StoreError> {
+        crate::check_types(context_types)?;
+        if let QueryCheck::Empty = check_query(q)? {
+            return Ok(WithContext::default());
+        }
+        let (sql, values) = search_sql(q);
+        let context = context_sql(patient_id, context_types);
+        // One pool checkout, one blocking hop, one snapshot.
+        self.read(move |conn| {
+            snapshot(conn, |conn| {
+                let found = query_resources(conn, &sql, rusqlite::params_from_iter(values.iter()))?;
+                let context = match context {
+                    Some((sql, values)) if !found.is_empty() => {
+                        query_resources(conn, &sql, rusqlite::params_from_iter(values.iter()))?
+                    }
+                    _ => Vec::new(),
+                };
+                Ok(WithContext { found, context })
+            })
+        })
+        .await
+    }
+
+    async fn resource_get_with_context(
+        &self,
+        resource_type: &str,
+        id: &str,
+        context_types: &[&str],
+    ) -> Result<WithContext<Option<StoredResource>>, StoreError> {
+        crate::check_types(context_types)?;
+        if !plausible_resource_key(resource_type, id) {
+            return Ok(WithContext::default());
+        }
+        let (t, i) = (resource_type.to_string(), id.to_string());
+        let types: Vec<String> = context_types.iter().map(|t| (*t).to_string()).collect();
+        self.read(move |conn| {
+            snapshot(conn, |conn| {
+                let found = conn
+                    .prepare_cached(&sql::resource_get())?
+                    .query_row(params![t, i], rows::resource_row)
+                    .optional()?
+                    .map(rows::stored_resource)
+                    .transpose()?;
+                let types: Vec<&str> = types.iter().map(String::as_str).collect();
+                let context = match found
+                    .as_ref()
+                    .and_then(|r| r.patient_id.as_deref())
+                    .and_then(|p| context_sql(p, &types))
+                {
+                    Some((sql, values)) => {
+                        query_resources(conn, &sql, rusqlite::params_from_iter(values.iter()))?
+                    }
+                    None => Vec::new(),
+                };
+                Ok(WithContext { found, context })
+            })
         })
         .await
     }
@@ -965,6 +1058,49 @@ mod tests {
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
         rows.join("; ")
+    }
+
+    /// Runs the search statement the way the store does (statement cache,
+    /// different bound values each time); how often SQLite re-prepared it.
+    fn search_reprepares(conn: &Connection) -> i32 {
+        let mut reprepares = 0;
+        for i in 0..4 {
+            let q = ResourceQuery {
+                resource_type: "Task".into(),
+                params: vec![
+                    ("patient".into(), vec![format!("Patient/p{i}")]),
+                    ("status".into(), vec!["requested".into()]),
+                ],
+                limit: 31 + i,
+                ..ResourceQuery::default()
+            };
+            let (sql, values) = search_sql(&q);
+            let mut stmt = conn.prepare_cached(&sql).unwrap();
+            let n = stmt
+                .query_map(rusqlite::params_from_iter(values.iter()), |_| Ok(()))
+                .unwrap()
+                .count();
+            assert_eq!(n, 0);
+            reprepares = stmt.get_status(rusqlite::StatementStatus::RePrepare);
+        }
+        reprepares
+    }
+
+    /// With the planner stability guarantee on, a cached statement is
+    /// prepared once; without it SQLite re-prepares the search at each use
+    /// (bound `LIMIT ?`, and rusqlite clears bindings on return to the cache).
+    #[test]
+    fn cached_statements_are_not_reprepared() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate::migrate(&conn).unwrap();
+        assert!(
+            search_reprepares(&conn) > 0,
+            "control: SQLite's default re-prepares on bind"
+        );
+        let conn = Connection::open_in_memory().unwrap();
+        migrate::migrate(&conn).unwrap();
+        stable_plans(&conn).unwrap();
+        assert_eq!(search_reprepares(&conn), 0);
     }
 
     /// The hot queries must not scan the journal table (its rows hold the raw blobs).

@@ -13,9 +13,7 @@
 //!
 //! Order: records are translated in chunks and completed in journal order
 //! (the store's single writer applies them in the order sent), so an A01
-//! followed by an A03 for the same visit ends as the A03 says. One chunk is
-//! translated and routed while the previous one is being committed; its
-//! completions are sent only after the previous chunk's have returned.
+//! followed by an A03 for the same visit ends as the A03 says.
 //!
 //! Intake first: while appends are waiting for the journal (counted by
 //! [`ProcessorHandle::intake`]), the worker reads small chunks and hands the
@@ -409,7 +407,6 @@ pub fn spawn(
     (handle, task)
 }
 
-#[derive(Clone)]
 struct Worker {
     translator: Arc<Translator>,
     store: Arc<dyn Store>,
@@ -482,8 +479,6 @@ impl Worker {
         // whatever a previous run journaled but did not translate).
         let mut cursor: JournalId = 0;
         let mut open = true;
-        // The previous chunk's commits (record count, task), if not yet done.
-        let mut in_flight: Option<InFlight> = None;
         loop {
             while let Ok(job) = rx.try_recv() {
                 waiters.add(job, &self.store);
@@ -511,33 +506,21 @@ impl Worker {
                 .filter(|r| r.kind == store::InputKind::Adt)
                 .collect();
             if !jobs.is_empty() {
-                // Translate and route this chunk while the previous chunk's
-                // completions are still being committed; then wait for those
-                // before this chunk's are sent, so the writer still receives
-                // every completion in journal order.
-                let routed = self.prepare(jobs).await;
-                self.settle_commits(&mut in_flight, &mut waiters).await;
-                match routed {
-                    Ok(routed) => {
-                        let n = routed.len() as i64;
-                        let worker = self.clone();
-                        in_flight =
-                            Some((n, tokio::spawn(async move { worker.commit(routed).await })));
-                    }
-                    Err(outcomes) => {
-                        for (id, outcome) in outcomes {
-                            waiters.done(id, outcome);
-                        }
-                    }
+                let n = jobs.len() as i64;
+                for (id, outcome) in self.process(jobs).await {
+                    waiters.done(id, outcome);
                 }
+                let _ = self.metrics.translate_queue_depth.fetch_update(
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                    |d| Some((d - n).max(0)),
+                );
             }
+            waiters.settle();
             if full {
-                // (No `settle` here: the chunk in flight is read but not done.)
                 continue;
             }
-            // Caught up with the journal: finish the last chunk first.
-            self.settle_commits(&mut in_flight, &mut waiters).await;
-            waiters.settle();
+            // Caught up with the journal.
             if !open {
                 break;
             }
@@ -559,35 +542,10 @@ impl Worker {
         self.appending.load(Ordering::Relaxed) > 0
     }
 
-    /// Wait for the chunk being committed, if any, and hand out its outcomes.
-    async fn settle_commits(&self, in_flight: &mut Option<InFlight>, waiters: &mut Waiters) {
-        let Some((n, task)) = in_flight.take() else {
-            return;
-        };
-        match task.await {
-            Ok(outcomes) => {
-                for (id, outcome) in outcomes {
-                    waiters.done(id, outcome);
-                }
-            }
-            // Its records stay pending and are read again by the next scan.
-            Err(e) => tracing::error!(error = %e, "completion task failed; records stay pending"),
-        }
-        let _ = self.metrics.translate_queue_depth.fetch_update(
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-            |d| Some((d - n).max(0)),
-        );
-    }
-
-    /// Translate and route `batch` (ADT records in journal order), ready to
-    /// commit; or, when translation itself could not run, every record's
-    /// outcome.
-    async fn prepare(
-        &self,
-        batch: Vec<JournalRecord>,
-    ) -> Result<Routed, Vec<(JournalId, JobOutcome)>> {
-        let translator = &self.translator;
+    /// Translate, route and complete `batch` (ADT records in journal order);
+    /// the outcome of each.
+    async fn process(&self, batch: Vec<JournalRecord>) -> Vec<(JournalId, JobOutcome)> {
+        let (translator, store, metrics) = (&self.translator, &self.store, &self.metrics);
         let ids: Vec<JournalId> = batch.iter().map(|r| r.id).collect();
         // CPU work off the async workers; the raw bytes are dropped here.
         let t = translator.clone();
@@ -605,10 +563,10 @@ impl Worker {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "translation task failed; records stay pending");
-                return Err(ids
+                return ids
                     .into_iter()
                     .map(|id| (id, JobOutcome::Deferred))
-                    .collect());
+                    .collect();
             }
         };
         // Phase 1: routing decisions (store reads, a few at a time; results
@@ -624,12 +582,6 @@ impl Worker {
             .buffered(ROUTE_CONCURRENCY)
             .collect()
             .await;
-        Ok(routed)
-    }
-
-    /// Commit a routed chunk; the outcome of each record.
-    async fn commit(&self, routed: Routed) -> Vec<(JournalId, JobOutcome)> {
-        let (translator, store, metrics) = (&self.translator, &self.store, &self.metrics);
         // Phase 2: the commits, issued in journal order. Nothing is awaited
         // in a future before its store request is sent, and join_all polls
         // each future for the first time in order, so the store's single
@@ -725,12 +677,6 @@ impl Worker {
         }
     }
 }
-
-/// A chunk translated and routed, in journal order.
-type Routed = Vec<(Done, Result<Ready, JobOutcome>)>;
-
-/// A chunk whose completions are being committed: its record count and task.
-type InFlight = (i64, tokio::task::JoinHandle<Vec<(JournalId, JobOutcome)>>);
 
 /// A record once translated (its raw bytes dropped).
 struct Done {

@@ -101,7 +101,7 @@ mod parse;
 
 pub use diag::{Diagnostic, ErrorCode, Location, Severity};
 pub use escape::escape;
-pub use message::{Component, Field, Header, Message, Repetition, Segment};
+pub use message::{nth_piece, Component, Field, Header, Message, Repetition, Segment};
 pub use parse::{parse, Parsed};
 
 /// Character set of a message, from MSH-18 (HL7 table 0211).

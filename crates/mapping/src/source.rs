@@ -97,20 +97,6 @@ fn trim_fast(s: &str) -> Option<&str> {
     (!t.is_empty()).then_some(t)
 }
 
-/// Piece `n` (0-based) of `s` split on the ASCII byte `sep` (as
-/// `str::split(..).nth(n)`, which cost ≈ 3× through the char searcher).
-/// Cuts are at ASCII bytes, so always on `char` boundaries.
-fn nth_piece(s: &str, sep: u8, n: usize) -> Option<&str> {
-    let b = s.as_bytes();
-    let mut start = 0;
-    for _ in 0..n {
-        start += b.get(start..)?.iter().position(|&c| c == sep)? + 1;
-    }
-    let rest = b.get(start..)?;
-    let end = start + rest.iter().position(|&c| c == sep).unwrap_or(rest.len());
-    s.get(start..end)
-}
-
 /// Byte classes of the index scan (`0` = ordinary byte).
 const COMP: u8 = 1;
 const REP: u8 = 2;
@@ -382,7 +368,7 @@ impl<'m> Hl7Source<'m> {
             if sub == 0 {
                 c
             } else {
-                nth_piece(c, self.sub_sep, sub - 1)?
+                hl7v2::nth_piece(c, self.sub_sep, sub - 1)?
             }
         };
         if piece.is_empty() {

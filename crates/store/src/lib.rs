@@ -135,6 +135,12 @@ pub fn check_types(types: &[&str]) -> Result<(), StoreError> {
     }
     Ok(())
 }
+/// Can `resources_by_patient_types(patient_id, types)` match anything? False
+/// for no types or an id no patient can have (empty or too long): backends
+/// answer empty without a query.
+pub fn patient_types_can_match(patient_id: &str, types: &[&str]) -> bool {
+    !patient_id.is_empty() && patient_id.len() <= MAX_PATIENT_ID_LEN && !types.is_empty()
+}
 /// Largest serialized resource body accepted by [`Store::complete`] (4 MiB).
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Most resource writes in one [`Store::complete`] call.

@@ -226,7 +226,8 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 /// reader still needs them, the next write transaction starts the WAL from
 /// the beginning again, which keeps the file's size bounded.
 struct Checkpointer {
-    stop: Arc<(Mutex<bool>, Condvar)>,
+    /// Dropping it stops the thread.
+    stop: std::sync::mpsc::Sender<()>,
     handle: JoinHandle<()>,
 }
 
@@ -239,21 +240,13 @@ impl Checkpointer {
         .map_err(|e| format!("checkpoint connection: {e}"))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| format!("checkpoint connection: {e}"))?;
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let flag = Arc::clone(&stop);
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let handle = std::thread::Builder::new()
             .name("cwsgw-store-checkpoint".to_string())
             .spawn(move || {
-                let (lock, cv) = &*flag;
-                let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
-                while !*stopped {
-                    let (guard, _) = cv
-                        .wait_timeout(stopped, CHECKPOINT_INTERVAL)
-                        .unwrap_or_else(|e| e.into_inner());
-                    stopped = guard;
-                    if *stopped {
-                        break;
-                    }
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_INTERVAL)
+                {
                     // PASSIVE: copy what no reader needs, never wait for locks.
                     // An error (the disk) is the writer's error too and is
                     // reported by its commits; this just tries again later.
@@ -265,9 +258,7 @@ impl Checkpointer {
     }
 
     fn stop(self) {
-        let (lock, cv) = &*self.stop;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        cv.notify_all();
+        drop(self.stop);
         let _ = self.handle.join();
     }
 }
@@ -481,7 +472,7 @@ fn search_sql(q: &ResourceQuery) -> (String, Vec<SqlValue>) {
 /// The query of [`Store::resources_by_patient_types`], or `None` when it
 /// cannot match (no types, or no plausible patient id).
 fn context_sql(patient_id: &str, types: &[&str]) -> Option<(String, Vec<SqlValue>)> {
-    if patient_id.is_empty() || patient_id.len() > MAX_PATIENT_ID_LEN || types.is_empty() {
+    if !crate::patient_types_can_match(patient_id, types) {
         return None;
     }
     let mut values = vec![SqlValue::Text(patient_id.to_string())];
@@ -624,14 +615,7 @@ impl Store for SqliteStore {
             return Ok(None);
         }
         let (t, i) = (resource_type.to_string(), id.to_string());
-        self.read(move |conn| {
-            conn.prepare_cached(&sql::resource_get())?
-                .query_row(params![t, i], rows::resource_row)
-                .optional()?
-                .map(rows::stored_resource)
-                .transpose()
-        })
-        .await
+        self.read(move |conn| writer::current(conn, &t, &i)).await
     }
 
     async fn resource_history(
@@ -732,12 +716,7 @@ impl Store for SqliteStore {
         let types: Vec<String> = context_types.iter().map(|t| (*t).to_string()).collect();
         self.read(move |conn| {
             snapshot(conn, |conn| {
-                let found = conn
-                    .prepare_cached(&sql::resource_get())?
-                    .query_row(params![t, i], rows::resource_row)
-                    .optional()?
-                    .map(rows::stored_resource)
-                    .transpose()?;
+                let found = writer::current(conn, &t, &i)?;
                 let types: Vec<&str> = types.iter().map(String::as_str).collect();
                 let context = match found
                     .as_ref()

@@ -219,7 +219,7 @@ impl Outcome {
 /// no budget, a paced sender's ACK p99 was the length of the longest
 /// completion run (16–26 ms); the budget bounds what an append can wait
 /// behind to about one budget plus one fsync.
-pub(crate) const OTHER_WORK_BUDGET: Duration = Duration::from_millis(1);
+const OTHER_WORK_BUDGET: Duration = Duration::from_millis(1);
 
 /// The budget while intake is quiet (no append for [`INTAKE_QUIET_AFTER`]):
 /// longer transactions, fewer fsyncs, while translation catches up.
@@ -559,7 +559,8 @@ fn complete(
     })
 }
 
-fn current(
+/// The current version of a resource, on any connection (the writer's or a reader's).
+pub(crate) fn current(
     conn: &Connection,
     resource_type: &str,
     id: &str,

@@ -337,7 +337,13 @@ cert_sha256 = "{fp}"
     // client learns it at its first read).
     let s = pki.client(Some(&stranger));
     assert!(s.get(&metrics).bearer_auth(OPS_TOKEN).send().await.is_err());
-    assert!(gw.metrics.tls_handshakes.get(&["bad_client_cert"]) >= 1);
+    // The server counts the failure after it sends the alert, so the client
+    // can see the error first: wait (bounded) for the count.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while gw.metrics.tls_handshakes.get(&["bad_client_cert"]) == 0 {
+        assert!(std::time::Instant::now() < deadline, "failure not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     gw.stop().await;
 }
 

@@ -305,6 +305,11 @@ impl Metrics {
                 "Inputs recognised as duplicates (not journaled again).",
                 store.duplicate_inputs,
             ),
+            (
+                "cwsgw_store_wal_syncs_total",
+                "WAL fsyncs by the SQLite sync thread (each covers every commit since the previous one).",
+                store.wal_syncs,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} counter");

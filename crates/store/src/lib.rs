@@ -103,7 +103,7 @@ pub use clock::ClockRow;
 pub use metrics::{StoreMetrics, COMMIT_SECONDS_BUCKETS};
 pub use outbox::{Delivery, DeliveryOutcome, DeliveryState, NewDelivery, OutboxId};
 pub use search::{Cmp, ResourceQuery, SearchToken};
-pub use sqlite::{sqlite_schema_version, SqliteOptions, SqliteStore};
+pub use sqlite::{sqlite_schema_version, Durability, SqliteOptions, SqliteStore};
 
 /// Journal record id: positive, strictly increasing in insertion order.
 pub type JournalId = i64;

@@ -28,6 +28,10 @@ pub struct StoreMetrics {
     pub largest_batch: u64,
     /// Write requests queued for the writer right now.
     pub writer_queue_depth: u64,
+    /// fsyncs of the WAL by the SQLite sync thread (each covers every
+    /// commit made since the previous one); 0 where the backend syncs
+    /// inside its commits.
+    pub wal_syncs: u64,
 }
 
 #[derive(Debug, Default)]
@@ -39,6 +43,7 @@ struct Counters {
     /// Non-cumulative counts per bucket; cumulated on snapshot.
     bucket_counts: [u64; COMMIT_SECONDS_BUCKETS.len()],
     largest_batch: u64,
+    wal_syncs: u64,
 }
 
 /// Shared between the writer thread and the store handle.
@@ -85,6 +90,11 @@ impl MetricsRecorder {
         c.largest_batch = c.largest_batch.max(batch as u64);
     }
 
+    /// One WAL fsync by the sync thread.
+    pub(crate) fn record_wal_sync(&self) {
+        self.counters().wal_syncs += 1;
+    }
+
     pub(crate) fn snapshot(&self) -> StoreMetrics {
         let c = self.counters();
         let mut cumulative = 0;
@@ -104,6 +114,7 @@ impl MetricsRecorder {
             commit_seconds_buckets,
             largest_batch: c.largest_batch,
             writer_queue_depth: self.queue_depth.load(Ordering::Relaxed),
+            wal_syncs: c.wal_syncs,
         }
     }
 }

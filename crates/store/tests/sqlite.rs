@@ -10,8 +10,8 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use cwsgw_store::{
     conformance, open_url, sqlite_schema_version, AppendOutcome, DeliveryOutcome, DeliveryState,
-    InputKind, JournalState, NewAudit, NewDelivery, NewInput, ResourceQuery, ResourceWrite,
-    SearchToken, SqliteOptions, SqliteStore, Store, StoreError,
+    Durability, InputKind, JournalState, NewAudit, NewDelivery, NewInput, ResourceQuery,
+    ResourceWrite, SearchToken, SqliteOptions, SqliteStore, Store, StoreError,
 };
 use serde_json::json;
 
@@ -107,6 +107,69 @@ async fn group_commit_batches_concurrent_appends() {
         counts.windows(2).all(|w| w[0] <= w[1]),
         "cumulative: {counts:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_sync_thread_answers_after_its_fsync_and_shares_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let store = open(&path, 512);
+    let out = concurrent_appends(&store, "S", 256).await;
+    assert_eq!(out.len(), 256);
+    let m = store.metrics();
+    assert_eq!(m.appended_inputs, 256);
+    // Every commit was answered after a sync, and a sync may cover several
+    // commits; never more syncs than commits.
+    assert!(m.wal_syncs >= 1, "{m:?}");
+    assert!(m.wal_syncs <= m.commits, "{m:?}");
+    // What was answered is there after a reopen.
+    drop(store);
+    let store = open(&path, 512);
+    assert_eq!(store.journal_stats().await.unwrap().total, 256);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_durability_syncs_inside_the_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("i.db");
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(
+            &path,
+            SqliteOptions {
+                durability: Durability::Inline,
+                ..opts(512)
+            },
+        )
+        .unwrap(),
+    );
+    concurrent_appends(&store, "I", 32).await;
+    let m = store.metrics();
+    assert_eq!(m.appended_inputs, 32);
+    assert_eq!(m.wal_syncs, 0, "SQLite syncs inside COMMIT: {m:?}");
+    drop(store);
+    let store = open(&path, 512);
+    assert_eq!(store.journal_stats().await.unwrap().total, 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_wal_sync_refuses_that_write_and_every_later_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.db");
+    let store = open(&path, 512);
+    store.append(input("F|1")).await.unwrap();
+    // The sync thread opens the WAL by name for each fsync: without the
+    // file, the fsync fails as a dying disk's would.
+    std::fs::remove_file(dir.path().join("f.db-wal")).unwrap();
+    let e = store.append(input("F|2")).await.unwrap_err();
+    assert!(matches!(e, StoreError::Commit(_)), "{e:?}");
+    let why = e.to_string();
+    assert!(why.contains("WAL fsync failed"), "{why}");
+    assert!(!why.contains("f.db"), "no paths in the error: {why}");
+    // Poisoned: later writes of any kind fail without being written.
+    let e = store.append(input("F|3")).await.unwrap_err();
+    assert!(e.to_string().contains("WAL fsync failed"), "{e}");
+    let e = store.audit_append(vec![audit(1)]).await.unwrap_err();
+    assert!(e.to_string().contains("WAL fsync failed"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,7 +349,7 @@ async fn reads_see_writes_and_ping_works() {
         &dir.path().join("r.db"),
         SqliteOptions {
             read_connections: 1,
-            synchronous_full: false,
+            durability: Durability::Unsynced,
             max_batch: 8,
         },
     )

@@ -46,6 +46,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::rows::{self, from_micros, now_micros, to_micros};
 use super::sql;
+use super::wal_sync::{Committed, WalSync};
 use crate::audit::{chain_hash, PreparedAudit};
 use crate::metrics::MetricsRecorder;
 use crate::resource::{content_of, with_version_meta, PreparedWrite};
@@ -180,10 +181,11 @@ impl WriterState {
 }
 
 /// Sends a held result; the argument is the commit failure, if any.
-type Deliver = Box<dyn FnOnce(Option<&str>)>;
+type Deliver = Box<dyn FnOnce(Option<&str>) + Send>;
 
-/// A request's result, held until its batch is committed.
-struct Outcome {
+/// A request's result, held until its batch is committed (and, with the
+/// WAL sync thread, synced).
+pub(crate) struct Outcome {
     is_err: bool,
     /// For the metrics: what an append did.
     append: Option<AppendOutcome>,
@@ -193,7 +195,7 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn new<T: 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> Outcome {
+    fn new<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> Outcome {
         Outcome {
             is_err: result.is_err(),
             append: None,
@@ -207,7 +209,7 @@ impl Outcome {
         }
     }
 
-    fn deliver(self, commit_failed: Option<&str>) {
+    pub(crate) fn deliver(self, commit_failed: Option<&str>) {
         (self.send)(commit_failed);
     }
 }
@@ -230,13 +232,17 @@ const INTAKE_QUIET_AFTER: Duration = Duration::from_millis(50);
 /// before it stops draining the channel for more of them.
 const MAX_CARRIED: usize = 4096;
 
-/// The writer thread body.
+/// The writer thread body. With `sync`, replies of a committed batch go to
+/// the WAL sync thread, which sends them after the fsync
+/// ([`super::wal_sync`]); without, SQLite synced inside `COMMIT` (or the
+/// store is not durable) and they are sent at once.
 pub(crate) fn run(
     conn: Connection,
     mut state: WriterState,
     mut rx: mpsc::Receiver<WriteOp>,
     max_batch: usize,
     metrics: &MetricsRecorder,
+    sync: Option<WalSync>,
 ) {
     let max_batch = max_batch.max(1);
     let mut appends = Vec::with_capacity(max_batch.min(1024));
@@ -299,9 +305,11 @@ pub(crate) fn run(
             budget,
             max_batch,
             metrics,
+            sync.as_ref(),
         );
     }
-    // Channel closed and drained: dropping `conn` closes the database.
+    // Channel closed and drained: dropping `sync` lets the sync thread answer
+    // what it holds and exit; dropping `conn` closes the database.
 }
 
 fn push(op: WriteOp, appends: &mut Vec<WriteOp>, others: &mut VecDeque<WriteOp>) {
@@ -315,6 +323,7 @@ fn push(op: WriteOp, appends: &mut Vec<WriteOp>, others: &mut VecDeque<WriteOp>)
 /// One transaction: every request of `appends`, then requests of `others`
 /// from the front while `budget` lasts (at least one, at most
 /// `max_batch` requests in all); the ones not run stay in `others`.
+#[allow(clippy::too_many_arguments)]
 fn commit_batch(
     conn: &Connection,
     state: &mut WriterState,
@@ -323,32 +332,41 @@ fn commit_batch(
     budget: Duration,
     max_batch: usize,
     metrics: &MetricsRecorder,
+    sync: Option<&WalSync>,
 ) {
     let started = Instant::now();
+    if let Some(why) = sync.and_then(|s| s.failed.get()) {
+        // A WAL fsync failed: nothing committed since can be vouched for,
+        // so nothing more is written (see `wal_sync`).
+        for op in appends.drain(..).chain(others.drain(..)) {
+            outcome_without_running(op, why).deliver(None);
+        }
+        return;
+    }
     let mut outcomes = Vec::with_capacity(appends.len() + 8);
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let why = format!("begin: {e}");
         // Fail the appends (their senders answer with a NAK and may resend);
         // carried requests wait for the next transaction.
         for op in appends.drain(..) {
-            outcome_without_running(op).deliver(Some(&why));
+            outcome_without_running(op, &why).deliver(None);
         }
         // A failing BEGIN with only carried requests must not spin: fail the
         // oldest so every request still gets an answer.
         if let Some(op) = others.pop_front() {
-            outcome_without_running(op).deliver(Some(&why));
+            outcome_without_running(op, &why).deliver(None);
         }
         return;
     }
     let mut aborted: Option<String> = None;
     let mut run_one = |op: WriteOp, aborted: &mut Option<String>, outcomes: &mut Vec<Outcome>| {
         if aborted.is_some() {
-            outcomes.push(outcome_without_running(op));
+            outcomes.push(outcome_without_running(op, "batch aborted"));
             return;
         }
         if let Err(e) = conn.execute_batch("SAVEPOINT op") {
             *aborted = Some(format!("savepoint: {e}"));
-            outcomes.push(outcome_without_running(op));
+            outcomes.push(outcome_without_running(op, "batch aborted"));
             return;
         }
         let outcome = execute(conn, state, op);
@@ -390,9 +408,34 @@ fn commit_batch(
                     None => {}
                 }
             }
-            metrics.record_commit(started.elapsed().as_secs_f64(), size, appended, duplicates);
-            for o in outcomes {
-                o.deliver(None);
+            match sync {
+                Some(s) => {
+                    let committed = Committed {
+                        started,
+                        size,
+                        appended,
+                        duplicates,
+                        outcomes,
+                    };
+                    // Blocks while the sync thread is MAX_PENDING_BATCHES
+                    // behind (backpressure). It only hangs up if it died.
+                    if let Err(std::sync::mpsc::SendError(c)) = s.tx.send(committed) {
+                        for o in c.outcomes {
+                            o.deliver(Some("WAL sync thread stopped"));
+                        }
+                    }
+                }
+                None => {
+                    metrics.record_commit(
+                        started.elapsed().as_secs_f64(),
+                        size,
+                        appended,
+                        duplicates,
+                    );
+                    for o in outcomes {
+                        o.deliver(None);
+                    }
+                }
             }
         }
         Err(why) => {
@@ -406,25 +449,25 @@ fn commit_batch(
     }
 }
 
-/// An outcome for a request that never ran (its batch is failing anyway).
-fn outcome_without_running(op: WriteOp) -> Outcome {
-    fn never<T>() -> Result<T, StoreError> {
-        Err(StoreError::Commit("batch aborted".to_string()))
+/// An outcome for a request that never ran: `Commit(why)`.
+fn outcome_without_running(op: WriteOp, why: &str) -> Outcome {
+    fn never<T>(why: &str) -> Result<T, StoreError> {
+        Err(StoreError::Commit(why.to_string()))
     }
     match op {
-        WriteOp::Append { reply, .. } => Outcome::new(reply, never()),
-        WriteOp::Complete { reply, .. } => Outcome::new(reply, never()),
-        WriteOp::PutResources { reply, .. } => Outcome::new(reply, never()),
-        WriteOp::Fail { reply, .. } => Outcome::new(reply, never()),
-        WriteOp::Requeue { reply, .. } => Outcome::new(reply, never()),
-        WriteOp::Enqueue { reply, .. } => Outcome::new(reply, never()),
-        WriteOp::Claim { reply, .. } => Outcome::new(reply, never()),
-        WriteOp::Finish { reply, .. } => Outcome::new(reply, never()),
-        WriteOp::OutboxRetry { reply, .. } => Outcome::new(reply, never()),
-        WriteOp::OutboxDrop { reply, .. } => Outcome::new(reply, never()),
-        WriteOp::AuditAppend { reply, .. } => Outcome::new(reply, never()),
-        WriteOp::JtiUse { reply, .. } => Outcome::new(reply, never()),
-        WriteOp::ClockUpsert { reply, .. } => Outcome::new(reply, never()),
+        WriteOp::Append { reply, .. } => Outcome::new(reply, never(why)),
+        WriteOp::Complete { reply, .. } => Outcome::new(reply, never(why)),
+        WriteOp::PutResources { reply, .. } => Outcome::new(reply, never(why)),
+        WriteOp::Fail { reply, .. } => Outcome::new(reply, never(why)),
+        WriteOp::Requeue { reply, .. } => Outcome::new(reply, never(why)),
+        WriteOp::Enqueue { reply, .. } => Outcome::new(reply, never(why)),
+        WriteOp::Claim { reply, .. } => Outcome::new(reply, never(why)),
+        WriteOp::Finish { reply, .. } => Outcome::new(reply, never(why)),
+        WriteOp::OutboxRetry { reply, .. } => Outcome::new(reply, never(why)),
+        WriteOp::OutboxDrop { reply, .. } => Outcome::new(reply, never(why)),
+        WriteOp::AuditAppend { reply, .. } => Outcome::new(reply, never(why)),
+        WriteOp::JtiUse { reply, .. } => Outcome::new(reply, never(why)),
+        WriteOp::ClockUpsert { reply, .. } => Outcome::new(reply, never(why)),
     }
 }
 
@@ -936,6 +979,7 @@ mod tests {
             Duration::ZERO,
             512,
             &metrics,
+            None,
         );
         assert!(appends.is_empty());
         assert_eq!(others.len(), 2, "one other request ran");
@@ -960,6 +1004,7 @@ mod tests {
                 Duration::ZERO,
                 512,
                 &metrics,
+                None,
             );
             assert_eq!(others.len(), left);
         }
@@ -983,6 +1028,7 @@ mod tests {
             Duration::MAX,
             2,
             &metrics,
+            None,
         );
         assert_eq!(others.len(), 1);
         assert_eq!(metrics.snapshot().largest_batch, 3);

@@ -1,0 +1,168 @@
+//! The WAL sync thread: durability without the writer waiting for the disk.
+//!
+//! With [`Durability::Pipelined`](super::Durability::Pipelined) (the
+//! default) the writer connection runs `synchronous=NORMAL`: a `COMMIT`
+//! writes its WAL frames into the page cache and returns without an fsync.
+//! The writer then hands the batch's held replies to this thread and goes on
+//! with the next batch. This thread takes every batch handed over so far,
+//! runs ONE `fdatasync` of the WAL file — which makes every frame written
+//! before it began durable — and only then sends the replies. So one batch's
+//! fsync overlaps the next batch's work, and one fsync covers every commit
+//! made while the previous fsync ran.
+//!
+//! Why this is as durable as `synchronous=FULL` for what we promise:
+//! * **No reply says Ok before its commit is on disk**: a batch's replies
+//!   are sent only after an `fdatasync` that started after its `COMMIT`
+//!   returned.
+//! * **What survives a power loss is a prefix of the commits**: WAL frames
+//!   carry cumulative checksums and recovery stops at the first frame that
+//!   does not match, so a later commit is never kept without an earlier one.
+//!   A reply therefore also vouches for everything committed before it —
+//!   e.g. a disclosure's audit record for the consent it was decided on.
+//! * SQLite keeps the WAL itself consistent in `NORMAL` (it syncs the WAL
+//!   header when it restarts the log and before every checkpoint); the
+//!   checkpoint thread syncs the database file before the log is reused.
+//! * The WAL file's directory entry is synced once at open
+//!   ([`sync_dir`]); the file is not deleted while the store is open (the
+//!   read connections keep it).
+//!
+//! What differs from `FULL`: a read connection may see a commit up to one
+//! fsync (~1 ms) before it is durable. Only a power loss (not a process
+//! crash: the frames are in the kernel's page cache) inside that window can
+//! lose it, and nothing that was answered depends on it.
+//!
+//! **A failed fsync poisons the store**: after it the kernel may have
+//! dropped the dirty pages, so nothing committed since can be vouched for.
+//! Every waiting reply and every later write fails with
+//! [`StoreError::Commit`](crate::StoreError::Commit) until the process is
+//! restarted (recovery then reads what is really on disk). Senders NAK and
+//! resend; the journal's dedup keys make resends harmless.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use super::writer::Outcome;
+use crate::metrics::MetricsRecorder;
+
+/// Batches committed but not yet synced that the writer may hand over
+/// before it waits for this thread (backpressure).
+pub(crate) const MAX_PENDING_BATCHES: usize = 256;
+
+/// One committed batch whose replies wait for the WAL sync.
+pub(crate) struct Committed {
+    /// When its transaction began (the commit latency ends at the sync).
+    pub started: Instant,
+    pub size: usize,
+    pub appended: u64,
+    pub duplicates: u64,
+    pub outcomes: Vec<Outcome>,
+}
+
+/// The writer's end.
+pub(crate) struct WalSync {
+    pub tx: SyncSender<Committed>,
+    /// Set once, by the first failed fsync; then every write fails.
+    pub failed: Arc<OnceLock<String>>,
+}
+
+/// The `-wal` file SQLite keeps beside the database `db`.
+pub(crate) fn wal_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push("-wal");
+    PathBuf::from(s)
+}
+
+/// fsync the directory holding `file`, so its entry (the WAL file's
+/// creation) is durable.
+pub(crate) fn sync_dir(file: &Path) -> std::io::Result<()> {
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn sync_wal(wal: &Path) -> Result<(), String> {
+    // Opened per sync: a few µs next to the fsync, and always the file
+    // SQLite writes now. fsync works on a read-only descriptor (Linux).
+    std::fs::File::open(wal)
+        .and_then(|f| f.sync_data())
+        .map_err(|e| {
+            format!(
+                "WAL fsync failed ({}); writes are refused until restart",
+                e.kind()
+            )
+        })
+}
+
+/// The thread body: until the writer hangs up, sync and answer.
+pub(crate) fn run(
+    wal: PathBuf,
+    rx: Receiver<Committed>,
+    failed: Arc<OnceLock<String>>,
+    metrics: &MetricsRecorder,
+) {
+    let mut batches: Vec<Committed> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        batches.push(first);
+        // Everything committed so far shares this fsync.
+        while batches.len() < MAX_PENDING_BATCHES {
+            match rx.try_recv() {
+                Ok(more) => batches.push(more),
+                Err(_) => break,
+            }
+        }
+        let result = match failed.get() {
+            Some(why) => Err(why.clone()),
+            None => sync_wal(&wal),
+        };
+        match result {
+            Ok(()) => {
+                metrics.record_wal_sync();
+                for b in batches.drain(..) {
+                    metrics.record_commit(
+                        b.started.elapsed().as_secs_f64(),
+                        b.size,
+                        b.appended,
+                        b.duplicates,
+                    );
+                    for o in b.outcomes {
+                        o.deliver(None);
+                    }
+                }
+            }
+            Err(why) => {
+                let _ = failed.set(why.clone());
+                for b in batches.drain(..) {
+                    for o in b.outcomes {
+                        o.deliver(Some(&why));
+                    }
+                }
+            }
+        }
+    }
+    // The writer hung up: everything it handed over has been answered.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_path_appends_the_suffix() {
+        assert_eq!(
+            wal_path(Path::new("/x/gw.db")),
+            PathBuf::from("/x/gw.db-wal")
+        );
+        assert_eq!(wal_path(Path::new("gw.db")), PathBuf::from("gw.db-wal"));
+    }
+
+    #[test]
+    fn a_missing_wal_fails_the_sync_with_a_reason_and_no_path() {
+        let e = sync_wal(Path::new("/nonexistent-dir-cwsgw/db-wal")).unwrap_err();
+        assert!(e.contains("WAL fsync failed"), "{e}");
+        assert!(!e.contains("nonexistent"), "{e}");
+    }
+}

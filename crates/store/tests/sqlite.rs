@@ -129,6 +129,47 @@ async fn the_wal_sync_thread_answers_after_its_fsync_and_shares_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_transactions_answer_every_request_and_the_store_still_closes() {
+    // Appends and audit records from many tasks at once: while one fsync
+    // runs the writer holds its transaction open for what arrives; every
+    // request must still be answered, in bounded time, and dropping the
+    // store right after must not hang on a held transaction.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.db");
+    let store = open(&path, 512);
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                store.append(input(&format!("H|{i}"))).await.map(|_| ())
+            } else {
+                store.audit_append(vec![audit(i)]).await.map(|_| ())
+            }
+        }));
+    }
+    let all = async {
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), all)
+        .await
+        .expect("every request answered within 30 s");
+    let m = store.metrics();
+    assert_eq!(m.appended_inputs, 200);
+    assert!(m.wal_syncs >= 1 && m.wal_syncs <= m.commits, "{m:?}");
+    assert_eq!(store.audit_verify().await.unwrap(), None);
+    let closed = tokio::task::spawn_blocking(move || drop(store));
+    tokio::time::timeout(Duration::from_secs(30), closed)
+        .await
+        .expect("the store closes")
+        .unwrap();
+    let store = open(&path, 512);
+    assert_eq!(store.journal_stats().await.unwrap().total, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inline_durability_syncs_inside_the_commit() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("i.db");

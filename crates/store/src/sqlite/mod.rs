@@ -172,6 +172,7 @@ impl SqliteStore {
         let checkpointer = Checkpointer::start(path).map_err(open_err)?;
 
         let metrics = Arc::new(MetricsRecorder::default());
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
         let (sync, syncer) = match opts.durability {
             Durability::Pipelined => {
                 let wal = wal_sync::wal_path(path);
@@ -179,19 +180,18 @@ impl SqliteStore {
                 // directory entry durable before anything is acknowledged.
                 wal_sync::sync_dir(&wal)
                     .map_err(|e| open_err(format!("cannot sync the WAL's directory: {e}")))?;
-                let (tx, rx) = std::sync::mpsc::sync_channel(wal_sync::MAX_PENDING_BATCHES);
-                let failed = Arc::new(std::sync::OnceLock::new());
-                let thread_failed = Arc::clone(&failed);
+                let (sync_tx, sync_rx) =
+                    std::sync::mpsc::sync_channel(wal_sync::MAX_PENDING_BATCHES);
+                let (sync, shared) = wal_sync::shared(tx.downgrade(), sync_tx);
                 let thread_metrics = Arc::clone(&metrics);
                 let handle = std::thread::Builder::new()
                     .name("cwsgw-store-sync".to_string())
-                    .spawn(move || wal_sync::run(wal, rx, thread_failed, &thread_metrics))
+                    .spawn(move || wal_sync::run(wal, sync_rx, shared, &thread_metrics))
                     .map_err(|e| open_err(format!("cannot start WAL sync thread: {e}")))?;
-                (Some(wal_sync::WalSync { tx, failed }), Some(handle))
+                (Some(sync), Some(handle))
             }
             Durability::Inline | Durability::Unsynced => (None, None),
         };
-        let (tx, rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
         let max_batch = opts.max_batch.clamp(1, MAX_BATCH_LIMIT);
         let thread_metrics = Arc::clone(&metrics);
         let writer = std::thread::Builder::new()

@@ -39,11 +39,14 @@
 //! resend; the journal's dedup keys make resends harmless.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use super::writer::Outcome;
+use tokio::sync::mpsc;
+
+use super::writer::{Outcome, WriteOp};
 use crate::metrics::MetricsRecorder;
 
 /// Batches committed but not yet synced that the writer may hand over
@@ -65,6 +68,46 @@ pub(crate) struct WalSync {
     pub tx: SyncSender<Committed>,
     /// Set once, by the first failed fsync; then every write fails.
     pub failed: Arc<OnceLock<String>>,
+    /// Batches handed over and not yet answered (the writer holds its
+    /// transaction open while this is not 0).
+    pub in_flight: Arc<AtomicUsize>,
+    /// The writer is holding a transaction open, waiting for
+    /// `in_flight == 0`: wake it when that happens.
+    pub holding: Arc<AtomicBool>,
+}
+
+/// The sync thread's end of what [`WalSync`] shares.
+pub(crate) struct Shared {
+    pub failed: Arc<OnceLock<String>>,
+    pub in_flight: Arc<AtomicUsize>,
+    pub holding: Arc<AtomicBool>,
+    /// Wakes a holding writer ([`WriteOp::Wake`]); weak, so the writer's
+    /// channel still closes when the store is dropped.
+    pub wake: mpsc::WeakSender<WriteOp>,
+}
+
+/// Both ends.
+pub(crate) fn shared(
+    wake: mpsc::WeakSender<WriteOp>,
+    tx: SyncSender<Committed>,
+) -> (WalSync, Shared) {
+    let failed = Arc::new(OnceLock::new());
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let holding = Arc::new(AtomicBool::new(false));
+    (
+        WalSync {
+            tx,
+            failed: Arc::clone(&failed),
+            in_flight: Arc::clone(&in_flight),
+            holding: Arc::clone(&holding),
+        },
+        Shared {
+            failed,
+            in_flight,
+            holding,
+            wake,
+        },
+    )
 }
 
 /// The `-wal` file SQLite keeps beside the database `db`.
@@ -101,9 +144,10 @@ fn sync_wal(wal: &Path) -> Result<(), String> {
 pub(crate) fn run(
     wal: PathBuf,
     rx: Receiver<Committed>,
-    failed: Arc<OnceLock<String>>,
+    shared: Shared,
     metrics: &MetricsRecorder,
 ) {
+    let failed = &shared.failed;
     let mut batches: Vec<Committed> = Vec::new();
     while let Ok(first) = rx.recv() {
         batches.push(first);
@@ -114,6 +158,7 @@ pub(crate) fn run(
                 Err(_) => break,
             }
         }
+        let round = batches.len();
         let result = match failed.get() {
             Some(why) => Err(why.clone()),
             None => sync_wal(&wal),
@@ -140,6 +185,16 @@ pub(crate) fn run(
                         o.deliver(Some(&why));
                     }
                 }
+            }
+        }
+        // Everything handed over so far is answered: a writer holding its
+        // transaction for this commits now (its next fsync starts at once).
+        if shared.in_flight.fetch_sub(round, Ordering::SeqCst) == round
+            && shared.holding.load(Ordering::SeqCst)
+        {
+            if let Some(tx) = shared.wake.upgrade() {
+                // Full: requests are queued, and each one ends the hold.
+                let _ = tx.try_send(WriteOp::Wake);
             }
         }
     }

@@ -356,15 +356,16 @@ pub(crate) struct Hold<'a> {
 /// **Hold while the disk is busy.** With the WAL sync thread (`hold`), if
 /// it is still syncing earlier commits, committing now would not make this
 /// batch durable any sooner: its fsync could only start after the running
-/// one. So the transaction stays open and takes the requests that arrive
-/// meanwhile (every append; other requests within the same budget, later
-/// ones carried, in order) until the sync thread is idle (it sends
-/// [`WriteOp::Wake`]), the batch is full or the channel closes; then it
-/// commits. Without the hold, the writer committed every few audit records
-/// while one fsync ran, and those extra commits cost CPU (`bench api`
-/// search: 1.7 instead of 2.2–2.5 requests per commit, 12–17 % fewer
-/// requests/s). Exempting appends from the hold measured no better (paced
-/// ACK p99 10–17 ms vs 8.5–9.3 ms; docs/performance.md, stop 11).
+/// one. So a transaction without appends stays open and takes the requests
+/// that arrive meanwhile (other requests within the same budget; later ones
+/// carried, in order) until the sync thread is idle (it sends
+/// [`WriteOp::Wake`]), an append arrives, the batch is full or the channel
+/// closes; then it commits. Without the hold, the writer committed every
+/// few audit records while one fsync ran, and those extra commits cost CPU
+/// (`bench api` search: 1.7 instead of 2.2–2.5 requests per commit, 12–17 %
+/// fewer requests/s). Appends are never held: holding them too lost
+/// send-and-wait ingest in 4 of 4 interleaved pairs (the disk idles between
+/// two fsyncs for a wake-up and a commit; docs/performance.md, stop 11).
 #[allow(clippy::too_many_arguments)]
 fn commit_batch(
     conn: &Connection,
@@ -423,6 +424,7 @@ fn commit_batch(
         }
         outcomes.push(outcome);
     };
+    let has_appends = !appends.is_empty();
     for op in appends.drain(..) {
         run_one(op, &mut aborted, &mut outcomes);
     }
@@ -436,7 +438,9 @@ fn commit_batch(
         run_one(op, &mut aborted, &mut outcomes);
         ran_others += 1;
     }
-    if let Some(h) = hold.as_mut() {
+    // Appends are not held: an ACK waits for them, and committing them at
+    // once lets their fsync start the moment the running one ends.
+    if let Some(h) = hold.as_mut().filter(|_| !has_appends) {
         h.sync.holding.store(true, Ordering::SeqCst);
         while aborted.is_none()
             && outcomes.len() < max_batch
@@ -448,6 +452,7 @@ fn commit_batch(
                 Some(op @ WriteOp::Append { .. }) => {
                     metrics.dequeued();
                     run_one(op, &mut aborted, &mut outcomes);
+                    break;
                 }
                 Some(op) => {
                     metrics.dequeued();

@@ -182,12 +182,14 @@ impl SqliteStore {
                     .map_err(|e| open_err(format!("cannot sync the WAL's directory: {e}")))?;
                 let (sync_tx, sync_rx) =
                     std::sync::mpsc::sync_channel(wal_sync::MAX_PENDING_BATCHES);
-                let (sync, shared) = wal_sync::shared(tx.downgrade(), sync_tx);
+                let state = Arc::new(wal_sync::SyncState::default());
+                let (shared, wake) = (Arc::clone(&state), tx.downgrade());
                 let thread_metrics = Arc::clone(&metrics);
                 let handle = std::thread::Builder::new()
                     .name("cwsgw-store-sync".to_string())
-                    .spawn(move || wal_sync::run(wal, sync_rx, shared, &thread_metrics))
+                    .spawn(move || wal_sync::run(wal, sync_rx, shared, wake, &thread_metrics))
                     .map_err(|e| open_err(format!("cannot start WAL sync thread: {e}")))?;
+                let sync = wal_sync::WalSync { tx: sync_tx, state };
                 (Some(sync), Some(handle))
             }
             Durability::Inline | Durability::Unsynced => (None, None),

@@ -63,51 +63,23 @@ pub(crate) struct Committed {
     pub outcomes: Vec<Outcome>,
 }
 
+/// What the writer and the sync thread share.
+#[derive(Default)]
+pub(crate) struct SyncState {
+    /// Set once, by the first failed fsync; then every write fails.
+    pub failed: OnceLock<String>,
+    /// Batches handed over and not yet answered (the writer holds its
+    /// transaction open while this is not 0).
+    pub in_flight: AtomicUsize,
+    /// The writer is holding a transaction open, waiting for
+    /// `in_flight == 0`: wake it when that happens.
+    pub holding: AtomicBool,
+}
+
 /// The writer's end.
 pub(crate) struct WalSync {
     pub tx: SyncSender<Committed>,
-    /// Set once, by the first failed fsync; then every write fails.
-    pub failed: Arc<OnceLock<String>>,
-    /// Batches handed over and not yet answered (the writer holds its
-    /// transaction open while this is not 0).
-    pub in_flight: Arc<AtomicUsize>,
-    /// The writer is holding a transaction open, waiting for
-    /// `in_flight == 0`: wake it when that happens.
-    pub holding: Arc<AtomicBool>,
-}
-
-/// The sync thread's end of what [`WalSync`] shares.
-pub(crate) struct Shared {
-    pub failed: Arc<OnceLock<String>>,
-    pub in_flight: Arc<AtomicUsize>,
-    pub holding: Arc<AtomicBool>,
-    /// Wakes a holding writer ([`WriteOp::Wake`]); weak, so the writer's
-    /// channel still closes when the store is dropped.
-    pub wake: mpsc::WeakSender<WriteOp>,
-}
-
-/// Both ends.
-pub(crate) fn shared(
-    wake: mpsc::WeakSender<WriteOp>,
-    tx: SyncSender<Committed>,
-) -> (WalSync, Shared) {
-    let failed = Arc::new(OnceLock::new());
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let holding = Arc::new(AtomicBool::new(false));
-    (
-        WalSync {
-            tx,
-            failed: Arc::clone(&failed),
-            in_flight: Arc::clone(&in_flight),
-            holding: Arc::clone(&holding),
-        },
-        Shared {
-            failed,
-            in_flight,
-            holding,
-            wake,
-        },
-    )
+    pub state: Arc<SyncState>,
 }
 
 /// The `-wal` file SQLite keeps beside the database `db`.
@@ -141,10 +113,14 @@ fn sync_wal(wal: &Path) -> Result<(), String> {
 }
 
 /// The thread body: until the writer hangs up, sync and answer.
+///
+/// `wake` wakes a holding writer ([`WriteOp::Wake`]); it is weak, so the
+/// writer's channel still closes when the store is dropped.
 pub(crate) fn run(
     wal: PathBuf,
     rx: Receiver<Committed>,
-    shared: Shared,
+    shared: Arc<SyncState>,
+    wake: mpsc::WeakSender<WriteOp>,
     metrics: &MetricsRecorder,
 ) {
     let failed = &shared.failed;
@@ -192,7 +168,7 @@ pub(crate) fn run(
         if shared.in_flight.fetch_sub(round, Ordering::SeqCst) == round
             && shared.holding.load(Ordering::SeqCst)
         {
-            if let Some(tx) = shared.wake.upgrade() {
+            if let Some(tx) = wake.upgrade() {
                 // Full: requests are queued, and each one ends the hold.
                 let _ = tx.try_send(WriteOp::Wake);
             }

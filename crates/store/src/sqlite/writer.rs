@@ -379,7 +379,7 @@ fn commit_batch(
 ) {
     let started = Instant::now();
     let sync = hold.as_ref().map(|h| h.sync);
-    if let Some(why) = sync.and_then(|s| s.failed.get()) {
+    if let Some(why) = sync.and_then(|s| s.state.failed.get()) {
         // A WAL fsync failed: nothing committed since can be vouched for,
         // so nothing more is written (see `wal_sync`).
         for op in appends.drain(..).chain(others.drain(..)) {
@@ -441,11 +441,11 @@ fn commit_batch(
     // Appends are not held: an ACK waits for them, and committing them at
     // once lets their fsync start the moment the running one ends.
     if let Some(h) = hold.as_mut().filter(|_| !has_appends) {
-        h.sync.holding.store(true, Ordering::SeqCst);
+        h.sync.state.holding.store(true, Ordering::SeqCst);
         while aborted.is_none()
             && outcomes.len() < max_batch
             && others.len() < MAX_CARRIED
-            && h.sync.in_flight.load(Ordering::SeqCst) > 0
+            && h.sync.state.in_flight.load(Ordering::SeqCst) > 0
         {
             match h.rx.blocking_recv() {
                 Some(WriteOp::Wake) => {}
@@ -468,7 +468,7 @@ fn commit_batch(
                 }
             }
         }
-        h.sync.holding.store(false, Ordering::SeqCst);
+        h.sync.state.holding.store(false, Ordering::SeqCst);
     }
     let size = outcomes.len();
     let commit = match aborted {
@@ -496,9 +496,9 @@ fn commit_batch(
                     };
                     // Blocks while the sync thread is MAX_PENDING_BATCHES
                     // behind (backpressure). It only hangs up if it died.
-                    s.in_flight.fetch_add(1, Ordering::SeqCst);
+                    s.state.in_flight.fetch_add(1, Ordering::SeqCst);
                     if let Err(std::sync::mpsc::SendError(c)) = s.tx.send(committed) {
-                        s.in_flight.fetch_sub(1, Ordering::SeqCst);
+                        s.state.in_flight.fetch_sub(1, Ordering::SeqCst);
                         for o in c.outcomes {
                             o.deliver(Some("WAL sync thread stopped"));
                         }

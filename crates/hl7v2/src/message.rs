@@ -296,6 +296,18 @@ impl<'m> Segment<'m> {
             .map(move |&(a, b)| msg.text.get(a as usize..b as usize).unwrap_or(""))
     }
 
+    /// Byte ranges of fields `1..=field_count()` in [`Message::text`], in
+    /// order (the ranges [`Segment::fields_raw`] slices; always on `char`
+    /// boundaries, cut at ASCII delimiters): for callers that index the
+    /// text themselves. For MSH the first two are MSH-1 and MSH-2.
+    pub fn field_spans(&self) -> &'m [(u32, u32)] {
+        let range = self
+            .idx()
+            .map(|s| (s.field_start as usize).saturating_add(1)..s.field_end as usize)
+            .unwrap_or(0..0);
+        self.msg.fields.get(range).unwrap_or_default()
+    }
+
     /// Field `n` in HL7 numbering; absent → empty field. `field(0)` is the
     /// segment id. For MSH, `field(1)` is the field separator itself and
     /// `field(2)` the encoding characters; both are never split or unescaped.

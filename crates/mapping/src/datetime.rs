@@ -7,6 +7,13 @@
 //! (the mapping's `timezone_from`, normally MSH-7); without either the value
 //! is truncated to its date.
 
+/// `s.split_once('.')`, by a byte scan (`.` is ASCII; the `char` pattern
+/// searcher costs several times more on these short strings).
+fn split_dot(s: &str) -> Option<(&str, &str)> {
+    let i = s.bytes().position(|b| b == b'.')?;
+    Some((s.get(..i)?, s.get(i + 1..)?))
+}
+
 /// Split `s` into (digits part, optional offset like `-0800`).
 fn split_tz(s: &str) -> (&str, Option<&str>) {
     // A byte scan (the signs are ASCII): `str::find` with a char set cost ≈ 4×.
@@ -20,11 +27,106 @@ fn all_digits(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// The value of an all-digit string (`None` when empty or not all digits).
+/// Dates and times are read 2 and 4 digits at a time: no `str::parse`.
+#[inline]
 fn num(s: &str) -> Option<u32> {
-    if all_digits(s) {
-        s.parse().ok()
-    } else {
-        None
+    let b = s.as_bytes();
+    if b.is_empty() || b.len() > 9 {
+        // Never 10+ digits here; `parse` keeps the overflow check exact.
+        return if all_digits(s) { s.parse().ok() } else { None };
+    }
+    let mut n = 0u32;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u32::from(c - b'0');
+    }
+    Some(n)
+}
+
+/// Where a formatted date/dateTime is written: a `String`, or a
+/// [`DtText`] on the stack (the evaluator's, no allocation per value).
+pub(crate) trait Sink {
+    /// Append an ASCII byte.
+    fn push(&mut self, b: u8);
+    fn push_str(&mut self, s: &str);
+    fn len(&self) -> usize;
+    fn truncate(&mut self, n: usize);
+}
+
+impl Sink for String {
+    fn push(&mut self, b: u8) {
+        String::push(self, char::from(b));
+    }
+    fn push_str(&mut self, s: &str) {
+        String::push_str(self, s);
+    }
+    fn len(&self) -> usize {
+        String::len(self)
+    }
+    fn truncate(&mut self, n: usize) {
+        String::truncate(self, n);
+    }
+}
+
+/// A formatted FHIR date or dateTime on the stack. Formatting never
+/// writes more than 30 bytes from its own parts; a longer default offset
+/// (only possible through the public API) sets `overflow` and the caller
+/// formats into a `String` instead.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DtText {
+    b: [u8; 40],
+    n: u8,
+    overflow: bool,
+}
+
+impl DtText {
+    pub(crate) fn new() -> DtText {
+        DtText {
+            b: [0; 40],
+            n: 0,
+            overflow: false,
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.b.get(..usize::from(self.n)).unwrap_or_default()
+    }
+
+    /// The text did not fit (see the type).
+    pub(crate) fn overflow(&self) -> bool {
+        self.overflow
+    }
+}
+
+impl Sink for DtText {
+    #[inline]
+    fn push(&mut self, c: u8) {
+        match self.b.get_mut(usize::from(self.n)) {
+            Some(x) => {
+                *x = c;
+                self.n += 1;
+            }
+            None => self.overflow = true,
+        }
+    }
+    fn push_str(&mut self, s: &str) {
+        let n = usize::from(self.n);
+        match self.b.get_mut(n..n + s.len()) {
+            Some(x) => {
+                x.copy_from_slice(s.as_bytes());
+                self.n = (n + s.len()) as u8;
+            }
+            None => self.overflow = true,
+        }
+    }
+    fn len(&self) -> usize {
+        usize::from(self.n)
+    }
+    fn truncate(&mut self, n: usize) {
+        self.n = self.n.min(u8::try_from(n).unwrap_or(u8::MAX));
     }
 }
 
@@ -40,22 +142,20 @@ fn days_in_month(year: u32, month: u32) -> u32 {
 }
 
 /// Append `n` zero-padded to `width` digits (`n < 10^width`, checked by callers).
-fn push_num(out: &mut String, n: u32, width: u32) {
-    let mut div = 10u32.pow(width.saturating_sub(1));
-    while div > 0 {
-        out.push(char::from(b'0' + ((n / div) % 10) as u8));
-        div /= 10;
+#[inline]
+fn push_num(out: &mut impl Sink, n: u32, width: u32) {
+    let d = |x: u32| b'0' + (x % 10) as u8;
+    if width == 4 {
+        out.push(d(n / 1000));
+        out.push(d(n / 100));
     }
+    out.push(d(n / 10));
+    out.push(d(n));
 }
 
-/// Validate and format the date part (`YYYY`, `YYYYMM`, `YYYYMMDD`).
-fn date_part(d: &str) -> Option<String> {
-    let mut out = String::with_capacity(40);
-    date_part_into(d, &mut out).then_some(out)
-}
-
-/// [`date_part`] appended to `out`; `false` (and nothing written) when invalid.
-fn date_part_into(d: &str, out: &mut String) -> bool {
+/// Validate and format the date part (`YYYY`, `YYYYMM`, `YYYYMMDD`) into
+/// `out`; `false` (and nothing written) when invalid.
+fn date_part_into(d: &str, out: &mut impl Sink) -> bool {
     let Some(year) = d.get(0..4).and_then(num) else {
         return false;
     };
@@ -82,7 +182,7 @@ fn date_part_into(d: &str, out: &mut String) -> bool {
     };
     push_num(out, year, 4);
     for part in [month, day].into_iter().flatten() {
-        out.push('-');
+        out.push(b'-');
         push_num(out, part, 2);
     }
     true
@@ -128,30 +228,37 @@ pub(crate) fn offset_of(ts: &str) -> Option<String> {
 
 /// HL7 DT/DTM → FHIR `date` (precision kept down to the day, time dropped).
 pub fn to_date(v: &str) -> Option<String> {
+    let mut out = String::with_capacity(40);
+    to_date_into(v, &mut out).then_some(out)
+}
+
+/// [`to_date`] appended to `out`; `false` when malformed.
+pub(crate) fn to_date_into(v: &str, out: &mut impl Sink) -> bool {
+    to_date_checked(v, out).is_some()
+}
+
+fn to_date_checked(v: &str, out: &mut impl Sink) -> Option<()> {
     let v = v.trim();
     let (d, tz) = split_tz(v);
     if let Some(tz) = tz {
         offset(tz)?;
     }
-    let digits = d.split('.').next().unwrap_or(d);
+    let frac = split_dot(d);
+    let digits = frac.map_or(d, |x| x.0);
     if !all_digits(digits) {
         return None;
     }
     // A time part must itself be well formed for the value to be trusted.
     if digits.len() > 8 {
-        time_part(digits.get(8..)?, d.split_once('.').map(|x| x.1))?;
+        let mut scratch = DtText::new();
+        time_part_into(digits.get(8..)?, frac.map(|x| x.1), &mut scratch).then_some(())?;
     }
-    date_part(digits.get(..digits.len().min(8))?)
-}
-
-fn time_part(t: &str, frac: Option<&str>) -> Option<String> {
-    let mut out = String::with_capacity(16);
-    time_part_into(t, frac, &mut out).then_some(out)
+    date_part_into(digits.get(..digits.len().min(8))?, out).then_some(())
 }
 
 /// [`time_part`] appended to `out`; `false` when invalid (then `out` may
 /// hold a partial time: callers discard it).
-fn time_part_into(t: &str, frac: Option<&str>, out: &mut String) -> bool {
+fn time_part_into(t: &str, frac: Option<&str>, out: &mut impl Sink) -> bool {
     let Some(v) = time_values(t) else {
         return false;
     };
@@ -162,12 +269,12 @@ fn time_part_into(t: &str, frac: Option<&str>, out: &mut String) -> bool {
     }
     let (h, mi, s) = v;
     push_num(out, h, 2);
-    out.push(':');
+    out.push(b':');
     push_num(out, mi, 2);
-    out.push(':');
+    out.push(b':');
     push_num(out, s, 2);
     if let Some(f) = frac {
-        out.push('.');
+        out.push(b'.');
         out.push_str(f);
     }
     true
@@ -191,39 +298,50 @@ fn time_values(t: &str) -> Option<(u32, u32, u32)> {
 /// HL7 DTM → FHIR `dateTime`. `default_tz` is the message's offset
 /// (`+HH:MM`) used when the value has a time but no offset of its own.
 pub fn to_datetime(v: &str, default_tz: Option<&str>) -> Option<String> {
+    let mut out = String::with_capacity(32);
+    to_datetime_into(v, default_tz, &mut out).then_some(out)
+}
+
+/// [`to_datetime`] appended to an empty `out`; `false` when malformed.
+pub(crate) fn to_datetime_into(v: &str, default_tz: Option<&str>, out: &mut impl Sink) -> bool {
+    to_datetime_checked(v, default_tz, out).is_some()
+}
+
+fn to_datetime_checked(v: &str, default_tz: Option<&str>, out: &mut impl Sink) -> Option<()> {
     let v = v.trim();
     let (d, tz) = split_tz(v);
     let own_tz = match tz {
         Some(t) => Some(offset(t)?),
         None => None,
     };
-    let (digits, frac) = match d.split_once('.') {
+    let (digits, frac) = match split_dot(d) {
         Some((a, b)) => (a, Some(b)),
         None => (d, None),
     };
     if !all_digits(digits) {
         return None;
     }
-    let mut out = String::with_capacity(32);
-    if !date_part_into(digits.get(..digits.len().min(8))?, &mut out) {
+    if !date_part_into(digits.get(..digits.len().min(8))?, out) {
         return None;
     }
     if digits.len() <= 8 {
-        return (frac.is_none()).then_some(out);
+        return (frac.is_none()).then_some(());
     }
     if digits.len() < 10 {
         return None; // YYYYMMDDH is malformed
     }
     let date_len = out.len();
-    out.push('T');
-    if !time_part_into(digits.get(8..)?, frac, &mut out) {
+    out.push(b'T');
+    if !time_part_into(digits.get(8..)?, frac, out) {
         return None;
     }
-    match own_tz.as_ref().map(Offset::as_str).or(default_tz) {
-        Some(tz) => out.push_str(tz),
-        None => out.truncate(date_len),
+    match (own_tz, default_tz) {
+        // The offset's bytes (ASCII) straight in: no `str` round trip.
+        (Some(o), _) => o.0.iter().for_each(|&b| out.push(b)),
+        (None, Some(tz)) => out.push_str(tz),
+        (None, None) => out.truncate(date_len),
     }
-    Some(out)
+    Some(())
 }
 
 #[cfg(test)]

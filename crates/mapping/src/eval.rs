@@ -10,6 +10,7 @@ use std::cell::Cell;
 
 use serde_json::{Map, Value};
 
+use crate::datetime::{DtText, Sink};
 use crate::expr::{CtxField, Node, Part, StampField};
 use crate::path::SourcePath;
 use crate::source::Source;
@@ -597,6 +598,34 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                         }
                         continue;
                     }
+                    if let Node::Date(x) | Node::DateTime(x) = &f.node {
+                        // Formatted on the stack, written as is (digits,
+                        // `-:T.` and an offset: nothing to escape, checked
+                        // anyway); no `String` per timestamp.
+                        match self.format_dt(&f.node, x, cur) {
+                            Some(d) if !d.overflow() && is_clean(d.as_bytes()) => {
+                                if any {
+                                    out.push(b',');
+                                }
+                                out.extend_from_slice(&f.key);
+                                out.push(b'"');
+                                out.extend_from_slice(d.as_bytes());
+                                out.push(b'"');
+                                any = true;
+                                continue;
+                            }
+                            // Too long for the stack (a long default
+                            // offset): the general path below.
+                            Some(_) => {}
+                            None => {
+                                if f.required {
+                                    out.truncate(start);
+                                    return false;
+                                }
+                                continue;
+                            }
+                        }
+                    }
                     if is_scalar(&f.node) {
                         // Evaluate first: an absent value writes nothing.
                         if let Some(v) = self.eval(&f.node, cur) {
@@ -737,6 +766,21 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
             Node::Concat(_) | Node::Join { .. } | Node::Lower(_) => self.emit_text(n, cur, out),
             _ => self.eval(n, cur).is_some_and(|v| write_val(out, v)),
         }
+    }
+
+    /// `$date`/`$datetime` node `n` (argument `x`) formatted on the stack:
+    /// `None` exactly when `eval(n)` is `None`.
+    fn format_dt(&self, n: &'v Node, x: &'v Node, cur: S::Cur) -> Option<DtText> {
+        let v = match x {
+            Node::Path(p) => self.src.get(cur, p)?,
+            _ => self.eval(x, cur)?.text()?.into_owned().into(),
+        };
+        let mut d = DtText::new();
+        let ok = match n {
+            Node::Date(_) => crate::datetime::to_date_into(&v, &mut d),
+            _ => crate::datetime::to_datetime_into(&v, self.default_tz.as_deref(), &mut d),
+        };
+        (ok && d.len() > 0).then_some(d)
     }
 
     /// Write the JSON string of a text node straight into `out`, with no

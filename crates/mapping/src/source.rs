@@ -87,6 +87,7 @@ struct RepEntry {
 /// `s` trimmed (Unicode whitespace, as `str::trim`), `None` when blank.
 /// Values rarely carry padding: when both ends are visible ASCII the scan
 /// is skipped.
+#[inline]
 fn trim_fast(s: &str) -> Option<&str> {
     let b = s.as_bytes();
     let visible = |c: Option<&u8>| c.is_some_and(|&c| c > b' ' && c < 0x7f);
@@ -96,6 +97,9 @@ fn trim_fast(s: &str) -> Option<&str> {
     let t = s.trim();
     (!t.is_empty()).then_some(t)
 }
+
+/// `seg_key("MSH")`.
+const MSH: u32 = (3 << 24) | (b'M' as u32) << 16 | (b'S' as u32) << 8 | b'H' as u32;
 
 /// Byte classes of the index scan (`0` = ordinary byte).
 const COMP: u8 = 1;
@@ -134,12 +138,14 @@ pub(crate) struct Hl7Source<'m> {
 }
 
 /// A position in an HL7 v2 message: segment / field / repetition numbers
-/// (segment = 0-based index in the message; field, repetition 1-based).
+/// (segment = 0-based index in the message; field, repetition 1-based) and,
+/// for a repetition, its entry in [`Hl7Source::reps`] (`u32::MAX` when the
+/// source is not indexed), so a relative path is one component read.
 #[derive(Clone, Copy)]
 pub(crate) enum Hl7Cur {
     Root,
     Seg(u32),
-    Rep(u32, u32, u32),
+    Rep(u32, u32, u32, u32),
 }
 
 fn ascii(c: char) -> Option<u8> {
@@ -220,58 +226,57 @@ impl<'m> Hl7Source<'m> {
 
     /// Index one segment. Field boundaries are `hl7v2`'s own (no rescan for
     /// the field separator, nothing to do for an empty field); each field's
-    /// text is split into repetitions and components in one pass (per
+    /// bytes are split into repetitions and components in one pass (per
     /// message, with its allocations: 20.6 k → 15.9 k instructions). Field
     /// numbering follows `hl7v2` (MSH-1 is the field separator, MSH-2 the
     /// encoding characters; both are left to `hl7v2`).
     fn index_segment(&mut self, s: hl7v2::Segment<'m>, d: &Seps) {
         let key = seg_key(s.id());
-        let field_start = self.fields.len() as u32;
-        let msh = key == seg_key("MSH");
-        let text_at = self.msg.text().as_ptr() as usize;
-        let mut n = 0u32;
-        for (i, raw) in s.fields_raw().enumerate() {
-            n += 1;
-            let rep_start = self.reps.len() as u32;
-            if raw.is_empty() || (msh && i < 2) {
-                self.fields.push(FieldEntry {
-                    start: rep_start,
-                    end: rep_start,
-                });
-                continue;
-            }
+        let field_start = idx32(self.fields.len());
+        let msh = key == MSH;
+        let text = self.msg.text().as_bytes();
+        let spans = s.field_spans();
+        for (i, &(a, b)) in spans.iter().enumerate() {
             // Offsets and counts are `u32` (lossless: `new` checked that the
             // text length fits, and `hl7v2` caps messages far below 4 GiB).
-            let base = (raw.as_ptr() as usize).wrapping_sub(text_at) as u32;
-            let (mut r0, mut c0, mut rc, mut esc) = (0u32, 0u32, self.comps.len() as u32, false);
-            for (j, &c) in raw.as_bytes().iter().enumerate() {
-                let class = d.class[usize::from(c)];
-                if class == 0 {
-                    continue;
-                }
-                let j = j as u32;
-                if class == ESC {
-                    esc = true;
-                    continue;
-                }
-                self.comps.push((base + c0, base + j));
-                c0 = j + 1;
-                if class == REP {
-                    self.reps.push(RepEntry {
-                        raw: (base + r0, base + j),
-                        start: rc,
-                        end: self.comps.len() as u32,
-                        esc,
+            let rep_start = self.reps.len() as u32;
+            let raw = match text.get(a as usize..b as usize) {
+                Some(r) if !(r.is_empty() || (msh && i < 2)) => r,
+                _ => {
+                    self.fields.push(FieldEntry {
+                        start: rep_start,
+                        end: rep_start,
                     });
-                    r0 = j + 1;
-                    rc = self.comps.len() as u32;
-                    esc = false;
+                    continue;
+                }
+            };
+            let (mut r0, mut c0, mut rc, mut esc) = (a, a, self.comps.len() as u32, false);
+            for (k, &c) in raw.iter().enumerate() {
+                let class = d.class[usize::from(c)];
+                if class != 0 {
+                    let j = a + k as u32;
+                    if class == ESC {
+                        esc = true;
+                    } else {
+                        self.comps.push((c0, j));
+                        c0 = j + 1;
+                        if class == REP {
+                            self.reps.push(RepEntry {
+                                raw: (r0, j),
+                                start: rc,
+                                end: self.comps.len() as u32,
+                                esc,
+                            });
+                            r0 = j + 1;
+                            rc = self.comps.len() as u32;
+                            esc = false;
+                        }
+                    }
                 }
             }
-            let end = raw.len() as u32;
-            self.comps.push((base + c0, base + end));
+            self.comps.push((c0, b));
             self.reps.push(RepEntry {
-                raw: (base + r0, base + end),
+                raw: (r0, b),
                 start: rc,
                 end: self.comps.len() as u32,
                 esc,
@@ -285,7 +290,7 @@ impl<'m> Hl7Source<'m> {
             key,
             seg: s,
             field_start,
-            field_count: n,
+            field_count: idx32(spans.len()),
         });
     }
 
@@ -306,7 +311,7 @@ impl<'m> Hl7Source<'m> {
     /// segment when it has that id, else the first segment with that id.
     fn segment(&self, cur: Hl7Cur, key: u32) -> Option<u32> {
         match cur {
-            Hl7Cur::Seg(s) | Hl7Cur::Rep(s, _, _)
+            Hl7Cur::Seg(s) | Hl7Cur::Rep(s, ..)
                 if self.segs.get(s as usize).is_some_and(|e| e.key == key) =>
             {
                 Some(s)
@@ -320,7 +325,7 @@ impl<'m> Hl7Source<'m> {
         let Some(e) = self.segs.get(seg as usize) else {
             return 0;
         };
-        if !self.indexed || field == 0 || (field <= 2 && e.key == seg_key("MSH")) {
+        if !self.indexed || field == 0 || (field <= 2 && e.key == MSH) {
             return e.seg.field(field).repetition_count();
         }
         self.field(e, field)
@@ -335,6 +340,25 @@ impl<'m> Hl7Source<'m> {
         self.fields.get(e.field_start as usize + field - 1).copied()
     }
 
+    /// The index of repetition `rep` (1-based) of field `field` of segment
+    /// `seg` in `reps`: `None` when absent or when the field is not indexed
+    /// (field 0, MSH-1, MSH-2, or no index at all).
+    #[inline]
+    fn rep_index(&self, seg: u32, field: usize, rep: usize) -> Option<usize> {
+        let e = self.segs.get(seg as usize)?;
+        let f = self.field(e, field)?;
+        let ri = (f.start as usize).checked_add(rep.checked_sub(1)?)?;
+        (ri < f.end as usize).then_some(ri)
+    }
+
+    /// Whether lookups in `field` of segment `seg` go through `hl7v2`.
+    #[inline]
+    fn unindexed(&self, seg: u32, field: usize) -> bool {
+        !self.indexed
+            || field == 0
+            || (field <= 2 && self.segs.get(seg as usize).is_some_and(|e| e.key == MSH))
+    }
+
     /// The decoded, trimmed value at field/rep/comp/sub (1-based; 0 =
     /// whole) of segment `seg`. Same result as `Segment::value` + trim.
     fn value(
@@ -345,16 +369,18 @@ impl<'m> Hl7Source<'m> {
         comp: usize,
         sub: usize,
     ) -> Option<Cow<'m, str>> {
-        let e = self.segs.get(seg as usize)?;
-        if !self.indexed || field == 0 || (field <= 2 && e.key == seg_key("MSH")) {
+        if self.unindexed(seg, field) {
+            let e = self.segs.get(seg as usize)?;
             return e.seg.value(field, rep, comp, sub).and_then(trimmed);
         }
-        let f = self.field(e, field)?;
-        let ri = (f.start as usize).checked_add(rep.checked_sub(1)?)?;
-        if ri >= f.end as usize {
-            return None;
-        }
-        let r = self.reps.get(ri)?;
+        let r = self.reps.get(self.rep_index(seg, field, rep)?)?;
+        self.rep_value(r, comp, sub)
+    }
+
+    /// The decoded, trimmed value at comp/sub (1-based; 0 = whole) of one
+    /// indexed repetition.
+    #[inline]
+    fn rep_value(&self, r: &RepEntry, comp: usize, sub: usize) -> Option<Cow<'m, str>> {
         let text = self.msg.text();
         let piece = if comp == 0 {
             text.get(r.raw.0 as usize..r.raw.1 as usize)?
@@ -394,7 +420,10 @@ impl<'m> Source<'m> for Hl7Source<'m> {
         };
         if p.seg_key == 0 {
             return match cur {
-                Hl7Cur::Rep(s, f, r) => self.value(s, f as usize, r as usize, p.comp, p.sub),
+                Hl7Cur::Rep(s, f, r, ri) => match self.reps.get(ri as usize) {
+                    Some(rep) => self.rep_value(rep, p.comp, p.sub),
+                    None => self.value(s, f as usize, r as usize, p.comp, p.sub),
+                },
                 _ => None,
             };
         }
@@ -439,9 +468,21 @@ impl<'m> Source<'m> for Hl7Source<'m> {
             Some(r) => *r..=*r,
             None => 1..=self.rep_count(s, *field).min(MAX_ITEMS),
         };
+        let indexed = !self.unindexed(s, *field);
         for r in reps {
-            if self.value(s, *field, r, 0, 0).is_some() {
-                out.push(Hl7Cur::Rep(s, idx32(*field), idx32(r)));
+            if indexed {
+                // Indexed: the repetition's entry, and its cursor knows it.
+                if let Some(ri) = self.rep_index(s, *field, r) {
+                    if self
+                        .reps
+                        .get(ri)
+                        .is_some_and(|e| self.rep_value(e, 0, 0).is_some())
+                    {
+                        out.push(Hl7Cur::Rep(s, idx32(*field), idx32(r), idx32(ri)));
+                    }
+                }
+            } else if self.value(s, *field, r, 0, 0).is_some() {
+                out.push(Hl7Cur::Rep(s, idx32(*field), idx32(r), u32::MAX));
             }
         }
     }
@@ -449,7 +490,7 @@ impl<'m> Source<'m> for Hl7Source<'m> {
     fn anchor(&self, cur: Hl7Cur) -> Option<usize> {
         match cur {
             Hl7Cur::Root => None,
-            Hl7Cur::Seg(s) | Hl7Cur::Rep(s, _, _) => Some(s as usize),
+            Hl7Cur::Seg(s) | Hl7Cur::Rep(s, ..) => Some(s as usize),
         }
     }
 }
@@ -555,6 +596,11 @@ mod tests {
             }
         }
         assert!(n >= 40, "only {n} golden inputs");
+    }
+
+    #[test]
+    fn msh_key_is_the_packed_id() {
+        assert_eq!(MSH, seg_key("MSH"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::datetime::{DtText, Sink};
 use crate::expr::{CtxField, Node, Part, StampField};
 use crate::path::SourcePath;
 use crate::source::Source;
-use crate::terminology::ConceptMap;
+use crate::terminology::{ConceptMap, Target};
 
 /// Fixed namespace for every deterministic id (`uuid5(NAMESPACE, key)`).
 pub const ID_NAMESPACE: uuid::Uuid =
@@ -398,8 +398,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                     .map(|s| Val::Str(Cow::Owned(s)))
             }
             Node::Map { table, value, part } => {
-                let v = self.eval(value, cur)?;
-                let t = self.tables.get(*table)?.get(&v.text()?)?;
+                let t = self.target(*table, value, cur)?;
                 let s = |x: &'v str| (!x.is_empty()).then_some(Val::Str(Cow::Borrowed(x)));
                 match part {
                     Part::Code => s(&t.code),
@@ -490,14 +489,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 .get(*i)?
                 .as_deref()
                 .map(|k| Val::Str(Cow::Owned(uuid5(k)))),
-            Node::Ref(def) => {
-                let here = self.src.anchor(cur);
-                let inst = self
-                    .instances
-                    .iter()
-                    .find(|i| i.def == *def && (!i.per_item || i.anchor == here))?;
-                Some(Val::Str(Cow::Borrowed(self.url_of(inst))))
-            }
+            Node::Ref(def) => Some(Val::Str(Cow::Borrowed(self.ref_url(*def, cur)?))),
             Node::Refs(defs) => {
                 let refs: Vec<Value> = self
                     .instances
@@ -586,10 +578,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                         // The most common member: read and write the value,
                         // no `Val` (per message 146.7 k → 145.4 k instructions).
                         if let Some(v) = self.src.get(cur, p) {
-                            if any {
-                                out.push(b',');
-                            }
-                            out.extend_from_slice(&f.key);
+                            out.extend_from_slice(f.key(any));
                             write_str(out, &v);
                             any = true;
                         } else if f.required {
@@ -604,10 +593,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                         // anyway); no `String` per timestamp.
                         match self.format_dt(&f.node, x, cur) {
                             Some(d) if !d.overflow() && is_clean(d.as_bytes()) => {
-                                if any {
-                                    out.push(b',');
-                                }
-                                out.extend_from_slice(&f.key);
+                                out.extend_from_slice(f.key(any));
                                 out.push(b'"');
                                 out.extend_from_slice(d.as_bytes());
                                 out.push(b'"');
@@ -626,14 +612,48 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                             }
                         }
                     }
+                    // Members whose JSON exists before evaluation: a
+                    // reference (validated type and id: nothing to escape)
+                    // and a concept-map string (pre-rendered at load).
+                    let raw = match &f.node {
+                        Node::Ref(def) => Some(self.ref_url(*def, cur).map(str::as_bytes)),
+                        Node::Map { table, value, part } if *part != Part::Coding => Some(
+                            self.target(*table, value, cur)
+                                .map(|t| match part {
+                                    Part::Code => &t.code_json[..],
+                                    Part::System => &t.system_json[..],
+                                    _ => &t.display_json[..],
+                                })
+                                .filter(|j| !j.is_empty()),
+                        ),
+                        _ => None,
+                    };
+                    if let Some(raw) = raw {
+                        match raw {
+                            Some(j) => {
+                                out.extend_from_slice(f.key(any));
+                                if let Node::Ref(_) = &f.node {
+                                    out.push(b'"');
+                                    out.extend_from_slice(j);
+                                    out.push(b'"');
+                                } else {
+                                    out.extend_from_slice(j);
+                                }
+                                any = true;
+                            }
+                            None if f.required => {
+                                out.truncate(start);
+                                return false;
+                            }
+                            None => {}
+                        }
+                        continue;
+                    }
                     if is_scalar(&f.node) {
                         // Evaluate first: an absent value writes nothing.
                         if let Some(v) = self.eval(&f.node, cur) {
                             let mark = out.len();
-                            if any {
-                                out.push(b',');
-                            }
-                            out.extend_from_slice(&f.key);
+                            out.extend_from_slice(f.key(any));
                             if write_val(out, v) {
                                 any = true;
                                 continue;
@@ -647,10 +667,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                         continue;
                     }
                     let mark = out.len();
-                    if any {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(&f.key);
+                    out.extend_from_slice(f.key(any));
                     if self.emit(&f.node, cur, out) {
                         any = true;
                     } else {
@@ -708,32 +725,11 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 value,
                 part: Part::Coding,
             } => {
-                let Some(v) = self.eval(value, cur) else {
+                let Some(t) = self.target(*table, value, cur) else {
                     return false;
                 };
-                let Some(t) = v
-                    .text()
-                    .and_then(|code| self.tables.get(*table)?.get(&code))
-                else {
-                    return false;
-                };
-                out.push(b'{');
-                let mut first = true;
-                for (k, x) in [
-                    (&b"\"code\":"[..], &t.code),
-                    (&b"\"display\":"[..], &t.display),
-                    (&b"\"system\":"[..], &t.system),
-                ] {
-                    if !x.is_empty() {
-                        if !first {
-                            out.push(b',');
-                        }
-                        first = false;
-                        out.extend_from_slice(k);
-                        write_str(out, x);
-                    }
-                }
-                out.push(b'}');
+                // Pre-rendered at load (keys sorted, empty strings left out).
+                out.extend_from_slice(&t.coding_json);
                 true
             }
             Node::Stamp(f) => {
@@ -765,6 +761,25 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
             }
             Node::Concat(_) | Node::Join { .. } | Node::Lower(_) => self.emit_text(n, cur, out),
             _ => self.eval(n, cur).is_some_and(|v| write_val(out, v)),
+        }
+    }
+
+    /// The reference `$ref: def` reads at `cur` (as [`Node::Ref`] evaluates).
+    fn ref_url(&self, def: usize, cur: S::Cur) -> Option<&str> {
+        let here = self.src.anchor(cur);
+        let inst = self
+            .instances
+            .iter()
+            .find(|i| i.def == def && (!i.per_item || i.anchor == here))?;
+        Some(self.url_of(inst))
+    }
+
+    /// The concept-map target `$map` (table, value) finds at `cur`.
+    fn target(&self, table: usize, value: &'v Node, cur: S::Cur) -> Option<&'v Target> {
+        let t = self.tables.get(table)?;
+        match value {
+            Node::Path(p) => t.get(&self.src.get(cur, p)?),
+            _ => t.get(&self.eval(value, cur)?.text()?),
         }
     }
 

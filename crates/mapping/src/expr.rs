@@ -78,16 +78,26 @@ pub(crate) enum CtxField {
 #[derive(Debug)]
 pub(crate) struct ObjField {
     pub name: String,
-    /// `"name":` pre-rendered for the JSON writer.
-    pub key: Vec<u8>,
+    /// `,"name":` pre-rendered for the JSON writer (see [`ObjField::key`]).
+    key: Vec<u8>,
     pub node: Node,
     /// Written `name!`: when empty, the enclosing object is dropped.
     pub required: bool,
 }
 
 impl ObjField {
+    /// `"name":`, preceded by a comma when members were written before
+    /// (one copy per member).
+    #[inline]
+    pub(crate) fn key(&self, after_others: bool) -> &[u8] {
+        self.key
+            .get(usize::from(!after_others)..)
+            .unwrap_or_default()
+    }
+
     pub(crate) fn new(name: &str, node: Node, required: bool) -> ObjField {
-        let mut key = Vec::with_capacity(name.len() + 3);
+        let mut key = Vec::with_capacity(name.len() + 4);
+        key.push(b',');
         crate::eval::write_str(&mut key, name);
         key.push(b':');
         ObjField {

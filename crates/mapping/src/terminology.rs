@@ -19,6 +19,50 @@ pub(crate) struct Target {
     pub system: String,
     pub code: String,
     pub display: String,
+    /// Pre-rendered JSON: the three strings (empty when the string is) and
+    /// the Coding object (`code`, `display`, `system`; empty members left
+    /// out), so the writer copies them instead of escaping per message.
+    pub system_json: Vec<u8>,
+    pub code_json: Vec<u8>,
+    pub display_json: Vec<u8>,
+    pub coding_json: Vec<u8>,
+}
+
+impl Target {
+    pub(crate) fn new(system: String, code: String, display: String) -> Target {
+        let json = |s: &str| {
+            let mut j = Vec::new();
+            if !s.is_empty() {
+                crate::eval::write_str(&mut j, s);
+            }
+            j
+        };
+        let (system_json, code_json, display_json) = (json(&system), json(&code), json(&display));
+        let mut coding_json = vec![b'{'];
+        for (k, x) in [
+            (&b"\"code\":"[..], &code_json),
+            (&b"\"display\":"[..], &display_json),
+            (&b"\"system\":"[..], &system_json),
+        ] {
+            if !x.is_empty() {
+                if coding_json.len() > 1 {
+                    coding_json.push(b',');
+                }
+                coding_json.extend_from_slice(k);
+                coding_json.extend_from_slice(x);
+            }
+        }
+        coding_json.push(b'}');
+        Target {
+            system,
+            code,
+            display,
+            system_json,
+            code_json,
+            display_json,
+            coding_json,
+        }
+    }
 }
 
 /// A compiled concept map.
@@ -146,11 +190,11 @@ impl ConceptMap {
             if rows.len() >= MAX_ROWS {
                 return Err(MappingError::new(file, where_, "too many rows"));
             }
-            let target = Target {
-                system: system.trim().to_string(),
-                code: code.trim().to_string(),
-                display: display.trim().to_string(),
-            };
+            let target = Target::new(
+                system.trim().to_string(),
+                code.trim().to_string(),
+                display.trim().to_string(),
+            );
             if rows.insert(src, target).is_some() {
                 return Err(MappingError::new(file, where_, "duplicate source_code"));
             }

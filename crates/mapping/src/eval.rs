@@ -11,7 +11,7 @@ use std::cell::Cell;
 use serde_json::{Map, Value};
 
 use crate::datetime::{DtText, Sink};
-use crate::expr::{CtxField, Node, Part, StampField};
+use crate::expr::{CtxField, Node, ObjField, Part, StampField};
 use crate::path::SourcePath;
 use crate::source::Source;
 use crate::terminology::{ConceptMap, Target};
@@ -379,15 +379,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
             Node::Lit(Value::String(s)) => Some(Val::Str(Cow::Borrowed(s.as_str()))),
             Node::Lit(v) | Node::Const(v, _) => Some(Val::Json(v.clone())),
             Node::Path(p) => self.src.get(cur, p).map(Val::Str),
-            Node::Ctx(f) => {
-                let s = match f {
-                    CtxField::CanonicalBase => self.ctx.canonical_base,
-                    CtxField::SourceOrgId => self.ctx.source_org_id,
-                    CtxField::SourceOrgName => self.ctx.source_org_name,
-                    CtxField::ReceivedAt => self.ctx.received_at,
-                };
-                (!s.is_empty()).then_some(Val::Str(Cow::Borrowed(s)))
-            }
+            Node::Ctx(_) => self.ctx_str(n).map(|s| Val::Str(Cow::Borrowed(s))),
             Node::Date(x) => {
                 let v = self.eval(x, cur)?;
                 crate::datetime::to_date(&v.text()?).map(|s| Val::Str(Cow::Owned(s)))
@@ -451,7 +443,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 then,
                 otherwise,
             } => {
-                if self.eval(cond, cur).is_some_and(|c| c.truthy()) {
+                if self.holds(cond, cur) {
                     self.eval(then, cur)
                 } else {
                     otherwise.as_ref().and_then(|o| self.eval(o, cur))
@@ -478,7 +470,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 let t = v.as_ref().and_then(Val::text);
                 Some(Val::Bool(t.is_some_and(|t| values.iter().any(|x| *x == t))))
             }
-            Node::Not(x) => Some(Val::Bool(!self.eval(x, cur).is_some_and(|c| c.truthy()))),
+            Node::Not(x) => Some(Val::Bool(!self.holds(x, cur))),
             Node::Key(i) => self
                 .keys
                 .get(*i)?
@@ -510,10 +502,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 let curs = self.cursors(cur, path);
                 let mut out = Vec::with_capacity(curs.len());
                 for &c in &curs {
-                    if filter
-                        .as_ref()
-                        .is_some_and(|f| !self.eval(f, c).is_some_and(|v| v.truthy()))
-                    {
+                    if filter.as_ref().is_some_and(|f| !self.holds(f, c)) {
                         continue;
                     }
                     if let Some(v) = self.eval(body, c) {
@@ -527,11 +516,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 let curs = self.cursors(cur, path);
                 let found = curs
                     .iter()
-                    .filter(|c| {
-                        filter
-                            .as_ref()
-                            .is_none_or(|f| self.eval(f, **c).is_some_and(|v| v.truthy()))
-                    })
+                    .filter(|c| filter.as_ref().is_none_or(|f| self.holds(f, **c)))
                     .find_map(|c| self.eval(body, *c));
                 self.recycle(curs);
                 found
@@ -567,124 +552,128 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
     /// Write the JSON of `n` at `cur` to `out`; `false` (and nothing
     /// written) when it is empty. Structured nodes are streamed; scalars go
     /// through [`Eval::eval`]. Key order equals `serde_json::Value`'s.
-    pub(crate) fn emit(&self, n: &'v Node, cur: S::Cur, out: &mut Vec<u8>) -> bool {
-        match n {
-            Node::Object(fields) => {
-                let start = out.len();
-                out.push(b'{');
-                let mut any = false;
-                for f in fields {
-                    if let Node::Path(p) = &f.node {
-                        // The most common member: read and write the value,
-                        // no `Val` (per message 146.7 k → 145.4 k instructions).
-                        if let Some(v) = self.src.get(cur, p) {
-                            out.extend_from_slice(f.key(any));
-                            write_str(out, &v);
-                            any = true;
-                        } else if f.required {
-                            out.truncate(start);
-                            return false;
-                        }
-                        continue;
-                    }
-                    if let Node::Date(x) | Node::DateTime(x) = &f.node {
-                        // Formatted on the stack, written as is (digits,
-                        // `-:T.` and an offset: nothing to escape, checked
-                        // anyway); no `String` per timestamp.
-                        match self.format_dt(&f.node, x, cur) {
-                            Some(d) if !d.overflow() && is_clean(d.as_bytes()) => {
-                                out.extend_from_slice(f.key(any));
-                                out.push(b'"');
-                                out.extend_from_slice(d.as_bytes());
-                                out.push(b'"');
-                                any = true;
-                                continue;
-                            }
-                            // Too long for the stack (a long default
-                            // offset): the general path below.
-                            Some(_) => {}
-                            None => {
-                                if f.required {
-                                    out.truncate(start);
-                                    return false;
-                                }
-                                continue;
-                            }
-                        }
-                    }
-                    // Members whose JSON exists before evaluation: a
-                    // reference (validated type and id: nothing to escape)
-                    // and a concept-map string (pre-rendered at load).
-                    let raw = match &f.node {
-                        Node::Ref(def) => Some(self.ref_url(*def, cur).map(str::as_bytes)),
-                        Node::Map { table, value, part } if *part != Part::Coding => Some(
-                            self.target(*table, value, cur)
-                                .map(|t| match part {
-                                    Part::Code => &t.code_json[..],
-                                    Part::System => &t.system_json[..],
-                                    _ => &t.display_json[..],
-                                })
-                                .filter(|j| !j.is_empty()),
-                        ),
-                        _ => None,
-                    };
-                    if let Some(raw) = raw {
-                        match raw {
-                            Some(j) => {
-                                out.extend_from_slice(f.key(any));
-                                if let Node::Ref(_) = &f.node {
-                                    out.push(b'"');
-                                    out.extend_from_slice(j);
-                                    out.push(b'"');
-                                } else {
-                                    out.extend_from_slice(j);
-                                }
-                                any = true;
-                            }
-                            None if f.required => {
-                                out.truncate(start);
-                                return false;
-                            }
-                            None => {}
-                        }
-                        continue;
-                    }
-                    if is_scalar(&f.node) {
-                        // Evaluate first: an absent value writes nothing.
-                        if let Some(v) = self.eval(&f.node, cur) {
-                            let mark = out.len();
-                            out.extend_from_slice(f.key(any));
-                            if write_val(out, v) {
-                                any = true;
-                                continue;
-                            }
-                            out.truncate(mark);
-                        }
-                        if f.required {
-                            out.truncate(start);
-                            return false;
-                        }
-                        continue;
-                    }
-                    let mark = out.len();
+    /// [`Eval::emit`] of an object template: members in (sorted) order,
+    /// each scalar read before its key is written.
+    fn emit_object(&self, fields: &'v [ObjField], cur: S::Cur, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
+        out.push(b'{');
+        let mut any = false;
+        for f in fields {
+            if let Node::Path(p) = &f.node {
+                // The most common member: read and write the value,
+                // no `Val` (per message 146.7 k → 145.4 k instructions).
+                if let Some(v) = self.src.get(cur, p) {
                     out.extend_from_slice(f.key(any));
-                    if self.emit(&f.node, cur, out) {
-                        any = true;
-                    } else {
-                        out.truncate(mark);
-                        if f.required {
-                            out.truncate(start);
-                            return false;
-                        }
-                    }
-                }
-                if !any {
+                    write_str(out, &v);
+                    any = true;
+                } else if f.required {
                     out.truncate(start);
                     return false;
                 }
-                out.push(b'}');
-                true
+                continue;
             }
+            if let Node::Date(x) | Node::DateTime(x) = &f.node {
+                // Formatted on the stack, written as is (digits,
+                // `-:T.` and an offset: nothing to escape, checked
+                // anyway); no `String` per timestamp.
+                match self.format_dt(&f.node, x, cur) {
+                    Some(d) if !d.overflow() && is_clean(d.as_bytes()) => {
+                        out.extend_from_slice(f.key(any));
+                        out.push(b'"');
+                        out.extend_from_slice(d.as_bytes());
+                        out.push(b'"');
+                        any = true;
+                        continue;
+                    }
+                    // Too long for the stack (a long default
+                    // offset): the general path below.
+                    Some(_) => {}
+                    None => {
+                        if f.required {
+                            out.truncate(start);
+                            return false;
+                        }
+                        continue;
+                    }
+                }
+            }
+            // Members whose JSON exists before evaluation: a
+            // reference (validated type and id: nothing to escape)
+            // and a concept-map string (pre-rendered at load).
+            let raw = match &f.node {
+                Node::Ref(def) => Some(self.ref_url(*def, cur).map(str::as_bytes)),
+                Node::Map { table, value, part } if *part != Part::Coding => Some(
+                    self.target(*table, value, cur)
+                        .map(|t| match part {
+                            Part::Code => &t.code_json[..],
+                            Part::System => &t.system_json[..],
+                            _ => &t.display_json[..],
+                        })
+                        .filter(|j| !j.is_empty()),
+                ),
+                _ => None,
+            };
+            if let Some(raw) = raw {
+                match raw {
+                    Some(j) => {
+                        out.extend_from_slice(f.key(any));
+                        if let Node::Ref(_) = &f.node {
+                            out.push(b'"');
+                            out.extend_from_slice(j);
+                            out.push(b'"');
+                        } else {
+                            out.extend_from_slice(j);
+                        }
+                        any = true;
+                    }
+                    None if f.required => {
+                        out.truncate(start);
+                        return false;
+                    }
+                    None => {}
+                }
+                continue;
+            }
+            if is_scalar(&f.node) {
+                // Evaluate first: an absent value writes nothing.
+                if let Some(v) = self.eval(&f.node, cur) {
+                    let mark = out.len();
+                    out.extend_from_slice(f.key(any));
+                    if write_val(out, v) {
+                        any = true;
+                        continue;
+                    }
+                    out.truncate(mark);
+                }
+                if f.required {
+                    out.truncate(start);
+                    return false;
+                }
+                continue;
+            }
+            let mark = out.len();
+            out.extend_from_slice(f.key(any));
+            if self.emit(&f.node, cur, out) {
+                any = true;
+            } else {
+                out.truncate(mark);
+                if f.required {
+                    out.truncate(start);
+                    return false;
+                }
+            }
+        }
+        if !any {
+            out.truncate(start);
+            return false;
+        }
+        out.push(b'}');
+        true
+    }
+
+    pub(crate) fn emit(&self, n: &'v Node, cur: S::Cur, out: &mut Vec<u8>) -> bool {
+        match n {
+            Node::Object(fields) => self.emit_object(fields, cur, out),
             Node::Array(_) | Node::ForEach { .. } | Node::Refs(_) => {
                 let start = out.len();
                 out.push(b'[');
@@ -702,7 +691,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 then,
                 otherwise,
             } => {
-                if self.eval(cond, cur).is_some_and(|c| c.truthy()) {
+                if self.holds(cond, cur) {
                     self.emit(then, cur, out)
                 } else {
                     otherwise.as_ref().is_some_and(|o| self.emit(o, cur, out))
@@ -712,10 +701,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
             Node::Find { path, filter, body } => {
                 let curs = self.cursors(cur, path);
                 let found = curs.iter().any(|&c| {
-                    filter
-                        .as_ref()
-                        .is_none_or(|f| self.eval(f, c).is_some_and(|v| v.truthy()))
-                        && self.emit(body, c, out)
+                    filter.as_ref().is_none_or(|f| self.holds(f, c)) && self.emit(body, c, out)
                 });
                 self.recycle(curs);
                 found
@@ -761,6 +747,59 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
             }
             Node::Concat(_) | Node::Join { .. } | Node::Lower(_) => self.emit_text(n, cur, out),
             _ => self.eval(n, cur).is_some_and(|v| write_val(out, v)),
+        }
+    }
+
+    /// The (non-empty) value of a `$ctx` node.
+    fn ctx_str(&self, n: &Node) -> Option<&'v str> {
+        let s = match n {
+            Node::Ctx(CtxField::CanonicalBase) => self.ctx.canonical_base,
+            Node::Ctx(CtxField::SourceOrgId) => self.ctx.source_org_id,
+            Node::Ctx(CtxField::SourceOrgName) => self.ctx.source_org_name,
+            Node::Ctx(CtxField::ReceivedAt) => self.ctx.received_at,
+            _ => return None,
+        };
+        (!s.is_empty()).then_some(s)
+    }
+
+    /// Whether condition `n` holds at `cur`: `eval(n)` is present and
+    /// truthy, decided without building a `Val` for the usual conditions.
+    fn holds(&self, n: &'v Node, cur: S::Cur) -> bool {
+        match n {
+            Node::Path(p) => self.src.get(cur, p).is_some(),
+            Node::Eq(a, b) => match (&**a, &**b) {
+                (Node::Path(p), Node::Str(s, _)) => self.src.get(cur, p).is_some_and(|v| *v == **s),
+                _ => self.eval(n, cur).is_some_and(|v| v.truthy()),
+            },
+            Node::Not(x) => !self.holds(x, cur),
+            Node::Key(i) => self.keys.get(*i).is_some_and(Option::is_some),
+            Node::Date(x) | Node::DateTime(x) => self.format_dt(n, x, cur).is_some(),
+            _ => self.eval(n, cur).is_some_and(|v| v.truthy()),
+        }
+    }
+
+    /// One element of an enclosing array: spliced ([`Eval::emit_items`])
+    /// when it contributes several, else written directly (one call less
+    /// per element).
+    #[inline]
+    fn emit_item(&self, n: &'v Node, cur: S::Cur, out: &mut Vec<u8>, any: &mut bool) {
+        match n {
+            Node::Array(_)
+            | Node::ForEach { .. }
+            | Node::Const(Value::Array(_), _)
+            | Node::Refs(_)
+            | Node::If { .. } => self.emit_items(n, cur, out, any),
+            _ => {
+                let mark = out.len();
+                if *any {
+                    out.push(b',');
+                }
+                if self.emit(n, cur, out) {
+                    *any = true;
+                } else {
+                    out.truncate(mark);
+                }
+            }
         }
     }
 
@@ -829,6 +868,20 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 }
                 None => false,
             },
+            Node::Ctx(_) | Node::Key(_) => {
+                // As `eval`, without the `Val`.
+                let s = match n {
+                    Node::Key(i) => self.keys.get(*i).and_then(Option::as_deref),
+                    _ => self.ctx_str(n),
+                };
+                match s {
+                    Some(s) => {
+                        write_str_body(out, s);
+                        true
+                    }
+                    None => false,
+                }
+            }
             Node::Concat(items) => {
                 let start = out.len();
                 items.iter().all(|it| self.write_body(it, cur, out)) && out.len() > start
@@ -893,17 +946,14 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
         match n {
             Node::Array(items) => items
                 .iter()
-                .for_each(|it| self.emit_items(it, cur, out, any)),
+                .for_each(|it| self.emit_item(it, cur, out, any)),
             Node::ForEach { path, filter, body } => {
                 let curs = self.cursors(cur, path);
                 for &c in &curs {
-                    if filter
-                        .as_ref()
-                        .is_some_and(|f| !self.eval(f, c).is_some_and(|v| v.truthy()))
-                    {
+                    if filter.as_ref().is_some_and(|f| !self.holds(f, c)) {
                         continue;
                     }
-                    self.emit_items(body, c, out, any);
+                    self.emit_item(body, c, out, any);
                 }
                 self.recycle(curs);
             }
@@ -936,7 +986,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 then,
                 otherwise,
             } => {
-                if self.eval(cond, cur).is_some_and(|c| c.truthy()) {
+                if self.holds(cond, cur) {
                     self.emit_items(then, cur, out, any);
                 } else if let Some(o) = otherwise {
                     self.emit_items(o, cur, out, any);

@@ -279,7 +279,12 @@ fn index(
     let mut text = String::with_capacity(src.len());
     let mut segs: Vec<SegIdx> = Vec::with_capacity(16);
     let mut fields: Vec<(u32, u32)> = Vec::with_capacity(src.len() / 6 + 8);
-    let mut seen = IdCounter::default();
+    // Room for the usual number of distinct segment ids (one allocation,
+    // not a growth at 4 and at 8).
+    let mut seen = IdCounter {
+        short: Vec::with_capacity(16),
+        long: Vec::new(),
+    };
     let fs = delims.field as u8;
     let limit = opts.max_fields_per_segment.saturating_add(1);
 

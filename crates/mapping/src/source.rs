@@ -170,9 +170,9 @@ impl<'m> Hl7Source<'m> {
         let mut src = Hl7Source {
             msg,
             segs: Vec::with_capacity(msg.segment_count()),
-            fields: Vec::new(),
-            reps: Vec::new(),
-            comps: Vec::new(),
+            fields: Vec::with_capacity(msg.text().len() / 4),
+            reps: Vec::with_capacity(msg.text().len() / 8),
+            comps: Vec::with_capacity(msg.text().len() / 4),
             sub_sep: b'&',
             esc: d.escape.and_then(ascii),
             indexed: false,
@@ -192,10 +192,6 @@ impl<'m> Hl7Source<'m> {
         }
         src.sub_sep = sub;
         src.indexed = true;
-        let text_len = msg.text().len();
-        src.fields.reserve(text_len / 4);
-        src.reps.reserve(text_len / 8);
-        src.comps.reserve(text_len / 4);
         let mut class = [0u8; 256];
         class[usize::from(comp)] = COMP;
         class[usize::from(rep)] = REP;

@@ -68,7 +68,26 @@ impl Target {
 /// A compiled concept map.
 #[derive(Debug, Default)]
 pub(crate) struct ConceptMap {
-    pub rows: HashMap<String, Target, FastHash>,
+    rows: HashMap<String, Target, FastHash>,
+    /// Small maps (every map the project ships): the rows whose source code
+    /// is at most 7 bytes, keyed by [`pack`], for a linear probe (one `u64`
+    /// comparison per row) instead of hashing; longer codes use `rows`.
+    short: Option<Vec<(u64, Target)>>,
+}
+
+/// Rows up to which a map is probed linearly.
+const SHORT_ROWS: usize = 64;
+
+/// A code of at most 7 bytes packed with its length (distinct codes give
+/// distinct keys); `None` when longer.
+fn pack(code: &str) -> Option<u64> {
+    let b = code.as_bytes();
+    if b.len() > 7 {
+        return None;
+    }
+    let mut w = [0u8; 8];
+    w.get_mut(..b.len())?.copy_from_slice(b);
+    Some(u64::from_le_bytes(w) | ((b.len() as u64) << 56))
 }
 
 /// FNV-1a: codes are short and the maps are loaded from reviewed files
@@ -199,7 +218,12 @@ impl ConceptMap {
                 return Err(MappingError::new(file, where_, "duplicate source_code"));
             }
         }
-        Ok(ConceptMap { rows })
+        let short = (rows.len() <= SHORT_ROWS).then(|| {
+            rows.iter()
+                .filter_map(|(k, t)| Some((pack(k)?, t.clone())))
+                .collect()
+        });
+        Ok(ConceptMap { rows, short })
     }
 
     /// Look a source code up.
@@ -213,6 +237,9 @@ impl ConceptMap {
         } else {
             code.trim()
         };
+        if let (Some(short), Some(key)) = (&self.short, pack(code)) {
+            return short.iter().find(|(k, _)| *k == key).map(|(_, t)| t);
+        }
         self.rows.get(code)
     }
 }

@@ -266,6 +266,14 @@ fn write_val(out: &mut Vec<u8>, v: Val<'_>) -> bool {
     }
 }
 
+/// A member value whose JSON needs no evaluation step.
+enum Raw<'a> {
+    /// A reference `Type/id` (validated: nothing to escape), to quote.
+    Url(&'a str),
+    /// Pre-rendered JSON.
+    Json(&'a [u8]),
+}
+
 /// Nodes whose JSON is a plain scalar computed by [`Eval::eval`] (no
 /// streaming structure): an object member of this kind is evaluated before
 /// its key is written.
@@ -563,7 +571,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 // The most common member: read and write the value,
                 // no `Val` (per message 146.7 k → 145.4 k instructions).
                 if let Some(v) = self.src.get(cur, p) {
-                    out.extend_from_slice(f.key(any));
+                    f.write_key(out, any);
                     write_str(out, &v);
                     any = true;
                 } else if f.required {
@@ -578,7 +586,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 // anyway); no `String` per timestamp.
                 match self.format_dt(&f.node, x, cur) {
                     Some(d) if !d.overflow() && is_clean(d.as_bytes()) => {
-                        out.extend_from_slice(f.key(any));
+                        f.write_key(out, any);
                         out.push(b'"');
                         out.extend_from_slice(d.as_bytes());
                         out.push(b'"');
@@ -601,7 +609,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
             // reference (validated type and id: nothing to escape)
             // and a concept-map string (pre-rendered at load).
             let raw = match &f.node {
-                Node::Ref(def) => Some(self.ref_url(*def, cur).map(str::as_bytes)),
+                Node::Ref(def) => Some(self.ref_url(*def, cur).map(Raw::Url)),
                 Node::Map { table, value, part } if *part != Part::Coding => Some(
                     self.target(*table, value, cur)
                         .map(|t| match part {
@@ -609,20 +617,22 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                             Part::System => &t.system_json[..],
                             _ => &t.display_json[..],
                         })
-                        .filter(|j| !j.is_empty()),
+                        .filter(|j| !j.is_empty())
+                        .map(Raw::Json),
                 ),
                 _ => None,
             };
             if let Some(raw) = raw {
                 match raw {
                     Some(j) => {
-                        out.extend_from_slice(f.key(any));
-                        if let Node::Ref(_) = &f.node {
-                            out.push(b'"');
-                            out.extend_from_slice(j);
-                            out.push(b'"');
-                        } else {
-                            out.extend_from_slice(j);
+                        f.write_key(out, any);
+                        match j {
+                            Raw::Url(u) => {
+                                out.push(b'"');
+                                out.extend_from_slice(u.as_bytes());
+                                out.push(b'"');
+                            }
+                            Raw::Json(j) => out.extend_from_slice(j),
                         }
                         any = true;
                     }
@@ -638,7 +648,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 // Evaluate first: an absent value writes nothing.
                 if let Some(v) = self.eval(&f.node, cur) {
                     let mark = out.len();
-                    out.extend_from_slice(f.key(any));
+                    f.write_key(out, any);
                     if write_val(out, v) {
                         any = true;
                         continue;
@@ -652,7 +662,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 continue;
             }
             let mark = out.len();
-            out.extend_from_slice(f.key(any));
+            f.write_key(out, any);
             if self.emit(&f.node, cur, out) {
                 any = true;
             } else {

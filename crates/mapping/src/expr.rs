@@ -80,6 +80,10 @@ pub(crate) struct ObjField {
     pub name: String,
     /// `,"name":` pre-rendered for the JSON writer (see [`ObjField::key`]).
     key: Vec<u8>,
+    /// The same, zero-padded, when it has at most 32 bytes: written as one
+    /// fixed-size copy ([`ObjField::write_key`]; an inline array: a padded
+    /// `Vec` behind one more pointer cost ≈ 0.8 k per message more).
+    padded: Option<[u8; PAD + 1]>,
     pub node: Node,
     /// Written `name!`: when empty, the enclosing object is dropped.
     pub required: bool,
@@ -95,19 +99,51 @@ impl ObjField {
             .unwrap_or_default()
     }
 
+    /// Append [`ObjField::key`] to `out` (short keys, nearly all, as one
+    /// fixed-size copy: [`write_padded`]).
+    #[inline]
+    pub(crate) fn write_key(&self, out: &mut Vec<u8>, after_others: bool) {
+        let skip = usize::from(!after_others);
+        match self
+            .padded
+            .as_ref()
+            .and_then(|p| p.get(skip..skip + PAD))
+            .and_then(|p| <&[u8; PAD]>::try_from(p).ok())
+        {
+            Some(block) => {
+                let at = out.len();
+                out.extend_from_slice(block);
+                out.truncate(at + self.key.len() - skip);
+            }
+            None => out.extend_from_slice(self.key(after_others)),
+        }
+    }
+
     pub(crate) fn new(name: &str, node: Node, required: bool) -> ObjField {
         let mut key = Vec::with_capacity(name.len() + 4);
         key.push(b',');
         crate::eval::write_str(&mut key, name);
         key.push(b':');
+        let padded = (key.len() <= PAD).then(|| {
+            let mut p = [0u8; PAD + 1];
+            for (d, s) in p.iter_mut().zip(&key) {
+                *d = *s;
+            }
+            p
+        });
         ObjField {
             name: name.to_string(),
             key,
+            padded,
             node,
             required,
         }
     }
 }
+
+/// Object keys of at most this many bytes are written as one fixed-size
+/// copy ([`ObjField::write_key`]).
+const PAD: usize = 32;
 
 /// Resource fields the engine fills in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -605,10 +605,31 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                     }
                 }
             }
+            if let Node::Stamp(sf) = &f.node {
+                let mark = out.len();
+                f.write_key(out, any);
+                if self.write_stamp(*sf, out) {
+                    any = true;
+                } else {
+                    out.truncate(mark);
+                    if f.required {
+                        out.truncate(start);
+                        return false;
+                    }
+                }
+                continue;
+            }
             // Members whose JSON exists before evaluation: a
             // reference (validated type and id: nothing to escape)
             // and a concept-map string (pre-rendered at load).
             let raw = match &f.node {
+                // Literals: their pre-rendered JSON (no call to `emit`).
+                Node::Str(_, json) | Node::Const(_, json) => Some(Some(Raw::Json(&json[..]))),
+                Node::Lit(Value::Bool(b)) => Some(Some(Raw::Json(if *b {
+                    &b"true"[..]
+                } else {
+                    &b"false"[..]
+                }))),
                 Node::Ref(def) => Some(self.ref_url(*def, cur).map(Raw::Url)),
                 Node::Map { table, value, part } if *part != Part::Coding => Some(
                     self.target(*table, value, cur)
@@ -728,29 +749,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 out.extend_from_slice(&t.coding_json);
                 true
             }
-            Node::Stamp(f) => {
-                let Some(inst) = self.instances.get(self.current.get()) else {
-                    return false;
-                };
-                match f {
-                    StampField::ResourceType => write_str(out, inst.rtype),
-                    StampField::Id => write_str(out, self.id_of(inst)),
-                    StampField::Meta => {
-                        out.push(b'{');
-                        let mark = out.len();
-                        out.extend_from_slice(b"\"security\":");
-                        if inst.flags.write_security(out) {
-                            out.push(b',');
-                        } else {
-                            out.truncate(mark);
-                        }
-                        out.extend_from_slice(b"\"source\":");
-                        out.extend_from_slice(&self.meta_source);
-                        out.push(b'}');
-                    }
-                }
-                true
-            }
+            Node::Stamp(f) => self.write_stamp(*f, out),
             Node::Str(_, json) | Node::Const(_, json) => {
                 out.extend_from_slice(json);
                 true
@@ -811,6 +810,40 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 }
             }
         }
+    }
+
+    /// Write a field the engine stamps on the resource being written;
+    /// `false` (nothing written) outside a resource.
+    #[inline]
+    fn write_stamp(&self, f: StampField, out: &mut Vec<u8>) -> bool {
+        let Some(inst) = self.instances.get(self.current.get()) else {
+            return false;
+        };
+        match f {
+            // Validated type and id ([A-Za-z0-9.-]): nothing to escape.
+            StampField::ResourceType | StampField::Id => {
+                out.push(b'"');
+                out.extend_from_slice(match f {
+                    StampField::Id => self.id_of(inst).as_bytes(),
+                    _ => inst.rtype.as_bytes(),
+                });
+                out.push(b'"');
+            }
+            StampField::Meta => {
+                out.push(b'{');
+                let mark = out.len();
+                out.extend_from_slice(b"\"security\":");
+                if inst.flags.write_security(out) {
+                    out.push(b',');
+                } else {
+                    out.truncate(mark);
+                }
+                out.extend_from_slice(b"\"source\":");
+                out.extend_from_slice(&self.meta_source);
+                out.push(b'}');
+            }
+        }
+        true
     }
 
     /// The reference `$ref: def` reads at `cur` (as [`Node::Ref`] evaluates).

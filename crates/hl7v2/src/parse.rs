@@ -231,8 +231,9 @@ fn latin1(bytes: &[u8]) -> String {
 
 /// Decodes raw bytes to text in `charset`.
 fn decode<'a>(input: &'a [u8], charset: Charset, diags: &mut Vec<Diagnostic>) -> Cow<'a, str> {
-    if input.is_ascii() {
-        // ASCII is valid in every supported charset.
+    // ASCII is valid in every supported charset. (UTF-8 needs no separate
+    // ASCII scan: `from_utf8` below borrows ASCII just the same.)
+    if charset != Charset::Utf8 && input.is_ascii() {
         return match std::str::from_utf8(input) {
             Ok(s) => Cow::Borrowed(s),
             Err(_) => Cow::Owned(latin1(input)),

@@ -425,6 +425,7 @@ impl Engine {
             tables: &self.tables,
             ctx,
             default_tz,
+            key_text: String::with_capacity(256),
             keys: Vec::with_capacity(m.keys.len()),
             instances: Vec::with_capacity(m.resources.len() + 8),
             meta_source: {
@@ -442,8 +443,16 @@ impl Engine {
             current: std::cell::Cell::new(0),
             pool: std::cell::Cell::new(Vec::with_capacity(8)),
         };
+        // Keys and ids are written as text into one reused buffer (no
+        // `String` per key, concatenation or id).
+        let mut text = String::with_capacity(128);
         for k in &m.keys {
-            let v = ev.text(k, root);
+            text.clear();
+            let v = ev.write_body(k, root, &mut text).then(|| {
+                let at = ev.key_text.len();
+                ev.key_text.push_str(&text);
+                at..ev.key_text.len()
+            });
             ev.keys.push(v);
         }
         // Phase 1: which resources exist, and their ids.
@@ -467,9 +476,11 @@ impl Engine {
                 // hashed straight into it (one allocation per message, not
                 // three per resource).
                 let id_text = match &def.id {
-                    IdRule::Key(k) => ev
-                        .eval(k, c)
-                        .and_then(|v| v.text().map(|t| IdText::Uuid(uuid5_text(&t)))),
+                    IdRule::Key(k) => {
+                        text.clear();
+                        ev.write_body(k, c, &mut text)
+                            .then(|| IdText::Uuid(uuid5_text(&text)))
+                    }
                     IdRule::Raw(n) => ev.text(n, c).map(IdText::Raw),
                 };
                 let at = ev.urls.len();

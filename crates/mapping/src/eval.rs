@@ -251,6 +251,60 @@ fn write_escape(out: &mut Vec<u8>, b: u8) {
     }
 }
 
+/// Where [`Eval::write_body`] appends text: JSON string contents (escaped)
+/// or plain text.
+pub(crate) trait TextOut {
+    fn put(&mut self, s: &str);
+    fn len(&self) -> usize;
+    fn truncate(&mut self, n: usize);
+    /// Lowercase what was appended since `start` when it is all ASCII
+    /// (`false`, nothing changed, when it is not).
+    fn lower_ascii_from(&mut self, start: usize) -> bool;
+}
+
+impl TextOut for Vec<u8> {
+    #[inline]
+    fn put(&mut self, s: &str) {
+        write_str_body(self, s);
+    }
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    fn truncate(&mut self, n: usize) {
+        Vec::truncate(self, n);
+    }
+    fn lower_ascii_from(&mut self, start: usize) -> bool {
+        match self.get_mut(start..) {
+            Some(t) if t.is_ascii() => {
+                t.make_ascii_lowercase();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl TextOut for String {
+    fn put(&mut self, s: &str) {
+        self.push_str(s);
+    }
+    fn len(&self) -> usize {
+        String::len(self)
+    }
+    fn truncate(&mut self, n: usize) {
+        String::truncate(self, n);
+    }
+    fn lower_ascii_from(&mut self, start: usize) -> bool {
+        match self.get_mut(start..) {
+            Some(t) if t.is_ascii() => {
+                t.make_ascii_lowercase();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Write an evaluated value as JSON; `false` if it cannot be written.
 fn write_val(out: &mut Vec<u8>, v: Val<'_>) -> bool {
     match v {
@@ -316,6 +370,7 @@ fn always_text(n: &Node) -> bool {
         | Node::Ref(_) => true,
         Node::Map { part, .. } => *part != Part::Coding,
         Node::First(items) => items.iter().all(always_text),
+        Node::Find { body, .. } => always_text(body),
         _ => false,
     }
 }
@@ -326,7 +381,10 @@ pub(crate) struct Eval<'v, S: Source<'v>> {
     pub tables: &'v [ConceptMap],
     pub ctx: RunCtx<'v>,
     pub default_tz: Option<String>,
-    pub keys: Vec<Option<String>>,
+    /// Every key's text, back to back (see [`Eval::key`]).
+    pub key_text: String,
+    /// Where each key is in `key_text` (`None`: the key has no value).
+    pub keys: Vec<Option<std::ops::Range<usize>>>,
     pub instances: Vec<Instance<'v, S::Cur>>,
     /// `meta.source` of every resource, as a JSON string.
     pub meta_source: Vec<u8>,
@@ -479,16 +537,8 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 Some(Val::Bool(t.is_some_and(|t| values.iter().any(|x| *x == t))))
             }
             Node::Not(x) => Some(Val::Bool(!self.holds(x, cur))),
-            Node::Key(i) => self
-                .keys
-                .get(*i)?
-                .as_deref()
-                .map(|k| Val::Str(Cow::Borrowed(k))),
-            Node::Id(i) => self
-                .keys
-                .get(*i)?
-                .as_deref()
-                .map(|k| Val::Str(Cow::Owned(uuid5(k)))),
+            Node::Key(i) => self.key(*i).map(|k| Val::Str(Cow::Borrowed(k))),
+            Node::Id(i) => self.key(*i).map(|k| Val::Str(Cow::Owned(uuid5(k)))),
             Node::Ref(def) => Some(Val::Str(Cow::Borrowed(self.ref_url(*def, cur)?))),
             Node::Refs(defs) => {
                 let refs: Vec<Value> = self
@@ -759,6 +809,12 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
         }
     }
 
+    /// The text of key `i` (`None` when it has no value).
+    pub(crate) fn key(&self, i: usize) -> Option<&str> {
+        let r = self.keys.get(i)?.clone()?;
+        self.key_text.get(r)
+    }
+
     /// The (non-empty) value of a `$ctx` node.
     fn ctx_str(&self, n: &Node) -> Option<&'v str> {
         let s = match n {
@@ -781,7 +837,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 _ => self.eval(n, cur).is_some_and(|v| v.truthy()),
             },
             Node::Not(x) => !self.holds(x, cur),
-            Node::Key(i) => self.keys.get(*i).is_some_and(Option::is_some),
+            Node::Key(i) => self.key(*i).is_some(),
             Node::Date(x) | Node::DateTime(x) => self.format_dt(n, x, cur).is_some(),
             _ => self.eval(n, cur).is_some_and(|v| v.truthy()),
         }
@@ -895,18 +951,21 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
         }
     }
 
-    /// Append the escaped text of `n` (no quotes); `false` exactly when
-    /// `eval(n)` has no text (the caller truncates what was written).
-    /// Escaping is per byte, so escaping the parts equals escaping the whole.
-    fn write_body(&self, n: &'v Node, cur: S::Cur, out: &mut Vec<u8>) -> bool {
+    /// Append the text of `n` to `out` (JSON-escaped, no quotes, for a
+    /// `Vec<u8>`; as is for a `String`); `false` exactly when `eval(n)` has
+    /// no text (the caller truncates what was written). Escaping is per
+    /// byte, so escaping the parts equals escaping the whole. Keys and ids
+    /// are built with this too (into one reused `String`), so text has one
+    /// implementation.
+    pub(crate) fn write_body<T: TextOut>(&self, n: &'v Node, cur: S::Cur, out: &mut T) -> bool {
         match n {
             Node::Str(s, _) => {
-                write_str_body(out, s);
+                out.put(s);
                 true
             }
             Node::Path(p) => match self.src.get(cur, p) {
                 Some(v) => {
-                    write_str_body(out, &v);
+                    out.put(&v);
                     true
                 }
                 None => false,
@@ -914,16 +973,33 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
             Node::Ctx(_) | Node::Key(_) => {
                 // As `eval`, without the `Val`.
                 let s = match n {
-                    Node::Key(i) => self.keys.get(*i).and_then(Option::as_deref),
+                    Node::Key(i) => self.key(*i),
                     _ => self.ctx_str(n),
                 };
                 match s {
                     Some(s) => {
-                        write_str_body(out, s);
+                        out.put(s);
                         true
                     }
                     None => false,
                 }
+            }
+            Node::Find { path, filter, body } if always_text(body) => {
+                // As `eval`: the first visited cursor (passing the filter)
+                // whose body has a value — and a value of such a body always
+                // has a text.
+                let curs = self.cursors(cur, path);
+                let found = curs.iter().any(|&c| {
+                    filter.as_ref().is_none_or(|f| self.holds(f, c)) && {
+                        let mark = out.len();
+                        self.write_body(body, c, out) || {
+                            out.truncate(mark);
+                            false
+                        }
+                    }
+                });
+                self.recycle(curs);
+                found
             }
             Node::Concat(items) => {
                 let start = out.len();
@@ -934,7 +1010,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 for it in items {
                     let mark = out.len();
                     if mark > start {
-                        write_str_body(out, sep);
+                        out.put(sep);
                     }
                     if !self.write_body(it, cur, out) {
                         out.truncate(mark);
@@ -954,18 +1030,15 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                 if !self.write_body(x, cur, out) || out.len() == start {
                     return false;
                 }
-                match out.get_mut(start..) {
-                    // ASCII: lowercasing the escaped text in place is exact
-                    // (escapes are lowercase already).
-                    Some(t) if t.is_ascii() => {
-                        t.make_ascii_lowercase();
-                        true
-                    }
-                    _ => {
+                // ASCII: lowercasing the (escaped) text in place is exact
+                // (escapes are lowercase already).
+                match out.lower_ascii_from(start) {
+                    true => true,
+                    false => {
                         out.truncate(start);
                         match self.eval(n, cur).as_ref().and_then(Val::text) {
                             Some(t) => {
-                                write_str_body(out, &t);
+                                out.put(&t);
                                 true
                             }
                             None => false,
@@ -975,7 +1048,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
             }
             _ => match self.eval(n, cur).as_ref().and_then(Val::text) {
                 Some(t) => {
-                    write_str_body(out, &t);
+                    out.put(&t);
                     true
                 }
                 None => false,

@@ -441,7 +441,7 @@ impl Engine {
             },
             urls: String::with_capacity(64 * (m.resources.len() + 2)),
             current: std::cell::Cell::new(0),
-            pool: std::cell::Cell::new(Vec::with_capacity(8)),
+            pool: std::cell::RefCell::new(Vec::with_capacity(8)),
         };
         // Keys and ids are written as text into one reused buffer (no
         // `String` per key, concatenation or id).

@@ -6,7 +6,7 @@
 //! values (dates, codes) evaluate to `None`.
 
 use std::borrow::Cow;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use serde_json::{Map, Value};
 
@@ -391,7 +391,7 @@ pub(crate) struct Eval<'v, S: Source<'v>> {
     /// Every instance's `{rtype}/{id}`, back to back (see `Instance::url`).
     pub urls: String,
     /// Spare cursor vectors for `$for_each` / `$find` (no allocation per visit).
-    pub pool: Cell<Vec<Vec<S::Cur>>>,
+    pub pool: RefCell<Vec<Vec<S::Cur>>>,
     /// The instance whose body is being written (for [`Node::Stamp`]).
     pub current: Cell<usize>,
 }
@@ -414,20 +414,25 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
     /// The cursors `$for_each: path` visits from `cur`, in a pooled vector
     /// (hand it back with [`Eval::recycle`]).
     fn cursors(&self, cur: S::Cur, path: &SourcePath) -> Vec<S::Cur> {
-        let mut pool = self.pool.take();
-        let mut v = pool.pop().unwrap_or_else(|| Vec::with_capacity(8));
-        self.pool.set(pool);
+        // A borrow that cannot fail (no other borrow is ever held across a
+        // call); were it to, a fresh vector does.
+        let mut v = self
+            .pool
+            .try_borrow_mut()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_else(|| Vec::with_capacity(8));
         v.clear();
         self.src.each(cur, path, &mut v);
         v
     }
 
     fn recycle(&self, v: Vec<S::Cur>) {
-        let mut pool = self.pool.take();
-        if pool.len() < 16 {
-            pool.push(v);
+        if let Ok(mut pool) = self.pool.try_borrow_mut() {
+            if pool.len() < 16 {
+                pool.push(v);
+            }
         }
-        self.pool.set(pool);
     }
 
     /// A node as text (`None` when empty or structured).

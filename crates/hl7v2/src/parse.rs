@@ -148,8 +148,16 @@ fn read_delimiters(input: &[u8]) -> Result<Delimiters, Box<Diagnostic>> {
     if !enc.iter().all(|&b| is_delimiter_byte(b)) {
         return Err(bad(2, "encoding characters must be ASCII punctuation"));
     }
-    let mut all = vec![fs];
-    all.extend_from_slice(enc);
+    // The field separator and the (2 to 5) encoding characters, on the
+    // stack (a `Vec` here cost an allocation and a reallocation per message).
+    let mut buf = [0u8; 6];
+    if let Some(first) = buf.first_mut() {
+        *first = fs;
+    }
+    if let Some(dst) = buf.get_mut(1..=enc.len()) {
+        dst.copy_from_slice(enc);
+    }
+    let all = buf.get(..=enc.len()).unwrap_or_default();
     let distinct = all
         .iter()
         .enumerate()

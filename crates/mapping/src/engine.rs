@@ -439,7 +439,7 @@ impl Engine {
                 j.push(b'"');
                 j
             },
-            urls: String::with_capacity(64 * (m.resources.len() + 2)),
+            urls: Vec::with_capacity(64 * (m.resources.len() + 2)),
             current: std::cell::Cell::new(0),
             pool: std::cell::RefCell::new(Vec::with_capacity(8)),
         };
@@ -484,21 +484,19 @@ impl Engine {
                     IdRule::Raw(n) => ev.text(n, c).map(IdText::Raw),
                 };
                 let at = ev.urls.len();
-                ev.urls.push_str(&def.rtype);
-                ev.urls.push('/');
+                ev.urls.extend_from_slice(def.rtype.as_bytes());
+                ev.urls.push(b'/');
                 let id_at = ev.urls.len();
                 match &id_text {
-                    Some(IdText::Uuid(u)) => {
-                        ev.urls.push_str(std::str::from_utf8(u).unwrap_or_default())
-                    }
-                    Some(IdText::Raw(r)) => ev.urls.push_str(r),
+                    Some(IdText::Uuid(u)) => ev.urls.extend_from_slice(u),
+                    Some(IdText::Raw(r)) => ev.urls.extend_from_slice(r.as_bytes()),
                     None => {}
                 }
                 let id = ev.urls.get(id_at..).unwrap_or_default();
                 // A uuid's text (hex and hyphens) is always a valid id.
                 let valid = match id_text {
                     Some(IdText::Uuid(_)) => true,
-                    Some(IdText::Raw(_)) => valid_id(id),
+                    Some(IdText::Raw(_)) => valid_id_bytes(id),
                     None => false,
                 };
                 if !valid {
@@ -574,9 +572,9 @@ impl Engine {
                 out.extend_from_slice(b"{\"fullUrl\":\"");
                 write_str_body(out, ctx.canonical_base);
                 out.push(b'/');
-                out.extend_from_slice(ev.url_of(inst).as_bytes());
+                out.extend_from_slice(ev.url_of(inst));
                 out.extend_from_slice(b"\",\"request\":{\"method\":\"PUT\",\"url\":\"");
-                out.extend_from_slice(ev.url_of(inst).as_bytes());
+                out.extend_from_slice(ev.url_of(inst));
                 out.extend_from_slice(b"\"},\"resource\":");
                 let body_start = out.len();
                 if !ev.emit(&def.body, inst.cur, out) {
@@ -611,11 +609,15 @@ fn to_value(buf: &[u8]) -> Result<Value, TranslateError> {
 }
 
 fn valid_id(id: &str) -> bool {
+    valid_id_bytes(id.as_bytes())
+}
+
+fn valid_id_bytes(id: &[u8]) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// ICD-10 F10–F19 (substance use) → ETH; any other F code → PSY.

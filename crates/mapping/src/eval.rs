@@ -323,7 +323,7 @@ fn write_val(out: &mut Vec<u8>, v: Val<'_>) -> bool {
 /// A member value whose JSON needs no evaluation step.
 enum Raw<'a> {
     /// A reference `Type/id` (validated: nothing to escape), to quote.
-    Url(&'a str),
+    Url(&'a [u8]),
     /// Pre-rendered JSON.
     Json(&'a [u8]),
 }
@@ -389,7 +389,9 @@ pub(crate) struct Eval<'v, S: Source<'v>> {
     /// `meta.source` of every resource, as a JSON string.
     pub meta_source: Vec<u8>,
     /// Every instance's `{rtype}/{id}`, back to back (see `Instance::url`).
-    pub urls: String,
+    /// (Bytes: ASCII by construction, so no UTF-8 check is ever needed to
+    /// append or copy them; [`Eval::url_str`] for the rare `&str`.)
+    pub urls: Vec<u8>,
     /// Spare cursor vectors for `$for_each` / `$find` (no allocation per visit).
     pub pool: RefCell<Vec<Vec<S::Cur>>>,
     /// The instance whose body is being written (for [`Node::Stamp`]).
@@ -402,12 +404,17 @@ fn non_empty(s: String) -> Option<Val<'static>> {
 
 impl<'v, S: Source<'v>> Eval<'v, S> {
     /// The reference `{rtype}/{id}` of an instance.
-    pub(crate) fn url_of(&self, i: &Instance<'v, S::Cur>) -> &str {
+    pub(crate) fn url_of(&self, i: &Instance<'v, S::Cur>) -> &[u8] {
         self.urls.get(i.url.clone()).unwrap_or_default()
     }
 
+    /// [`Eval::url_of`] as a `str` (always valid: types and ids are ASCII).
+    fn url_str(&self, i: &Instance<'v, S::Cur>) -> &str {
+        std::str::from_utf8(self.url_of(i)).unwrap_or_default()
+    }
+
     /// The resource id of an instance (its url after `{rtype}/`).
-    pub(crate) fn id_of(&self, i: &Instance<'v, S::Cur>) -> &str {
+    pub(crate) fn id_of(&self, i: &Instance<'v, S::Cur>) -> &[u8] {
         self.url_of(i).get(i.rtype.len() + 1..).unwrap_or_default()
     }
 
@@ -544,7 +551,9 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
             Node::Not(x) => Some(Val::Bool(!self.holds(x, cur))),
             Node::Key(i) => self.key(*i).map(|k| Val::Str(Cow::Borrowed(k))),
             Node::Id(i) => self.key(*i).map(|k| Val::Str(Cow::Owned(uuid5(k)))),
-            Node::Ref(def) => Some(Val::Str(Cow::Borrowed(self.ref_url(*def, cur)?))),
+            Node::Ref(def) => Some(Val::Str(Cow::Borrowed(
+                std::str::from_utf8(self.ref_url(*def, cur)?).unwrap_or_default(),
+            ))),
             Node::Refs(defs) => {
                 let refs: Vec<Value> = self
                     .instances
@@ -554,7 +563,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                         let mut m = Map::new();
                         m.insert(
                             "reference".into(),
-                            Value::String(self.url_of(i).to_string()),
+                            Value::String(self.url_str(i).to_string()),
                         );
                         Value::Object(m)
                     })
@@ -705,7 +714,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                         match j {
                             Raw::Url(u) => {
                                 out.push(b'"');
-                                out.extend_from_slice(u.as_bytes());
+                                out.extend_from_slice(u);
                                 out.push(b'"');
                             }
                             Raw::Json(j) => out.extend_from_slice(j),
@@ -885,7 +894,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
             StampField::ResourceType | StampField::Id => {
                 out.push(b'"');
                 out.extend_from_slice(match f {
-                    StampField::Id => self.id_of(inst).as_bytes(),
+                    StampField::Id => self.id_of(inst),
                     _ => inst.rtype.as_bytes(),
                 });
                 out.push(b'"');
@@ -908,7 +917,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
     }
 
     /// The reference `$ref: def` reads at `cur` (as [`Node::Ref`] evaluates).
-    fn ref_url(&self, def: usize, cur: S::Cur) -> Option<&str> {
+    fn ref_url(&self, def: usize, cur: S::Cur) -> Option<&[u8]> {
         let here = self.src.anchor(cur);
         let inst = self
             .instances
@@ -1098,7 +1107,7 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
                     *any = true;
                     out.extend_from_slice(b"{\"reference\":\"");
                     // Types and ids are validated ([A-Za-z0-9.-]); nothing to escape.
-                    out.extend_from_slice(self.url_of(i).as_bytes());
+                    out.extend_from_slice(self.url_of(i));
                     out.extend_from_slice(b"\"}");
                 }
             }

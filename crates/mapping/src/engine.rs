@@ -115,7 +115,8 @@ pub(crate) struct Labels {
 /// A resource id before it is appended to the url buffer.
 enum IdText {
     Uuid([u8; crate::sha1::UUID_LEN]),
-    Raw(String),
+    /// The verbatim id, in the key/id text buffer.
+    Raw,
 }
 
 #[derive(Debug)]
@@ -481,7 +482,10 @@ impl Engine {
                         ev.write_body(k, c, &mut text)
                             .then(|| IdText::Uuid(uuid5_text(&text)))
                     }
-                    IdRule::Raw(n) => ev.text(n, c).map(IdText::Raw),
+                    IdRule::Raw(n) => {
+                        text.clear();
+                        ev.write_body(n, c, &mut text).then_some(IdText::Raw)
+                    }
                 };
                 let at = ev.urls.len();
                 ev.urls.extend_from_slice(def.rtype.as_bytes());
@@ -489,14 +493,14 @@ impl Engine {
                 let id_at = ev.urls.len();
                 match &id_text {
                     Some(IdText::Uuid(u)) => ev.urls.extend_from_slice(u),
-                    Some(IdText::Raw(r)) => ev.urls.extend_from_slice(r.as_bytes()),
+                    Some(IdText::Raw) => ev.urls.extend_from_slice(text.as_bytes()),
                     None => {}
                 }
                 let id = ev.urls.get(id_at..).unwrap_or_default();
                 // A uuid's text (hex and hyphens) is always a valid id.
                 let valid = match id_text {
                     Some(IdText::Uuid(_)) => true,
-                    Some(IdText::Raw(_)) => valid_id_bytes(id),
+                    Some(IdText::Raw) => valid_id_bytes(id),
                     None => false,
                 };
                 if !valid {

@@ -442,14 +442,6 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
         }
     }
 
-    /// A node as text (`None` when empty or structured).
-    pub(crate) fn text(&self, n: &'v Node, cur: S::Cur) -> Option<String> {
-        match self.eval(n, cur)? {
-            Val::Str(s) => Some(s.into_owned()),
-            v => v.text().map(Cow::into_owned),
-        }
-    }
-
     /// Evaluate a node at a cursor.
     pub(crate) fn eval<'s>(&'s self, n: &'v Node, cur: S::Cur) -> Option<Val<'s>> {
         match n {

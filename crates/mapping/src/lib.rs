@@ -35,55 +35,95 @@
 //!
 //! - **Field index.** `source::Hl7Source` splits every non-empty field of
 //!   the message into repetitions and components once, starting from
-//!   `hl7v2`'s own field ranges, in one byte-class-table pass per field
-//!   (offsets, not strings); a path lookup is then a few bounds-checked
-//!   index operations. A unit test checks it against `hl7v2`'s accessors for
-//!   every golden input and odd delimiter sets. Values are unescaped only
-//!   when their repetition contains the escape character and trimmed only
-//!   when an end is not visible ASCII.
-//! - **Constant folding.** Object/array templates whose members are all
-//!   literals become one pre-rendered `Node::Const` at load time.
+//!   `hl7v2`'s own field byte spans (`Segment::field_spans`), in one
+//!   byte-class-table pass per field (offsets, not strings). Its three
+//!   vectors (each over 1 KiB, past malloc's fast path) are kept per thread
+//!   for the next message. A `$for_each` cursor over a repetition carries
+//!   that repetition's index entry, so a relative path (`.5`) is one
+//!   component read; an absolute one is a segment scan plus a few
+//!   bounds-checked index operations. A unit test checks the index against
+//!   `hl7v2`'s accessors for every golden input and odd delimiter sets.
+//!   Values are unescaped only when their repetition contains the escape
+//!   character and trimmed only when an end is not visible ASCII.
+//! - **Pre-rendered JSON.** Object/array templates whose members are all
+//!   literals become one `Node::Const` at load; string literals, object
+//!   keys (`,"name":`, the comma included) and concept-map targets (each
+//!   string and the whole Coding) are rendered at load. Keys of at most 32
+//!   bytes are written as one fixed-size block cut back to length (no
+//!   `memcpy` call per key). Literal, stamped (`resourceType`, `id`, `meta`)
+//!   and `$ref` members are written in place by the object writer, without
+//!   a recursive `emit` or an escape check (types and ids are validated).
 //! - **No formatting machinery** on the hot path: references (`Type/id`)
-//!   are built once per resource into one per-message buffer and borrowed
-//!   (`$ref`, `fullUrl`, `request.url`), `meta.source` and `meta.security`
-//!   are pre-rendered, dates are formatted by hand, keys are borrowed rather
-//!   than cloned; `$concat`, `$join` and `$lower` are written straight into
-//!   the output (no intermediate `String`), as are path members.
+//!   are built once per resource into one per-message byte buffer and
+//!   borrowed (`$ref`, `fullUrl`, `request.url`), `meta.source` and
+//!   `meta.security` are pre-rendered, dates are formatted by hand on the
+//!   stack (`datetime::DtText`, no `str::parse`, no `String`); `$concat`,
+//!   `$join`, `$lower` and path members are written straight into the
+//!   output. Keys and resource ids are written by the same `write_body`
+//!   (generic over a JSON or a plain-text sink) into one reused buffer: no
+//!   `String` per key, concatenation or id. Conditions (`$if`, `$where`)
+//!   are decided without building a `Val` (`Eval::holds`).
 //! - **Deterministic ids**: `uuid5` is a one-shot SHA-1 of
 //!   `namespace ‖ key` on the stack (`sha1.rs`, checked against the `uuid`
 //!   crate), formatted into a `[u8; 36]`.
 //! - **JSON strings** are checked 8 bytes at a time (SWAR, the tail as one
 //!   overlapping word) and copied in one piece when nothing needs escaping;
 //!   escaping is out of line.
-//! - Pooled cursor vectors for `$for_each`/`$find`, FNV hashing for concept
-//!   maps, a linear duplicate check instead of a `HashSet` of cloned ids.
+//! - Pooled cursor vectors for `$for_each`/`$find`; small concept maps (all
+//!   the shipped ones) probed linearly by codes packed into a `u64`, larger
+//!   ones by FNV hash; a linear duplicate check instead of a `HashSet`.
 //!
 //! Measured on golden 001 (the `bench translate` input: 702-byte ADT^A01,
-//! 6.5 KB Bundle), `examples/profile_translate.rs` (parse + translate, N =
-//! 2000, minus an N = 0 run for start-up), release build, `valgrind
-//! --tool=callgrind` instruction counts (repeatable on a shared machine):
+//! 6.5 KB Bundle) with `examples/profile_translate.rs` (parse + translate),
+//! release build, instruction counts (repeatable on a shared machine):
 //!
-//! | per message                         | first   | then    | now     |
-//! |-------------------------------------|---------|---------|---------|
-//! | parse + `translate_adt_into`        | 327.0 k | 157.9 k | 133.6 k |
-//! | parse + `translate_adt` (`Value`)   | 737.9 k | 579.0 k | 558.9 k |
-//! | of which `hl7v2::parse` alone       | 16.4 k  | 16.4 k  | 15.0 k  |
+//! ```text
+//! export CARGO_TARGET_DIR=/tmp/tgt-mapping
+//! cargo build --release -p cwsgw-mapping --example profile_translate
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.2000 \
+//!     $CARGO_TARGET_DIR/release/examples/profile_translate 2000 into
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.0 \
+//!     $CARGO_TARGET_DIR/release/examples/profile_translate 0 into
+//! # per message = (total(2000) - total(0)) / 2000; callgrind_annotate for the split
+//! ```
 //!
-//! `cargo bench -p cwsgw-mapping --bench translate` (medians of 3
-//! interleaved runs, machine at load ≈ 6 on 2 cores): 157.9 k → 133.6 k
-//! instructions took 76 k → 92 k CPU msg/s (50 k → 63 k wall). The 100 k
-//! msg/s target needs roughly ≤ 100 k instructions per message at the
-//! observed ~10 G instructions per CPU-second: **not reached yet**. What
-//! remains per message (self cost): template walking (`emit`, `eval`,
-//! `write_body`, `emit_items`) ≈ 33 k, the field index ≈ 14 k, path lookups
-//! ≈ 17 k (`value` + `get` + slicing + trim, ≈ 130 lookups: repeated reads
-//! of the same component in `$first`/`$if` chains are not memoised),
-//! `hl7v2::parse` ≈ 11.5 k, JSON string writing ≈ 9.4 k plus `memcpy`
-//! ≈ 5.6 k, SHA-1 ≈ 7 k (5 one-block ids; 1.4 k per compression, already
-//! unrolled — only SHA-NI, i.e. `unsafe`, would cut it), allocation ≈ 6 k
-//! (≈ 33 per message). Reaching 100 k likely needs a flatter compiled form
-//! of the templates (fewer recursive calls and `Option<Val>` returns) rather
-//! than more local tuning.
+//! | per message                         | first   | then    | before  | now     |
+//! |-------------------------------------|---------|---------|---------|---------|
+//! | parse + `translate_adt_into`        | 327.0 k | 157.9 k | 133.8 k | 108.7 k |
+//! | parse + `translate_adt` (`Value`)   | 737.9 k | 579.0 k | 558.9 k | 533.7 k |
+//! | of which `hl7v2::parse` alone       | 16.4 k  | 16.4 k  | 15.0 k  | 13.5 k  |
+//!
+//! `cargo bench -p cwsgw-mapping --bench translate`, 3 interleaved runs
+//! each of the 133.8 k and the 108.7 k build (machine at load ≈ 1 on 2
+//! cores): 114 k / 115 k / 115 k → 143 k / 146 k / 143 k CPU msg/s (wall
+//! 114 k → 130–146 k); noisy, the instruction counts are the reference.
+//! The goal of ≤ 70 k instructions per message is **not reached**. What
+//! remains per message (self cost, `callgrind_annotate`):
+//!
+//! - template walking ≈ 34 k: `emit` (with the inlined object writer and
+//!   key writes) ≈ 20 k, `write_body` ≈ 8.3 k, `emit_items` ≈ 3.6 k,
+//!   `eval` ≈ 2.4 k — about 176 `emit` calls (62 objects, 174 members, 92 of
+//!   them nested structures), 94 `write_body` calls;
+//! - path lookups ≈ 17 k: `rep_value` ≈ 7.9 k (≈ 105 reads of ≈ 70
+//!   instructions), `get` ≈ 4.3 k, absolute `value` ≈ 2.1 k, `each` ≈ 3 k;
+//!   repeated reads of one component in `$first`/`$if` chains are still not
+//!   memoised (too few repeats on this input to pay for a cache);
+//! - the field index ≈ 10.7 k (≈ 580 bytes scanned at ≈ 8 instructions,
+//!   ≈ 90 fields, ≈ 120 components, ≈ 40 repetitions);
+//! - `hl7v2::parse` ≈ 11 k self (13.5 k with its allocations);
+//! - SHA-1 ≈ 7 k (5 one-block ids; 1.4 k per compression, already unrolled
+//!   — only SHA-NI, i.e. `unsafe`, would cut it) plus ≈ 1.2 k formatting;
+//! - JSON string writing ≈ 4.5 k plus `memcpy` ≈ 3.6 k; allocation ≈ 5 k
+//!   (≈ 27 per message: the `Message`'s own, the evaluator's vectors);
+//!   Bundle assembly and phase 1 ≈ 4.2 k; dates ≈ 2.1 k; concept maps
+//!   ≈ 1.3 k.
+//!
+//! Further large cuts need structural changes rather than local tuning: a
+//! flat compiled plan for the templates (an op list with explicit
+//! rollback marks instead of ~270 recursive calls), an index of only the
+//! fields a mapping reads (known at load; real ADTs carry many more unread
+//! fields and segments than golden 001), and one fused scan for fields and
+//! components in `hl7v2`.
 //!
 //! # Code map
 //!

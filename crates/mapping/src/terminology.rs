@@ -1,7 +1,8 @@
 //! Concept maps: `mappings/terminology/<name>.csv` with the header
 //! `source_code,target_system,target_code,target_display`. Loaded once into
-//! hash maps; a lookup is one hash probe. Codes are matched exactly (after
-//! trimming), so a map lists every spelling it accepts.
+//! hash maps (small maps also into a list probed by packed codes); a lookup
+//! is one hash probe or a short linear scan. Codes are matched exactly
+//! (after trimming), so a map lists every spelling it accepts.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -11,7 +11,7 @@ use crate::error::{MappingError, TranslateError};
 use crate::eval::{uuid5_text, write_str_body, Eval, Flags, Instance, RunCtx};
 use crate::expr::{Node, ObjField, Scope, SourceKind, StampField};
 use crate::path::SourcePath;
-use crate::source::{Hl7Source, JsonSource, Source};
+use crate::source::{FieldSet, Hl7Source, JsonSource, Source};
 use crate::terminology::ConceptMap;
 
 /// Largest mapping file accepted.
@@ -159,6 +159,40 @@ struct Mapping {
 pub struct Engine {
     mappings: Vec<Mapping>,
     tables: Vec<ConceptMap>,
+    /// Every HL7 v2 field any hl7v2 mapping (or the engine itself) reads:
+    /// the only ones the field index splits.
+    hl7_fields: FieldSet,
+}
+
+/// The fields `mappings` can read from an HL7 v2 message: every path of
+/// every hl7v2 mapping, and MSH-9 (the engine picks the mapping by it).
+fn hl7_fields(mappings: &[Mapping]) -> FieldSet {
+    let mut set = FieldSet::default();
+    set.add(crate::source::seg_key("MSH"), 9);
+    for m in mappings.iter().filter(|m| m.kind == SourceKind::Hl7v2) {
+        let mut add = |p: &SourcePath| set.add_path(p);
+        m.timezone_from.iter().for_each(&mut add);
+        if let Some(sp) = &m.sensitivity {
+            add(&sp.diagnosis_each);
+            add(&sp.diagnosis_code);
+            sp.location.iter().for_each(&mut add);
+            sp.service.iter().for_each(&mut add);
+        }
+        for k in &m.keys {
+            k.for_each_path(&mut add);
+        }
+        for r in &m.resources {
+            r.for_each.iter().for_each(&mut add);
+            if let Some(w) = &r.when {
+                w.for_each_path(&mut add);
+            }
+            match &r.id {
+                IdRule::Key(n) | IdRule::Raw(n) => n.for_each_path(&mut add),
+            }
+            r.body.for_each_path(&mut add);
+        }
+    }
+    set
 }
 
 fn collect(
@@ -250,7 +284,12 @@ impl Engine {
             }
             mappings.push(m);
         }
-        Ok(Engine { mappings, tables })
+        let hl7_fields = hl7_fields(&mappings);
+        Ok(Engine {
+            mappings,
+            tables,
+            hl7_fields,
+        })
     }
 
     /// Compile a single mapping from YAML text (for tests and tooling);
@@ -276,10 +315,12 @@ impl Engine {
                 table_idx.insert(name, tables.len() - 1);
             }
         }
-        let m = compile_text(file, yaml, &table_idx)?;
+        let mappings = vec![compile_text(file, yaml, &table_idx)?];
+        let hl7_fields = hl7_fields(&mappings);
         Ok(Engine {
-            mappings: vec![m],
+            mappings,
             tables,
+            hl7_fields,
         })
     }
 
@@ -334,7 +375,7 @@ impl Engine {
         out: &mut Vec<u8>,
         spans: Option<&mut Vec<std::ops::Range<usize>>>,
     ) -> Result<(), TranslateError> {
-        let src = Hl7Source::new(msg);
+        let src = Hl7Source::with_fields(msg, Some(&self.hl7_fields));
         let root = src.root();
         let msg_type = src.get(
             root,
@@ -1095,6 +1136,51 @@ mod tests {
             r["mixed"],
             serde_json::json!({"code": "ID1", "fixed": {"a": 1}})
         );
+    }
+
+    /// Indexing only the fields the mappings read translates every golden
+    /// input exactly as indexing every field does.
+    #[test]
+    fn the_read_fields_index_translates_as_a_full_index() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let e = Engine::load(&root.join("mappings")).unwrap();
+        let mut full = Engine::load(&root.join("mappings")).unwrap();
+        let sens = Sensitivity {
+            psychiatric_locations: vec!["PSYCH".into()],
+            sud_locations: vec!["DETOX".into()],
+            psychiatric_services: vec!["PSY".into()],
+            sud_services: vec!["SUD".into()],
+        };
+        let ctx = AdtContext {
+            canonical_base: "https://x",
+            source_org_id: "o",
+            source_org_name: "O",
+            received_at: "2026-01-01T00:00:00Z",
+            sensitivity: &sens,
+        };
+        let mut n = 0;
+        for entry in std::fs::read_dir(root.join("tests/golden/adt/adt-to-fhir")).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().and_then(|x| x.to_str()) != Some("hl7") {
+                continue;
+            }
+            let parsed = hl7v2::parse(&std::fs::read(&p).unwrap(), &hl7v2::ParseOptions::default());
+            let Some(msg) = parsed.message else { continue };
+            let mut all = FieldSet::default();
+            for s in msg.segments() {
+                for f in 1..=s.field_count() + 1 {
+                    all.add(crate::source::seg_key(s.id()), f);
+                }
+            }
+            full.hl7_fields = all;
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let ra = e.translate_adt_into(&msg, &ctx, &mut a);
+            let rb = full.translate_adt_into(&msg, &ctx, &mut b);
+            assert_eq!(ra.is_ok(), rb.is_ok(), "{}", p.display());
+            assert_eq!(a, b, "{}", p.display());
+            n += 1;
+        }
+        assert!(n >= 40, "only {n} inputs");
     }
 
     #[test]

@@ -220,6 +220,62 @@ pub(crate) enum Node {
     Array(Vec<Node>),
 }
 
+impl Node {
+    /// Call `f` with every source path this template can read (for the
+    /// field index: `source::FieldSet`). Exhaustive on purpose: a new node
+    /// kind must say which paths it reads.
+    pub(crate) fn for_each_path<'a>(&'a self, f: &mut impl FnMut(&'a SourcePath)) {
+        match self {
+            Node::Lit(_)
+            | Node::Ctx(_)
+            | Node::Key(_)
+            | Node::Id(_)
+            | Node::Ref(_)
+            | Node::Refs(_)
+            | Node::Str(..)
+            | Node::Const(..)
+            | Node::Stamp(_) => {}
+            Node::Path(p) => f(p),
+            Node::Date(x)
+            | Node::DateTime(x)
+            | Node::Uuid5(x)
+            | Node::Exists(x)
+            | Node::Upper(x)
+            | Node::Lower(x)
+            | Node::Not(x)
+            | Node::In(x, _) => x.for_each_path(f),
+            Node::Map { value, .. } => value.for_each_path(f),
+            Node::Concat(items) | Node::First(items) | Node::Array(items) => {
+                items.iter().for_each(|it| it.for_each_path(f))
+            }
+            Node::Join { items, .. } => items.iter().for_each(|it| it.for_each_path(f)),
+            Node::If {
+                cond,
+                then,
+                otherwise,
+            } => {
+                cond.for_each_path(f);
+                then.for_each_path(f);
+                if let Some(o) = otherwise {
+                    o.for_each_path(f);
+                }
+            }
+            Node::Eq(a, b) => {
+                a.for_each_path(f);
+                b.for_each_path(f);
+            }
+            Node::ForEach { path, filter, body } | Node::Find { path, filter, body } => {
+                f(path);
+                if let Some(w) = filter {
+                    w.for_each_path(f);
+                }
+                body.for_each_path(f);
+            }
+            Node::Object(fields) => fields.iter().for_each(|fl| fl.node.for_each_path(f)),
+        }
+    }
+}
+
 /// The constant value of a literal node (not an array: arrays nested in
 /// arrays are spliced, which folding keeps out of the way).
 fn const_item(n: &Node) -> Option<Value> {

@@ -57,6 +57,57 @@ pub(crate) fn seg_key(id: &str) -> u32 {
         .fold(b.len() as u32, |k, &c| (k << 8) | u32::from(c))
 }
 
+/// The fields a set of mappings can read, per segment id: only those are
+/// split into repetitions and components (every other field is indexed as
+/// empty, every other segment has no fields indexed), which no lookup then
+/// misses — the set is collected from every path of every template at load.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct FieldSet {
+    /// (segment key, mask): bit `n` set = field `n` (1..=63) is read; bit 0
+    /// = some field ≥ 64 is read (then all of those are indexed).
+    segs: Vec<(u32, u64)>,
+}
+
+impl FieldSet {
+    /// Field `field` of the segment with key `seg_key` can be read. Field 0
+    /// (the whole segment) and relative paths need no field of their own (a
+    /// relative path reads the repetition its `$for_each` visits, whose
+    /// path is added itself).
+    pub(crate) fn add(&mut self, seg_key: u32, field: usize) {
+        if seg_key == 0 || field == 0 {
+            return;
+        }
+        let bit = if field < 64 { 1u64 << field } else { 1 };
+        match self.segs.iter_mut().find(|(k, _)| *k == seg_key) {
+            Some((_, m)) => *m |= bit,
+            None => self.segs.push((seg_key, bit)),
+        }
+    }
+
+    pub(crate) fn add_path(&mut self, p: &SourcePath) {
+        if let SourcePath::Hl7(h) = p {
+            self.add(h.seg_key, h.field);
+        }
+    }
+
+    fn mask(&self, seg_key: u32) -> u64 {
+        self.segs
+            .iter()
+            .find(|(k, _)| *k == seg_key)
+            .map_or(0, |&(_, m)| m)
+    }
+}
+
+/// Whether field `n` (1-based) is in `mask` (see [`FieldSet`]).
+#[inline]
+fn wanted(mask: u64, n: usize) -> bool {
+    if n < 64 {
+        (mask >> n) & 1 == 1
+    } else {
+        mask & 1 == 1
+    }
+}
+
 /// Index entry of one segment: its id and its fields in [`Hl7Source::fields`].
 #[derive(Clone, Copy)]
 struct SegEntry<'m> {
@@ -198,7 +249,15 @@ fn idx32(v: usize) -> u32 {
 }
 
 impl<'m> Hl7Source<'m> {
+    /// The source with every field indexed.
+    #[cfg(test)]
     pub(crate) fn new(msg: &'m hl7v2::Message) -> Self {
+        Self::with_fields(msg, None)
+    }
+
+    /// The source with the fields of `read` indexed (`None`: all). Fields
+    /// left out read as absent.
+    pub(crate) fn with_fields(msg: &'m hl7v2::Message, read: Option<&FieldSet>) -> Self {
         let d = msg.delimiters();
         let seps = (
             ascii(d.repetition),
@@ -263,7 +322,7 @@ impl<'m> Hl7Source<'m> {
         }
         let seps = Seps { class };
         for s in msg.segments() {
-            src.index_segment(s, &seps);
+            src.index_segment(s, &seps, read);
         }
         src
     }
@@ -274,9 +333,20 @@ impl<'m> Hl7Source<'m> {
     /// message, with its allocations: 20.6 k → 15.9 k instructions). Field
     /// numbering follows `hl7v2` (MSH-1 is the field separator, MSH-2 the
     /// encoding characters; both are left to `hl7v2`).
-    fn index_segment(&mut self, s: hl7v2::Segment<'m>, d: &Seps) {
+    fn index_segment(&mut self, s: hl7v2::Segment<'m>, d: &Seps, fields: Option<&FieldSet>) {
         let key = seg_key(s.id());
         let field_start = idx32(self.fields.len());
+        let mask = fields.map(|f| f.mask(key));
+        if mask == Some(0) {
+            // No field of this segment is ever read: none indexed.
+            self.segs.push(SegEntry {
+                key,
+                seg: s,
+                field_start,
+                field_count: 0,
+            });
+            return;
+        }
         let msh = key == MSH;
         let text = self.msg.text().as_bytes();
         let spans = s.field_spans();
@@ -284,8 +354,9 @@ impl<'m> Hl7Source<'m> {
             // Offsets and counts are `u32` (lossless: `new` checked that the
             // text length fits, and `hl7v2` caps messages far below 4 GiB).
             let rep_start = self.reps.len() as u32;
+            let read = mask.is_none_or(|m| wanted(m, i + 1));
             let raw = match text.get(a as usize..b as usize) {
-                Some(r) if !(r.is_empty() || (msh && i < 2)) => r,
+                Some(r) if read && !(r.is_empty() || (msh && i < 2)) => r,
                 _ => {
                     self.fields.push(FieldEntry {
                         start: rep_start,

@@ -33,8 +33,10 @@
 //! The hot path (`translate_adt_into`) avoids per-value work that used to
 //! dominate:
 //!
-//! - **Field index.** `source::Hl7Source` splits every non-empty field of
-//!   the message into repetitions and components once, starting from
+//! - **Field index.** `source::Hl7Source` splits every non-empty field the
+//!   mappings can read (`source::FieldSet`, collected from every template
+//!   path at load; other fields read as absent, unread segments are not
+//!   split at all) into repetitions and components once, starting from
 //!   `hl7v2`'s own field byte spans (`Segment::field_spans`), in one
 //!   byte-class-table pass per field (offsets, not strings). Its three
 //!   vectors (each over 1 KiB, past malloc's fast path) are kept per thread
@@ -89,7 +91,7 @@
 //!
 //! | per message                         | first   | then    | before  | now     |
 //! |-------------------------------------|---------|---------|---------|---------|
-//! | parse + `translate_adt_into`        | 327.0 k | 157.9 k | 133.8 k | 108.7 k |
+//! | parse + `translate_adt_into`        | 327.0 k | 157.9 k | 133.8 k | 108.6 k |
 //! | parse + `translate_adt` (`Value`)   | 737.9 k | 579.0 k | 558.9 k | 533.7 k |
 //! | of which `hl7v2::parse` alone       | 16.4 k  | 16.4 k  | 15.0 k  | 13.5 k  |
 //!
@@ -97,8 +99,11 @@
 //! each of the 133.8 k and the 108.7 k build (machine at load ≈ 1 on 2
 //! cores): 114 k / 115 k / 115 k → 143 k / 146 k / 143 k CPU msg/s (wall
 //! 114 k → 130–146 k); noisy, the instruction counts are the reference.
-//! The goal of ≤ 70 k instructions per message is **not reached**. What
-//! remains per message (self cost, `callgrind_annotate`):
+//! The goal of ≤ 70 k instructions per message is **not reached**. Golden
+//! 001 reads nearly every field it has; the same message with nine more
+//! segments no mapping reads (PD1, ROL, 3 OBX, 2 AL1, IN1, GT1; 1.5 KB)
+//! went 162.6 k → 122.9 k (134.9 k before only read fields were indexed).
+//! What remains per message on golden 001 (self cost, `callgrind_annotate`):
 //!
 //! - template walking ≈ 34 k: `emit` (with the inlined object writer and
 //!   key writes) ≈ 20 k, `write_body` ≈ 8.3 k, `emit_items` ≈ 3.6 k,
@@ -120,10 +125,14 @@
 //!
 //! Further large cuts need structural changes rather than local tuning: a
 //! flat compiled plan for the templates (an op list with explicit
-//! rollback marks instead of ~270 recursive calls), an index of only the
-//! fields a mapping reads (known at load; real ADTs carry many more unread
-//! fields and segments than golden 001), and one fused scan for fields and
-//! components in `hl7v2`.
+//! rollback marks instead of ~270 recursive calls) and one fused scan for
+//! fields and components in `hl7v2` (today `parse` finds the fields, the
+//! index rescans them for components). Tried and dropped (measured no
+//! gain or a loss): an 8-bytes-at-a-time component scan (fields are too
+//! short: +2 k), forcing the component read inline (+0.4 k), a
+//! `Val::Dt` variant on the stack (a bigger `Val` everywhere: +0.2 k),
+//! padded fixed-size copies of literals and concept-map strings (±0),
+//! splitting `emit` into a thin dispatcher (±0).
 //!
 //! # Code map
 //!

@@ -39,6 +39,7 @@ mod wal_sync;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -94,6 +95,11 @@ pub struct SqliteOptions {
     pub durability: Durability,
     /// Read-only connections in the pool. Default 4; clamped to 1..=64.
     pub read_connections: usize,
+    /// WAL frames (pages) after which the writer restarts the log under
+    /// sustained writes ([`Checkpointer`]). Default 16,384 (~64 MiB);
+    /// clamped to 64..=1,048,576. The WAL file is trimmed to four times
+    /// this when the log restarts.
+    pub wal_restart_frames: usize,
 }
 
 impl Default for SqliteOptions {
@@ -102,6 +108,7 @@ impl Default for SqliteOptions {
             max_batch: 512,
             durability: Durability::Pipelined,
             read_connections: 4,
+            wal_restart_frames: WAL_RESTART_FRAMES,
         }
     }
 }
@@ -167,7 +174,9 @@ impl SqliteStore {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| open_err(e.to_string()))?;
-        configure_writer(&conn, opts.durability).map_err(|e| open_err(e.to_string()))?;
+        let restart_frames = opts.wal_restart_frames.clamp(64, 1 << 20) as i64;
+        configure_writer(&conn, opts.durability, 5 * restart_frames * 4096)
+            .map_err(|e| open_err(e.to_string()))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrate::migrate(&conn)?;
         let state = WriterState::load(&conn)?;
@@ -177,7 +186,11 @@ impl SqliteStore {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| open_err(format!("read connection: {e}")))?;
 
-        let checkpointer = Checkpointer::start(path).map_err(open_err)?;
+        let restart = Arc::new(WalRestart {
+            requested: AtomicI64::new(0),
+            frames: restart_frames,
+        });
+        let checkpointer = Checkpointer::start(path, Arc::clone(&restart)).map_err(open_err)?;
 
         let metrics = Arc::new(MetricsRecorder::default());
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
@@ -206,7 +219,7 @@ impl SqliteStore {
         let thread_metrics = Arc::clone(&metrics);
         let writer = std::thread::Builder::new()
             .name("cwsgw-store-writer".to_string())
-            .spawn(move || writer::run(conn, state, rx, max_batch, &thread_metrics, sync))
+            .spawn(move || writer::run(conn, state, rx, max_batch, &thread_metrics, sync, &restart))
             .map_err(|e| open_err(format!("cannot start writer thread: {e}")))?;
 
         Ok(SqliteStore {
@@ -307,15 +320,58 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 /// checkpoint every [`CHECKPOINT_INTERVAL`]: it never takes the write lock,
 /// so commits go on while it copies; when it has copied every frame and no
 /// reader still needs them, the next write transaction starts the WAL from
-/// the beginning again, which keeps the file's size bounded.
+/// the beginning again.
+///
+/// **Under sustained writes that moment never comes by itself**: a commit
+/// lands between every checkpoint and the next write transaction, so the
+/// WAL was never restarted and grew without bound — to 4 GB during one
+/// `bench ingest` run (280 MB database). Every write then extended the file
+/// (the kernel zeroed each new block: 15 % of the writer thread's CPU) and
+/// every fsync also had to commit the file system's allocation metadata. So
+/// once the WAL holds `wal_restart_frames` ([`SqliteOptions`]) frames and a checkpoint has
+/// copied all of them, this thread runs a few more (copying what was
+/// committed meanwhile) and asks the writer to restart the log: before a
+/// transaction the writer runs a `PASSIVE` checkpoint itself, copying the
+/// rest, and that transaction's `BEGIN` starts the WAL from the beginning,
+/// overwriting blocks that are allocated and cached. That checkpoint holds
+/// the writer for its copy and the database fsync (measured: 5–20 ms under
+/// full load), so while intake is busy the writer takes the request only
+/// once the WAL is four times as long (see `writer::run`).
+/// `journal_size_limit` (five times that) trims a WAL that grew longer
+/// (e.g. written by an older version).
 struct Checkpointer {
     /// Dropping it stops the thread.
     stop: std::sync::mpsc::Sender<()>,
     handle: JoinHandle<()>,
 }
 
+/// Default [`SqliteOptions::wal_restart_frames`]: about 64 MiB of 4 KiB
+/// pages.
+const WAL_RESTART_FRAMES: usize = 16_384;
+
+/// A request from the checkpoint thread to the writer to restart the WAL.
+pub(crate) struct WalRestart {
+    /// 0, or the WAL's length (frames) when the checkpoint thread had
+    /// copied all of it and asked for a restart.
+    pub requested: AtomicI64,
+    /// `SqliteOptions::wal_restart_frames`.
+    pub frames: i64,
+}
+/// A caught-up checkpoint: fewer frames than this were committed while the
+/// previous one ran.
+const CAUGHT_UP_FRAMES: i64 = 128;
+
+/// One `PASSIVE` checkpoint: (frames in the WAL, frames copied), or `None`
+/// if it could not run.
+fn checkpoint_passive(conn: &Connection) -> Option<(i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    })
+    .ok()
+}
+
 impl Checkpointer {
-    fn start(path: &Path) -> Result<Checkpointer, String> {
+    fn start(path: &Path, restart: Arc<WalRestart>) -> Result<Checkpointer, String> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -333,7 +389,27 @@ impl Checkpointer {
                     // PASSIVE: copy what no reader needs, never wait for locks.
                     // An error (the disk) is the writer's error too and is
                     // reported by its commits; this just tries again later.
-                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    let Some((mut log, mut copied)) = checkpoint_passive(&conn) else {
+                        continue;
+                    };
+                    if log < restart.frames {
+                        continue;
+                    }
+                    // A long log: catch up with what was committed while
+                    // copying, then let the writer finish and restart it.
+                    for _ in 0..8 {
+                        let Some((now, done)) = checkpoint_passive(&conn) else {
+                            break;
+                        };
+                        let behind = now - log;
+                        (log, copied) = (now, done);
+                        if behind < CAUGHT_UP_FRAMES {
+                            break;
+                        }
+                    }
+                    if copied == log {
+                        restart.requested.store(log, Ordering::Relaxed);
+                    }
                 }
             })
             .map_err(|e| format!("cannot start checkpoint thread: {e}"))?;
@@ -346,7 +422,11 @@ impl Checkpointer {
     }
 }
 
-fn configure_writer(conn: &Connection, durability: Durability) -> rusqlite::Result<()> {
+fn configure_writer(
+    conn: &Connection,
+    durability: Durability,
+    wal_size_limit: i64,
+) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -365,6 +445,7 @@ fn configure_writer(conn: &Connection, durability: Durability) -> rusqlite::Resu
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Checkpoints run on their own thread ([`Checkpointer`]), not inside commits.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", wal_size_limit)?;
     stable_plans(conn)?;
     Ok(())
 }

@@ -262,6 +262,7 @@ pub(crate) fn run(
     max_batch: usize,
     metrics: &MetricsRecorder,
     sync: Option<WalSync>,
+    restart_wal: &super::WalRestart,
 ) {
     let max_batch = max_batch.max(1);
     let mut appends = Vec::with_capacity(max_batch.min(1024));
@@ -318,6 +319,17 @@ pub(crate) fn run(
         } else {
             QUIET_WORK_BUDGET
         };
+        let requested = restart_wal.requested.load(Ordering::Relaxed);
+        if requested > 0 && (!intake_busy || requested >= 4 * restart_wal.frames) {
+            restart_wal.requested.store(0, Ordering::Relaxed);
+            // The checkpoint thread has copied nearly the whole (long) WAL:
+            // copy the rest, so that this transaction's BEGIN starts the
+            // log from the beginning (see `Checkpointer` in `mod.rs`). It
+            // holds this thread for the copy and a database fsync, so while
+            // appends keep coming it waits until the WAL is four times as
+            // long as the restart length.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
         let mut hold = sync.as_ref().map(|sync| Hold {
             sync,
             rx: &mut rx,

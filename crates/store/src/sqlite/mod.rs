@@ -270,10 +270,11 @@ impl SqliteStore {
     /// Why: such a read takes tens of microseconds against pages the OS
     /// already caches, less than the two thread hand-offs of
     /// `spawn_blocking` (wake a blocking-pool thread, wake the task again).
-    /// Measured with `bench api --patients 200 --requests 4000 --runs 3`,
-    /// the same binary with and without it, two interleaved pairs on a quiet
-    /// 2-core machine: FHIR search 4,714 / 4,888 → 5,995 / 6,149 requests/s,
-    /// read 5,408 / 5,741 → 7,143 / 7,083, p99 unchanged or lower. Scans,
+    /// Measured with `bench api --patients 200 --requests 4000 --runs 3` on
+    /// a quiet 2-core machine, two interleaved pairs of one binary with every
+    /// read inline or none: FHIR search 4,714 / 4,888 → 5,995 / 6,149
+    /// requests/s, read 5,408 / 5,741 → 7,143 / 7,083, p99 unchanged or
+    /// lower (docs/performance.md, 2026-12-03, has the final figures). Scans,
     /// patient-wide loads, audit and outbox listings stay on the blocking
     /// pool, so a Tokio worker is never held for long.
     async fn read_short<T: Send + 'static>(

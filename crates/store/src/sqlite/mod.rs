@@ -97,7 +97,7 @@ pub struct SqliteOptions {
     pub read_connections: usize,
     /// WAL frames (pages) after which the writer restarts the log under
     /// sustained writes ([`Checkpointer`]). Default 16,384 (~64 MiB);
-    /// clamped to 64..=1,048,576. The WAL file is trimmed to four times
+    /// clamped to 64..=1,048,576. The WAL file is trimmed to five times
     /// this when the log restarts.
     pub wal_restart_frames: usize,
 }
@@ -329,15 +329,16 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 /// `bench ingest` run (280 MB database). Every write then extended the file
 /// (the kernel zeroed each new block: 15 % of the writer thread's CPU) and
 /// every fsync also had to commit the file system's allocation metadata. So
-/// once the WAL holds `wal_restart_frames` ([`SqliteOptions`]) frames and a checkpoint has
-/// copied all of them, this thread runs a few more (copying what was
-/// committed meanwhile) and asks the writer to restart the log: before a
-/// transaction the writer runs a `PASSIVE` checkpoint itself, copying the
-/// rest, and that transaction's `BEGIN` starts the WAL from the beginning,
-/// overwriting blocks that are allocated and cached. That checkpoint holds
-/// the writer for its copy and the database fsync (measured: 5–20 ms under
-/// full load), so while intake is busy the writer takes the request only
-/// once the WAL is four times as long (see `writer::run`).
+/// once the WAL holds [`SqliteOptions::wal_restart_frames`] frames and a
+/// checkpoint has copied all of them, this thread runs a few more (copying
+/// what was committed meanwhile) and asks the writer to restart the log:
+/// before a transaction the writer runs a `PASSIVE` checkpoint itself,
+/// copying the rest, and that transaction's `BEGIN` starts the WAL from the
+/// beginning, overwriting blocks that are allocated and cached. That
+/// checkpoint holds the writer for its copy and the database fsync
+/// (measured: 5–20 ms under full load), so while intake is busy the writer
+/// takes the request only once the WAL is four times as long (see
+/// `writer::run`).
 /// `journal_size_limit` (five times that) trims a WAL that grew longer
 /// (e.g. written by an older version).
 struct Checkpointer {

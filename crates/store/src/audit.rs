@@ -139,27 +139,28 @@ pub(crate) fn prepare_audits(entries: Vec<NewAudit>) -> Result<Vec<PreparedAudit
 
 /// Compact JSON with object keys sorted at every depth (see module docs).
 pub fn canonical_json(v: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     write_canonical(v, &mut out);
-    out
+    // serde_json writes UTF-8 only; the fallback cannot be taken.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-fn write_canonical(v: &Value, out: &mut String) {
+fn write_canonical(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(map) => {
-            out.push('{');
+            out.push(b'{');
             // serde_json's default `Map` iterates in key order already; sort
             // only when it does not (the `preserve_order` feature).
             let sorted = map
                 .keys()
                 .zip(map.keys().skip(1))
                 .all(|(a, b)| a.as_bytes() <= b.as_bytes());
-            let member = |n: usize, k: &str, val: &Value, out: &mut String| {
+            let member = |n: usize, k: &str, val: &Value, out: &mut Vec<u8>| {
                 if n > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                write_json_str(k, out);
-                out.push(':');
+                write_json(k, out);
+                out.push(b':');
                 write_canonical(val, out);
             };
             if sorted {
@@ -173,57 +174,30 @@ fn write_canonical(v: &Value, out: &mut String) {
                     member(n, k, val, out);
                 }
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (n, item) in items.iter().enumerate() {
                 if n > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        Value::String(s) => write_json_str(s, out),
-        // Numbers, booleans and null have one compact form.
-        other => out.push_str(&other.to_string()),
+        // Strings, numbers, booleans and null have one compact form.
+        scalar => write_json(scalar, out),
     }
 }
 
-/// A JSON string exactly as serde_json writes it: `"` and `\` escaped,
-/// `\b \f \n \r \t`, other control characters as `\u00xx`, everything
-/// else (`/`, DEL, non-ASCII) as is. Before this, every key and string was
-/// cloned into a `Value` and formatted through `to_string` (three
-/// allocations each, ~40 keys per AuditEvent, on every FHIR request).
-fn write_json_str(s: &str, out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push('"');
-    let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let esc: &str = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(s.get(start..i).unwrap_or(""));
-        if esc.is_empty() {
-            out.push_str("\\u00");
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        } else {
-            out.push_str(esc);
-        }
-        start = i + 1;
-    }
-    out.push_str(s.get(start..).unwrap_or(""));
-    out.push('"');
+/// serde_json's own compact form of a string or scalar, written in place.
+/// Before, every key and string was cloned into a `Value` and formatted
+/// through `to_string` (three allocations each, ~40 keys per AuditEvent, on
+/// every FHIR request).
+fn write_json<T: serde::Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
+    // Writing a string or scalar into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, v);
 }
 
 /// The chain hash of one record (see module docs).
@@ -322,13 +296,17 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn json_strings_are_written_as_serde_json_writes_them() {
+    fn canonical_strings_are_written_as_serde_json_writes_them() {
         let mut all: String = (0u32..0x80).filter_map(char::from_u32).collect();
         all.push_str("é€😀/\\\"end");
         for s in [all.as_str(), "", "plain", "\u{1f}x", "\"", "a\\"] {
-            let mut out = String::new();
-            write_json_str(s, &mut out);
-            assert_eq!(out, serde_json::to_string(s).unwrap(), "{s:?}");
+            let quoted = serde_json::to_string(s).unwrap();
+            assert_eq!(canonical_json(&json!(s)), quoted, "{s:?}");
+            assert_eq!(
+                canonical_json(&json!({ s: 1 })),
+                format!("{{{quoted}:1}}"),
+                "key {s:?}"
+            );
         }
     }
 

@@ -174,9 +174,11 @@ impl SqliteStore {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| open_err(e.to_string()))?;
-        let restart_frames = opts.wal_restart_frames.clamp(64, 1 << 20) as i64;
-        configure_writer(&conn, opts.durability, 5 * restart_frames * 4096)
-            .map_err(|e| open_err(e.to_string()))?;
+        let restart = Arc::new(WalRestart {
+            requested: AtomicI64::new(0),
+            frames: opts.wal_restart_frames.clamp(64, 1 << 20) as i64,
+        });
+        configure_writer(&conn, opts.durability, &restart).map_err(|e| open_err(e.to_string()))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrate::migrate(&conn)?;
         let state = WriterState::load(&conn)?;
@@ -186,10 +188,6 @@ impl SqliteStore {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| open_err(format!("read connection: {e}")))?;
 
-        let restart = Arc::new(WalRestart {
-            requested: AtomicI64::new(0),
-            frames: restart_frames,
-        });
         let checkpointer = Checkpointer::start(path, Arc::clone(&restart)).map_err(open_err)?;
 
         let metrics = Arc::new(MetricsRecorder::default());
@@ -286,6 +284,20 @@ impl SqliteStore {
         }
         self.read(f).await
     }
+
+    /// A read of at most `limit` rows: [`SqliteStore::read_short`] up to
+    /// [`INLINE_MAX_ROWS`], else [`SqliteStore::read`].
+    async fn read_rows<T: Send + 'static>(
+        &self,
+        limit: usize,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        if limit <= INLINE_MAX_ROWS {
+            self.read_short(f).await
+        } else {
+            self.read(f).await
+        }
+    }
 }
 
 impl Drop for SqliteStore {
@@ -337,10 +349,9 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 /// beginning, overwriting blocks that are allocated and cached. That
 /// checkpoint holds the writer for its copy and the database fsync
 /// (measured: 5–20 ms under full load), so while intake is busy the writer
-/// takes the request only once the WAL is four times as long (see
-/// `writer::run`).
-/// `journal_size_limit` (five times that) trims a WAL that grew longer
-/// (e.g. written by an older version).
+/// takes the request only once the WAL is [`WalRestart::busy_frames`] long.
+/// `journal_size_limit` ([`WalRestart::file_limit_bytes`]) trims a WAL that
+/// grew longer (e.g. written by an older version).
 struct Checkpointer {
     /// Dropping it stops the thread.
     stop: std::sync::mpsc::Sender<()>,
@@ -359,13 +370,28 @@ pub(crate) struct WalRestart {
     /// `SqliteOptions::wal_restart_frames`.
     pub frames: i64,
 }
+
+impl WalRestart {
+    /// While intake is busy the writer restarts the WAL only at this length
+    /// (the final copy holds it for 5–20 ms).
+    pub(crate) fn busy_frames(&self) -> i64 {
+        4 * self.frames
+    }
+
+    /// `journal_size_limit`: one restart length more than
+    /// [`WalRestart::busy_frames`], in bytes of `page_size` frames.
+    fn file_limit_bytes(&self, page_size: i64) -> i64 {
+        (self.busy_frames() + self.frames) * page_size
+    }
+}
+
 /// A caught-up checkpoint: fewer frames than this were committed while the
 /// previous one ran.
 const CAUGHT_UP_FRAMES: i64 = 128;
 
 /// One `PASSIVE` checkpoint: (frames in the WAL, frames copied), or `None`
 /// if it could not run.
-fn checkpoint_passive(conn: &Connection) -> Option<(i64, i64)> {
+pub(crate) fn checkpoint_passive(conn: &Connection) -> Option<(i64, i64)> {
     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
         Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
     })
@@ -427,7 +453,7 @@ impl Checkpointer {
 fn configure_writer(
     conn: &Connection,
     durability: Durability,
-    wal_size_limit: i64,
+    restart: &WalRestart,
 ) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -447,7 +473,12 @@ fn configure_writer(
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Checkpoints run on their own thread ([`Checkpointer`]), not inside commits.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    conn.pragma_update(None, "journal_size_limit", wal_size_limit)?;
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    conn.pragma_update(
+        None,
+        "journal_size_limit",
+        restart.file_limit_bytes(page_size),
+    )?;
     stable_plans(conn)?;
     Ok(())
 }
@@ -773,14 +804,10 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let (sql, values) = search_sql(q);
-        let read = move |conn: &Connection| {
+        self.read_rows(q.limit, move |conn| {
             query_resources(conn, &sql, rusqlite::params_from_iter(values.iter()))
-        };
-        if q.limit <= INLINE_MAX_ROWS {
-            self.read_short(read).await
-        } else {
-            self.read(read).await
-        }
+        })
+        .await
     }
     async fn fail(&self, id: JournalId, error: &str) -> Result<(), StoreError> {
         let error = crate::truncate_str(error, crate::MAX_ERROR_LEN).to_string();
@@ -877,7 +904,7 @@ impl Store for SqliteStore {
         let (sql, values) = search_sql(q);
         let context = context_sql(patient_id, context_types);
         // One pool checkout, one snapshot.
-        let read = move |conn: &Connection| {
+        self.read_rows(q.limit, move |conn| {
             snapshot(conn, |conn| {
                 let found = query_resources(conn, &sql, rusqlite::params_from_iter(values.iter()))?;
                 let context = match context {
@@ -888,12 +915,8 @@ impl Store for SqliteStore {
                 };
                 Ok(WithContext { found, context })
             })
-        };
-        if q.limit <= INLINE_MAX_ROWS {
-            self.read_short(read).await
-        } else {
-            self.read(read).await
-        }
+        })
+        .await
     }
 
     async fn resource_get_with_context(

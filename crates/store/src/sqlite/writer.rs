@@ -325,15 +325,14 @@ pub(crate) fn run(
             QUIET_WORK_BUDGET
         };
         let requested = restart_wal.requested.load(Ordering::Relaxed);
-        if requested > 0 && (!intake_busy || requested >= 4 * restart_wal.frames) {
+        if requested > 0 && (!intake_busy || requested >= restart_wal.busy_frames()) {
             restart_wal.requested.store(0, Ordering::Relaxed);
             // The checkpoint thread has copied nearly the whole (long) WAL:
             // copy the rest, so that this transaction's BEGIN starts the
             // log from the beginning (see `Checkpointer` in `mod.rs`). It
             // holds this thread for the copy and a database fsync, so while
-            // appends keep coming it waits until the WAL is four times as
-            // long as the restart length.
-            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            // appends keep coming it waits for a longer WAL.
+            let _ = super::checkpoint_passive(&conn);
         }
         let mut hold = sync.as_ref().map(|sync| Hold {
             sync,

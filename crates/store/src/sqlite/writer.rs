@@ -1170,44 +1170,50 @@ mod tests {
         assert_eq!(metrics.snapshot().largest_batch, 3);
     }
 
-    /// A writer end of the WAL sync thread whose committed batches the test
-    /// receives itself.
-    fn test_sync() -> (WalSync, std::sync::mpsc::Receiver<Committed>) {
-        let (tx, rx) = std::sync::mpsc::sync_channel(16);
+    /// One [`commit_batch`] on a fresh database, with a WAL sync thread
+    /// whose hand-over the test receives itself (budget 1 s, batches of
+    /// 512): the batch it committed, and whether `rx` is still open.
+    fn commit_with_sync(
+        appends: &mut Vec<WriteOp>,
+        others: &mut VecDeque<WriteOp>,
+        rx: &mut mpsc::Receiver<WriteOp>,
+    ) -> (Committed, bool) {
+        let (conn, mut state) = writer_conn();
+        let (tx, committed) = std::sync::mpsc::sync_channel(16);
         let sync = WalSync {
             tx,
             state: std::sync::Arc::new(super::super::wal_sync::SyncState::default()),
         };
-        (sync, rx)
+        let mut open = true;
+        commit_batch(
+            &conn,
+            &mut state,
+            appends,
+            others,
+            Duration::from_secs(1),
+            512,
+            &MetricsRecorder::default(),
+            Some(&mut Hold {
+                sync: &sync,
+                rx,
+                open: &mut open,
+            }),
+        );
+        let batch = committed
+            .try_recv()
+            .expect("committed and handed to the sync thread, without a hold");
+        (batch, open)
     }
 
     /// With the sync thread, a transaction carrying appends runs one other
     /// request whatever the budget: its commit and fsync stay small.
     #[test]
     fn with_the_sync_thread_appends_commit_with_one_other_request() {
-        let (conn, mut state) = writer_conn();
-        let metrics = MetricsRecorder::default();
-        let (sync, committed) = test_sync();
         let (_tx, mut rx) = mpsc::channel(8);
-        let mut open = true;
         let mut appends: Vec<WriteOp> = (0..2).map(|n| append_op(n).0).collect();
         let mut others: VecDeque<WriteOp> = (0..3).map(|_| clock_op().0).collect();
-        commit_batch(
-            &conn,
-            &mut state,
-            &mut appends,
-            &mut others,
-            Duration::from_secs(1),
-            512,
-            &metrics,
-            Some(&mut Hold {
-                sync: &sync,
-                rx: &mut rx,
-                open: &mut open,
-            }),
-        );
+        let (batch, _) = commit_with_sync(&mut appends, &mut others, &mut rx);
         assert_eq!(others.len(), 2, "one other request ran");
-        let batch = committed.try_recv().expect("handed to the sync thread");
         assert_eq!((batch.size, batch.appended), (3, 2));
     }
 
@@ -1216,34 +1222,16 @@ mod tests {
     /// carried, in order, with any other request that arrived meanwhile.
     #[test]
     fn an_arriving_append_joins_the_running_transaction_and_commits_it() {
-        let (conn, mut state) = writer_conn();
-        let metrics = MetricsRecorder::default();
-        let (sync, committed) = test_sync();
         let (tx, mut rx) = mpsc::channel(8);
         let (late_other, mut late_other_rx) = clock_op();
         tx.try_send(late_other).unwrap();
         let (append, mut append_rx) = append_op(7);
         tx.try_send(append).unwrap();
-        let mut open = true;
         let mut appends = Vec::new();
         let mut others: VecDeque<WriteOp> = (0..3).map(|_| clock_op().0).collect();
-        commit_batch(
-            &conn,
-            &mut state,
-            &mut appends,
-            &mut others,
-            Duration::from_secs(1),
-            512,
-            &metrics,
-            Some(&mut Hold {
-                sync: &sync,
-                rx: &mut rx,
-                open: &mut open,
-            }),
-        );
+        let (batch, open) = commit_with_sync(&mut appends, &mut others, &mut rx);
         // Ran: clock 1 (then carried the late one), clock 2, then the
         // append, which ended the transaction.
-        let batch = committed.try_recv().expect("committed without a hold");
         assert_eq!((batch.size, batch.appended), (3, 1));
         assert_eq!(others.len(), 2, "clock 3 and the late one stay carried");
         assert!(late_other_rx.try_recv().is_err(), "not run yet");

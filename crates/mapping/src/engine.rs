@@ -292,6 +292,76 @@ impl Engine {
         })
     }
 
+    /// Load what [`Engine::load`] loads from files already in memory (a
+    /// mappings tree embedded in a binary): `(path relative to the mappings
+    /// root, text)`. `terminology/*.csv` are concept maps; every `*.yaml`
+    /// outside `terminology/`, `eligibility/` and `calendar/` is a mapping;
+    /// other files are ignored. Errors and [`MappingInfo::file`] name
+    /// `origin.join(path)`.
+    pub fn load_files<'a>(
+        origin: &Path,
+        files: impl IntoIterator<Item = (&'a Path, &'a str)>,
+    ) -> Result<Engine, MappingError> {
+        let (mut csvs, mut yamls) = (Vec::new(), Vec::new());
+        for (rel, text) in files {
+            let mut parts = rel.components().map(|c| c.as_os_str().to_str());
+            let (first, depth) = (parts.next().flatten(), rel.components().count());
+            match rel.extension().and_then(|e| e.to_str()) {
+                Some("csv") if depth == 2 && first == Some("terminology") => {
+                    csvs.push((origin.join(rel), text))
+                }
+                Some("yaml")
+                    if depth <= MAX_DIR_DEPTH + 1
+                        && !(depth > 1 && first.is_some_and(|n| NOT_MAPPINGS.contains(&n))) =>
+                {
+                    yamls.push((origin.join(rel), text))
+                }
+                _ => {}
+            }
+            if csvs.len() + yamls.len() > MAX_FILES {
+                return Err(MappingError::new(origin, "", "too many files"));
+            }
+        }
+        csvs.sort();
+        yamls.sort();
+        let mut tables = Vec::new();
+        let mut table_idx = HashMap::new();
+        for (f, text) in &csvs {
+            let name = f
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string();
+            tables.push(ConceptMap::parse(f, text)?);
+            table_idx.insert(name, tables.len() - 1);
+        }
+        let mut mappings: Vec<Mapping> = Vec::new();
+        for (f, text) in &yamls {
+            if text.len() as u64 > MAX_YAML_BYTES {
+                return Err(MappingError::new(f, "", "mapping file larger than 1 MiB"));
+            }
+            let m = compile_text(f, text, &table_idx)?;
+            if let Some(prev) = mappings.iter().find(|x| x.info.id == m.info.id) {
+                return Err(MappingError::new(
+                    f,
+                    "id",
+                    format!(
+                        "duplicate mapping id `{}` (also in {})",
+                        m.info.id,
+                        prev.info.file.display()
+                    ),
+                ));
+            }
+            mappings.push(m);
+        }
+        let hl7_fields = hl7_fields(&mappings);
+        Ok(Engine {
+            mappings,
+            tables,
+            hl7_fields,
+        })
+    }
+
     /// Compile a single mapping from YAML text (for tests and tooling);
     /// concept maps are loaded from `terminology_dir`.
     pub fn from_yaml(

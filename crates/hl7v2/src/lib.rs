@@ -181,7 +181,8 @@ pub struct Delimiters {
     pub component: char,
     /// Repetition separator, usually `~`.
     pub repetition: char,
-    /// Escape character, usually `\`; `None` when MSH-2 has only two characters.
+    /// Escape character, usually `\`; `None` when MSH-2 has only two
+    /// characters, or three ending in `&` (`^~&`: the escape left out).
     pub escape: Option<char>,
     /// Subcomponent separator, usually `&`. When MSH-2 does not define one the
     /// parser uses `&`.

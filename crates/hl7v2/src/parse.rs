@@ -166,6 +166,19 @@ fn read_delimiters(input: &[u8]) -> Result<Delimiters, Box<Diagnostic>> {
         return Err(bad(2, "delimiters must be distinct"));
     }
     let ch = |i: usize| enc.get(i).map(|&b| char::from(b));
+    // `^~&`: three characters ending in the usual subcomponent separator is
+    // a sender that left out the escape character (seen in published sample
+    // messages), not one that escapes with `&` and has no subcomponents.
+    if enc.len() == 3 && enc.last() == Some(&b'&') {
+        return Ok(Delimiters {
+            field: char::from(fs),
+            component: ch(0).unwrap_or('^'),
+            repetition: ch(1).unwrap_or('~'),
+            escape: None,
+            subcomponent: '&',
+            truncation: None,
+        });
+    }
     let subcomponent = match ch(3) {
         Some(c) => c,
         None if all.contains(&b'&') => {

@@ -322,15 +322,15 @@ fn not_hl7_yields_no_message() {
 #[test]
 fn bad_delimiters_are_rejected() {
     for input in [
-        "MSHA^~\\&|x",          // alphanumeric field separator
-        "MSH|^~\\A|x",          // alphanumeric encoding char
-        "MSH|^^\\&|x",          // duplicate
-        "MSH|^|\\&|x",          // duplicate with the field separator
-        "MSH|^|x",              // too short (1 char)
-        "MSH|^~\\&#!|x",        // too long (6 chars)
-        "MSH| ~\\&|x",          // space is not punctuation
-        "MSH|^~&|ADT^A01|C1|P", // no subcomponent given, default '&' taken
-        "MSH\u{e9}^~\\&|x",     // non-ASCII field separator
+        "MSHA^~\\&|x",           // alphanumeric field separator
+        "MSH|^~\\A|x",           // alphanumeric encoding char
+        "MSH|^^\\&|x",           // duplicate
+        "MSH|^|\\&|x",           // duplicate with the field separator
+        "MSH|^|x",               // too short (1 char)
+        "MSH|^~\\&#!|x",         // too long (6 chars)
+        "MSH| ~\\&|x",           // space is not punctuation
+        "MSH|^&\\|ADT^A01|C1|P", // no subcomponent given, default '&' taken
+        "MSH\u{e9}^~\\&|x",      // non-ASCII field separator
     ] {
         let parsed = p(input);
         assert!(parsed.message.is_none(), "{input:?}");
@@ -372,6 +372,14 @@ fn two_and_five_encoding_characters() {
         m.first("NTE").unwrap().value(3, 1, 1, 0).as_deref(),
         Some("a\\F\\b&c")
     );
+
+    // `^~&`: the escape character left out (as in published sample
+    // messages), not `&` as the escape character.
+    let m = msg("MSH|^~&|A|F|G|C|20261123||ADT^A04|C1|P|2.4\rPID|||ID1||JONES^W^A^III&Jr");
+    assert_eq!(m.delimiters().escape, None);
+    assert_eq!(m.delimiters().subcomponent, '&');
+    assert_eq!(m.get("PID-5.4.2").as_deref(), Some("Jr"));
+    assert_eq!(m.header().message_code, "ADT");
 
     let m = msg("MSH|^~\\&#|A|F|G|C|20261123||ADT^A01|C1|P|2.7\rNTE|1||cut\\P\\off");
     assert_eq!(m.delimiters().truncation, Some('#'));

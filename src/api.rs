@@ -141,9 +141,9 @@ pub(crate) fn authenticate(
     state.auth.authenticate(headers, cert, allowed)
 }
 
-pub fn router(state: AppState) -> Router {
-    let max_body = state.cfg.server.max_body_bytes;
-    let timeout = Duration::from_millis(state.cfg.server.request_timeout_ms);
+/// Every route, without state and layers. Each must have a row in
+/// [`crate::auth::routes::ROUTE_SCOPES`] (the test below enumerates them).
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -154,6 +154,17 @@ pub fn router(state: AppState) -> Router {
         .route("/auth/token", post(crate::auth::smart::token_endpoint))
         .route("/ops/decisions", get(crate::explain::decisions))
         .merge(crate::fhir::routes())
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.cfg.server.max_body_bytes;
+    let timeout = Duration::from_millis(state.cfg.server.request_timeout_ms);
+    routes()
+        // The scope every matched route needs, in one place.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::routes::enforce,
+        ))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn(move |req, next| {
@@ -271,4 +282,72 @@ async fn hl7_v2(
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(HL7_MEDIA));
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// `(method, path pattern)` of every route of [`super::routes`], read
+    /// from the router itself (its `Debug` form: route ids to paths, and each
+    /// method router's `Allow` header).
+    fn enumerate_routes() -> BTreeSet<(String, String)> {
+        let all = format!("{:?}", super::routes());
+        // The routes, not axum's own fallback router that follows them.
+        let dbg = all.split("fallback_router").next().unwrap_or_default();
+        let mut paths = std::collections::HashMap::new();
+        let mut methods = std::collections::HashMap::new();
+        let mut rest = dbg;
+        while let Some(i) = rest.find("RouteId(") {
+            rest = &rest[i + "RouteId(".len()..];
+            let Some(close) = rest.find(')') else { break };
+            let id = rest[..close].to_string();
+            let after = &rest[close + 1..];
+            if let Some(p) = after.strip_prefix(": \"") {
+                if let Some(end) = p.find('"') {
+                    paths.insert(id, p[..end].to_string());
+                }
+            } else if after.starts_with(": MethodRouter(") {
+                let body = &after[..after.find("RouteId(").unwrap_or(after.len())];
+                let key = "allow_header: Bytes(b\"";
+                if let Some(a) = body.find(key) {
+                    let list = &body[a + key.len()..];
+                    let list = &list[..list.find('"').unwrap_or(0)];
+                    methods.insert(id, list.to_string());
+                }
+            }
+        }
+        assert!(!paths.is_empty(), "no routes found in {dbg}");
+        let mut out = BTreeSet::new();
+        for (id, path) in &paths {
+            let list = methods
+                .get(id)
+                .unwrap_or_else(|| panic!("no methods found for {path}"));
+            for m in list.split(',').filter(|m| *m != "HEAD" && !m.is_empty()) {
+                out.insert((m.to_string(), path.clone()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_route_names_its_scope() {
+        use crate::auth::routes::ROUTE_SCOPES;
+        let routes = enumerate_routes();
+        assert!(routes.contains(&("PUT".into(), "/fhir/{rtype}/{id}".into())));
+        let table: BTreeSet<(String, String)> = ROUTE_SCOPES
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_string()))
+            .collect();
+        let missing: Vec<_> = routes.difference(&table).collect();
+        assert!(
+            missing.is_empty(),
+            "routes without a scope requirement: {missing:?}"
+        );
+        let stale: Vec<_> = table.difference(&routes).collect();
+        assert!(
+            stale.is_empty(),
+            "scope rows for routes that do not exist: {stale:?}"
+        );
+    }
 }

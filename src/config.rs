@@ -328,6 +328,10 @@ pub struct Client {
     /// characters, colons allowed: a connection presenting that certificate
     /// (verified against `server.tls.client_ca_file`) is this client.
     pub cert_sha256: Option<String>,
+    /// The `system/` scopes this client may hold (SMART: the most it is
+    /// granted; static token or certificate: its scopes). Absent: the
+    /// organization kind's defaults (docs/auth.md).
+    pub scopes: Option<Vec<String>>,
 }
 
 impl Client {
@@ -692,6 +696,11 @@ impl Config {
                     }
                 }
                 (None, Some(_)) => {}
+            }
+            if let (Some(list), Some(kind)) = (&c.scopes, kinds.get(c.organization.as_str())) {
+                for e in crate::auth::validate_client_scopes(*kind, list) {
+                    errs.push(format!("{at}.{e}"));
+                }
             }
             if let Some(fp) = c.cert_fingerprint() {
                 if c.jwks_file.is_some() {

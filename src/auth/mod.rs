@@ -3,7 +3,8 @@
 //!
 //! - **Static tokens** (`clients[].token_sha256`): the SHA-256 hex of the
 //!   presented token is looked up; such callers carry no scopes and may use
-//!   every endpoint their organization kind may use.
+//!   every endpoint their organization kind may use — unless the client has
+//!   `scopes = [...]` configured, which then are its scopes.
 //! - **SMART Backend Services** (`clients[].jwks_file`, see [`smart`]): a
 //!   client signs a JWT assertion, `POST /auth/token` returns an access token.
 //!   Access tokens are **self-contained HS256 JWTs** signed with the key named
@@ -12,12 +13,14 @@
 //!   die with the process). They carry the client id and the granted
 //!   `system/` scopes; the organization is looked up in the configuration at
 //!   every request, so removing a client revokes its tokens at the next start.
+//!   A client's `scopes` (configuration) are the most it is granted; without
+//!   them, its organization kind's defaults apply.
 //!
 //! - **Client certificates** (`clients[].cert_sha256`, with `[server.tls]`
 //!   `client_ca_file`): a connection whose certificate chained to the client
 //!   CA and whose SHA-256 fingerprint (of the DER) is configured is that
 //!   client, with no bearer token needed; like a static token it carries no
-//!   scopes. A bearer token sent as well must name the same client (401
+//!   scopes (or the client's configured `scopes`). A bearer token sent as well must name the same client (401
 //!   otherwise). A CA-valid certificate that no client lists gives no
 //!   identity: the bearer token decides.
 //!
@@ -25,7 +28,12 @@
 //! and a certificate naming different clients; 403 = a valid caller whose
 //! organization kind may not use the endpoint, or whose scopes do not cover
 //! the resource type and access.
+//!
+//! Which scope each endpoint needs is one table, [`routes::ROUTE_SCOPES`],
+//! enforced by one layer ([`routes::enforce`]) on every matched route
+//! (`docs/auth.md`).
 
+pub mod routes;
 pub mod smart;
 
 use std::collections::HashMap;
@@ -119,6 +127,23 @@ impl Scope {
     }
 }
 
+impl Scope {
+    /// What this scope and `other` both grant (`None`: nothing).
+    pub fn intersect(&self, other: &Scope) -> Option<Scope> {
+        let resource = match (&self.resource, &other.resource) {
+            (None, r) | (r, None) => r.clone(),
+            (Some(a), Some(b)) if a == b => Some(a.clone()),
+            _ => return None,
+        };
+        let s = Scope {
+            resource,
+            read: self.read && other.read,
+            write: self.write && other.write,
+        };
+        (s.read || s.write).then_some(s)
+    }
+}
+
 impl std::fmt::Display for Scope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let t = self.resource.as_deref().unwrap_or("*");
@@ -143,6 +168,17 @@ impl Caller {
         match &self.scopes {
             None => true,
             Some(scopes) => scopes.iter().any(|s| s.allows(resource_type, access)),
+        }
+    }
+
+    /// May this caller access every resource type this way (a `system/*`
+    /// scope; for endpoints that are not about one type, e.g. `/metrics`)?
+    pub fn may_all(&self, access: Access) -> bool {
+        match &self.scopes {
+            None => true,
+            Some(scopes) => scopes
+                .iter()
+                .any(|s| s.resource.is_none() && s.allows("*", access)),
         }
     }
 
@@ -204,7 +240,7 @@ impl Auth {
                 client_id: c.id.clone(),
                 org_id: org.id.clone(),
                 kind: org.kind,
-                scopes: None,
+                scopes: configured_scopes(c),
             };
             if let Some(fp) = c.cert_fingerprint() {
                 cert_clients.insert(fp, caller.clone());
@@ -228,6 +264,16 @@ impl Auth {
         cert: &ClientCert,
         allowed: &[OrgKind],
     ) -> Result<Caller, ApiError> {
+        let caller = self.identify(headers, cert)?;
+        if !allowed.contains(&caller.kind) {
+            return Err(ApiError::Forbidden(caller.kind.as_str()));
+        }
+        Ok(caller)
+    }
+
+    /// Resolve the request's credentials without checking the organization
+    /// kind (401 errors only).
+    pub fn identify(&self, headers: &HeaderMap, cert: &ClientCert) -> Result<Caller, ApiError> {
         let by_cert = cert.0.as_deref().and_then(|fp| self.cert_clients.get(fp));
         let caller = match (bearer_token(headers)?, by_cert) {
             (None, None) => return Err(ApiError::Unauthenticated),
@@ -240,9 +286,6 @@ impl Auth {
                 caller
             }
         };
-        if !allowed.contains(&caller.kind) {
-            return Err(ApiError::Forbidden(caller.kind.as_str()));
-        }
         Ok(caller)
     }
 
@@ -256,6 +299,56 @@ impl Auth {
                 .ok_or(ApiError::BadToken),
         }
     }
+}
+
+/// Most scopes one client may list in the configuration.
+pub const MAX_CLIENT_SCOPES: usize = 64;
+
+/// Is `t` a resource type a scope may name: a served FHIR type, `AuditEvent`,
+/// or `Observation` (the eligibility result, `GET /cws/eligibility`).
+pub fn scope_type_known(t: &str) -> bool {
+    crate::fhir::params::resource_def(t).is_some() || t == "AuditEvent" || t == "Observation"
+}
+
+/// The problems of a client's configured `scopes` (empty: valid), each
+/// naming the position, never the value.
+pub fn validate_client_scopes(kind: OrgKind, scopes: &[String]) -> Vec<String> {
+    let mut errs = Vec::new();
+    if scopes.is_empty() {
+        errs.push(
+            "scopes: must not be empty (leave it out for the organization kind's defaults)"
+                .to_string(),
+        );
+    }
+    if scopes.len() > MAX_CLIENT_SCOPES {
+        errs.push(format!("scopes: at most {MAX_CLIENT_SCOPES} entries"));
+    }
+    for (j, s) in scopes.iter().enumerate() {
+        let Some(scope) = Scope::parse(s) else {
+            errs.push(format!(
+                "scopes[{j}]: not a system/{{Type|*}}.{{read|write|*}} scope"
+            ));
+            continue;
+        };
+        match scope.resource.as_deref() {
+            Some(t) if !scope_type_known(t) => errs.push(format!(
+                "scopes[{j}]: not a resource type the gateway serves"
+            )),
+            Some("AuditEvent") if kind != OrgKind::Operator => errs.push(format!(
+                "scopes[{j}]: AuditEvent only for operator organizations"
+            )),
+            _ => {}
+        }
+    }
+    errs
+}
+
+/// A client's configured `scopes`, parsed (`None`: not configured). The
+/// configuration was validated, so nothing is dropped in practice.
+pub fn configured_scopes(c: &crate::config::Client) -> Option<Vec<Scope>> {
+    c.scopes
+        .as_ref()
+        .map(|list| list.iter().filter_map(|s| Scope::parse(s)).collect())
 }
 
 /// The bearer token of `Authorization`: `None` without the header, 401 for a

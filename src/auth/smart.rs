@@ -7,20 +7,28 @@
 //!   included, is refused) by a key of the client's JWKS selected by `kid`;
 //! - have `iss` = `sub` = the client id, `aud` = the token URL
 //!   (`{server.public_url}/auth/token`), `exp` in the future and at most five
-//!   minutes ahead, and a `jti` never seen before for this client (the
-//!   store's `jti_use`, shared by every instance on one database).
+//!   minutes ahead, `nbf` (if present) not in the future, and a `jti` never
+//!   seen before for this client (the store's `jti_use`, shared by every
+//!   instance on one database).
+//! - `exp` and `nbf` are checked with [`LEEWAY_SECS`] of clock skew, so the
+//!   replay cache keeps a `jti` until `exp` **plus** that leeway: as long as
+//!   the assertion itself would still be accepted, its `jti` is remembered.
 //!
 //! Errors follow RFC 6749 §5.2 as JSON (`{"error", "error_description"}`):
 //! `invalid_request` (missing or malformed form fields),
 //! `unsupported_grant_type`, `invalid_client` (401: unknown client, bad
 //! algorithm, unknown `kid`, bad signature, `iss`/`sub` mismatch),
-//! `invalid_grant` (expired, too long-lived, wrong audience, replayed `jti`),
+//! `invalid_grant` (expired, not yet valid, too long-lived, wrong audience,
+//! replayed `jti`),
 //! `invalid_scope` (no grantable scope). Descriptions carry no assertion
 //! content beyond the client id.
 //!
-//! Granted scopes: the requested `system/` scopes that the client's
-//! organization kind could use (`write` only for ECM providers and
-//! counties; `AuditEvent` only for operators); none → `invalid_scope`.
+//! Granted scopes: the requested `system/` scopes, each cut down to what
+//! the client's configured `scopes` allow (the client's ceiling, e.g. an
+//! MCP's `system/Task.write` to accept and reject referrals) or, without
+//! them, to what its organization kind could use (`write` only for ECM
+//! providers and counties); `AuditEvent` only for operators; none →
+//! `invalid_scope`.
 
 use std::collections::HashMap;
 
@@ -42,7 +50,8 @@ use crate::config::{Config, OrgKind};
 pub const MAX_ASSERTION_LEN: usize = 8 * 1024;
 /// Latest accepted assertion `exp`, seconds after now.
 pub const MAX_ASSERTION_LIFETIME_SECS: i64 = 300;
-/// Clock skew tolerated on `exp`, seconds.
+/// Clock skew tolerated on `exp` and `nbf`, seconds (and how long past
+/// `exp` a `jti` is remembered).
 pub const LEEWAY_SECS: u64 = 30;
 /// Largest JWKS file read at start.
 pub const MAX_JWKS_BYTES: u64 = 256 * 1024;
@@ -71,6 +80,8 @@ struct SmartClient {
     org_id: String,
     kind: OrgKind,
     jwks: JwkSet,
+    /// The configured ceiling (`clients[].scopes`); `None`: kind defaults.
+    scopes: Option<Vec<Scope>>,
 }
 
 /// SMART Backend Services state.
@@ -143,8 +154,16 @@ pub struct VerifiedAssertion {
     pub client_id: String,
     /// The assertion id.
     pub jti: String,
-    /// Its expiry (for the replay cache).
+    /// Its expiry.
     pub exp: chrono::DateTime<Utc>,
+}
+
+impl VerifiedAssertion {
+    /// Until when the replay cache must remember the `jti`: as long as the
+    /// assertion is accepted, i.e. `exp` plus the leeway.
+    pub fn remember_until(&self) -> chrono::DateTime<Utc> {
+        self.exp + chrono::Duration::seconds(LEEWAY_SECS as i64)
+    }
 }
 
 /// An issued access token.
@@ -190,6 +209,7 @@ impl Smart {
                     org_id: org.id.clone(),
                     kind: org.kind,
                     jwks,
+                    scopes: super::configured_scopes(c),
                 },
             );
         }
@@ -285,6 +305,7 @@ impl Smart {
         })?;
         let mut v = Validation::new(header.alg);
         v.leeway = LEEWAY_SECS;
+        v.validate_nbf = true;
         v.set_audience(&[self.token_url.as_str()]);
         v.set_issuer(&[client_id.as_str()]);
         v.sub = Some(client_id.clone());
@@ -293,6 +314,9 @@ impl Smart {
             use jsonwebtoken::errors::ErrorKind as K;
             match e.kind() {
                 K::ExpiredSignature => oauth("invalid_grant", "client_assertion has expired"),
+                K::ImmatureSignature => {
+                    oauth("invalid_grant", "client_assertion is not valid yet (nbf)")
+                }
                 K::InvalidAudience => oauth(
                     "invalid_grant",
                     format!("client_assertion aud must be {}", self.token_url),
@@ -350,20 +374,29 @@ impl Smart {
                     "only system/{Type}.{read|write|*} scopes are supported",
                 ));
             };
-            let known = scope.resource.as_deref().is_none_or(|t| {
-                crate::fhir::params::resource_def(t).is_some() || t == "AuditEvent"
-            });
+            let known = scope
+                .resource
+                .as_deref()
+                .is_none_or(super::scope_type_known);
             if !known {
                 continue;
-            }
-            if !matches!(client.kind, OrgKind::EcmProvider | OrgKind::County) {
-                scope.write = false;
             }
             if scope.resource.as_deref() == Some("AuditEvent") && client.kind != OrgKind::Operator {
                 continue;
             }
-            if (scope.read || scope.write) && !granted.contains(&scope) {
-                granted.push(scope);
+            let cut: Vec<Scope> = match &client.scopes {
+                Some(ceiling) => ceiling.iter().filter_map(|c| scope.intersect(c)).collect(),
+                None => {
+                    if !matches!(client.kind, OrgKind::EcmProvider | OrgKind::County) {
+                        scope.write = false;
+                    }
+                    vec![scope]
+                }
+            };
+            for scope in cut {
+                if (scope.read || scope.write) && !granted.contains(&scope) {
+                    granted.push(scope);
+                }
             }
         }
         if granted.is_empty() {
@@ -514,7 +547,7 @@ async fn token(state: &AppState, body: &[u8]) -> Result<Issued, OAuthError> {
     let scopes = smart.grant_scopes(&v.client_id, scope)?;
     let first = state
         .store
-        .jti_use(&v.client_id, &v.jti, v.exp, now)
+        .jti_use(&v.client_id, &v.jti, v.remember_until(), now)
         .await
         .map_err(|_| oauth("temporarily_unavailable", "the store is not reachable"))?;
     if !first {
@@ -530,6 +563,81 @@ async fn token(state: &AppState, body: &[u8]) -> Result<Issued, OAuthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn smart_with(scopes_line: &str) -> Result<Smart, crate::config::ConfigError> {
+        let jwks = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/smart/plan-a.jwks.json"
+        );
+        let text = format!(
+            r#"
+[[organizations]]
+id = "mcp-a"
+kind = "mcp"
+name = "Plan A"
+plan_codes = ["A"]
+counties = ["Fresno"]
+
+[[clients]]
+id = "plan-a-backend"
+organization = "mcp-a"
+jwks_file = "{jwks}"
+{scopes_line}
+"#
+        );
+        let cfg = Config::from_toml(&text, "t.toml")?;
+        Ok(Smart::new(&cfg, "http://x/auth/token".into()).unwrap())
+    }
+
+    fn granted(smart: &Smart, requested: &str) -> Result<String, OAuthError> {
+        smart.grant_scopes("plan-a-backend", requested).map(|g| {
+            g.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+    }
+
+    #[test]
+    fn configured_scopes_are_the_ceiling() {
+        // Without configured scopes an MCP gets no write scope.
+        let kind_default = smart_with("").unwrap();
+        assert_eq!(
+            granted(&kind_default, "system/Task.* system/Patient.read").unwrap(),
+            "system/Task.read system/Patient.read"
+        );
+        // Configured: Task.write is grantable, nothing beyond the list is.
+        let plan = smart_with(r#"scopes = ["system/*.read", "system/Task.write"]"#).unwrap();
+        assert_eq!(
+            granted(&plan, "system/Task.* system/CarePlan.write").unwrap(),
+            "system/Task.read system/Task.write"
+        );
+        assert_eq!(
+            granted(&plan, "system/*.*").unwrap(),
+            "system/*.read system/Task.write"
+        );
+        assert_eq!(
+            granted(&plan, "system/CarePlan.write").unwrap_err().error,
+            "invalid_scope"
+        );
+        // The configuration is validated.
+        for bad in [
+            r#"scopes = []"#,
+            r#"scopes = ["patient/Task.read"]"#,
+            r#"scopes = ["system/Nope.read"]"#,
+            r#"scopes = ["system/AuditEvent.read"]"#,
+        ] {
+            let e = smart_with(bad).err().expect(bad).to_string();
+            assert!(
+                e.contains("clients[0] (plan-a-backend).scopes"),
+                "{bad}: {e}"
+            );
+            assert!(
+                !e.contains("Nope") && !e.contains("patient/"),
+                "no values echoed: {e}"
+            );
+        }
+    }
 
     #[test]
     fn form_decoding() {

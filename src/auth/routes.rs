@@ -1,0 +1,222 @@
+//! Which SMART scope each endpoint needs: one table ([`ROUTE_SCOPES`]),
+//! keyed by method and the router's path pattern, enforced by one layer
+//! ([`enforce`]) on every matched route. `docs/auth.md` prints the same
+//! table; a unit test in `api.rs` enumerates the router's routes and fails
+//! for any route the table does not name.
+//!
+//! - A caller with scopes (a SMART access token, or a client with configured
+//!   `scopes`) without the needed one gets **403** (`forbidden`
+//!   OperationOutcome) before the handler runs.
+//! - A caller without scopes (a static token or client certificate of a
+//!   client without configured `scopes`) passes; the handler checks its
+//!   organization kind as before.
+//! - No or a bad credential passes too: the handler answers 401, exactly as
+//!   without the layer.
+//! - A matched route the table does not name is refused (403) for everyone:
+//!   fail closed.
+
+use std::collections::HashMap;
+
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::{Access, Caller, ClientCert};
+use crate::api::{fhir_json, operation_outcome, ApiError, AppState};
+
+/// What an endpoint needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Nothing: no credential is asked for (health, capability statement,
+    /// the token endpoint, whose credential is the client assertion).
+    Public,
+    /// `system/{Type}.{read|write}` (or a wildcard covering it).
+    Type(&'static str, Access),
+    /// `system/*.{read|write}`: endpoints about no single resource type.
+    AllTypes(Access),
+    /// `system/{T}.{read|write}` for the `{rtype}` path segment `T`.
+    PathType(Access),
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteScope {
+    /// HTTP method (`HEAD` is served by, and checked as, `GET`).
+    pub method: &'static str,
+    /// The router's path pattern, as registered.
+    pub path: &'static str,
+    /// The scope it needs.
+    pub need: Need,
+}
+
+const fn row(method: &'static str, path: &'static str, need: Need) -> RouteScope {
+    RouteScope { method, path, need }
+}
+
+use Access::{Read, Write};
+
+/// Every route of `api::routes` and the scope it needs.
+pub const ROUTE_SCOPES: &[RouteScope] = &[
+    row("GET", "/healthz", Need::Public),
+    row("GET", "/readyz", Need::Public),
+    row("GET", "/fhir/metadata", Need::Public),
+    row("POST", "/auth/token", Need::Public),
+    row("GET", "/metrics", Need::AllTypes(Read)),
+    row("POST", "/hl7/v2", Need::Type("Encounter", Write)),
+    row("POST", "/cws/events", Need::Type("Patient", Write)),
+    row(
+        "POST",
+        "/ecm/referrals",
+        Need::Type("ServiceRequest", Write),
+    ),
+    row(
+        "GET",
+        "/cws/eligibility/{patient_id}",
+        Need::Type("Observation", Read),
+    ),
+    row("GET", "/ops/deadlines", Need::Type("Task", Read)),
+    row("GET", "/ops/decisions", Need::Type("Consent", Read)),
+    row("GET", "/fhir/{rtype}", Need::PathType(Read)),
+    row("POST", "/fhir/{rtype}", Need::PathType(Write)),
+    row("GET", "/fhir/{rtype}/{id}", Need::PathType(Read)),
+    row("PUT", "/fhir/{rtype}/{id}", Need::PathType(Write)),
+];
+
+/// The need of `method` on the path pattern `path` (`None`: not in the table).
+pub fn need(method: &Method, path: &str) -> Option<Need> {
+    let m = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    ROUTE_SCOPES
+        .iter()
+        .find(|r| r.method == m && r.path == path)
+        .map(|r| r.need)
+}
+
+/// The resource type of a `{rtype}` path segment when it is one a scope can
+/// name; `None` for anything else (the handler answers 404 / 405 for it).
+fn path_type(params: &HashMap<String, String>) -> Option<&str> {
+    params
+        .get("rtype")
+        .map(String::as_str)
+        .filter(|t| super::scope_type_known(t))
+}
+
+/// Does `caller` satisfy `need` for a request with these path parameters?
+pub fn satisfies(caller: &Caller, need: Need, params: Option<&HashMap<String, String>>) -> bool {
+    match need {
+        Need::Public => true,
+        Need::Type(t, a) => caller.may(t, a),
+        Need::AllTypes(a) => caller.may_all(a),
+        Need::PathType(a) => match params {
+            Some(p) => path_type(p).is_none_or(|t| caller.may(t, a)),
+            // Undecodable path parameters: fail closed for a scoped caller.
+            None => caller.scopes.is_none(),
+        },
+    }
+}
+
+fn unlisted() -> Response {
+    fhir_json(
+        axum::http::StatusCode::FORBIDDEN,
+        &operation_outcome(
+            "error",
+            "forbidden",
+            "this endpoint names no scope requirement and is refused",
+            None,
+        ),
+    )
+}
+
+/// The layer (`route_layer`, so it sees the matched path pattern).
+pub async fn enforce(
+    State(state): State<AppState>,
+    cert: ClientCert,
+    params: Result<Path<HashMap<String, String>>, axum::extract::rejection::PathRejection>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(pattern) = req.extensions().get::<MatchedPath>().map(|m| m.as_str()) else {
+        return next.run(req).await;
+    };
+    let Some(need) = need(req.method(), pattern) else {
+        tracing::error!(path = pattern, "route without a scope requirement refused");
+        return unlisted();
+    };
+    if need == Need::Public {
+        return next.run(req).await;
+    }
+    // No or a bad credential: the handler answers 401.
+    if let Ok(caller) = state.auth.identify(req.headers(), &cert) {
+        let params = params.as_ref().ok().map(|p| &p.0);
+        if !satisfies(&caller, need, params) {
+            return ApiError::InsufficientScope.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Scope;
+    use crate::config::OrgKind;
+
+    fn caller(scopes: &[&str]) -> Caller {
+        Caller {
+            client_id: "c".into(),
+            org_id: "o".into(),
+            kind: OrgKind::Mcp,
+            scopes: Some(scopes.iter().filter_map(|s| Scope::parse(s)).collect()),
+        }
+    }
+
+    fn rtype(t: &str) -> HashMap<String, String> {
+        HashMap::from([("rtype".to_string(), t.to_string())])
+    }
+
+    #[test]
+    fn needs_are_checked_per_type_and_access() {
+        let patient_read = caller(&["system/Patient.read"]);
+        let referral = need(&Method::POST, "/ecm/referrals").unwrap();
+        assert!(!satisfies(&patient_read, referral, None));
+        let eligibility = need(&Method::GET, "/cws/eligibility/{patient_id}").unwrap();
+        assert!(!satisfies(&patient_read, eligibility, None));
+        let put = need(&Method::PUT, "/fhir/{rtype}/{id}").unwrap();
+        assert!(!satisfies(
+            &caller(&["system/Task.read"]),
+            put,
+            Some(&rtype("Task"))
+        ));
+        assert!(satisfies(
+            &caller(&["system/Task.write"]),
+            put,
+            Some(&rtype("Task"))
+        ));
+        assert!(satisfies(
+            &caller(&["system/*.cu"]),
+            put,
+            Some(&rtype("Task"))
+        ));
+        // An unknown type is the handler's 404, not a scope question.
+        assert!(satisfies(&patient_read, put, Some(&rtype("Nope"))));
+        assert!(!satisfies(&patient_read, put, None));
+        let metrics = need(&Method::GET, "/metrics").unwrap();
+        assert!(!satisfies(&caller(&["system/Task.read"]), metrics, None));
+        assert!(satisfies(&caller(&["system/*.read"]), metrics, None));
+        // HEAD is GET; unknown rows are None.
+        assert_eq!(need(&Method::HEAD, "/healthz"), Some(Need::Public));
+        assert_eq!(need(&Method::DELETE, "/fhir/{rtype}/{id}"), None);
+        // Static callers (no scopes) pass every need.
+        let static_caller = Caller {
+            scopes: None,
+            ..patient_read
+        };
+        for r in ROUTE_SCOPES {
+            assert!(satisfies(&static_caller, r.need, Some(&rtype("Task"))));
+        }
+    }
+}

@@ -17,6 +17,14 @@
 //! - The as-of date is the **event's** `occurredAt` date (Pacific), never
 //!   the wall clock, so a replay derives byte-identical resources.
 //!   `GET /cws/eligibility/{patientId}` evaluates the stored facts as of today.
+//! - That answer is a **disclosure**, decided per caller and audited like a
+//!   FHIR read (`docs/consent.md`, "Eligibility answers"): the child's
+//!   county and operators see all of it; an MCP or ECM provider the consent
+//!   engine lets read the child's Patient or referral ServiceRequest sees
+//!   `eligible`, the POF codes and the reason codes — a reason's text and
+//!   evidence (case, placement, aid code …) only where the engine permits a
+//!   record of that reason's categories (a release covering `case`,
+//!   `placement` …); anyone else gets the 404 of an unknown patient.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -25,11 +33,15 @@ use chrono::NaiveDate;
 use program::{Evaluation, Facts};
 use serde_json::{json, Value};
 
+use consent::{Category, Purpose};
+
 use super::error::CountyError;
 use super::rid;
-use crate::api::{authenticate, fhir_json, AppState};
+use crate::api::{authenticate, fhir_json, operation_outcome, AppState};
+use crate::audit::{self, AuditEntry, Interaction};
 use crate::auth::ClientCert;
 use crate::config::OrgKind;
+use crate::disclosure::{PatientContext, CONTEXT_TYPES};
 
 pub const FACTS_EXT: &str = "/StructureDefinition/ecm-facts";
 pub const EVALUATION_EXT: &str = "/StructureDefinition/ecm-evaluation";
@@ -171,15 +183,240 @@ pub fn evaluation_of(obs: &Value) -> Option<Value> {
         .and_then(|s| serde_json::from_str(s).ok())
 }
 
+/// The one 404 of this endpoint: an unknown patient, and a patient the
+/// caller may not know of, answer exactly this (same body, same headers).
+pub fn not_found() -> Response {
+    fhir_json(
+        StatusCode::NOT_FOUND,
+        &operation_outcome(
+            "error",
+            "not-found",
+            "no eligibility is known for this patient",
+            None,
+        ),
+    )
+}
+
+/// The resource types an eligibility decision reads: the consent context
+/// and the Patient.
+const DECISION_TYPES: [&str; 6] = [
+    "Patient",
+    CONTEXT_TYPES[0],
+    CONTEXT_TYPES[1],
+    CONTEXT_TYPES[2],
+    CONTEXT_TYPES[3],
+    CONTEXT_TYPES[4],
+];
+
+/// The consent categories the text and evidence of a reason draw on. A
+/// reason's details are shown only when the caller may see every one of
+/// them; its code, POF and outcome are shown to anyone who may see the
+/// answer at all.
+pub fn reason_categories(code: &str) -> &'static [Category] {
+    match code {
+        // "current STRTP placement in foster care", "aid code 4M", a
+        // foster care episode's end date.
+        "pof8.current-foster-care" | "pof8.foster-care-last-12-months" => {
+            &[Category::Case, Category::Placement]
+        }
+        c if c.starts_with("pof2.") || c.starts_with("pof7.") => &[Category::Health],
+        "pof3.smhs" => &[Category::BehavioralHealth],
+        "pof3.dmc" => &[Category::SubstanceUse],
+        // Family Maintenance, adoption assistance, aged out, aid codes,
+        // managed care, exclusions: the case file and its enrollment.
+        _ => &[Category::Case],
+    }
+}
+
+/// How much of the evaluation a caller sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum View {
+    /// Everything (the county of the child, operators).
+    Full,
+    /// `eligible`, POF codes, reason codes; the text and evidence only of
+    /// the reasons at these indexes.
+    Summary(Vec<usize>),
+}
+
+/// The access decision for one caller, with the `rule reason` the audit
+/// record carries.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub view: Option<View>,
+    pub why: String,
+}
+
+/// Is `caller_org` a county that knows this child from its own case work:
+/// the county managing the child's CWS case (the engine's `same_county`
+/// relation), or the county whose client id the Patient carries (it posted
+/// the case events the facts come from)?
+pub fn is_childs_county(
+    cfg: &crate::config::Config,
+    caller_org: &str,
+    pctx: &PatientContext,
+    patient: Option<&Value>,
+) -> bool {
+    let Some(org) = cfg
+        .organization(caller_org)
+        .filter(|o| o.kind == OrgKind::County)
+    else {
+        return false;
+    };
+    let case_county = match (&org.county, &pctx.source_county) {
+        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+        _ => false,
+    };
+    let own_ref = format!("Organization/{caller_org}");
+    let assigned = patient
+        .and_then(|p| p.get("identifier"))
+        .and_then(Value::as_array)
+        .is_some_and(|ids| {
+            ids.iter().any(|i| {
+                i.pointer("/assigner/reference").and_then(Value::as_str) == Some(own_ref.as_str())
+            })
+        });
+    case_county || assigned
+}
+
+/// Decide what `caller_org` sees of a patient's evaluation (pure but for
+/// the policy): the child's county sees all; anyone the consent engine lets
+/// read the child's Patient or a referral ServiceRequest (purpose `pull`)
+/// sees the summary, with each reason's details only where the engine
+/// permits a record of that reason's categories (a release covering `case`,
+/// `placement` …); anyone else sees nothing.
+pub fn decide_access(
+    disclosure: &crate::disclosure::Disclosure,
+    caller_org: &str,
+    pctx: &PatientContext,
+    resources: &[store::StoredResource],
+    ev: &Evaluation,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Access {
+    let cfg = &disclosure.cfg;
+    let patient = resources
+        .iter()
+        .find(|r| r.resource_type == "Patient" && r.id == pctx.patient_id)
+        .map(|r| &r.body);
+    if is_childs_county(cfg, caller_org, pctx, patient) {
+        return Access {
+            view: Some(View::Full),
+            why: "county-of-child permit.case-county".into(),
+        };
+    }
+    let mut refusal: Option<String> = None;
+    let mut permit: Option<String> = None;
+    let package = resources
+        .iter()
+        .filter(|r| r.resource_type == "Patient" || r.resource_type == "ServiceRequest");
+    for r in package {
+        if mapping::patient_reference(&r.body).as_deref() != Some(pctx.patient_id.as_str()) {
+            continue;
+        }
+        let d = disclosure.decide(&r.body, caller_org, Purpose::Pull, pctx, now);
+        let why = format!("{} {}", d.rule, d.reason);
+        if d.effect == consent::Effect::Permit {
+            permit = Some(why);
+            break;
+        }
+        if refusal.is_none() || r.resource_type == "Patient" {
+            refusal = Some(why);
+        }
+    }
+    let Some(why) = permit else {
+        return Access {
+            view: None,
+            why: refusal.unwrap_or_else(|| "R1 deny.no-consent".into()),
+        };
+    };
+    // Each reason's details: a record of its categories, decided for the
+    // caller like any other record of this patient.
+    let record = json!({
+        "resourceType": "Observation",
+        "id": observation_id(&pctx.patient_id),
+        "subject": {"reference": format!("Patient/{}", pctx.patient_id)}
+    });
+    let to = crate::disclosure::recipient(cfg, caller_org);
+    let facts = crate::disclosure::resource_facts(&record);
+    let ctx = pctx.engine_context(Purpose::Pull, now);
+    let mut permitted: Vec<(Category, bool)> = Vec::new();
+    let mut may_see = |c: Category| -> bool {
+        if let Some((_, p)) = permitted.iter().find(|(k, _)| *k == c) {
+            return *p;
+        }
+        let p = match (&to, &facts) {
+            (Some(to), Some(f)) => {
+                let mut f = f.clone();
+                f.category = Some(c);
+                disclosure
+                    .policy
+                    .decide(&f, to, &pctx.consents, &ctx)
+                    .effect
+                    == consent::Effect::Permit
+            }
+            _ => false,
+        };
+        permitted.push((c, p));
+        p
+    };
+    let detailed = ev
+        .reasons
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| reason_categories(&r.code).iter().all(|c| may_see(*c)))
+        .map(|(i, _)| i)
+        .collect();
+    Access {
+        view: Some(View::Summary(detailed)),
+        why,
+    }
+}
+
+/// The answer body for a view.
+pub fn answer(patient_id: &str, ev: &Evaluation, view: &View, as_of: NaiveDate) -> Value {
+    let mut body = match view {
+        View::Full => serde_json::to_value(ev).unwrap_or_default(),
+        View::Summary(detailed) => {
+            let reasons: Vec<Value> = ev
+                .reasons
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    if detailed.contains(&i) {
+                        serde_json::to_value(r).unwrap_or_default()
+                    } else {
+                        let mut o = json!({"code": r.code, "outcome": r.outcome});
+                        if let Some(p) = &r.pof {
+                            o["pof"] = json!(p);
+                        }
+                        o
+                    }
+                })
+                .collect();
+            json!({"eligible": ev.eligible, "pofs": ev.pofs, "reasons": reasons})
+        }
+    };
+    body["patient"] = json!(format!("Patient/{patient_id}"));
+    body["asOf"] = json!(as_of.format("%Y-%m-%d").to_string());
+    body["observation"] = json!(format!("Observation/{}", observation_id(patient_id)));
+    body["view"] = json!(match view {
+        View::Full => "full",
+        View::Summary(_) => "summary",
+    });
+    body
+}
+
 /// `GET /cws/eligibility/{patientId}` (county, mcp, ecm_provider, operator):
-/// the stored facts evaluated as of today, plus the stored result.
+/// the stored facts evaluated as of today — a disclosure decided per caller
+/// ([`decide_access`]) and audited like a FHIR read: every answer, the
+/// refusals and unknown patients included, appends its AuditEvent before
+/// the response is sent (503 and nothing disclosed if that fails).
 pub async fn get_eligibility(
     State(state): State<AppState>,
     cert: ClientCert,
     headers: HeaderMap,
     Path(patient_id): Path<String>,
 ) -> Result<Response, CountyError> {
-    authenticate(
+    let caller = authenticate(
         &state,
         &headers,
         &cert,
@@ -190,26 +427,102 @@ pub async fn get_eligibility(
             OrgKind::Operator,
         ],
     )?;
+    let now = chrono::Utc::now();
+    let operator = caller.kind == OrgKind::Operator;
+    let audit = |kind: &'static str, patient: Option<&str>, detail: String| {
+        let entities = patient
+            .map(|p| vec![format!("Observation/{}", observation_id(p))])
+            .unwrap_or_default();
+        audit::new_audit(&AuditEntry {
+            kind,
+            interaction: Interaction::Read,
+            caller: &caller,
+            patient_id: patient,
+            entities,
+            detail: Some(format!("eligibility: {detail}")),
+            recorded: now,
+        })
+    };
     if !crate::config::valid_fhir_id(&patient_id) {
-        return Err(CountyError::NotFound("no such patient".into()));
+        append(
+            &state,
+            audit("refusal", None, "not-found invalid-id".into()),
+        )
+        .await?;
+        return Ok(not_found());
     }
     let record = state
         .store
         .resource_get("Basic", &facts_id(&patient_id))
         .await?;
-    let Some(facts) = record.as_ref().and_then(|r| facts_of(&r.body)) else {
-        return Err(CountyError::NotFound(
-            "no eligibility facts for this patient".into(),
-        ));
+    let today = program::pacific::local_date(now);
+    let ev = record
+        .as_ref()
+        .and_then(|r| facts_of(&r.body))
+        .and_then(|f| evaluate(&f, today));
+    let Some(ev) = ev else {
+        append(
+            &state,
+            audit("refusal", Some(&patient_id), "not-found no-facts".into()),
+        )
+        .await?;
+        return Ok(not_found());
     };
-    let today = program::pacific::local_date(chrono::Utc::now());
-    let ev = evaluate(&facts, today)
-        .ok_or_else(|| CountyError::Internal("stored facts do not evaluate".into()))?;
-    let mut body = serde_json::to_value(&ev).unwrap_or_default();
-    body["patient"] = json!(format!("Patient/{patient_id}"));
-    body["asOf"] = json!(today.format("%Y-%m-%d").to_string());
-    body["observation"] = json!(format!("Observation/{}", observation_id(&patient_id)));
-    Ok(fhir_json(StatusCode::OK, &body))
+    let access = if operator {
+        Access {
+            view: Some(View::Full),
+            why: "R0-operator permit.operator".into(),
+        }
+    } else {
+        let resources = state
+            .store
+            .resources_by_patient_types(&patient_id, &DECISION_TYPES)
+            .await?;
+        let pctx = PatientContext::from_resources(&state.cfg, &patient_id, &resources);
+        decide_access(
+            &state.disclosure,
+            &caller.org_id,
+            &pctx,
+            &resources,
+            &ev,
+            now,
+        )
+    };
+    let Some(view) = access.view else {
+        append(&state, audit("refusal", Some(&patient_id), access.why)).await?;
+        return Ok(not_found());
+    };
+    let kind = if operator { "read" } else { "disclosure" };
+    let shown = match &view {
+        View::Full => "full".to_string(),
+        View::Summary(d) => format!(
+            "summary, details of {} of {} reasons",
+            d.len(),
+            ev.reasons.len()
+        ),
+    };
+    append(
+        &state,
+        audit(kind, Some(&patient_id), format!("{} ({shown})", access.why)),
+    )
+    .await?;
+    Ok(fhir_json(
+        StatusCode::OK,
+        &answer(&patient_id, &ev, &view, today),
+    ))
+}
+
+/// Append one audit record (durable) before the answer goes out.
+async fn append(state: &AppState, record: store::NewAudit) -> Result<(), CountyError> {
+    state
+        .store
+        .audit_append(vec![record])
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            tracing::error!(error = %e, "eligibility audit append failed; nothing disclosed");
+            CountyError::Store(e)
+        })
 }
 
 /// `cws-gateway eligibility`: evaluate a facts file, print the JSON result.

@@ -482,7 +482,7 @@ async fn every_event_type_is_accepted_and_replays_idempotently() {
     assert_eq!(cov[0].body["status"], "active");
     // Eligibility is queryable.
     let (s, e) = gw
-        .get(&format!("/cws/eligibility/{pid}"), MCP_A_TOKEN)
+        .get(&format!("/cws/eligibility/{pid}"), COUNTY_TOKEN)
         .await;
     assert_eq!(s, 200, "{e}");
     assert_eq!(e["eligible"], true);

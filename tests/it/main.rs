@@ -1,6 +1,7 @@
 //! Integration tests through the real interfaces (TCP/MLLP, HTTP, the binary),
 //! all in one test binary.
 
+mod access;
 mod audit;
 mod auth;
 mod common;

@@ -339,6 +339,8 @@ fn is_scalar(n: &Node) -> bool {
         | Node::DateTime(_)
         | Node::Uuid5(_)
         | Node::Upper(_)
+        | Node::UriSegment(_)
+        | Node::UrnOid(_)
         | Node::Key(_)
         | Node::Id(_)
         | Node::Ref(_)
@@ -365,6 +367,8 @@ fn always_text(n: &Node) -> bool {
         | Node::Uuid5(_)
         | Node::Upper(_)
         | Node::Lower(_)
+        | Node::UriSegment(_)
+        | Node::UrnOid(_)
         | Node::Key(_)
         | Node::Id(_)
         | Node::Ref(_) => true,
@@ -508,6 +512,10 @@ impl<'v, S: Source<'v>> Eval<'v, S> {
             Node::Exists(x) => Some(Val::Bool(self.eval(x, cur).is_some())),
             Node::Upper(x) => non_empty(self.eval(x, cur)?.text()?.to_uppercase()),
             Node::Lower(x) => non_empty(self.eval(x, cur)?.text()?.to_lowercase()),
+            Node::UriSegment(x) => {
+                non_empty(crate::uri::encode_segment(&self.eval(x, cur)?.text()?).into_owned())
+            }
+            Node::UrnOid(x) => crate::uri::urn_oid(&self.eval(x, cur)?.text()?).and_then(non_empty),
             Node::If {
                 cond,
                 then,

@@ -31,6 +31,8 @@ pub const FUNCTIONS: &[&str] = &[
     "$exists",
     "$upper",
     "$lower",
+    "$uri_segment",
+    "$urn_oid",
     "$if",
     "$eq",
     "$in",
@@ -185,6 +187,10 @@ pub(crate) enum Node {
     Exists(Box<Node>),
     Upper(Box<Node>),
     Lower(Box<Node>),
+    /// Text made safe for a URI: percent-encoded ([`crate::uri::encode_segment`]).
+    UriSegment(Box<Node>),
+    /// `urn:oid:{text}` when the text is an OID, else empty ([`crate::uri::urn_oid`]).
+    UrnOid(Box<Node>),
     If {
         cond: Box<Node>,
         then: Box<Node>,
@@ -242,6 +248,8 @@ impl Node {
             | Node::Exists(x)
             | Node::Upper(x)
             | Node::Lower(x)
+            | Node::UriSegment(x)
+            | Node::UrnOid(x)
             | Node::Not(x)
             | Node::In(x, _) => x.for_each_path(f),
             Node::Map { value, .. } => value.for_each_path(f),
@@ -567,6 +575,8 @@ impl Scope<'_> {
             "$exists" => Node::Exists(sub(name, main)?),
             "$upper" => Node::Upper(sub(name, main)?),
             "$lower" => Node::Lower(sub(name, main)?),
+            "$uri_segment" => Node::UriSegment(sub(name, main)?),
+            "$urn_oid" => Node::UrnOid(sub(name, main)?),
             "$not" => Node::Not(sub(name, main)?),
             "$if" => Node::If {
                 cond: sub(name, main)?,

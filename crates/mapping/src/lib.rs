@@ -166,6 +166,7 @@ mod path;
 mod sha1;
 mod source;
 mod terminology;
+mod uri;
 
 pub use datetime::{to_date, to_datetime};
 pub use engine::{AdtContext, Engine, JsonContext, MappingInfo, Sensitivity};

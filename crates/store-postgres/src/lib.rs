@@ -76,9 +76,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use store::backend::{self, CheckedAudit, CheckedWrite, CommitMetrics};
 use store::{
     AppendOutcome, AuditRecord, ClockRow, Completion, CompletionResult, Delivery, DeliveryOutcome,
-    DeliveryState, JournalId, JournalRecord, JournalStats, NewAudit, NewDelivery, NewInput,
-    OutboxId, ResourceQuery, ResourceWrite, Store, StoreError, StoreMetrics, StoredResource,
-    WithContext,
+    DeliveryState, InputKind, JournalId, JournalRecord, JournalStats, NewAudit, NewDelivery,
+    NewInput, OutboxId, ResourceQuery, ResourceWrite, Store, StoreError, StoreMetrics,
+    StoredResource, WithContext,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::config::SslMode;
@@ -667,6 +667,32 @@ impl Store for PgStore {
             .await?
             .map(|r| rows::journal(&r))
             .transpose()
+    }
+
+    async fn journal_key_prefix_exists(
+        &self,
+        kind: InputKind,
+        prefix: &str,
+        key_len: usize,
+        except: &str,
+    ) -> Result<bool, StoreError> {
+        let Some((lower, upper)) = store::key_prefix_range(prefix, key_len) else {
+            return Ok(false);
+        };
+        let key_len = i32::try_from(key_len).unwrap_or(i32::MAX);
+        let c = self.conn().await?;
+        // dedup_key is COLLATE "C": the range is byte order and uses the
+        // unique (kind, dedup_key) index.
+        let found = c
+            .opt(
+                "SELECT 1 FROM journal
+                 WHERE kind = $1 AND dedup_key >= $2 AND dedup_key < $3
+                   AND octet_length(dedup_key) = $4 AND dedup_key <> $5
+                 LIMIT 1",
+                &[&kind.as_str(), &lower, &upper, &key_len, &except],
+            )
+            .await?;
+        Ok(found.is_some())
     }
 
     async fn journal_pending(

@@ -28,6 +28,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     backend_and_ping(&*store).await;
     append_and_duplicate(&*store).await;
     dedup_is_per_kind(&*store).await;
+    key_prefix_lookup(&*store).await;
     journal_round_trip(&*store).await;
     invalid_input_rejected(&*store).await;
     pending_complete_fail_requeue(&*store).await;
@@ -204,6 +205,80 @@ async fn dedup_is_per_kind(store: &dyn Store) {
     assert!(matches!(a, AppendOutcome::Inserted(_)));
     assert!(matches!(b, AppendOutcome::Inserted(_)));
     assert_ne!(a.id(), b.id());
+}
+
+/// `journal_key_prefix_exists`: other keys of the kind with the prefix and
+/// the exact byte length, never the key left out.
+async fn key_prefix_lookup(store: &dyn Store) {
+    let t = tag();
+    let prefix = format!("FAC|{t}|");
+    let hash_a = "a".repeat(64);
+    let hash_b = "b".repeat(64);
+    let key_a = format!("{prefix}{hash_a}");
+    let key_b = format!("{prefix}{hash_b}");
+    let len = key_a.len();
+    assert!(!store
+        .journal_key_prefix_exists(InputKind::Adt, &prefix, len, &key_a)
+        .await
+        .expect("lookup"));
+    store
+        .append(input(InputKind::Adt, &key_a))
+        .await
+        .expect("append a");
+    // Only itself so far.
+    assert!(!store
+        .journal_key_prefix_exists(InputKind::Adt, &prefix, len, &key_a)
+        .await
+        .expect("lookup"));
+    assert!(store
+        .journal_key_prefix_exists(InputKind::Adt, &prefix, len, &key_b)
+        .await
+        .expect("lookup"));
+    // Another kind, another length or a longer control id sharing the
+    // prefix's bytes does not count.
+    assert!(!store
+        .journal_key_prefix_exists(InputKind::Referral, &prefix, len, &key_b)
+        .await
+        .expect("lookup"));
+    assert!(!store
+        .journal_key_prefix_exists(InputKind::Adt, &prefix, len + 1, &key_b)
+        .await
+        .expect("lookup"));
+    let longer = format!("FAC|{t}|X|{hash_a}");
+    store
+        .append(input(InputKind::Adt, &longer))
+        .await
+        .expect("append longer");
+    assert!(!store
+        .journal_key_prefix_exists(InputKind::Adt, &prefix, len, &key_a)
+        .await
+        .expect("lookup"));
+    // The old key form (no hash) is not matched either.
+    store
+        .append(input(InputKind::Adt, &format!("FAC|{t}")))
+        .await
+        .expect("append old form");
+    assert!(!store
+        .journal_key_prefix_exists(InputKind::Adt, &prefix, len, &key_a)
+        .await
+        .expect("lookup"));
+    store
+        .append(input(InputKind::Adt, &key_b))
+        .await
+        .expect("append b");
+    assert!(store
+        .journal_key_prefix_exists(InputKind::Adt, &prefix, len, &key_a)
+        .await
+        .expect("lookup"));
+    // Degenerate arguments answer false.
+    assert!(!store
+        .journal_key_prefix_exists(InputKind::Adt, "", len, &key_a)
+        .await
+        .expect("lookup"));
+    assert!(!store
+        .journal_key_prefix_exists(InputKind::Adt, &prefix, MAX_DEDUP_KEY_LEN + 1, &key_a)
+        .await
+        .expect("lookup"));
 }
 
 async fn journal_round_trip(store: &dyn Store) {

@@ -491,6 +491,19 @@ pub trait Store: Send + Sync + 'static {
     async fn append(&self, input: NewInput) -> Result<AppendOutcome, StoreError>;
     /// One journal record, or `None`.
     async fn journal_get(&self, id: JournalId) -> Result<Option<JournalRecord>, StoreError>;
+    /// Is there a journal record of `kind` whose dedup key starts with
+    /// `prefix`, is exactly `key_len` bytes long and is not `except`? One
+    /// indexed range query over `(kind, dedup_key)` (keys compare
+    /// byte-wise). What intake asks to notice a sender reusing a control id
+    /// for a different message (keys `{MSH-4}|{MSH-10}|{hash}`). An empty
+    /// prefix, or a `key_len` no key can have, answers false without a query.
+    async fn journal_key_prefix_exists(
+        &self,
+        kind: InputKind,
+        prefix: &str,
+        key_len: usize,
+        except: &str,
+    ) -> Result<bool, StoreError>;
     /// Pending records with id > after, ascending, at most limit
     /// (clamped to [`MAX_PENDING_PAGE`]).
     async fn journal_pending(
@@ -774,6 +787,29 @@ fn sqlite_path_from_url(url: &str) -> Result<PathBuf, StoreError> {
     Ok(PathBuf::from(rest))
 }
 
+/// The byte-wise range `[prefix, upper)` holding every key that starts with
+/// `prefix`, for [`Store::journal_key_prefix_exists`]; `None` when no key of
+/// `key_len` bytes can start with it (empty prefix, `key_len` shorter than
+/// the prefix or longer than [`MAX_DEDUP_KEY_LEN`]) or when the prefix has
+/// no upper bound (only `U+10FFFF` characters).
+pub fn key_prefix_range(prefix: &str, key_len: usize) -> Option<(String, String)> {
+    if prefix.is_empty() || key_len < prefix.len() || key_len > MAX_DEDUP_KEY_LEN {
+        return None;
+    }
+    // Increment the last character that can be incremented, dropping the
+    // ones after it: every string starting with `prefix` sorts below that
+    // (UTF-8 byte order is code point order).
+    let mut upper: Vec<char> = prefix.chars().collect();
+    while let Some(last) = upper.pop() {
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(c) = next {
+            upper.push(c);
+            return Some((prefix.to_string(), upper.into_iter().collect()));
+        }
+    }
+    None
+}
+
 /// Validate an input before it is queued; returns the serialized `meta`.
 pub(crate) fn validate_input(input: &NewInput) -> Result<String, StoreError> {
     if input.source_org.is_empty() || input.source_org.len() > MAX_SOURCE_ORG_LEN {
@@ -892,6 +928,22 @@ mod tests {
             let err = sqlite_path_from_url(bad).unwrap_err();
             assert!(matches!(err, StoreError::InvalidUrl(_)), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn key_prefix_ranges() {
+        assert_eq!(
+            key_prefix_range("STMARY|M1|", 74),
+            Some(("STMARY|M1|".to_string(), "STMARY|M1}".to_string()))
+        );
+        let (lo, hi) = key_prefix_range("a\u{10FFFF}", 10).unwrap();
+        assert_eq!((lo.as_str(), hi.as_str()), ("a\u{10FFFF}", "b"));
+        assert!("a\u{10FFFF}zz".as_bytes() < hi.as_bytes());
+        assert_eq!(key_prefix_range("\u{D7FF}", 8).unwrap().1, "\u{E000}");
+        assert!(key_prefix_range("", 10).is_none());
+        assert!(key_prefix_range("abc", 2).is_none());
+        assert!(key_prefix_range("abc", MAX_DEDUP_KEY_LEN + 1).is_none());
+        assert!(key_prefix_range("\u{10FFFF}", 8).is_none());
     }
 
     #[test]

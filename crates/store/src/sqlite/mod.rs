@@ -58,8 +58,8 @@ use crate::resource::prepare_writes;
 use crate::search::{check_query, QueryCheck, MAX_SEARCH_PAGE};
 use crate::{
     validate_input, AppendOutcome, AuditRecord, ClockRow, Completion, CompletionResult, Delivery,
-    DeliveryOutcome, DeliveryState, JournalId, JournalRecord, JournalStats, NewAudit, NewDelivery,
-    NewInput, OutboxId, ResourceQuery, ResourceWrite, Store, StoreError, StoreMetrics,
+    DeliveryOutcome, DeliveryState, InputKind, JournalId, JournalRecord, JournalStats, NewAudit,
+    NewDelivery, NewInput, OutboxId, ResourceQuery, ResourceWrite, Store, StoreError, StoreMetrics,
     StoredResource, WithContext, MAX_PATIENT_ID_LEN, MAX_PENDING_PAGE, MAX_RESOURCE_ID_LEN,
     MAX_RESOURCE_TYPE_LEN,
 };
@@ -718,6 +718,31 @@ impl Store for SqliteStore {
                 .optional()?
                 .map(rows::journal_record)
                 .transpose()
+        })
+        .await
+    }
+
+    async fn journal_key_prefix_exists(
+        &self,
+        kind: InputKind,
+        prefix: &str,
+        key_len: usize,
+        except: &str,
+    ) -> Result<bool, StoreError> {
+        let Some((lower, upper)) = crate::key_prefix_range(prefix, key_len) else {
+            return Ok(false);
+        };
+        let except = except.to_string();
+        let key_len = key_len as i64;
+        self.read_short(move |conn| {
+            Ok(conn
+                .prepare_cached(sql::JOURNAL_KEY_PREFIX_EXISTS)?
+                .query_row(
+                    params![kind.as_str(), lower, upper, key_len, except],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some())
         })
         .await
     }

@@ -68,6 +68,13 @@ pub(crate) fn journal_pending() -> String {
     )
 }
 pub(crate) const JOURNAL_STATS: &str = "SELECT state, COUNT(*) FROM journal GROUP BY state";
+/// Params: kind, lower bound (the prefix), upper bound, key length in bytes,
+/// the key to leave out. A range over the unique `(kind, dedup_key)` index
+/// (BINARY collation: byte order).
+pub(crate) const JOURNAL_KEY_PREFIX_EXISTS: &str = "SELECT 1 FROM journal
+    WHERE kind = ?1 AND dedup_key >= ?2 AND dedup_key < ?3
+      AND length(CAST(dedup_key AS BLOB)) = ?4 AND dedup_key <> ?5
+    LIMIT 1";
 
 // ---- resources ----
 

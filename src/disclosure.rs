@@ -17,8 +17,12 @@
 //!   `referral_verbal | release_of_information | part2_written`;
 //! - `patient`, `dateTime` (recorded), `organization` (the recording county or provider);
 //! - extension `{base}/StructureDefinition/consent-grantor-role` (valueCode
-//!   `youth|nmd|parent|legal_guardian|social_worker|court`) and, after a
-//!   withdrawal, `{base}/StructureDefinition/consent-withdrawn-at` (valueDateTime);
+//!   `youth|nmd|parent|legal_guardian|social_worker|court`), extension
+//!   `{base}/StructureDefinition/consent-explained` (what the record shows
+//!   was explained: sub-extensions `provider`, `informationShared`,
+//!   `duration`, `rightToWithdraw`, each a valueBoolean — see
+//!   `docs/consent.md`) and, after a withdrawal,
+//!   `{base}/StructureDefinition/consent-withdrawn-at` (valueDateTime);
 //! - `provision`: `type` permit, `period`, `actor[]` (role v3-ParticipationType
 //!   `IRCP`, reference `Organization/{id}`), `class[]` codes from
 //!   `{base}/CodeSystem/consent-category`, `securityLabel[]` for the sensitive
@@ -41,6 +45,16 @@ pub const CONSENT_CATEGORY_CS: &str = "/CodeSystem/consent-category";
 pub const GRANTOR_EXT: &str = "/StructureDefinition/consent-grantor-role";
 pub const WITHDRAWN_EXT: &str = "/StructureDefinition/consent-withdrawn-at";
 pub const SELF_REFERRAL_EXT: &str = "/StructureDefinition/self-referral";
+pub const EXPLAINED_EXT: &str = "/StructureDefinition/consent-explained";
+/// The four things every referral consent record shows were explained
+/// (Guide for CWS, section Consent), as the input and the FHIR extension
+/// name them.
+pub const EXPLAINED_FLAGS: [&str; 4] = [
+    "provider",
+    "informationShared",
+    "duration",
+    "rightToWithdraw",
+];
 pub const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
 
 fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
@@ -279,6 +293,98 @@ pub fn withdraw(consent: &mut Value, canonical_base: &str, at: &str) {
     }
 }
 
+/// What a consent record shows was explained (Guide for CWS, section
+/// Consent): the provider and service, the information shared, for how
+/// long, and the right to withdraw. `None` for a flag the record omits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Explained {
+    pub provider: Option<bool>,
+    pub information_shared: Option<bool>,
+    pub duration: Option<bool>,
+    pub right_to_withdraw: Option<bool>,
+}
+
+impl Explained {
+    /// From an input `explained` object (`consent.recorded`, an inline
+    /// referral consent); a flag that is absent or not a boolean is `None`.
+    pub fn from_input(explained: Option<&Value>) -> Explained {
+        let flag = |k: &str| explained.and_then(|e| e.get(k)).and_then(Value::as_bool);
+        Explained {
+            provider: flag(EXPLAINED_FLAGS[0]),
+            information_shared: flag(EXPLAINED_FLAGS[1]),
+            duration: flag(EXPLAINED_FLAGS[2]),
+            right_to_withdraw: flag(EXPLAINED_FLAGS[3]),
+        }
+    }
+
+    /// From a stored Consent's `consent-explained` extension.
+    pub fn from_fhir(consent: &Value) -> Option<Explained> {
+        let ext = consent
+            .get("extension")?
+            .as_array()?
+            .iter()
+            .find(|e| str_of(e, "url").is_some_and(|u| u.ends_with(EXPLAINED_EXT)))?;
+        let subs = ext.get("extension").and_then(Value::as_array);
+        let flag = |k: &str| {
+            subs.into_iter()
+                .flatten()
+                .find(|e| str_of(e, "url") == Some(k))
+                .and_then(|e| e.get("valueBoolean"))
+                .and_then(Value::as_bool)
+        };
+        Some(Explained {
+            provider: flag(EXPLAINED_FLAGS[0]),
+            information_shared: flag(EXPLAINED_FLAGS[1]),
+            duration: flag(EXPLAINED_FLAGS[2]),
+            right_to_withdraw: flag(EXPLAINED_FLAGS[3]),
+        })
+    }
+
+    fn flags(&self) -> [(&'static str, Option<bool>); 4] {
+        [
+            (EXPLAINED_FLAGS[0], self.provider),
+            (EXPLAINED_FLAGS[1], self.information_shared),
+            (EXPLAINED_FLAGS[2], self.duration),
+            (EXPLAINED_FLAGS[3], self.right_to_withdraw),
+        ]
+    }
+
+    /// The first of the four flags that is false or missing, if any: a
+    /// referral consent that does not show all four is refused.
+    pub fn first_missing(&self) -> Option<&'static str> {
+        self.flags()
+            .into_iter()
+            .find(|(_, v)| *v != Some(true))
+            .map(|(k, _)| k)
+    }
+
+    /// The `consent-explained` extension (flags the record omits are left
+    /// out, never invented).
+    pub fn to_extension(&self, canonical_base: &str) -> Value {
+        let subs: Vec<Value> = self
+            .flags()
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|b| json!({"url": k, "valueBoolean": b})))
+            .collect();
+        json!({"url": format!("{canonical_base}{EXPLAINED_EXT}"), "extension": subs})
+    }
+}
+
+/// Add the `consent-explained` extension to a Consent built by
+/// [`consent_to_fhir`] (after the grantor-role extension, as the case-event
+/// mapping writes it).
+pub fn add_explained(consent: &mut Value, canonical_base: &str, explained: &Explained) {
+    let ext = explained.to_extension(canonical_base);
+    match consent.get_mut("extension").and_then(Value::as_array_mut) {
+        Some(a) => {
+            a.retain(|e| !str_of(e, "url").is_some_and(|u| u.ends_with(EXPLAINED_EXT)));
+            a.push(ext);
+        }
+        None => consent["extension"] = json!([ext]),
+    }
+}
+
 /// The engine's view of a resource: labels as received (never lowered),
 /// the patient it belongs to, and its category.
 pub fn resource_facts(res: &Value) -> Option<consent::ResourceFacts> {
@@ -300,6 +406,21 @@ pub fn resource_facts(res: &Value) -> Option<consent::ResourceFacts> {
             .get("address")
             .and_then(Value::as_array)
             .is_some_and(|a| !a.is_empty());
+    let referral = match resource_type.as_str() {
+        "ServiceRequest" => Some(consent::ReferralFacts {
+            referrer: res.get("requester").and_then(org_of),
+            self_referral: is_self_referral(res),
+            made_to: performers(res),
+        }),
+        "Task" => Some(consent::ReferralFacts {
+            referrer: res.get("requester").and_then(org_of),
+            // Whether the Task's referral was a self-referral is its
+            // ServiceRequest's to say (`Disclosure::decide_with` adds it).
+            self_referral: false,
+            made_to: task_parties(res),
+        }),
+        _ => None,
+    };
     Some(consent::ResourceFacts {
         resource_type,
         id,
@@ -309,7 +430,49 @@ pub fn resource_facts(res: &Value) -> Option<consent::ResourceFacts> {
         referral_package,
         status_only: false,
         contains_placement_address,
+        referral,
     })
+}
+
+/// A ServiceRequest marked as a self-referral (extension `self-referral` true).
+fn is_self_referral(sr: &Value) -> bool {
+    sr.get("extension")
+        .and_then(Value::as_array)
+        .is_some_and(|a| {
+            a.iter().any(|e| {
+                str_of(e, "url").is_some_and(|u| u.ends_with(SELF_REFERRAL_EXT))
+                    && e.get("valueBoolean") == Some(&Value::Bool(true))
+            })
+        })
+}
+
+/// The organizations a ServiceRequest names as performer.
+fn performers(sr: &Value) -> Vec<String> {
+    sr.get("performer")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(org_of).collect())
+        .unwrap_or_default()
+}
+
+/// The organizations a referral Task was made to: its owner and its
+/// authorizing MCP.
+fn task_parties(task: &Value) -> Vec<String> {
+    let mut out: Vec<String> = task.get("owner").and_then(org_of).into_iter().collect();
+    let mcp = task
+        .get("extension")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|e| {
+            str_of(e, "url")
+                .is_some_and(|u| u.ends_with(crate::county::referrals::AUTHORIZING_MCP_EXT))
+        })
+        .and_then(|e| e.get("valueReference"))
+        .and_then(org_of);
+    if let Some(m) = mcp.filter(|m| !out.contains(m)) {
+        out.push(m);
+    }
+    out
 }
 
 /// The engine's view of a configured organization.
@@ -335,10 +498,13 @@ pub fn recipient(cfg: &Config, org_id: &str) -> Option<consent::Recipient> {
 pub struct PatientContext {
     pub patient_id: String,
     pub consents: Vec<ConsentRecord>,
-    pub referring_org: Option<String>,
+    /// What each consent shows was explained, by consent id (for `explain`).
+    pub explained: Vec<(String, Explained)>,
     pub member_mcp: Option<String>,
     pub assigned_ecm: Option<String>,
-    pub self_referral: bool,
+    /// The member's self-referrals: ServiceRequest id → the organizations
+    /// it was made to (its performer, its Tasks' owners and authorizing MCP).
+    pub self_referrals: Vec<(String, Vec<String>)>,
     pub source_county: Option<String>,
     /// An active CWS case of the member is a Family Maintenance case.
     pub family_maintenance: bool,
@@ -373,9 +539,10 @@ pub fn case_component(episode: &Value) -> Option<&str> {
 
 impl PatientContext {
     /// Derive the context from the patient's stored resources: Consents;
-    /// the newest referral (ServiceRequest requester/performer, self-referral
-    /// extension); Task owners of accepted work; Coverage payor; the CWS case's
-    /// managing county.
+    /// the newest referral's performer (the MCP when no Coverage says);
+    /// the self-referrals and whom each was made to; Task owners of accepted
+    /// work; Coverage payor; the CWS case's managing county. The referrer is
+    /// not the member's: it is read from each ServiceRequest and Task.
     pub fn from_resources(
         cfg: &Config,
         patient_id: &str,
@@ -388,19 +555,30 @@ impl PatientContext {
         let kind_of = |org: &str| cfg.organization(org).map(|o| o.kind);
         let mut newest_sr: Option<&store::StoredResource> = None;
         let mut assigned_at = None;
+        let mut task_parties_by_sr: Vec<(String, Vec<String>)> = Vec::new();
         for r in resources {
             let b = &r.body;
             match r.resource_type.as_str() {
                 "Consent" => {
                     if let Some(c) = consent_from_fhir(b) {
+                        if let Some(e) = Explained::from_fhir(b) {
+                            ctx.explained.push((c.id.clone(), e));
+                        }
                         ctx.consents.push(c);
                     }
                 }
-                "ServiceRequest" if newest_sr.is_none_or(|n| n.last_updated < r.last_updated) => {
-                    newest_sr = Some(r);
+                "ServiceRequest" => {
+                    if is_self_referral(b) {
+                        ctx.self_referrals.push((r.id.clone(), performers(b)));
+                    }
+                    if newest_sr.is_none_or(|n| n.last_updated < r.last_updated) {
+                        newest_sr = Some(r);
+                    }
                 }
-                "ServiceRequest" => {}
                 "Task" => {
+                    if let Some(focus) = b.get("focus").and_then(|f| ref_id(f, "ServiceRequest")) {
+                        task_parties_by_sr.push((focus, task_parties(b)));
+                    }
                     // The newest assignment wins (a plan change may leave the
                     // former provider's Task open beside the new one).
                     let status = str_of(b, "status").unwrap_or("");
@@ -440,9 +618,17 @@ impl PatientContext {
                 _ => {}
             }
         }
+        for (sr, made_to) in &mut ctx.self_referrals {
+            for (_, parties) in task_parties_by_sr.iter().filter(|(f, _)| f == sr) {
+                for p in parties {
+                    if !made_to.contains(p) {
+                        made_to.push(p.clone());
+                    }
+                }
+            }
+        }
         if let Some(sr) = newest_sr {
             let b = &sr.body;
-            ctx.referring_org = b.get("requester").and_then(org_of);
             if ctx.member_mcp.is_none() {
                 let performer = b
                     .get("performer")
@@ -454,17 +640,19 @@ impl PatientContext {
                     }
                 }
             }
-            ctx.self_referral = b
-                .get("extension")
-                .and_then(Value::as_array)
-                .is_some_and(|a| {
-                    a.iter().any(|e| {
-                        str_of(e, "url").is_some_and(|u| u.ends_with(SELF_REFERRAL_EXT))
-                            && e.get("valueBoolean") == Some(&Value::Bool(true))
-                    })
-                });
         }
         ctx
+    }
+
+    /// Every organization a self-referral of the member was made to.
+    pub fn self_referral_to(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for o in self.self_referrals.iter().flat_map(|(_, m)| m) {
+            if !out.contains(o) {
+                out.push(o.clone());
+            }
+        }
+        out
     }
 
     /// Load from the store.
@@ -485,10 +673,9 @@ impl PatientContext {
         consent::Context {
             now,
             purpose,
-            referring_org: self.referring_org.clone(),
             assigned_ecm: self.assigned_ecm.clone(),
             member_mcp: self.member_mcp.clone(),
-            self_referral: self.self_referral,
+            self_referral_to: self.self_referral_to(),
             source_county: self.source_county.clone(),
             family_maintenance: self.family_maintenance,
         }
@@ -551,6 +738,24 @@ impl Disclosure {
         facts.status_only = status_only;
         if facts.patient_id != pctx.patient_id {
             return deny("deny.patient-mismatch");
+        }
+        // A Task belongs to its ServiceRequest's referral: a self-referral
+        // made to the plan (and provider) the ServiceRequest names.
+        if let (Some(r), Some(focus)) = (
+            facts.referral.as_mut(),
+            res.get("focus").and_then(|f| ref_id(f, "ServiceRequest")),
+        ) {
+            if facts.resource_type == "Task" {
+                if let Some((_, made_to)) = pctx.self_referrals.iter().find(|(id, _)| *id == focus)
+                {
+                    r.self_referral = true;
+                    for o in made_to {
+                        if !r.made_to.contains(o) {
+                            r.made_to.push(o.clone());
+                        }
+                    }
+                }
+            }
         }
         let ctx = pctx.engine_context(purpose, now);
         let d = self.policy.decide(&facts, &to, &pctx.consents, &ctx);

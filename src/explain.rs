@@ -7,7 +7,8 @@
 //! `identifier` token `{canonical_base}/identifier/medi-cal-cin|CIN`, else a
 //! bare-value match on an identifier typed `MA`); the HTTP endpoint also
 //! accepts a Patient id. The answer is `Policy::explain` over the patient's
-//! current context (consents, referrer, plan, assigned ECM provider) at
+//! current context (consents and what each shows was explained, plan,
+//! assigned ECM provider, whom self-referrals were made to) at
 //! `now`, one line per consent category, plus the context it relied on
 //! (ids only). The output names the patient by id, never by CIN or name.
 
@@ -162,12 +163,15 @@ pub async fn explain_patient(
                 "id": c.id,
                 "kind": format!("{:?}", c.kind),
                 "recipients": c.recipients,
+                "grantor_role": c.grantor_role,
                 "active": c.withdrawn_at.is_none_or(|w| w > now) && c.start <= now && c.end.is_none_or(|e| e > now),
+                // What the record shows was explained (Guide for CWS, Consent);
+                // null when the record carries no such extension.
+                "explained": ctx.explained.iter().find(|(id, _)| *id == c.id).map(|(_, e)| e),
             })).collect::<Vec<_>>(),
-            "referring_org": ctx.referring_org,
             "member_mcp": ctx.member_mcp,
             "assigned_ecm": ctx.assigned_ecm,
-            "self_referral": ctx.self_referral,
+            "self_referral_to": ctx.self_referral_to(),
             "source_county": ctx.source_county,
         }
     }))

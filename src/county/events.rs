@@ -3,7 +3,8 @@
 //! Checks before the journal: caller kind `county`; JSON Schema of the
 //! event type; the envelope `county` is the caller organization's county
 //! (else **403** — a county may only speak for itself); `consent.recorded`:
-//! every recipient is a configured organization and the grantor may grant
+//! every recipient is a configured organization, a `referral_verbal`
+//! consent shows all four `explained` flags true, and the grantor may grant
 //! those categories for the child's age (`cwsgw_consent::validate_grantor`);
 //! `consent.withdrawn`: the consent was recorded by this county;
 //! `cft.scheduled`: invitees are configured organizations.
@@ -75,6 +76,18 @@ pub async fn precheck(
                 }
             }
             let kind = s(&c, "/kind").and_then(disclosure::kind_from_code);
+            // A referral consent record shows the four things the SW
+            // explained (Guide for CWS, section Consent), or it is refused.
+            if kind == Some(consent::ConsentKind::ReferralVerbal) {
+                let explained = disclosure::Explained::from_input(c.get("explained"));
+                if let Some(flag) = explained.first_missing() {
+                    let at = format!("consent.explained.{flag}");
+                    return Err(CountyError::rule(
+                        "a referral consent must show that the provider and service, the information shared, how long it is shared and the right to withdraw were explained",
+                        Some(&at),
+                    ));
+                }
+            }
             let role = s(&c, "/grantor/role").and_then(grantor_role);
             let cats: Vec<consent::Category> = c["categories"]
                 .as_array()

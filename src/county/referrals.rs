@@ -1,5 +1,5 @@
-//! `POST /ecm/referrals`: an ECM referral form (DESIGN.md "ECM referral
-//! form", `profiles/ecm-referral.schema.json`) → `ServiceRequest` + `Task`
+//! `POST /ecm/referrals`: an ECM referral form (the DHCS ECM referral
+//! form, `profiles/ecm-referral.schema.json`) → `ServiceRequest` + `Task`
 //! (+ `Consent` for an inline attestation), 201 with a `collection` Bundle
 //! and `Location: /fhir/ServiceRequest/{id}`.
 //!
@@ -10,12 +10,20 @@
 //!   configured MCP (`enrollment.updated` writes it); FFS or share of cost →
 //!   "enroll the member in a Medi-Cal plan first"; a plan code no
 //!   configured MCP serves in the county → refused as such;
-//! - unless `selfReferral` (or an MCP referring to itself), an **active
+//! - `selfReferral: true` only for a real self-referral: the member, a
+//!   parent, a legal guardian or a caregiver referring themselves
+//!   (`referrer.relationship` `self`, `parent`, `legal_guardian` or
+//!   `caregiver`), never from a county — a county's referral is the SW's,
+//!   which needs the youth's or family's consent (Guide for CWS, section
+//!   Consent). Otherwise 422 naming `selfReferral`;
+//! - unless a self-referral (or an MCP referring to itself), an **active
 //!   `referral_verbal` consent naming every receiving organization** (the MCP,
-//!   and the preferred ECM provider when it becomes the performer): either
-//!   stored (`consentId` narrows the search to that consent) or attested
-//!   inline in `consent` with all four `explained` flags true and a grantor
-//!   `cwsgw_consent::validate_grantor` accepts for the member's age.
+//!   and the preferred ECM provider when it becomes the performer), granted
+//!   by the youth or NMD, a parent or a legal guardian: either stored
+//!   (`consentId` narrows the search to that consent) or attested inline in
+//!   `consent` with all four `explained` flags true and a grantor
+//!   `cwsgw_consent::validate_grantor` accepts for the member's age (the SW
+//!   or the court → 422 naming `consent.grantor.role`).
 //!
 //! Ids are uuid5 of `servicerequest|{referrer}|{referralId}` (and `task|…`,
 //! `consent|referral|…`); times come from the journal's `received_at`, so a
@@ -27,7 +35,7 @@
 //! `{base}/StructureDefinition/authorizing-mcp` (the MCP, kept when the owner
 //! becomes the assigned ECM provider), `restriction.period.end` = the
 //! authorization-decision deadline (5 working days, 72 h expedited), and
-//! `input` = assignment recommendations in DOMAIN.md order (existing
+//! `input` = assignment recommendations in the program's order (existing
 //! contracted care manager — Wraparound, HCPCFC, CCS, ICC — then the
 //! preferred provider; PCP and behavioral health provider are not known to
 //! the gateway yet).
@@ -124,7 +132,24 @@ pub fn managed(cfg: &Config, resources: &[StoredResource]) -> Managed {
     seen
 }
 
-/// An active referral consent naming every org in `receivers`.
+/// `referrer.relationship` values of a self-referral: the member, a parent,
+/// a legal guardian or a caregiver referring themselves (Guide for CWS,
+/// section Consent: a parent, caregiver or NMD referring themselves needs no
+/// referral consent).
+pub const SELF_REFERRAL_RELATIONSHIPS: [&str; 4] =
+    ["self", "parent", "legal_guardian", "caregiver"];
+
+/// Who may grant the referral consent: the youth or NMD, a parent or a
+/// legal guardian — never the SW or the court.
+const REFERRAL_GRANTORS: [consent::GrantorRole; 4] = [
+    consent::GrantorRole::Youth,
+    consent::GrantorRole::Nmd,
+    consent::GrantorRole::Parent,
+    consent::GrantorRole::LegalGuardian,
+];
+
+/// An active referral consent, granted by the youth or the family, naming
+/// every org in `receivers`.
 pub fn find_consent(
     resources: &[StoredResource],
     receivers: &[String],
@@ -147,6 +172,7 @@ pub fn find_consent(
         .filter_map(|r| disclosure::consent_from_fhir(&r.body))
         .find(|c| {
             c.kind == ConsentKind::ReferralVerbal
+                && REFERRAL_GRANTORS.contains(&c.grantor_role)
                 && receivers.iter().all(|o| c.names(o))
                 && c.start <= now
                 && c.end.is_none_or(|e| e > now)
@@ -211,23 +237,20 @@ fn plan(
         receivers.push(performer.clone());
     }
     let self_referral = doc.get("selfReferral") == Some(&Value::Bool(true));
+    if self_referral {
+        check_self_referral(doc, caller)?;
+    }
     let own_plan = caller.kind == OrgKind::Mcp && caller.org_id == mcp;
     let (mut consent, mut consent_ref) = (None, None);
     if !(self_referral || own_plan) {
         if let Some(inline) = doc.get("consent") {
-            for flag in [
-                "provider",
-                "informationShared",
-                "duration",
-                "rightToWithdraw",
-            ] {
-                if inline.pointer(&format!("/explained/{flag}")) != Some(&Value::Bool(true)) {
-                    let at = format!("consent.explained.{flag}");
-                    return Err(CountyError::rule(
-                        "the referral consent must show that the provider and service, the information shared, the duration and the right to withdraw were explained",
-                        Some(&at),
-                    ));
-                }
+            let explained = disclosure::Explained::from_input(inline.get("explained"));
+            if let Some(flag) = explained.first_missing() {
+                let at = format!("consent.explained.{flag}");
+                return Err(CountyError::rule(
+                    "the referral consent must show that the provider and service, the information shared, the duration and the right to withdraw were explained",
+                    Some(&at),
+                ));
             }
             let role_code = s(inline, "/grantor/role").unwrap_or("");
             let role = grantor_role(role_code).ok_or_else(|| {
@@ -256,7 +279,7 @@ fn plan(
             let recorded = now.to_rfc3339_opts(SecondsFormat::Secs, true);
             let cats = vec!["referral".to_string()];
             let idsys = format!("{base}/identifier/{}/referral-id", caller.org_id);
-            let c = disclosure::consent_to_fhir(&disclosure::ConsentSpec {
+            let mut c = disclosure::consent_to_fhir(&disclosure::ConsentSpec {
                 canonical_base: base,
                 id: &cid,
                 identifier: Some((&idsys, s(doc, "/referralId").unwrap_or(""))),
@@ -271,13 +294,14 @@ fn plan(
                 start: on_s,
                 end: None,
             });
+            disclosure::add_explained(&mut c, base, &explained);
             consent_ref = Some(cid);
             consent = Some(c);
         } else {
             consent_ref = find_consent(resources, &receivers, s(doc, "/consentId"), now);
             if consent_ref.is_none() {
                 let text = format!(
-                    "no active referral consent (referral_verbal) names {}: record it with a consent.recorded event (kind referral_verbal, recipients {:?}) or attest it inline in `consent`",
+                    "no active referral consent (referral_verbal) given by the youth, a parent or a legal guardian names {}: record it with a consent.recorded event (kind referral_verbal, recipients {:?}) or attest it inline in `consent`",
                     receivers.join(" and "),
                     receivers
                 );
@@ -325,6 +349,27 @@ fn plan(
         evaluation,
         criteria_stated,
     })
+}
+
+/// A self-referral is the member, a parent, a legal guardian or a caregiver
+/// referring themselves; it waives the referral consent, so it is refused
+/// (422 naming `selfReferral`) for any other relationship and from a county,
+/// whose referrals are the SW's.
+fn check_self_referral(doc: &Value, caller: &crate::api::Caller) -> Result<(), CountyError> {
+    if caller.kind == OrgKind::County {
+        return Err(CountyError::rule(
+            "a county's referral is the social worker's and needs the youth's or family's verbal referral consent: set selfReferral to false and record the consent (consent.recorded) or attest it inline in `consent`",
+            Some("selfReferral"),
+        ));
+    }
+    let relationship = s(doc, "/referrer/relationship").unwrap_or("");
+    if !SELF_REFERRAL_RELATIONSHIPS.contains(&relationship) {
+        return Err(CountyError::rule(
+            "selfReferral is only for the member, a parent, a legal guardian or a caregiver referring themselves (referrer.relationship self, parent, legal_guardian or caregiver); otherwise set it to false and give the referral consent",
+            Some("selfReferral"),
+        ));
+    }
+    Ok(())
 }
 
 /// `criteria` keys that are eligibility facts (`other` in the facts
@@ -411,7 +456,7 @@ fn referral_facts(
     Some(facts)
 }
 
-/// Assignment recommendations in DOMAIN.md order.
+/// Assignment recommendations in the program's order.
 fn recommendations(cfg: &Config, doc: &Value, mcp: &str, base: &str) -> Vec<Value> {
     let mut out: Vec<Value> = Vec::new();
     let mut seen: Vec<String> = Vec::new();
@@ -739,7 +784,7 @@ pub async fn post_referral(
         replay = processed,
         "ECM referral"
     );
-    // The answer holds the ServiceRequest, the Task and any Consent (DESIGN.md).
+    // The answer holds the ServiceRequest, the Task and any Consent.
     let visible: Vec<Value> = stored
         .into_iter()
         .filter(|r| !is_internal(r))

@@ -78,8 +78,9 @@ pub enum Prepared {
 }
 
 /// The Task projection sent as referral status: status, owner,
-/// businessStatus, focus, for (plus `intent`, required by FHIR, and the
-/// security labels, which are never dropped).
+/// businessStatus, focus, for, requester (plus `intent`, required by FHIR,
+/// and the security labels, which are never dropped). The requester is the
+/// referral's own referrer, whom rule R4 sends the status to.
 pub fn task_status_projection(task: &Value) -> Value {
     let mut out = json!({"resourceType": "Task"});
     for k in [
@@ -91,6 +92,7 @@ pub fn task_status_projection(task: &Value) -> Value {
         "owner",
         "focus",
         "for",
+        "requester",
         "lastModified",
     ] {
         if let Some(v) = task.get(k) {

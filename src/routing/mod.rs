@@ -764,7 +764,17 @@ fn resolve(
             .ok_or("no-task-owner"),
         Relation::AssignedEcm => member.assigned_ecm.clone().ok_or("no-assigned-ecm"),
         Relation::MemberMcp => member.member_mcp.clone().ok_or("no-mcp-for-plan-county"),
-        Relation::ReferringOrg => member.referring_org.clone().ok_or("no-referring-org"),
+        // A referral's status goes to the organization that made *that*
+        // referral (the Task's or ServiceRequest's own requester), never to
+        // whoever referred the member last.
+        Relation::ReferringOrg => match trig {
+            Some(t) if matches!(str_of(t, "resourceType"), Some("Task" | "ServiceRequest")) => t
+                .get("requester")
+                .and_then(org_of)
+                .filter(|o| kind_of(o).is_some())
+                .ok_or("no-referring-org"),
+            _ => member.referring_org.clone().ok_or("no-referring-org"),
+        },
         Relation::CaseCounty => member.case_county.clone().ok_or("no-case-county"),
         Relation::AppointmentParticipants => Err("no-participant-organization"),
     }

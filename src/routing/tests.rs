@@ -69,7 +69,8 @@ fn sr(performer: &str) -> Value {
 
 fn task(status: &str, owner: Option<&str>) -> Value {
     let mut t = json!({"resourceType": "Task", "id": "t1", "status": status, "intent": "order",
-        "for": {"reference": "Patient/p1"}, "focus": {"reference": "ServiceRequest/sr1"}});
+        "for": {"reference": "Patient/p1"}, "focus": {"reference": "ServiceRequest/sr1"},
+        "requester": {"reference": "Organization/county-fresno"}});
     if let Some(o) = owner {
         t["owner"] = json!({"reference": format!("Organization/{o}")});
     }
@@ -240,6 +241,31 @@ fn accepted_task_assigns_the_ecm_provider_and_reports_status_to_the_referrer() {
     assert_eq!(p.deliveries[1].package, Package::TaskStatus);
     assert_eq!(p.deliveries[1].resources, vec!["Task/t1"]);
     assert_eq!(p.deliveries[0].resources[0], "ServiceRequest/sr1");
+}
+
+#[test]
+fn task_status_goes_to_that_tasks_requester_not_the_latest_referrer() {
+    // mcp-b referred the member after the county did: the county's Task
+    // status still goes to the county, never to mcp-b.
+    let mut later = sr("mcp-a");
+    later["id"] = json!("sr2");
+    later["requester"] = json!({"reference": "Organization/mcp-b"});
+    let written = vec![task("accepted", None)];
+    let mut all = vec![sr("mcp-a"), coverage("A"), episode(), later];
+    all.extend(written.clone());
+    let v = view(&all);
+    assert_eq!(v.referring_org.as_deref(), Some("mcp-b"));
+    let p = rules().plan(&cfg(), &input("mcp-a", None, written), &v);
+    assert_eq!(
+        recipients(&p),
+        vec![("task-status-to-referrer", "county-fresno")]
+    );
+    // A Task naming no requester is refused with a reason, not guessed.
+    let mut bare = task("accepted", None);
+    bare.as_object_mut().unwrap().remove("requester");
+    let p = rules().plan(&cfg(), &input("mcp-a", None, vec![bare]), &v);
+    assert!(p.deliveries.is_empty());
+    assert_eq!(p.refusals[0].reason, "no-referring-org");
 }
 
 #[test]

@@ -352,7 +352,38 @@ fn mapped_consent_has_exactly_the_disclosure_shape() {
         start: "2026-01-12",
         end: Some("2027-01-12"),
     });
+    let mut built = built;
+    let explained =
+        cws_gateway::disclosure::Explained::from_input(doc.pointer("/consent/explained"));
+    cws_gateway::disclosure::add_explained(&mut built, base, &explained);
     assert_eq!(mapped, built);
+    // The four flags are kept, under the gateway's canonical base.
+    let ext = mapped["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["url"] == format!("{base}/StructureDefinition/consent-explained"))
+        .expect("consent-explained extension");
+    let flags: Vec<(&str, bool)> = ext["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["url"].as_str().unwrap(),
+                e["valueBoolean"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        flags,
+        vec![
+            ("provider", true),
+            ("informationShared", true),
+            ("duration", true),
+            ("rightToWithdraw", true)
+        ]
+    );
     let rec = cws_gateway::disclosure::consent_from_fhir(&mapped).unwrap();
     assert_eq!(rec.recipients, recipients);
 }
@@ -1008,16 +1039,46 @@ async fn referral_refusals_self_referral_and_streamlined_window() {
             .contains("no configured MCP"),
         "{b}"
     );
-    // Plan A: a self-referral needs no consent.
+    // Plan A. A county's referral is the SW's: `selfReferral` does not
+    // waive the family's referral consent (Guide for CWS, Consent).
     let a = with(golden("enrollment.updated", "001-plan-a"), |d| {
         d["eventId"] = json!("evt-a")
     });
     assert_eq!(gw.event(&a).await.0, 202);
+    let before = gw.running.store.journal_stats().await.unwrap().total;
+    for relationship in ["county social worker", "parent"] {
+        let (s, b) = gw
+            .post(
+                "/ecm/referrals",
+                COUNTY_TOKEN,
+                &with(referral("R-23"), |r| {
+                    r["selfReferral"] = json!(true);
+                    r["referrer"]["relationship"] = json!(relationship);
+                }),
+            )
+            .await;
+        assert_eq!(
+            (s, issue_expr(&b)),
+            (422, "selfReferral".to_string()),
+            "{b}"
+        );
+        assert_eq!(b["issue"][0]["code"], "business-rule");
+    }
+    assert_eq!(
+        gw.running.store.journal_stats().await.unwrap().total,
+        before,
+        "a refused self-referral is not journaled"
+    );
+    // A parent referring themselves through Compass needs no consent.
     let (s, b) = gw
         .post(
             "/ecm/referrals",
-            COUNTY_TOKEN,
-            &with(referral("R-23"), |r| r["selfReferral"] = json!(true)),
+            COMPASS_TOKEN,
+            &with(referral("R-23"), |r| {
+                r["selfReferral"] = json!(true);
+                r["referrer"] = json!({"organizationId": "ecm-compass", "name": "Maria Rivera",
+                    "role": "parent", "relationship": "parent"});
+            }),
         )
         .await;
     assert_eq!(s, 201, "{b}");
@@ -1448,22 +1509,57 @@ async fn inputs_journaled_before_a_crash_are_finished_at_start() {
                 .await
                 .unwrap();
         }
-        let r = with(referral("R-CRASH"), |r| r["selfReferral"] = json!(true));
-        store
-            .append(store::NewInput {
-                kind: store::InputKind::Referral,
-                source_org: "county-fresno".into(),
-                dedup_key: "county-fresno|R-CRASH".into(),
-                received_at: now,
-                raw: r.to_string().into_bytes(),
-                meta: json!({}),
-            })
-            .await
-            .unwrap();
+        let r = with(referral("R-CRASH"), |r| r["consent"] = attestation());
+        // A county "self-referral" journaled by an earlier version: refused
+        // at recovery, never stored or routed.
+        let bad = with(referral("R-CRASH-SELF"), |r| {
+            r["selfReferral"] = json!(true)
+        });
+        for (key, doc) in [
+            ("county-fresno|R-CRASH", r),
+            ("county-fresno|R-CRASH-SELF", bad),
+        ] {
+            store
+                .append(store::NewInput {
+                    kind: store::InputKind::Referral,
+                    source_org: "county-fresno".into(),
+                    dedup_key: key.into(),
+                    received_at: now,
+                    raw: doc.to_string().into_bytes(),
+                    meta: json!({}),
+                })
+                .await
+                .unwrap();
+        }
     }
     let running = cws_gateway::serve::start(cfg).await.unwrap();
     let stats = running.store.journal_stats().await.unwrap();
-    assert_eq!((stats.pending, stats.processed), (0, 3), "{stats:?}");
+    assert_eq!(
+        (stats.pending, stats.processed, stats.failed),
+        (0, 3, 1),
+        "{stats:?}"
+    );
+    let (bad_sr, bad_task, _) =
+        cws_gateway::county::referrals::ids("county-fresno", "R-CRASH-SELF");
+    assert!(running
+        .store
+        .resource_get("ServiceRequest", &bad_sr)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(
+        running
+            .store
+            .outbox_list(None, None, 100)
+            .await
+            .unwrap()
+            .iter()
+            .all(|d| {
+                let p = d.payload.to_string();
+                !p.contains(&bad_sr) && !p.contains(&bad_task)
+            }),
+        "nothing of the refused self-referral is queued"
+    );
     let pid = mapping::uuid5("patient|cin|91000001A");
     let srs = running
         .store
@@ -1481,4 +1577,422 @@ async fn inputs_journaled_before_a_crash_are_finished_at_start() {
         1
     );
     running.stop().await;
+}
+
+// ---------------------------------------------------------------- who may open a referral
+
+/// Mock endpoints of the county, the plans and the providers: what reaches each.
+struct Mocks {
+    county: cws_gateway::delivery::mock::MockEndpoint,
+    mcp_a: cws_gateway::delivery::mock::MockEndpoint,
+    mcp_b: cws_gateway::delivery::mock::MockEndpoint,
+    compass: cws_gateway::delivery::mock::MockEndpoint,
+    bright: cws_gateway::delivery::mock::MockEndpoint,
+}
+
+impl Mocks {
+    /// Every request the plans and providers other than `except` received.
+    fn others(&self, except: &[&str]) -> Vec<(String, usize)> {
+        [
+            ("county-fresno", &self.county),
+            ("mcp-a", &self.mcp_a),
+            ("mcp-b", &self.mcp_b),
+            ("ecm-compass", &self.compass),
+            ("ecm-bright", &self.bright),
+        ]
+        .into_iter()
+        .filter(|(o, _)| !except.contains(o))
+        .map(|(o, m)| (o.to_string(), m.received().len()))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+    }
+}
+
+impl Gw {
+    /// The county test gateway with every organization's endpoint a mock.
+    async fn start_with_mocks() -> (Gw, Mocks) {
+        use cws_gateway::delivery::mock::MockEndpoint;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let m = Mocks {
+            county: MockEndpoint::start().await.unwrap(),
+            mcp_a: MockEndpoint::start().await.unwrap(),
+            mcp_b: MockEndpoint::start().await.unwrap(),
+            compass: MockEndpoint::start().await.unwrap(),
+            bright: MockEndpoint::start().await.unwrap(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = common::config_text(dir.path(), &extra());
+        for (org, mock) in [
+            ("county-fresno", &m.county),
+            ("mcp-a", &m.mcp_a),
+            ("mcp-b", &m.mcp_b),
+            ("ecm-compass", &m.compass),
+            ("ecm-bright", &m.bright),
+        ] {
+            let id = format!("id = \"{org}\"\n");
+            assert!(text.contains(&id), "{org} configured");
+            text = text.replacen(&id, &format!("{id}endpoint = \"{}\"\n", mock.base_url()), 1);
+        }
+        text.push_str(
+            "\n[delivery]\nmax_attempts = 3\ninitial_backoff_ms = 50\nmax_backoff_ms = 200\ntimeout_ms = 1000\nconnect_timeout_ms = 500\nlease_ms = 5000\nshutdown_grace_ms = 500\nconcurrency = 4\n",
+        );
+        let cfg = Config::from_toml(&text, "test").expect("county test config with endpoints");
+        let running = cws_gateway::serve::start(cfg).await.unwrap();
+        (
+            Gw {
+                running,
+                http: reqwest::Client::new(),
+                _dir: dir,
+            },
+            m,
+        )
+    }
+}
+
+/// Wait until `mock` received a request whose body mentions `needle`.
+async fn wait_received(mock: &cws_gateway::delivery::mock::MockEndpoint, needle: &str) {
+    for _ in 0..200 {
+        if mock
+            .received()
+            .iter()
+            .any(|r| r.body.to_string().contains(needle))
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("nothing mentioning {needle} was delivered");
+}
+
+/// Refusal AuditEvents recorded for `recipient` about `patient`.
+async fn refusals(gw: &Gw, patient: &str, recipient: &str) -> usize {
+    gw.running
+        .store
+        .audit_list(0, 1000, Some(patient), Some(recipient))
+        .await
+        .unwrap()
+        .iter()
+        .filter(|a| a.kind == "refusal")
+        .count()
+}
+
+fn entry_ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["resource"]["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_referral_is_a_real_one_and_opens_only_the_plan_it_was_made_to() {
+    let (gw, m) = Gw::start_with_mocks().await;
+    enrolled(&gw).await;
+    let pid = mapping::uuid5("patient|cin|91000001A");
+    let plan_b = |id: &str, relationship: &str| {
+        with(referral(id), |r| {
+            r["selfReferral"] = json!(true);
+            r["referrer"] = json!({"organizationId": "mcp-b", "name": "Maria Rivera",
+                "role": "member services", "relationship": relationship});
+        })
+    };
+    // `selfReferral` with a referrer who is not the member, a parent, a
+    // guardian or a caregiver: refused, nothing journaled or queued.
+    let before = gw.running.store.journal_stats().await.unwrap().total;
+    for relationship in [
+        "health plan care manager",
+        "county social worker",
+        "Parent ",
+    ] {
+        let (s, b) = gw
+            .post("/ecm/referrals", MCP_B_TOKEN, &plan_b("S-1", relationship))
+            .await;
+        assert_eq!(
+            (s, issue_expr(&b)),
+            (422, "selfReferral".to_string()),
+            "{b}"
+        );
+        assert_eq!(b["issue"][0]["code"], "business-rule");
+        assert!(!b.to_string().contains("Rivera"), "no PHI in errors");
+    }
+    assert_eq!(
+        gw.running.store.journal_stats().await.unwrap().total,
+        before
+    );
+    assert!(gw
+        .running
+        .store
+        .outbox_list(None, None, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    // A parent referring themselves through Plan B's member services: the
+    // referral is made to the member's plan, Plan A.
+    let (s, b) = gw
+        .post("/ecm/referrals", MCP_B_TOKEN, &plan_b("S-2", "parent"))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let sr = resource(&b, "ServiceRequest").clone();
+    let task = resource(&b, "Task").clone();
+    assert_eq!(sr["performer"][0]["reference"], "Organization/mcp-a");
+    let (sr_id, task_id) = (
+        sr["id"].as_str().unwrap().to_string(),
+        task["id"].as_str().unwrap().to_string(),
+    );
+    wait_received(&m.mcp_a, &sr_id).await;
+    // Plan A reads the referral and the minimal Patient.
+    let (s, _) = gw
+        .get(&format!("/fhir/ServiceRequest/{sr_id}"), MCP_A_TOKEN)
+        .await;
+    assert_eq!(s, 200);
+    let (s, p) = gw.get(&format!("/fhir/Patient/{pid}"), MCP_A_TOKEN).await;
+    assert_eq!(s, 200, "{p}");
+    assert!(p.get("address").is_none(), "the minimal Patient: {p}");
+    // Nobody else: not the other plan, not the providers it was not made to.
+    for (token, org) in [
+        (MCP_B_TOKEN, "mcp-b"),
+        (COMPASS_TOKEN, "ecm-compass"),
+        (BRIGHT_TOKEN, "ecm-bright"),
+    ] {
+        for path in [
+            format!("/fhir/ServiceRequest/{sr_id}"),
+            format!("/fhir/Patient/{pid}"),
+        ] {
+            let (s, b) = gw.get(&path, token).await;
+            assert_eq!(s, 404, "{org} {path}: {b}");
+        }
+        let (s, b) = gw
+            .get(&format!("/fhir/ServiceRequest?patient={pid}"), token)
+            .await;
+        assert_eq!(s, 200);
+        assert!(entry_ids(&b).is_empty(), "{org}: {b}");
+        let (s, t) = gw.get(&format!("/fhir/Task/{task_id}"), token).await;
+        if org == "mcp-b" {
+            // Plan B made this referral: it learns its status, nothing more.
+            assert_eq!(s, 200, "{t}");
+            assert!(
+                t.get("input").is_none() && t.get("restriction").is_none(),
+                "{t}"
+            );
+        } else {
+            assert_eq!(s, 404, "{org}: {t}");
+        }
+        assert!(
+            refusals(&gw, &pid, org).await > 0,
+            "{org}: refusals audited"
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        m.others(&["mcp-a"]).is_empty(),
+        "{:?}",
+        m.others(&["mcp-a"])
+    );
+    gw.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_status_goes_only_to_that_tasks_requester() {
+    let (gw, m) = Gw::start_with_mocks().await;
+    enrolled(&gw).await;
+    let pid = mapping::uuid5("patient|cin|91000001A");
+    assert_eq!(
+        gw.event(&golden("consent.recorded", "001-referral-verbal"))
+            .await
+            .0,
+        202
+    );
+    let (s, b) = gw
+        .post("/ecm/referrals", COUNTY_TOKEN, &referral("R-H1"))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let county_task = resource(&b, "Task").clone();
+    let county_task_id = county_task["id"].as_str().unwrap().to_string();
+    // Plan B then refers the same Plan A member, an ordinary referral.
+    let theirs = with(referral("R-H2"), |r| {
+        r["referrer"] = json!({"organizationId": "mcp-b", "name": "B care manager",
+            "role": "care manager", "relationship": "health plan care manager"});
+    });
+    let (s, b) = gw.post("/ecm/referrals", MCP_B_TOKEN, &theirs).await;
+    assert_eq!(s, 201, "{b}");
+    let b_task_id = resource(&b, "Task")["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        resource(&b, "Task")["requester"]["reference"],
+        "Organization/mcp-b"
+    );
+    // Plan A accepts the county's Task: its status goes to the county only.
+    let (s, b) = put_task(&gw, MCP_A_TOKEN, &county_task, "accepted", |_| {}).await;
+    assert_eq!(s, 200, "{b}");
+    wait_received(&m.county, &county_task_id).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(m.mcp_b.received().is_empty(), "nothing to plan B");
+    assert!(gw
+        .running
+        .store
+        .outbox_list(None, Some("mcp-b"), 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(
+        m.others(&["mcp-a", "county-fresno"]).is_empty(),
+        "{:?}",
+        m.others(&["mcp-a", "county-fresno"])
+    );
+    // Plan B reads its own Task's status, not the county's Task.
+    let (s, b) = gw
+        .get(&format!("/fhir/Task/{county_task_id}"), MCP_B_TOKEN)
+        .await;
+    assert_eq!(s, 404, "{b}");
+    let (s, b) = gw
+        .get(&format!("/fhir/Task/{b_task_id}"), MCP_B_TOKEN)
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = gw
+        .get(&format!("/fhir/Task?patient={pid}"), MCP_B_TOKEN)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(entry_ids(&b), vec![b_task_id.clone()], "{b}");
+    assert_eq!(b["total"], 1, "the total counts only what is returned");
+    assert!(refusals(&gw, &pid, "mcp-b").await > 0);
+    // The county still reads its own Task's status, and not Plan B's.
+    let (s, _) = gw
+        .get(&format!("/fhir/Task/{county_task_id}"), COUNTY_TOKEN)
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = gw
+        .get(&format!("/fhir/Task/{b_task_id}"), COUNTY_TOKEN)
+        .await;
+    assert_eq!(s, 404);
+    gw.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_referral_consent_is_the_youths_or_the_familys() {
+    let gw = Gw::start().await;
+    enrolled(&gw).await;
+    let before = gw.running.store.journal_stats().await.unwrap().total;
+    for role in ["social_worker", "court"] {
+        let recorded = with(golden("consent.recorded", "001-referral-verbal"), |d| {
+            d["consent"]["grantor"]["role"] = json!(role);
+        });
+        let (s, b) = gw.event(&recorded).await;
+        assert_eq!(
+            (s, issue_expr(&b)),
+            (422, "consent.grantor.role".to_string()),
+            "{role}: {b}"
+        );
+        assert_eq!(b["issue"][0]["code"], "business-rule");
+        let inline = with(referral("R-G1"), |r| {
+            r["consent"] = attestation();
+            r["consent"]["grantor"]["role"] = json!(role);
+        });
+        let (s, b) = gw.post("/ecm/referrals", COUNTY_TOKEN, &inline).await;
+        assert_eq!(
+            (s, issue_expr(&b)),
+            (422, "consent.grantor.role".to_string()),
+            "{role}: {b}"
+        );
+        assert!(!b.to_string().contains("Rivera"), "no PHI in errors");
+    }
+    assert_eq!(
+        gw.running.store.journal_stats().await.unwrap().total,
+        before,
+        "nothing refused is journaled"
+    );
+    // The youth (15) or a legal guardian may give it.
+    for (n, role) in ["youth", "legal_guardian"].into_iter().enumerate() {
+        let inline = with(referral(&format!("R-G{}", n + 2)), |r| {
+            r["consent"] = attestation();
+            r["consent"]["grantor"]["role"] = json!(role);
+        });
+        let (s, b) = gw.post("/ecm/referrals", COUNTY_TOKEN, &inline).await;
+        assert_eq!(s, 201, "{role}: {b}");
+    }
+    gw.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_referral_consent_record_shows_what_was_explained() {
+    let gw = Gw::start().await;
+    enrolled(&gw).await;
+    let before = gw.running.store.journal_stats().await.unwrap().total;
+    for flag in [
+        "provider",
+        "informationShared",
+        "duration",
+        "rightToWithdraw",
+    ] {
+        let at = format!("consent.explained.{flag}");
+        let falsy = with(golden("consent.recorded", "001-referral-verbal"), |d| {
+            d["consent"]["explained"][flag] = json!(false);
+        });
+        let (s, b) = gw.event(&falsy).await;
+        assert_eq!((s, issue_expr(&b)), (422, at.clone()), "{b}");
+        assert_eq!(b["issue"][0]["code"], "business-rule");
+        let missing = with(golden("consent.recorded", "001-referral-verbal"), |d| {
+            d["consent"]["explained"]
+                .as_object_mut()
+                .unwrap()
+                .remove(flag);
+        });
+        let (s, b) = gw.event(&missing).await;
+        assert_eq!((s, issue_expr(&b)), (422, at.clone()), "{b}");
+        let inline = with(referral("R-E1"), |r| {
+            r["consent"] = attestation();
+            r["consent"]["explained"][flag] = json!(false);
+        });
+        let (s, b) = gw.post("/ecm/referrals", COUNTY_TOKEN, &inline).await;
+        assert_eq!((s, issue_expr(&b)), (422, at.clone()), "{b}");
+    }
+    assert_eq!(
+        gw.running.store.journal_stats().await.unwrap().total,
+        before,
+        "nothing refused is journaled"
+    );
+    // A complete record keeps the four flags on the FHIR Consent, and
+    // `explain` shows them.
+    let (s, b) = gw
+        .event(&golden("consent.recorded", "001-referral-verbal"))
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let c = resource(&b, "Consent");
+    assert!(
+        c["extension"]
+            .to_string()
+            .contains("/StructureDefinition/consent-explained"),
+        "{c}"
+    );
+    let (s, b) = gw
+        .post(
+            "/ecm/referrals",
+            COUNTY_TOKEN,
+            &with(referral("R-E2"), |r| r["consent"] = attestation()),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let inline = resource(&b, "Consent");
+    assert!(
+        inline["extension"]
+            .to_string()
+            .contains("/StructureDefinition/consent-explained"),
+        "{inline}"
+    );
+    let (s, e) = gw
+        .get(
+            "/ops/decisions?patient=91000001A&recipient=mcp-a",
+            OPS_TOKEN,
+        )
+        .await;
+    assert_eq!(s, 200, "{e}");
+    let consents = e["context"]["consents"].as_array().unwrap();
+    assert_eq!(consents.len(), 2, "{e}");
+    for c in consents {
+        assert_eq!(
+            c["explained"],
+            json!({"provider": true, "informationShared": true, "duration": true, "rightToWithdraw": true}),
+            "{e}"
+        );
+    }
+    gw.running.stop().await;
 }

@@ -407,6 +407,7 @@ fn representative(patient_id: &str, category: Category) -> ResourceFacts {
         referral_package,
         status_only: false,
         contains_placement_address: placement,
+        referral: None,
     }
 }
 
@@ -423,7 +424,14 @@ fn relation_holds(rel: Relation, f: &Facts<'_>) -> bool {
     let to = f.to;
     let ctx = f.ctx;
     match rel {
-        Relation::ReferringOrg => ctx.referring_org.as_deref() == Some(to.org_id.as_str()),
+        // The referrer of this very referral (its ServiceRequest or Task),
+        // never "the member's latest referrer".
+        Relation::ReferringOrg => f
+            .res
+            .referral
+            .as_ref()
+            .and_then(|r| r.referrer.as_deref())
+            .is_some_and(|r| r == to.org_id),
         Relation::PlanNetwork => match to.kind {
             OrgKind::EcmProvider => {
                 ctx.assigned_ecm.as_deref() == Some(to.org_id.as_str())
@@ -550,7 +558,7 @@ fn requirement_met<'c>(
         }
         if let Some(flag) = alt.context {
             let holds = match flag {
-                ContextFlag::SelfReferral => f.ctx.self_referral,
+                ContextFlag::SelfReferral => self_referral_to(f),
             };
             if holds {
                 return Some((i, None));
@@ -558,6 +566,18 @@ fn requirement_met<'c>(
         }
     }
     None
+}
+
+/// A self-referral was made to the recipient: for a referral's own
+/// ServiceRequest or Task, that referral is a self-referral made to it;
+/// for anything else (the minimal Patient), some self-referral of the
+/// member was made to it.
+fn self_referral_to(f: &Facts<'_>) -> bool {
+    let to = f.to.org_id.as_str();
+    match &f.res.referral {
+        Some(r) => r.self_referral && r.made_to.iter().any(|o| o == to),
+        None => f.ctx.self_referral_to.iter().any(|o| o == to),
+    }
 }
 
 fn outcome_obligations(o: &Outcome) -> Vec<Obligation> {

@@ -51,7 +51,7 @@ impl std::fmt::Display for AgeBand {
     }
 }
 
-/// A consent's grantor may not grant it (DOMAIN.md grantor table).
+/// A consent's grantor may not grant it (the grantor table, `docs/consent.md`).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum GrantorError {
     /// The consent date is before the youth's birth date.

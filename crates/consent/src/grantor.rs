@@ -1,5 +1,5 @@
-//! Who may grant what: DOMAIN.md's grantor table, checked against the youth's
-//! age on the consent date.
+//! Who may grant what: the grantor table of `docs/consent.md`, checked
+//! against the youth's age on the consent date.
 //!
 //! The table is data ([`GRANTOR_TABLE`]); [`validate_grantor`] only looks it
 //! up. A consent's kind implies a category: a verbal referral consent is about
@@ -9,6 +9,11 @@
 //!
 //! "The youth" is the `youth` role at any age, or `nmd` at 18 and older (an
 //! NMD is 18–21 by definition, so `nmd` for a minor is refused).
+//!
+//! The `referral` category is the family's to give: the SW must have verbal
+//! consent *from the youth or family* before referring (Guide for CWS,
+//! section Consent), so neither the SW nor the court grants it — for any
+//! consent kind that covers `referral`, a `referral_verbal` consent above all.
 
 use chrono::NaiveDate;
 
@@ -22,6 +27,12 @@ const SURROGATES: &[GrantorRole] = &[
     GrantorRole::LegalGuardian,
     GrantorRole::SocialWorker,
     GrantorRole::Court,
+];
+const FAMILY: &[GrantorRole] = &[GrantorRole::Parent, GrantorRole::LegalGuardian];
+const SELF_OR_FAMILY: &[GrantorRole] = &[
+    GrantorRole::Youth,
+    GrantorRole::Parent,
+    GrantorRole::LegalGuardian,
 ];
 const SELF_OR_SURROGATES: &[GrantorRole] = &[
     GrantorRole::Youth,
@@ -62,11 +73,24 @@ const ADULT: GrantorCell = GrantorCell {
     law: "FC 6500; 45 CFR 164.502(g)",
 };
 
-/// DOMAIN.md "Who may grant what", as data.
+/// "Who may grant what" (`docs/consent.md`), as data.
 pub const GRANTOR_TABLE: &[GrantorRow] = &[
     GrantorRow {
+        categories: &[Category::Referral],
+        adult: ADULT,
+        minor: GrantorCell {
+            roles: SELF_OR_FAMILY,
+            explanation: "the referral consent is the youth's or the family's: the youth, a parent or a legal guardian gives it, never the SW or the court",
+            law: "Guide for CWS, Consent (verbal consent from the youth or family)",
+        },
+        child: GrantorCell {
+            roles: FAMILY,
+            explanation: "the referral consent is the family's: a parent or a legal guardian gives it for a child under 12, never the SW or the court",
+            law: "Guide for CWS, Consent (verbal consent from the youth or family)",
+        },
+    },
+    GrantorRow {
         categories: &[
-            Category::Referral,
             Category::Case,
             Category::Placement,
             Category::Health,
@@ -191,7 +215,7 @@ pub fn validate_grantor(
                 grantor,
                 band,
                 explanation: "no grantor rule for this category",
-                law: "DOMAIN.md",
+                law: "docs/consent.md grantor table",
             });
         };
         if !cell.roles.contains(&grantor) {
@@ -251,5 +275,61 @@ mod tests {
         assert!(s.contains("FC 6929"), "{s}");
         assert!(!s.contains("2010"), "{s}");
         assert!(!s.contains("2025"), "{s}");
+    }
+
+    #[test]
+    fn the_referral_consent_is_the_youths_or_the_familys() {
+        let teen = d(2010, 3, 15);
+        let child = d(2018, 5, 5);
+        let adult = d(2005, 1, 1);
+        let on = d(2026, 1, 12);
+        let check = |role, birth| {
+            validate_grantor(ConsentKind::ReferralVerbal, &[], role, birth, on).is_ok()
+        };
+        for role in [
+            GrantorRole::Youth,
+            GrantorRole::Parent,
+            GrantorRole::LegalGuardian,
+        ] {
+            assert!(check(role, teen), "{role:?} 12-17");
+        }
+        for role in [GrantorRole::Parent, GrantorRole::LegalGuardian] {
+            assert!(check(role, child), "{role:?} under 12");
+        }
+        assert!(
+            !check(GrantorRole::Youth, child),
+            "a child under 12 does not consent"
+        );
+        assert!(check(GrantorRole::Nmd, adult) && check(GrantorRole::Youth, adult));
+        for birth in [teen, child, adult] {
+            for role in [GrantorRole::SocialWorker, GrantorRole::Court] {
+                let e = validate_grantor(ConsentKind::ReferralVerbal, &[], role, birth, on)
+                    .unwrap_err();
+                assert!(
+                    matches!(
+                        e,
+                        GrantorError::NotPermitted {
+                            category: Category::Referral,
+                            ..
+                        }
+                    ),
+                    "{role:?}: {e}"
+                );
+            }
+        }
+        // A release covering `referral` is held to the same rule; one covering
+        // only `case` may still come from the SW.
+        let roi = |cats: &[Category]| {
+            validate_grantor(
+                ConsentKind::ReleaseOfInformation,
+                cats,
+                GrantorRole::SocialWorker,
+                teen,
+                on,
+            )
+            .is_ok()
+        };
+        assert!(!roi(&[Category::Referral, Category::Case]));
+        assert!(roi(&[Category::Case]));
     }
 }

@@ -57,6 +57,11 @@
 //!     referral_package: true,
 //!     status_only: false,
 //!     contains_placement_address: false,
+//!     referral: Some(ReferralFacts {
+//!         referrer: Some("county-fresno".into()),
+//!         self_referral: false,
+//!         made_to: vec!["mcp-a".into()],
+//!     }),
 //! };
 //! let consent = ConsentRecord {
 //!     id: "c-ref".into(),
@@ -73,10 +78,9 @@
 //! let ctx = Context {
 //!     now,
 //!     purpose: Purpose::Referral,
-//!     referring_org: Some("county-fresno".into()),
 //!     assigned_ecm: None,
 //!     member_mcp: Some("mcp-a".into()),
-//!     self_referral: false,
+//!     self_referral_to: vec![],
 //!     source_county: Some("Fresno".into()),
 //!     family_maintenance: false,
 //! };
@@ -109,5 +113,5 @@ pub use error::{AgeBand, GrantorError, PolicyError};
 pub use grantor::{age_band, validate_grantor, GRANTOR_TABLE};
 pub use model::{
     Category, ConsentKind, ConsentRecord, Context, GrantorRole, Label, OrgKind, Purpose, Recipient,
-    ResourceFacts,
+    ReferralFacts, ResourceFacts,
 };

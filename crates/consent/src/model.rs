@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// The kind of a configured organization (DESIGN.md `organizations.kind`).
+/// The kind of a configured organization (configuration `organizations.kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrgKind {
@@ -231,6 +231,33 @@ pub struct ResourceFacts {
     /// Holds a foster youth's placement address (Patient.address …).
     #[serde(default)]
     pub contains_placement_address: bool,
+    /// For a referral's own resources (its ServiceRequest and Task): who
+    /// made that referral and to whom. `None` for anything else (a Patient,
+    /// an Encounter …), which no single referral owns.
+    #[serde(default)]
+    pub referral: Option<ReferralFacts>,
+}
+
+/// The referral a ServiceRequest or Task belongs to. The referrer and the
+/// self-referral are properties of each referral, never of the member: a
+/// second referral for the same member by another organization changes
+/// nothing about the first one's status recipient or its readers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReferralFacts {
+    /// The organization that made the referral (`ServiceRequest.requester`,
+    /// `Task.requester`): the one that learns its status (rule R4).
+    #[serde(default)]
+    pub referrer: Option<String>,
+    /// The referral was a self-referral: the member, a parent, a legal
+    /// guardian or a caregiver referred themselves, so no referral consent
+    /// was needed (Guide for CWS, section Consent).
+    #[serde(default)]
+    pub self_referral: bool,
+    /// The organizations the referral was made to: the ServiceRequest's
+    /// performer, the Task's owner and authorizing MCP. A self-referral opens
+    /// the referral to these only (rule R2).
+    #[serde(default)]
+    pub made_to: Vec<String>,
 }
 
 impl ResourceFacts {
@@ -245,7 +272,8 @@ impl ResourceFacts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConsentKind {
-    /// Verbal consent to a referral, recorded by the SW (seed 000).
+    /// Verbal consent to a referral, given by the youth or family and recorded
+    /// by the SW (Guide for CWS, section Consent).
     ReferralVerbal,
     /// A signed release of information scoped to recipients, categories, period.
     ReleaseOfInformation,
@@ -326,18 +354,20 @@ pub struct Context {
     pub now: DateTime<Utc>,
     /// Why the resource is disclosed.
     pub purpose: Purpose,
-    /// The organization that made the referral, if any.
-    #[serde(default)]
-    pub referring_org: Option<String>,
     /// The ECM provider assigned to the member, if any.
     #[serde(default)]
     pub assigned_ecm: Option<String>,
     /// The member's MCP (organization id), if any.
     #[serde(default)]
     pub member_mcp: Option<String>,
-    /// The referral was a self-referral (parent, caregiver or NMD).
+    /// The organizations a self-referral of the member was made to (the
+    /// plan and provider named as performer or owner of a self-referral's
+    /// ServiceRequest or Task). A self-referral opens the member's minimal
+    /// Patient (rule R2) to these organizations only — never to every MCP
+    /// and ECM provider. The referral's own ServiceRequest and Task are
+    /// decided on their [`ReferralFacts`] instead.
     #[serde(default)]
-    pub self_referral: bool,
+    pub self_referral_to: Vec<String>,
     /// The county that owns the case.
     #[serde(default)]
     pub source_county: Option<String>,

@@ -121,7 +121,9 @@ pub(crate) struct Selector {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Relation {
-    /// The recipient made the referral (`ctx.referring_org`).
+    /// The recipient made this referral (`res.referral.referrer`: the
+    /// requester of this ServiceRequest or Task, not of the member's
+    /// latest referral).
     ReferringOrg,
     /// Recipient and counterpart are the member's MCP and its assigned,
     /// contracted ECM provider.
@@ -164,7 +166,10 @@ pub(crate) struct ConsentReq {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum ContextFlag {
-    /// `ctx.self_referral`.
+    /// A self-referral was made to the recipient: this referral's
+    /// (`res.referral`: self-referral and `made_to` names the recipient),
+    /// or, for a resource no referral owns, one of the member's
+    /// (`ctx.self_referral_to`).
     SelfReferral,
 }
 

@@ -55,6 +55,13 @@ fn res(t: &str) -> ResourceFacts {
         referral_package: false,
         status_only: false,
         contains_placement_address: false,
+        // A referral's own resources carry their referral: made by the
+        // county, to the member's MCP (the gateway's `disclosure` does the same).
+        referral: matches!(t, "ServiceRequest" | "Task").then(|| ReferralFacts {
+            referrer: Some("county-fresno".into()),
+            self_referral: false,
+            made_to: vec!["mcp-a".into()],
+        }),
     }
 }
 trait ResExt {
@@ -63,8 +70,30 @@ trait ResExt {
     fn referral(self) -> Self;
     fn status(self) -> Self;
     fn placement(self) -> Self;
+    /// This referral was made by `org`.
+    fn referred_by(self, org: &str) -> Self;
+    /// This referral is a self-referral made to `to`.
+    fn self_referral_to(self, to: &[&str]) -> Self;
+    /// No referral owns the resource.
+    fn no_referral(self) -> Self;
 }
 impl ResExt for ResourceFacts {
+    fn referred_by(mut self, org: &str) -> Self {
+        self.referral
+            .get_or_insert_with(ReferralFacts::default)
+            .referrer = Some(org.into());
+        self
+    }
+    fn self_referral_to(mut self, to: &[&str]) -> Self {
+        let r = self.referral.get_or_insert_with(ReferralFacts::default);
+        r.self_referral = true;
+        r.made_to = to.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    fn no_referral(mut self) -> Self {
+        self.referral = None;
+        self
+    }
     fn labels(mut self, l: &[&str]) -> Self {
         self.labels = l.iter().map(|s| s.to_string()).collect();
         self
@@ -152,10 +181,9 @@ fn ctx(purpose: Purpose) -> Context {
     Context {
         now: now(),
         purpose,
-        referring_org: Some("county-fresno".into()),
         assigned_ecm: None,
         member_mcp: Some("mcp-a".into()),
-        self_referral: false,
+        self_referral_to: vec![],
         source_county: Some("Fresno".into()),
         family_maintenance: false,
     }
@@ -174,10 +202,10 @@ fn family_maintenance(purpose: Purpose) -> Context {
         ..network(purpose)
     }
 }
+/// The member referred themselves to mcp-a, naming ecm-compass.
 fn self_ref() -> Context {
     Context {
-        self_referral: true,
-        referring_org: None,
+        self_referral_to: vec!["mcp-a".into(), "ecm-compass".into()],
         ..ctx(Purpose::Referral)
     }
 }
@@ -341,19 +369,142 @@ fn rows() -> Vec<Row> {
         ),
         row(
             "r2-self-referral-needs-no-consent",
-            res("ServiceRequest").referral(),
+            res("ServiceRequest")
+                .referral()
+                .self_referral_to(&["mcp-a", "ecm-compass"]),
             compass(),
             vec![],
             self_ref(),
             permit("R2", "permit.self-referral").no_consent(),
         ),
         row(
+            "r2-self-referral-task-to-the-plan-it-was-made-to",
+            res("Task").referral().self_referral_to(&["mcp-a"]),
+            mcp_a(),
+            vec![],
+            self_ref(),
+            permit("R2", "permit.self-referral").no_consent(),
+        ),
+        row(
             "r2-self-referral-not-to-a-county",
-            res("ServiceRequest").referral(),
+            res("ServiceRequest")
+                .referral()
+                .self_referral_to(&["county-kern"]),
             kern(),
             vec![],
             self_ref(),
             r1(),
+        ),
+        // A self-referral opens the referral to the plan (and provider) it
+        // was made to — not to every MCP and ECM provider.
+        row(
+            "r2-self-referral-not-to-another-mcp",
+            res("ServiceRequest")
+                .referral()
+                .self_referral_to(&["mcp-a"]),
+            mcp_b(),
+            vec![],
+            self_ref(),
+            r1(),
+        ),
+        row(
+            "r2-self-referral-not-to-another-ecm-provider",
+            res("Task")
+                .referral()
+                .self_referral_to(&["mcp-a", "ecm-compass"]),
+            other_ecm(),
+            vec![],
+            self_ref(),
+            r1(),
+        ),
+        row(
+            "r2-self-referral-minimal-patient-to-the-plan-it-was-made-to",
+            res("Patient").referral(),
+            mcp_a(),
+            vec![],
+            self_ref(),
+            permit("R2", "permit.self-referral").no_consent(),
+        ),
+        row(
+            "r2-self-referral-minimal-patient-not-to-another-mcp",
+            res("Patient").referral(),
+            mcp_b(),
+            vec![],
+            self_ref(),
+            r1(),
+        ),
+        row(
+            "r2-self-referral-does-not-open-the-members-other-referrals",
+            // An ordinary referral to ecm-compass's rival, decided for
+            // compass, while the member also has a self-referral naming it.
+            res("ServiceRequest").referral(),
+            compass(),
+            vec![],
+            self_ref(),
+            r1(),
+        ),
+        row(
+            "r2-not-a-self-referral-without-the-flag",
+            res("Task").referral(),
+            mcp_a(),
+            vec![],
+            ctx(Purpose::Referral),
+            r1(),
+        ),
+        // The referral consent is the youth's or the family's (Guide for
+        // CWS, Consent): one the SW or the court granted counts for nothing.
+        row(
+            "r2-referral-consent-granted-by-the-sw-does-not-count",
+            res("ServiceRequest").referral(),
+            mcp_a(),
+            vec![referral("ref", &["mcp-a"]).by_role(GrantorRole::SocialWorker)],
+            ctx(Purpose::Referral),
+            r1(),
+        ),
+        row(
+            "r2-referral-consent-granted-by-the-court-does-not-count",
+            res("Task").referral(),
+            compass(),
+            vec![referral("ref", &["ecm-compass"]).by_role(GrantorRole::Court)],
+            ctx(Purpose::Referral),
+            r1(),
+        ),
+        row(
+            "r2-referral-consent-of-a-parent",
+            res("ServiceRequest").referral(),
+            mcp_a(),
+            vec![referral("ref", &["mcp-a"]).by_role(GrantorRole::Parent)],
+            ctx(Purpose::Referral),
+            permit("R2", "permit.referral-consent").by("ref"),
+        ),
+        row(
+            "r2-referral-consent-of-a-legal-guardian",
+            res("ServiceRequest").referral(),
+            mcp_a(),
+            vec![referral("ref", &["mcp-a"]).by_role(GrantorRole::LegalGuardian)],
+            ctx(Purpose::Referral),
+            permit("R2", "permit.referral-consent").by("ref"),
+        ),
+        row(
+            "r2-referral-consent-of-an-nmd",
+            res("ServiceRequest").referral(),
+            mcp_a(),
+            vec![referral("ref", &["mcp-a"]).by_role(GrantorRole::Nmd)],
+            ctx(Purpose::Referral),
+            permit("R2", "permit.referral-consent").by("ref"),
+        ),
+        row(
+            "r2-sw-and-parent-consents-the-parents-is-cited",
+            res("ServiceRequest").referral(),
+            mcp_a(),
+            vec![
+                referral("ref-sw", &["mcp-a"])
+                    .by_role(GrantorRole::SocialWorker)
+                    .recorded(now() - Duration::days(1)),
+                referral("ref-parent", &["mcp-a"]).by_role(GrantorRole::Parent),
+            ],
+            ctx(Purpose::Referral),
+            permit("R2", "permit.referral-consent").by("ref-parent"),
         ),
         row(
             "r2-verbal-consent-does-not-open-a-county",
@@ -518,6 +669,40 @@ fn rows() -> Vec<Row> {
             "r4-status-not-to-other-county",
             res("Task").status(),
             kern(),
+            vec![],
+            ctx(CareCoordination),
+            r1(),
+        ),
+        // The referrer is a property of each referral: status goes to this
+        // Task's requester only, whoever referred the member since.
+        row(
+            "r4-status-to-this-tasks-requester-only",
+            res("Task").status().referred_by("mcp-b"),
+            fresno(),
+            vec![],
+            ctx(CareCoordination),
+            r1(),
+        ),
+        row(
+            "r4-status-to-an-mcp-that-made-this-referral",
+            res("Task").status().referred_by("mcp-b"),
+            mcp_b(),
+            vec![],
+            ctx(Pull),
+            permit("R4", "permit.referral-status").no_consent(),
+        ),
+        row(
+            "r4-another-referrals-requester-reads-no-status",
+            res("Task").status(),
+            mcp_b(),
+            vec![],
+            ctx(Pull),
+            r1(),
+        ),
+        row(
+            "r4-no-referral-no-status",
+            res("Task").status().no_referral(),
+            fresno(),
             vec![],
             ctx(CareCoordination),
             r1(),
@@ -1226,6 +1411,46 @@ fn grantor_rows() -> Vec<GrantorRow> {
             None,
         ),
         g(
+            "minor-sw-refused-referral",
+            ReferralVerbal,
+            &[Referral],
+            SocialWorker,
+            15,
+            Some("Guide for CWS, Consent"),
+        ),
+        g(
+            "minor-court-refused-referral",
+            ReferralVerbal,
+            &[],
+            Court,
+            13,
+            Some("Guide for CWS, Consent"),
+        ),
+        g(
+            "minor-youth-grants-referral",
+            ReferralVerbal,
+            &[Referral],
+            Youth,
+            16,
+            None,
+        ),
+        g(
+            "minor-parent-grants-referral",
+            ReferralVerbal,
+            &[Referral, Case],
+            Parent,
+            14,
+            None,
+        ),
+        g(
+            "minor-sw-refused-roi-covering-referral",
+            ReleaseOfInformation,
+            &[Case, Referral],
+            SocialWorker,
+            15,
+            Some("Guide for CWS, Consent"),
+        ),
+        g(
             "minor-sw-grants-case",
             ReleaseOfInformation,
             &[Case, Placement, Health],
@@ -1339,11 +1564,43 @@ fn grantor_rows() -> Vec<GrantorRow> {
             None,
         ),
         g(
-            "child-sw-grants-referral",
+            "child-sw-refused-referral",
             ReferralVerbal,
             &[],
             SocialWorker,
             3,
+            Some("Guide for CWS, Consent"),
+        ),
+        g(
+            "child-court-refused-referral",
+            ReferralVerbal,
+            &[Referral],
+            Court,
+            9,
+            Some("Guide for CWS, Consent"),
+        ),
+        g(
+            "child-youth-refused-referral",
+            ReferralVerbal,
+            &[],
+            Youth,
+            10,
+            Some("Guide for CWS, Consent"),
+        ),
+        g(
+            "child-parent-grants-referral",
+            ReferralVerbal,
+            &[],
+            Parent,
+            6,
+            None,
+        ),
+        g(
+            "child-guardian-grants-referral",
+            ReferralVerbal,
+            &[Referral],
+            LegalGuardian,
+            2,
             None,
         ),
         g(

@@ -36,10 +36,9 @@ fn ctx() -> Context {
     Context {
         now: now(),
         purpose: Purpose::CareCoordination,
-        referring_org: Some("county-fresno".into()),
         assigned_ecm: None,
         member_mcp: Some("mcp-a".into()),
-        self_referral: false,
+        self_referral_to: vec![],
         source_county: Some("Fresno".into()),
         family_maintenance: false,
     }
@@ -70,6 +69,7 @@ fn episode() -> ResourceFacts {
         referral_package: false,
         status_only: false,
         contains_placement_address: false,
+        referral: None,
     }
 }
 

@@ -66,6 +66,21 @@ fn t_s() -> impl Strategy<Value = DateTime<Utc>> {
     (-200i64..=200).prop_map(|k| now() + Duration::minutes(30 * k))
 }
 
+/// Mostly the youth (the generated consents mostly count), sometimes a
+/// parent, a legal guardian, the SW or the court.
+fn role_s() -> impl Strategy<Value = GrantorRole> {
+    prop::sample::select(vec![
+        GrantorRole::Youth,
+        GrantorRole::Youth,
+        GrantorRole::Youth,
+        GrantorRole::Nmd,
+        GrantorRole::Parent,
+        GrantorRole::LegalGuardian,
+        GrantorRole::SocialWorker,
+        GrantorRole::Court,
+    ])
+}
+
 fn consent_s(n: usize) -> impl Strategy<Value = ConsentRecord> {
     (
         kind_s(),
@@ -76,19 +91,22 @@ fn consent_s(n: usize) -> impl Strategy<Value = ConsentRecord> {
         prop::option::of(t_s()),
         prop::option::of(t_s()),
         t_s(),
+        role_s(),
     )
         .prop_map(
-            move |(kind, to, cats, same_patient, start, end, withdrawn, recorded)| ConsentRecord {
-                id: format!("c{n}"),
-                kind,
-                patient_id: if same_patient { "pat-1" } else { "pat-2" }.into(),
-                grantor_role: GrantorRole::Youth,
-                recipients: to.into_iter().map(org_id).collect(),
-                categories: cats,
-                start,
-                end,
-                withdrawn_at: withdrawn,
-                recorded_at: recorded.min(start),
+            move |(kind, to, cats, same_patient, start, end, withdrawn, recorded, role)| {
+                ConsentRecord {
+                    id: format!("c{n}"),
+                    kind,
+                    patient_id: if same_patient { "pat-1" } else { "pat-2" }.into(),
+                    grantor_role: role,
+                    recipients: to.into_iter().map(org_id).collect(),
+                    categories: cats,
+                    start,
+                    end,
+                    withdrawn_at: withdrawn,
+                    recorded_at: recorded.min(start),
+                }
             },
         )
 }
@@ -110,9 +128,10 @@ fn resource_s() -> impl Strategy<Value = ResourceFacts> {
         any::<bool>(),
         any::<bool>(),
         any::<bool>(),
+        prop::option::of(referral_facts_s()),
     )
         .prop_map(
-            |(t, labels, category, referral, status, placement)| ResourceFacts {
+            |(t, labels, category, referral, status, placement, of_referral)| ResourceFacts {
                 resource_type: t.into(),
                 id: "r-1".into(),
                 patient_id: "pat-1".into(),
@@ -121,31 +140,41 @@ fn resource_s() -> impl Strategy<Value = ResourceFacts> {
                 referral_package: referral,
                 status_only: status,
                 contains_placement_address: placement,
+                referral: of_referral,
             },
         )
+}
+
+fn referral_facts_s() -> impl Strategy<Value = ReferralFacts> {
+    (
+        prop::option::of(0..NAMEABLE),
+        any::<bool>(),
+        prop::collection::vec(0..NAMEABLE, 0..3),
+    )
+        .prop_map(|(referrer, self_referral, made_to)| ReferralFacts {
+            referrer: referrer.map(org_id),
+            self_referral,
+            made_to: made_to.into_iter().map(org_id).collect(),
+        })
 }
 
 fn ctx_s() -> impl Strategy<Value = Context> {
     (
         purpose_s(),
-        prop::option::of(0..NAMEABLE),
+        prop::collection::vec(0..NAMEABLE, 0..3),
         prop::option::of(prop::sample::select(vec!["ecm-compass", "ecm-other"])),
         prop::option::of(prop::sample::select(vec!["mcp-a", "mcp-b"])),
-        any::<bool>(),
         prop::option::of(prop::sample::select(vec!["Fresno", "Kern"])),
     )
-        .prop_map(
-            |(purpose, referrer, ecm, mcp, self_referral, county)| Context {
-                now: now(),
-                purpose,
-                referring_org: referrer.map(org_id),
-                assigned_ecm: ecm.map(Into::into),
-                member_mcp: mcp.map(Into::into),
-                self_referral,
-                source_county: county.map(Into::into),
-                family_maintenance: false,
-            },
-        )
+        .prop_map(|(purpose, self_referral_to, ecm, mcp, county)| Context {
+            now: now(),
+            purpose,
+            assigned_ecm: ecm.map(Into::into),
+            member_mcp: mcp.map(Into::into),
+            self_referral_to: self_referral_to.into_iter().map(org_id).collect(),
+            source_county: county.map(Into::into),
+            family_maintenance: false,
+        })
 }
 
 /// The decision without the R8 vote, whose reason counts inactive consents.
@@ -292,5 +321,59 @@ proptest! {
             essence(&policy.decide(&res, &to, &history, &ctx)),
             essence(&policy.decide(&res, &to, &own, &ctx))
         );
+    }
+
+    /// A self-referral opens nothing to an organization it was not made to:
+    /// R2 never permits by self-referral outside the referral's `made_to`
+    /// (or, for a resource no referral owns, the member's
+    /// `self_referral_to`), whatever consents are on file.
+    #[test]
+    fn self_referral_only_to_whom_it_was_made(
+        history in history_s(),
+        res in resource_s(),
+        to in 0..ORGS.len(),
+        ctx in ctx_s(),
+    ) {
+        let policy = Policy::default_policy();
+        let to = recipient(to);
+        let d = policy.decide(&res, &to, &history, &ctx);
+        let made_to = match &res.referral {
+            Some(r) if r.self_referral => r.made_to.clone(),
+            Some(_) => Vec::new(),
+            None => ctx.self_referral_to.clone(),
+        };
+        if !made_to.contains(&to.org_id) {
+            prop_assert!(d.votes.iter().all(|v| v.reason != "permit.self-referral"), "{:?}", d);
+        }
+    }
+
+    /// Referral status goes to the requester of that very referral only: an
+    /// R4 permit vote means the resource's referrer is the recipient; and a
+    /// referral consent relied on by R2 was the youth's or the family's.
+    #[test]
+    fn status_to_its_own_referrer_and_family_referral_consents(
+        history in history_s(),
+        res in resource_s(),
+        to in 0..ORGS.len(),
+        ctx in ctx_s(),
+    ) {
+        let policy = Policy::default_policy();
+        let to = recipient(to);
+        let d = policy.decide(&res, &to, &history, &ctx);
+        for v in d.votes.iter().filter(|v| v.value == VoteValue::Permit) {
+            if v.rule == "R4" {
+                let referrer = res.referral.as_ref().and_then(|r| r.referrer.as_deref());
+                prop_assert_eq!(referrer, Some(to.org_id.as_str()));
+            }
+            if v.rule == "R2" {
+                if let Some(id) = &v.consent_id {
+                    let c = history.iter().find(|c| &c.id == id);
+                    prop_assert!(c.is_some_and(|c| !matches!(
+                        c.grantor_role,
+                        GrantorRole::SocialWorker | GrantorRole::Court
+                    )));
+                }
+            }
+        }
     }
 }

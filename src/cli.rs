@@ -28,10 +28,11 @@ pub enum Command {
         #[arg(long, env = "CWSGW_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Run the gateway with the shipped demo configuration (config/demo.toml).
+    /// Run the gateway with the demo configuration (config/demo.toml, built
+    /// into the binary; --config names another file).
     Demo {
-        #[arg(long, default_value = "config/demo.toml")]
-        config: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Translate one input offline to the FHIR R4 Bundle it yields (stdout).
     Translate {
@@ -182,9 +183,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serve_until_signal(cfg)
         }
         Command::Demo { config } => {
-            let cfg = load_config(Some(&config))?;
+            let (cfg, origin) = match &config {
+                Some(p) => (load_config(Some(p))?, p.display().to_string()),
+                None => {
+                    let mut cfg = Config::from_toml(crate::demo::DEMO_CONFIG, "config/demo.toml")?;
+                    cfg.apply_env(&env_map())?;
+                    (cfg, "config/demo.toml (built in)".to_string())
+                }
+            };
             let rt = runtime()?;
-            rt.block_on(crate::demo::run(cfg, &config))?;
+            rt.block_on(crate::demo::run(cfg, &origin))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Translate {
@@ -204,7 +212,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let off = crate::translate::Offline::new(cfg, received_at)?;
             match (batch, input) {
                 (Some(b), None) => {
-                    crate::translate::run_batch(&off, &b)?;
+                    let counts = crate::translate::run_batch(&off, &b)?;
+                    if counts.failed > 0 {
+                        eprintln!(
+                            "error: {} of {} messages failed (an OperationOutcome line each)",
+                            counts.failed,
+                            counts.ok + counts.failed
+                        );
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    if counts.ok == 0 {
+                        anyhow::bail!("{}: no messages found", b.display());
+                    }
                 }
                 (None, Some(i)) => crate::translate::run_single(&off, &i)?,
                 (Some(_), Some(_)) => {
@@ -261,7 +280,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut cfg = Config::from_file(&file)?;
             cfg.apply_env(&env_map())?;
             let engine = crate::serve::load_engine(&cfg)?;
-            crate::routing::Router::from_config(std::sync::Arc::new(cfg.clone()))?;
+            crate::serve::load_router(&std::sync::Arc::new(cfg.clone()))?;
+            crate::county::deadlines::calendar_from_config(&cfg)?;
             if let Some(tls) = &cfg.server.tls {
                 crate::tls::load(tls)?;
             }
@@ -492,7 +512,15 @@ pub fn describe(cfg: &Config, engine: &mapping::Engine) -> String {
         cfg.delivery.timeout_ms,
         cfg.delivery.concurrency
     );
-    let _ = writeln!(s, "\nmappings:");
+    let _ = writeln!(
+        s,
+        "\nmappings ({}):",
+        cfg.mappings
+            .dir
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| crate::serve::EMBEDDED_MAPPINGS.into())
+    );
     for m in engine.mappings() {
         let _ = writeln!(
             s,

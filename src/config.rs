@@ -232,20 +232,13 @@ impl Default for MllpConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct MappingsConfig {
-    /// Directory holding the declarative mapping files and terminology.
-    #[serde(default = "default_mappings_dir")]
-    pub dir: PathBuf,
-}
-
-impl Default for MappingsConfig {
-    fn default() -> Self {
-        MappingsConfig {
-            dir: default_mappings_dir(),
-        }
-    }
+    /// Directory holding the declarative mapping files and terminology;
+    /// absent = the `mappings/` tree built into the binary.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
 }
 
 /// Locations and hospital services whose encounters are sensitive.
@@ -315,6 +308,26 @@ pub struct Organization {
     pub provider_type: Option<String>,
     #[serde(default)]
     pub sending_facilities: Vec<String>,
+    /// `adt_source` only: when commit ACKs are sent (default `as_requested`).
+    pub ack_mode: Option<AckMode>,
+}
+
+/// When an `adt_source`'s messages get their commit ACK.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckMode {
+    /// As MSH-15 asks (`NE`: none).
+    #[default]
+    AsRequested,
+    /// Always, even when MSH-15 says `NE` (for senders that wait regardless).
+    Always,
+}
+
+impl Organization {
+    /// The source's ACK mode (`as_requested` when not set).
+    pub fn ack_mode(&self) -> AckMode {
+        self.ack_mode.unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -411,9 +424,6 @@ fn default_max_connections() -> usize {
 fn default_charset() -> String {
     "UTF-8".into()
 }
-fn default_mappings_dir() -> PathBuf {
-    PathBuf::from("mappings")
-}
 
 /// Why a configuration was refused: one line per problem.
 #[derive(Debug, thiserror::Error)]
@@ -445,12 +455,61 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Read and validate a configuration file. Relative paths in it (files,
+    /// directories, a `sqlite://` database) resolve against the file's own
+    /// directory, so it works the same from any working directory.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_toml(&text, &path.display().to_string())
+        let mut cfg = Config::from_toml(&text, &path.display().to_string())?;
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        // The default database (no `store.url`) stays under the working directory.
+        let store_url_given = toml::from_str::<toml::Table>(&text)
+            .ok()
+            .and_then(|t| t.get("store")?.get("url").cloned())
+            .is_some();
+        cfg.resolve_paths(&dir, store_url_given);
+        Ok(cfg)
+    }
+
+    /// Make every relative path of the configuration relative to `base`:
+    /// `mappings.dir`, `calendar.holidays_file`, `delivery.ca_bundle_file`,
+    /// `delivery.routing_rules_file`, `clients[].jwks_file`, the
+    /// `server.tls` files and, when `store_url_given` (the file sets it), a
+    /// `sqlite://` file in `store.url`.
+    pub fn resolve_paths(&mut self, base: &Path, store_url_given: bool) {
+        let mut paths: Vec<&mut PathBuf> = Vec::new();
+        paths.extend(self.mappings.dir.as_mut());
+        paths.extend(self.calendar.holidays_file.as_mut());
+        paths.extend(self.delivery.ca_bundle_file.as_mut());
+        paths.extend(self.delivery.routing_rules_file.as_mut());
+        paths.extend(self.clients.iter_mut().filter_map(|c| c.jwks_file.as_mut()));
+        if let Some(tls) = &mut self.server.tls {
+            paths.push(&mut tls.cert_file);
+            paths.push(&mut tls.key_file);
+            paths.extend(tls.client_ca_file.as_mut());
+        }
+        for p in paths {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        }
+        if !store_url_given {
+            return;
+        }
+        let url = self.store.url.trim();
+        let rest = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"));
+        if let Some(rest) = rest {
+            let p = Path::new(rest);
+            if !rest.is_empty() && !rest.starts_with(':') && p.is_relative() {
+                self.store.url = format!("sqlite://{}", base.join(p).display());
+            }
+        }
     }
 
     /// Apply `CWSGW_*` environment overrides, then validate again.
@@ -640,6 +699,9 @@ impl Config {
             }
             if o.kind != OrgKind::AdtSource && !o.sending_facilities.is_empty() {
                 errs.push(format!("{at}.sending_facilities: only for kind adt_source"));
+            }
+            if o.kind != OrgKind::AdtSource && o.ack_mode.is_some() {
+                errs.push(format!("{at}.ack_mode: only for kind adt_source"));
             }
             if let Some(auth) = &o.endpoint_auth {
                 let bearer = auth.bearer_token_env.is_some();
@@ -1035,6 +1097,44 @@ token_sha256 = "abc"
             "postgres://gw:***@db/gw"
         );
         assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{}\n[mappings]\ndir = \"maps\"\n[calendar]\nholidays_file = \"/abs/h.csv\"\n[delivery]\nrouting_rules_file = \"rules/r.yaml\"\n",
+            MINIMAL.replace(
+                "[[organizations]]",
+                "[store]\nurl = \"sqlite://data/gw.db\"\n\n[[organizations]]"
+            )
+        );
+        let path = dir.path().join("gw.toml");
+        std::fs::write(&path, text).unwrap();
+        let cfg = Config::from_file(&path).unwrap();
+        let base = std::path::absolute(dir.path()).unwrap();
+        assert_eq!(cfg.mappings.dir, Some(base.join("maps")));
+        assert_eq!(
+            cfg.calendar.holidays_file,
+            Some(PathBuf::from("/abs/h.csv"))
+        );
+        assert_eq!(
+            cfg.delivery.routing_rules_file,
+            Some(base.join("rules/r.yaml"))
+        );
+        assert_eq!(
+            cfg.store.url,
+            format!("sqlite://{}", base.join("data/gw.db").display())
+        );
+        // Without store.url the default database stays under the working
+        // directory; without [mappings] dir the built-in mappings are used.
+        std::fs::write(&path, MINIMAL).unwrap();
+        let cfg = Config::from_file(&path).unwrap();
+        assert_eq!(cfg.store.url, "sqlite://gateway-data/gateway.db");
+        assert_eq!(cfg.mappings.dir, None);
+        // Text parsed without a file keeps its paths as written.
+        let cfg = Config::from_toml("[mappings]\ndir = \"m\"\n", "t.toml").unwrap();
+        assert_eq!(cfg.mappings.dir, Some(PathBuf::from("m")));
     }
 
     #[test]

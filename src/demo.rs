@@ -21,6 +21,9 @@ use crate::config::Config;
 use crate::delivery::mock::MockEndpoint;
 use crate::scenario::{self, Scenario, Target};
 
+/// The demo configuration, built in (`demo --config FILE` overrides it).
+pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+
 /// The demo's sample traffic.
 pub const DEMO_SCENARIO: &str = include_str!("../tests/scenarios/demo.yaml");
 
@@ -89,7 +92,7 @@ fn remove_demo_database(cfg: &Config) {
 }
 
 /// Run the demo until Ctrl-C.
-pub async fn run(cfg: Config, config_path: &Path) -> anyhow::Result<()> {
+pub async fn run(cfg: Config, config_origin: &str) -> anyhow::Result<()> {
     remove_demo_database(&cfg);
     let tokens = demo_tokens(&cfg)?;
     let mocks = start_mocks(&cfg).await?;
@@ -100,7 +103,7 @@ pub async fn run(cfg: Config, config_path: &Path) -> anyhow::Result<()> {
     );
     println!(
         "demo: configuration {} — HTTP, MLLP and the mock endpoints bind loopback (127.0.0.1) only.",
-        config_path.display()
+        config_origin
     );
     let scenario = Scenario::from_yaml(DEMO_SCENARIO, "tests/scenarios/demo.yaml")?;
     let target = Target {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use store::{SqliteOptions, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -63,11 +63,69 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     opened.map_err(|e| anyhow!("store {}: {e}", redact_url(&cfg.store.url)))
 }
 
+/// The shipped `mappings/` tree (mapping YAML, concept maps, aid codes,
+/// holidays) as built into the binary: the default when `[mappings] dir` is
+/// not set. The directory in the checkout stays the source of truth.
+pub static MAPPINGS: include_dir::Dir<'static> =
+    include_dir::include_dir!("$CARGO_MANIFEST_DIR/mappings");
+
+/// How `check-config` and errors name the built-in mappings.
+pub const EMBEDDED_MAPPINGS: &str = "mappings (built in)";
+
+fn embedded_files<'a>(dir: &'a include_dir::Dir<'a>, out: &mut Vec<(&'a Path, &'a str)>) {
+    for e in dir.entries() {
+        match e {
+            include_dir::DirEntry::Dir(d) => embedded_files(d, out),
+            include_dir::DirEntry::File(f) => {
+                if let Some(text) = f.contents_utf8() {
+                    out.push((f.path(), text));
+                }
+            }
+        }
+    }
+}
+
+/// One line for a mapping load error: the file (and where in it) and why.
+fn mapping_error(e: &mapping::MappingError) -> String {
+    if e.path.is_empty() {
+        format!("{}: {}", e.file.display(), e.reason)
+    } else {
+        format!("{}: {}: {}", e.file.display(), e.path, e.reason)
+    }
+}
+
+/// The mapping engine: from `mappings.dir` when configured, else the
+/// built-in tree. A failure is one line naming `mappings.dir` and the path.
 pub fn load_engine(cfg: &Config) -> anyhow::Result<Arc<mapping::Engine>> {
-    let dir: &Path = &cfg.mappings.dir;
-    let engine =
-        mapping::Engine::load(dir).map_err(|e| anyhow!("mappings in {}: {e}", dir.display()))?;
+    let engine = match &cfg.mappings.dir {
+        Some(dir) => {
+            if let Err(e) = std::fs::read_dir(dir) {
+                bail!(
+                    "mappings.dir {}: cannot read the directory: {e}",
+                    dir.display()
+                );
+            }
+            mapping::Engine::load(dir)
+                .map_err(|e| anyhow!("mappings.dir {}: {}", dir.display(), mapping_error(&e)))?
+        }
+        None => {
+            let mut files = Vec::new();
+            embedded_files(&MAPPINGS, &mut files);
+            mapping::Engine::load_files(Path::new(EMBEDDED_MAPPINGS), files)
+                .map_err(|e| anyhow!("built-in mappings: {}", mapping_error(&e)))?
+        }
+    };
     Ok(Arc::new(engine))
+}
+
+/// The routing rules, with a failure naming `delivery.routing_rules_file`.
+pub fn load_router(cfg: &Arc<Config>) -> anyhow::Result<crate::routing::Router> {
+    crate::routing::Router::from_config(cfg.clone()).map_err(|e| {
+        match &cfg.delivery.routing_rules_file {
+            Some(_) => anyhow!("delivery.routing_rules_file: {e}"),
+            None => anyhow!("built-in routing rules: {e}"),
+        }
+    })
 }
 
 async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
@@ -119,8 +177,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let http_addr = http.local_addr()?;
     let mllp_addr = mllp.local_addr()?;
 
-    let router =
-        Arc::new(crate::routing::Router::from_config(cfg.clone()).map_err(|e| anyhow!("{e}"))?);
+    let router = Arc::new(load_router(&cfg)?);
     let delivery = crate::delivery::start(cfg.clone(), store.clone(), metrics.clone())
         .map_err(|e| anyhow!("{e}"))?;
     let routing = crate::routing::Routing {

@@ -1,12 +1,12 @@
 //! `cws-gateway translate`: offline translation, the same code path the
 //! gateway's worker runs, without a store or a network.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context as _};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::api::operation_outcome;
 use crate::config::Config;
@@ -33,24 +33,21 @@ pub fn read_input(path: &str, limit: usize) -> anyhow::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// The organization id an offline translation attributes a message to: the
-/// configured `adt_source` listing its MSH-4, else `adt-source`.
-fn source_for(cfg: &Config, raw: &[u8], opts: &hl7v2::ParseOptions) -> (String, Option<String>) {
-    let parsed = hl7v2::parse(raw, opts);
-    let facility = parsed
-        .message
-        .as_ref()
-        .map(|m| m.header().sending_facility)
-        .unwrap_or_default();
-    match cfg.adt_source_for_facility(&facility) {
-        Some(o) => (o.id.clone(), None),
-        None => ("adt-source".to_string(), Some(facility)),
+/// The organization id and name an offline translation attributes a message
+/// to: the configured `adt_source` listing its MSH-4, else `adt-source`.
+fn source_of<'c>(cfg: &'c Config, msg: &hl7v2::Message) -> (&'c str, &'c str) {
+    match cfg.adt_source_for_facility(&msg.header().sending_facility) {
+        Some(o) => (o.id.as_str(), o.name.as_str()),
+        None => ("adt-source", "adt-source"),
     }
 }
 
 pub struct Offline {
     translator: Translator,
     received_at: DateTime<Utc>,
+    /// `received_at` as the mappings stamp it (RFC 3339, seconds).
+    received: String,
+    sensitivity: mapping::Sensitivity,
     opts: hl7v2::ParseOptions,
 }
 
@@ -63,15 +60,23 @@ impl Offline {
             ..hl7v2::ParseOptions::default()
         };
         Ok(Offline {
+            sensitivity: cfg.sensitivity(),
             translator: Translator::new(cfg, engine),
+            received: received_at.to_rfc3339_opts(SecondsFormat::Secs, true),
             received_at,
             opts,
         })
     }
 
+    /// One message → its Bundle as a `serde_json::Value` (the worker's
+    /// `Translator::translate_adt`).
     pub fn translate(&self, raw: &[u8]) -> Result<serde_json::Value, String> {
-        let (org, _) = source_for(&self.translator.cfg, raw, &self.opts);
-        match self.translator.translate_adt(raw, &org, &self.received_at) {
+        let parsed = hl7v2::parse(raw, &self.opts);
+        let org = match &parsed.message {
+            Some(m) => source_of(&self.translator.cfg, m).0,
+            None => "adt-source",
+        };
+        match self.translator.translate_adt(raw, org, &self.received_at) {
             Ok(b) => Ok(b),
             Err(JobOutcome::Failed { code, location }) => Err(match location {
                 Some(l) => format!("{code} at {l}"),
@@ -80,75 +85,225 @@ impl Offline {
             Err(_) => Err("translation did not finish".into()),
         }
     }
+
+    /// One message → its Bundle's JSON appended to `out`: the engine's
+    /// serialized fast path, one parse, no `Value`. The bytes equal
+    /// `serde_json::to_vec` of [`Offline::translate`]'s Bundle.
+    pub fn translate_into(&self, raw: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        let parsed = hl7v2::parse(raw, &self.opts);
+        let Some(msg) = parsed.message else {
+            return Err("unparseable".into());
+        };
+        let (org_id, org_name) = source_of(&self.translator.cfg, &msg);
+        let ctx = mapping::AdtContext {
+            canonical_base: &self.translator.cfg.server.canonical_base,
+            source_org_id: org_id,
+            source_org_name: org_name,
+            received_at: &self.received,
+            sensitivity: &self.sensitivity,
+        };
+        self.translator
+            .engine
+            .translate_adt_into(&msg, &ctx, out)
+            .map_err(|e| match e.location {
+                Some(l) => format!("{} at {l}", e.code),
+                None => e.code.to_string(),
+            })
+    }
 }
 
-/// Split a batch file into messages: MLLP frames when it holds a start block,
-/// else groups of non-empty lines separated by blank lines.
-pub fn split_batch(data: &[u8], max_frame: usize) -> Vec<Result<Vec<u8>, String>> {
-    let mut out = Vec::new();
-    if data.contains(&hl7v2::mllp::START) {
-        let mut dec = hl7v2::mllp::FrameDecoder::new(max_frame);
-        dec.push(data);
-        // A frame left open at the end of the file is still a message.
-        let mut tail_fix = false;
+/// Largest message of a batch; a larger one is reported failed and skipped.
+pub const MAX_BATCH_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// Reads the messages of a batch one at a time from a buffered reader, so
+/// memory stays flat in the input size: MLLP frames when the input starts
+/// (after whitespace) with the start block `0x0B`, else groups of non-empty
+/// lines (CR, LF or CRLF) separated by blank lines, joined with CR.
+pub struct BatchReader<R> {
+    input: R,
+    max: usize,
+    mode: Option<Mode>,
+    /// Bytes consumed from `input` (for progress).
+    consumed: u64,
+    /// Blank-line mode: a CR ended the last line, so a LF right after it
+    /// belongs to it.
+    skip_lf: bool,
+    eof: bool,
+}
+
+enum Mode {
+    Mllp(Box<hl7v2::mllp::FrameDecoder>),
+    Lines,
+}
+
+impl<R: BufRead> BatchReader<R> {
+    pub fn new(input: R, max_message: usize) -> Self {
+        BatchReader {
+            input,
+            max: max_message,
+            mode: None,
+            consumed: 0,
+            skip_lf: false,
+            eof: false,
+        }
+    }
+
+    /// Bytes read from the input so far.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    /// The next message into `msg` (cleared first): `Ok(Some(Ok(())))`, a
+    /// message that cannot be used (`Ok(Some(Err(why)))`), or the end.
+    pub fn next_into(&mut self, msg: &mut Vec<u8>) -> std::io::Result<Option<Result<(), String>>> {
+        msg.clear();
+        if self.mode.is_none() {
+            let buf = self.input.fill_buf()?;
+            let first = buf.iter().find(|b| !b.is_ascii_whitespace()).copied();
+            if first.is_none() && !buf.is_empty() {
+                // Only whitespace so far: skip it and look again.
+                let n = buf.len();
+                self.input.consume(n);
+                self.consumed += n as u64;
+                return self.next_into(msg);
+            }
+            self.mode = Some(if first == Some(hl7v2::mllp::START) {
+                Mode::Mllp(Box::new(hl7v2::mllp::FrameDecoder::new(self.max)))
+            } else {
+                Mode::Lines
+            });
+        }
+        match self.mode {
+            Some(Mode::Mllp(_)) => self.next_frame(msg),
+            _ => self.next_lines(msg),
+        }
+    }
+
+    fn next_frame(&mut self, msg: &mut Vec<u8>) -> std::io::Result<Option<Result<(), String>>> {
+        use hl7v2::mllp::{FrameEvent, CR, END};
+        let Some(Mode::Mllp(dec)) = &mut self.mode else {
+            return Ok(None);
+        };
         loop {
             match dec.next_event() {
-                Some(hl7v2::mllp::FrameEvent::Frame(f)) => out.push(Ok(f)),
-                Some(hl7v2::mllp::FrameEvent::Oversize { len, .. }) => {
-                    out.push(Err(format!("frame of {len} bytes exceeds {max_frame}")))
+                Some(FrameEvent::Frame(f)) => {
+                    *msg = f;
+                    return Ok(Some(Ok(())));
                 }
-                Some(hl7v2::mllp::FrameEvent::Garbage { .. }) => {}
-                None => {
-                    if dec.in_frame() && !tail_fix {
-                        dec.push(&[hl7v2::mllp::END, hl7v2::mllp::CR]);
-                        tail_fix = true;
-                        continue;
-                    }
-                    break;
+                Some(FrameEvent::Oversize { len, .. }) => {
+                    return Ok(Some(Err(format!(
+                        "frame of {len} bytes exceeds {}",
+                        self.max
+                    ))))
                 }
+                Some(FrameEvent::Garbage { .. }) => continue,
+                None => {}
+            }
+            if self.eof {
+                // A frame left open at the end of the input is still a message.
+                if dec.in_frame() {
+                    dec.push(&[END, CR]);
+                    continue;
+                }
+                return Ok(None);
+            }
+            let buf = self.input.fill_buf()?;
+            if buf.is_empty() {
+                self.eof = true;
+                continue;
+            }
+            dec.push(buf);
+            let n = buf.len();
+            self.input.consume(n);
+            self.consumed += n as u64;
+        }
+    }
+
+    fn next_lines(&mut self, msg: &mut Vec<u8>) -> std::io::Result<Option<Result<(), String>>> {
+        let mut oversize = 0usize;
+        loop {
+            // One line, appended to `msg` after a CR joining it to the last.
+            let start = msg.len();
+            if !msg.is_empty() {
+                msg.push(b'\r');
+            }
+            let (ended, over) = self.read_line(msg)?;
+            oversize += over;
+            let blank = over == 0
+                && msg
+                    .get(start..)
+                    .unwrap_or(&[])
+                    .iter()
+                    .all(|b| b.is_ascii_whitespace());
+            if !blank {
+                // A last line without a line end: the next read finds the end.
+                continue;
+            }
+            msg.truncate(start);
+            if oversize > 0 {
+                let len = msg.len() + oversize;
+                msg.clear();
+                return Ok(Some(Err(format!(
+                    "message of {len} bytes exceeds {}",
+                    self.max
+                ))));
+            }
+            if !msg.is_empty() {
+                return Ok(Some(Ok(())));
+            }
+            if !ended {
+                return Ok(None);
             }
         }
-        return out;
     }
-    let mut current: Vec<u8> = Vec::new();
-    for line in lines(data) {
-        if line.iter().all(|b| b.is_ascii_whitespace()) {
-            if !current.is_empty() {
-                out.push(Ok(std::mem::take(&mut current)));
+
+    /// Append one line (without its end) to `msg`, keeping `msg` within the
+    /// limit: whether a line end was read (else the input ended) and how
+    /// many bytes did not fit.
+    fn read_line(&mut self, msg: &mut Vec<u8>) -> std::io::Result<(bool, usize)> {
+        let mut over = 0usize;
+        loop {
+            let buf = self.input.fill_buf()?;
+            if buf.is_empty() {
+                return Ok((false, over));
             }
-            continue;
+            if std::mem::take(&mut self.skip_lf) && buf.first() == Some(&b'\n') {
+                self.input.consume(1);
+                self.consumed += 1;
+                continue;
+            }
+            let (take, used, ended) = match memchr::memchr2(b'\r', b'\n', buf) {
+                Some(i) => {
+                    self.skip_lf = buf.get(i) == Some(&b'\r');
+                    (i, i + 1, true)
+                }
+                None => (buf.len(), buf.len(), false),
+            };
+            let part = buf.get(..take).unwrap_or(&[]);
+            if over == 0 && msg.len() + part.len() <= self.max {
+                msg.extend_from_slice(part);
+            } else {
+                over += part.len();
+            }
+            self.input.consume(used);
+            self.consumed += used as u64;
+            if ended {
+                return Ok((true, over));
+            }
         }
-        if !current.is_empty() {
-            current.push(b'\r');
-        }
-        current.extend_from_slice(line);
     }
-    if !current.is_empty() {
-        out.push(Ok(current));
-    }
-    out
 }
 
-/// Lines separated by CR, LF or CRLF (CRLF counts once).
-fn lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = data;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let end = rest
-            .iter()
-            .position(|b| *b == b'\r' || *b == b'\n')
-            .unwrap_or(rest.len());
-        let (line, tail) = rest.split_at(end);
-        let skip = if tail.starts_with(b"\r\n") {
-            2
-        } else {
-            usize::from(!tail.is_empty())
-        };
-        rest = tail.get(skip..).unwrap_or(&[]);
-        Some(line)
-    })
+/// Split a batch held in memory (tests and small inputs): the messages
+/// [`BatchReader`] reads from it.
+pub fn split_batch(data: &[u8], max_frame: usize) -> Vec<Result<Vec<u8>, String>> {
+    let mut r = BatchReader::new(data, max_frame);
+    let mut out = Vec::new();
+    let mut msg = Vec::new();
+    while let Ok(Some(m)) = r.next_into(&mut msg) {
+        out.push(m.map(|()| std::mem::take(&mut msg)));
+    }
+    out
 }
 
 pub fn run_single(off: &Offline, input: &str) -> anyhow::Result<()> {
@@ -160,37 +315,89 @@ pub fn run_single(off: &Offline, input: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run_batch(off: &Offline, input: &Path) -> anyhow::Result<(usize, usize)> {
-    let data = read_input(&input.display().to_string(), 1024 * 1024 * 1024)?;
-    let messages = split_batch(&data, 16 * 1024 * 1024);
-    let total = messages.len();
-    let progress = std::io::stderr().is_terminal();
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let (mut ok, mut failed) = (0usize, 0usize);
-    for (i, m) in messages.into_iter().enumerate() {
-        let line = match m.and_then(|raw| off.translate(&raw)) {
-            Ok(bundle) => {
-                ok += 1;
-                bundle
+/// Messages translated and failed by a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchCounts {
+    pub ok: usize,
+    pub failed: usize,
+}
+
+/// Translate a batch from `input` to NDJSON on `output`, streaming: one
+/// message and one Bundle in memory at a time. A failed message becomes an
+/// `OperationOutcome` line naming its position (no input values).
+pub fn translate_batch<R: BufRead, W: Write>(
+    off: &Offline,
+    input: R,
+    output: W,
+    mut progress: impl FnMut(u64, usize),
+) -> anyhow::Result<BatchCounts> {
+    let mut reader = BatchReader::new(input, MAX_BATCH_MESSAGE);
+    let mut out = BufWriter::with_capacity(256 * 1024, output);
+    let mut counts = BatchCounts { ok: 0, failed: 0 };
+    let (mut msg, mut bundle) = (Vec::new(), Vec::with_capacity(16 * 1024));
+    while let Some(m) = reader.next_into(&mut msg).context("reading the batch")? {
+        bundle.clear();
+        match m.and_then(|()| off.translate_into(&msg, &mut bundle)) {
+            Ok(()) => {
+                counts.ok += 1;
+                bundle.push(b'\n');
+                out.write_all(&bundle)?;
             }
             Err(e) => {
-                failed += 1;
-                operation_outcome("error", "invalid", &format!("message {}: {e}", i + 1), None)
+                counts.failed += 1;
+                let n = counts.ok + counts.failed;
+                let oo = operation_outcome("error", "invalid", &format!("message {n}: {e}"), None);
+                serde_json::to_writer(&mut out, &oo)?;
+                out.write_all(b"\n")?;
             }
-        };
-        serde_json::to_writer(&mut out, &line)?;
-        out.write_all(b"\n")?;
-        if progress && (i + 1) % 500 == 0 {
-            eprint!("\r{}/{} messages", i + 1, total);
+        }
+        let n = counts.ok + counts.failed;
+        if n % 1024 == 0 {
+            progress(reader.consumed(), n);
         }
     }
     out.flush()?;
-    if progress {
-        eprintln!("\r{total}/{total} messages");
+    progress(reader.consumed(), counts.ok + counts.failed);
+    Ok(counts)
+}
+
+/// `translate --kind adt --batch FILE|-`: NDJSON on stdout, a progress bar
+/// on stderr when it is a terminal, the counts on stderr at the end.
+pub fn run_batch(off: &Offline, input: &Path) -> anyhow::Result<BatchCounts> {
+    let stdin = input == Path::new("-");
+    let (reader, len): (Box<dyn Read>, Option<u64>) = if stdin {
+        (Box::new(std::io::stdin().lock()), None)
+    } else {
+        let f = std::fs::File::open(input)
+            .with_context(|| format!("cannot open {}", input.display()))?;
+        let len = f.metadata().ok().map(|m| m.len());
+        (Box::new(f), len)
+    };
+    let bar = match len {
+        Some(len) => indicatif::ProgressBar::new(len).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {binary_bytes}/{binary_total_bytes} {msg} ({eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        ),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    eprintln!("translated {ok}, failed {failed}");
-    Ok((ok, failed))
+    let stdout = std::io::stdout().lock();
+    let counts = translate_batch(
+        off,
+        BufReader::with_capacity(256 * 1024, reader),
+        stdout,
+        |bytes, n| {
+            bar.set_position(bytes);
+            bar.set_message(format!("{n} messages"));
+        },
+    )?;
+    bar.finish_and_clear();
+    eprintln!("translated {}, failed {}", counts.ok, counts.failed);
+    Ok(counts)
 }
 
 #[cfg(test)]
@@ -207,6 +414,52 @@ mod tests {
         assert_eq!(got.len(), 3);
         assert_eq!(got[0], b"MSH|a\rPID|1");
         assert_eq!(got[2], b"MSH|c\rPID|3");
+    }
+
+    /// Every buffer size (down to one byte) splits alike: line ends, CRLF
+    /// and frames cut across reads.
+    #[test]
+    fn streaming_splits_alike_for_any_buffer_size() {
+        let lines = b"\n\nMSH|a\r\nPID|1\r\n\r\n  \nMSH|b\rPID|2\r\rMSH|c\nPID|3".to_vec();
+        let mut framed = hl7v2::mllp::frame(b"MSH|a\rPID|1");
+        framed.extend(b"junk");
+        framed.extend(hl7v2::mllp::frame(b"MSH|b\rPID|2"));
+        framed.extend(b"\x0bMSH|c\rPID|3");
+        for data in [lines, framed] {
+            for cap in [1, 2, 3, 7, 64, 8192] {
+                let mut r =
+                    BatchReader::new(std::io::BufReader::with_capacity(cap, &data[..]), 1024);
+                let mut got = Vec::new();
+                let mut msg = Vec::new();
+                while let Some(m) = r.next_into(&mut msg).unwrap() {
+                    m.unwrap();
+                    got.push(String::from_utf8(msg.clone()).unwrap());
+                }
+                assert_eq!(
+                    got,
+                    ["MSH|a\rPID|1", "MSH|b\rPID|2", "MSH|c\rPID|3"],
+                    "cap {cap}"
+                );
+                assert_eq!(r.consumed(), data.len() as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn oversize_messages_fail_and_the_rest_go_on() {
+        let mut data = b"MSH|a\n".to_vec();
+        data.extend(vec![b'x'; 100]);
+        data.extend(b"\n\nMSH|b\n");
+        let got = split_batch(&data, 64);
+        assert_eq!(got.len(), 2);
+        assert!(got[0].as_ref().unwrap_err().contains("exceeds 64"));
+        assert_eq!(got[1].as_ref().unwrap(), b"MSH|b");
+        let mut framed = hl7v2::mllp::frame(&[b'x'; 100]);
+        framed.extend(hl7v2::mllp::frame(b"MSH|b"));
+        let got = split_batch(&framed, 64);
+        assert!(got[0].as_ref().unwrap_err().contains("exceeds 64"));
+        assert_eq!(got[1].as_ref().unwrap(), b"MSH|b");
+        assert!(split_batch(b" \r\n\t\n", 64).is_empty());
     }
 
     #[test]

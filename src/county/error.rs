@@ -25,6 +25,11 @@ pub enum CountyError {
         text: String,
         expression: Option<String>,
     },
+    /// Several schema violations (422, `invalid`): one issue each, with its
+    /// `expression` (at most `schemas::MAX_ISSUES`, then one saying more
+    /// were not listed).
+    #[error("{}", .0.iter().map(|v| v.text.as_str()).collect::<Vec<_>>().join("; "))]
+    Violations(Vec<Violation>),
     /// A program or consent rule refuses the request (422, `business-rule`).
     #[error("{text}")]
     BusinessRule {
@@ -43,6 +48,13 @@ pub enum CountyError {
     /// Something that should not happen (500, `exception`).
     #[error("{0}")]
     Internal(String),
+}
+
+/// One schema violation: a text naming the field and the rule, never a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub text: String,
+    pub expression: Option<String>,
 }
 
 impl CountyError {
@@ -68,9 +80,9 @@ impl CountyError {
             CountyError::Api(_) => StatusCode::INTERNAL_SERVER_ERROR,
             CountyError::Malformed(_) => StatusCode::BAD_REQUEST,
             CountyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            CountyError::Invalid { .. } | CountyError::BusinessRule { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            CountyError::Invalid { .. }
+            | CountyError::Violations(_)
+            | CountyError::BusinessRule { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             CountyError::Forbidden(_) => StatusCode::FORBIDDEN,
             CountyError::NotFound(_) => StatusCode::NOT_FOUND,
             CountyError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -83,7 +95,7 @@ impl CountyError {
             CountyError::Api(_) => "exception",
             CountyError::Malformed(_) => "structure",
             CountyError::TooLarge(_) => "too-costly",
-            CountyError::Invalid { .. } => "invalid",
+            CountyError::Invalid { .. } | CountyError::Violations(_) => "invalid",
             CountyError::BusinessRule { .. } => "business-rule",
             CountyError::Forbidden(_) => "forbidden",
             CountyError::NotFound(_) => "not-found",
@@ -100,6 +112,22 @@ impl IntoResponse for CountyError {
         }
         if matches!(self, CountyError::Store(_) | CountyError::Internal(_)) {
             tracing::error!(error = %self, "county request failed");
+        }
+        if let CountyError::Violations(vs) = &self {
+            let issues: Vec<serde_json::Value> = vs
+                .iter()
+                .map(|v| {
+                    let mut issue = serde_json::json!({
+                        "severity": "error", "code": "invalid", "diagnostics": v.text
+                    });
+                    if let Some(e) = &v.expression {
+                        issue["expression"] = serde_json::json!([e]);
+                    }
+                    issue
+                })
+                .collect();
+            let body = serde_json::json!({"resourceType": "OperationOutcome", "issue": issues});
+            return fhir_json(self.status(), &body);
         }
         let expression = match &self {
             CountyError::Invalid { expression, .. }

@@ -8,7 +8,7 @@ use jsonschema::error::ValidationErrorKind;
 use jsonschema::Validator;
 use serde_json::Value;
 
-use super::error::CountyError;
+use super::error::{CountyError, Violation};
 
 /// Every case event type, in DESIGN.md order.
 pub const EVENT_TYPES: [&str; 8] = [
@@ -87,43 +87,90 @@ impl Schemas {
     }
 }
 
+/// Most schema violations one response lists (one OperationOutcome issue
+/// each); past it a last issue says that more were not listed.
+pub const MAX_ISSUES: usize = 20;
+
+/// Every violation (up to [`MAX_ISSUES`]), each naming its field. Texts name
+/// fields and schema keywords, never input values (they may hold PHI).
 fn check(v: &Validator, doc: &Value) -> Result<(), CountyError> {
-    let Some(err) = v.iter_errors(doc).next() else {
-        return Ok(());
-    };
-    let mut expr = expression(err.instance_path().as_str());
-    let mut what = match err.kind() {
-        ValidationErrorKind::Required { property } => {
-            let p = property.as_str().unwrap_or("").to_string();
-            if !p.is_empty() {
-                expr = if expr.is_empty() {
-                    p.clone()
-                } else {
-                    format!("{expr}.{p}")
-                };
+    let mut found: Vec<Violation> = Vec::new();
+    let mut more = false;
+    for err in v.iter_errors(doc) {
+        let at = expression(err.instance_path().as_str());
+        let join = |p: &str| {
+            if at.is_empty() {
+                p.to_string()
+            } else {
+                format!("{at}.{p}")
             }
-            "is required".to_string()
-        }
-        ValidationErrorKind::AdditionalProperties { unexpected } => {
-            if let Some(p) = unexpected.first() {
-                expr = if expr.is_empty() {
-                    p.clone()
-                } else {
-                    format!("{expr}.{p}")
-                };
+        };
+        let items: Vec<(String, &str)> = match err.kind() {
+            ValidationErrorKind::Required { property } => {
+                let p = property.as_str().unwrap_or("");
+                vec![(
+                    if p.is_empty() { at.clone() } else { join(p) },
+                    "is required",
+                )]
             }
-            "is not an allowed property".to_string()
+            ValidationErrorKind::AdditionalProperties { unexpected } if !unexpected.is_empty() => {
+                unexpected
+                    .iter()
+                    .map(|p| (join(p), "is not an allowed property"))
+                    .collect()
+            }
+            _ => vec![(at.clone(), "")],
+        };
+        for (expr, what) in items {
+            let what = if what.is_empty() {
+                format!(
+                    "does not conform to the schema ({} rule)",
+                    err.kind().keyword()
+                )
+            } else {
+                what.to_string()
+            };
+            let v = if expr.is_empty() {
+                Violation {
+                    text: format!("the document {what}"),
+                    expression: None,
+                }
+            } else {
+                Violation {
+                    text: format!("{expr} {what}"),
+                    expression: Some(expr),
+                }
+            };
+            if found.contains(&v) {
+                continue;
+            }
+            if found.len() == MAX_ISSUES {
+                more = true;
+                break;
+            }
+            found.push(v);
         }
-        _ => format!(
-            "does not conform to the schema ({} rule)",
-            err.kind().keyword()
-        ),
-    };
-    if expr.is_empty() {
-        what = format!("the document {what}");
-        return Err(CountyError::invalid(what, None));
+        if more {
+            break;
+        }
     }
-    Err(CountyError::invalid(format!("{expr} {what}"), Some(&expr)))
+    if more {
+        found.push(Violation {
+            text: format!("more violations were not listed (at most {MAX_ISSUES} are reported)"),
+            expression: None,
+        });
+    }
+    match found.len() {
+        0 => Ok(()),
+        1 => {
+            let v = found.remove(0);
+            Err(CountyError::Invalid {
+                text: v.text,
+                expression: v.expression,
+            })
+        }
+        _ => Err(CountyError::Violations(found)),
+    }
 }
 
 /// `/consent/recipients/0` → `consent.recipients[0]`.
@@ -154,6 +201,45 @@ mod tests {
         assert_eq!(expression("/child/birthDate"), "child.birthDate");
         assert_eq!(expression("/consent/recipients/0"), "consent.recipients[0]");
         assert_eq!(expression(""), "");
+    }
+
+    #[test]
+    fn every_violation_is_reported_with_its_field_and_no_value() {
+        let s = Schemas::compile().unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = root.join("tests/golden/case_event/case.opened");
+        let input = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| !p.to_string_lossy().ends_with(".expected.json"))
+            .unwrap();
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(input).unwrap()).unwrap();
+        assert_eq!(s.validate_event(&doc).unwrap(), "case.opened");
+        doc.as_object_mut().unwrap().remove("socialWorker");
+        doc["child"].as_object_mut().unwrap().remove("birthDate");
+        doc["child"]["sex"] = "SECRET-VALUE".into();
+        let CountyError::Violations(vs) = s.validate_event(&doc).unwrap_err() else {
+            panic!("expected several violations");
+        };
+        let exprs: Vec<_> = vs.iter().filter_map(|v| v.expression.clone()).collect();
+        for want in ["socialWorker", "child.birthDate", "child.sex"] {
+            assert!(exprs.iter().any(|e| e == want), "{want} not in {exprs:?}");
+        }
+        assert!(vs.iter().all(|v| !v.text.contains("SECRET")), "{vs:?}");
+    }
+
+    #[test]
+    fn violations_are_capped() {
+        let s = Schemas::compile().unwrap();
+        let mut doc = serde_json::json!({"type": "case.opened"});
+        for i in 0..40 {
+            doc[format!("extra{i}")] = 1.into();
+        }
+        let CountyError::Violations(vs) = s.validate_event(&doc).unwrap_err() else {
+            panic!("expected several violations");
+        };
+        assert_eq!(vs.len(), MAX_ISSUES + 1);
+        assert!(vs[MAX_ISSUES].text.contains("not listed"), "{vs:?}");
     }
 
     #[test]

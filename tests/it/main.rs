@@ -11,6 +11,7 @@ mod delivery;
 mod fhir;
 mod fhir_sdk;
 mod http;
+mod installed;
 mod mllp;
 mod postgres;
 mod scenarios;

@@ -258,7 +258,7 @@ async fn two_instances_deliver_each_referral_exactly_once() {
         cfg.server.http_addr = "127.0.0.1:0".into();
         cfg.server.mllp_addr = "127.0.0.1:0".into();
         cfg.store.url = db.url.clone();
-        cfg.mappings.dir = repo().join("mappings");
+        cfg.mappings.dir = Some(repo().join("mappings"));
         for o in cfg.organizations.iter_mut() {
             if o.id == "mcp-a" {
                 o.endpoint = Some(mcp.base_url());

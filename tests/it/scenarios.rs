@@ -21,7 +21,7 @@ async fn run_file(name: &str) {
     cfg.server.http_addr = "127.0.0.1:0".into();
     cfg.server.mllp_addr = "127.0.0.1:0".into();
     cfg.store.url = format!("sqlite://{}", dir.path().join("gw.db").display());
-    cfg.mappings.dir = repo().join("mappings");
+    cfg.mappings.dir = Some(repo().join("mappings"));
     // One mock per endpoint, on a free port; the config points at it.
     let mut mocks = HashMap::new();
     for o in cfg.organizations.iter_mut() {

@@ -396,7 +396,7 @@ pub fn evaluate_with(facts: &Facts, as_of: NaiveDate, table: &AidCodeTable) -> E
             );
         }
         Some(e) => {
-            if e.effective_on > as_of {
+            if let Some(effective_on) = e.effective_on.filter(|on| *on > as_of) {
                 managed = false;
                 b.push(
                     "not-in-managed-care",
@@ -405,7 +405,7 @@ pub fn evaluate_with(facts: &Facts, as_of: NaiveDate, table: &AidCodeTable) -> E
                     "the Medi-Cal enrollment takes effect after the evaluation date",
                     Some(format!(
                         "effective in {} days",
-                        days_between(as_of, e.effective_on)
+                        days_between(as_of, effective_on)
                     )),
                 );
             }

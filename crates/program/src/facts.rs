@@ -40,9 +40,15 @@ pub enum FactsError {
         /// The limit.
         max: usize,
     },
-    /// Not valid JSON for the facts shape (line and column; serde's message names fields, not values).
-    #[error("facts are not valid at line {line}, column {column}: {category}")]
+    /// Not valid JSON for the facts shape: the field (a JSON path such as
+    /// `enrollment.aidCode`), why (naming types and fields, never the value
+    /// found), line and column.
+    #[error("facts are not valid: {field}: {reason} (line {line}, column {column})")]
     Invalid {
+        /// JSON path of the field (`.` for the document itself).
+        field: String,
+        /// What is wrong, without the value found.
+        reason: String,
         /// 1-based line.
         line: usize,
         /// 1-based column.
@@ -52,7 +58,10 @@ pub enum FactsError {
     },
 }
 
-/// One child's facts.
+/// One child's facts. Only what the rules read is required: `child.birthDate`
+/// and, when a section is present, the flags of that section the rules
+/// decide on (`enrollment.aidCode`, `feeForService`, `shareOfCost`, …); ids,
+/// names, `enrollment.cin` and `enrollment.effectiveOn` may be left out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Facts {
@@ -79,16 +88,19 @@ pub struct Facts {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Child {
-    /// County client id.
+    /// County client id (not read by the rules).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub client_id: String,
     /// Medi-Cal CIN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cin: Option<String>,
     /// Name (never logged, never used by the rules).
+    #[serde(default)]
     pub name: PersonName,
     /// Date of birth.
     pub birth_date: NaiveDate,
-    /// Sex as recorded by the county.
+    /// Sex as recorded by the county (not read by the rules).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sex: String,
     /// Whether the Indian Child Welfare Act applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,13 +108,14 @@ pub struct Child {
 }
 
 /// A person's name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PersonName {
     /// Given names.
     #[serde(default)]
     pub given: Vec<String>,
     /// Family name.
+    #[serde(default)]
     pub family: String,
 }
 
@@ -110,7 +123,8 @@ pub struct PersonName {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Enrollment {
-    /// Medi-Cal CIN.
+    /// Medi-Cal CIN (not read by the rules).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cin: String,
     /// Aid code (Appendix D of seed 003 for the child welfare ones).
     pub aid_code: String,
@@ -121,8 +135,9 @@ pub struct Enrollment {
     pub fee_for_service: bool,
     /// Medi-Cal with a share of cost.
     pub share_of_cost: bool,
-    /// Date the enrollment takes effect.
-    pub effective_on: NaiveDate,
+    /// Date the enrollment takes effect; absent = in effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_on: Option<NaiveDate>,
 }
 
 /// Placement kinds (`placement.changed`).
@@ -302,6 +317,65 @@ pub struct OtherFacts {
     pub pregnant_or_postpartum: Option<bool>,
 }
 
+/// A deserialization error as [`FactsError::Invalid`]: a missing field is
+/// named in `field`; serde's texts that quote the value found are cut to
+/// what was expected.
+fn invalid(mut field: String, e: serde_json::Error) -> FactsError {
+    let category = match e.classify() {
+        serde_json::error::Category::Io => "io",
+        serde_json::error::Category::Syntax => "syntax",
+        serde_json::error::Category::Data => "data",
+        serde_json::error::Category::Eof => "eof",
+    };
+    let text = e.to_string();
+    // serde_json appends " at line L column C"; the position is reported apart.
+    let text = text
+        .rsplit_once(" at line ")
+        .map_or(text.as_str(), |(t, _)| t);
+    let reason = if let Some(name) = text
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next())
+    {
+        field = if field == "." {
+            name.to_string()
+        } else {
+            format!("{field}.{name}")
+        };
+        "is required".to_string()
+    } else if text.starts_with("unknown field `") {
+        let expected = text.split_once(", expected ").map(|(_, x)| x);
+        match expected {
+            Some(x) => format!("unknown field; expected {x}"),
+            None => "unknown field".to_string(),
+        }
+    } else if let Some(kind) = [
+        "invalid type",
+        "invalid value",
+        "unknown variant",
+        "invalid length",
+    ]
+    .into_iter()
+    .find(|k| text.starts_with(k))
+    {
+        match text.split_once(", expected ") {
+            Some((_, x)) => format!("{kind}; expected {x}"),
+            None => kind.to_string(),
+        }
+    } else if category == "data" {
+        // Our own date parsers and chrono's texts name the format, not the value.
+        text.to_string()
+    } else {
+        format!("{category} error")
+    };
+    FactsError::Invalid {
+        field,
+        reason,
+        line: e.line(),
+        column: e.column(),
+        category,
+    }
+}
+
 fn parse_date_or_datetime(text: &str) -> Option<NaiveDate> {
     if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         return Some(d);
@@ -335,16 +409,13 @@ impl Facts {
                 max: MAX_FACTS_BYTES,
             });
         }
-        let facts: Facts = serde_json::from_slice(bytes).map_err(|e| FactsError::Invalid {
-            line: e.line(),
-            column: e.column(),
-            category: match e.classify() {
-                serde_json::error::Category::Io => "io",
-                serde_json::error::Category::Syntax => "syntax",
-                serde_json::error::Category::Data => "data",
-                serde_json::error::Category::Eof => "eof",
-            },
-        })?;
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let facts: Facts = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| {
+                let field = e.path().to_string();
+                invalid(field, e.into_inner())
+            })
+            .and_then(|f| de.end().map(|()| f).map_err(|e| invalid(".".into(), e)))?;
         facts.check_limits()?;
         Ok(facts)
     }
@@ -370,5 +441,51 @@ impl Facts {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_the_rules_read_is_required() {
+        let f = Facts::from_json(
+            br#"{"child": {"birthDate": "2012-01-01"},
+                 "enrollment": {"aidCode": "4M", "feeForService": false, "shareOfCost": false}}"#,
+        )
+        .unwrap();
+        let e = f.enrollment.as_ref().unwrap();
+        assert!(e.cin.is_empty() && e.effective_on.is_none());
+        let ev = crate::evaluate(&f, NaiveDate::from_ymd_opt(2026, 2, 1).unwrap());
+        assert!(ev.eligible, "{ev:?}");
+    }
+
+    #[test]
+    fn errors_name_the_field_never_the_value() {
+        let err = |doc: &str| Facts::from_json(doc.as_bytes()).unwrap_err().to_string();
+        let e = err(r#"{"child": {"birthDate": "2012-01-01"},
+                       "enrollment": {"feeForService": false, "shareOfCost": false}}"#);
+        assert!(e.contains("enrollment.aidCode: is required"), "{e}");
+        let e = err(r#"{"other": {}}"#);
+        assert!(e.contains("facts are not valid: child: is required"), "{e}");
+        let e = err(r#"{"child": {"birthDate": "2012-01-01"},
+                       "enrollment": {"aidCode": "4M", "feeForService": "SECRET", "shareOfCost": false}}"#);
+        assert!(e.contains("enrollment.feeForService: invalid type"), "{e}");
+        assert!(!e.contains("SECRET"), "{e}");
+        let e = err(r#"{"child": {"birthDate": "SECRET"}}"#);
+        assert!(e.contains("child.birthDate"), "{e}");
+        assert!(!e.contains("SECRET"), "{e}");
+        let e = err(r#"{"child": {"birthDate": "2012-01-01"}, "placement": {"kind": "SECRET"}}"#);
+        assert!(
+            e.contains("placement.kind: unknown variant; expected"),
+            "{e}"
+        );
+        assert!(!e.contains("SECRET"), "{e}");
+        let e = err(r#"{"child": {"birthDate": "2012-01-01", "nickName": "SECRET"}}"#);
+        assert!(e.contains("child.nickName: unknown field"), "{e}");
+        assert!(!e.contains("SECRET"), "{e}");
+        let e = err(r#"{"child": {"birthDate": "2012-01-01"}} x"#);
+        assert!(e.contains("facts are not valid: .: syntax error"), "{e}");
     }
 }

@@ -1,0 +1,239 @@
+//! The built binary as an operator runs it after `cargo install`: from a
+//! directory outside the checkout, with no `mappings/` or `config/` beside
+//! it. Mappings, terminology and the demo configuration are built in; paths
+//! in a configuration file resolve against that file's directory.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cws-gateway")
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The binary run in `dir`, without the caller's `CWSGW_*` settings.
+fn cmd(dir: &Path) -> Command {
+    let mut c = Command::new(bin());
+    c.current_dir(dir)
+        .env_remove("CWSGW_CONFIG")
+        .env_remove("CWSGW_DATABASE_URL")
+        .env_remove("CWSGW_HTTP_ADDR")
+        .env_remove("CWSGW_MLLP_ADDR")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    c
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    cmd(dir).args(args).output().expect("run the binary")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A scratch directory outside the checkout.
+fn outside() -> tempfile::TempDir {
+    let d = tempfile::tempdir().expect("tempdir");
+    assert!(
+        !d.path().starts_with(repo()),
+        "the temp dir is outside the checkout"
+    );
+    d
+}
+
+const GOLDEN_001: &str = "tests/golden/adt/adt-to-fhir/001-a01-admit-v251.hl7";
+const GOLDEN_002: &str = "tests/golden/adt/adt-to-fhir/002-a03-discharge-same-visit.hl7";
+
+#[test]
+fn translate_works_from_any_directory() {
+    let tmp = outside();
+    let msg = std::fs::read(repo().join(GOLDEN_001)).expect("golden");
+    std::fs::write(tmp.path().join("msg.hl7"), &msg).expect("write");
+    let at = "2026-01-15T10:00:00Z";
+    let out = run(
+        tmp.path(),
+        &["translate", "--kind", "adt", "--received-at", at, "msg.hl7"],
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let single: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a Bundle");
+    assert_eq!(single["resourceType"], "Bundle");
+
+    // A batch: the same Bundle bytes as one line each, through the fast path.
+    let second = std::fs::read(repo().join(GOLDEN_002)).expect("golden");
+    let mut batch = msg.clone();
+    batch.extend_from_slice(b"\r\n\r\n");
+    batch.extend_from_slice(&second);
+    std::fs::write(tmp.path().join("batch.hl7"), &batch).expect("write");
+    let out = run(
+        tmp.path(),
+        &[
+            "translate",
+            "--kind",
+            "adt",
+            "--received-at",
+            at,
+            "--batch",
+            "batch.hl7",
+        ],
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let lines: Vec<&str> = std::str::from_utf8(&out.stdout)
+        .expect("utf-8")
+        .lines()
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", text(&out.stdout));
+    assert_eq!(lines[0], serde_json::to_string(&single).expect("json"));
+    assert!(text(&out.stderr).contains("translated 2, failed 0"));
+
+    // One bad message: its OperationOutcome line, the counts, exit non-zero.
+    batch.extend_from_slice(b"\n\nnot an HL7 message\n");
+    std::fs::write(tmp.path().join("bad.hl7"), &batch).expect("write");
+    let out = run(
+        tmp.path(),
+        &["translate", "--kind", "adt", "--batch", "bad.hl7"],
+    );
+    assert!(!out.status.success());
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    let last: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("json");
+    assert_eq!(last["resourceType"], "OperationOutcome");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("translated 2, failed 1") && err.contains("1 of 3 messages failed"),
+        "{err}"
+    );
+
+    // A missing input file: one line naming it, non-zero.
+    let out = run(
+        tmp.path(),
+        &["translate", "--kind", "adt", "--batch", "nope.hl7"],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("nope.hl7"));
+}
+
+#[test]
+fn eligibility_works_from_any_directory_and_names_missing_fields() {
+    let tmp = outside();
+    let facts = r#"{"child": {"birthDate": "2012-01-01"},
+        "enrollment": {"aidCode": "4M", "planCode": "A", "feeForService": false, "shareOfCost": false}}"#;
+    std::fs::write(tmp.path().join("facts.json"), facts).expect("write");
+    let out = run(
+        tmp.path(),
+        &["eligibility", "--as-of", "2026-02-01", "facts.json"],
+    );
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let ev: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(ev["eligible"], true, "{ev}");
+
+    let missing = facts.replace(r#""aidCode": "4M", "#, "");
+    std::fs::write(tmp.path().join("missing.json"), missing).expect("write");
+    let out = run(tmp.path(), &["eligibility", "missing.json"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("enrollment.aidCode"), "{err}");
+}
+
+/// A config file in its own directory, with a relative database path.
+fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let path = dir.join("gw.toml");
+    let mut f = std::fs::File::create(&path).expect("create");
+    write!(
+        f,
+        "[server]\nhttp_addr = \"127.0.0.1:0\"\nmllp_addr = \"127.0.0.1:0\"\n\n[store]\nurl = \"sqlite://data/gw.db\"\n{extra}"
+    )
+    .expect("write");
+    path
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn serve_with_a_config_elsewhere() {
+    let tmp = outside();
+    let conf = write_config(&tmp.path().join("etc"), "");
+    let cwd = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&cwd).expect("mkdir");
+    let mut child = cmd(&cwd)
+        .args(["serve", "--config"])
+        .arg(&conf)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut http = None;
+    while http.is_none() && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            http = line
+                .strip_prefix("listening http=")
+                .and_then(|r| r.split_whitespace().next())
+                .map(str::to_string);
+        }
+    }
+    let result = std::panic::catch_unwind(|| {
+        let http = http.clone().expect("the gateway printed its address");
+        let reply = http_get(&http, "/readyz");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        let reply = http_get(&http, "/healthz");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    // The relative database path resolved against the config's directory.
+    assert!(tmp.path().join("etc/data/gw.db").exists());
+    assert!(!cwd.join("data").exists());
+}
+
+#[test]
+fn a_missing_mappings_dir_fails_with_one_line_naming_key_and_path() {
+    let tmp = outside();
+    let conf = write_config(
+        &tmp.path().join("etc"),
+        "\n[mappings]\ndir = \"missing-mappings\"\n",
+    );
+    let want = tmp.path().join("etc/missing-mappings");
+    for args in [&["serve", "--config"][..], &["check-config"][..]] {
+        let out = cmd(tmp.path()).args(args).arg(&conf).output().expect("run");
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = text(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains("mappings.dir") && err.contains(&want.display().to_string()),
+            "{args:?}: {err}"
+        );
+    }
+    // Nothing was created for the store of a gateway that did not start.
+    assert!(!tmp.path().join("etc/data/gw.db").exists());
+}

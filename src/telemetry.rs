@@ -22,6 +22,40 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// A counter with one label whose values come from the configuration (an
+/// organization id): a closed set, but not known at compile time.
+#[derive(Default)]
+pub struct ConfigCounter {
+    values: Mutex<BTreeMap<String, u64>>,
+}
+
+impl ConfigCounter {
+    pub fn inc(&self, label: &str) {
+        if let Ok(mut m) = self.values.lock() {
+            *m.entry(label.to_string()).or_insert(0) += 1;
+        }
+    }
+
+    pub fn get(&self, label: &str) -> u64 {
+        self.values
+            .lock()
+            .ok()
+            .and_then(|m| m.get(label).copied())
+            .unwrap_or(0)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str, label_name: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        if let Ok(m) = self.values.lock() {
+            for (label, v) in m.iter() {
+                let escaped = label.replace('\\', "\\\\").replace('"', "\\\"");
+                let _ = writeln!(out, "{name}{{{label_name}=\"{escaped}\"}} {v}");
+            }
+        }
+    }
+}
+
 /// A counter keyed by a small, closed set of label values.
 #[derive(Default)]
 pub struct CounterVec {
@@ -133,6 +167,9 @@ pub struct Metrics {
     pub mllp_connections: AtomicI64,
     /// Time from a complete frame/request to its ACK being ready.
     pub ack_latency: Histogram,
+    /// ADT messages journaled under a control id the same facility already
+    /// used for a different message, by source organization id.
+    pub control_id_reuse: ConfigCounter,
     /// Journal records translated, by outcome (`ok`, `failed`).
     pub translations: CounterVec,
     /// Jobs waiting for the translation worker.
@@ -155,6 +192,7 @@ impl Default for Metrics {
             mllp_frame_errors: CounterVec::default(),
             mllp_connections: AtomicI64::new(0),
             ack_latency: Histogram::new(LATENCY_BUCKETS),
+            control_id_reuse: ConfigCounter::default(),
             translations: CounterVec::default(),
             translate_queue_depth: AtomicI64::new(0),
             http_requests: CounterVec::default(),
@@ -230,6 +268,12 @@ impl Metrics {
             &mut out,
             "cwsgw_hl7_ack_latency_seconds",
             "Time from a complete HL7 message to its ACK being ready (includes the journal commit).",
+        );
+        self.control_id_reuse.render(
+            &mut out,
+            "cwsgw_control_id_reuse_total",
+            "ADT messages whose (MSH-4, MSH-10) was already used for a different message, processed as new messages, by source organization.",
+            "source",
         );
         self.translations.render(
             &mut out,
@@ -361,10 +405,12 @@ mod tests {
         let m = Metrics::default();
         m.hl7_received.inc(&["ADT^A01"]);
         m.hl7_acks.inc(&["AA", "ADT^A01"]);
+        m.control_id_reuse.inc("st-mary");
         m.ack_latency.observe(0.002);
         let text = m.render(&store::StoreMetrics::default(), None);
         assert!(text.contains("cwsgw_hl7_messages_received_total{type=\"ADT^A01\"} 1"));
         assert!(text.contains("cwsgw_hl7_acks_total{code=\"AA\",type=\"ADT^A01\"} 1"));
+        assert!(text.contains("cwsgw_control_id_reuse_total{source=\"st-mary\"} 1"));
         assert!(text.contains("cwsgw_hl7_ack_latency_seconds_bucket{le=\"0.0025\"} 1"));
         assert!(text.contains("cwsgw_hl7_ack_latency_seconds_bucket{le=\"0.001\"} 0"));
     }

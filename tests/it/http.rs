@@ -126,12 +126,37 @@ async fn auth_media_type_and_size_limits() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    // Over the body limit (64 KiB in the test config) → 413.
+    // Over the body limit (64 KiB in the test config): answered in HL7, an
+    // AR with ERR 102 (permanent), not plain text; MSA-2 names the message
+    // when its head shows MSH-10.
     let resp = post_hl7(&c, &base, Some(STMARY_TOKEN), vec![b'x'; 70_000])
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "x-application/hl7-v2+er7"
+    );
+    let ack = resp.text().await.unwrap();
+    assert_eq!(field(&ack, "MSA", 1), "AR", "{ack}");
+    assert!(ack.contains("\rERR|"), "{ack}");
+    assert!(ack.contains("102^"), "{ack}");
+    let mut big = adt("A01", "HTTPBIG1", "STMARY");
+    big.push_str("NTE|1||");
+    big.push_str(&"x".repeat(200_000));
+    big.push('\r');
+    let ack = post_hl7(&c, &base, Some(STMARY_TOKEN), big.into_bytes())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(field(&ack, "MSA", 1), "AR", "{ack}");
+    assert_eq!(field(&ack, "MSA", 2), "HTTPBIG1");
+    assert!(ack.contains("exceeds the limit of 65536 bytes"), "{ack}");
+    assert!(!ack.contains("resend later"), "{ack}");
     assert_eq!(gw.store.journal_stats().await.unwrap().total, 0);
     gw.stop().await;
 }

@@ -294,3 +294,234 @@ proptest! {
         });
     }
 }
+
+/// The Encounter the test messages of visit `V{control_id}` become, read
+/// from the store (one visit per control id in `adt`).
+async fn only_encounter(store: &dyn store::Store) -> serde_json::Value {
+    let q = store::ResourceQuery {
+        resource_type: "Encounter".into(),
+        limit: 10,
+        ..Default::default()
+    };
+    let found = store.resource_search(&q).await.unwrap();
+    assert_eq!(found.len(), 1, "one Encounter");
+    found[0].body.clone()
+}
+
+/// Poll (bounded) until the reuse counter of `source` reaches `n`.
+async fn wait_reuse(metrics: &cws_gateway::telemetry::Metrics, source: &str, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while metrics.control_id_reuse.get(source) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cwsgw_control_id_reuse_total{{source={source}}} = {}, want {n}",
+            metrics.control_id_reuse.get(source)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_control_id_is_a_new_message_and_resends_still_dedup_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = cws_gateway::serve::start(config(dir.path())).await.unwrap();
+    let mut s = Conn::connect(gw.mllp_addr).await;
+    // A sender whose counter restarted: one control id for an A01 and an A03.
+    let a01 = adt("A01", "MSG00001", "STMARY");
+    let a03 = adt("A03", "MSG00001", "STMARY");
+    for msg in [&a01, &a03] {
+        let ack = s.roundtrip(msg.as_bytes()).await;
+        assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+        assert_eq!(field(&ack, "MSA", 2), "MSG00001");
+    }
+    wait_translated(gw.store.as_ref()).await;
+    let stats = gw.store.journal_stats().await.unwrap();
+    assert_eq!((stats.total, stats.processed), (2, 2), "{stats:?}");
+    let enc = only_encounter(gw.store.as_ref()).await;
+    assert_eq!(enc["status"], "finished", "{enc}");
+    wait_reuse(&gw.metrics, "st-mary", 1).await;
+    let text = gw.metrics.render(&gw.store.metrics(), None);
+    assert!(
+        text.contains("cwsgw_control_id_reuse_total{source=\"st-mary\"} 1"),
+        "{text}"
+    );
+
+    // A byte-identical resend of the A03, and the A01 restamped (MSH-7) with
+    // CRLF endings: answered as before, nothing journaled or processed again.
+    let dups = gw.store.metrics().duplicate_inputs;
+    let ack = s.roundtrip(a03.as_bytes()).await;
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    assert_eq!(field(&ack, "MSA", 2), "MSG00001");
+    let restamped = a01
+        .replacen("|20260115083000||ADT", "|20260116120000||ADT", 1)
+        .replace('\r', "\r\n");
+    let ack = s.roundtrip(restamped.as_bytes()).await;
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    assert_eq!(gw.store.journal_stats().await.unwrap().total, 2);
+    assert_eq!(gw.store.metrics().duplicate_inputs, dups + 2);
+    assert_eq!(
+        only_encounter(gw.store.as_ref()).await["status"],
+        "finished"
+    );
+    assert_eq!(gw.metrics.control_id_reuse.get("st-mary"), 1);
+    gw.stop().await;
+
+    // After a restart on the same data directory the resend still dedups.
+    let gw = cws_gateway::serve::start(config(dir.path())).await.unwrap();
+    let mut s = Conn::connect(gw.mllp_addr).await;
+    let ack = s.roundtrip(a03.as_bytes()).await;
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    assert_eq!(field(&ack, "MSA", 2), "MSG00001");
+    assert_eq!(gw.store.journal_stats().await.unwrap().total, 2);
+    assert_eq!(gw.store.metrics().duplicate_inputs, 1);
+    // …and a third message under the id is new, and counted, again.
+    let a08 = adt("A08", "MSG00001", "STMARY");
+    assert_eq!(field(&s.roundtrip(a08.as_bytes()).await, "MSA", 1), "AA");
+    assert_eq!(gw.store.journal_stats().await.unwrap().total, 3);
+    wait_reuse(&gw.metrics, "st-mary", 1).await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enhanced_al_ne_gets_one_commit_ack_without_waiting_for_translation() {
+    let (_dir, gw) = start().await;
+    let mut s = Conn::connect(gw.mllp_addr).await;
+    // A translation backlog: the commit ACK of a message behind it must not
+    // wait for it (translation goes in journal order).
+    let n = 600;
+    let mut all = Vec::new();
+    for i in 0..n {
+        all.extend(hl7v2::mllp::frame(
+            adt("A01", &format!("BACKLOG{i}"), "STMARY").as_bytes(),
+        ));
+    }
+    let msg = adt("A01", "ALNE1", "STMARY").replacen("|P|2.5.1\r", "|P|2.5.1|||AL|NE\r", 1);
+    all.extend(hl7v2::mllp::frame(msg.as_bytes()));
+    s.send_raw(&all).await;
+    for _ in 0..n {
+        assert_eq!(field(&s.recv().await, "MSA", 1), "AA");
+    }
+    let commit = s.recv().await;
+    let pending = gw.store.journal_stats().await.unwrap().pending;
+    assert_eq!(field(&commit, "MSA", 1), "CA", "{commit}");
+    assert_eq!(field(&commit, "MSA", 2), "ALNE1");
+    assert!(
+        pending > 0,
+        "the commit ACK came after translation had caught up"
+    );
+    // MSH-16 NE: no application ACK, ever. The next frame on the connection
+    // is the reply to the next message.
+    wait_translated(gw.store.as_ref()).await;
+    let next = s.roundtrip(adt("A01", "AFTER1", "STMARY").as_bytes()).await;
+    assert_eq!(field(&next, "MSA", 1), "AA", "{next}");
+    assert_eq!(field(&next, "MSA", 2), "AFTER1");
+    assert_eq!(gw.metrics.hl7_acks.get(&["CA", "ADT^A01"]), 1);
+    assert_eq!(gw.metrics.hl7_acks.get(&["AA", "ADT^A01"]), n as u64 + 1);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_enhanced_messages_get_commit_acks_in_order_then_application_acks() {
+    let (_dir, gw) = start().await;
+    let mut s = Conn::connect(gw.mllp_addr).await;
+    let mut all = Vec::new();
+    for i in 0..5 {
+        let msg = adt("A01", &format!("PIPE{i}"), "STMARY").replacen(
+            "|P|2.5.1\r",
+            "|P|2.5.1|||AL|AL\r",
+            1,
+        );
+        all.extend(hl7v2::mllp::frame(msg.as_bytes()));
+    }
+    s.send_raw(&all).await;
+    let mut commits = Vec::new();
+    let mut apps = Vec::new();
+    for _ in 0..10 {
+        let ack = s.recv().await;
+        let id = field(&ack, "MSA", 2);
+        match field(&ack, "MSA", 1).as_str() {
+            "CA" => {
+                assert!(!apps.contains(&id), "application ACK before its commit ACK");
+                commits.push(id);
+            }
+            "AA" => apps.push(id),
+            other => panic!("unexpected {other}: {ack}"),
+        }
+    }
+    let want: Vec<String> = (0..5).map(|i| format!("PIPE{i}")).collect();
+    assert_eq!(commits, want, "commit ACKs in frame order");
+    assert_eq!(apps, want, "application ACKs in frame order");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_mode_always_sends_the_commit_ack_for_ne_ne() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), "").replacen(
+        "sending_facilities = [\"VALLEYHIE\"]",
+        "sending_facilities = [\"VALLEYHIE\"]\nack_mode = \"always\"",
+        1,
+    );
+    let cfg = cws_gateway::config::Config::from_toml(&text, "t").unwrap();
+    let gw = cws_gateway::serve::start(cfg).await.unwrap();
+    let mut s = Conn::connect(gw.mllp_addr).await;
+    // ack_mode = "always": NE/NE still gets its commit ACK.
+    let ne =
+        |id: &str, fac: &str| adt("A01", id, fac).replacen("|P|2.5.1\r", "|P|2.5.1|||NE|NE\r", 1);
+    let ack = s.roundtrip(ne("NENE1", "VALLEYHIE").as_bytes()).await;
+    assert_eq!(field(&ack, "MSA", 1), "CA", "{ack}");
+    assert_eq!(field(&ack, "MSA", 2), "NENE1");
+    // The default (as_requested): none; the next reply is the next message's.
+    s.send(ne("NENE2", "STMARY").as_bytes()).await;
+    let ack = s.roundtrip(adt("A01", "ORIG1", "STMARY").as_bytes()).await;
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    assert_eq!(field(&ack, "MSA", 2), "ORIG1");
+    assert_eq!(gw.store.journal_stats().await.unwrap().total, 3);
+    gw.stop().await;
+
+    // Validated: a closed set, and only on an adt_source.
+    let bad = config_text(dir.path(), "").replacen(
+        "sending_facilities = [\"VALLEYHIE\"]",
+        "sending_facilities = [\"VALLEYHIE\"]\nack_mode = \"sometimes\"",
+        1,
+    );
+    assert!(cws_gateway::config::Config::from_toml(&bad, "t").is_err());
+    let bad = config_text(dir.path(), "").replacen(
+        "county = \"Fresno\"",
+        "county = \"Fresno\"\nack_mode = \"always\"",
+        1,
+    );
+    let Err(err) = cws_gateway::config::Config::from_toml(&bad, "t") else {
+        panic!("ack_mode on a county is refused");
+    };
+    let err = err.to_string();
+    assert!(err.contains("ack_mode"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlong_control_id_is_rejected_permanently_before_the_store() {
+    let (_dir, gw) = start().await;
+    let mut s = Conn::connect(gw.mllp_addr).await;
+    let long_id = "L".repeat(600);
+    let ack = s.roundtrip(adt("A01", &long_id, "STMARY").as_bytes()).await;
+    assert_eq!(field(&ack, "MSA", 1), "AE", "{ack}");
+    let err = ack
+        .split('\r')
+        .find(|s| s.starts_with("ERR"))
+        .expect("ERR segment");
+    assert!(err.contains("102^"), "{err}");
+    assert!(err.contains("MSH^1^10"), "{err}");
+    assert!(!ack.contains("resend later"), "{ack}");
+    assert!(!err.contains("207^"), "{err}");
+    // Enhanced mode: CE with the same ERR.
+    let msg = adt("A01", &long_id, "STMARY").replacen("|P|2.5.1\r", "|P|2.5.1|||AL|NE\r", 1);
+    let ack = s.roundtrip(msg.as_bytes()).await;
+    assert_eq!(field(&ack, "MSA", 1), "CE", "{ack}");
+    assert!(ack.contains("102^"), "{ack}");
+    assert_eq!(gw.store.journal_stats().await.unwrap().total, 0);
+    // The longest accepted id is stored.
+    let ok_id = "K".repeat(cws_gateway::intake::MAX_CONTROL_ID_LEN);
+    let ack = s.roundtrip(adt("A01", &ok_id, "STMARY").as_bytes()).await;
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    gw.stop().await;
+}

@@ -16,7 +16,9 @@
 //! - Consent: our shape (see `disclosure`): `patient`, the consent-kind
 //!   category, the grantor-role extension, `dateTime`, `provision.actor` and
 //!   `provision.class`; the grantor is checked with
-//!   `cwsgw_consent::validate_grantor` against the Patient's `birthDate`.
+//!   `cwsgw_consent::validate_grantor` against the Patient's `birthDate`;
+//!   a `referral_verbal` Consent carries the `consent-explained` extension
+//!   with all four flags true.
 //! - Security labels the sender put in `meta.security` are kept as sent
 //!   (never lowered).
 //!
@@ -424,6 +426,22 @@ fn created(state: &AppState, status: StatusCode, r: &store::StoredResource) -> R
 /// explaining why when it may not grant.
 fn check_grantor(res: &Value, patient: &Value) -> Option<Response> {
     let rec = disclosure::consent_from_fhir(res)?;
+    // A referral consent shows the four things explained (Guide for CWS,
+    // Consent): the consent-explained extension with every flag true.
+    if rec.kind == consent::ConsentKind::ReferralVerbal {
+        let explained = disclosure::Explained::from_fhir(res).unwrap_or_default();
+        if let Some(flag) = explained.first_missing() {
+            return Some(fhir_json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &operation_outcome(
+                    "error",
+                    "business-rule",
+                    &format!("a referral consent must show, in the consent-explained extension, that the provider and service, the information shared, how long it is shared and the right to withdraw were explained; {flag} is not true"),
+                    Some("Consent.extension"),
+                ),
+            ));
+        }
+    }
     let Some(birth) = patient
         .get("birthDate")
         .and_then(Value::as_str)

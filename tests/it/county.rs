@@ -1996,3 +1996,59 @@ async fn a_referral_consent_record_shows_what_was_explained() {
     }
     gw.running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_posted_referral_consent_shows_what_was_explained() {
+    let gw = Gw::start().await;
+    enrolled(&gw).await;
+    // Compass sees the member's minimal Patient under the family's consent.
+    assert_eq!(
+        gw.event(&golden("consent.recorded", "001-referral-verbal"))
+            .await
+            .0,
+        202
+    );
+    let pid = mapping::uuid5("patient|cin|91000001A");
+    let base = "https://gateway.example.org/fhir";
+    let to = vec!["mcp-a".to_string()];
+    let cats = vec!["referral".to_string()];
+    let build = |id: &str| {
+        cws_gateway::disclosure::consent_to_fhir(&cws_gateway::disclosure::ConsentSpec {
+            canonical_base: base,
+            id,
+            identifier: None,
+            patient_id: &pid,
+            kind: "referral_verbal",
+            grantor_role: "parent",
+            grantor_name: None,
+            recorded_by_org: "ecm-compass",
+            recorded_at: "2026-01-20T10:00:00Z",
+            recipients: &to,
+            categories: &cats,
+            start: "2026-01-20",
+            end: None,
+        })
+    };
+    let (s, b) = gw
+        .post("/fhir/Consent", COMPASS_TOKEN, &build("c-posted-1"))
+        .await;
+    assert_eq!(
+        (s, issue_expr(&b)),
+        (422, "Consent.extension".to_string()),
+        "{b}"
+    );
+    let mut partly = build("c-posted-2");
+    let mut flags = cws_gateway::disclosure::Explained::from_input(Some(
+        &json!({"provider": true, "informationShared": true, "duration": false, "rightToWithdraw": true}),
+    ));
+    cws_gateway::disclosure::add_explained(&mut partly, base, &flags);
+    let (s, b) = gw.post("/fhir/Consent", COMPASS_TOKEN, &partly).await;
+    assert_eq!(s, 422, "{b}");
+    assert!(b.to_string().contains("duration"), "{b}");
+    let mut whole = build("c-posted-3");
+    flags.duration = Some(true);
+    cws_gateway::disclosure::add_explained(&mut whole, base, &flags);
+    let (s, b) = gw.post("/fhir/Consent", COMPASS_TOKEN, &whole).await;
+    assert_eq!(s, 201, "{b}");
+    gw.running.stop().await;
+}

@@ -396,3 +396,61 @@ async fn two_instances_deliver_each_referral_exactly_once() {
     gw2.stop().await;
     db.drop_db().await.unwrap();
 }
+
+/// A control id reused for a different message, on two instances sharing
+/// one database: the A01 on one and the A03 under the same MSH-10 on the
+/// other are both processed (the Encounter finishes); a byte-identical resend
+/// to either is a duplicate; the reuse is counted where it was noticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_control_id_across_instances_on_postgres() {
+    let db = fresh().await;
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let gw1 = cws_gateway::serve::start(pg_config(d1.path(), &db.url))
+        .await
+        .unwrap();
+    let gw2 = cws_gateway::serve::start(pg_config(d2.path(), &db.url))
+        .await
+        .unwrap();
+    let mut a = Conn::connect(gw1.mllp_addr).await;
+    let mut b = Conn::connect(gw2.mllp_addr).await;
+    let a01 = adt("A01", "PGREUSE1", "STMARY");
+    let a03 = adt("A03", "PGREUSE1", "STMARY");
+    let ack = a.roundtrip(a01.as_bytes()).await;
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    let ack = b.roundtrip(a03.as_bytes()).await;
+    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    assert_eq!(field(&ack, "MSA", 2), "PGREUSE1");
+    // Resends to the other instance: duplicates.
+    for (conn, msg) in [(&mut a, &a03), (&mut b, &a01)] {
+        let ack = conn.roundtrip(msg.as_bytes()).await;
+        assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+    }
+    let stats = gw1.store.journal_stats().await.unwrap();
+    assert_eq!(stats.total, 2, "{stats:?}");
+    assert_eq!(
+        gw1.store.metrics().duplicate_inputs + gw2.store.metrics().duplicate_inputs,
+        2
+    );
+    wait_translated(gw1.store.as_ref()).await;
+    let q = store::ResourceQuery {
+        resource_type: "Encounter".into(),
+        limit: 10,
+        ..Default::default()
+    };
+    let encounters = gw2.store.resource_search(&q).await.unwrap();
+    assert_eq!(encounters.len(), 1);
+    assert_eq!(
+        encounters[0].body["status"], "finished",
+        "{}",
+        encounters[0].body
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while gw2.metrics.control_id_reuse.get("st-mary") < 1 {
+        assert!(std::time::Instant::now() < deadline, "reuse not counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gw1.metrics.control_id_reuse.get("st-mary"), 0);
+    gw1.stop().await;
+    gw2.stop().await;
+    db.drop_db().await.unwrap();
+}

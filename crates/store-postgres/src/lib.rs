@@ -110,6 +110,9 @@ pub struct PgOptions {
     /// How long to wait for a TCP connection (and, in the pool, for a free
     /// connection). Default 5 s.
     pub connect_timeout: Duration,
+    /// Audit keys (from outside the database): the last seals new audit
+    /// records, all verify (see `store::audit`). Default none.
+    pub audit_keys: store::AuditKeys,
 }
 
 impl Default for PgOptions {
@@ -118,6 +121,7 @@ impl Default for PgOptions {
             pool_size: 16,
             max_batch: 512,
             connect_timeout: Duration::from_secs(5),
+            audit_keys: store::AuditKeys::none(),
         }
     }
 }
@@ -132,6 +136,7 @@ pub struct PgStore {
     /// FIFO turn for resource-writing calls: they take the shared stamp
     /// lock in the order they were called (see `write_turn` in the docs).
     write_turn: tokio::sync::Mutex<()>,
+    audit_keys: store::AuditKeys,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -222,6 +227,7 @@ impl PgStore {
             metrics,
             shown,
             write_turn: tokio::sync::Mutex::new(()),
+            audit_keys: opts.audit_keys,
         })
     }
 
@@ -495,29 +501,22 @@ async fn audit_append(
     }
     let head = tx
         .one(
-            "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE",
+            "SELECT seq, hash, version FROM audit_head WHERE id = 1 FOR UPDATE",
             &[],
         )
         .await?;
     let mut seq: i64 = col(&head, 0, "audit_head")?;
     let mut prev: String = col(&head, 1, "audit_head")?;
+    let mut head_version: i32 = col(&head, 2, "audit_head")?;
     let mut out = Vec::with_capacity(entries.len());
     for a in entries {
         seq = seq
             .checked_add(1)
             .ok_or_else(|| StoreError::Corrupt("audit: seq overflow".to_string()))?;
-        let hash = store::audit::chain_hash(
-            &prev,
-            seq,
-            a.recorded,
-            &a.kind,
-            a.patient_id.as_deref(),
-            a.recipient.as_deref(),
-            &a.canonical,
-        );
+        let (version, key_id, hash) = backend::seal_audit(&a, head_version, &prev, seq)?;
         tx.exec(
-            "INSERT INTO audit (seq, recorded, kind, patient_id, recipient, body, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO audit (seq, recorded, kind, patient_id, recipient, body, prev_hash, hash, version, key_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             &[
                 &seq,
                 &a.recorded,
@@ -527,9 +526,20 @@ async fn audit_append(
                 &a.canonical,
                 &prev,
                 &hash,
+                &version,
+                &key_id,
             ],
         )
         .await?;
+        if !a.patients.is_empty() {
+            tx.exec(
+                "INSERT INTO audit_patients (patient_id, seq)
+                 SELECT p, $2 FROM unnest($1::text[]) AS p ON CONFLICT DO NOTHING",
+                &[&a.patients, &seq],
+            )
+            .await?;
+        }
+        head_version = version;
         out.push(AuditRecord {
             seq,
             recorded: a.recorded,
@@ -539,11 +549,13 @@ async fn audit_append(
             body: a.body,
             prev_hash: std::mem::replace(&mut prev, hash.clone()),
             hash,
+            version,
+            key_id,
         });
     }
     tx.exec(
-        "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1",
-        &[&seq, &prev],
+        "UPDATE audit_head SET seq = $1, hash = $2, version = $3 WHERE id = 1",
+        &[&seq, &prev, &head_version],
     )
     .await?;
     Ok(out)
@@ -743,7 +755,7 @@ impl Store for PgStore {
     ) -> Result<CompletionResult, StoreError> {
         let writes = backend::check_writes(c.writes)?;
         let deliveries = checked_deliveries(c.deliveries)?;
-        let audits = backend::check_audits(c.audits)?;
+        let audits = backend::check_audits(c.audits, &self.audit_keys)?;
         backend::check_clocks(&c.clocks)?;
         // First await: calls made in journal order keep that order.
         let _turn = if writes.is_empty() {
@@ -1228,7 +1240,7 @@ impl Store for PgStore {
     }
 
     async fn audit_append(&self, entries: Vec<NewAudit>) -> Result<Vec<AuditRecord>, StoreError> {
-        let entries = backend::check_audits(entries)?;
+        let entries = backend::check_audits(entries, &self.audit_keys)?;
         if entries.is_empty() {
             return Ok(Vec::new());
         }
@@ -1252,21 +1264,25 @@ impl Store for PgStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        // Filters only present when asked for, so the indexes apply.
-        let sql = format!(
-            "SELECT {} FROM audit WHERE seq > $1{}{} ORDER BY seq LIMIT $4",
-            rows::AUDIT_COLUMNS,
-            if patient_id.is_some() {
-                " AND patient_id = $2"
-            } else {
-                " AND $2::text IS NULL"
-            },
-            if recipient.is_some() {
-                " AND recipient = $3"
-            } else {
-                " AND $3::text IS NULL"
-            },
-        );
+        // Filters only present when asked for, so the indexes apply; the
+        // patient filter walks `audit_patients` (every patient a record names).
+        let recipient_filter = if recipient.is_some() {
+            " AND a.recipient = $3"
+        } else {
+            " AND $3::text IS NULL"
+        };
+        let sql = if patient_id.is_some() {
+            format!(
+                "SELECT {} FROM audit_patients ap JOIN audit a ON a.seq = ap.seq
+                 WHERE ap.patient_id = $2 AND ap.seq > $1{recipient_filter} ORDER BY ap.seq LIMIT $4",
+                rows::AUDIT_COLUMNS_A,
+            )
+        } else {
+            format!(
+                "SELECT {} FROM audit a WHERE a.seq > $1 AND $2::text IS NULL{recipient_filter} ORDER BY a.seq LIMIT $4",
+                rows::AUDIT_COLUMNS_A,
+            )
+        };
         let c = self.conn().await?;
         c.rows(&sql, &[&after_seq, &patient_id, &recipient, &limit])
             .await?
@@ -1285,7 +1301,7 @@ impl Store for PgStore {
             .start()
             .await
             .map_err(pg)?;
-        let mut verifier = backend::AuditVerifier::default();
+        let mut verifier = backend::AuditVerifier::new(self.audit_keys.clone());
         let mut after = 0_i64;
         let sql = format!(
             "SELECT {} FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
@@ -1302,7 +1318,7 @@ impl Store for PgStore {
                     Err(StoreError::Corrupt(_)) => return Ok(Some(verifier.next_seq())),
                     Err(e) => return Err(e),
                 };
-                if let Some(bad) = verifier.check(&record) {
+                if let Some(bad) = verifier.check(&record)? {
                     return Ok(Some(bad));
                 }
             }
@@ -1314,6 +1330,14 @@ impl Store for PgStore {
             (col(&head, 0, "audit_head")?, col(&head, 1, "audit_head")?);
         tx.rollback().await.map_err(pg)?;
         Ok(verifier.check_head(seq, &hash))
+    }
+
+    async fn audit_head(&self) -> Result<(i64, String), StoreError> {
+        let c = self.conn().await?;
+        let head = c
+            .one("SELECT seq, hash FROM audit_head WHERE id = 1", &[])
+            .await?;
+        Ok((col(&head, 0, "audit_head")?, col(&head, 1, "audit_head")?))
     }
 
     async fn jti_use(

@@ -27,6 +27,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "outbox_audit_search",
         include_str!("../migrations/0002_outbox_audit_search.sql"),
     ),
+    (
+        3,
+        "audit_keyed",
+        include_str!("../migrations/0003_audit_keyed.sql"),
+    ),
 ];
 
 /// The advisory lock (two-int form, so it cannot collide with the

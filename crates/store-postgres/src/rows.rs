@@ -149,7 +149,10 @@ pub(crate) fn delivery(row: &Row) -> Result<Delivery, StoreError> {
 }
 
 pub(crate) const AUDIT_COLUMNS: &str =
-    "seq, recorded, kind, patient_id, recipient, body, prev_hash, hash";
+    "seq, recorded, kind, patient_id, recipient, body, prev_hash, hash, version, key_id";
+/// [`AUDIT_COLUMNS`] of the table aliased `a`.
+pub(crate) const AUDIT_COLUMNS_A: &str =
+    "a.seq, a.recorded, a.kind, a.patient_id, a.recipient, a.body, a.prev_hash, a.hash, a.version, a.key_id";
 
 pub(crate) fn audit(row: &Row) -> Result<AuditRecord, StoreError> {
     const W: &str = "audit";
@@ -163,6 +166,8 @@ pub(crate) fn audit(row: &Row) -> Result<AuditRecord, StoreError> {
         body: json(&body, "audit body")?,
         prev_hash: col(row, 6, W)?,
         hash: col(row, 7, W)?,
+        version: col(row, 8, W)?,
+        key_id: col(row, 9, W)?,
     })
 }
 

@@ -66,3 +66,38 @@ async fn conformance_durability_across_reopen() {
     .await;
     db.drop_db().await.unwrap();
 }
+
+/// Issue 14 item 8 on PostgreSQL: the keyed chain and its checkpoints catch
+/// truncation and recompute-after-edit by someone without the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_audit_tamper_evidence() {
+    let db = fresh().await;
+    let url = db.url.clone();
+    let exec_url = db.url.clone();
+    conformance::audit_tamper_evidence(
+        move |keys| {
+            let url = url.clone();
+            async move {
+                let opts = PgOptions {
+                    audit_keys: keys,
+                    ..PgOptions::default()
+                };
+                open(&url, opts).await
+            }
+        },
+        move |sql| {
+            let url = exec_url.clone();
+            async move {
+                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .expect("connect");
+                let task = tokio::spawn(conn);
+                client.batch_execute(&sql).await.expect("raw sql");
+                drop(client);
+                let _ = task.await;
+            }
+        },
+    )
+    .await;
+    db.drop_db().await.unwrap();
+}

@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::audit::ChainVerifier;
+use crate::audit::{AuditKey, AuditKeys, ChainVerifier};
 use crate::metrics::MetricsRecorder;
 use crate::search::QueryCheck;
 use crate::{
@@ -47,6 +47,10 @@ pub struct CheckedAudit {
     pub body: serde_json::Value,
     /// `canonical_json(body)`: what is hashed and stored.
     pub canonical: String,
+    /// Every patient the record names (the `audit_patients` rows).
+    pub patients: Vec<String>,
+    /// The key to seal it with (the ring's current key), if any.
+    pub key: Option<std::sync::Arc<AuditKey>>,
 }
 
 /// Check an input for [`crate::Store::append`]; returns the serialized meta.
@@ -92,9 +96,13 @@ pub fn check_worker(worker: &str) -> Result<(), StoreError> {
     crate::outbox::check_worker(worker)
 }
 
-/// Check audit records and compute their canonical bodies.
-pub fn check_audits(entries: Vec<NewAudit>) -> Result<Vec<CheckedAudit>, StoreError> {
-    Ok(crate::audit::prepare_audits(entries)?
+/// Check audit records and compute their canonical bodies; `keys`' current
+/// key will seal them.
+pub fn check_audits(
+    entries: Vec<NewAudit>,
+    keys: &AuditKeys,
+) -> Result<Vec<CheckedAudit>, StoreError> {
+    Ok(crate::audit::prepare_audits(entries, keys)?
         .into_iter()
         .map(|a| CheckedAudit {
             recorded: a.recorded,
@@ -103,8 +111,31 @@ pub fn check_audits(entries: Vec<NewAudit>) -> Result<Vec<CheckedAudit>, StoreEr
             recipient: a.recipient,
             body: a.body,
             canonical: a.canonical,
+            patients: a.patients,
+            key: a.key,
         })
         .collect())
+}
+
+/// Seal the record after `prev_hash` at `seq`: `(version, key_id, hash)`
+/// (see [`crate::audit`]); `Err` when `a` has no key and the head is keyed.
+pub fn seal_audit(
+    a: &CheckedAudit,
+    head_version: i32,
+    prev_hash: &str,
+    seq: i64,
+) -> Result<(i32, Option<String>, String), StoreError> {
+    crate::audit::seal(
+        a.key.as_deref(),
+        head_version,
+        prev_hash,
+        seq,
+        a.recorded,
+        &a.kind,
+        a.patient_id.as_deref(),
+        a.recipient.as_deref(),
+        &a.canonical,
+    )
 }
 
 /// Check clocks.
@@ -137,8 +168,13 @@ pub fn truncate(s: &str, max: usize) -> &str {
 pub struct AuditVerifier(ChainVerifier);
 
 impl AuditVerifier {
-    /// `Some(seq)` = the first record that breaks the chain.
-    pub fn check(&mut self, r: &AuditRecord) -> Option<i64> {
+    /// A verifier holding `keys`.
+    pub fn new(keys: AuditKeys) -> Self {
+        AuditVerifier(ChainVerifier::new(keys))
+    }
+    /// `Ok(Some(seq))` = the first record that breaks the chain; `Err` when
+    /// a record is sealed with a key not held.
+    pub fn check(&mut self, r: &AuditRecord) -> Result<Option<i64>, StoreError> {
         self.0.check(r)
     }
     /// The seq the next record must have.

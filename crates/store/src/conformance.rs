@@ -10,7 +10,10 @@
 //! that already holds data — but not concurrently with other writers to the
 //! same store (the stats deltas would be off).
 
+mod audit_keyed;
 mod v2;
+
+pub use audit_keyed::audit_tamper_evidence;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -12,8 +12,9 @@
 //! * the **outbox** — durable deliveries to recipient endpoints, claimed by
 //!   workers with leases, ordered per `(endpoint, ordering_key)` (see
 //!   [`outbox`]);
-//! * the **audit trail** — an append-only, SHA-256 hash chain of every
-//!   disclosure, refusal and read (see [`audit`]);
+//! * the **audit trail** — an append-only chain (HMAC-SHA256 under a key
+//!   kept outside the database; SHA-256 for older records) of every
+//!   disclosure, refusal and read (see [`audit`], [`audit_checkpoint`]);
 //! * the SMART **`jti` replay cache** and **deadline clocks** (see [`clock`]).
 //!
 //! Translation, routing and delivery are all derived from the journal, so a
@@ -31,7 +32,8 @@
 //! | `resource_index` | search tokens of the current version | (resource_type, param, value, id) |
 //! | `outbox` | deliveries and their state, attempts, lease | id (never reused) |
 //! | `audit` | hash-chained audit records | seq (1.., no gaps) |
-//! | `audit_head` | the chain head (last seq, hash): one row | id = 1 |
+//! | `audit_head` | the chain head (last seq, hash, version): one row | id = 1 |
+//! | `audit_patients` | every patient each audit record names | (patient_id, seq) |
 //! | `jti_cache` | SMART assertion ids until they expire | (client_id, jti) |
 //! | `clocks` | deadline clocks | caller-made id |
 //!
@@ -87,6 +89,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub mod audit;
+pub mod audit_checkpoint;
 #[doc(hidden)]
 pub mod backend;
 pub mod clock;
@@ -98,7 +101,7 @@ mod resource;
 pub mod search;
 pub mod sqlite;
 
-pub use audit::{AuditRecord, NewAudit};
+pub use audit::{AuditKeys, AuditRecord, NewAudit};
 pub use clock::ClockRow;
 pub use metrics::{StoreMetrics, COMMIT_SECONDS_BUCKETS};
 pub use outbox::{Delivery, DeliveryOutcome, DeliveryState, NewDelivery, OutboxId};
@@ -702,9 +705,14 @@ pub trait Store: Send + Sync + 'static {
         patient_id: Option<&str>,
         recipient: Option<&str>,
     ) -> Result<Vec<AuditRecord>, StoreError>;
-    /// Recompute the chain from the start; Ok(None) when intact, Ok(Some(seq))
-    /// = the first record whose seq, prev_hash or hash does not match.
+    /// Recompute the chain from the start with the store's audit keys;
+    /// Ok(None) when intact, Ok(Some(seq)) = the first record whose seq,
+    /// prev_hash, hash or version does not match; `Err(Invalid)` when a
+    /// record is sealed with a key the store does not hold.
     async fn audit_verify(&self) -> Result<Option<i64>, StoreError>;
+    /// The chain head as stored: (last seq, its hash); (0, genesis) when
+    /// empty.
+    async fn audit_head(&self) -> Result<(i64, String), StoreError>;
     /// Record a client assertion id; Ok(true) on first use, Ok(false) if
     /// `(client_id, jti)` was seen and has not expired (at `now`). An expired
     /// entry may be reused. Expired rows are purged opportunistically.

@@ -324,7 +324,8 @@ fn migrations_are_recorded() {
         rows,
         vec![
             (1, "init".to_string()),
-            (2, "outbox_audit_search".to_string())
+            (2, "outbox_audit_search".to_string()),
+            (3, "audit_keyed".to_string())
         ]
     );
     let mode: String = conn
@@ -477,6 +478,36 @@ async fn tampered_audit_row_is_found() {
     // A removed middle row is a gap.
     raw.execute("DELETE FROM audit WHERE seq = 1", []).unwrap();
     assert_eq!(store.audit_verify().await.unwrap(), Some(1));
+}
+
+/// Issue 14 item 8: the keyed chain and its checkpoints catch truncation
+/// and recompute-after-edit by someone without the key (raw SQL here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_audit_chain_and_checkpoints_catch_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyed.db");
+    let open_path = path.clone();
+    let exec_path = path.clone();
+    cwsgw_store::conformance::audit_tamper_evidence(
+        move |keys| {
+            let path = open_path.clone();
+            async move {
+                let opts = SqliteOptions {
+                    audit_keys: keys,
+                    ..SqliteOptions::default()
+                };
+                Arc::new(SqliteStore::open(&path, opts).unwrap()) as Arc<dyn Store>
+            }
+        },
+        move |sql| {
+            let path = exec_path.clone();
+            async move {
+                let raw = rusqlite::Connection::open(&path).unwrap();
+                raw.execute(&sql, []).unwrap();
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,7 +50,7 @@ use tokio::sync::{mpsc, oneshot};
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value as SqlValue;
 
-use crate::audit::{prepare_audits, ChainVerifier, MAX_AUDIT_PAGE};
+use crate::audit::{prepare_audits, AuditKeys, ChainVerifier, MAX_AUDIT_PAGE};
 use crate::clock::{check_clocks, check_jti, MAX_CLOCK_PAGE};
 use crate::metrics::MetricsRecorder;
 use crate::outbox::{check_worker, prepare_deliveries, MAX_OUTBOX_PAGE};
@@ -100,6 +100,10 @@ pub struct SqliteOptions {
     /// clamped to 64..=1,048,576. The WAL file is trimmed to five times
     /// this when the log restarts.
     pub wal_restart_frames: usize,
+    /// Audit keys (from outside the database): the last seals new audit
+    /// records, all verify. Default none: unkeyed (version 1) records while
+    /// the chain is unkeyed (see [`crate::audit`]).
+    pub audit_keys: AuditKeys,
 }
 
 impl Default for SqliteOptions {
@@ -109,6 +113,7 @@ impl Default for SqliteOptions {
             durability: Durability::Pipelined,
             read_connections: 4,
             wal_restart_frames: WAL_RESTART_FRAMES,
+            audit_keys: AuditKeys::none(),
         }
     }
 }
@@ -143,6 +148,7 @@ pub struct SqliteStore {
     readers: Arc<ReadPool>,
     metrics: Arc<MetricsRecorder>,
     path: PathBuf,
+    audit_keys: AuditKeys,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -228,6 +234,7 @@ impl SqliteStore {
             readers: Arc::new(ReadPool::new(readers)),
             metrics,
             path: path.to_path_buf(),
+            audit_keys: opts.audit_keys,
         })
     }
 
@@ -796,7 +803,7 @@ impl Store for SqliteStore {
     ) -> Result<CompletionResult, StoreError> {
         let writes = prepare_writes(c.writes)?;
         let deliveries = prepare(c.deliveries)?;
-        let audits = prepare_audits(c.audits)?;
+        let audits = prepare_audits(c.audits, &self.audit_keys)?;
         check_clocks(&c.clocks)?;
         let completion = PreparedCompletion {
             writes,
@@ -1126,7 +1133,7 @@ impl Store for SqliteStore {
     }
 
     async fn audit_append(&self, entries: Vec<NewAudit>) -> Result<Vec<AuditRecord>, StoreError> {
-        let entries = prepare_audits(entries)?;
+        let entries = prepare_audits(entries, &self.audit_keys)?;
         if entries.is_empty() {
             return Ok(Vec::new());
         }
@@ -1162,9 +1169,10 @@ impl Store for SqliteStore {
     }
 
     async fn audit_verify(&self) -> Result<Option<i64>, StoreError> {
-        self.read(|conn| {
+        let keys = self.audit_keys.clone();
+        self.read(move |conn| {
             snapshot(conn, |conn| {
-                let mut verifier = ChainVerifier::default();
+                let mut verifier = ChainVerifier::new(keys);
                 let mut stmt = conn.prepare_cached(&sql::audit_all())?;
                 let rows = stmt.query_map([], rows::audit_row)?;
                 for row in rows {
@@ -1177,7 +1185,7 @@ impl Store for SqliteStore {
                         }
                         Err(e) => return Err(e),
                     };
-                    if let Some(bad) = verifier.check(&record) {
+                    if let Some(bad) = verifier.check(&record)? {
                         return Ok(Some(bad));
                     }
                 }
@@ -1186,6 +1194,15 @@ impl Store for SqliteStore {
                     .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 Ok(verifier.check_head(head_seq, &head_hash))
             })
+        })
+        .await
+    }
+
+    async fn audit_head(&self) -> Result<(i64, String), StoreError> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(sql::AUDIT_HEAD)?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?)
         })
         .await
     }
@@ -1450,7 +1467,12 @@ mod tests {
         let by_subject = plan(&conn, &sql::clock_list(false, false, true));
         assert!(by_subject.contains("clocks_subject"), "{by_subject}");
         let audit = plan(&conn, &sql::audit_list(true, false));
-        assert!(audit.contains("audit_patient"), "{audit}");
+        // The patient filter walks that patient's `audit_patients` rows.
+        assert!(
+            audit.starts_with("SEARCH ap USING PRIMARY KEY (patient_id=? AND seq>?)"),
+            "{audit}"
+        );
+        assert!(!audit.contains("SCAN"), "{audit}");
         let list = plan(&conn, &sql::outbox_list(true, true));
         assert!(list.contains("outbox_endpoint_state"), "{list}");
     }

@@ -188,6 +188,8 @@ pub(crate) struct AuditRow {
     body: String,
     prev_hash: String,
     hash: String,
+    version: i32,
+    key_id: Option<String>,
 }
 
 pub(crate) fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditRow> {
@@ -200,6 +202,8 @@ pub(crate) fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditRow> {
         body: r.get(5)?,
         prev_hash: r.get(6)?,
         hash: r.get(7)?,
+        version: r.get(8)?,
+        key_id: r.get(9)?,
     })
 }
 
@@ -215,6 +219,8 @@ pub(crate) fn audit_record(row: AuditRow) -> Result<AuditRecord, StoreError> {
             .map_err(|_| StoreError::Corrupt(format!("audit {seq}: bad body")))?,
         prev_hash: row.prev_hash,
         hash: row.hash,
+        version: row.version,
+        key_id: row.key_id,
     })
 }
 

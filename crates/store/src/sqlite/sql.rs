@@ -16,6 +16,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "outbox_audit_search",
         include_str!("../../migrations/sqlite/0002_outbox_audit_search.sql"),
     ),
+    (
+        3,
+        "audit_keyed",
+        include_str!("../../migrations/sqlite/0003_audit_keyed.sql"),
+    ),
 ];
 
 pub(crate) const CREATE_SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -277,24 +282,51 @@ pub(crate) fn outbox_next_due() -> String {
 
 // ---- audit ----
 
-const AUDIT_COLUMNS: &str = "seq, recorded, kind, patient_id, recipient, body, prev_hash, hash";
+const AUDIT_COLUMNS: &str =
+    "seq, recorded, kind, patient_id, recipient, body, prev_hash, hash, version, key_id";
 
-/// The chain head (PostgreSQL: `FOR UPDATE`).
-pub(crate) const AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
-/// Params: seq, hash.
-pub(crate) const AUDIT_HEAD_UPDATE: &str = "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1";
-/// Params: seq, recorded, kind, patient_id, recipient, body, prev_hash, hash.
+/// The chain head: seq, hash, version (PostgreSQL: `FOR UPDATE`).
+pub(crate) const AUDIT_HEAD: &str = "SELECT seq, hash, version FROM audit_head WHERE id = 1";
+/// Params: seq, hash, version.
+pub(crate) const AUDIT_HEAD_UPDATE: &str =
+    "UPDATE audit_head SET seq = ?1, hash = ?2, version = ?3 WHERE id = 1";
+/// Params: seq, recorded, kind, patient_id, recipient, body, prev_hash,
+/// hash, version, key_id.
 pub(crate) const AUDIT_INSERT: &str = "INSERT INTO audit
-    (seq, recorded, kind, patient_id, recipient, body, prev_hash, hash)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+    (seq, recorded, kind, patient_id, recipient, body, prev_hash, hash, version, key_id)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+/// Params: patient_id, seq.
+pub(crate) const AUDIT_PATIENT_INSERT: &str =
+    "INSERT OR IGNORE INTO audit_patients (patient_id, seq) VALUES (?1, ?2)";
 /// Params: after_seq, patient_id, recipient, limit (filters only present
-/// when asked for).
+/// when asked for). The patient filter walks `audit_patients` (every patient
+/// a record names) in seq order.
 pub(crate) fn audit_list(patient: bool, recipient: bool) -> String {
-    format!(
-        "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ?1{}{} ORDER BY seq LIMIT ?4",
-        if patient { " AND patient_id = ?2" } else { "" },
-        if recipient { " AND recipient = ?3" } else { "" },
-    )
+    let cols = AUDIT_COLUMNS
+        .split(", ")
+        .map(|c| format!("a.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if patient {
+        format!(
+            "SELECT {cols} FROM audit_patients ap JOIN audit a ON a.seq = ap.seq
+             WHERE ap.patient_id = ?2 AND ap.seq > ?1{} ORDER BY ap.seq LIMIT ?4",
+            if recipient {
+                " AND a.recipient = ?3"
+            } else {
+                ""
+            },
+        )
+    } else {
+        format!(
+            "SELECT {cols} FROM audit a WHERE a.seq > ?1{} ORDER BY a.seq LIMIT ?4",
+            if recipient {
+                " AND a.recipient = ?3"
+            } else {
+                ""
+            },
+        )
+    }
 }
 pub(crate) fn audit_all() -> String {
     format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq")

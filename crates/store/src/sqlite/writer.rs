@@ -54,7 +54,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::rows::{self, from_micros, now_micros, to_micros};
 use super::sql;
 use super::wal_sync::{Committed, WalSync};
-use crate::audit::{chain_hash, PreparedAudit};
+use crate::audit::{seal, PreparedAudit};
 use crate::metrics::MetricsRecorder;
 use crate::resource::{content_of, with_version_meta, PreparedWrite};
 use crate::{
@@ -932,16 +932,19 @@ fn audit_append(
     if entries.is_empty() {
         return Ok(Vec::new());
     }
-    let (mut seq, mut prev): (i64, String) = conn
+    let (mut seq, mut prev, mut head_version): (i64, String, i32) = conn
         .prepare_cached(sql::AUDIT_HEAD)?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     let mut stmt = conn.prepare_cached(sql::AUDIT_INSERT)?;
+    let mut by_patient = conn.prepare_cached(sql::AUDIT_PATIENT_INSERT)?;
     let mut out = Vec::with_capacity(entries.len());
     for a in entries {
         seq = seq
             .checked_add(1)
             .ok_or_else(|| StoreError::Corrupt("audit: seq overflow".to_string()))?;
-        let hash = chain_hash(
+        let (version, key_id, hash) = seal(
+            a.key.as_deref(),
+            head_version,
             &prev,
             seq,
             a.recorded,
@@ -949,7 +952,7 @@ fn audit_append(
             a.patient_id.as_deref(),
             a.recipient.as_deref(),
             &a.canonical,
-        );
+        )?;
         stmt.execute(params![
             seq,
             to_micros(a.recorded),
@@ -958,8 +961,14 @@ fn audit_append(
             a.recipient,
             a.canonical,
             prev,
-            hash
+            hash,
+            version,
+            key_id
         ])?;
+        for p in &a.patients {
+            by_patient.execute(params![p, seq])?;
+        }
+        head_version = version;
         out.push(AuditRecord {
             seq,
             recorded: a.recorded,
@@ -969,10 +978,12 @@ fn audit_append(
             body: a.body,
             prev_hash: std::mem::replace(&mut prev, hash.clone()),
             hash,
+            version,
+            key_id,
         });
     }
     conn.prepare_cached(sql::AUDIT_HEAD_UPDATE)?
-        .execute(params![seq, prev])?;
+        .execute(params![seq, prev, head_version])?;
     Ok(out)
 }
 

@@ -586,4 +586,52 @@ mod tests {
         );
         assert_eq!(evaluation_of(&obs).unwrap()["eligible"], true);
     }
+
+    #[test]
+    fn a_summary_keeps_codes_and_drops_details_not_permitted() {
+        let f = fold_event(
+            None,
+            &ev(
+                "placement.changed",
+                json!({"placement": {"kind": "strtp", "county": "Fresno", "outOfCounty": false, "inFosterCare": true, "startDate": "2025-06-01"}}),
+            ),
+        );
+        let f = fold_event(
+            Some(f),
+            &ev(
+                "enrollment.updated",
+                json!({"enrollment": {"cin": "91000001A", "aidCode": "4M", "planCode": "A", "feeForService": false, "shareOfCost": false, "effectiveOn": "2026-01-01"}}),
+            ),
+        );
+        let day = NaiveDate::from_ymd_opt(2026, 2, 1).unwrap();
+        let e = evaluate(&f, day).unwrap();
+        assert!(e.reasons.iter().any(|r| r.evidence.is_some()), "{e:?}");
+        let full = answer("p", &e, &View::Full, day);
+        assert_eq!(full["view"], "full");
+        let none = answer("p", &e, &View::Summary(Vec::new()), day);
+        assert_eq!(none["view"], "summary");
+        assert_eq!(none["eligible"], full["eligible"]);
+        assert_eq!(none["pofs"], full["pofs"]);
+        let text = none.to_string();
+        for leak in ["STRTP", "strtp", "4M", "foster care"] {
+            assert!(!text.contains(leak), "{leak} in {text}");
+        }
+        for (a, b) in none["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(full["reasons"].as_array().unwrap())
+        {
+            assert_eq!(a["code"], b["code"]);
+            assert_eq!(a["outcome"], b["outcome"]);
+        }
+        let first = answer("p", &e, &View::Summary(vec![0]), day);
+        assert_eq!(first["reasons"][0], full["reasons"][0]);
+        assert_eq!(
+            reason_categories("pof8.current-foster-care"),
+            &[Category::Case, Category::Placement]
+        );
+        assert_eq!(reason_categories("pof3.dmc"), &[Category::SubstanceUse]);
+        assert_eq!(reason_categories("not-in-managed-care"), &[Category::Case]);
+    }
 }

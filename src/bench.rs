@@ -2,9 +2,12 @@
 //!
 //! - `bench ingest`: a gateway on a temporary SQLite store (and, with
 //!   `--database-url`, on a scratch PostgreSQL database, printed side by side), N MLLP connections
-//!   sending ADT messages and waiting for each ACK (durable ingest), then a
-//!   paced run at a fixed rate for ACK latency; next to it, in the same run, the
-//!   reference: the same store committing one message per transaction.
+//!   sending ADT messages and waiting for each ACK (durable ingest) — in
+//!   original mode (`AA`) and in enhanced mode (MSH-15 `AL`, MSH-16 `NE`:
+//!   the commit ACK `CA`, the same durability point), each after translation
+//!   has caught up — then a paced run at a fixed rate for ACK latency; next to
+//!   it, in the same run, the reference: the same store committing one
+//!   message per transaction.
 //! - `bench translate`: ADT → FHIR Bundle (parse + map + serialize) on one core.
 //! - `bench api`: FHIR read and search through the real API (static token of
 //!   an MCP, consent filtering and audit on), next to the same JSON served
@@ -315,7 +318,7 @@ async fn adt_notification_latency(n: usize) -> anyhow::Result<Vec<Duration>> {
     let seed = sample_adt(1)
         .replace("ADT^A01^ADT_A01", "ADT^A08^ADT_A01")
         .replace("EVN|A01", "EVN|A08");
-    roundtrip(&mut stream, seed.as_bytes(), &mut buf).await?;
+    roundtrip(&mut stream, seed.as_bytes(), &mut buf, b"MSA|AA|").await?;
     let q = store::ResourceQuery {
         resource_type: "Patient".into(),
         limit: 10,
@@ -348,7 +351,7 @@ async fn adt_notification_latency(n: usize) -> anyhow::Result<Vec<Duration>> {
         // The same member (MRN/CIN of message 1), a new control id each time.
         let msg = sample_adt(1).replace("BENCH000000001", &format!("LAT{i:011}"));
         let t0 = Instant::now();
-        roundtrip(&mut stream, msg.as_bytes(), &mut buf).await?;
+        roundtrip(&mut stream, msg.as_bytes(), &mut buf, b"MSA|AA|").await?;
         let deadline = t0 + Duration::from_secs(10);
         loop {
             let got = ecm.accepted();
@@ -470,8 +473,20 @@ sending_facilities = ["STMARY"]
     Ok(Config::from_toml(&text, "bench")?)
 }
 
-/// Send one framed message and read one framed ACK.
-async fn roundtrip(stream: &mut TcpStream, msg: &[u8], buf: &mut Vec<u8>) -> anyhow::Result<()> {
+/// [`sample_adt`] asking for enhanced-mode acknowledgement: a commit ACK
+/// (MSH-15 `AL`) and no application ACK (MSH-16 `NE`).
+pub fn sample_adt_enhanced(n: u64) -> String {
+    sample_adt(n).replacen("|P|2.5.1\r", "|P|2.5.1|||AL|NE\r", 1)
+}
+
+/// Send one framed message and read one framed ACK, whose MSA must start
+/// with `expect` (`MSA|AA|` or `MSA|CA|`).
+async fn roundtrip(
+    stream: &mut TcpStream,
+    msg: &[u8],
+    buf: &mut Vec<u8>,
+    expect: &[u8],
+) -> anyhow::Result<()> {
     stream.write_all(&hl7v2::mllp::frame(msg)).await?;
     buf.clear();
     let mut chunk = [0u8; 4096];
@@ -481,8 +496,8 @@ async fn roundtrip(stream: &mut TcpStream, msg: &[u8], buf: &mut Vec<u8>) -> any
         buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
         if buf.ends_with(&[hl7v2::mllp::END, hl7v2::mllp::CR]) {
             anyhow::ensure!(
-                buf.windows(7).any(|w| w == b"MSA|AA|"),
-                "not an AA: {}",
+                buf.windows(expect.len()).any(|w| w == expect),
+                "not the expected ACK: {}",
                 String::from_utf8_lossy(buf)
             );
             return Ok(());
@@ -495,7 +510,8 @@ struct IngestResult {
     latencies: Vec<Duration>,
 }
 
-/// `total` messages over `conns` connections; with `rate`, paced.
+/// `total` messages over `conns` connections; with `rate`, paced; with
+/// `enhanced`, in enhanced mode (AL/NE: one `CA` each).
 async fn drive(
     addr: std::net::SocketAddr,
     conns: usize,
@@ -503,6 +519,7 @@ async fn drive(
     start_n: u64,
     rate: Option<u64>,
     window: usize,
+    enhanced: bool,
 ) -> anyhow::Result<IngestResult> {
     if window > 1 {
         return drive_pipelined(addr, conns, total, start_n, window).await;
@@ -524,9 +541,13 @@ async fn drive(
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let n = start_n + (c * per + i) as u64;
-                let msg = sample_adt(n);
+                let (msg, expect) = if enhanced {
+                    (sample_adt_enhanced(n), b"MSA|CA|")
+                } else {
+                    (sample_adt(n), b"MSA|AA|")
+                };
                 let t = Instant::now();
-                roundtrip(&mut stream, msg.as_bytes(), &mut buf).await?;
+                roundtrip(&mut stream, msg.as_bytes(), &mut buf, expect).await?;
                 lat.push(t.elapsed());
             }
             Ok::<_, anyhow::Error>(lat)
@@ -674,6 +695,9 @@ async fn ingest(
         "sqlite"
     };
     let mut thr = Vec::new();
+    let mut enh = Vec::new();
+    let mut enh_p50 = Vec::new();
+    let mut enh_p99 = Vec::new();
     let mut piped = Vec::new();
     let mut p50 = Vec::new();
     let mut p99 = Vec::new();
@@ -696,8 +720,32 @@ async fn ingest(
         let running = crate::serve::start(cfg).await?;
         let addr = running.mllp_addr;
         // Warm up (connections, page cache, mapping caches).
-        drive(addr, conns, conns * 50, 900_000_000, None, 1).await?;
-        let r = drive(addr, conns, messages, run as u64 * 10_000_000, None, 1).await?;
+        drive(addr, conns, conns * 50, 900_000_000, None, 1, false).await?;
+        // Send-and-wait in both acknowledgement modes, each starting with
+        // translation caught up (on 2 cores the backlog one leaves would
+        // slow the other).
+        translation_catch_up(running.store.as_ref()).await?;
+        let r = drive(
+            addr,
+            conns,
+            messages,
+            run as u64 * 10_000_000,
+            None,
+            1,
+            false,
+        )
+        .await?;
+        translation_catch_up(running.store.as_ref()).await?;
+        let e = drive(
+            addr,
+            conns,
+            messages,
+            700_000_000 + run as u64 * 10_000_000,
+            None,
+            1,
+            true,
+        )
+        .await?;
         let p = drive(
             addr,
             conns,
@@ -705,6 +753,7 @@ async fn ingest(
             300_000_000 + run as u64 * 10_000_000,
             None,
             window,
+            false,
         )
         .await?;
         let paced_total = (rate as usize * 3).max(conns);
@@ -715,6 +764,7 @@ async fn ingest(
             500_000_000 + run as u64 * 10_000_000,
             Some(rate),
             1,
+            false,
         )
         .await?;
         let commits = running.store.metrics().commits;
@@ -735,6 +785,8 @@ async fn ingest(
                 "bench": "ingest", "store": backend, "run": run + 1, "connections": conns, "messages": messages,
                 "msgs_per_sec": r.msgs_per_sec.round(),
                 "ack_p50_ms": percentile(&r.latencies, 0.5), "ack_p99_ms": percentile(&r.latencies, 0.99),
+                "enhanced_al_ne_msgs_per_sec": e.msgs_per_sec.round(),
+                "enhanced_ack_p50_ms": percentile(&e.latencies, 0.5), "enhanced_ack_p99_ms": percentile(&e.latencies, 0.99),
                 "pipelined_window": window, "pipelined_msgs_per_sec": p.msgs_per_sec.round(),
                 "pipelined_ack_p99_ms": percentile(&p.latencies, 0.99),
                 "paced_rate": rate, "paced_ack_p50_ms": percentile(&paced.latencies, 0.5),
@@ -745,6 +797,9 @@ async fn ingest(
             })
         );
         thr.push(r.msgs_per_sec);
+        enh.push(e.msgs_per_sec);
+        enh_p50.push(percentile(&e.latencies, 0.5));
+        enh_p99.push(percentile(&e.latencies, 0.99));
         piped.push(p.msgs_per_sec);
         p50.push(percentile(&r.latencies, 0.5));
         p99.push(percentile(&r.latencies, 0.99));
@@ -754,11 +809,15 @@ async fn ingest(
         catch_up.push(caught_up_ms);
     }
     let t = median(&mut thr);
+    let et = median(&mut enh);
     let pt = median(&mut piped);
     let r = median(&mut reference);
     let summary = json!({
             "bench": "ingest", "store": backend, "summary": "median", "runs": runs, "connections": conns,
             "msgs_per_sec": t.round(), "ack_p50_ms": median(&mut p50), "ack_p99_ms": median(&mut p99),
+            "enhanced_al_ne_msgs_per_sec": et.round(),
+            "enhanced_ack_p50_ms": median(&mut enh_p50), "enhanced_ack_p99_ms": median(&mut enh_p99),
+            "enhanced_vs_original": if t > 0.0 { (et / t * 100.0).round() / 100.0 } else { 0.0 },
             "paced_rate": rate, "paced_ack_p50_ms": median(&mut paced_p50), "paced_ack_p99_ms": median(&mut paced_p99),
             "reference_one_commit_per_msg_per_sec": r.round(),
             "speedup_vs_reference": if r > 0.0 { (t / r * 100.0).round() / 100.0 } else { 0.0 },

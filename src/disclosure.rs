@@ -942,6 +942,85 @@ mod tests {
     }
 
     #[test]
+    fn explained_flags_round_trip_and_the_first_missing_is_named() {
+        let r = vec!["mcp-a".to_string()];
+        let c = vec!["referral".to_string()];
+        let partly = Explained::from_input(Some(
+            &json!({"provider": true, "informationShared": true, "duration": false}),
+        ));
+        assert_eq!(partly.first_missing(), Some("duration"));
+        let mut fhir = consent_to_fhir(&spec(&r, &c));
+        assert_eq!(Explained::from_fhir(&fhir), None);
+        add_explained(&mut fhir, BASE, &partly);
+        add_explained(&mut fhir, BASE, &partly);
+        let exts: Vec<&Value> = fhir["extension"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["url"] == format!("{BASE}{EXPLAINED_EXT}"))
+            .collect();
+        assert_eq!(exts.len(), 1, "added once: {fhir}");
+        // A flag the input omitted is left out, not invented.
+        assert_eq!(exts[0]["extension"].as_array().unwrap().len(), 3);
+        let back = Explained::from_fhir(&fhir).unwrap();
+        assert_eq!(back, partly);
+        assert_eq!(back.right_to_withdraw, None);
+        // The grantor extension is still read.
+        assert_eq!(
+            consent_from_fhir(&fhir).unwrap().grantor_role,
+            GrantorRole::Parent
+        );
+        let all = Explained::from_input(Some(
+            &json!({"provider": true, "informationShared": true, "duration": true, "rightToWithdraw": true}),
+        ));
+        assert_eq!(all.first_missing(), None);
+        assert_eq!(
+            Explained::from_input(None).first_missing(),
+            Some("provider")
+        );
+    }
+
+    #[test]
+    fn a_referrals_own_resources_carry_its_referrer_and_recipients() {
+        let sr = json!({"resourceType": "ServiceRequest", "id": "sr1",
+            "subject": {"reference": "Patient/p1"},
+            "requester": {"reference": "Organization/mcp-b"},
+            "performer": [{"reference": "Organization/mcp-a"}],
+            "extension": [{"url": format!("{BASE}{SELF_REFERRAL_EXT}"), "valueBoolean": true}]});
+        let f = resource_facts(&sr).unwrap().referral.unwrap();
+        assert_eq!(f.referrer.as_deref(), Some("mcp-b"));
+        assert!(f.self_referral);
+        assert_eq!(f.made_to, vec!["mcp-a".to_string()]);
+        let task = json!({"resourceType": "Task", "id": "t1",
+            "for": {"reference": "Patient/p1"},
+            "focus": {"reference": "ServiceRequest/sr1"},
+            "requester": {"reference": "Organization/county-fresno"},
+            "owner": {"reference": "Organization/ecm-compass"},
+            "extension": [{"url": format!("{BASE}{}", crate::county::referrals::AUTHORIZING_MCP_EXT),
+                "valueReference": {"reference": "Organization/mcp-a"}}]});
+        let f = resource_facts(&task).unwrap().referral.unwrap();
+        assert_eq!(f.referrer.as_deref(), Some("county-fresno"));
+        assert!(!f.self_referral, "the ServiceRequest says");
+        assert_eq!(
+            f.made_to,
+            vec!["ecm-compass".to_string(), "mcp-a".to_string()]
+        );
+        // The status projection keeps the requester R4 decides on.
+        let p = crate::delivery::bundle::task_status_projection(&task);
+        assert_eq!(
+            resource_facts(&p)
+                .unwrap()
+                .referral
+                .unwrap()
+                .referrer
+                .as_deref(),
+            Some("county-fresno")
+        );
+        let patient = json!({"resourceType": "Patient", "id": "p1"});
+        assert!(resource_facts(&patient).unwrap().referral.is_none());
+    }
+
+    #[test]
     fn foreign_consents_permit_nothing() {
         assert!(consent_from_fhir(
             &json!({"resourceType": "Consent", "id": "x", "patient": {"reference": "Patient/p"}})

@@ -5,6 +5,7 @@ mod access;
 mod audit;
 mod auth;
 mod common;
+mod corpus;
 mod county;
 mod crash;
 mod delivery;

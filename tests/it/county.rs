@@ -1664,7 +1664,8 @@ async fn wait_received(mock: &cws_gateway::delivery::mock::MockEndpoint, needle:
     panic!("nothing mentioning {needle} was delivered");
 }
 
-/// Refusal AuditEvents recorded for `recipient` about `patient`.
+/// AuditEvents recorded for `recipient` about `patient` that refuse (or
+/// withhold) something.
 async fn refusals(gw: &Gw, patient: &str, recipient: &str) -> usize {
     gw.running
         .store
@@ -1672,7 +1673,7 @@ async fn refusals(gw: &Gw, patient: &str, recipient: &str) -> usize {
         .await
         .unwrap()
         .iter()
-        .filter(|a| a.kind == "refusal")
+        .filter(|a| a.kind == "refusal" || a.body.to_string().contains("\"withheld\""))
         .count()
 }
 

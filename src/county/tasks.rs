@@ -1,8 +1,10 @@
 //! `PUT /fhir/Task/{id}`: the referral Task lifecycle (Gravity SDOH
 //! clinical referral statuses).
 //!
-//! Parties: the **requester** (`Task.requester`, the referring organization)
-//! and the **performers** — the authorizing MCP (extension
+//! Parties: the **requester** (`Task.requester`, the organization that made
+//! this referral — the one its status goes to and that may read it, rule
+//! R4; a PUT never changes it) and the **performers** — the authorizing MCP
+//! (extension
 //! `authorizing-mcp`, the first owner) and, once assigned, the ECM provider
 //! that owns the Task. Allowed transitions:
 //!

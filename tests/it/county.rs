@@ -1823,8 +1823,14 @@ async fn task_status_goes_only_to_that_tasks_requester() {
         "Organization/mcp-b"
     );
     // Plan A accepts the county's Task: its status goes to the county only.
-    let (s, b) = put_task(&gw, MCP_A_TOKEN, &county_task, "accepted", |_| {}).await;
+    // A PUT cannot move the Task's requester (only status, reasons, owner
+    // and notes change).
+    let (s, b) = put_task(&gw, MCP_A_TOKEN, &county_task, "accepted", |t| {
+        t["requester"] = json!({"reference": "Organization/mcp-b"})
+    })
+    .await;
     assert_eq!(s, 200, "{b}");
+    assert_eq!(b["requester"]["reference"], "Organization/county-fresno");
     wait_received(&m.county, &county_task_id).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(m.mcp_b.received().is_empty(), "nothing to plan B");

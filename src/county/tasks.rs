@@ -4,9 +4,8 @@
 //! Parties: the **requester** (`Task.requester`, the organization that made
 //! this referral — the one its status goes to and that may read it, rule
 //! R4; a PUT never changes it) and the **performers** — the authorizing MCP
-//! (extension
-//! `authorizing-mcp`, the first owner) and, once assigned, the ECM provider
-//! that owns the Task. Allowed transitions:
+//! (extension `authorizing-mcp`, the first owner) and, once assigned, the
+//! ECM provider that owns the Task. Allowed transitions:
 //!
 //! | from | to | who |
 //! |---|---|---|

@@ -150,6 +150,17 @@ fn trim_fast(s: &str) -> Option<&str> {
     (!t.is_empty()).then_some(t)
 }
 
+/// HL7's explicit null `""` ("no value; delete the old one"): it reads as
+/// absent, never as the text `""`.
+#[inline]
+fn is_hl7_null(piece: &str) -> bool {
+    piece
+        .as_bytes()
+        .first()
+        .is_some_and(|&b| b == b'"' || b == b' ')
+        && piece.trim() == "\"\""
+}
+
 /// `seg_key("MSH")`.
 const MSH: u32 = (3 << 24) | (b'M' as u32) << 16 | (b'S' as u32) << 8 | b'H' as u32;
 
@@ -486,7 +497,11 @@ impl<'m> Hl7Source<'m> {
     ) -> Option<Cow<'m, str>> {
         if self.unindexed(seg, field) {
             let e = self.segs.get(seg as usize)?;
-            return e.seg.value(field, rep, comp, sub).and_then(trimmed);
+            return e
+                .seg
+                .value(field, rep, comp, sub)
+                .and_then(trimmed)
+                .filter(|v| !is_hl7_null(v));
         }
         let r = self.reps.get(self.rep_index(seg, field, rep)?)?;
         self.rep_value(r, comp, sub)
@@ -512,7 +527,7 @@ impl<'m> Hl7Source<'m> {
                 hl7v2::nth_piece(c, self.sub_sep, sub - 1)?
             }
         };
-        if piece.is_empty() {
+        if piece.is_empty() || is_hl7_null(piece) {
             return None;
         }
         if r.esc {

@@ -9,8 +9,9 @@
 //! ask for none), and must be translated without failure. Each is also
 //! translated through the worker's code path (`translate::Offline`) and the
 //! Bundle checked with the goldens' invariants: valid against the FHIR R4
-//! JSON Schema, ids unique, every reference resolving inside the Bundle, two
-//! runs byte-identical. The outputs are not blessed as goldens.
+//! JSON Schema, ids unique, every reference resolving inside the Bundle,
+//! nothing empty, two runs byte-identical. `CORPUS_DUMP=dir` writes the
+//! Bundles there for review by eye. The outputs are not blessed as goldens.
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -122,9 +123,28 @@ fn collect_refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
     }
 }
 
+/// Where `v` holds an empty string, array or object, or a null.
+fn empties(path: &str, v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) if s.trim().is_empty() => out.push(format!("empty string at {path}")),
+        Value::Array(a) if a.is_empty() => out.push(format!("empty array at {path}")),
+        Value::Object(m) if m.is_empty() => out.push(format!("empty object at {path}")),
+        Value::Null => out.push(format!("null at {path}")),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, x)| empties(&format!("{path}[{i}]"), x, out)),
+        Value::Object(m) => m
+            .iter()
+            .for_each(|(k, x)| empties(&format!("{path}.{k}"), x, out)),
+        _ => {}
+    }
+}
+
 /// The goldens' invariants for one Bundle; the problems found.
 fn check_bundle(b: &Value) -> Vec<String> {
     let mut problems = Vec::new();
+    empties("$", b, &mut problems);
     if !schema().is_valid(b) {
         problems.push("the Bundle is not valid against the FHIR R4 schema".into());
     }
@@ -184,6 +204,13 @@ fn every_corpus_message_translates_to_a_valid_bundle() {
                 continue;
             }
         };
+        if let Some(dir) = std::env::var_os("CORPUS_DUMP") {
+            // For reviewing the outputs by eye (they are not goldens).
+            let file = Path::new(&dir).join(name.replace('/', "__") + ".json");
+            let text = serde_json::to_string_pretty(&first).unwrap_or_default();
+            std::fs::create_dir_all(&dir).expect("CORPUS_DUMP dir");
+            std::fs::write(file, text).expect("write CORPUS_DUMP file");
+        }
         let mut problems = check_bundle(&first);
         let again = off.translate(bytes).map(|b| serde_json::to_vec(&b).ok());
         if again != Ok(serde_json::to_vec(&first).ok()) {

@@ -153,6 +153,9 @@ pub struct PendingAppAck {
     label: &'static str,
     /// The translation outcome; `None` for a duplicate (already journaled).
     outcome: Option<oneshot::Receiver<JobOutcome>>,
+    /// When the wait for the outcome ends (the commit time plus
+    /// [`APP_ACK_WAIT`]), however long the ACK queued behind others.
+    deadline: tokio::time::Instant,
 }
 
 impl AdtIntake {
@@ -267,16 +270,18 @@ impl AdtIntake {
     }
 
     /// The application ACK owed for a journaled message, once its outcome is
-    /// known (at most [`APP_ACK_WAIT`]; then `AA`: the message is durable and
-    /// will be translated). `None` when MSH-16 does not want this outcome.
+    /// known (at most [`APP_ACK_WAIT`] after the commit; then `AA`: the
+    /// message is durable and will be translated). `None` when MSH-16 does
+    /// not want this outcome.
     pub async fn app_ack(&self, pending: PendingAppAck) -> Option<String> {
         let PendingAppAck {
             header,
             label,
             outcome,
+            deadline,
         } = pending;
         let outcome = match outcome {
-            Some(rx) => match tokio::time::timeout(APP_ACK_WAIT, rx).await {
+            Some(rx) => match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(o)) => o,
                 // The message is durable and will be translated; the sender
                 // asked to hear about the application outcome, which is not
@@ -544,6 +549,7 @@ impl AdtIntake {
             header,
             label,
             outcome: job_result,
+            deadline: tokio::time::Instant::now() + APP_ACK_WAIT,
         });
         Handled { now: ack, later }
     }

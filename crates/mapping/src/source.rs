@@ -531,7 +531,7 @@ impl<'m> Hl7Source<'m> {
             return None;
         }
         if r.esc {
-            return trimmed(self.msg.unescape(piece));
+            return trimmed(self.msg.unescape(piece)).filter(|v| !is_hl7_null(v));
         }
         trim_fast(piece).map(Cow::Borrowed)
     }
@@ -703,7 +703,10 @@ mod tests {
                 for r in 0..=4 {
                     for c in 0..=9 {
                         for sb in 0..=3 {
-                            let want = s.value(f, r, c, sb).and_then(trimmed);
+                            let want = s
+                                .value(f, r, c, sb)
+                                .and_then(trimmed)
+                                .filter(|v| !is_hl7_null(v));
                             let got = src.value(si, f, r, c, sb);
                             assert_eq!(got, want, "{}-{f}[{r}].{c}.{sb}", s.id());
                         }

@@ -336,6 +336,29 @@ fn fold_array(items: Vec<Node>, depth: usize) -> Node {
     konst(Value::Array(out))
 }
 
+/// Object members that hold a URI in every FHIR type the mappings build
+/// (`Coding.system`, `Identifier.system`, `MessageHeader.source.endpoint`,
+/// `Extension.url`). `ContactPoint.system` is a code, but no template gives
+/// it raw message text either.
+const URI_FIELDS: &[&str] = &["system", "endpoint", "url"];
+
+/// Whether a template can put message text (a path or a key) into its
+/// result as it is, not through `$uri_segment` / `$urn_oid` (or a concept
+/// map, a reference, a literal, the configuration).
+fn raw_text(n: &Node) -> bool {
+    match n {
+        Node::Path(_) | Node::Key(_) => true,
+        Node::Lower(x) | Node::Upper(x) => raw_text(x),
+        Node::Concat(items) | Node::First(items) => items.iter().any(raw_text),
+        Node::Join { items, .. } => items.iter().any(raw_text),
+        Node::If {
+            then, otherwise, ..
+        } => raw_text(then) || otherwise.as_deref().is_some_and(raw_text),
+        Node::Find { body, .. } => raw_text(body),
+        _ => false,
+    }
+}
+
 /// Names a template may refer to, collected before compiling.
 pub(crate) struct Scope<'s> {
     pub file: &'s Path,
@@ -443,6 +466,16 @@ impl Scope<'_> {
                         return Err(self.err(&format!("{at}.{k}"), "empty or duplicate field name"));
                     }
                     let node = self.compile(&format!("{at}.{k}"), val, depth + 1)?;
+                    if self.kind == SourceKind::Hl7v2
+                        && URI_FIELDS.contains(&name)
+                        && raw_text(&node)
+                    {
+                        return Err(self.err(
+                            &format!("{at}.{k}"),
+                            "message text in a URI must go through $uri_segment or $urn_oid \
+                             (see mappings/README.md: URIs built from message text)",
+                        ));
+                    }
                     fields.push(ObjField::new(name, node, required));
                 }
                 fields.sort_by(|a, b| a.name.cmp(&b.name));

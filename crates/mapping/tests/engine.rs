@@ -76,6 +76,26 @@ fn unknown_names_and_bad_paths_are_rejected() {
 }
 
 #[test]
+fn message_text_in_a_uri_must_be_encoded() {
+    for raw in [
+        "      identifier: [{system: {$concat: [\"urn:x:\", {$v: PID-3.4.1}]}, value: {$v: PID-3.1}}]\n",
+        "      identifier: [{system: {$v: PID-3.4.1}, value: {$v: PID-3.1}}]\n",
+        "      identifier: [{system: {$first: [{$lower: {$v: PID-3.4.1}}, \"urn:y\"]}, value: x}]\n",
+    ] {
+        let e = load(&with_body(raw)).unwrap_err();
+        assert!(e.reason.contains("$uri_segment"), "{raw}: {e}");
+        assert!(e.path.ends_with(".system"), "{raw}: {}", e.path);
+    }
+    for ok in [
+        "      identifier: [{system: {$concat: [\"urn:x:\", {$uri_segment: {$lower: {$v: PID-3.4.1}}}]}, value: x}]\n",
+        "      identifier: [{system: {$urn_oid: {$v: PID-3.4.2}}, value: x}]\n",
+        "      telecom: [{system: {$if: {$v: PID-13.4}, $then: email, $else: phone}, value: x}]\n",
+    ] {
+        load(&with_body(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+}
+
+#[test]
 fn header_fields_are_checked() {
     let e =
         load("id: t\nversion: one\nsource: hl7v2\ndescription: d\nresources: []\n").unwrap_err();

@@ -41,6 +41,9 @@ pub enum Command {
         /// Many messages (MLLP-framed or separated by blank lines) → NDJSON.
         #[arg(long)]
         batch: Option<PathBuf>,
+        /// Threads translating a batch (0 = one per core, at most 8).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
         /// Configuration to take organizations, sensitivity and mappings from.
         #[arg(long, env = "CWSGW_CONFIG")]
         config: Option<PathBuf>,
@@ -198,6 +201,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Translate {
             kind: Kind::Adt,
             batch,
+            threads,
             config,
             received_at,
             input,
@@ -212,7 +216,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let off = crate::translate::Offline::new(cfg, received_at)?;
             match (batch, input) {
                 (Some(b), None) => {
-                    let counts = crate::translate::run_batch(&off, &b)?;
+                    let counts = crate::translate::run_batch(&off, &b, threads)?;
                     if counts.failed > 0 {
                         eprintln!(
                             "error: {} of {} messages failed (an OperationOutcome line each)",

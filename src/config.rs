@@ -464,7 +464,10 @@ impl Config {
             source,
         })?;
         let mut cfg = Config::from_toml(&text, &path.display().to_string())?;
-        let dir = path.parent().unwrap_or(Path::new(""));
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
         let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         // The default database (no `store.url`) stays under the working directory.
         let store_url_given = toml::from_str::<toml::Table>(&text)

@@ -322,48 +322,128 @@ pub struct BatchCounts {
     pub failed: usize,
 }
 
-/// Translate a batch from `input` to NDJSON on `output`, streaming: one
-/// message and one Bundle in memory at a time. A failed message becomes an
-/// `OperationOutcome` line naming its position (no input values).
+/// Messages translated per thread and round; a round also stops at
+/// [`ROUND_BYTES`] of input, so memory stays bounded by both.
+const ROUND_MESSAGES: usize = 512;
+const ROUND_BYTES: usize = 8 * 1024 * 1024;
+
+/// Translate a batch from `input` to NDJSON on `output`, streaming: a round
+/// of at most `threads` × 512 messages (and 8 MiB) is read, translated on
+/// `threads` threads (each its own slice, into its own buffer) and written
+/// in input order, so the output is the same for any thread count. A failed
+/// message becomes an `OperationOutcome` line naming its position (no input
+/// values). `progress(bytes read, messages done)` runs after each round.
 pub fn translate_batch<R: BufRead, W: Write>(
     off: &Offline,
     input: R,
     output: W,
+    threads: usize,
     mut progress: impl FnMut(u64, usize),
 ) -> anyhow::Result<BatchCounts> {
+    let threads = threads.max(1);
     let mut reader = BatchReader::new(input, MAX_BATCH_MESSAGE);
     let mut out = BufWriter::with_capacity(256 * 1024, output);
     let mut counts = BatchCounts { ok: 0, failed: 0 };
-    let (mut msg, mut bundle) = (Vec::new(), Vec::with_capacity(16 * 1024));
-    while let Some(m) = reader.next_into(&mut msg).context("reading the batch")? {
-        bundle.clear();
-        match m.and_then(|()| off.translate_into(&msg, &mut bundle)) {
-            Ok(()) => {
-                counts.ok += 1;
-                bundle.push(b'\n');
-                out.write_all(&bundle)?;
+    let mut msgs: Vec<(Vec<u8>, Result<(), String>)> = Vec::new();
+    let mut outs: Vec<Vec<u8>> = vec![Vec::new(); threads];
+    loop {
+        let (mut n, mut bytes) = (0usize, 0usize);
+        while n < threads * ROUND_MESSAGES && bytes < ROUND_BYTES {
+            if n == msgs.len() {
+                msgs.push((Vec::new(), Ok(())));
             }
-            Err(e) => {
-                counts.failed += 1;
-                let n = counts.ok + counts.failed;
-                let oo = operation_outcome("error", "invalid", &format!("message {n}: {e}"), None);
-                serde_json::to_writer(&mut out, &oo)?;
-                out.write_all(b"\n")?;
+            let Some(slot) = msgs.get_mut(n) else { break };
+            match reader.next_into(&mut slot.0).context("reading the batch")? {
+                Some(r) => {
+                    slot.1 = r;
+                    bytes += slot.0.len();
+                    n += 1;
+                }
+                None => break,
             }
         }
-        let n = counts.ok + counts.failed;
-        if n % 1024 == 0 {
-            progress(reader.consumed(), n);
+        if n == 0 {
+            break;
         }
+        let first = counts.ok + counts.failed;
+        let round = msgs.get(..n).unwrap_or(&[]);
+        let per = if n < 64 { n } else { n.div_ceil(threads) };
+        let done: Vec<(usize, usize)> = std::thread::scope(|s| {
+            let mut parts = round.chunks(per).zip(outs.iter_mut()).enumerate();
+            let head = parts.next();
+            let handles: Vec<_> = parts
+                .map(|(k, (part, buf))| {
+                    s.spawn(move || translate_part(off, part, first + k * per, buf))
+                })
+                .collect();
+            let mut done = Vec::with_capacity(threads);
+            if let Some((_, (part, buf))) = head {
+                done.push(translate_part(off, part, first, buf));
+            }
+            for h in handles {
+                // A panicking translation is a bug; count its part as failed.
+                done.push(h.join().unwrap_or((0, 0)));
+            }
+            done
+        });
+        for ((ok, failed), buf) in done.into_iter().zip(outs.iter_mut()) {
+            counts.ok += ok;
+            counts.failed += failed;
+            out.write_all(buf)?;
+            buf.clear();
+            if buf.capacity() > 4 * ROUND_BYTES {
+                *buf = Vec::new();
+            }
+        }
+        for m in msgs.iter_mut() {
+            if m.0.capacity() > 1024 * 1024 {
+                m.0 = Vec::new();
+            }
+        }
+        progress(reader.consumed(), counts.ok + counts.failed);
     }
     out.flush()?;
-    progress(reader.consumed(), counts.ok + counts.failed);
     Ok(counts)
+}
+
+/// Translate `part` (messages `first + 1 …` of the batch) into `buf`, one
+/// NDJSON line each: (translated, failed).
+fn translate_part(
+    off: &Offline,
+    part: &[(Vec<u8>, Result<(), String>)],
+    first: usize,
+    buf: &mut Vec<u8>,
+) -> (usize, usize) {
+    let (mut ok, mut failed) = (0, 0);
+    for (i, (msg, status)) in part.iter().enumerate() {
+        let mark = buf.len();
+        match status.clone().and_then(|()| off.translate_into(msg, buf)) {
+            Ok(()) => {
+                ok += 1;
+                buf.push(b'\n');
+            }
+            Err(e) => {
+                failed += 1;
+                buf.truncate(mark);
+                let text = format!("message {}: {e}", first + i + 1);
+                let oo = operation_outcome("error", "invalid", &text, None);
+                // Writing a Value into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *buf, &oo);
+                buf.push(b'\n');
+            }
+        }
+    }
+    (ok, failed)
 }
 
 /// `translate --kind adt --batch FILE|-`: NDJSON on stdout, a progress bar
 /// on stderr when it is a terminal, the counts on stderr at the end.
-pub fn run_batch(off: &Offline, input: &Path) -> anyhow::Result<BatchCounts> {
+/// `threads` = 0: one per available core (at most 8).
+pub fn run_batch(off: &Offline, input: &Path, threads: usize) -> anyhow::Result<BatchCounts> {
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+        n => n,
+    };
     let stdin = input == Path::new("-");
     let (reader, len): (Box<dyn Read>, Option<u64>) = if stdin {
         (Box::new(std::io::stdin().lock()), None)
@@ -390,6 +470,7 @@ pub fn run_batch(off: &Offline, input: &Path) -> anyhow::Result<BatchCounts> {
         off,
         BufReader::with_capacity(256 * 1024, reader),
         stdout,
+        threads,
         |bytes, n| {
             bar.set_position(bytes);
             bar.set_message(format!("{n} messages"));
@@ -460,6 +541,50 @@ mod tests {
         assert!(got[0].as_ref().unwrap_err().contains("exceeds 64"));
         assert_eq!(got[1].as_ref().unwrap(), b"MSH|b");
         assert!(split_batch(b" \r\n\t\n", 64).is_empty());
+    }
+
+    /// Any thread count writes the same lines in input order, and a failed
+    /// message is numbered by its position in the whole batch.
+    #[test]
+    fn batch_output_is_the_same_for_any_thread_count() {
+        let at = DateTime::parse_from_rfc3339("2026-01-15T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let off = Offline::new(Config::default(), at).unwrap();
+        let mut input = Vec::new();
+        for i in 0..1500u64 {
+            if i == 1234 {
+                input.extend_from_slice(b"not HL7\r\n\r\n");
+            }
+            input.extend_from_slice(crate::bench::sample_adt(i).as_bytes());
+            input.extend_from_slice(b"\r\n");
+        }
+        let run = |threads| {
+            let mut out = Vec::new();
+            let counts = translate_batch(&off, &input[..], &mut out, threads, |_, _| {}).unwrap();
+            (counts, out)
+        };
+        let (one, out1) = run(1);
+        assert_eq!(
+            one,
+            BatchCounts {
+                ok: 1500,
+                failed: 1
+            }
+        );
+        let (three, out3) = run(3);
+        assert_eq!(three, one);
+        assert!(out1 == out3, "outputs differ");
+        let lines: Vec<&[u8]> = out1.split(|b| *b == b'\n').collect();
+        let failed: serde_json::Value = serde_json::from_slice(lines[1234]).unwrap();
+        assert_eq!(
+            failed["issue"][0]["diagnostics"],
+            "message 1235: unparseable"
+        );
+        let single = off
+            .translate(crate::bench::sample_adt(0).as_bytes())
+            .unwrap();
+        assert_eq!(lines[0], serde_json::to_vec(&single).unwrap());
     }
 
     #[test]

@@ -172,16 +172,30 @@ fn http_get(addr: &str, path: &str) -> String {
 #[test]
 fn serve_with_a_config_elsewhere() {
     let tmp = outside();
-    let conf = write_config(&tmp.path().join("etc"), "");
+    // A county client (the demo's token) to post a case event.
+    let county = "\n[[organizations]]\nid = \"county-fresno\"\nkind = \"county\"\nname = \"Fresno\"\ncounty = \"Fresno\"\n\n[[clients]]\nid = \"fresno\"\norganization = \"county-fresno\"\ntoken_sha256 = \"9015c473cbdcfa0c4484da4bd7d81358b50de8745aebb133544bd402016732df\"\n";
+    let conf = write_config(&tmp.path().join("etc"), county);
     let cwd = tmp.path().join("elsewhere");
     std::fs::create_dir_all(&cwd).expect("mkdir");
     let mut child = cmd(&cwd)
         .args(["serve", "--config"])
         .arg(&conf)
+        // A key for the audit chain, for builds that require one (ignored by
+        // those that do not).
+        .env(
+            "CWSGW_AUDIT_KEY",
+            "installed-test:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        )
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let errors = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -199,12 +213,21 @@ fn serve_with_a_config_elsewhere() {
                 .map(str::to_string);
         }
     }
+    if http.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "the gateway did not print its address; stderr: {}",
+            errors.join().unwrap_or_default()
+        );
+    }
     let result = std::panic::catch_unwind(|| {
-        let http = http.clone().expect("the gateway printed its address");
+        let http = http.clone().unwrap_or_default();
         let reply = http_get(&http, "/readyz");
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
         let reply = http_get(&http, "/healthz");
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        every_violation_is_one_issue(&http);
     });
     let _ = child.kill();
     let _ = child.wait();
@@ -214,6 +237,45 @@ fn serve_with_a_config_elsewhere() {
     // The relative database path resolved against the config's directory.
     assert!(tmp.path().join("etc/data/gw.db").exists());
     assert!(!cwd.join("data").exists());
+}
+
+/// A `case.opened` missing both `socialWorker` and `child.birthDate`, with a
+/// bad `child.sex`: 422 with one issue per violation, no value echoed.
+fn every_violation_is_one_issue(addr: &str) {
+    let golden = repo().join("tests/golden/case_event/case.opened/001-court-ordered-fr.json");
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(golden).expect("golden")).expect("json");
+    let obj = doc.as_object_mut().expect("object");
+    obj.remove("socialWorker");
+    doc["child"]
+        .as_object_mut()
+        .expect("child")
+        .remove("birthDate");
+    doc["child"]["sex"] = "PHI-LIKE-VALUE".into();
+    let body = doc.to_string();
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(
+        s,
+        "POST /cws/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer demo-county-token\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 422"), "{reply}");
+    let json = reply.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let oo: serde_json::Value = serde_json::from_str(json).expect("an OperationOutcome");
+    let issues = oo["issue"].as_array().expect("issues");
+    let exprs: Vec<&str> = issues
+        .iter()
+        .filter_map(|i| i["expression"][0].as_str())
+        .collect();
+    for want in ["socialWorker", "child.birthDate", "child.sex"] {
+        assert!(exprs.contains(&want), "{want} not in {exprs:?}");
+    }
+    assert!(issues.iter().all(|i| i["code"] == "invalid"));
+    assert!(!json.contains("PHI-LIKE-VALUE"), "{json}");
 }
 
 #[test]
@@ -234,6 +296,14 @@ fn a_missing_mappings_dir_fails_with_one_line_naming_key_and_path() {
             "{args:?}: {err}"
         );
     }
+    // A config named without a directory: relative to the working directory.
+    let out = cmd(&tmp.path().join("etc"))
+        .args(["check-config", "gw.toml"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains(&want.display().to_string()), "{err}");
     // Nothing was created for the store of a gateway that did not start.
     assert!(!tmp.path().join("etc/data/gw.db").exists());
 }

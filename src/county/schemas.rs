@@ -105,21 +105,28 @@ fn check(v: &Validator, doc: &Value) -> Result<(), CountyError> {
                 format!("{at}.{p}")
             }
         };
-        let items: Vec<(String, &str)> = match err.kind() {
+        let items: Vec<(String, String)> = match err.kind() {
             ValidationErrorKind::Required { property } => {
                 let p = property.as_str().unwrap_or("");
                 vec![(
                     if p.is_empty() { at.clone() } else { join(p) },
-                    "is required",
+                    "is required".to_string(),
                 )]
             }
-            ValidationErrorKind::AdditionalProperties { unexpected } if !unexpected.is_empty() => {
-                unexpected
-                    .iter()
-                    .map(|p| (join(p), "is not an allowed property"))
-                    .collect()
+            // The unexpected keys are input (a key can carry PHI): the
+            // issue names the object that holds them, never the keys.
+            ValidationErrorKind::AdditionalProperties { unexpected } => {
+                let what = if unexpected.len() == 1 {
+                    "has a property the schema does not allow".to_string()
+                } else {
+                    format!(
+                        "has {} properties the schema does not allow",
+                        unexpected.len()
+                    )
+                };
+                vec![(at.clone(), what)]
             }
-            _ => vec![(at.clone(), "")],
+            _ => vec![(at.clone(), String::new())],
         };
         for (expr, what) in items {
             let what = if what.is_empty() {
@@ -128,7 +135,7 @@ fn check(v: &Validator, doc: &Value) -> Result<(), CountyError> {
                     err.kind().keyword()
                 )
             } else {
-                what.to_string()
+                what
             };
             let v = if expr.is_empty() {
                 Violation {
@@ -231,15 +238,38 @@ mod tests {
     #[test]
     fn violations_are_capped() {
         let s = Schemas::compile().unwrap();
-        let mut doc = serde_json::json!({"type": "case.opened"});
-        for i in 0..40 {
-            doc[format!("extra{i}")] = 1.into();
-        }
+        let given: Vec<Value> = (0..40).map(Value::from).collect();
+        let doc = serde_json::json!({"type": "case.opened", "child": {"name": {"given": given}}});
         let CountyError::Violations(vs) = s.validate_event(&doc).unwrap_err() else {
             panic!("expected several violations");
         };
         assert_eq!(vs.len(), MAX_ISSUES + 1);
         assert!(vs[MAX_ISSUES].text.contains("not listed"), "{vs:?}");
+    }
+
+    #[test]
+    fn unknown_properties_are_named_by_their_parent_never_by_their_key() {
+        let s = Schemas::compile().unwrap();
+        let mut doc = serde_json::json!({"type": "case.opened"});
+        for i in 0..3 {
+            doc[format!("Jane-Doe-{i}")] = 1.into();
+        }
+        doc["child"] = serde_json::json!({"SSN-123-45-6789": "x"});
+        let CountyError::Violations(vs) = s.validate_event(&doc).unwrap_err() else {
+            panic!("expected several violations");
+        };
+        let all = format!("{vs:?}");
+        assert!(!all.contains("Jane") && !all.contains("SSN"), "{all}");
+        assert!(
+            vs.iter().any(|v| v.expression.is_none()
+                && v.text == "the document has 3 properties the schema does not allow"),
+            "{all}"
+        );
+        assert!(
+            vs.iter().any(|v| v.expression.as_deref() == Some("child")
+                && v.text == "child has a property the schema does not allow"),
+            "{all}"
+        );
     }
 
     #[test]

@@ -351,13 +351,13 @@ async fn read_limited(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeSet;
 
     /// `(method, path pattern)` of every route of [`super::routes`], read
     /// from the router itself (its `Debug` form: route ids to paths, and each
     /// method router's `Allow` header).
-    fn enumerate_routes() -> BTreeSet<(String, String)> {
+    pub(crate) fn enumerate_routes() -> BTreeSet<(String, String)> {
         let all = format!("{:?}", super::routes());
         // The routes, not axum's own fallback router that follows them.
         let dbg = all.split("fallback_router").next().unwrap_or_default();
@@ -394,6 +394,55 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Issue 14 item 11: every route says what it discloses; a route that
+    /// returns patient data names its decision and its audit.
+    #[test]
+    fn every_route_declares_its_disclosure_decision_and_audit() {
+        use crate::auth::routes::{Exit, ROUTE_EXITS};
+        let routes = enumerate_routes();
+        let table: BTreeSet<(String, String)> = ROUTE_EXITS
+            .iter()
+            .map(|r| (r.method.to_string(), r.path.to_string()))
+            .collect();
+        assert_eq!(table.len(), ROUTE_EXITS.len(), "duplicate rows");
+        let missing: Vec<_> = routes.difference(&table).collect();
+        assert!(
+            missing.is_empty(),
+            "routes that do not declare what they disclose: {missing:?}"
+        );
+        let stale: Vec<_> = table.difference(&routes).collect();
+        assert!(
+            stale.is_empty(),
+            "rows for routes that do not exist: {stale:?}"
+        );
+        for r in ROUTE_EXITS {
+            if let Exit::PatientData {
+                decided_by,
+                audited_by,
+            } = r.exit
+            {
+                assert!(
+                    !decided_by.trim().is_empty() && !audited_by.trim().is_empty(),
+                    "{} {} returns patient data with no decision or no audit",
+                    r.method,
+                    r.path
+                );
+            }
+        }
+        // The functions the table names exist (a rename breaks this test).
+        let _ = crate::county::eligibility::decide_access;
+        let _ = crate::county::eligibility::get_eligibility;
+        let _ = crate::county::deadlines::get_deadlines;
+        let _ = crate::county::tasks::parties;
+        let _ = crate::county::tasks::put_task;
+        let _ = crate::county::referrals::post_referral;
+        let _ = crate::county::referrals::REFUSED_FOR_MEMBER;
+        let _ = crate::explain::decisions;
+        let _ = crate::fhir::Gate::judge;
+        let _ = crate::fhir::Gate::finish;
+        let _ = crate::fhir::write::create;
     }
 
     #[test]

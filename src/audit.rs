@@ -31,6 +31,8 @@ pub enum Interaction {
     SearchType,
     /// `POST /fhir/{type}`.
     Create,
+    /// `PUT /fhir/{type}/{id}`.
+    Update,
 }
 
 impl Interaction {
@@ -39,6 +41,7 @@ impl Interaction {
             Interaction::Read => "read",
             Interaction::SearchType => "search-type",
             Interaction::Create => "create",
+            Interaction::Update => "update",
         }
     }
     fn action(self) -> &'static str {
@@ -46,6 +49,7 @@ impl Interaction {
             Interaction::Read => "R",
             Interaction::SearchType => "E",
             Interaction::Create => "C",
+            Interaction::Update => "U",
         }
     }
 }

@@ -83,6 +83,122 @@ pub const ROUTE_SCOPES: &[RouteScope] = &[
     row("PUT", "/fhir/{rtype}/{id}", Need::PathType(Write)),
 ];
 
+/// What a route can tell its caller about patients (issue 14 item 11):
+/// `docs/consent.md` ("Every exit") prints the same table, and a test in
+/// `api.rs` enumerates the router's routes and fails for any route without
+/// a row here, or with a patient-data row naming no decision or no audit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Nothing about any patient (health, capability statement, tokens,
+    /// metrics with closed label sets).
+    NoPatientData,
+    /// Only the caller's own input acknowledged: an HL7 ACK of the
+    /// sender's message, a case event's 202; errors name fields and rules,
+    /// never input values or unknown keys.
+    OwnInput,
+    /// Patient data, or facts about a patient (existence, coverage, a
+    /// Task), in the answer or in its errors: `decided_by` decides for the
+    /// caller, `audited_by` appends the AuditEvent before the answer.
+    PatientData {
+        decided_by: &'static str,
+        audited_by: &'static str,
+    },
+}
+
+/// One row of [`ROUTE_EXITS`].
+#[derive(Debug, Clone, Copy)]
+pub struct RouteExit {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub exit: Exit,
+}
+
+const fn exit(method: &'static str, path: &'static str, exit: Exit) -> RouteExit {
+    RouteExit { method, path, exit }
+}
+
+const fn patient_data(decided_by: &'static str, audited_by: &'static str) -> Exit {
+    Exit::PatientData {
+        decided_by,
+        audited_by,
+    }
+}
+
+/// Every route of `api::routes` and what it discloses.
+pub const ROUTE_EXITS: &[RouteExit] = &[
+    exit("GET", "/healthz", Exit::NoPatientData),
+    exit("GET", "/readyz", Exit::NoPatientData),
+    exit("GET", "/fhir/metadata", Exit::NoPatientData),
+    exit("POST", "/auth/token", Exit::NoPatientData),
+    exit("GET", "/metrics", Exit::NoPatientData),
+    exit("POST", "/hl7/v2", Exit::OwnInput),
+    exit("POST", "/cws/events", Exit::OwnInput),
+    exit(
+        "POST",
+        "/ecm/referrals",
+        patient_data(
+            "county::referrals::may_see_member (the child's county, or Disclosure::decide pull on the member's Patient); others get REFUSED_FOR_MEMBER",
+            "county::referrals::refuse (refusal, with the real reason)",
+        ),
+    ),
+    exit(
+        "GET",
+        "/cws/eligibility/{patient_id}",
+        patient_data(
+            "county::eligibility::decide_access",
+            "county::eligibility::get_eligibility (disclosure, refusal, read; unknown patients too)",
+        ),
+    ),
+    exit(
+        "GET",
+        "/ops/deadlines",
+        patient_data(
+            "R0-operator (operators only)",
+            "county::deadlines::get_deadlines (read, naming every patient and subject listed)",
+        ),
+    ),
+    exit(
+        "GET",
+        "/ops/decisions",
+        patient_data(
+            "R0-operator (operators only)",
+            "explain::decisions (read)",
+        ),
+    ),
+    exit(
+        "GET",
+        "/fhir/{rtype}",
+        patient_data(
+            "fhir::Gate::judge per match and _include (AuditEvent: operators only)",
+            "fhir::Gate::finish (one AuditEvent per request)",
+        ),
+    ),
+    exit(
+        "POST",
+        "/fhir/{rtype}",
+        patient_data(
+            "fhir::write::visible_patient (Gate::judge on the subject; an unseen Patient is 'not known')",
+            "fhir::write::create (create) and Gate::finish (refusal)",
+        ),
+    ),
+    exit(
+        "GET",
+        "/fhir/{rtype}/{id}",
+        patient_data(
+            "fhir::Gate::judge (withheld and missing: the same 404)",
+            "fhir::Gate::finish (missing ids too: Gate::absent)",
+        ),
+    ),
+    exit(
+        "PUT",
+        "/fhir/{rtype}/{id}",
+        patient_data(
+            "county::tasks::parties, then fhir::Gate::judge for a non-party (unseen: the 404 of an absent Task)",
+            "county::tasks::refused (refusal; absent Tasks too)",
+        ),
+    ),
+];
+
 /// The need of `method` on the path pattern `path` (`None`: not in the table).
 pub fn need(method: &Method, path: &str) -> Option<Need> {
     let m = if method == Method::HEAD {

@@ -165,7 +165,7 @@ pub async fn get_deadlines(
     headers: HeaderMap,
     Query(q): Query<DeadlineQuery>,
 ) -> Result<Response, CountyError> {
-    authenticate(&state, &headers, &cert, &[OrgKind::Operator])?;
+    let caller = authenticate(&state, &headers, &cert, &[OrgKind::Operator])?;
     let now = Utc::now();
     let items = list(
         state.store.as_ref(),
@@ -174,6 +174,48 @@ pub async fn get_deadlines(
         q.overdue.unwrap_or(false),
     )
     .await?;
+    // The clocks name patients: an operator `read`, audited (durable)
+    // before the answer, naming every patient and subject listed.
+    let mut entities: Vec<String> = Vec::new();
+    let mut named = std::collections::HashSet::new();
+    for c in &items {
+        for e in c
+            .patient
+            .iter()
+            .map(|p| format!("Patient/{p}"))
+            .chain(std::iter::once(c.subject.clone()))
+        {
+            if named.insert(e.clone()) {
+                entities.push(e);
+            }
+        }
+    }
+    // One record per `fhir::MAX_ENTITIES_PER_AUDIT` references (at least one).
+    let chunks: Vec<&[String]> = if entities.is_empty() {
+        vec![&[]]
+    } else {
+        entities
+            .chunks(crate::fhir::MAX_ENTITIES_PER_AUDIT)
+            .collect()
+    };
+    let records = chunks
+        .into_iter()
+        .map(|chunk| {
+            crate::audit::new_audit(&crate::audit::AuditEntry {
+                kind: "read",
+                interaction: crate::audit::Interaction::SearchType,
+                caller: &caller,
+                patient_id: None,
+                entities: chunk.to_vec(),
+                detail: Some(format!("deadlines: {} clocks", items.len())),
+                recorded: now,
+            })
+        })
+        .collect();
+    state.store.audit_append(records).await.map_err(|e| {
+        tracing::error!(error = %e, "deadlines audit append failed; nothing disclosed");
+        CountyError::Store(e)
+    })?;
     let overdue = items.iter().filter(|c| c.overdue).count();
     state
         .metrics

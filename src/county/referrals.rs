@@ -728,7 +728,9 @@ pub async fn post_referral(
     if !known {
         // Refusals happen before the journal: nothing is stored or routed.
         let resources = state.store.resources_by_patient(&pid, None).await?;
-        plan(county, &doc, &caller, &resources, received_at)?;
+        if let Err(e) = plan(county, &doc, &caller, &resources, received_at) {
+            return Err(refuse(&state, &caller, &pid, &resources, e, received_at).await);
+        }
     }
     let outcome = state
         .store
@@ -772,7 +774,7 @@ pub async fn post_referral(
             Ok(p) => p,
             Err(e) => {
                 let _ = state.store.fail(jid, "refused-on-replay").await;
-                return Err(e);
+                return Err(refuse(&state, &caller, &pid, &resources, e, t).await);
             }
         };
         let derived = build(county, &raw_doc, &caller.org_id, &p, &resources, t);
@@ -803,6 +805,86 @@ pub async fn post_referral(
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
+}
+
+/// The one answer to a referral refused for a reason about the member
+/// (coverage, plan, consent on file …) when the caller may not see the
+/// member: it does not tell unknown, fee-for-service, share of cost and
+/// enrolled apart, and names no plan.
+pub const REFUSED_FOR_MEMBER: &str = "the referral cannot be accepted for this member as sent: the member's county or Medi-Cal plan can check the member's managed care enrollment and referral consent with you";
+
+/// May `caller` see the member: the child's county, or an organization the
+/// consent engine lets read the member's Patient (purpose `pull`)?
+fn may_see_member(
+    state: &AppState,
+    caller: &crate::api::Caller,
+    pid: &str,
+    resources: &[StoredResource],
+    now: DateTime<Utc>,
+) -> bool {
+    let pctx = disclosure::PatientContext::from_resources(&state.cfg, pid, resources);
+    let patient = resources
+        .iter()
+        .find(|r| r.resource_type == "Patient" && r.id == pid)
+        .map(|r| &r.body);
+    if eligibility::is_childs_county(&state.cfg, &caller.org_id, &pctx, patient) {
+        return true;
+    }
+    patient.is_some_and(|p| {
+        state
+            .disclosure
+            .decide(p, &caller.org_id, consent::Purpose::Pull, &pctx, now)
+            .effect
+            == consent::Effect::Permit
+    })
+}
+
+/// A referral refused by [`plan`]: audited (a `refusal` naming the member,
+/// with the real reason for operators), then answered — with the reason to
+/// a caller who may see the member, else with [`REFUSED_FOR_MEMBER`], so a
+/// refusal tells a stranger nothing about the member. Store failures pass
+/// through.
+async fn refuse(
+    state: &AppState,
+    caller: &crate::api::Caller,
+    pid: &str,
+    resources: &[StoredResource],
+    e: CountyError,
+    now: DateTime<Utc>,
+) -> CountyError {
+    let reason = match &e {
+        CountyError::Invalid { expression, .. } | CountyError::BusinessRule { expression, .. } => {
+            expression.clone().unwrap_or_else(|| "document".into())
+        }
+        CountyError::Violations(_) => "violations".into(),
+        _ => return e,
+    };
+    let seen = may_see_member(state, caller, pid, resources, now);
+    let record = crate::audit::new_audit(&crate::audit::AuditEntry {
+        kind: "refusal",
+        interaction: crate::audit::Interaction::Create,
+        caller,
+        patient_id: Some(pid),
+        entities: Vec::new(),
+        detail: Some(format!(
+            "referral refused at {reason} ({}): {e}",
+            if seen {
+                "reason told"
+            } else {
+                "generic answer"
+            }
+        )),
+        recorded: Utc::now(),
+    });
+    if let Err(err) = state.store.audit_append(vec![record]).await {
+        tracing::error!(error = %err, "referral refusal audit append failed");
+        return CountyError::Store(err);
+    }
+    if seen {
+        e
+    } else {
+        CountyError::rule(REFUSED_FOR_MEMBER, Some("member"))
+    }
 }
 
 /// Now, to the second (journal times round-trip through RFC 3339 exactly).

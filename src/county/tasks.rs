@@ -45,6 +45,7 @@ use super::events::{read_back, settle, strip_meta, to_write, Derived};
 use super::referrals::{now_secs, AUTHORIZING_MCP_EXT};
 use super::{orgs, County};
 use crate::api::{authenticate, fhir_json, AppState};
+use crate::audit::{self, AuditEntry, Interaction};
 use crate::auth::ClientCert;
 use crate::config::OrgKind;
 use crate::disclosure;
@@ -95,6 +96,21 @@ pub fn authorizing_mcp(task: &Value) -> Option<String> {
         .and_then(disclosure::org_of)
 }
 
+/// Is `caller_org` the Task's requester, and is it a performer (the
+/// authorizing MCP, or the ECM provider that owns the Task)?
+pub fn parties(county: &County, stored: &Value, caller_org: &str) -> (bool, bool) {
+    let requester = stored.get("requester").and_then(disclosure::org_of);
+    let owner = stored.get("owner").and_then(disclosure::org_of);
+    let mcp = authorizing_mcp(stored).or_else(|| owner.clone());
+    let is_performer = mcp.as_deref() == Some(caller_org)
+        || (owner.as_deref() == Some(caller_org)
+            && county
+                .cfg
+                .organization(caller_org)
+                .is_some_and(|o| o.kind == OrgKind::EcmProvider));
+    (requester.as_deref() == Some(caller_org), is_performer)
+}
+
 /// Apply a caller's update to the stored Task; returns the new Task and
 /// the clock writes. Pure but for the clock records passed in.
 pub fn transition(
@@ -106,15 +122,9 @@ pub fn transition(
     open_clocks: &[ClockRow],
 ) -> Result<(Value, Vec<ClockRow>), CountyError> {
     let cfg = &county.cfg;
-    let requester = stored.get("requester").and_then(disclosure::org_of);
     let owner = stored.get("owner").and_then(disclosure::org_of);
     let mcp = authorizing_mcp(stored).or_else(|| owner.clone());
-    let is_performer = mcp.as_deref() == Some(caller_org)
-        || (owner.as_deref() == Some(caller_org)
-            && cfg
-                .organization(caller_org)
-                .is_some_and(|o| o.kind == OrgKind::EcmProvider));
-    let is_requester = requester.as_deref() == Some(caller_org);
+    let (is_requester, is_performer) = parties(county, stored, caller_org);
     if !is_performer && !is_requester {
         return Err(CountyError::Forbidden(
             "the caller's organization is neither the requester nor a performer of this Task"
@@ -230,6 +240,31 @@ pub fn transition(
     Ok((task, writes))
 }
 
+/// Audit a refused `PUT` (durable before the answer): the same work for an
+/// absent Task as for a withheld one.
+async fn refused(
+    state: &AppState,
+    caller: &crate::api::Caller,
+    patient: Option<&str>,
+    id: &str,
+    why: &str,
+) -> Result<(), CountyError> {
+    let record = audit::new_audit(&AuditEntry {
+        kind: "refusal",
+        interaction: Interaction::Update,
+        caller,
+        patient_id: patient,
+        entities: vec![format!("Task/{id}")],
+        detail: Some(format!("task update refused: {why}")),
+        recorded: chrono::Utc::now(),
+    });
+    state.store.audit_append(vec![record]).await.map_err(|e| {
+        tracing::error!(error = %e, "task refusal audit append failed");
+        CountyError::Store(e)
+    })?;
+    Ok(())
+}
+
 /// The handler.
 pub async fn put_task(
     State(state): State<AppState>,
@@ -268,8 +303,29 @@ pub async fn put_task(
     let now = now_secs();
     let clocks = deadlines::open_for(store, &format!("Task/{id}")).await?;
     let digest = hex::encode(Sha256::digest(&bytes));
+        refused(&state, &caller, None, &id, "not-found").await?;
     // Check before the journal: a refused update is not stored.
     transition(
+    // Not a party: a caller that may not see the Task gets the 404 of an
+    // absent one (its existence is a fact about the member); one that may
+    // read it (a release, R4 …) is told it is not a party.
+    if parties(&state.county, &stored.body, &caller.org_id) == (false, false) {
+        let mut gate = crate::fhir::Gate::new(&state, &caller, Interaction::Read);
+        let visible = matches!(gate.judge(&stored).await?, crate::fhir::Verdict::Permit(_));
+        let patient = stored
+            .patient_id
+            .clone()
+            .or_else(|| crate::fhir::index::patient_of(&stored.body));
+        refused(&state, &caller, patient.as_deref(), &id, "not-a-party").await?;
+        return Err(if visible {
+            CountyError::Forbidden(
+                "the caller's organization is neither the requester nor a performer of this Task"
+                    .into(),
+            )
+        } else {
+            CountyError::NotFound("no such Task".into())
+        });
+    }
         &state.county,
         &stored.body,
         &update,

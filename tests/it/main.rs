@@ -14,6 +14,7 @@ mod fhir_sdk;
 mod http;
 mod installed;
 mod mllp;
+mod oracles;
 mod postgres;
 mod scenarios;
 mod tls;

@@ -1,0 +1,343 @@
+//! Oracles and exits (issue 14 items 10 and 11), through the real HTTP
+//! interface: a caller who may not see a member learns nothing about them
+//! from a status, a text or a noticeably different time; every exit that
+//! returns patient data is decided and audited.
+
+use std::time::Duration;
+
+use cws_gateway::delivery::mock::MockEndpoint;
+use serde_json::{json, Value};
+
+use crate::common::{self, repo, COUNTY_TOKEN};
+
+const KERN: &str = "oracles-kern-token";
+const PLAN_A: &str = "oracles-plan-a-token";
+const PLAN_B: &str = "oracles-plan-b-token";
+
+fn sha(t: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(t.as_bytes()))
+}
+
+struct Gw {
+    running: cws_gateway::serve::Running,
+    http: reqwest::Client,
+    base: String,
+    mocks: Vec<MockEndpoint>,
+    _dir: tempfile::TempDir,
+}
+
+struct Answer {
+    status: u16,
+    text: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
+    }
+}
+
+impl Gw {
+    async fn start() -> Gw {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let mut mocks = Vec::new();
+        for _ in 0..3 {
+            mocks.push(MockEndpoint::start().await.unwrap());
+        }
+        let extra = format!(
+            r#"
+[[organizations]]
+id = "county-kern"
+kind = "county"
+name = "Kern County DHS"
+county = "Kern"
+
+[[organizations]]
+id = "mcp-a"
+kind = "mcp"
+name = "Plan A"
+endpoint = "{a}"
+plan_codes = ["A"]
+counties = ["Fresno", "Kern"]
+
+[[organizations]]
+id = "mcp-b"
+kind = "mcp"
+name = "Plan B"
+endpoint = "{b}"
+plan_codes = ["B"]
+counties = ["Fresno", "Kern"]
+
+[[organizations]]
+id = "ecm-compass"
+kind = "ecm_provider"
+name = "Compass Clinics"
+endpoint = "{e}"
+mcps = ["mcp-a"]
+pofs = ["8"]
+provider_type = "wraparound"
+
+[[clients]]
+id = "kern"
+organization = "county-kern"
+token_sha256 = "{kern}"
+
+[[clients]]
+id = "plan-a"
+organization = "mcp-a"
+token_sha256 = "{pa}"
+
+[[clients]]
+id = "plan-b"
+organization = "mcp-b"
+token_sha256 = "{pb}"
+"#,
+            a = mocks[0].base_url(),
+            b = mocks[1].base_url(),
+            e = mocks[2].base_url(),
+            kern = sha(KERN),
+            pa = sha(PLAN_A),
+            pb = sha(PLAN_B),
+        );
+        let cfg = cws_gateway::config::Config::from_toml(
+            &common::config_text(dir.path(), &extra),
+            "test",
+        )
+        .expect("oracles test config");
+        let running = cws_gateway::serve::start(cfg).await.unwrap();
+        let base = format!("http://{}", running.http_addr);
+        Gw {
+            running,
+            http: reqwest::Client::new(),
+            base,
+            mocks,
+            _dir: dir,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> Answer {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/fhir+json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        Answer {
+            status: resp.status().as_u16(),
+            text: resp.text().await.unwrap_or_default(),
+        }
+    }
+
+    async fn post(&self, path: &str, token: &str, body: &Value) -> Answer {
+        self.send(reqwest::Method::POST, path, token, Some(body))
+            .await
+    }
+
+    async fn put(&self, path: &str, token: &str, body: &Value) -> Answer {
+        self.send(reqwest::Method::PUT, path, token, Some(body))
+            .await
+    }
+
+    async fn event(&self, doc: &Value) {
+        let a = self.post("/cws/events", COUNTY_TOKEN, doc).await;
+        assert_eq!(a.status, 202, "{}", a.text);
+    }
+
+    async fn audits(&self) -> Vec<store::AuditRecord> {
+        self.running
+            .store
+            .audit_list(0, 100_000, None, None)
+            .await
+            .unwrap()
+    }
+
+    /// Everything the mock endpoints have received so far.
+    fn delivered(&self) -> usize {
+        self.mocks.iter().map(|m| m.received().len()).sum()
+    }
+}
+
+fn golden(t: &str, name: &str) -> Value {
+    let p = repo()
+        .join("tests/golden/case_event")
+        .join(t)
+        .join(format!("{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn pid(cin: &str) -> String {
+    mapping::uuid5(&format!("patient|cin|{cin}"))
+}
+
+/// A Fresno child in plan A (91000001A) and a fee-for-service member
+/// (92000002B), both sent by Fresno.
+async fn members(gw: &Gw) {
+    for (t, n) in [
+        ("case.opened", "001-court-ordered-fr"),
+        ("placement.changed", "001-resource-family"),
+        ("enrollment.updated", "001-plan-a"),
+        ("enrollment.updated", "002-fee-for-service"),
+    ] {
+        gw.event(&golden(t, n)).await;
+    }
+    common::wait_translated(gw.running.store.as_ref()).await;
+}
+
+fn referral(id: &str, cin: &str, referrer: &str) -> Value {
+    json!({
+        "referralId": id,
+        "member": {"cin": cin, "name": {"given": ["Alex"], "family": "Rivera"}, "birthDate": "2010-03-15"},
+        "referrer": {"organizationId": referrer, "name": "Dana Ortiz", "role": "social worker", "relationship": "county social worker"},
+        "selfReferral": false,
+        "populationsOfFocus": ["8"],
+        "criteria": "in foster care",
+        "expedited": false
+    })
+}
+
+fn refusals_for(audits: &[store::AuditRecord], org: &str, patient: Option<&str>) -> usize {
+    audits
+        .iter()
+        .filter(|r| {
+            r.kind == "refusal"
+                && r.recipient.as_deref() == Some(org)
+                && patient.is_none_or(|p| r.patient_id.as_deref() == Some(p))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referral_errors_tell_a_stranger_nothing_about_the_member() {
+    let gw = Gw::start().await;
+    members(&gw).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let delivered = gw.delivered();
+    let before = gw.audits().await;
+
+    // Kern (not the member's county, no consent) and plan B (not the
+    // member's plan): enrolled, fee-for-service and unknown members get
+    // one and the same answer, naming no plan.
+    let mut bodies = Vec::new();
+    for (token, org) in [(KERN, "county-kern"), (PLAN_B, "mcp-b")] {
+        for (i, cin) in ["91000001A", "92000002B", "99999999Z"].iter().enumerate() {
+            let a = gw
+                .post(
+                    "/ecm/referrals",
+                    token,
+                    &referral(&format!("R-{org}-{i}"), cin, org),
+                )
+                .await;
+            assert_eq!(a.status, 422, "{org} {cin}: {}", a.text);
+            assert!(
+                !a.text.contains("mcp-a") && !a.text.contains("fee-for-service"),
+                "{}",
+                a.text
+            );
+            assert_eq!(
+                a.json()["issue"][0]["diagnostics"],
+                cws_gateway::county::referrals::REFUSED_FOR_MEMBER
+            );
+            bodies.push(a.json());
+        }
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "{bodies:?}");
+
+    // The member's own county is told why (here: the consent it lacks,
+    // naming the member's plan).
+    let a = gw
+        .post(
+            "/ecm/referrals",
+            COUNTY_TOKEN,
+            &referral("R-fresno", "91000001A", "county-fresno"),
+        )
+        .await;
+    assert_eq!(a.status, 422, "{}", a.text);
+    assert!(a.text.contains("mcp-a"), "{}", a.text);
+
+    // Every refusal is audited, with the member named.
+    let after = gw.audits().await;
+    for (org, n) in [("county-kern", 3), ("mcp-b", 3), ("county-fresno", 1)] {
+        assert_eq!(
+            refusals_for(&after, org, None) - refusals_for(&before, org, None),
+            n,
+            "{org}"
+        );
+    }
+    for cin in ["91000001A", "92000002B", "99999999Z"] {
+        let p = pid(cin);
+        assert!(
+            refusals_for(&after, "county-kern", Some(&p))
+                > refusals_for(&before, "county-kern", Some(&p)),
+            "{cin}"
+        );
+    }
+    // Nothing was journaled, routed or delivered for a refusal.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gw.delivered(), delivered);
+    gw.running.stop().await;
+}
+
+/// A patient, a referral ServiceRequest and a Task of Fresno's to plan A,
+/// stored directly; no consent for anyone else.
+async fn seeded_task(gw: &Gw, tag: &str) -> (String, String) {
+    let p = format!("oracle-p-{tag}");
+    let sr = format!("oracle-sr-{tag}");
+    let t = format!("oracle-t-{tag}");
+    common::seed(
+        gw.running.store.as_ref(),
+        vec![
+            common::patient(&p, &format!("9300000{tag}"), "2010-03-15"),
+            common::service_request(&sr, &p),
+            common::task(&t, &p, &sr, "requested", "mcp-a"),
+        ],
+    )
+    .await;
+    (p, t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_on_a_task_the_caller_may_not_see_is_the_404_of_an_absent_one() {
+    let gw = Gw::start().await;
+    let (p, t) = seeded_task(&gw, "1").await;
+    let before = gw.audits().await;
+    let update = |id: &str| json!({"resourceType": "Task", "id": id, "status": "accepted", "intent": "order"});
+    let hidden = gw
+        .put(&format!("/fhir/Task/{t}"), PLAN_B, &update(&t))
+        .await;
+    let absent = gw
+        .put("/fhir/Task/oracle-t-none", PLAN_B, &update("oracle-t-none"))
+        .await;
+    assert_eq!(hidden.status, 404, "{}", hidden.text);
+    assert_eq!(absent.status, 404, "{}", absent.text);
+    assert_eq!(hidden.json(), absent.json());
+    // Nothing changed, both refusals audited.
+    let stored = gw
+        .running
+        .store
+        .resource_get("Task", &t)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.body["status"], "requested");
+    let after = gw.audits().await;
+    assert_eq!(
+        refusals_for(&after, "mcp-b", None) - refusals_for(&before, "mcp-b", None),
+        2
+    );
+    assert!(refusals_for(&after, "mcp-b", Some(&p)) > 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gw.delivered(), 0);
+    gw.running.stop().await;
+}

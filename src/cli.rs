@@ -272,7 +272,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = runtime()?;
             let items = rt.block_on(async move {
                 let store = crate::serve::open_store(&cfg).await?;
-                let items = crate::county::deadlines::list(store.as_ref(), chrono::Utc::now(), true, overdue).await?;
+                let now = chrono::Utc::now();
+                let items = crate::county::deadlines::list(store.as_ref(), now, true, overdue).await?;
+                // The clocks name patients: an operator read, audited first.
+                let mut named = std::collections::BTreeSet::new();
+                for c in &items {
+                    named.extend(c.patient.iter().map(|p| format!("Patient/{p}")));
+                }
+                let named: Vec<String> = named.into_iter().collect();
+                for chunk in named.chunks(crate::fhir::MAX_ENTITIES_PER_AUDIT) {
+                    let detail = format!("deadlines (cli): {} clocks", items.len());
+                    crate::explain::audit_cli_read(store.as_ref(), None, chunk.to_vec(), detail, now).await?;
+                }
                 Ok::<_, anyhow::Error>(items)
             })?;
             for c in &items {

@@ -189,7 +189,45 @@ pub async fn explain_cin(
     let pid = patient_by_cin(cfg, store, cin)
         .await?
         .ok_or(ExplainError::UnknownPatient)?;
-    explain_patient(cfg, store, &pid, recipient_org, purpose, now).await
+    let out = explain_patient(cfg, store, &pid, recipient_org, purpose, now).await?;
+    audit_cli_read(
+        store,
+        Some(&pid),
+        vec![format!("Patient/{pid}")],
+        format!("explain for {recipient_org} (cli)"),
+        now,
+    )
+    .await?;
+    Ok(out)
+}
+
+/// An operator `read` by the command line (client and organization `cli`),
+/// appended before the command prints what it read.
+pub async fn audit_cli_read(
+    store: &dyn Store,
+    patient: Option<&str>,
+    entities: Vec<String>,
+    detail: String,
+    now: DateTime<Utc>,
+) -> Result<(), store::StoreError> {
+    let caller = crate::auth::Caller {
+        client_id: "cli".into(),
+        org_id: "cli".into(),
+        kind: OrgKind::Operator,
+        scopes: None,
+    };
+    store
+        .audit_append(vec![audit::new_audit(&AuditEntry {
+            kind: "read",
+            interaction: Interaction::Read,
+            caller: &caller,
+            patient_id: patient,
+            entities,
+            detail: Some(detail),
+            recorded: now,
+        })])
+        .await
+        .map(|_| ())
 }
 
 /// `GET /ops/decisions?patient=CIN|id&recipient=ORG[&purpose=…]` (operators).

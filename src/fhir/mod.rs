@@ -29,7 +29,7 @@ pub mod index;
 pub mod params;
 pub mod write;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -60,8 +60,16 @@ pub const MAX_SCAN: usize = 2000;
 /// Most distinct patients whose context one request loads (a search page
 /// stops short, with a `next` link, rather than load more).
 pub const MAX_PATIENTS_PER_REQUEST: usize = 256;
-/// Most resource references in one audit record.
-pub const MAX_ENTITIES_PER_AUDIT: usize = 200;
+/// Most resource references in one audit record (a request that names more
+/// — at most [`MAX_SCAN`] plus its includes — writes one record per this
+/// many, in order). Keeps every body well under the store's size cap.
+pub const MAX_ENTITIES_PER_AUDIT: usize = 1000;
+/// `AuditEvent.entity.detail.type` marking a resource disclosed or withheld.
+pub const DETAIL_DISCLOSURE: &str = "disclosure";
+/// `AuditEvent.entity.detail.type` of the rule and reason a resource was
+/// withheld for.
+pub const DETAIL_REASON: &str = "reason";
+const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
 
 /// The `/fhir` routes (besides `/fhir/metadata`).
 pub fn routes() -> Router<AppState> {
@@ -149,8 +157,9 @@ pub struct Gate<'a> {
     caller: &'a Caller,
     now: DateTime<Utc>,
     contexts: HashMap<String, PatientContext>,
-    disclosed: BTreeMap<Option<String>, Vec<String>>,
-    refused: BTreeMap<(Option<String>, String), Vec<String>>,
+    /// Every resource decided, in order: patient, `Type/id`, `None` when
+    /// disclosed or `Some(rule reason)` when withheld.
+    seen: Vec<(Option<String>, String, Option<String>)>,
     interaction: Interaction,
 }
 
@@ -162,8 +171,7 @@ impl<'a> Gate<'a> {
             caller,
             now: Utc::now(),
             contexts: HashMap::new(),
-            disclosed: BTreeMap::new(),
-            refused: BTreeMap::new(),
+            seen: Vec::new(),
             interaction,
         }
     }
@@ -205,15 +213,12 @@ impl<'a> Gate<'a> {
         let reference = format!("{}/{}", r.resource_type, r.id);
         let patient = r.patient_id.clone().or_else(|| index::patient_of(&r.body));
         if self.caller.kind == OrgKind::Operator {
-            self.disclosed.entry(patient).or_default().push(reference);
+            self.seen.push((patient, reference, None));
             return Ok(Verdict::Permit(r.body.clone()));
         }
         let Some(pid) = patient else {
             let why = "R1 deny.no-patient".to_string();
-            self.refused
-                .entry((None, why.clone()))
-                .or_default()
-                .push(reference);
+            self.seen.push((None, reference, Some(why.clone())));
             return Ok(Verdict::Withhold(why));
         };
         if !self.contexts.contains_key(&pid) {
@@ -254,7 +259,7 @@ impl<'a> Gate<'a> {
             self.now,
         );
         if d.effect == consent::Effect::Permit {
-            self.disclosed.entry(Some(pid)).or_default().push(reference);
+            self.seen.push((Some(pid), reference, None));
             return Ok(Verdict::Permit(apply_obligations(&r.body, &d)));
         }
         // R4: the referring organization always learns a referral's status —
@@ -270,68 +275,118 @@ impl<'a> Gate<'a> {
                 true,
             );
             if d2.effect == consent::Effect::Permit {
-                self.disclosed.entry(Some(pid)).or_default().push(reference);
+                self.seen.push((Some(pid), reference, None));
                 return Ok(Verdict::Permit(apply_obligations(&projection, &d2)));
             }
         }
-        {
-            let why = format!("{} {}", d.rule, d.reason);
-            self.refused
-                .entry((Some(pid), why.clone()))
-                .or_default()
-                .push(reference);
-            Ok(Verdict::Withhold(why))
-        }
+        let why = format!("{} {}", d.rule, d.reason);
+        self.seen.push((Some(pid), reference, Some(why.clone())));
+        Ok(Verdict::Withhold(why))
     }
 
-    /// Append the request's audit records (one per patient and outcome).
+    /// Record that `reference` (of `patient`) was shown to the caller
+    /// without a consent decision (operators' AuditEvent reads).
+    fn shown(&mut self, patient: Option<String>, reference: String) {
+        self.seen.push((patient, reference, None));
+    }
+
+    /// Append the request's audit record: **one AuditEvent for the whole
+    /// request** (one per [`MAX_ENTITIES_PER_AUDIT`] resources beyond that),
+    /// listing every resource disclosed or withheld (see [`request_event`]).
     pub async fn finish(self) -> Result<(), ApiError> {
-        let operator = self.caller.kind == OrgKind::Operator;
-        let mut entries = Vec::new();
-        // At most MAX_ENTITIES_PER_AUDIT references per record keeps every
-        // body well under the store's size cap.
-        for (patient, refs) in &self.disclosed {
-            for chunk in refs.chunks(MAX_ENTITIES_PER_AUDIT) {
-                entries.push(audit::new_audit(&AuditEntry {
-                    kind: if operator { "read" } else { "disclosure" },
-                    interaction: self.interaction,
-                    caller: self.caller,
-                    patient_id: patient.as_deref(),
-                    entities: chunk.to_vec(),
-                    detail: None,
-                    recorded: self.now,
-                }));
-            }
-        }
-        for ((patient, why), refs) in &self.refused {
-            for chunk in refs.chunks(MAX_ENTITIES_PER_AUDIT) {
-                entries.push(audit::new_audit(&AuditEntry {
-                    kind: "refusal",
-                    interaction: self.interaction,
-                    caller: self.caller,
-                    patient_id: patient.as_deref(),
-                    entities: chunk.to_vec(),
-                    detail: Some(why.clone()),
-                    recorded: self.now,
-                }));
-            }
-        }
-        if entries.is_empty() {
+        if self.seen.is_empty() {
             return Ok(());
         }
-        // Bounded by MAX_SCAN + includes, well under the store's per-call cap
-        // once grouped; chunk anyway.
-        for chunk in entries.chunks(500) {
-            self.state
-                .store
-                .audit_append(chunk.to_vec())
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "audit append failed; nothing disclosed");
-                    ApiError::Unavailable
-                })?;
-        }
+        let entries: Vec<store::NewAudit> = self
+            .seen
+            .chunks(MAX_ENTITIES_PER_AUDIT)
+            .map(|chunk| request_event(self.caller, self.interaction, self.now, chunk))
+            .collect();
+        self.state.store.audit_append(entries).await.map_err(|e| {
+            tracing::error!(error = %e, "audit append failed; nothing disclosed");
+            ApiError::Unavailable
+        })?;
         Ok(())
+    }
+}
+
+/// The one AuditEvent of a request (the IHE BALP shape of a query or read):
+/// the caller as agent, then per patient, in order of first appearance,
+/// the `Patient` entity (role 1) followed by each resource of that patient
+/// the request decided (role 4), every resource entity carrying
+/// `detail[type=disclosure]` = `disclosed` or `withheld`, and for withheld
+/// ones `detail[type=reason]` = `rule reason`. Kind (and `outcome`):
+/// `read` for operators, `disclosure` (0) when anything was disclosed,
+/// `refusal` (4) when everything was withheld. `patient_id` is set when the
+/// request concerns one patient; the store indexes every named patient.
+pub fn request_event(
+    caller: &Caller,
+    interaction: Interaction,
+    recorded: DateTime<Utc>,
+    seen: &[(Option<String>, String, Option<String>)],
+) -> store::NewAudit {
+    let withheld = seen.iter().filter(|s| s.2.is_some()).count();
+    let disclosed = seen.len() - withheld;
+    let kind = if caller.kind == OrgKind::Operator {
+        "read"
+    } else if disclosed > 0 {
+        "disclosure"
+    } else {
+        "refusal"
+    };
+    // Patients in order of first appearance, each with its resources.
+    let mut patients: Vec<&Option<String>> = Vec::new();
+    for (p, _, _) in seen {
+        if !patients.contains(&p) {
+            patients.push(p);
+        }
+    }
+    let mut entity: Vec<Value> = Vec::with_capacity(seen.len() + patients.len());
+    for p in &patients {
+        if let Some(id) = p {
+            entity.push(json!({
+                "what": {"reference": format!("Patient/{id}")},
+                "role": {"system": OBJECT_ROLE, "code": "1"}
+            }));
+        }
+        for (_, reference, why) in seen.iter().filter(|s| &&s.0 == p) {
+            let mut detail = vec![json!({
+                "type": DETAIL_DISCLOSURE,
+                "valueString": if why.is_some() { "withheld" } else { "disclosed" }
+            })];
+            if let Some(why) = why {
+                detail.push(json!({"type": DETAIL_REASON, "valueString": why}));
+            }
+            entity.push(json!({
+                "what": {"reference": reference},
+                "role": {"system": OBJECT_ROLE, "code": "4"},
+                "detail": detail
+            }));
+        }
+    }
+    let mut body = audit::audit_event(&AuditEntry {
+        kind,
+        interaction,
+        caller,
+        patient_id: None,
+        entities: Vec::new(),
+        detail: None,
+        recorded,
+    });
+    body["entity"] = Value::Array(entity);
+    body["outcomeDesc"] = json!(format!(
+        "{kind}: {disclosed} disclosed, {withheld} withheld"
+    ));
+    let single = match patients.as_slice() {
+        [Some(p)] => Some(p.clone()),
+        _ => None,
+    };
+    store::NewAudit {
+        recorded,
+        kind: kind.to_string(),
+        patient_id: single,
+        recipient: Some(caller.org_id.clone()),
+        body,
     }
 }
 
@@ -646,10 +701,7 @@ async fn audit_read(state: &AppState, caller: &Caller, id: &str) -> Result<Respo
         return Ok(not_found("AuditEvent", id));
     };
     let mut gate = Gate::new(state, caller, Interaction::Read);
-    gate.disclosed
-        .entry(r.patient_id.clone())
-        .or_default()
-        .push(format!("AuditEvent/{seq}"));
+    gate.shown(r.patient_id.clone(), format!("AuditEvent/{seq}"));
     gate.finish().await?;
     Ok(fhir_json(StatusCode::OK, &audit::record_to_fhir(&r)))
 }
@@ -708,10 +760,7 @@ async fn audit_search(
     let entries: Vec<Value> = rows
         .iter()
         .map(|r| {
-            gate.disclosed
-                .entry(r.patient_id.clone())
-                .or_default()
-                .push(format!("AuditEvent/{}", r.seq));
+            gate.shown(r.patient_id.clone(), format!("AuditEvent/{}", r.seq));
             entry(base, audit::record_to_fhir(r), "match")
         })
         .collect();

@@ -165,6 +165,8 @@ http_addr = "127.0.0.1:0"
 mllp_addr = "127.0.0.1:0"
 [store]
 url = "sqlite://{db}"
+[audit]
+demo_key = true
 [mappings]
 dir = "{maps}"
 [delivery]
@@ -460,6 +462,8 @@ mllp_addr = "127.0.0.1:0"
 [store]
 url = "{url}"
 max_batch = {max_batch}
+[audit]
+demo_key = true
 [mappings]
 dir = "{}"
 [[organizations]]
@@ -956,6 +960,8 @@ http_addr = "127.0.0.1:0"
 mllp_addr = "127.0.0.1:0"
 [store]
 url = "sqlite://{}"
+[audit]
+demo_key = true
 [mappings]
 dir = "{}"
 [[organizations]]

@@ -35,6 +35,8 @@ pub struct Config {
     pub calendar: CalendarConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 /// `[calendar]`: the working-day calendar of the deadline clocks.
@@ -853,6 +855,53 @@ fn one_line(s: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// `[audit]`: the key of the audit chain and its checkpoints
+/// (docs/audit.md). Keys never live in the database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// File of `id:hex` keys, one per line, the last one current (the
+    /// environment variable `CWSGW_AUDIT_KEY`, same format with commas,
+    /// takes precedence).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Use the built-in, public demo key when no key is configured. For the
+    /// demo and tests only: it proves nothing.
+    #[serde(default)]
+    pub demo_key: bool,
+    /// `serve` refuses to start without a key (default true).
+    #[serde(default = "default_true")]
+    pub require_key: bool,
+    /// Append-only file of signed checkpoints of the chain head. Default:
+    /// beside the SQLite database (`{database}.audit-checkpoints`); none for
+    /// PostgreSQL unless set (checkpoints then go to the log only).
+    #[serde(default)]
+    pub checkpoint_file: Option<PathBuf>,
+    /// Seconds between checkpoints (when the head moved); 1..=86400.
+    #[serde(default = "default_checkpoint_secs")]
+    pub checkpoint_every_secs: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_checkpoint_secs() -> u64 {
+    60
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            key_file: None,
+            demo_key: false,
+            require_key: true,
+            checkpoint_file: None,
+            checkpoint_every_secs: default_checkpoint_secs(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod audit_trail;
 pub mod auth;
 pub mod bench;
 pub mod cli;

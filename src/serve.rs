@@ -48,6 +48,7 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
         let opts = store_postgres::PgOptions {
             max_batch: cfg.store.max_batch,
             pool_size: cfg.store.pool_size,
+            audit_keys: crate::audit_trail::keys(cfg)?,
             ..store_postgres::PgOptions::default()
         };
         store_postgres::PgStore::open(url, opts)
@@ -56,6 +57,7 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     } else {
         let opts = SqliteOptions {
             max_batch: cfg.store.max_batch,
+            audit_keys: crate::audit_trail::keys(cfg)?,
             ..SqliteOptions::default()
         };
         store::open_url(url, opts)
@@ -161,6 +163,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cfg = Arc::new(cfg);
     let engine = load_engine(&cfg)?;
+    let audit_keys = crate::audit_trail::keys(&cfg)?;
+    crate::audit_trail::require_key(&cfg, &audit_keys)?;
     let store = open_store(&cfg).await?;
     let capability: serde_json::Value = serde_json::from_str(CAPABILITY_STATEMENT)
         .context("conformance/CapabilityStatement.json is not JSON")?;
@@ -209,6 +213,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     });
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(mllp_server.run(mllp, shutdown_rx.clone())));
+    tasks.extend(crate::audit_trail::spawn_checkpoints(
+        &cfg,
+        store.clone(),
+        audit_keys,
+        shutdown_rx.clone(),
+    ));
 
     let base_url = cfg.server.public_url.clone().unwrap_or_else(|| {
         let scheme = if tls.is_some() { "https" } else { "http" };

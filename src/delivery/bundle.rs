@@ -275,50 +275,60 @@ fn detail(decided: &Decided, payload: &Payload, delivery_id: i64) -> Vec<Value> 
     out
 }
 
-/// An AuditEvent for a disclosure (`outcome` 0) or a refusal (`outcome` 4):
-/// type `rest`, subtype `transmit`, the recipient organization as agent, one
-/// entity per resource with the consent rule, reason, consent ids, the
-/// routing rule and the outbox id in `entity.detail`. Ids and codes only.
+/// The one AuditEvent of a delivery attempt: a disclosure (`outcome` 0,
+/// the recipient answered 2xx) or a refusal (`outcome` 4, nothing
+/// disclosed): type `rest`, subtype `transmit`, the recipient organization
+/// as agent, the Patient (role 1) and one entity per resource decided
+/// (role 4), each marked `detail[type=disclosure]` = `disclosed` or
+/// `withheld`, with the consent rule, reason, consent ids, the routing rule
+/// and the outbox id in its other `entity.detail`. Ids and codes only.
+#[allow(clippy::too_many_arguments)]
 pub fn audit_event(
     cfg: &Config,
     delivery_id: i64,
     recipient_org: &str,
     payload: &Payload,
-    decided: &[Decided],
-    disclosed: bool,
+    disclosed: &[Decided],
+    withheld: &[Decided],
+    delivered: bool,
     now: DateTime<Utc>,
 ) -> Value {
     let base = &cfg.server.canonical_base;
-    let entities: Vec<Value> = decided
-        .iter()
-        .map(|d| {
-            json!({
-                "what": {"reference": d.reference},
-                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4"},
-                "detail": detail(d, payload, delivery_id)
-            })
-        })
-        .collect();
-    let outcome_desc = if disclosed {
-        "disclosed".to_string()
-    } else {
-        decided
-            .first()
-            .map(|d| format!("refused: {} ({})", d.decision.reason, d.decision.rule))
-            .unwrap_or_else(|| "refused".into())
-    };
-    let mut entities = entities;
-    entities.push(json!({
+    let shown = if delivered { disclosed } else { &[] };
+    let mut entities = vec![json!({
         "what": {"reference": format!("Patient/{}", payload.patient)},
         "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"}
-    }));
+    })];
+    for (d, marker) in shown
+        .iter()
+        .map(|d| (d, "disclosed"))
+        .chain(withheld.iter().map(|d| (d, "withheld")))
+    {
+        let mut detail = vec![json!({"type": "disclosure", "valueString": marker})];
+        detail.extend(self::detail(d, payload, delivery_id));
+        entities.push(json!({
+            "what": {"reference": d.reference},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4"},
+            "detail": detail
+        }));
+    }
+    let outcome_desc = format!(
+        "{}: {} disclosed, {} withheld",
+        if shown.is_empty() {
+            "refusal"
+        } else {
+            "disclosure"
+        },
+        shown.len(),
+        withheld.len()
+    );
     json!({
         "resourceType": "AuditEvent",
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
         "subtype": [{"system": format!("{base}/CodeSystem/audit-event-subtype"), "code": "transmit"}],
         "action": "E",
         "recorded": now.to_rfc3339_opts(SecondsFormat::Micros, true),
-        "outcome": if disclosed { "0" } else { "4" },
+        "outcome": if shown.is_empty() { "4" } else { "0" },
         "outcomeDesc": outcome_desc,
         "purposeOfEvent": [{"coding": [{"system": format!("{base}/CodeSystem/disclosure-purpose"), "code": payload.purpose}]}],
         "agent": [

@@ -11,9 +11,11 @@
 //!    `PUT Type/id`, or a `message` Bundle for notifications) and POST it.
 //! 4. Classify (see `policy`): 2xx → Delivered; transient → Retry with
 //!    backoff + full jitter or `Retry-After`; permanent or out of attempts → Dead.
-//! 5. Audit: one AuditEvent per refused resource (kind `refusal`, written
-//!    before sending) and one for the disclosure (kind `disclosure`, written
-//!    once the recipient answered 2xx).
+//! 5. Audit: **one AuditEvent per attempt** that disclosed or withheld
+//!    anything, listing every resource with its outcome: kind `disclosure`
+//!    once the recipient answered 2xx (what was sent, and what was left
+//!    out), kind `refusal` when nothing was disclosed (all withheld, or the
+//!    send failed while something was left out).
 //!
 //! ## Invariants
 //! - **Order per (endpoint, patient)**: the store's claim returns only the
@@ -184,7 +186,8 @@ impl DeliveryService {
         );
         let (bundle, disclosed, refused) = match prepared {
             Prepared::Withheld { reason, refused } => {
-                self.audit_refusals(d, &payload, &refused, now).await;
+                self.audit_attempt(d, &payload, &[], &refused, false, now)
+                    .await;
                 tracing::info!(delivery = d.id, endpoint = %d.endpoint, reason = %reason, "delivery withheld");
                 return (
                     DeliveryOutcome::Withheld {
@@ -199,7 +202,6 @@ impl DeliveryService {
                 refused,
             } => (bundle, disclosed, refused),
         };
-        self.audit_refusals(d, &payload, &refused, now).await;
         let url = if payload.event.is_some() {
             format!("{}/$process-message", base.trim_end_matches('/'))
         } else {
@@ -213,16 +215,7 @@ impl DeliveryService {
         match self.sender.post(&d.endpoint, &url, body).await {
             SendResult::Delivered { .. } => {
                 let done = Utc::now();
-                let audit = bundle::audit_event(
-                    &self.cfg,
-                    d.id,
-                    &d.endpoint,
-                    &payload,
-                    &disclosed,
-                    true,
-                    done,
-                );
-                self.append_audit("disclosure", d, &payload, audit, done)
+                self.audit_attempt(d, &payload, &disclosed, &refused, true, done)
                     .await;
                 self.close_adt_clock(d, &payload, done).await;
                 let latency = (done - d.created_at).to_std().unwrap_or_default();
@@ -238,6 +231,11 @@ impl DeliveryService {
                 (DeliveryOutcome::Delivered, AttemptResult::Delivered)
             }
             SendResult::Failed(f) => {
+                // Nothing disclosed; what consent left out is still a refusal.
+                if !refused.is_empty() {
+                    self.audit_attempt(d, &payload, &[], &refused, false, now)
+                        .await;
+                }
                 let attempts = d.attempts.saturating_add(1);
                 let class = f.class().to_string();
                 match self.policy.next_delay(&f, attempts, jitter) {
@@ -286,35 +284,31 @@ impl DeliveryService {
         }
     }
 
-    async fn audit_refusals(
+    /// Append the attempt's one AuditEvent (see the module docs).
+    async fn audit_attempt(
         &self,
         d: &Delivery,
         payload: &Payload,
+        disclosed: &[bundle::Decided],
         refused: &[bundle::Decided],
-        now: DateTime<Utc>,
-    ) {
-        for r in refused {
-            let body = bundle::audit_event(
-                &self.cfg,
-                d.id,
-                &d.endpoint,
-                payload,
-                std::slice::from_ref(r),
-                false,
-                now,
-            );
-            self.append_audit("refusal", d, payload, body, now).await;
-        }
-    }
-
-    async fn append_audit(
-        &self,
-        kind: &str,
-        d: &Delivery,
-        payload: &Payload,
-        body: Value,
+        delivered: bool,
         at: DateTime<Utc>,
     ) {
+        let body = bundle::audit_event(
+            &self.cfg,
+            d.id,
+            &d.endpoint,
+            payload,
+            disclosed,
+            refused,
+            delivered,
+            at,
+        );
+        let kind = if delivered && !disclosed.is_empty() {
+            "disclosure"
+        } else {
+            "refusal"
+        };
         let entry = NewAudit {
             recorded: at,
             kind: kind.to_string(),

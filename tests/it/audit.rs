@@ -1,5 +1,6 @@
-//! The audit trail: one record per read and refusal, and `cws-gateway audit
-//! verify` detecting a tampered row.
+//! The audit trail: one record per request, `cws-gateway audit verify`
+//! detecting a tampered row, a truncated chain (against the signed
+//! checkpoint) and a missing key, and `serve` refusing to run without a key.
 
 use std::process::Command;
 
@@ -13,6 +14,7 @@ fn verify(config: &std::path::Path) -> (i32, String) {
         .arg(config)
         .env_remove("CWSGW_CONFIG")
         .env_remove("CWSGW_DATABASE_URL")
+        .env_remove("CWSGW_AUDIT_KEY")
         .output()
         .unwrap();
     (
@@ -66,14 +68,6 @@ async fn reads_and_refusals_are_audited_and_tampering_is_detected() {
             .status(),
         StatusCode::OK
     );
-    // A true 404 discloses nothing and is not a refusal.
-    assert_eq!(
-        get(format!("{base}/fhir/Task/zz"), MCP_TOKEN)
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::NOT_FOUND
-    );
     let recs = gw.store.audit_list(0, 100, None, None).await.unwrap();
     let summary: Vec<(String, Option<String>, Option<String>)> = recs
         .iter()
@@ -89,7 +83,21 @@ async fn reads_and_refusals_are_audited_and_tampering_is_detected() {
     );
     assert_eq!(recs[0].body["entity"][1]["what"]["reference"], "Task/t1");
     assert_eq!(recs[1].body["outcome"], "4");
-    assert!(recs[1].body["outcomeDesc"].as_str().unwrap().contains("R1"));
+    let withheld = &recs[1].body["entity"][1];
+    assert_eq!(withheld["what"]["reference"], "Task/t2");
+    assert_eq!(withheld["detail"][0]["valueString"], "withheld");
+    assert!(withheld["detail"][1]["valueString"]
+        .as_str()
+        .unwrap()
+        .starts_with("R1 "));
+    assert_eq!(
+        recs[0].body["entity"][1]["detail"][0]["valueString"],
+        "disclosed"
+    );
+    // Sealed with the (demo) key: chain version 2.
+    assert!(recs
+        .iter()
+        .all(|r| r.version == 2 && r.key_id.as_deref() == Some("demo-only")));
     assert_eq!(
         recs[2].body["purposeOfEvent"][0]["coding"][0]["code"],
         "HOPERAT"
@@ -107,16 +115,152 @@ async fn reads_and_refusals_are_audited_and_tampering_is_detected() {
 
     let cfg_path = dir.path().join("gw.toml");
     std::fs::write(&cfg_path, config_text(dir.path(), &fhir_extra())).unwrap();
+    // `serve` wrote a signed checkpoint of the head beside the database
+    // when it stopped (record 4: the operator's read of AuditEvent/2).
+    let checkpoints = std::fs::read_to_string(dir.path().join("gw.db.audit-checkpoints")).unwrap();
+    assert!(
+        checkpoints.lines().last().unwrap().contains("\"seq\":4"),
+        "{checkpoints}"
+    );
     let (code, out) = verify(&cfg_path);
-    assert_eq!((code, out.trim()), (0, "audit trail intact"));
-    // Tamper with the second record's body through raw SQL.
+    assert_eq!(
+        (code, out.trim()),
+        (
+            0,
+            "audit trail intact (4 records; checkpoint at record 4 matches)"
+        )
+    );
     let db = dir.path().join("gw.db");
-    let st = Command::new("sqlite3")
-        .arg(&db)
-        .arg("UPDATE audit SET body = replace(body, 'Task/t2', 'Task/t9') WHERE seq = 2;")
-        .status()
-        .expect("the sqlite3 CLI is needed for this test");
-    assert!(st.success());
+    let sql = |stmt: &str| {
+        let st = Command::new("sqlite3")
+            .arg(&db)
+            .arg(stmt)
+            .status()
+            .expect("the sqlite3 CLI is needed for this test");
+        assert!(st.success());
+    };
+    // Truncation: the last record deleted and the head moved back. The
+    // shorter chain is a valid chain; the checkpoint catches it.
+    sql(
+        "CREATE TABLE saved_audit AS SELECT * FROM audit WHERE seq = 4; \
+         CREATE TABLE saved_ap AS SELECT * FROM audit_patients WHERE seq = 4;",
+    );
+    sql(
+        "DELETE FROM audit WHERE seq = 4; DELETE FROM audit_patients WHERE seq = 4; \
+         UPDATE audit_head SET seq = 3, hash = (SELECT hash FROM audit WHERE seq = 3);",
+    );
+    let (code, out) = verify(&cfg_path);
+    assert_eq!(
+        (code, out.trim()),
+        (
+            1,
+            "audit trail truncated: it ends at record 3, the checkpoint is at record 4"
+        )
+    );
+    sql("INSERT INTO audit SELECT * FROM saved_audit; \
+         INSERT INTO audit_patients SELECT * FROM saved_ap; \
+         UPDATE audit_head SET seq = 4, hash = (SELECT hash FROM audit WHERE seq = 4);");
+    let (code, _) = verify(&cfg_path);
+    assert_eq!(code, 0);
+    // Tamper with the second record's body through raw SQL.
+    sql("UPDATE audit SET body = replace(body, 'Task/t2', 'Task/t9') WHERE seq = 2;");
     let (code, out) = verify(&cfg_path);
     assert_eq!((code, out.trim()), (1, "audit trail broken at record 2"));
+    // Without the key the keyed chain cannot be verified at all.
+    std::fs::write(
+        &cfg_path,
+        config_text(dir.path(), &fhir_extra()).replace("demo_key = true", "require_key = false"),
+    )
+    .unwrap();
+    let (code, _) = verify(&cfg_path);
+    assert_ne!(code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_to_start_without_an_audit_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), &fhir_extra()).replace("demo_key = true\n", "");
+    let cfg = cws_gateway::config::Config::from_toml(&text, "t").unwrap();
+    let err = match cws_gateway::serve::start(cfg).await {
+        Ok(_) => panic!("started without an audit key"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("no audit key"), "{err}");
+}
+
+/// Issue 14 item 9: what one consent-restricted search of 256 Tasks (256
+/// patients, half with a referral consent for the caller) writes to the
+/// audit trail. Prints the numbers (`cargo test --test it audit_size --
+/// --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_restricted_search_audit_size() {
+    let (_dir, gw, base) = start_fhir().await;
+    let mut resources = vec![service_request("sr1", "q0")];
+    for i in 0..256 {
+        let pid = format!("q{i}");
+        resources.push(task(&format!("t{i}"), &pid, "sr1", "requested", "mcp-a"));
+        if i % 2 == 0 {
+            resources.push(consent(
+                &format!("c{i}"),
+                &pid,
+                "referral_verbal",
+                "youth",
+                &["mcp-a"],
+                &["referral"],
+            ));
+        }
+    }
+    seed(gw.store.as_ref(), resources).await;
+    let before = gw.store.audit_head().await.unwrap().0;
+    let r = reqwest::Client::new()
+        .get(format!("{base}/fhir/Task?status=requested&_count=200"))
+        .bearer_auth(MCP_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let b: serde_json::Value = r.json().await.unwrap();
+    let matches = b["entry"].as_array().map_or(0, |e| e.len());
+    let recs = gw.store.audit_list(before, 1000, None, None).await.unwrap();
+    let bytes: usize = recs
+        .iter()
+        .map(|r| store::audit::canonical_json(&r.body).len() + r.hash.len() + r.prev_hash.len())
+        .sum();
+    println!(
+        "restricted search: {matches} disclosed of 256 scanned -> {} audit rows, {bytes} bytes (body + hashes)",
+        recs.len()
+    );
+    assert_eq!(matches, 128);
+    // One AuditEvent for the request (before: one per patient and outcome,
+    // 256 rows), naming every patient and every Task with its outcome.
+    assert_eq!(recs.len(), 1);
+    let r = &recs[0];
+    assert_eq!(
+        (r.kind.as_str(), r.patient_id.as_deref()),
+        ("disclosure", None)
+    );
+    let entity = r.body["entity"].as_array().unwrap();
+    assert_eq!(entity.len(), 512);
+    let marked = |v: &str| {
+        entity
+            .iter()
+            .filter(|e| e["detail"][0]["valueString"] == v)
+            .count()
+    };
+    assert_eq!((marked("disclosed"), marked("withheld")), (128, 128));
+    assert_eq!(
+        r.body["outcomeDesc"],
+        "disclosure: 128 disclosed, 128 withheld"
+    );
+    // Found under each patient it names.
+    for p in ["q0", "q1", "q255"] {
+        let under = gw
+            .store
+            .audit_list(before, 10, Some(p), None)
+            .await
+            .unwrap();
+        assert_eq!(under.len(), 1, "{p}");
+    }
+    assert!(bytes < 100_000, "{bytes}");
+    gw.stop().await;
 }

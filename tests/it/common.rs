@@ -34,6 +34,8 @@ max_body_bytes = 65536
 [store]
 url = "sqlite://{db}"
 
+[audit]
+demo_key = true
 [mappings]
 dir = "{mappings}"
 

@@ -279,27 +279,45 @@ async fn referral_is_delivered_as_a_put_transaction_with_consent_applied() {
         .find(|e| e["resource"]["resourceType"] == "Patient")
         .unwrap();
     assert!(minimal["resource"].get("address").is_none(), "{minimal}");
-    // Audit: one refusal per left-out resource, one disclosure.
+    // Audit: one AuditEvent for the delivery, naming what was sent and what
+    // was left out.
     let audits = env
         .store()
         .audit_list(0, 100, Some("p1"), Some("mcp-a"))
         .await
         .unwrap();
     let kinds: Vec<&str> = audits.iter().map(|a| a.kind.as_str()).collect();
-    assert_eq!(
-        kinds.iter().filter(|k| **k == "refusal").count(),
-        1,
-        "{kinds:?}"
-    );
-    assert_eq!(kinds.iter().filter(|k| **k == "disclosure").count(), 1);
+    assert_eq!(kinds, vec!["disclosure"], "{kinds:?}");
     let disclosure = audits.iter().find(|a| a.kind == "disclosure").unwrap();
+    let marked: Vec<(String, String)> = disclosure.body["entity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["detail"][0]["type"] == "disclosure")
+        .map(|e| {
+            (
+                e["what"]["reference"].as_str().unwrap().to_string(),
+                e["detail"][0]["valueString"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        marked.iter().filter(|m| m.1 == "disclosed").count(),
+        2,
+        "{marked:?}"
+    );
+    assert_eq!(
+        marked.iter().filter(|m| m.1 == "withheld").count(),
+        1,
+        "{marked:?}"
+    );
     assert_eq!(disclosure.body["resourceType"], "AuditEvent");
     assert_eq!(disclosure.body["type"]["code"], "rest");
     assert_eq!(
         disclosure.body["agent"][0]["who"]["reference"],
         "Organization/mcp-a"
     );
-    let details = disclosure.body["entity"][0]["detail"].to_string();
+    let details = disclosure.body["entity"][1]["detail"].to_string();
     assert!(
         details.contains("R2") && details.contains("Consent/ref-p1"),
         "{details}"

@@ -343,6 +343,11 @@ fn invalid(mut field: String, e: serde_json::Error) -> FactsError {
         };
         "is required".to_string()
     } else if text.starts_with("unknown field `") {
+        // The unknown key is input (it could carry PHI): name its object.
+        field = match field.rsplit_once('.') {
+            Some((parent, _)) => parent.to_string(),
+            None => ".".to_string(),
+        };
         let expected = text.split_once(", expected ").map(|(_, x)| x);
         match expected {
             Some(x) => format!("unknown field; expected {x}"),
@@ -482,9 +487,12 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("SECRET"), "{e}");
-        let e = err(r#"{"child": {"birthDate": "2012-01-01", "nickName": "SECRET"}}"#);
-        assert!(e.contains("child.nickName: unknown field"), "{e}");
-        assert!(!e.contains("SECRET"), "{e}");
+        let e = err(r#"{"child": {"birthDate": "2012-01-01", "nickNameSECRET": 1}}"#);
+        assert!(
+            e.contains("facts are not valid: child: unknown field; expected"),
+            "{e}"
+        );
+        assert!(!e.contains("SECRET") && !e.contains("nickName"), "{e}");
         let e = err(r#"{"child": {"birthDate": "2012-01-01"}} x"#);
         assert!(e.contains("facts are not valid: .: syntax error"), "{e}");
     }

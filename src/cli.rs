@@ -126,7 +126,9 @@ pub enum DlqAction {
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
-    /// Recompute the hash chain: "intact", or the first broken record (exit 1).
+    /// Recompute the chain with the audit keys and compare it with the latest
+    /// signed checkpoint: "intact", or the first broken record, a truncation
+    /// or a rewrite (exit 1).
     Verify {
         #[arg(long, env = "CWSGW_CONFIG")]
         config: Option<PathBuf>,
@@ -323,16 +325,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = load_config(config.as_deref())?;
             let rt = runtime()?;
             let store = rt.block_on(crate::serve::open_store(&cfg))?;
-            match rt.block_on(crate::audit::verify(store.as_ref()))? {
-                None => {
-                    println!("audit trail intact");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Some(seq) => {
-                    println!("audit trail broken at record {seq}");
-                    Ok(ExitCode::FAILURE)
-                }
-            }
+            let (intact, line) =
+                rt.block_on(crate::audit_trail::verify(&cfg, store.as_ref()))?;
+            println!("{line}");
+            Ok(if intact {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Explain {
             patient,

@@ -284,6 +284,14 @@ impl<'a> Gate<'a> {
         Ok(Verdict::Withhold(why))
     }
 
+    /// Record a read of `reference`, which does not exist: withheld, for
+    /// `R1 deny.not-found` (the audit of a missing id is the audit of a
+    /// withheld one).
+    fn absent(&mut self, reference: String) {
+        self.seen
+            .push((None, reference, Some("R1 deny.not-found".to_string())));
+    }
+
     /// Record that `reference` (of `patient`) was shown to the caller
     /// without a consent decision (operators' AuditEvent reads).
     fn shown(&mut self, patient: Option<String>, reference: String) {
@@ -475,6 +483,10 @@ async fn read(
             })
     };
     let Some(r) = r.map_err(|_| ApiError::Unavailable)? else {
+        // Audited like a withheld read (the same durable append), so a
+        // missing id and a withheld one answer alike, in time too.
+        gate.absent(format!("{rtype}/{id}"));
+        gate.finish().await?;
         return Ok(not_found(&rtype, &id));
     };
     let verdict = gate.judge(&r).await?;

@@ -168,20 +168,26 @@ async fn visible_patient(
     caller: &Caller,
     patient_id: &str,
 ) -> Result<Option<store::StoredResource>, ApiError> {
+    let mut gate = Gate::new(state, caller, Interaction::Read);
     let Some(p) = state
         .store
         .resource_get("Patient", patient_id)
         .await
         .map_err(|_| ApiError::Unavailable)?
     else {
+        // Audited like a withheld one: the same answer, the same work.
+        gate.absent(format!("Patient/{patient_id}"));
+        gate.finish().await?;
         return Ok(None);
     };
     // A patient the caller may not see is "unknown": no existence leak.
-    let mut gate = Gate::new(state, caller, Interaction::Read);
     let v = gate.judge(&p).await?;
     Ok(match v {
         Verdict::Permit(_) => Some(p),
-        Verdict::Withhold(_) => None,
+        Verdict::Withhold(_) => {
+            gate.finish().await?;
+            None
+        }
     })
 }
 

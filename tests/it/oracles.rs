@@ -3,12 +3,13 @@
 //! from a status, a text or a noticeably different time; every exit that
 //! returns patient data is decided and audited.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use cws_gateway::auth::routes::{Exit, ROUTE_EXITS};
 use cws_gateway::delivery::mock::MockEndpoint;
 use serde_json::{json, Value};
 
-use crate::common::{self, repo, COUNTY_TOKEN};
+use crate::common::{self, repo, COUNTY_TOKEN, OPS_TOKEN};
 
 const KERN: &str = "oracles-kern-token";
 const PLAN_A: &str = "oracles-plan-a-token";
@@ -138,6 +139,10 @@ token_sha256 = "{pb}"
             status: resp.status().as_u16(),
             text: resp.text().await.unwrap_or_default(),
         }
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Answer {
+        self.send(reqwest::Method::GET, path, token, None).await
     }
 
     async fn post(&self, path: &str, token: &str, body: &Value) -> Answer {
@@ -339,5 +344,171 @@ async fn put_on_a_task_the_caller_may_not_see_is_the_404_of_an_absent_one() {
     assert!(refusals_for(&after, "mcp-b", Some(&p)) > 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(gw.delivered(), 0);
+    gw.running.stop().await;
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Withheld and missing reads: the same 404 and about the same time (the
+/// missing id is audited like the withheld one). Prints both medians.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withheld_and_missing_reads_answer_alike_in_body_and_time() {
+    let gw = Gw::start().await;
+    let (p, _) = seeded_task(&gw, "2").await;
+    let n: usize = std::env::var("ORACLE_READS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    let missing = "oracle-p-none";
+    let withheld_path = format!("/fhir/Patient/{p}");
+    let missing_path = format!("/fhir/Patient/{missing}");
+    let w = gw.get(&withheld_path, PLAN_B).await;
+    let m = gw.get(&missing_path, PLAN_B).await;
+    assert_eq!((w.status, m.status), (404, 404));
+    assert_eq!(w.text.replace(&p, "X"), m.text.replace(missing, "X"));
+    let before = gw.audits().await.len();
+    let (mut tw, mut tm) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let a = gw.get(&withheld_path, PLAN_B).await;
+        tw.push(t0.elapsed());
+        let t0 = Instant::now();
+        let b = gw.get(&missing_path, PLAN_B).await;
+        tm.push(t0.elapsed());
+        assert_eq!((a.status, b.status), (404, 404));
+    }
+    let after = gw.audits().await.len();
+    assert_eq!(
+        after - before,
+        2 * n,
+        "every read, withheld or missing, audited"
+    );
+    let (mw, mm) = (median(&mut tw), median(&mut tm));
+    println!(
+        "oracle timing: {n} reads each, median withheld {:.3} ms, median missing {:.3} ms",
+        mw.as_secs_f64() * 1e3,
+        mm.as_secs_f64() * 1e3
+    );
+    let (lo, hi) = if mw < mm { (mw, mm) } else { (mm, mw) };
+    // The same work on both paths: within a third of each other, or 0.15
+    // ms on a loaded machine.
+    assert!(
+        hi.saturating_sub(lo) < Duration::from_micros(150).max(hi / 3),
+        "withheld {mw:?} vs missing {mm:?}"
+    );
+    gw.running.stop().await;
+}
+
+/// Issue 14 item 11: one request through every exit the route table
+/// declares as patient data yields an AuditEvent; the list below must cover
+/// the table (a new patient-data route needs a check here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_patient_data_exit_writes_an_audit_event() {
+    let gw = Gw::start().await;
+    members(&gw).await;
+    let (p, t) = seeded_task(&gw, "3").await;
+    let child = pid("91000001A");
+    let consent = common::consent(
+        "oracle-c",
+        &p,
+        "release_of_information",
+        "youth",
+        &["county-kern"],
+        &["case"],
+    );
+    let checks: Vec<(&str, &str, String, &str, Option<Value>, u16)> = vec![
+        (
+            "POST",
+            "/ecm/referrals",
+            "/ecm/referrals".into(),
+            KERN,
+            Some(referral("R-exit", "91000001A", "county-kern")),
+            422,
+        ),
+        (
+            "GET",
+            "/cws/eligibility/{patient_id}",
+            format!("/cws/eligibility/{child}"),
+            KERN,
+            None,
+            404,
+        ),
+        (
+            "GET",
+            "/ops/deadlines",
+            "/ops/deadlines?all=true".into(),
+            OPS_TOKEN,
+            None,
+            200,
+        ),
+        (
+            "GET",
+            "/ops/decisions",
+            format!("/ops/decisions?patient={child}&recipient=mcp-b&purpose=pull"),
+            OPS_TOKEN,
+            None,
+            200,
+        ),
+        (
+            "GET",
+            "/fhir/{rtype}",
+            format!("/fhir/Patient?_id={p}"),
+            PLAN_B,
+            None,
+            200,
+        ),
+        (
+            "POST",
+            "/fhir/{rtype}",
+            "/fhir/Consent".into(),
+            KERN,
+            Some(consent),
+            422,
+        ),
+        (
+            "GET",
+            "/fhir/{rtype}/{id}",
+            format!("/fhir/Task/{t}"),
+            PLAN_B,
+            None,
+            404,
+        ),
+        (
+            "PUT",
+            "/fhir/{rtype}/{id}",
+            format!("/fhir/Task/{t}"),
+            PLAN_B,
+            Some(json!({"resourceType": "Task", "id": t, "status": "accepted", "intent": "order"})),
+            404,
+        ),
+    ];
+    let declared: std::collections::BTreeSet<(&str, &str)> = ROUTE_EXITS
+        .iter()
+        .filter(|r| matches!(r.exit, Exit::PatientData { .. }))
+        .map(|r| (r.method, r.path))
+        .collect();
+    let checked: std::collections::BTreeSet<(&str, &str)> =
+        checks.iter().map(|c| (c.0, c.1)).collect();
+    assert_eq!(
+        declared, checked,
+        "every patient-data exit has a check here"
+    );
+    for (method, route, path, token, body, status) in checks {
+        let before = gw.audits().await.len();
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let a = gw.send(m, &path, token, body.as_ref()).await;
+        assert_eq!(a.status, status, "{method} {route}: {}", a.text);
+        let after = gw.audits().await;
+        assert!(after.len() > before, "{method} {route} wrote no AuditEvent");
+        assert!(
+            after[before..]
+                .iter()
+                .all(|r| r.body["resourceType"] == "AuditEvent"),
+            "{method} {route}"
+        );
+    }
     gw.running.stop().await;
 }

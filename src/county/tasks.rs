@@ -148,7 +148,7 @@ pub fn transition(
             ok.join(", ")
         };
         return Err(CountyError::rule(
-            format!("cannot change the status from {from} to {to}; allowed: {list}"),
+            format!("cannot change the status from {from} to the one requested; allowed: {list}"),
             Some("Task.status"),
         ));
     }
@@ -298,14 +298,9 @@ pub async fn put_task(
     }
     let store: &dyn Store = state.store.as_ref();
     let Some(stored) = store.resource_get("Task", &id).await? else {
+        refused(&state, &caller, None, &id, "not-found").await?;
         return Err(CountyError::NotFound("no such Task".into()));
     };
-    let now = now_secs();
-    let clocks = deadlines::open_for(store, &format!("Task/{id}")).await?;
-    let digest = hex::encode(Sha256::digest(&bytes));
-        refused(&state, &caller, None, &id, "not-found").await?;
-    // Check before the journal: a refused update is not stored.
-    transition(
     // Not a party: a caller that may not see the Task gets the 404 of an
     // absent one (its existence is a fact about the member); one that may
     // read it (a release, R4 …) is told it is not a party.
@@ -326,6 +321,11 @@ pub async fn put_task(
             CountyError::NotFound("no such Task".into())
         });
     }
+    let now = now_secs();
+    let clocks = deadlines::open_for(store, &format!("Task/{id}")).await?;
+    let digest = hex::encode(Sha256::digest(&bytes));
+    // Check before the journal: a refused update is not stored.
+    transition(
         &state.county,
         &stored.body,
         &update,

@@ -93,7 +93,7 @@ async fn update(
             &operation_outcome(
                 "error",
                 "not-supported",
-                &format!("{rtype} cannot be updated here; only Task supports PUT"),
+                "this resource type cannot be updated here; only Task supports PUT",
                 None,
             ),
         );

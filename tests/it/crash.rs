@@ -205,7 +205,12 @@ async fn kill_9_under_load_loses_no_acked_message() {
             .unwrap()
             .expect("dense journal ids");
         assert_eq!(rec.state, store::JournalState::Processed);
-        journaled.insert(rec.dedup_key.trim_start_matches("STMARY|").to_string());
+        // Key: {MSH-4}|{MSH-10}|{content hash}.
+        let mut key = rec.dedup_key.split('|');
+        assert_eq!(key.next(), Some("STMARY"), "{}", rec.dedup_key);
+        let control_id = key.next().unwrap_or_default().to_string();
+        assert_eq!(key.next().map(str::len), Some(64), "{}", rec.dedup_key);
+        journaled.insert(control_id);
     }
     for id in &acked {
         assert!(journaled.contains(id), "ACKed {id} is not in the journal");

@@ -222,8 +222,9 @@ pub struct NewInput {
     pub kind: InputKind,
     /// Configuration id of the organization that sent it.
     pub source_org: String,
-    /// Idempotency key, unique per kind, e.g. `"STMARY|MSG00001"` (MSH-4|MSH-10)
-    /// or `"county-fresno|evt-123"`. Must not contain PHI.
+    /// Idempotency key, unique per kind, e.g. `"STMARY|MSG00001|{sha256 hex}"`
+    /// (MSH-4|MSH-10|hash of the normalised message; before issue 13 ADT keys
+    /// were MSH-4|MSH-10) or `"county-fresno|evt-123"`. Must not contain PHI.
     pub dedup_key: String,
     /// When the gateway received it. Stored with microsecond precision.
     pub received_at: DateTime<Utc>,

@@ -482,7 +482,8 @@ impl Config {
 
     /// Make every relative path of the configuration relative to `base`:
     /// `mappings.dir`, `calendar.holidays_file`, `delivery.ca_bundle_file`,
-    /// `delivery.routing_rules_file`, `clients[].jwks_file`, the
+    /// `delivery.routing_rules_file`, `audit.key_file`,
+    /// `audit.checkpoint_file`, `clients[].jwks_file`, the
     /// `server.tls` files and, when `store_url_given` (the file sets it), a
     /// `sqlite://` file in `store.url`.
     pub fn resolve_paths(&mut self, base: &Path, store_url_given: bool) {
@@ -491,6 +492,8 @@ impl Config {
         paths.extend(self.calendar.holidays_file.as_mut());
         paths.extend(self.delivery.ca_bundle_file.as_mut());
         paths.extend(self.delivery.routing_rules_file.as_mut());
+        paths.extend(self.audit.key_file.as_mut());
+        paths.extend(self.audit.checkpoint_file.as_mut());
         paths.extend(self.clients.iter_mut().filter_map(|c| c.jwks_file.as_mut()));
         if let Some(tls) = &mut self.server.tls {
             paths.push(&mut tls.cert_file);
@@ -1155,7 +1158,7 @@ token_sha256 = "abc"
     fn relative_paths_resolve_against_the_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "{}\n[mappings]\ndir = \"maps\"\n[calendar]\nholidays_file = \"/abs/h.csv\"\n[delivery]\nrouting_rules_file = \"rules/r.yaml\"\n",
+            "{}\n[mappings]\ndir = \"maps\"\n[calendar]\nholidays_file = \"/abs/h.csv\"\n[delivery]\nrouting_rules_file = \"rules/r.yaml\"\n[audit]\nkey_file = \"keys/audit.key\"\n",
             MINIMAL.replace(
                 "[[organizations]]",
                 "[store]\nurl = \"sqlite://data/gw.db\"\n\n[[organizations]]"
@@ -1174,6 +1177,7 @@ token_sha256 = "abc"
             cfg.delivery.routing_rules_file,
             Some(base.join("rules/r.yaml"))
         );
+        assert_eq!(cfg.audit.key_file, Some(base.join("keys/audit.key")));
         assert_eq!(
             cfg.store.url,
             format!("sqlite://{}", base.join("data/gw.db").display())

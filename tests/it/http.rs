@@ -205,23 +205,34 @@ async fn health_readiness_metrics_and_metadata() {
         StatusCode::FORBIDDEN
     );
     wait_translated(gw.store.as_ref()).await;
-    let text = c
-        .get(format!("{base}/metrics"))
-        .bearer_auth(OPS_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for needle in [
+    let needles = [
         "cwsgw_hl7_messages_received_total{type=\"ADT^A03\"} 1",
         "cwsgw_hl7_acks_total{code=\"AA\",type=\"ADT^A03\"} 1",
         "cwsgw_journal_commit_seconds_count",
         "cwsgw_translate_queue_depth",
         "cwsgw_journal_records{state=\"processed\"} 1",
         "cwsgw_translations_total{outcome=\"ok\"} 1",
-    ] {
+    ];
+    // The worker counts a translation after its store commit returns, so the
+    // journal can show nothing pending a moment before the counter moves:
+    // read the metrics until every line is there, for at most 10 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text = c
+            .get(format!("{base}/metrics"))
+            .bearer_auth(OPS_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if needles.iter().all(|n| text.contains(n)) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    for needle in needles {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
     // No PHI in metrics: not the name, not the CIN.

@@ -79,6 +79,7 @@ pub const ROUTE_SCOPES: &[RouteScope] = &[
     row("GET", "/ops/decisions", Need::Type("Consent", Read)),
     row("GET", "/fhir/{rtype}", Need::PathType(Read)),
     row("POST", "/fhir/{rtype}", Need::PathType(Write)),
+    row("POST", "/fhir/{rtype}/$validate", Need::PathType(Write)),
     row("GET", "/fhir/{rtype}/{id}", Need::PathType(Read)),
     row("PUT", "/fhir/{rtype}/{id}", Need::PathType(Write)),
 ];
@@ -179,6 +180,14 @@ pub const ROUTE_EXITS: &[RouteExit] = &[
         patient_data(
             "fhir::write::visible_patient (Gate::judge on the subject; an unseen Patient is 'not known')",
             "fhir::write::create (create) and Gate::finish (refusal)",
+        ),
+    ),
+    exit(
+        "POST",
+        "/fhir/{rtype}/$validate",
+        patient_data(
+            "fhir::write::visible_patient (the checks of a create; stores nothing)",
+            "fhir::Gate::finish (refusal of an unseen or absent subject)",
         ),
     ),
     exit(

@@ -73,6 +73,8 @@ impl County {
     /// California table, or `calendar.holidays_file` from the configuration).
     pub fn new(cfg: Arc<Config>, engine: Arc<mapping::Engine>) -> anyhow::Result<County> {
         let schemas = schemas::Schemas::compile()?;
+        // The FHIR R4 schema of the writable types, compiled once per process.
+        crate::fhir::validate::FhirValidator::global()?;
         let calendar = deadlines::calendar_from_config(&cfg)?;
         Ok(County {
             cfg,

@@ -296,6 +296,11 @@ pub async fn put_task(
     if !crate::config::valid_fhir_id(&id) {
         return Err(CountyError::NotFound("no such Task".into()));
     }
+    // The R4 schema and the Task rules (one issue per problem; the body
+    // alone decides, so before the Task is looked up).
+    if let Some(resp) = crate::fhir::write::check_task_body(&update) {
+        return Ok(resp);
+    }
     let store: &dyn Store = state.store.as_ref();
     let Some(stored) = store.resource_get("Task", &id).await? else {
         refused(&state, &caller, None, &id, "not-found").await?;
@@ -320,6 +325,11 @@ pub async fn put_task(
         } else {
             CountyError::NotFound("no such Task".into())
         });
+    }
+    // If-Match naming a version that is not the current one: 412, nothing
+    // journaled, stored or routed (FHIR versioned update).
+    if let Some(resp) = crate::fhir::write::if_match_refusal(&headers, stored.version_id) {
+        return Ok(resp);
     }
     let now = now_secs();
     let clocks = deadlines::open_for(store, &format!("Task/{id}")).await?;

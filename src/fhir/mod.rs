@@ -16,7 +16,8 @@
 //!   short, with a `next` link).
 //! - **`Bundle.total` never counts what is withheld**: it is present only on
 //!   a single, complete page (no cursor, no `next`), where it equals the
-//!   number of `match` entries; on paged results it is omitted.
+//!   number of `match` entries; on paged results it is omitted. `_count=0`
+//!   answers the total alone (no entries), counted the same way.
 //! - Operators bypass consent and see everything; every operator read is
 //!   audited (`read`). For everyone else every disclosure and every refusal
 //!   is audited; the batch is appended before the response is sent.
@@ -27,6 +28,7 @@
 
 pub mod index;
 pub mod params;
+pub mod validate;
 pub mod write;
 
 use std::collections::HashMap;
@@ -75,6 +77,10 @@ const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/fhir/{rtype}", get(search).post(write::create))
+        .route(
+            "/fhir/{rtype}/$validate",
+            axum::routing::post(write::validate_op),
+        )
         .route("/fhir/{rtype}/{id}", get(read).put(update))
 }
 
@@ -620,10 +626,24 @@ async fn search(
         Err(e) => return Ok(bad_param(&e)),
     };
     let mut gate = Gate::new(&state, &caller, Interaction::SearchType);
+    // `_count=0`: the count only — every match the caller may see (at most
+    // MAX_SCAN rows examined; past that no total), no entries.
+    let mut counted = None;
     let page = if s.empty {
         Page {
             matches: Vec::new(),
             next: None,
+        }
+    } else if s.count == 0 {
+        let all = params::Search {
+            count: MAX_SCAN,
+            ..s.clone()
+        };
+        let p = fill_page(&mut gate, &all).await?;
+        counted = Some(p.matches.len());
+        Page {
+            matches: Vec::new(),
+            next: p.next,
         }
     } else {
         fill_page(&mut gate, &s).await?
@@ -669,7 +689,7 @@ async fn search(
         .to_string();
     let mut links =
         vec![json!({"relation": "self", "url": format!("{base}/fhir/{rtype}?{self_q}")})];
-    if let Some((t, id)) = &page.next {
+    if let (Some((t, id)), false) = (&page.next, counted.is_some()) {
         let c = params::encode_cursor(*t, id);
         links.push(json!({"relation": "next", "url": format!("{base}/fhir/{rtype}?{}", params::next_query(&s, &c))}));
     }
@@ -680,7 +700,7 @@ async fn search(
         "entry": entries,
     });
     if page.next.is_none() && s.cursor.is_none() {
-        bundle["total"] = json!(n_matches);
+        bundle["total"] = json!(counted.unwrap_or(n_matches));
     }
     if !s.ignored.is_empty() {
         // Tell a lenient caller what was ignored (names only).

@@ -14,13 +14,16 @@
 //! - `_lastUpdated`: prefixes `gt ge lt le` (none = `ge`+`lt` over the value's
 //!   precision would be `eq`, which is not supported and refused), a dateTime
 //!   with zone or a date (`YYYY-MM-DD`, a UTC day);
-//! - `_count`: default [`DEFAULT_COUNT`], at most [`MAX_COUNT`] (larger is clamped);
+//! - `_count`: default [`DEFAULT_COUNT`], at most [`MAX_COUNT`] (larger is
+//!   clamped); `_count=0` asks for the count only: a Bundle with `total`
+//!   (what the caller may see) and no entries;
 //! - `_include=Task:focus`; `_cursor`: the opaque paging cursor of a `next` link.
 //!
 //! Unknown parameters and modifiers are refused with 400 (strict handling)
 //! unless the request says `Prefer: handling=lenient`, in which case they are
 //! ignored and listed in [`Search::ignored`]. Input limits: at most
-//! [`MAX_PARAMS`] parameters, [`MAX_VALUES`] alternatives each.
+//! [`MAX_PARAMS`] parameters (the 400 names the parameter given most often),
+//! [`MAX_VALUES`] alternatives each.
 
 use base64::Engine as _;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -170,7 +173,7 @@ fn unsupported(param: &str) -> ParamError {
 pub struct Search {
     /// The store query (without `limit`/`after`, set per page).
     pub query: ResourceQuery,
-    /// Page size.
+    /// Page size; 0 = the count only (`_count=0`).
     pub count: usize,
     /// Resume strictly after this (last_updated, id).
     pub cursor: Option<(DateTime<Utc>, String)>,
@@ -323,7 +326,20 @@ pub fn parse(
     lenient: bool,
 ) -> Result<Search, ParamError> {
     if pairs.len() > MAX_PARAMS {
-        return Err(err("_count", format!("at most {MAX_PARAMS} parameters")));
+        // Name the parameter given most often (the first such), not a
+        // bystander.
+        let mut most: Option<(&str, usize)> = None;
+        for (name, _) in pairs {
+            let n = pairs.iter().filter(|(k, _)| k == name).count();
+            if most.is_none_or(|(_, m)| n > m) {
+                most = Some((name.as_str(), n));
+            }
+        }
+        let (name, n) = most.unwrap_or(("", 0));
+        return Err(err(
+            name,
+            format!("at most {MAX_PARAMS} parameters in one search (this one is given {n} times)"),
+        ));
     }
     let mut s = Search {
         query: ResourceQuery {
@@ -353,7 +369,7 @@ pub fn parse(
                 let n: u64 = value
                     .parse()
                     .map_err(|_| err(name, "expected a non-negative integer"))?;
-                s.count = usize::try_from(n).unwrap_or(MAX_COUNT).clamp(1, MAX_COUNT);
+                s.count = usize::try_from(n).unwrap_or(MAX_COUNT).min(MAX_COUNT);
             }
             "_cursor" => {
                 s.cursor =
@@ -538,6 +554,17 @@ mod tests {
         assert_eq!(get("owner").len(), 3);
         assert_eq!(get("requester"), vec!["Organization/mcp-a"]);
         assert_eq!(get("focus"), vec!["ServiceRequest/sr1"]);
+    }
+
+    #[test]
+    fn count_zero_and_too_many_params_name_the_parameter() {
+        let s = parse(task(), &p(&[("_count", "0")]), false).unwrap();
+        assert_eq!(s.count, 0);
+        let mut many = vec![("_count", "5")];
+        many.extend(std::iter::repeat_n(("status", "a"), MAX_PARAMS));
+        let e = parse(task(), &p(&many), false).unwrap_err();
+        assert_eq!(e.param, "status");
+        assert!(e.message.contains(&format!("{MAX_PARAMS} times")), "{e}");
     }
 
     #[test]

@@ -9,8 +9,16 @@
 //! yields the same deterministic id and the journal's dedup key makes it a
 //! no-op (200 with the stored resource).
 //!
-//! Validation (422 `OperationOutcome`, `expression` naming the element):
+//! Validation (422 `OperationOutcome`, one issue per problem, each with its
+//! `expression`; `POST /fhir/{type}/$validate` runs the same checks and
+//! stores nothing, see [`validate_op`]):
+//! - the FHIR R4 JSON Schema of the type and the project's rules for it
+//!   ([`super::validate`]: unknown elements, codes outside a required value
+//!   set, wrong types and formats, required elements), at most
+//!   [`super::validate::MAX_ISSUES`] issues;
 //! - `resourceType` matches the URL; `id`, when given, is a valid FHIR id;
+//!   without one the resource is assigned [`deterministic_id`] (a Consent
+//!   too);
 //! - CarePlan: `subject` references a Patient the caller may see; a
 //!   CarePlan without `author` gets the caller's Organization as author;
 //! - Consent: our shape (see `disclosure`): `patient`, the consent-kind
@@ -27,12 +35,13 @@
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use store::{Completion, InputKind, NewInput, ResourceWrite};
 
+use super::validate::{self, FhirValidator, Issue};
 use super::{Gate, Verdict};
 use crate::api::{fhir_json, operation_outcome, ApiError, AppState};
 use crate::audit::{self, AuditEntry, Interaction};
@@ -45,13 +54,6 @@ use crate::disclosure::{self, ref_id};
 pub const WRITE_KINDS: &[OrgKind] = &[OrgKind::EcmProvider, OrgKind::County];
 /// Types that may be created.
 pub const CREATE_TYPES: &[&str] = &["CarePlan", "Consent"];
-
-fn unprocessable(text: &str, expression: &str) -> Response {
-    fhir_json(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        &operation_outcome("error", "invariant", text, Some(expression)),
-    )
-}
 
 /// Is the request body FHIR JSON?
 pub fn json_content_type(headers: &HeaderMap) -> bool {
@@ -191,6 +193,97 @@ async fn visible_patient(
     })
 }
 
+/// A create request that passed every check, ready to store.
+struct Checked {
+    res: Value,
+    id: String,
+    patient_id: String,
+}
+
+/// The checks of a create (and of `$validate`), in order: the R4 schema and
+/// the type's rules ([`FhirValidator::check`]), the id (assigned when
+/// absent), Consent's gateway shape, the subject Patient the caller may
+/// see, a Consent's grantor. `Err` lists the problems (a 422 for a create).
+async fn check_create(
+    state: &AppState,
+    caller: &Caller,
+    rtype: &str,
+    body: &[u8],
+    mut res: Value,
+) -> Result<Result<Checked, Vec<Issue>>, ApiError> {
+    let validator = FhirValidator::global().map_err(|e| {
+        tracing::error!(error = %e, "the FHIR schema did not compile");
+        ApiError::Internal("the FHIR schema is not available".into())
+    })?;
+    let issues = validator.check(rtype, &res);
+    if !issues.is_empty() {
+        return Ok(Err(issues));
+    }
+    let one =
+        |code: &'static str, expr: &str, text: &str| Ok(Err(vec![Issue::new(code, expr, text)]));
+    // A resource without an id is assigned one (deterministic, so a retried
+    // POST is the same resource).
+    let id = match res.get("id") {
+        None => deterministic_id(rtype, &caller.org_id, body),
+        Some(Value::String(s)) if crate::config::valid_fhir_id(s) => s.clone(),
+        Some(_) => return one("value", &format!("{rtype}.id"), "id is not a valid FHIR id"),
+    };
+    res["id"] = json!(id);
+    let patient_id = if rtype == "Consent" {
+        if let Some((text, expr)) = consent_shape_problem(&res) {
+            return one("invariant", expr, text);
+        }
+        res.get("patient").and_then(|p| ref_id(p, "Patient"))
+    } else {
+        res.get("subject").and_then(|p| ref_id(p, "Patient"))
+    };
+    let subject_expr = if rtype == "Consent" {
+        "Consent.patient"
+    } else {
+        "CarePlan.subject"
+    };
+    let Some(patient_id) = patient_id else {
+        return one(
+            "invariant",
+            subject_expr,
+            "the subject must reference a Patient",
+        );
+    };
+    let Some(patient) = visible_patient(state, caller, &patient_id).await? else {
+        return one(
+            "invariant",
+            subject_expr,
+            "the referenced Patient is not known",
+        );
+    };
+    if rtype == "Consent" {
+        if let Some(i) = check_grantor(&res, &patient.body) {
+            return Ok(Err(vec![i]));
+        }
+    }
+    Ok(Ok(Checked {
+        res,
+        id,
+        patient_id,
+    }))
+}
+
+/// 422 listing `issues`.
+pub fn unprocessable_issues(issues: &[Issue]) -> Response {
+    fhir_json(StatusCode::UNPROCESSABLE_ENTITY, &validate::outcome(issues))
+}
+
+/// The body as a JSON value, or the 400 saying it is not JSON.
+#[allow(clippy::result_large_err)]
+fn parse_body(body: &[u8]) -> Result<Value, Response> {
+    serde_json::from_slice::<Value>(body).map_err(|_| {
+        fhir_json(
+            StatusCode::BAD_REQUEST,
+            &operation_outcome("error", "structure", "the body is not JSON", None),
+        )
+    })
+}
+
 /// `POST /fhir/{CarePlan|Consent}`.
 pub async fn create(
     State(state): State<AppState>,
@@ -217,66 +310,24 @@ pub async fn create(
             "Content-Type must be application/fhir+json or application/json".into(),
         ));
     }
-    let Ok(mut res) = serde_json::from_slice::<Value>(&body) else {
-        return Ok(fhir_json(
-            StatusCode::BAD_REQUEST,
-            &operation_outcome("error", "structure", "the body is not JSON", None),
-        ));
+    let res = match parse_body(&body) {
+        Ok(v) => v,
+        Err(resp) => return Ok(resp),
     };
-    if !res.is_object() {
-        return Ok(unprocessable(
-            "the body must be a JSON object",
-            "resourceType",
-        ));
-    }
-    if res.get("resourceType").and_then(Value::as_str) != Some(rtype.as_str()) {
-        return Ok(unprocessable(
-            "resourceType must match the URL",
-            "resourceType",
-        ));
-    }
-    let patient_id = if rtype == "Consent" {
-        if let Some((text, expr)) = consent_shape_problem(&res) {
-            return Ok(unprocessable(text, expr));
-        }
-        res.get("patient").and_then(|p| ref_id(p, "Patient"))
-    } else {
-        res.get("subject").and_then(|p| ref_id(p, "Patient"))
+    let Checked {
+        mut res,
+        id,
+        patient_id,
+    } = match check_create(&state, &caller, &rtype, &body, res).await? {
+        Ok(c) => c,
+        Err(issues) => return Ok(unprocessable_issues(&issues)),
     };
-    let subject_expr = if rtype == "Consent" {
-        "Consent.patient"
-    } else {
-        "CarePlan.subject"
-    };
-    let Some(patient_id) = patient_id else {
-        return Ok(unprocessable(
-            "the subject must reference a Patient",
-            subject_expr,
-        ));
-    };
-    let Some(patient) = visible_patient(&state, &caller, &patient_id).await? else {
-        return Ok(unprocessable(
-            "the referenced Patient is not known",
-            subject_expr,
-        ));
-    };
-    if rtype == "Consent" {
-        if let Some(resp) = check_grantor(&res, &patient.body) {
-            return Ok(resp);
-        }
-    }
     // A care plan without an author is the posting organization's: the
     // warm hand-off (`care-plan-handoff` routing) never sends a provider
     // its own care plan.
     if rtype == "CarePlan" && res.get("author").is_none() {
         res["author"] = json!({"reference": format!("Organization/{}", caller.org_id)});
     }
-    let id = match res.get("id") {
-        None => deterministic_id(&rtype, &caller.org_id, &body),
-        Some(Value::String(s)) if crate::config::valid_fhir_id(s) => s.clone(),
-        Some(_) => return Ok(unprocessable("id is not a valid FHIR id", "id")),
-    };
-    res["id"] = json!(id);
     if let Some(existing) = state
         .store
         .resource_get(&rtype, &id)
@@ -428,23 +479,19 @@ fn created(state: &AppState, status: StatusCode, r: &store::StoredResource) -> R
     resp
 }
 
-/// Check the grantor of a Consent against the Patient's birth date; a 422
-/// explaining why when it may not grant.
-fn check_grantor(res: &Value, patient: &Value) -> Option<Response> {
+/// Check the grantor of a Consent against the Patient's birth date; the
+/// issue explaining why when it may not grant.
+fn check_grantor(res: &Value, patient: &Value) -> Option<Issue> {
     let rec = disclosure::consent_from_fhir(res)?;
     // A referral consent shows the four things explained (Guide for CWS,
     // Consent): the consent-explained extension with every flag true.
     if rec.kind == consent::ConsentKind::ReferralVerbal {
         let explained = disclosure::Explained::from_fhir(res).unwrap_or_default();
         if let Some(flag) = explained.first_missing() {
-            return Some(fhir_json(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &operation_outcome(
-                    "error",
-                    "business-rule",
-                    &format!("a referral consent must show, in the consent-explained extension, that the provider and service, the information shared, how long it is shared and the right to withdraw were explained; {flag} is not true"),
-                    Some("Consent.extension"),
-                ),
+            return Some(Issue::new(
+                "business-rule",
+                "Consent.extension",
+                format!("a referral consent must show, in the consent-explained extension, that the provider and service, the information shared, how long it is shared and the right to withdraw were explained; {flag} is not true"),
             ));
         }
     }
@@ -453,9 +500,10 @@ fn check_grantor(res: &Value, patient: &Value) -> Option<Response> {
         .and_then(Value::as_str)
         .and_then(|b| chrono::NaiveDate::parse_from_str(b, "%Y-%m-%d").ok())
     else {
-        return Some(unprocessable(
-            "the Patient has no birth date, so the grantor cannot be checked",
+        return Some(Issue::new(
+            "invariant",
             "Consent.extension",
+            "the Patient has no birth date, so the grantor cannot be checked",
         ));
     };
     let categories: Vec<consent::Category> = rec.categories.clone();
@@ -467,21 +515,192 @@ fn check_grantor(res: &Value, patient: &Value) -> Option<Response> {
         rec.recorded_at.date_naive(),
     ) {
         Ok(()) => None,
-        Err(e) => Some(fhir_json(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &operation_outcome(
-                "error",
-                "business-rule",
-                &e.to_string(),
-                Some("Consent.extension"),
-            ),
+        Err(e) => Some(Issue::new(
+            "business-rule",
+            "Consent.extension",
+            e.to_string(),
         )),
     }
+}
+
+/// Organization kinds that may `$validate` (and so write) `rtype`.
+fn validate_kinds(rtype: &str) -> &'static [OrgKind] {
+    if rtype == "Task" {
+        TASK_WRITE_KINDS
+    } else {
+        WRITE_KINDS
+    }
+}
+
+/// Organization kinds that take part in the Task lifecycle (`PUT`).
+pub const TASK_WRITE_KINDS: &[OrgKind] = &[OrgKind::Mcp, OrgKind::EcmProvider, OrgKind::County];
+
+/// `POST /fhir/{type}/$validate`: the checks of a write of `type`, nothing
+/// stored. The body is the resource, or a `Parameters` whose `resource`
+/// parameter holds it. FHIR's `$validate` answers **200 with an
+/// OperationOutcome** whatever the verdict: one `information` issue when the
+/// resource would be accepted, else the `error` issues a write would get
+/// (422 there). 400 when the body is not JSON, 415 for another media type,
+/// 405 for a type that cannot be written. A CarePlan or Consent gets every
+/// check of a create (schema, type rules, Consent shape and grantor, the
+/// subject Patient the caller may see); a Task gets the schema and the type
+/// rules — whether a transition is allowed depends on the stored Task and
+/// its caller and is checked by the `PUT` itself.
+pub async fn validate_op(
+    State(state): State<AppState>,
+    cert: ClientCert,
+    Path(rtype): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let caller = state
+        .auth
+        .authenticate(&headers, &cert, validate_kinds(&rtype))?;
+    if !validate::WRITE_TYPES.contains(&rtype.as_str()) {
+        return Ok(fhir_json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &operation_outcome(
+                "error",
+                "not-supported",
+                "$validate is supported only on the types that can be written",
+                None,
+            ),
+        ));
+    }
+    caller.require(&rtype, Access::Write)?;
+    if !json_content_type(&headers) {
+        return Err(ApiError::UnsupportedMediaType(
+            "Content-Type must be application/fhir+json or application/json".into(),
+        ));
+    }
+    let mut res = match parse_body(&body) {
+        Ok(v) => v,
+        Err(resp) => return Ok(resp),
+    };
+    if res.get("resourceType").and_then(Value::as_str) == Some("Parameters") {
+        let inner = res
+            .get("parameter")
+            .and_then(Value::as_array)
+            .and_then(|ps| {
+                ps.iter()
+                    .find(|p| p.get("name").and_then(Value::as_str) == Some("resource"))
+            })
+            .and_then(|p| p.get("resource"))
+            .cloned();
+        match inner {
+            Some(r) => res = r,
+            None => {
+                return Ok(fhir_json(
+                    StatusCode::BAD_REQUEST,
+                    &operation_outcome(
+                        "error",
+                        "required",
+                        "the Parameters have no resource parameter",
+                        Some("Parameters.parameter"),
+                    ),
+                ))
+            }
+        }
+    }
+    let issues = if CREATE_TYPES.contains(&rtype.as_str()) {
+        match check_create(&state, &caller, &rtype, &body, res).await? {
+            Ok(_) => Vec::new(),
+            Err(issues) => issues,
+        }
+    } else {
+        FhirValidator::global()
+            .map_err(|_| ApiError::Internal("the FHIR schema is not available".into()))?
+            .check(&rtype, &res)
+    };
+    let outcome = if issues.is_empty() {
+        operation_outcome(
+            "information",
+            "informational",
+            "the resource is valid: a write of it would pass these checks",
+            None,
+        )
+    } else {
+        validate::outcome(&issues)
+    };
+    Ok(fhir_json(StatusCode::OK, &outcome))
+}
+
+/// The 422 for a `PUT /fhir/Task/{id}` body that fails the R4 schema or
+/// the Task rules ([`FhirValidator::check`]); `None` when it passes.
+pub fn check_task_body(update: &Value) -> Option<Response> {
+    let issues = match FhirValidator::global() {
+        Ok(v) => v.check("Task", update),
+        Err(e) => {
+            tracing::error!(error = %e, "the FHIR schema did not compile");
+            return Some(
+                ApiError::Internal("the FHIR schema is not available".into()).into_response(),
+            );
+        }
+    };
+    (!issues.is_empty()).then(|| unprocessable_issues(&issues))
+}
+
+/// Does an `If-Match` header (`W/"3"`, `"3"`, a list, or `*`) name version
+/// `version_id`? `None` when the request has no `If-Match`.
+pub fn if_match(headers: &HeaderMap, version_id: i64) -> Option<bool> {
+    let mut any = false;
+    let want = version_id.to_string();
+    for v in headers.get_all(header::IF_MATCH) {
+        any = true;
+        let Ok(v) = v.to_str() else { continue };
+        for tag in v.split(',') {
+            let tag = tag.trim();
+            if tag == "*" {
+                return Some(true);
+            }
+            let tag = tag.strip_prefix("W/").unwrap_or(tag);
+            if tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) == Some(want.as_str()) {
+                return Some(true);
+            }
+        }
+    }
+    any.then_some(false)
+}
+
+/// The 412 of a `PUT` whose `If-Match` names a version that is not the
+/// current one (FHIR versioned update); `None` when there is no `If-Match`
+/// or it matches.
+pub fn if_match_refusal(headers: &HeaderMap, version_id: i64) -> Option<Response> {
+    (if_match(headers, version_id) == Some(false)).then(|| {
+        fhir_json(
+            StatusCode::PRECONDITION_FAILED,
+            &operation_outcome(
+                "error",
+                "conflict",
+                "If-Match does not name the current version; read the resource again and retry",
+                None,
+            ),
+        )
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn if_match_forms() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::IF_MATCH, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        assert_eq!(if_match(&HeaderMap::new(), 2), None);
+        assert_eq!(if_match(&h("W/\"2\""), 2), Some(true));
+        assert_eq!(if_match(&h("\"2\""), 2), Some(true));
+        assert_eq!(if_match(&h("W/\"1\", W/\"2\""), 2), Some(true));
+        assert_eq!(if_match(&h("*"), 7), Some(true));
+        assert_eq!(if_match(&h("W/\"1\""), 2), Some(false));
+        assert_eq!(if_match(&h("W/\"12\""), 2), Some(false));
+        assert_eq!(if_match(&h("2"), 2), Some(false), "an entity tag is quoted");
+        assert!(if_match_refusal(&h("W/\"1\""), 2).is_some());
+        assert!(if_match_refusal(&HeaderMap::new(), 2).is_none());
+    }
 
     #[test]
     fn ids_are_deterministic_and_valid() {

@@ -789,3 +789,359 @@ async fn patient_search_decides_on_the_patients_own_context() {
     assert_eq!(b["total"], 0);
     gw.stop().await;
 }
+
+async fn send(
+    c: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: &str,
+    body: &Value,
+    if_match: Option<&str>,
+) -> (StatusCode, Value, Option<String>) {
+    let mut rb = c
+        .request(method, url)
+        .bearer_auth(token)
+        .header("Content-Type", "application/fhir+json")
+        .body(body.to_string());
+    if let Some(m) = if_match {
+        rb = rb.header("If-Match", m);
+    }
+    let r = rb.send().await.unwrap();
+    let s = r.status();
+    let etag = r
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = r.text().await.unwrap();
+    (s, serde_json::from_str(&text).unwrap_or(Value::Null), etag)
+}
+
+/// Outbox rows in any state.
+async fn outbox_rows(store: &dyn store::Store) -> u64 {
+    store
+        .outbox_depth()
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, _, n)| n)
+        .sum()
+}
+
+fn expressions(oo: &Value) -> Vec<String> {
+    oo["issue"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["expression"][0].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue 15 item 3: invalid FHIR is refused (422, one issue per problem,
+/// no value or unknown key echoed) and neither stored, journaled nor
+/// routed; `$validate` runs the same checks and stores nothing; a Consent
+/// without an id is assigned one; a Task update is validated too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_fhir_writes_are_refused_and_validate_stores_nothing() {
+    let (_dir, gw, base) = start_fhir().await;
+    seed_two_youths(gw.store.as_ref()).await;
+    seed(
+        gw.store.as_ref(),
+        vec![consent(
+            "c-roi",
+            "p1",
+            "release_of_information",
+            "youth",
+            &["ecm-compass"],
+            &["case", "health"],
+        )],
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let post = reqwest::Method::POST;
+    let good = json!({"resourceType": "CarePlan", "status": "active", "intent": "plan",
+        "subject": {"reference": "Patient/p1"}});
+    let mut bad_status = good.clone();
+    bad_status["status"] = json!("nonsense-SECRET");
+    let mut unknown = good.clone();
+    unknown["foo-Jane-Doe"] = json!("x");
+    unknown["activity"] = json!([{"detail": {"status": "SECRET2", "bar": 1}}]);
+    let journal = || async { gw.store.journal_stats().await.unwrap().total };
+    for (body, want) in [
+        (&bad_status, vec!["CarePlan.status"]),
+        (
+            &unknown,
+            vec![
+                "CarePlan",
+                "CarePlan.activity[0].detail",
+                "CarePlan.activity[0].detail.status",
+            ],
+        ),
+    ] {
+        let (s, b, _) = send(
+            &c,
+            post.clone(),
+            &format!("{base}/fhir/CarePlan"),
+            ECM_TOKEN,
+            body,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+        assert_eq!(b["resourceType"], "OperationOutcome");
+        let mut got = expressions(&b);
+        got.sort();
+        assert_eq!(got, want, "{b}");
+        let text = b.to_string();
+        for secret in ["SECRET", "Jane", "foo", "bar"] {
+            assert!(!text.contains(secret), "{secret} echoed: {text}");
+        }
+        // The same body through $validate: 200, the same issues, nothing stored.
+        let (s, v, _) = send(
+            &c,
+            post.clone(),
+            &format!("{base}/fhir/CarePlan/$validate"),
+            ECM_TOKEN,
+            body,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["issue"], b["issue"]);
+    }
+    assert_eq!(journal().await, 0, "nothing journaled");
+    let (_, b) = get(&c, &format!("{base}/fhir/CarePlan"), OPS_TOKEN).await;
+    assert_eq!(ids(&b), vec!["cp1"], "nothing stored");
+    assert_eq!(outbox_rows(gw.store.as_ref()).await, 0, "nothing routed");
+    // $validate of a good one (also as Parameters): an information issue.
+    let params = json!({"resourceType": "Parameters",
+        "parameter": [{"name": "resource", "resource": good.clone()}]});
+    for body in [&good, &params] {
+        let (s, v, _) = send(
+            &c,
+            post.clone(),
+            &format!("{base}/fhir/CarePlan/$validate"),
+            ECM_TOKEN,
+            body,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["issue"][0]["severity"], "information", "{v}");
+    }
+    assert_eq!(journal().await, 0, "$validate stores nothing");
+    // Only writable types; only writers.
+    let (s, _, _) = send(
+        &c,
+        post.clone(),
+        &format!("{base}/fhir/Patient/$validate"),
+        ECM_TOKEN,
+        &json!({"resourceType": "Patient"}),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    let (s, _, _) = send(
+        &c,
+        post.clone(),
+        &format!("{base}/fhir/CarePlan/$validate"),
+        STMARY_TOKEN,
+        &good,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // A Consent without an id is assigned one.
+    let mut no_id = consent(
+        "x",
+        "p1",
+        "release_of_information",
+        "youth",
+        &["ecm-compass"],
+        &["case"],
+    );
+    no_id.as_object_mut().unwrap().remove("id");
+    let (s, b, _) = send(
+        &c,
+        post.clone(),
+        &format!("{base}/fhir/Consent"),
+        ECM_TOKEN,
+        &no_id,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let cid = b["id"].as_str().unwrap();
+    assert!(cid.starts_with("cons-"), "{cid}");
+    assert!(gw
+        .store
+        .resource_get("Consent", cid)
+        .await
+        .unwrap()
+        .is_some());
+    // A Task update with an element FHIR does not define, or a bad code.
+    let mut t = task("t1", "p1", "sr1", "accepted", "mcp-a");
+    t["foo"] = json!(1);
+    let (s, b, _) = send(
+        &c,
+        reqwest::Method::PUT,
+        &format!("{base}/fhir/Task/t1"),
+        MCP_TOKEN,
+        &t,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(expressions(&b), vec!["Task"]);
+    let mut t = task("t1", "p1", "sr1", "accepted-ish", "mcp-a");
+    t["priority"] = json!("whenever");
+    let (s, b, _) = send(
+        &c,
+        reqwest::Method::PUT,
+        &format!("{base}/fhir/Task/t1"),
+        MCP_TOKEN,
+        &t,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(expressions(&b), vec!["Task.status", "Task.priority"], "{b}");
+    let stored = gw.store.resource_get("Task", "t1").await.unwrap().unwrap();
+    assert_eq!(stored.body["status"], "requested");
+    assert_eq!(stored.version_id, 1);
+    gw.stop().await;
+}
+
+/// Issue 15 item 6: a PUT carrying a stale If-Match is 412 and changes
+/// nothing (not journaled, not stored, not routed); a current one and none
+/// at all update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_if_match_is_refused_and_changes_nothing() {
+    let (_dir, gw, base) = start_fhir().await;
+    seed_two_youths(gw.store.as_ref()).await;
+    let c = reqwest::Client::new();
+    let url = format!("{base}/fhir/Task/t1");
+    let put = |status: &str, if_match: Option<&'static str>| {
+        let body = task("t1", "p1", "sr1", status, "mcp-a");
+        let c = c.clone();
+        let url = url.clone();
+        async move { send(&c, reqwest::Method::PUT, &url, MCP_TOKEN, &body, if_match).await }
+    };
+    let (s, b, etag) = put("accepted", Some("W/\"1\"")).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(etag.as_deref(), Some("W/\"2\""));
+    let journaled = gw.store.journal_stats().await.unwrap().total;
+    let outbox = outbox_rows(gw.store.as_ref()).await;
+    // The other party still holds version 1.
+    let (s, b, _) = put("in-progress", Some("W/\"1\"")).await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED, "{b}");
+    assert_eq!(b["resourceType"], "OperationOutcome");
+    assert_eq!(b["issue"][0]["code"], "conflict");
+    let stored = gw.store.resource_get("Task", "t1").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.version_id, stored.body["status"].as_str()),
+        (2, Some("accepted"))
+    );
+    assert_eq!(gw.store.journal_stats().await.unwrap().total, journaled);
+    assert_eq!(
+        outbox_rows(gw.store.as_ref()).await,
+        outbox,
+        "nothing routed"
+    );
+    // The current version, then no If-Match at all.
+    let (s, b, etag) = put("in-progress", Some("W/\"2\"")).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(etag.as_deref(), Some("W/\"3\""));
+    let (s, b, _) = put("on-hold", None).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // The CapabilityStatement says so.
+    let cs: Value = serde_json::from_str(cws_gateway::serve::CAPABILITY_STATEMENT).unwrap();
+    let task_cs = cs["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Task")
+        .unwrap();
+    assert_eq!(task_cs["versioning"], "versioned-update");
+    assert!(task_cs["interaction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["code"] == "update"));
+    // Every type declaring $validate serves it; no other does.
+    for r in cs["rest"][0]["resource"].as_array().unwrap() {
+        let rt = r["type"].as_str().unwrap();
+        let declared = r["operation"]
+            .as_array()
+            .is_some_and(|ops| ops.iter().any(|o| o["name"] == "validate"));
+        let (s, _, _) = send(
+            &c,
+            reqwest::Method::POST,
+            &format!("{base}/fhir/{rt}/$validate"),
+            COUNTY_TOKEN,
+            &json!({"resourceType": rt}),
+            None,
+        )
+        .await;
+        if declared {
+            assert_eq!(s, StatusCode::OK, "{rt}/$validate is declared");
+        } else {
+            assert_ne!(s, StatusCode::OK, "{rt}/$validate is served, not declared");
+        }
+    }
+    gw.stop().await;
+}
+
+/// Issue 15 item 8: `identifier=|value` finds an identifier without a
+/// system (and only such); `_count=0` is the total alone, counting only
+/// what the caller may see; too many repeats name the parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_zero_identifier_without_system_and_repeat_limits() {
+    let (_dir, gw, base) = start_fhir().await;
+    seed_two_youths(gw.store.as_ref()).await;
+    seed(
+        gw.store.as_ref(),
+        vec![json!({"resourceType": "Patient", "id": "p3",
+            "identifier": [{"value": "LOCAL-9"}], "birthDate": "2012-01-01"})],
+    )
+    .await;
+    let c = reqwest::Client::new();
+    for (q, want) in [
+        ("identifier=|LOCAL-9", vec!["p3"]),
+        ("identifier=%7CLOCAL-9", vec!["p3"]),
+        ("identifier=LOCAL-9", vec!["p3"]),
+        // p1's CIN has a system: `|value` means "no system".
+        ("identifier=|91000001A", vec![]),
+        ("identifier=|LOCAL-9,|91000001A", vec!["p3"]),
+    ] {
+        let (s, b) = get(&c, &format!("{base}/fhir/Patient?{q}"), OPS_TOKEN).await;
+        assert_eq!(s, StatusCode::OK, "{q}: {b}");
+        assert_eq!(ids(&b), want, "{q}");
+    }
+    // _count=0: total, no entries; withheld matches are not counted.
+    for (token, want) in [(OPS_TOKEN, 2), (MCP_TOKEN, 1), (MCP_B_TOKEN, 0)] {
+        let (s, b) = get(&c, &format!("{base}/fhir/Task?_count=0"), token).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        assert_eq!(b["type"], "searchset");
+        assert_eq!(b["total"], want, "{b}");
+        assert_eq!(b["entry"], json!([]), "{b}");
+        assert!(next_link(&b).is_none());
+    }
+    let (_, b) = get(
+        &c,
+        &format!("{base}/fhir/Task?_count=0&status=requested&_include=Task:focus"),
+        MCP_TOKEN,
+    )
+    .await;
+    assert_eq!(
+        (b["total"].clone(), b["entry"].clone()),
+        (json!(1), json!([]))
+    );
+    // Too many repeats of one parameter: the 400 names that parameter.
+    let q = vec!["status=requested"; 17].join("&");
+    let (s, b) = get(&c, &format!("{base}/fhir/Task?_count=5&{q}"), OPS_TOKEN).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert_eq!(b["issue"][0]["expression"][0], "status", "{b}");
+    gw.stop().await;
+}

@@ -716,6 +716,12 @@ pub async fn post_referral(
             "referrer.organizationId must be the caller's organization".into(),
         ));
     }
+    // What the document alone decides is told to anyone, before anything
+    // about the member is looked at (`plan` checks it again).
+    if doc.get("selfReferral") == Some(&Value::Bool(true)) {
+        check_self_referral(&doc, &caller)?;
+    }
+    criteria_facts(&doc)?;
     let referral_id = s(&doc, "/referralId").unwrap_or("").to_string();
     let (sr_id, _, _) = ids(&caller.org_id, &referral_id);
     let known = state
@@ -811,7 +817,7 @@ pub async fn post_referral(
 /// (coverage, plan, consent on file …) when the caller may not see the
 /// member: it does not tell unknown, fee-for-service, share of cost and
 /// enrolled apart, and names no plan.
-pub const REFUSED_FOR_MEMBER: &str = "the referral cannot be accepted for this member as sent: the member's county or Medi-Cal plan can check the member's managed care enrollment and referral consent with you";
+pub const REFUSED_FOR_MEMBER: &str = "the referral cannot be accepted for this member as sent; with the member's county or Medi-Cal plan, check that the member is enrolled (enroll the member in a Medi-Cal plan first, enrollment.updated) and that the youth's or family's referral consent names the member's plan";
 
 /// May `caller` see the member: the child's county, or an organization the
 /// consent engine lets read the member's Patient (purpose `pull`)?

@@ -402,6 +402,17 @@ async fn withheld_and_missing_reads_answer_alike_in_body_and_time() {
     gw.running.stop().await;
 }
 
+/// One request through an exit: method, route pattern, path, token, body,
+/// expected status.
+type Check = (
+    &'static str,
+    &'static str,
+    String,
+    &'static str,
+    Option<Value>,
+    u16,
+);
+
 /// Issue 14 item 11: one request through every exit the route table
 /// declares as patient data yields an AuditEvent; the list below must cover
 /// the table (a new patient-data route needs a check here).
@@ -419,7 +430,7 @@ async fn every_patient_data_exit_writes_an_audit_event() {
         &["county-kern"],
         &["case"],
     );
-    let checks: Vec<(&str, &str, String, &str, Option<Value>, u16)> = vec![
+    let checks: Vec<Check> = vec![
         (
             "POST",
             "/ecm/referrals",

@@ -314,7 +314,7 @@ pub fn adt_clock_subject(
     Some(format!("{focus}@{recipient}#{journal_id}"))
 }
 
-/// One open 24-hour clock (DOMAIN.md: ADT data to the assigned ECM provider
+/// One open 24-hour clock (docs/program-rules.md timelines: ADT data to the assigned ECM provider
 /// within 24 hours) per ADT notification queued for an ECM provider; the
 /// delivery worker closes it when the notification is delivered.
 fn adt_clocks(

@@ -1,4 +1,4 @@
-//! ECM continuity when a member changes MCP (DOMAIN.md: "new MCP
+//! ECM continuity when a member changes MCP (docs/program-rules.md timelines: "new MCP
 //! auto-authorizes ECM if ECM was received in the last 90 days"; "the new
 //! MCP keeps the same ECM provider where its network allows, and the care
 //! plan travels with consent"; seed 000 "Out-of-County Placement").

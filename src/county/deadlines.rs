@@ -1,4 +1,4 @@
-//! Deadline clocks (DOMAIN.md "Timelines the gateway tracks").
+//! Deadline clocks (docs/program-rules.md "Timelines the gateway tracks").
 //!
 //! A clock is opened by the event that starts it (a referral starts the
 //! authorization decision; an accepted Task with an owner starts "ECM

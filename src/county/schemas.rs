@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::error::{CountyError, Violation};
 
-/// Every case event type, in DESIGN.md order.
+/// Every case event type, in the order `docs/county.md` lists them.
 pub const EVENT_TYPES: [&str; 8] = [
     "case.opened",
     "placement.changed",

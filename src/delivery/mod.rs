@@ -1,4 +1,4 @@
-//! Push delivery to MCP and ECM provider endpoints (DESIGN.md "Delivery (push)").
+//! Push delivery to MCP and ECM provider endpoints (`docs/delivery.md`).
 //!
 //! ```text
 //! journal record ─ translate ─ route ──► complete_with(writes + outbox rows)   (one transaction)

@@ -1,4 +1,4 @@
-//! Continuity of ECM when a member changes MCP (DOMAIN.md "Timelines":
+//! Continuity of ECM when a member changes MCP (docs/program-rules.md "Timelines":
 //! "new MCP auto-authorizes ECM if ECM was received in the last 90 days";
 //! seed 003 §VIII and seed 000 "Out-of-County Placement").
 //!

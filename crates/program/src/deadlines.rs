@@ -1,4 +1,4 @@
-//! Policy timelines (DOMAIN.md "Timelines the gateway tracks"; seed 000 steps 6–7 and 10–11,
+//! Policy timelines (docs/program-rules.md "Timelines the gateway tracks"; seed 000 steps 6–7 and 10–11,
 //! seed 003 §VIII "Authorization", "Streamlined authorization", "Assignment", §IX "ADT").
 //!
 //! One [`Clock`] per tracked obligation; [`due`] turns a start instant into the deadline instant.

@@ -1,4 +1,4 @@
-//! The ECM Population-of-Focus (POF) eligibility engine (seed 003 §IV, §VI, Appendix D; DOMAIN.md).
+//! The ECM Population-of-Focus (POF) eligibility engine (seed 003 §IV, §VI, Appendix D; docs/program-rules.md).
 //!
 //! [`evaluate`] is a pure function of one child's [`Facts`] and an evaluation date. It reports every
 //! POF whose criteria the facts meet, whether the member can be enrolled in ECM now, and a list of
@@ -31,7 +31,7 @@
 //!    `history.familyMaintenanceLastServiceOn`, inside the window).
 //!
 //! **4M**: Appendix D lists 4M inside the foster care list "(see below)" and as the Former Foster
-//! Youth group; DOMAIN.md lists it in both. The table keeps both rows, and the engine reads a code in
+//! Youth group; docs/program-rules.md lists it in both. The table keeps both rows, and the engine reads a code in
 //! `former_foster_youth` as aged-out evidence only, never as current foster care.
 //!
 //! # Other children's POFs the gateway can flag (children's definitions: under 21)

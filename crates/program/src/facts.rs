@@ -1,6 +1,6 @@
 //! One child's facts, as the eligibility engine reads them.
 //!
-//! The shapes are those of the county case events (DESIGN.md "County case events"): `child`,
+//! The shapes are those of the county case events (`docs/county.md` "Case events"): `child`,
 //! `enrollment`, `placement`, `case`, `history`, plus `other` for facts that come from elsewhere
 //! (ADT feeds, behavioral health, CCS, program enrollments). JSON is camelCase; **unknown fields are
 //! rejected** so a misspelt flag cannot silently read as "absent".

@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md "CLI").
+//! The command line (the commands table in `README.md`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

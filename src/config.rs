@@ -1,4 +1,4 @@
-//! Configuration: the TOML format of DESIGN.md, validated purely before anything
+//! Configuration: the TOML format of `docs/configuration.md`, validated purely before anything
 //! starts (unknown keys rejected, one clear line per error), then environment
 //! overrides (`CWSGW_HTTP_ADDR`, `CWSGW_MLLP_ADDR`, `CWSGW_DATABASE_URL`).
 //!
@@ -205,7 +205,7 @@ impl Default for DeliveryConfig {
     }
 }
 
-/// The MLLP listener (an extension of DESIGN.md's `[server]`).
+/// The MLLP listener (`[mllp]` in `docs/configuration.md`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MllpConfig {

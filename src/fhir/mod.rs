@@ -491,6 +491,10 @@ async fn read(
     let Some(r) = r.map_err(|_| ApiError::Unavailable)? else {
         // Audited like a withheld read (the same durable append), so a
         // missing id and a withheld one answer alike, in time too.
+        if caller.kind != OrgKind::Operator {
+            // And a context read, as a withheld resource's patient costs.
+            let _ = PatientContext::load(&state.cfg, state.store.as_ref(), &id).await;
+        }
         gate.absent(format!("{rtype}/{id}"));
         gate.finish().await?;
         return Ok(not_found(&rtype, &id));

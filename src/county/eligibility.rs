@@ -532,7 +532,7 @@ pub fn run_cli(input: &[u8], as_of: Option<&str>) -> anyhow::Result<String> {
             .map_err(|_| anyhow::anyhow!("--as-of must be YYYY-MM-DD"))?,
         None => program::pacific::local_date(chrono::Utc::now()),
     };
-    let facts = Facts::from_json(input).map_err(|e| anyhow::anyhow!("facts: {e}"))?;
+    let facts = Facts::from_json(input).map_err(|e| anyhow::anyhow!("{e}"))?;
     let ev = program::evaluate(&facts, as_of);
     Ok(serde_json::to_string_pretty(&ev)?)
 }

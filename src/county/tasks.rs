@@ -22,7 +22,8 @@
 //! on an accepted (or being accepted) Task. A PUT may change `status`,
 //! `statusReason`, `businessStatus`, `owner` and `note`; everything else is
 //! kept as stored. Illegal transitions → 422 listing the allowed ones;
-//! an organization that is not a party → 403; no such Task → 404.
+//! an organization that is not a party → 404 like no such Task when it may
+//! not see the Task (403 only when it may read it); refusals are audited.
 //!
 //! The write is journaled (`InputKind::FhirWrite`, dedup key
 //! `{org}|Task/{id}|{sha256(body)}`) before the 200. Accepting or rejecting

@@ -302,6 +302,9 @@ pub async fn put_task(
     if let Some(resp) = crate::fhir::write::check_task_body(&update) {
         return Ok(resp);
     }
+    // One update of this Task at a time in this process, from the read of
+    // the stored version (If-Match) to the stored update.
+    let _task_lock = crate::fhir::write::task_lock(&id).await;
     let store: &dyn Store = state.store.as_ref();
     let Some(stored) = store.resource_get("Task", &id).await? else {
         refused(&state, &caller, None, &id, "not-found").await?;

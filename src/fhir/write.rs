@@ -662,6 +662,36 @@ pub fn if_match(headers: &HeaderMap, version_id: i64) -> Option<bool> {
     any.then_some(false)
 }
 
+/// Per-Task locks of this process: `PUT /fhir/Task/{id}` holds its Task's
+/// from before it reads the stored version until the update is stored, so
+/// two updates of one Task on one gateway instance never both pass an
+/// `If-Match` naming the same version. (Instances sharing a PostgreSQL
+/// store do not share these locks.)
+static TASK_LOCKS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Take this process's lock of Task `id` (see [`TASK_LOCKS`]).
+pub async fn task_lock(id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    let lock = {
+        let mut map = TASK_LOCKS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() > 1024 {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        match map.get(id).and_then(std::sync::Weak::upgrade) {
+            Some(l) => l,
+            None => {
+                let l = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+                map.insert(id.to_string(), std::sync::Arc::downgrade(&l));
+                l
+            }
+        }
+    };
+    lock.lock_owned().await
+}
+
 /// The 412 of a `PUT` whose `If-Match` names a version that is not the
 /// current one (FHIR versioned update); `None` when there is no `If-Match`
 /// or it matches.
@@ -700,6 +730,21 @@ mod tests {
         assert_eq!(if_match(&h("2"), 2), Some(false), "an entity tag is quoted");
         assert!(if_match_refusal(&h("W/\"1\""), 2).is_some());
         assert!(if_match_refusal(&HeaderMap::new(), 2).is_none());
+    }
+
+    #[tokio::test]
+    async fn task_locks_serialize_one_task_only() {
+        let a = task_lock("t-lock-1").await;
+        // Another Task is not held up.
+        let _b = task_lock("t-lock-2").await;
+        let waiting = tokio::spawn(async { task_lock("t-lock-1").await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "the same Task waits");
+        drop(a);
+        let _again = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[test]

@@ -1055,6 +1055,22 @@ async fn stale_if_match_is_refused_and_changes_nothing() {
     assert_eq!(etag.as_deref(), Some("W/\"3\""));
     let (s, b, _) = put("on-hold", None).await;
     assert_eq!(s, StatusCode::OK, "{b}");
+    // Two updates racing with the same (current) version: one wins, the
+    // other is 412 — never both. (Bodies differ: a body sent before is a
+    // replay of that update, docs/county.md.)
+    let (a, b) = tokio::join!(
+        put("failed", Some("W/\"4\"")),
+        put("completed", Some("W/\"4\""))
+    );
+    let mut got = vec![a.0, b.0];
+    got.sort();
+    assert_eq!(
+        got,
+        vec![StatusCode::OK, StatusCode::PRECONDITION_FAILED],
+        "{a:?} {b:?}"
+    );
+    let stored = gw.store.resource_get("Task", "t1").await.unwrap().unwrap();
+    assert_eq!(stored.version_id, 5);
     // The CapabilityStatement says so.
     let cs: Value = serde_json::from_str(cws_gateway::serve::CAPABILITY_STATEMENT).unwrap();
     let task_cs = cs["rest"][0]["resource"]

@@ -192,6 +192,22 @@ async fn fhir_sdk_client_reads_searches_pages_and_updates_a_task() {
         Some(version)
     );
 
+    // A conditional update (If-Match) from the stale copy, read at version
+    // 1, is refused (412) and changes nothing; from the current one it works.
+    let mut stale = task.clone();
+    stale.status = TaskStatus::InProgress;
+    let err = client.update(&stale, true).await.unwrap_err();
+    assert!(format!("{err:?}").contains("412"), "{err:?}");
+    let still: Task = client.read::<Task>(&task_id).await.unwrap().unwrap();
+    assert_eq!(still.status, TaskStatus::Accepted);
+    let mut current = still.clone();
+    current.status = TaskStatus::InProgress;
+    let (_, v3) = client.update(&current, true).await.unwrap();
+    assert_ne!(
+        Some(v3),
+        reread.meta.as_ref().and_then(|m| m.version_id.clone())
+    );
+
     // Without a token the client gets the 401 as an error.
     let anonymous = sdk(&base, None);
     assert!(anonymous.read::<Task>(&task_id).await.is_err());

@@ -748,6 +748,23 @@ mod tests {
     }
 
     #[test]
+    fn every_writable_type_is_validated() {
+        // A type made creatable (or updatable) must be compiled by the
+        // validator: `check` refuses a type it has no schema for.
+        for t in CREATE_TYPES.iter().chain(&["Task"]) {
+            assert!(validate::WRITE_TYPES.contains(t), "{t}");
+            let issues = FhirValidator::global()
+                .unwrap()
+                .check(t, &json!({"resourceType": t}));
+            assert!(issues.iter().all(|i| i.code != "not-supported"), "{t}");
+        }
+        let issues = FhirValidator::global()
+            .unwrap()
+            .check("Patient", &json!({"resourceType": "Patient"}));
+        assert_eq!(issues[0].code, "not-supported");
+    }
+
+    #[test]
     fn ids_are_deterministic_and_valid() {
         let a = deterministic_id("CarePlan", "ecm-1", b"{}");
         assert_eq!(a, deterministic_id("CarePlan", "ecm-1", b"{}"));

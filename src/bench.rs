@@ -167,8 +167,6 @@ mllp_addr = "127.0.0.1:0"
 url = "sqlite://{db}"
 [audit]
 demo_key = true
-[mappings]
-dir = "{maps}"
 [delivery]
 max_attempts = 5
 initial_backoff_ms = 100
@@ -192,7 +190,6 @@ endpoint = "{ecm}"
 mcps = ["mcp-0"]
 {orgs}"#,
         db = dir.join("bench.db").display(),
-        maps = std::env::current_dir()?.join("mappings").display(),
         ecm = ecm.base_url(),
     );
     Ok(Config::from_toml(&text, "bench")?)
@@ -464,15 +461,12 @@ url = "{url}"
 max_batch = {max_batch}
 [audit]
 demo_key = true
-[mappings]
-dir = "{}"
 [[organizations]]
 id = "st-mary"
 kind = "adt_source"
 name = "St Mary Hospital"
 sending_facilities = ["STMARY"]
-"#,
-        std::env::current_dir()?.join("mappings").display()
+"#
     );
     Ok(Config::from_toml(&text, "bench")?)
 }
@@ -962,8 +956,6 @@ mllp_addr = "127.0.0.1:0"
 url = "sqlite://{}"
 [audit]
 demo_key = true
-[mappings]
-dir = "{}"
 [[organizations]]
 id = "county-fresno"
 kind = "county"
@@ -981,7 +973,6 @@ organization = "mcp-a"
 token_sha256 = "{}"
 "#,
         dir.join("api.db").display(),
-        std::env::current_dir()?.join("mappings").display(),
         hex::encode(sha2::Sha256::digest(API_TOKEN.as_bytes()))
     );
     Ok(Config::from_toml(&text, "bench")?)

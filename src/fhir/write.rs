@@ -419,7 +419,7 @@ pub async fn create(
             ApiError::Unavailable
         })?;
     let routed = !deliveries.is_empty();
-    // A care plan is reviewed every 6 months (DOMAIN.md timelines).
+    // A care plan is reviewed every 6 months (docs/program-rules.md timelines).
     let clocks: Vec<store::ClockRow> = match (write.resource_type.as_str(), &write.patient_id) {
         ("CarePlan", Some(patient)) => vec![crate::county::deadlines::open(
             &crate::county::deadlines::ClockSpec {

@@ -256,6 +256,31 @@ fn unlisted() -> Response {
     )
 }
 
+/// Audit a request refused for want of a scope: one `refusal` AuditEvent
+/// naming the caller, the method and the route pattern (a template such as
+/// `/cws/eligibility/{patient_id}`, never the path itself, which can carry a
+/// patient id). The refusal stands whether or not the record could be
+/// written (nothing is disclosed either way); a failed append is logged.
+async fn audit_scope_refusal(state: &AppState, caller: &Caller, method: &Method, pattern: &str) {
+    let interaction = match *method {
+        Method::POST => crate::audit::Interaction::Create,
+        Method::PUT | Method::PATCH => crate::audit::Interaction::Update,
+        _ => crate::audit::Interaction::Read,
+    };
+    let record = crate::audit::new_audit(&crate::audit::AuditEntry {
+        kind: "refusal",
+        interaction,
+        caller,
+        patient_id: None,
+        entities: Vec::new(),
+        detail: Some(format!("scope insufficient-scope {method} {pattern}")),
+        recorded: chrono::Utc::now(),
+    });
+    if let Err(e) = state.store.audit_append(vec![record]).await {
+        tracing::error!(error = %e, "audit append of a scope refusal failed");
+    }
+}
+
 /// The layer (`route_layer`, so it sees the matched path pattern).
 pub async fn enforce(
     State(state): State<AppState>,
@@ -278,6 +303,7 @@ pub async fn enforce(
     if let Ok(caller) = state.auth.identify(req.headers(), &cert) {
         let params = params.as_ref().ok().map(|p| &p.0);
         if !satisfies(&caller, need, params) {
+            audit_scope_refusal(&state, &caller, req.method(), pattern).await;
             return ApiError::InsufficientScope.into_response();
         }
     }

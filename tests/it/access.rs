@@ -417,6 +417,30 @@ async fn every_endpoint_enforces_its_scope() {
         4,
         "nothing journaled for the refused referral"
     );
+    // Each scope refusal is an AuditEvent: caller, method and route pattern,
+    // never the path (which carries the patient id).
+    let refusals: Vec<String> = gw
+        .running
+        .store
+        .audit_list(0, 1000, None, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.kind == "refusal")
+        .map(|r| r.body.to_string())
+        .filter(|b| b.contains("insufficient-scope"))
+        .collect();
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    assert!(
+        refusals[0].contains("POST /ecm/referrals"),
+        "{}",
+        refusals[0]
+    );
+    assert!(
+        refusals[1].contains("GET /cws/eligibility/{patient_id}") && !refusals[1].contains(&pid),
+        "{}",
+        refusals[1]
+    );
     // The same backend with the referral's scope refers.
     let (writer, _) = token(&gw, "fresno-backend", "s2", "system/ServiceRequest.write").await;
     let a = gw.post("/ecm/referrals", &writer, &referral("R-S1")).await;

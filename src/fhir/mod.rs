@@ -307,15 +307,32 @@ impl<'a> Gate<'a> {
     /// Append the request's audit record: **one AuditEvent for the whole
     /// request** (one per [`MAX_ENTITIES_PER_AUDIT`] resources beyond that),
     /// listing every resource disclosed or withheld (see [`request_event`]).
+    ///
+    /// A search that decided nothing (no match, or contradictory
+    /// parameters) is still a query the caller made: it is recorded as one
+    /// `query` AuditEvent with no entities, as IHE BALP records a query with
+    /// an empty result. A read decides at least the missing id, so it never
+    /// ends here empty.
     pub async fn finish(self) -> Result<(), ApiError> {
-        if self.seen.is_empty() {
-            return Ok(());
-        }
-        let entries: Vec<store::NewAudit> = self
-            .seen
-            .chunks(MAX_ENTITIES_PER_AUDIT)
-            .map(|chunk| request_event(self.caller, self.interaction, self.now, chunk))
-            .collect();
+        let entries: Vec<store::NewAudit> = if self.seen.is_empty() {
+            if self.interaction != Interaction::SearchType {
+                return Ok(());
+            }
+            vec![audit::new_audit(&AuditEntry {
+                kind: "query",
+                interaction: self.interaction,
+                caller: self.caller,
+                patient_id: None,
+                entities: Vec::new(),
+                detail: Some("0 disclosed, 0 withheld".into()),
+                recorded: self.now,
+            })]
+        } else {
+            self.seen
+                .chunks(MAX_ENTITIES_PER_AUDIT)
+                .map(|chunk| request_event(self.caller, self.interaction, self.now, chunk))
+                .collect()
+        };
         self.state.store.audit_append(entries).await.map_err(|e| {
             tracing::error!(error = %e, "audit append failed; nothing disclosed");
             ApiError::Unavailable

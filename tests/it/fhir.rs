@@ -784,9 +784,19 @@ async fn patient_search_decides_on_the_patients_own_context() {
     )
     .await;
     assert_eq!(ids(&b), vec!["t2"]);
-    // A patient with no matches: empty, total 0, and nothing to audit.
+    // A patient with no matches: empty, total 0, and the query is still
+    // audited (one `query` record, no entities).
     let (_, b) = get(&c, &format!("{base}/fhir/Task?patient=nobody"), MCP_TOKEN).await;
     assert_eq!(b["total"], 0);
+    let last = gw
+        .store
+        .audit_list(0, 1000, None, Some("mcp-a"))
+        .await
+        .unwrap()
+        .pop()
+        .expect("an audit record for the empty search");
+    assert_eq!(last.kind, "query");
+    assert_eq!(last.body["entity"], serde_json::json!([]));
     gw.stop().await;
 }
 

@@ -876,6 +876,30 @@ pub fn apply_obligations(res: &Value, decision: &Decision) -> Value {
     out
 }
 
+/// A release of information for `ecm-1` covering `case` (parent as
+/// grantor, no end), in the gateway's Consent shape: the fixture the
+/// Consent checks of `fhir::write` and `fhir::validate` test against.
+#[cfg(test)]
+pub(crate) fn sample_release_consent() -> Value {
+    let r = vec!["ecm-1".to_string()];
+    let c = vec!["case".to_string()];
+    consent_to_fhir(&ConsentSpec {
+        canonical_base: "https://gw.example/fhir",
+        id: "c1",
+        identifier: None,
+        patient_id: "p1",
+        kind: "release_of_information",
+        grantor_role: "parent",
+        grantor_name: None,
+        recorded_by_org: "county-fresno",
+        recorded_at: "2026-01-10T09:00:00Z",
+        recipients: &r,
+        categories: &c,
+        start: "2026-01-10",
+        end: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

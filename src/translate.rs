@@ -294,9 +294,10 @@ impl<R: BufRead> BatchReader<R> {
     }
 }
 
-/// Split a batch held in memory (tests and small inputs): the messages
-/// [`BatchReader`] reads from it.
-pub fn split_batch(data: &[u8], max_frame: usize) -> Vec<Result<Vec<u8>, String>> {
+/// Split a batch held in memory: the messages [`BatchReader`] reads from it
+/// (the splitter's tests; the CLI streams).
+#[cfg(test)]
+fn split_batch(data: &[u8], max_frame: usize) -> Vec<Result<Vec<u8>, String>> {
     let mut r = BatchReader::new(data, max_frame);
     let mut out = Vec::new();
     let mut msg = Vec::new();

@@ -417,23 +417,7 @@ mod tests {
 
     #[test]
     fn the_gateway_consent_shape_is_valid_r4() {
-        let r = vec!["ecm-1".to_string()];
-        let c = vec!["case".to_string()];
-        let consent = crate::disclosure::consent_to_fhir(&crate::disclosure::ConsentSpec {
-            canonical_base: "https://gw.example/fhir",
-            id: "c1",
-            identifier: None,
-            patient_id: "p1",
-            kind: "release_of_information",
-            grantor_role: "parent",
-            grantor_name: None,
-            recorded_by_org: "county-fresno",
-            recorded_at: "2026-01-10T09:00:00Z",
-            recipients: &r,
-            categories: &c,
-            start: "2026-01-10",
-            end: None,
-        });
+        let consent = crate::disclosure::sample_release_consent();
         assert_eq!(v().check("Consent", &consent), vec![]);
     }
 

@@ -775,24 +775,7 @@ mod tests {
 
     #[test]
     fn consent_shape_is_checked_element_by_element() {
-        let base = "https://gw.example/fhir";
-        let r = vec!["ecm-1".to_string()];
-        let c = vec!["case".to_string()];
-        let good = disclosure::consent_to_fhir(&disclosure::ConsentSpec {
-            canonical_base: base,
-            id: "c1",
-            identifier: None,
-            patient_id: "p1",
-            kind: "release_of_information",
-            grantor_role: "parent",
-            grantor_name: None,
-            recorded_by_org: "county-fresno",
-            recorded_at: "2026-01-10T09:00:00Z",
-            recipients: &r,
-            categories: &c,
-            start: "2026-01-10",
-            end: None,
-        });
+        let good = crate::disclosure::sample_release_consent();
         assert_eq!(consent_shape_problem(&good), None);
         let mut no_actor = good.clone();
         no_actor["provision"]

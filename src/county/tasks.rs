@@ -26,7 +26,10 @@
 //! not see the Task (403 only when it may read it); refusals are audited.
 //!
 //! The write is journaled (`InputKind::FhirWrite`, dedup key
-//! `{org}|Task/{id}|{sha256(body)}`) before the 200. Accepting or rejecting
+//! `{org}|Task/{id}/_history/{version}|{sha256(body)}`, the version being
+//! the one the PUT applies to) before the 200: only a retry of the same
+//! body against the same version is a replay, so moving a Task A→B→A with
+//! the same body applies the second A. Accepting or rejecting
 //! closes the authorization-decision clock; accepting opens "SW told of
 //! enrollment"; setting an owner opens "ECM provider told of assignment".
 
@@ -351,7 +354,12 @@ pub async fn put_task(
         .append(NewInput {
             kind: InputKind::FhirWrite,
             source_org: caller.org_id.clone(),
-            dedup_key: format!("{}|Task/{id}|{digest}", caller.org_id),
+            // The version applied to (If-Match, when given, names it): the
+            // same body after the Task moved on is a new update.
+            dedup_key: format!(
+                "{}|Task/{id}/_history/{}|{digest}",
+                caller.org_id, stored.version_id
+            ),
             received_at: now,
             raw: bytes.to_vec(),
             meta: json!({"resourceType": "Task", "id": id, "status": s(&update, "/status")}),

@@ -19,6 +19,7 @@ pub mod demo;
 pub mod disclosure;
 pub mod explain;
 pub mod fhir;
+pub mod input_check;
 pub mod intake;
 pub mod mllp;
 pub mod processor;

@@ -91,8 +91,9 @@ impl Schemas {
 /// each); past it a last issue says that more were not listed.
 pub const MAX_ISSUES: usize = 20;
 
-/// Every violation (up to [`MAX_ISSUES`]), each naming its field. Texts name
-/// fields and schema keywords, never input values (they may hold PHI).
+/// Every violation (up to [`MAX_ISSUES`]), each naming its field: the
+/// schema's, then [`crate::input_check`]'s. Texts name fields and schema
+/// keywords, never input values (they may hold PHI).
 fn check(v: &Validator, doc: &Value) -> Result<(), CountyError> {
     let mut found: Vec<Violation> = Vec::new();
     let mut more = false;
@@ -159,6 +160,32 @@ fn check(v: &Validator, doc: &Value) -> Result<(), CountyError> {
         }
         if more {
             break;
+        }
+    }
+    // The checks every JSON input shares (real, plausible dates; no control
+    // or bidi characters), listed with the schema's.
+    if !more {
+        for p in crate::input_check::check(doc) {
+            let at = expression(&p.pointer);
+            let v = if at.is_empty() {
+                Violation {
+                    text: format!("the document {}", p.text),
+                    expression: None,
+                }
+            } else {
+                Violation {
+                    text: format!("{at} {}", p.text),
+                    expression: Some(at),
+                }
+            };
+            if found.contains(&v) {
+                continue;
+            }
+            if found.len() == MAX_ISSUES {
+                more = true;
+                break;
+            }
+            found.push(v);
         }
     }
     if more {

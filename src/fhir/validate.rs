@@ -18,6 +18,10 @@
 //!   `Task.status`, `.intent`, `.priority`. Consent's gateway shape is checked
 //!   by `write::consent_shape_problem` after the schema passes.
 //!
+//! - **Shared input checks** ([`crate::input_check`]): real, plausible
+//!   dates (a `2026-02-30` or a 2099 birth date, which the schema's regex lets
+//!   through) and no control or bidi characters, as for every JSON input.
+//!
 //! Every problem is one [`Issue`] whose `expression` is FHIRPath-like
 //! (`CarePlan.activity[0].detail.status`); at most [`MAX_ISSUES`] are
 //! listed, then one more saying that more were not. Texts name elements and
@@ -147,6 +151,16 @@ impl FhirValidator {
         if !more {
             for i in type_rules(rtype, resource) {
                 if !push(&mut issues, i) {
+                    more = true;
+                    break;
+                }
+            }
+        }
+        if !more {
+            for p in crate::input_check::check(resource) {
+                let at = expression(rtype, &p.pointer);
+                let text = format!("{at} {}", p.text);
+                if !push(&mut issues, Issue::new("value", &at, text)) {
                     more = true;
                     break;
                 }

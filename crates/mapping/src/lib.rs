@@ -166,6 +166,7 @@ mod path;
 mod sha1;
 mod source;
 mod terminology;
+pub mod text;
 mod uri;
 
 pub use datetime::{to_date, to_datetime};

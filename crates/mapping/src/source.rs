@@ -46,6 +46,19 @@ fn trimmed(v: Cow<'_, str>) -> Option<Cow<'_, str>> {
     })
 }
 
+/// A value without the characters no stored text may carry
+/// ([`crate::text::is_forbidden`]: controls other than TAB/LF/CR, DEL, C1,
+/// bidi overrides and isolates), trimmed again; `None` when nothing is left.
+/// Every value a mapping reads passes here, so no FHIR string made from an
+/// input carries one.
+#[inline]
+fn clean(v: Cow<'_, str>) -> Option<Cow<'_, str>> {
+    if crate::text::is_clean(&v) {
+        return Some(v);
+    }
+    trimmed(Cow::Owned(crate::text::strip_forbidden(v).into_owned()))
+}
+
 /// A segment id packed into a `u32` for one-instruction comparison
 /// (`0` for ids that are not 1–3 ASCII bytes, which no path can name).
 pub(crate) fn seg_key(id: &str) -> u32 {
@@ -537,14 +550,9 @@ impl<'m> Hl7Source<'m> {
     }
 }
 
-impl<'m> Source<'m> for Hl7Source<'m> {
-    type Cur = Hl7Cur;
-
-    fn root(&self) -> Hl7Cur {
-        Hl7Cur::Root
-    }
-
-    fn get(&self, cur: Hl7Cur, path: &SourcePath) -> Option<Cow<'m, str>> {
+impl<'m> Hl7Source<'m> {
+    /// [`Source::get`] before [`clean`].
+    fn get_raw(&self, cur: Hl7Cur, path: &SourcePath) -> Option<Cow<'m, str>> {
         let SourcePath::Hl7(p) = path else {
             return None;
         };
@@ -565,6 +573,18 @@ impl<'m> Source<'m> for Hl7Source<'m> {
                 .map(|e| Cow::Borrowed(e.seg.raw()));
         }
         self.value(s, p.field, p.rep.unwrap_or(1), p.comp, p.sub)
+    }
+}
+
+impl<'m> Source<'m> for Hl7Source<'m> {
+    type Cur = Hl7Cur;
+
+    fn root(&self) -> Hl7Cur {
+        Hl7Cur::Root
+    }
+
+    fn get(&self, cur: Hl7Cur, path: &SourcePath) -> Option<Cow<'m, str>> {
+        self.get_raw(cur, path).and_then(clean)
     }
 
     fn each(&self, cur: Hl7Cur, path: &SourcePath, out: &mut Vec<Hl7Cur>) {
@@ -653,7 +673,7 @@ impl<'a> Source<'a> for JsonSource<'a> {
             v = a.first()?;
         }
         match v {
-            serde_json::Value::String(s) => trimmed(Cow::Borrowed(s.as_str())),
+            serde_json::Value::String(s) => trimmed(Cow::Borrowed(s.as_str())).and_then(clean),
             serde_json::Value::Number(n) => Some(Cow::Owned(n.to_string())),
             serde_json::Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
             _ => None,

@@ -217,3 +217,58 @@ fn patient_reference_reads_task_for() {
         Some("p2")
     );
 }
+
+/// Every string of a JSON document, with where it is.
+fn strings<'a>(v: &'a serde_json::Value, at: String, out: &mut Vec<(String, &'a str)>) {
+    match v {
+        serde_json::Value::String(s) => out.push((at, s)),
+        serde_json::Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                strings(x, format!("{at}[{i}]"), out);
+            }
+        }
+        serde_json::Value::Object(o) => {
+            for (k, x) in o {
+                strings(x, format!("{at}.{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn control_and_bidi_characters_are_stripped_from_hl7_values() {
+    let e = Engine::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../mappings")).unwrap();
+    // NUL, ESC and DEL as raw bytes, U+202E and U+2066 in UTF-8, C1 NEL, and
+    // a control made by an escape (\X01\).
+    let msg = "MSH|^~\\&|EPIC|STMARY|CWSGW|CWSGW|20260115083000||ADT^A01^ADT_A01|C\u{0}1|P|2.5.1|||||||UNICODE UTF-8\r\
+EVN|A01|20260115083000\r\
+PID|1||MRN1\u{1B}001^^^STMARY^MR||Ri\u{0}ve\u{202E}ra^Al\u{2066}ex\u{7F}^\\X01\\J||20100315|M|||1\u{85}23 Main St^^Fresno^CA^93721\r\
+PV1|1|I|3EAST^301^A^STMARY|||||||MED||||7|||||V1\r";
+    let parsed = hl7v2::parse(msg.as_bytes(), &hl7v2::ParseOptions::default());
+    let m = parsed.message.expect("parses");
+    let ctx = cwsgw_mapping::AdtContext {
+        canonical_base: "https://gateway.example.org/fhir",
+        source_org_id: "st-mary",
+        source_org_name: "St Mary Hospital",
+        received_at: "2026-01-15T10:00:00Z",
+        sensitivity: &cwsgw_mapping::Sensitivity::default(),
+    };
+    let bundle = e.translate_adt(&m, &ctx).unwrap();
+    let mut all = Vec::new();
+    strings(&bundle, String::new(), &mut all);
+    for (at, s) in &all {
+        assert!(cwsgw_mapping::text::is_clean(s), "{at}: {s:?}");
+    }
+    let patient = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|r| r["resourceType"] == "Patient")
+        .unwrap();
+    assert_eq!(patient["name"][0]["family"], "Rivera");
+    assert_eq!(patient["name"][0]["given"], json!(["Alex", "J"]));
+    assert_eq!(patient["address"][0]["line"][0], "123 Main St");
+    assert_eq!(patient["identifier"][0]["value"], "MRN1001");
+}

@@ -117,10 +117,24 @@ pub fn fhir_json(status: StatusCode, body: &serde_json::Value) -> Response {
     resp
 }
 
+/// Response extension of a 403 for the caller's organization kind (decided
+/// in a handler): the kind, which the scope layer's refusal audit records
+/// ([`crate::auth::routes::enforce`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ForbiddenKind(pub &'static str);
+
+/// Response extension of a 403 whose handler already appended its refusal
+/// AuditEvent: the scope layer does not record it again.
+#[derive(Debug, Clone, Copy)]
+pub struct RefusalAudited;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = operation_outcome("error", self.code(), &self.to_string(), None);
         let mut resp = fhir_json(self.status(), &body);
+        if let ApiError::Forbidden(kind) = self {
+            resp.extensions_mut().insert(ForbiddenKind(kind));
+        }
         if matches!(
             self,
             ApiError::Unauthenticated | ApiError::BadToken | ApiError::CredentialMismatch

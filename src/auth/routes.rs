@@ -23,7 +23,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::{Access, Caller, ClientCert};
-use crate::api::{fhir_json, operation_outcome, ApiError, AppState};
+use crate::api::{fhir_json, operation_outcome, ApiError, AppState, ForbiddenKind, RefusalAudited};
 
 /// What an endpoint needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,8 +138,8 @@ pub const ROUTE_EXITS: &[RouteExit] = &[
         "POST",
         "/ecm/referrals",
         patient_data(
-            "county::referrals::may_see_member (the child's county, or Disclosure::decide pull on the member's Patient); others get REFUSED_FOR_MEMBER",
-            "county::referrals::refuse (refusal, with the real reason)",
+            "county::referrals::may_see_member (the child's county, or Disclosure::decide pull on the member's Patient); others get REFUSED_FOR_MEMBER; the accepted answer: county::referrals::answer_for_caller (whole, or per resource by fhir::Gate::judge)",
+            "county::referrals::refuse (refusal, with the real reason); the accepted answer: fhir::Gate::finish (disclosure)",
         ),
     ),
     exit(
@@ -171,7 +171,7 @@ pub const ROUTE_EXITS: &[RouteExit] = &[
         "/fhir/{rtype}",
         patient_data(
             "fhir::Gate::judge per match and _include (AuditEvent: operators only)",
-            "fhir::Gate::finish (one AuditEvent per request)",
+            "fhir::Gate::finish (one AuditEvent per request); _count=0: fhir::Gate::finish_count (query)",
         ),
     ),
     exit(
@@ -256,12 +256,20 @@ fn unlisted() -> Response {
     )
 }
 
-/// Audit a request refused for want of a scope: one `refusal` AuditEvent
-/// naming the caller, the method and the route pattern (a template such as
+/// Audit a refused request: one `refusal` AuditEvent naming the caller, the
+/// method, the route pattern (a template such as
 /// `/cws/eligibility/{patient_id}`, never the path itself, which can carry a
-/// patient id). The refusal stands whether or not the record could be
-/// written (nothing is disclosed either way); a failed append is logged.
-async fn audit_scope_refusal(state: &AppState, caller: &Caller, method: &Method, pattern: &str) {
+/// patient id) and why (`scope insufficient-scope`, `organization-kind
+/// hospital`, `forbidden`). The refusal stands whether or not the record
+/// could be written (nothing is disclosed either way); a failed append is
+/// logged.
+async fn audit_refusal(
+    state: &AppState,
+    caller: &Caller,
+    method: &Method,
+    pattern: &str,
+    why: &str,
+) {
     let interaction = match *method {
         Method::POST => crate::audit::Interaction::Create,
         Method::PUT | Method::PATCH => crate::audit::Interaction::Update,
@@ -273,15 +281,40 @@ async fn audit_scope_refusal(state: &AppState, caller: &Caller, method: &Method,
         caller,
         patient_id: None,
         entities: Vec::new(),
-        detail: Some(format!("scope insufficient-scope {method} {pattern}")),
+        detail: Some(refusal_detail(why, method, pattern)),
         recorded: chrono::Utc::now(),
     });
     if let Err(e) = state.store.audit_append(vec![record]).await {
-        tracing::error!(error = %e, "audit append of a scope refusal failed");
+        tracing::error!(error = %e, "audit append of a refusal failed");
     }
 }
 
-/// The layer (`route_layer`, so it sees the matched path pattern).
+/// The `outcomeDesc` detail of a refusal the layer records.
+pub fn refusal_detail(why: &str, method: &Method, pattern: &str) -> String {
+    format!("{why} {method} {pattern}")
+}
+
+/// Why a handler's 403 was refused, for its audit record: the organization
+/// kind when the handler refused the caller's kind ([`ForbiddenKind`]),
+/// else `forbidden` (another rule of the handler's: a referrer that is not
+/// the caller, an event of another county …). `None` for an answer that is
+/// not a 403, or whose handler audited it itself ([`RefusalAudited`]).
+pub fn handler_refusal(resp: &Response) -> Option<String> {
+    if resp.status() != axum::http::StatusCode::FORBIDDEN
+        || resp.extensions().get::<RefusalAudited>().is_some()
+    {
+        return None;
+    }
+    Some(match resp.extensions().get::<ForbiddenKind>() {
+        Some(k) => format!("organization-kind {}", k.0),
+        None => "forbidden".to_string(),
+    })
+}
+
+/// The layer (`route_layer`, so it sees the matched path pattern). Every
+/// 403 is audited here, once: a scope refusal before the handler runs, and
+/// a handler's 403 (the caller's organization kind, or another of its
+/// rules) after it, unless the handler recorded it itself.
 pub async fn enforce(
     State(state): State<AppState>,
     cert: ClientCert,
@@ -289,10 +322,14 @@ pub async fn enforce(
     req: Request,
     next: Next,
 ) -> Response {
-    let Some(pattern) = req.extensions().get::<MatchedPath>().map(|m| m.as_str()) else {
+    let Some(pattern) = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+    else {
         return next.run(req).await;
     };
-    let Some(need) = need(req.method(), pattern) else {
+    let Some(need) = need(req.method(), &pattern) else {
         tracing::error!(path = pattern, "route without a scope requirement refused");
         return unlisted();
     };
@@ -300,14 +337,27 @@ pub async fn enforce(
         return next.run(req).await;
     }
     // No or a bad credential: the handler answers 401.
-    if let Ok(caller) = state.auth.identify(req.headers(), &cert) {
+    let caller = state.auth.identify(req.headers(), &cert).ok();
+    let method = req.method().clone();
+    if let Some(caller) = &caller {
         let params = params.as_ref().ok().map(|p| &p.0);
-        if !satisfies(&caller, need, params) {
-            audit_scope_refusal(&state, &caller, req.method(), pattern).await;
+        if !satisfies(caller, need, params) {
+            audit_refusal(
+                &state,
+                caller,
+                &method,
+                &pattern,
+                "scope insufficient-scope",
+            )
+            .await;
             return ApiError::InsufficientScope.into_response();
         }
     }
-    next.run(req).await
+    let resp = next.run(req).await;
+    if let (Some(caller), Some(why)) = (&caller, handler_refusal(&resp)) {
+        audit_refusal(&state, caller, &method, &pattern, &why).await;
+    }
+    resp
 }
 
 #[cfg(test)]
@@ -327,6 +377,27 @@ mod tests {
 
     fn rtype(t: &str) -> HashMap<String, String> {
         HashMap::from([("rtype".to_string(), t.to_string())])
+    }
+
+    #[test]
+    fn a_handler_403_is_audited_unless_the_handler_did() {
+        let kind = ApiError::Forbidden("adt_source").into_response();
+        assert_eq!(
+            handler_refusal(&kind).as_deref(),
+            Some("organization-kind adt_source")
+        );
+        let other = crate::county::CountyError::Forbidden("no".into()).into_response();
+        assert_eq!(handler_refusal(&other).as_deref(), Some("forbidden"));
+        let mut own = crate::county::CountyError::Forbidden("no".into()).into_response();
+        own.extensions_mut().insert(RefusalAudited);
+        assert_eq!(handler_refusal(&own), None);
+        // Not a 403: nothing for the layer to record (401s, 404s and the
+        // handlers' own refusals are not its business).
+        assert_eq!(handler_refusal(&ApiError::BadToken.into_response()), None);
+        assert_eq!(
+            refusal_detail("organization-kind mcp", &Method::GET, "/fhir/{rtype}"),
+            "organization-kind mcp GET /fhir/{rtype}"
+        );
     }
 
     #[test]

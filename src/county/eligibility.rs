@@ -246,40 +246,66 @@ pub struct Access {
     pub why: String,
 }
 
-/// Is `caller_org` a county that knows this child from its own case work:
-/// the county managing the child's CWS case (the engine's `same_county`
-/// relation), or the county whose client id the Patient carries (it posted
-/// the case events the facts come from)?
-pub fn is_childs_county(
-    cfg: &crate::config::Config,
+/// The county whose client id the Patient carries (`identifier.assigner`
+/// naming a configured county organization): it sent the case events the
+/// child's facts come from.
+fn assigning_county(cfg: &crate::config::Config, patient: Option<&Value>) -> Option<String> {
+    patient?
+        .get("identifier")?
+        .as_array()?
+        .iter()
+        .filter_map(|i| i.pointer("/assigner/reference").and_then(Value::as_str))
+        .filter_map(|r| r.strip_prefix("Organization/"))
+        .filter_map(|o| cfg.organization(o))
+        .find(|o| o.kind == OrgKind::County)
+        .and_then(|o| o.county.clone())
+}
+
+/// May `caller_org` see the child's eligibility answer whole — is it the
+/// child's county? The consent policy decides (its `views` row for
+/// `answer: eligibility`, `R10-county-of-child` in the default policy):
+/// asked with the member's context, whose case county is the county
+/// managing the child's CWS case, and again with the county whose client
+/// id the Patient carries as the case's county. `None`: no row names the
+/// caller. The same question tells a referral's caller why it was refused
+/// (`referrals::may_see_member`) and a referrer its Task's owner
+/// (`fhir::Gate`).
+pub fn childs_county_view(
+    disclosure: &crate::disclosure::Disclosure,
     caller_org: &str,
     pctx: &PatientContext,
     patient: Option<&Value>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<consent::ViewGrant> {
+    let to = crate::disclosure::recipient(&disclosure.cfg, caller_org)?;
+    let mut ctx = pctx.engine_context(Purpose::Pull, now);
+    let policy = &disclosure.policy;
+    let answer = consent::Answer::Eligibility;
+    if let Some(g) = policy.whole_view(answer, &pctx.patient_id, &to, &ctx) {
+        return Some(g);
+    }
+    let assigner = assigning_county(&disclosure.cfg, patient)?;
+    if ctx.source_county.as_deref() == Some(assigner.as_str()) {
+        return None;
+    }
+    ctx.source_county = Some(assigner);
+    policy.whole_view(answer, &pctx.patient_id, &to, &ctx)
+}
+
+/// Is `caller_org` the child's county ([`childs_county_view`])?
+pub fn is_childs_county(
+    disclosure: &crate::disclosure::Disclosure,
+    caller_org: &str,
+    pctx: &PatientContext,
+    patient: Option<&Value>,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> bool {
-    let Some(org) = cfg
-        .organization(caller_org)
-        .filter(|o| o.kind == OrgKind::County)
-    else {
-        return false;
-    };
-    let case_county = match (&org.county, &pctx.source_county) {
-        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
-        _ => false,
-    };
-    let own_ref = format!("Organization/{caller_org}");
-    let assigned = patient
-        .and_then(|p| p.get("identifier"))
-        .and_then(Value::as_array)
-        .is_some_and(|ids| {
-            ids.iter().any(|i| {
-                i.pointer("/assigner/reference").and_then(Value::as_str) == Some(own_ref.as_str())
-            })
-        });
-    case_county || assigned
+    childs_county_view(disclosure, caller_org, pctx, patient, now).is_some()
 }
 
 /// Decide what `caller_org` sees of a patient's evaluation (pure but for
-/// the policy): the child's county sees all; anyone the consent engine lets
+/// the policy): the child's county sees all (the policy's view row,
+/// [`childs_county_view`]); anyone the consent engine lets
 /// read the child's Patient or a referral ServiceRequest (purpose `pull`)
 /// sees the summary, with each reason's details only where the engine
 /// permits a record of that reason's categories (a release covering `case`,
@@ -297,10 +323,10 @@ pub fn decide_access(
         .iter()
         .find(|r| r.resource_type == "Patient" && r.id == pctx.patient_id)
         .map(|r| &r.body);
-    if is_childs_county(cfg, caller_org, pctx, patient) {
+    if let Some(g) = childs_county_view(disclosure, caller_org, pctx, patient, now) {
         return Access {
             view: Some(View::Full),
-            why: "county-of-child permit.case-county".into(),
+            why: format!("{} {}", g.rule, g.reason),
         };
     }
     let mut refusal: Option<String> = None;
@@ -461,6 +487,15 @@ pub async fn get_eligibility(
         .and_then(|r| facts_of(&r.body))
         .and_then(|f| evaluate(&f, today));
     let Some(ev) = ev else {
+        // The same reads a refused child's decision makes, so an unknown
+        // patient and a withheld one answer alike in time too.
+        if !operator {
+            let resources = state
+                .store
+                .resources_by_patient_types(&patient_id, &DECISION_TYPES)
+                .await?;
+            let _ = PatientContext::from_resources(&state.cfg, &patient_id, &resources);
+        }
         append(
             &state,
             audit("refusal", Some(&patient_id), "not-found no-facts".into()),
@@ -585,6 +620,76 @@ mod tests {
             NaiveDate::from_ymd_opt(2026, 2, 1).unwrap(),
         );
         assert_eq!(evaluation_of(&obs).unwrap()["eligible"], true);
+    }
+
+    /// The child's county sees the whole answer because the policy's view
+    /// row says so: with the row, Fresno (the case's county, or the county
+    /// whose client id the Patient carries) sees it whole and Kern does
+    /// not; the same policy without the row gives Fresno no view at all.
+    #[test]
+    fn the_policy_view_row_decides_that_the_childs_county_sees_all() {
+        use std::sync::Arc;
+        let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml");
+        let text = std::fs::read_to_string(demo).unwrap()
+            + "\n[[organizations]]\nid = \"county-kern\"\nkind = \"county\"\nname = \"Kern\"\ncounty = \"Kern\"\n";
+        let cfg = Arc::new(crate::config::Config::from_toml(&text, "test").unwrap());
+        let with_row = crate::disclosure::Disclosure::new(cfg.clone());
+        let policy = consent::Policy::default_policy_text();
+        let cut = policy
+            .find("\nviews:")
+            .expect("the default policy has a views section");
+        let without_row = crate::disclosure::Disclosure {
+            policy: Arc::new(consent::Policy::from_yaml(&policy[..cut]).unwrap()),
+            cfg,
+        };
+        let f = fold_event(
+            None,
+            &ev(
+                "placement.changed",
+                json!({"placement": {"kind": "strtp", "county": "Fresno", "outOfCounty": false, "inFosterCare": true, "startDate": "2025-06-01"}}),
+            ),
+        );
+        let e = evaluate(&f, NaiveDate::from_ymd_opt(2026, 2, 1).unwrap()).unwrap();
+        let now = chrono::Utc::now();
+        let case = PatientContext {
+            patient_id: "p1".into(),
+            source_county: Some("Fresno".into()),
+            ..PatientContext::default()
+        };
+        let a = decide_access(&with_row, "county-fresno", &case, &[], &e, now);
+        assert_eq!(a.view, Some(View::Full));
+        assert_eq!(a.why, "R10-county-of-child permit.case-county");
+        let kern = decide_access(&with_row, "county-kern", &case, &[], &e, now);
+        assert_eq!(kern.view, None, "{}", kern.why);
+        let a = decide_access(&without_row, "county-fresno", &case, &[], &e, now);
+        assert_eq!(a.view, None, "without the row: {}", a.why);
+        // No case on file: the county whose client id the Patient carries.
+        let patient = store::StoredResource {
+            resource_type: "Patient".into(),
+            id: "p1".into(),
+            version_id: 1,
+            last_updated: now,
+            patient_id: Some("p1".into()),
+            body: json!({"resourceType": "Patient", "id": "p1", "identifier": [
+                {"system": "urn:x", "value": "C1", "assigner": {"reference": "Organization/county-fresno"}}]}),
+        };
+        let no_case = PatientContext {
+            patient_id: "p1".into(),
+            ..PatientContext::default()
+        };
+        let rs = std::slice::from_ref(&patient);
+        assert_eq!(
+            decide_access(&with_row, "county-fresno", &no_case, rs, &e, now).view,
+            Some(View::Full)
+        );
+        assert_eq!(
+            decide_access(&with_row, "county-kern", &no_case, rs, &e, now).view,
+            None
+        );
+        assert_eq!(
+            decide_access(&without_row, "county-fresno", &no_case, rs, &e, now).view,
+            None
+        );
     }
 
     #[test]

@@ -792,8 +792,9 @@ pub async fn post_referral(
         replay = processed,
         "ECM referral"
     );
-    // The answer holds the ServiceRequest, the Task and any Consent.
-    let visible: Vec<Value> = stored
+    // The answer holds the ServiceRequest, the Task and any Consent — as
+    // much of them as the caller may see, audited as a disclosure.
+    let written: Vec<Value> = stored
         .into_iter()
         .filter(|r| !is_internal(r))
         .filter(|r| {
@@ -803,6 +804,7 @@ pub async fn post_referral(
             )
         })
         .collect();
+    let visible = answer_for_caller(&state, &caller, &pid, written).await?;
     let mut resp = fhir_json(
         status,
         &collection(&visible, &state.cfg.server.canonical_base),
@@ -811,6 +813,60 @@ pub async fn post_referral(
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
+}
+
+/// What an accepted referral's answer (201, or 200 for a replay) shows the
+/// caller, and its AuditEvent. The child's county, the member's plan and
+/// the ECM providers contracted with it (a referral within their own
+/// network), and whoever the consent engine lets read the member's Patient
+/// ([`may_see_member`]) see the ServiceRequest, the Task and the Consent
+/// whole: they know, or may know, the member's plan. Anyone else — a plan,
+/// or a provider outside the member's plan, that posted a self-referral, a
+/// county that is not the child's — sees each resource as a FHIR read
+/// would show it (`fhir::Gate::judge`, purpose pull): in practice its
+/// Task's status (R4), without the owner, so the answer does not say which
+/// plan the member is in. One AuditEvent (`Gate::finish`, interaction
+/// create) lists every resource of the answer, disclosed or withheld.
+async fn answer_for_caller(
+    state: &AppState,
+    caller: &crate::api::Caller,
+    pid: &str,
+    written: Vec<Value>,
+) -> Result<Vec<Value>, CountyError> {
+    let now = Utc::now();
+    let resources = state.store.resources_by_patient(pid, None).await?;
+    // The member's plan, and an ECM provider contracted with it, refer
+    // within that plan's network: the answer names their own network.
+    let in_plan_network = match managed(&state.cfg, &resources) {
+        Managed::Mcp(m) => m == caller.org_id || orgs::contracted(&state.cfg, &caller.org_id, &m),
+        _ => false,
+    };
+    let whole = in_plan_network || may_see_member(state, caller, pid, &resources, now);
+    let mut gate = crate::fhir::Gate::new(state, caller, crate::audit::Interaction::Create);
+    let mut out = Vec::with_capacity(written.len());
+    for body in written {
+        let r = StoredResource {
+            resource_type: s(&body, "/resourceType").unwrap_or("").to_string(),
+            id: s(&body, "/id").unwrap_or("").to_string(),
+            version_id: s(&body, "/meta/versionId")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
+            last_updated: now,
+            patient_id: Some(pid.to_string()),
+            body,
+        };
+        if whole {
+            gate.shown(
+                Some(pid.to_string()),
+                format!("{}/{}", r.resource_type, r.id),
+            );
+            out.push(r.body);
+        } else if let crate::fhir::Verdict::Permit(b) = gate.judge(&r).await? {
+            out.push(b);
+        }
+    }
+    gate.finish().await?;
+    Ok(out)
 }
 
 /// The one answer to a referral refused for a reason about the member
@@ -833,7 +889,7 @@ fn may_see_member(
         .iter()
         .find(|r| r.resource_type == "Patient" && r.id == pid)
         .map(|r| &r.body);
-    if eligibility::is_childs_county(&state.cfg, &caller.org_id, &pctx, patient) {
+    if eligibility::is_childs_county(&state.disclosure, &caller.org_id, &pctx, patient, now) {
         return true;
     }
     patient.is_some_and(|p| {

@@ -104,10 +104,52 @@ async fn update(
             ),
         );
     }
-    match crate::county::tasks::put_task(state, cert, headers, Path(id), body).await {
+    let st = state.0.clone();
+    match crate::county::tasks::put_task(state, cert, headers, Path(id.clone()), body).await {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e @ crate::county::CountyError::NotFound(_)) => {
+            // A Task the caller may not see answers the 404 of an absent one
+            // after a consent decision (a context read): an absent Task
+            // costs the same. Both paths look the Task up once more here.
+            if crate::config::valid_fhir_id(&id)
+                && matches!(st.store.resource_get("Task", &id).await, Ok(None))
+            {
+                absent_costs_alike(&st, &id).await;
+            }
+            e.into_response()
+        }
+        Err(e) => {
+            // put_task audits its not-a-party 403 itself (`refused`); the
+            // scope layer records every other 403.
+            let audited =
+                matches!(&e, crate::county::CountyError::Forbidden(t) if t == NOT_A_PARTY);
+            let mut resp = e.into_response();
+            if audited {
+                resp.extensions_mut().insert(crate::api::RefusalAudited);
+            }
+            resp
+        }
     }
+}
+
+/// The text of `county::tasks::put_task`'s 403 for a caller that may see
+/// the Task but is neither its requester nor a performer: that refusal is
+/// audited by `put_task` (`not-a-party`), so [`update`] marks it
+/// [`crate::api::RefusalAudited`].
+pub const NOT_A_PARTY: &str =
+    "the caller's organization is neither the requester nor a performer of this Task";
+
+/// The work a withheld answer's consent decision costs, done for an absent
+/// one: a patient context read (as [`Gate::judge`] loads for a withheld
+/// resource's patient), so that missing and withheld answer in the same
+/// time as well as with the same status and body. Every exit that answers
+/// "absent" and "withheld" alike calls it on its absent path: FHIR reads,
+/// `PUT /fhir/Task/{id}` ([`update`]), a create's subject Patient
+/// (`write::visible_patient`); `GET /cws/eligibility/{patient}` makes the
+/// reads of its own decision instead. The result is thrown away (a failed
+/// read changes nothing).
+pub async fn absent_costs_alike(state: &AppState, key: &str) {
+    let _ = PatientContext::load(&state.cfg, state.store.as_ref(), key).await;
 }
 
 /// The 404 of an unknown or withheld resource (identical bodies).
@@ -167,6 +209,9 @@ pub struct Gate<'a> {
     /// disclosed or `Some(rule reason)` when withheld.
     seen: Vec<(Option<String>, String, Option<String>)>,
     interaction: Interaction,
+    /// Per patient: may the caller see the member (and so its plan)? See
+    /// [`Gate::sees_member`].
+    member_seen: HashMap<String, bool>,
 }
 
 impl<'a> Gate<'a> {
@@ -179,6 +224,7 @@ impl<'a> Gate<'a> {
             contexts: HashMap::new(),
             seen: Vec::new(),
             interaction,
+            member_seen: HashMap::new(),
         }
     }
 
@@ -281,13 +327,59 @@ impl<'a> Gate<'a> {
                 true,
             );
             if d2.effect == consent::Effect::Permit {
+                let mut body = apply_obligations(&projection, &d2);
+                // The owner says which plan (or provider) the member is
+                // with: only for a referrer that may see the member.
+                if !self.sees_member(&pid).await? {
+                    if let Some(o) = body.as_object_mut() {
+                        o.remove("owner");
+                    }
+                }
                 self.seen.push((Some(pid), reference, None));
-                return Ok(Verdict::Permit(apply_obligations(&projection, &d2)));
+                return Ok(Verdict::Permit(body));
             }
         }
         let why = format!("{} {}", d.rule, d.reason);
         self.seen.push((Some(pid), reference, Some(why.clone())));
         Ok(Verdict::Withhold(why))
+    }
+
+    /// May the caller see the member `pid` — the child's county
+    /// (`county::eligibility::is_childs_county`), or an organization
+    /// `Disclosure::decide` lets read the member's Patient (purpose pull)?
+    /// Such a caller may learn the member's plan; a referrer that may not
+    /// gets a Task's status (R4) without its owner. Needs `pid`'s context
+    /// loaded (as [`Gate::judge`] does before asking).
+    async fn sees_member(&mut self, pid: &str) -> Result<bool, ApiError> {
+        if let Some(b) = self.member_seen.get(pid) {
+            return Ok(*b);
+        }
+        let patient = self
+            .state
+            .store
+            .resource_get("Patient", pid)
+            .await
+            .map_err(|_| ApiError::Unavailable)?;
+        let Some(ctx) = self.contexts.get(pid) else {
+            return Err(ApiError::Internal("patient context missing".into()));
+        };
+        let org = self.caller.org_id.as_str();
+        let body = patient.as_ref().map(|p| &p.body);
+        let seen = crate::county::eligibility::is_childs_county(
+            &self.state.disclosure,
+            org,
+            ctx,
+            body,
+            self.now,
+        ) || body.is_some_and(|p| {
+            self.state
+                .disclosure
+                .decide(p, org, consent::Purpose::Pull, ctx, self.now)
+                .effect
+                == consent::Effect::Permit
+        });
+        self.member_seen.insert(pid.to_string(), seen);
+        Ok(seen)
     }
 
     /// Record a read of `reference`, which does not exist: withheld, for
@@ -299,9 +391,27 @@ impl<'a> Gate<'a> {
     }
 
     /// Record that `reference` (of `patient`) was shown to the caller
-    /// without a consent decision (operators' AuditEvent reads).
-    fn shown(&mut self, patient: Option<String>, reference: String) {
+    /// without a consent decision here (operators' AuditEvent reads; a
+    /// referral's answer to the child's county or the member's plan).
+    pub fn shown(&mut self, patient: Option<String>, reference: String) {
         self.seen.push((patient, reference, None));
+    }
+
+    /// Append the audit record of a count-only search (`_count=0`): the
+    /// caller was told how many resources it may see, and no resource, so
+    /// it is one `query` AuditEvent (see [`count_event`]) — never a
+    /// `disclosure` of the counted resources.
+    pub async fn finish_count(self) -> Result<(), ApiError> {
+        let entry = count_event(self.caller, self.interaction, self.now, &self.seen);
+        self.state
+            .store
+            .audit_append(vec![entry])
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "audit append failed; nothing disclosed");
+                ApiError::Unavailable
+            })?;
+        Ok(())
     }
 
     /// Append the request's audit record: **one AuditEvent for the whole
@@ -338,6 +448,74 @@ impl<'a> Gate<'a> {
             ApiError::Unavailable
         })?;
         Ok(())
+    }
+}
+
+/// `AuditEntity.detail.type` of how many of a patient's resources a
+/// count-only search counted.
+pub const DETAIL_COUNTED: &str = "counted";
+
+/// The AuditEvent of a count-only search (`_count=0`): kind `query`
+/// (outcome 0), what the count reveals and nothing more — per patient
+/// whose resources were counted, the `Patient` entity (role 1) with
+/// `detail[type=counted]` = how many; no resource entities (none was
+/// returned) and nothing about withheld resources but their number in
+/// `outcomeDesc` (`query: count-only, {n} counted, {m} withheld`).
+/// `patient_id` is set when the count concerns one patient.
+pub fn count_event(
+    caller: &Caller,
+    interaction: Interaction,
+    recorded: DateTime<Utc>,
+    seen: &[(Option<String>, String, Option<String>)],
+) -> store::NewAudit {
+    let mut per_patient: Vec<(&str, usize)> = Vec::new();
+    let mut counted = 0usize;
+    for (p, _, why) in seen {
+        if why.is_some() {
+            continue;
+        }
+        counted += 1;
+        let Some(p) = p.as_deref() else { continue };
+        match per_patient.iter_mut().find(|(q, _)| *q == p) {
+            Some((_, n)) => *n += 1,
+            None => per_patient.push((p, 1)),
+        }
+    }
+    let withheld = seen.len() - counted;
+    let mut body = audit::audit_event(&AuditEntry {
+        kind: "query",
+        interaction,
+        caller,
+        patient_id: None,
+        entities: Vec::new(),
+        detail: None,
+        recorded,
+    });
+    body["entity"] = Value::Array(
+        per_patient
+            .iter()
+            .map(|(p, n)| {
+                json!({
+                    "what": {"reference": format!("Patient/{p}")},
+                    "role": {"system": OBJECT_ROLE, "code": "1"},
+                    "detail": [{"type": DETAIL_COUNTED, "valueString": n.to_string()}]
+                })
+            })
+            .collect(),
+    );
+    body["outcomeDesc"] = json!(format!(
+        "query: count-only, {counted} counted, {withheld} withheld"
+    ));
+    let single = match per_patient.as_slice() {
+        [(p, _)] => Some(p.to_string()),
+        _ => None,
+    };
+    store::NewAudit {
+        recorded,
+        kind: "query".to_string(),
+        patient_id: single,
+        recipient: Some(caller.org_id.clone()),
+        body,
     }
 }
 
@@ -510,7 +688,7 @@ async fn read(
         // missing id and a withheld one answer alike, in time too.
         if caller.kind != OrgKind::Operator {
             // And a context read, as a withheld resource's patient costs.
-            let _ = PatientContext::load(&state.cfg, state.store.as_ref(), &id).await;
+            absent_costs_alike(&state, &id).await;
         }
         gate.absent(format!("{rtype}/{id}"));
         gate.finish().await?;
@@ -703,7 +881,11 @@ async fn search(
             }
         }
     }
-    gate.finish().await?;
+    if counted.is_some() {
+        gate.finish_count().await?;
+    } else {
+        gate.finish().await?;
+    }
     let self_q = params::next_query(&s, "")
         .trim_end_matches("_cursor=")
         .trim_end_matches('&')
@@ -848,5 +1030,48 @@ async fn audit_search(
 impl IntoResponse for params::ParamError {
     fn into_response(self) -> Response {
         bad_param(&self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_count_only_search_is_a_query_naming_only_what_was_counted() {
+        let caller = Caller {
+            client_id: "plan-a".into(),
+            org_id: "mcp-a".into(),
+            kind: OrgKind::Mcp,
+            scopes: None,
+        };
+        let seen = vec![
+            (Some("p1".to_string()), "Task/t1".to_string(), None),
+            (Some("p1".to_string()), "Task/t2".to_string(), None),
+            (
+                Some("p2".to_string()),
+                "Task/t3".to_string(),
+                Some("R1 deny.no-consent".to_string()),
+            ),
+        ];
+        let e = count_event(&caller, Interaction::SearchType, Utc::now(), &seen);
+        assert_eq!(e.kind, "query");
+        assert_eq!(e.patient_id.as_deref(), Some("p1"));
+        assert_eq!(e.body["outcome"], "0");
+        assert_eq!(
+            e.body["outcomeDesc"],
+            "query: count-only, 2 counted, 1 withheld"
+        );
+        assert_eq!(
+            e.body["entity"],
+            json!([{
+                "what": {"reference": "Patient/p1"},
+                "role": {"system": OBJECT_ROLE, "code": "1"},
+                "detail": [{"type": DETAIL_COUNTED, "valueString": "2"}]
+            }])
+        );
+        // The same resources returned would have been a disclosure.
+        let d = request_event(&caller, Interaction::SearchType, Utc::now(), &seen);
+        assert_eq!(d.kind, "disclosure");
     }
 }

@@ -177,7 +177,9 @@ async fn visible_patient(
         .await
         .map_err(|_| ApiError::Unavailable)?
     else {
-        // Audited like a withheld one: the same answer, the same work.
+        // Audited like a withheld one: the same answer, the same work (a
+        // withheld Patient's decision reads its context).
+        super::absent_costs_alike(state, patient_id).await;
         gate.absent(format!("Patient/{patient_id}"));
         gate.finish().await?;
         return Ok(None);

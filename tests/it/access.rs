@@ -6,7 +6,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 
-use crate::common::{self, repo, COUNTY_TOKEN, OPS_TOKEN};
+use crate::common::{self, repo, COUNTY_TOKEN, OPS_TOKEN, STMARY_TOKEN};
 
 const KERN: &str = "access-kern-token";
 const PLAN_A: &str = "access-plan-a-token";
@@ -495,6 +495,82 @@ async fn every_endpoint_enforces_its_scope() {
         .await
         .unwrap();
     assert_eq!(a.status().as_u16(), 401);
+    gw.running.stop().await;
+}
+
+/// Issue 14: every refusal is an AuditEvent, including a 403 a handler
+/// decides (the caller's organization kind, a referrer that is not the
+/// caller): one record per refusal, naming the caller, the method and the
+/// route pattern — never the path, which can carry a patient id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_403_is_audited_once() {
+    let gw = Gw::start().await;
+    let pid = fresno_child(&gw).await;
+    let refusals = |gw: &Gw| {
+        let store = gw.running.store.clone();
+        async move {
+            store
+                .audit_list(0, 1000, None, None)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.kind == "refusal")
+                .collect::<Vec<_>>()
+        }
+    };
+    let before = refusals(&gw).await.len();
+    // A hospital (kind adt_source) asks for eligibility and for a Task.
+    let a = gw
+        .get(&format!("/cws/eligibility/{pid}"), STMARY_TOKEN)
+        .await;
+    assert_forbidden(&a, "a hospital's eligibility request");
+    let a = gw.get("/fhir/Task/some-task", STMARY_TOKEN).await;
+    assert_forbidden(&a, "a hospital's Task read");
+    // A plan reads the audit trail (operators only).
+    let a = gw.get("/fhir/AuditEvent", PLAN_B).await;
+    assert_forbidden(&a, "a plan's AuditEvent search");
+    // A county posts a referral in another organization's name.
+    let mut r = referral("R-403");
+    r["referrer"]["organizationId"] = json!("county-kern");
+    let a = gw.post("/ecm/referrals", COUNTY_TOKEN, &r).await;
+    assert_forbidden(&a, "a referral in another organization's name");
+    let after = refusals(&gw).await;
+    assert_eq!(after.len(), before + 4, "one refusal per 403");
+    let new: Vec<(Option<String>, String)> = after[before..]
+        .iter()
+        .map(|r| {
+            (
+                r.recipient.clone(),
+                r.body["outcomeDesc"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        new,
+        vec![
+            (
+                Some("st-mary".to_string()),
+                "refusal: organization-kind adt_source GET /cws/eligibility/{patient_id}"
+                    .to_string()
+            ),
+            (
+                Some("st-mary".to_string()),
+                "refusal: organization-kind adt_source GET /fhir/{rtype}/{id}".to_string()
+            ),
+            (
+                Some("mcp-b".to_string()),
+                "refusal: organization-kind mcp GET /fhir/{rtype}".to_string()
+            ),
+            (
+                Some("county-fresno".to_string()),
+                "refusal: forbidden POST /ecm/referrals".to_string()
+            ),
+        ]
+    );
+    for r in &after[before..] {
+        assert!(!r.body.to_string().contains(&pid), "{}", r.body);
+        assert_eq!(r.body["outcome"], "4");
+    }
     gw.running.stop().await;
 }
 

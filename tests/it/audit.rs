@@ -264,3 +264,82 @@ async fn one_restricted_search_audit_size() {
     assert!(bytes < 100_000, "{bytes}");
     gw.stop().await;
 }
+
+/// A count-only search (`_count=0`) returns no resource: it is audited as
+/// one `query` naming only what the count reveals — each patient whose
+/// resources were counted, with how many — never as a disclosure of the
+/// counted resources, and nothing of the withheld ones but their number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_only_search_is_audited_as_a_query() {
+    let (_dir, gw, base) = start_fhir().await;
+    let mut resources = vec![service_request("sr1", "k0")];
+    for i in 0..4 {
+        let pid = format!("k{i}");
+        resources.push(task(&format!("kt{i}"), &pid, "sr1", "requested", "mcp-a"));
+        if i < 2 {
+            resources.push(consent(
+                &format!("kc{i}"),
+                &pid,
+                "referral_verbal",
+                "youth",
+                &["mcp-a"],
+                &["referral"],
+            ));
+        }
+    }
+    seed(gw.store.as_ref(), resources).await;
+    let before = gw.store.audit_head().await.unwrap().0;
+    let r = reqwest::Client::new()
+        .get(format!("{base}/fhir/Task?status=requested&_count=0"))
+        .bearer_auth(MCP_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let b: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (b["total"].clone(), b["entry"].clone()),
+        (2.into(), serde_json::json!([]))
+    );
+    let recs = gw.store.audit_list(before, 10, None, None).await.unwrap();
+    assert_eq!(recs.len(), 1);
+    let r = &recs[0];
+    assert_eq!(r.kind, "query");
+    assert_eq!(r.body["outcome"], "0");
+    assert_eq!(
+        r.body["outcomeDesc"],
+        "query: count-only, 2 counted, 2 withheld"
+    );
+    let entity = r.body["entity"].as_array().unwrap();
+    let named: Vec<(String, String)> = entity
+        .iter()
+        .map(|e| {
+            (
+                e["what"]["reference"].as_str().unwrap().to_string(),
+                e["detail"][0]["valueString"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        named,
+        vec![
+            ("Patient/k0".to_string(), "1".to_string()),
+            ("Patient/k1".to_string(), "1".to_string())
+        ]
+    );
+    assert!(
+        !r.body.to_string().contains("Task/") && !r.body.to_string().contains("k2"),
+        "{}",
+        r.body
+    );
+    // Found under each counted patient, not under the withheld ones.
+    for (p, n) in [("k0", 1), ("k1", 1), ("k2", 0), ("k3", 0)] {
+        let under = gw
+            .store
+            .audit_list(before, 10, Some(p), None)
+            .await
+            .unwrap();
+        assert_eq!(under.len(), n, "{p}");
+    }
+    gw.stop().await;
+}

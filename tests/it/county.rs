@@ -1723,12 +1723,17 @@ async fn a_self_referral_is_a_real_one_and_opens_only_the_plan_it_was_made_to() 
         .post("/ecm/referrals", MCP_B_TOKEN, &plan_b("S-2", "parent"))
         .await;
     assert_eq!(s, 201, "{b}");
-    let sr = resource(&b, "ServiceRequest").clone();
-    let task = resource(&b, "Task").clone();
-    assert_eq!(sr["performer"][0]["reference"], "Organization/mcp-a");
-    let (sr_id, task_id) = (
-        sr["id"].as_str().unwrap().to_string(),
-        task["id"].as_str().unwrap().to_string(),
+    // Plan B's answer shows what Plan B may see: its Task's status, not
+    // the ServiceRequest or the owner that name the member's plan.
+    assert!(!b.to_string().contains("mcp-a"), "{b}");
+    let (sr_id, task_id, _) = cws_gateway::county::referrals::ids("mcp-b", "S-2");
+    assert_eq!(entry_ids(&b), vec![task_id.clone()], "{b}");
+    let (s, sr) = gw
+        .get(&format!("/fhir/ServiceRequest/{sr_id}"), MCP_A_TOKEN)
+        .await;
+    assert_eq!(
+        (s, sr["performer"][0]["reference"].clone()),
+        (200, json!("Organization/mcp-a"))
     );
     wait_received(&m.mcp_a, &sr_id).await;
     // Plan A reads the referral and the minimal Patient.
@@ -1765,6 +1770,8 @@ async fn a_self_referral_is_a_real_one_and_opens_only_the_plan_it_was_made_to() 
                 t.get("input").is_none() && t.get("restriction").is_none(),
                 "{t}"
             );
+            // Nor which plan the member is in: no owner.
+            assert!(t.get("owner").is_none(), "{t}");
         } else {
             assert_eq!(s, 404, "{org}: {t}");
         }

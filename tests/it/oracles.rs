@@ -294,6 +294,98 @@ async fn referral_errors_tell_a_stranger_nothing_about_the_member() {
     gw.running.stop().await;
 }
 
+/// An accepted referral's answer is a disclosure: it shows the referrer
+/// what it may see and is audited. A parent's self-referral through plan B
+/// (the member is in plan A) answers plan B with its Task's status alone —
+/// no ServiceRequest, no owner, nothing naming plan A — and the child's
+/// county gets its referral whole; each answer is one AuditEvent listing
+/// what was disclosed and withheld.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_referral_shows_and_audits_only_what_the_referrer_may_see() {
+    let gw = Gw::start().await;
+    members(&gw).await;
+    let child = pid("91000001A");
+    let mut r = referral("R-self-b", "91000001A", "mcp-b");
+    r["selfReferral"] = json!(true);
+    r["referrer"] = json!({"organizationId": "mcp-b", "name": "Maria Rivera",
+        "role": "member services", "relationship": "parent"});
+    let before = gw.audits().await.len();
+    let a = gw.post("/ecm/referrals", PLAN_B, &r).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert!(!a.text.contains("mcp-a"), "{}", a.text);
+    let entries = a.json()["entry"].as_array().unwrap().clone();
+    assert_eq!(entries.len(), 1, "{}", a.text);
+    let task = &entries[0]["resource"];
+    assert_eq!(task["resourceType"], "Task");
+    assert_eq!(task["status"], "requested");
+    assert!(task.get("owner").is_none(), "{task}");
+    let (sr_id, task_id, _) = cws_gateway::county::referrals::ids("mcp-b", "R-self-b");
+    let after = gw.audits().await;
+    let mine: Vec<_> = after[before..]
+        .iter()
+        .filter(|r| r.recipient.as_deref() == Some("mcp-b"))
+        .collect();
+    assert_eq!(mine.len(), 1, "one AuditEvent for the answer");
+    let rec = mine[0];
+    assert_eq!(rec.kind, "disclosure");
+    assert_eq!(rec.patient_id.as_deref(), Some(child.as_str()));
+    assert_eq!(
+        rec.body["outcomeDesc"],
+        "disclosure: 1 disclosed, 1 withheld"
+    );
+    let outcome = |what: &str| {
+        rec.body["entity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["what"]["reference"] == what)
+            .map(|e| e["detail"][0]["valueString"].clone())
+    };
+    assert_eq!(
+        outcome(&format!("ServiceRequest/{sr_id}")),
+        Some(json!("withheld"))
+    );
+    assert_eq!(
+        outcome(&format!("Task/{task_id}")),
+        Some(json!("disclosed"))
+    );
+
+    // The child's county, with the family's referral consent: the whole
+    // answer, audited as disclosed.
+    gw.event(&golden("consent.recorded", "001-referral-verbal"))
+        .await;
+    common::wait_translated(gw.running.store.as_ref()).await;
+    let before = gw.audits().await.len();
+    let a = gw
+        .post(
+            "/ecm/referrals",
+            COUNTY_TOKEN,
+            &referral("R-fresno-ok", "91000001A", "county-fresno"),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert!(a.text.contains("Organization/mcp-a"), "{}", a.text);
+    let types: Vec<String> = a.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap().to_string())
+        .collect();
+    assert!(types.contains(&"ServiceRequest".to_string()) && types.contains(&"Task".to_string()));
+    let after = gw.audits().await;
+    let mine: Vec<_> = after[before..]
+        .iter()
+        .filter(|r| r.recipient.as_deref() == Some("county-fresno"))
+        .collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].kind, "disclosure");
+    assert_eq!(
+        mine[0].body["outcomeDesc"],
+        format!("disclosure: {} disclosed, 0 withheld", types.len())
+    );
+    gw.running.stop().await;
+}
+
 /// A patient, a referral ServiceRequest and a Task of Fresno's to plan A,
 /// stored directly; no consent for anyone else.
 async fn seeded_task(gw: &Gw, tag: &str) -> (String, String) {
@@ -399,6 +491,102 @@ async fn withheld_and_missing_reads_answer_alike_in_body_and_time() {
         hi.saturating_sub(lo) < Duration::from_micros(150).max(hi / 3),
         "withheld {mw:?} vs missing {mm:?}"
     );
+    gw.running.stop().await;
+}
+
+/// Time `n` interleaved pairs of requests — `f(true)` the withheld one,
+/// `f(false)` the absent one — check both give the same status and body,
+/// print the medians and check they are close: within a third of each
+/// other, or 0.15 ms on a loaded machine (the bound of the FHIR read test).
+async fn alike_in_time<F, Fut>(label: &str, n: usize, mut f: F)
+where
+    F: FnMut(bool) -> Fut,
+    Fut: std::future::Future<Output = Answer>,
+{
+    let w = f(true).await;
+    let m = f(false).await;
+    assert_eq!(w.status, m.status, "{label}: {} / {}", w.text, m.text);
+    assert_eq!(w.text, m.text, "{label}: the same body");
+    let (mut tw, mut tm) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let a = f(true).await;
+        tw.push(t0.elapsed());
+        let t0 = Instant::now();
+        let b = f(false).await;
+        tm.push(t0.elapsed());
+        assert_eq!((a.status, b.status), (w.status, w.status), "{label}");
+    }
+    let (mw, mm) = (median(&mut tw), median(&mut tm));
+    println!(
+        "oracle timing, {label}: {n} each, median withheld {:.3} ms, median absent {:.3} ms",
+        mw.as_secs_f64() * 1e3,
+        mm.as_secs_f64() * 1e3
+    );
+    let (lo, hi) = if mw < mm { (mw, mm) } else { (mm, mw) };
+    assert!(
+        hi.saturating_sub(lo) < Duration::from_micros(150).max(hi / 3),
+        "{label}: withheld {mw:?} vs absent {mm:?}"
+    );
+}
+
+/// Beyond FHIR reads: a Task PUT, an eligibility request and a Consent
+/// create about a member the caller may not see cost what the same request
+/// about an absent one costs (the absent path makes the consent decision's
+/// reads too), with the same status and body. Prints the medians
+/// (`ORACLE_READS=300 cargo test --test it oracles::other_exits --
+/// --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_exits_answer_withheld_and_absent_alike_in_time() {
+    let gw = Gw::start().await;
+    members(&gw).await;
+    let (p, t) = seeded_task(&gw, "4").await;
+    let n: usize = std::env::var("ORACLE_READS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let update = |id: &str| json!({"resourceType": "Task", "id": id, "status": "accepted", "intent": "order"});
+    let (hidden, absent) = (update(&t), update("oracle-t-none"));
+    alike_in_time("PUT /fhir/Task", n, |w| {
+        let (path, body) = if w {
+            (format!("/fhir/Task/{t}"), &hidden)
+        } else {
+            ("/fhir/Task/oracle-t-none".to_string(), &absent)
+        };
+        let gw = &gw;
+        async move { gw.put(&path, PLAN_B, body).await }
+    })
+    .await;
+    let child = pid("91000001A");
+    alike_in_time("GET /cws/eligibility", n, |w| {
+        let path = if w {
+            format!("/cws/eligibility/{child}")
+        } else {
+            format!("/cws/eligibility/{}", pid("99999999Z"))
+        };
+        let gw = &gw;
+        async move { gw.get(&path, KERN).await }
+    })
+    .await;
+    let consent_about = |patient: &str| {
+        common::consent(
+            "oracle-c-time",
+            patient,
+            "release_of_information",
+            "youth",
+            &["county-kern"],
+            &["case"],
+        )
+    };
+    let (seen_not, none) = (consent_about(&p), consent_about("oracle-p-none"));
+    alike_in_time("POST /fhir/Consent", n, |w| {
+        let body = if w { &seen_not } else { &none };
+        let gw = &gw;
+        async move { gw.post("/fhir/Consent", KERN, body).await }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gw.delivered(), 0);
     gw.running.stop().await;
 }
 

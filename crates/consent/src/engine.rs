@@ -23,9 +23,17 @@ use crate::model::{
     Category, ConsentKind, ConsentRecord, Context, GrantorRole, OrgKind, Recipient, ResourceFacts,
 };
 use crate::spec::{
-    Alternative, ConsentReq, ContextFlag, DefaultRule, Outcome, PolicyFile, Relation, RuleSpec,
-    Selector, Validity, VoteSpec, MAX_POLICY_BYTES,
+    Alternative, Answer, ConsentReq, ContextFlag, DefaultRule, Outcome, PolicyFile, Relation,
+    RuleSpec, Selector, Validity, VoteSpec, MAX_POLICY_BYTES,
 };
+
+/// A view row that lets a recipient see a derived answer whole
+/// ([`Policy::whole_view`]): its id and reason code, for the audit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewGrant {
+    pub rule: String,
+    pub reason: String,
+}
 
 /// The default policy, embedded at build time.
 const DEFAULT_POLICY_YAML: &str =
@@ -100,8 +108,51 @@ impl Policy {
                     require_recorded_before_now: true,
                 },
                 rules: Vec::new(),
+                views: Vec::new(),
             },
         }
+    }
+
+    /// Does a view row of the policy let `to` see `answer` about the
+    /// member of `ctx` whole? The first matching row's id and reason (for
+    /// the audit); `None` when no row names `to`, and the caller decides
+    /// the answer's parts record by record.
+    pub fn whole_view(
+        &self,
+        answer: Answer,
+        patient_id: &str,
+        to: &Recipient,
+        ctx: &Context,
+    ) -> Option<ViewGrant> {
+        // Views are about no single resource: the selector sees the
+        // recipient and the context only (validation forbids the rest).
+        let res = ResourceFacts {
+            resource_type: String::new(),
+            id: String::new(),
+            patient_id: patient_id.to_string(),
+            labels: Vec::new(),
+            category: Some(Category::Case),
+            referral_package: false,
+            status_only: false,
+            contains_placement_address: false,
+            referral: None,
+        };
+        let labels = BTreeSet::new();
+        let facts = Facts {
+            res: &res,
+            to,
+            ctx,
+            labels: &labels,
+            category: Category::Case,
+        };
+        self.file
+            .views
+            .iter()
+            .find(|v| v.answer == answer && selector_matches(&v.when, &facts))
+            .map(|v| ViewGrant {
+                rule: v.id.clone(),
+                reason: v.reason.clone(),
+            })
     }
 
     /// Policy id.

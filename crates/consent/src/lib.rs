@@ -108,10 +108,11 @@ pub use decision::{
     CategoryExplanation, Change, ConsentSuggestion, Decision, Effect, Explanation, Obligation,
     Vote, VoteValue,
 };
-pub use engine::{Policy, MAX_CONSENTS, MAX_LABELS, REASON_INPUT_LIMIT};
+pub use engine::{Policy, ViewGrant, MAX_CONSENTS, MAX_LABELS, REASON_INPUT_LIMIT};
 pub use error::{AgeBand, GrantorError, PolicyError};
 pub use grantor::{age_band, validate_grantor, GRANTOR_TABLE};
 pub use model::{
     Category, ConsentKind, ConsentRecord, Context, GrantorRole, Label, OrgKind, Purpose, Recipient,
     ReferralFacts, ResourceFacts,
 };
+pub use spec::Answer;

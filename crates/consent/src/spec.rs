@@ -35,6 +35,40 @@ pub(crate) struct PolicyFile {
     pub default: DefaultRule,
     pub validity: Validity,
     pub rules: Vec<RuleSpec>,
+    /// Answers a recipient sees whole (see [`ViewSpec`]); none by default.
+    #[serde(default)]
+    pub views: Vec<ViewSpec>,
+}
+
+/// A derived answer (not a stored resource) that the recipients a row
+/// names see whole, e.g. the child's county and the ECM eligibility
+/// answer. Whoever no row names gets what the rules decide record by
+/// record. `when` may only speak about the recipient and the member's
+/// context (`recipient_kinds`, `except_recipient_kinds`, `relations`,
+/// `except_relations`, `family_maintenance`): a view is about no single
+/// resource.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ViewSpec {
+    pub id: String,
+    #[allow(dead_code)]
+    pub description: String,
+    #[serde(default)]
+    pub cites: Vec<String>,
+    pub answer: Answer,
+    pub when: Selector,
+    /// A `permit.` reason code, which the caller audits.
+    pub reason: String,
+}
+
+/// The derived answers a view can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    /// `GET /cws/eligibility/{patient}`: the ECM eligibility evaluation of
+    /// a child, with the case, placement and aid-code facts behind each
+    /// reason.
+    Eligibility,
 }
 
 /// R1: the outcome when every rule abstains.
@@ -376,6 +410,41 @@ impl PolicyFile {
                     })
                 }
                 None => {}
+            }
+        }
+        check_len("views", "-", &self.views)?;
+        for v in &self.views {
+            check_code("view id", "-", &v.id)?;
+            if seen.contains(&v.id.as_str()) {
+                return Err(PolicyError::Invalid {
+                    rule: v.id.clone(),
+                    detail: "duplicate rule id".into(),
+                });
+            }
+            seen.push(&v.id);
+            check_len("cites", &v.id, &v.cites)?;
+            check_selector(&v.id, &v.when, 0)?;
+            let w = &v.when;
+            if w.purposes.is_some()
+                || w.resource_types.is_some()
+                || w.categories.is_some()
+                || w.labels.is_some()
+                || w.referral_package.is_some()
+                || w.status_only.is_some()
+                || w.contains_placement_address.is_some()
+                || w.any_of.is_some()
+            {
+                return Err(PolicyError::Invalid {
+                    rule: v.id.clone(),
+                    detail: "a view's when may name only recipient_kinds, except_recipient_kinds, relations, except_relations and family_maintenance".into(),
+                });
+            }
+            check_code("reason", &v.id, &v.reason)?;
+            if !v.reason.starts_with("permit.") {
+                return Err(PolicyError::Invalid {
+                    rule: v.id.clone(),
+                    detail: "a view's reason must start with `permit.`".into(),
+                });
             }
         }
         Ok(())

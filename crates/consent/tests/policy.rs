@@ -423,3 +423,87 @@ fn explain_masks_placement_address_for_other_county() {
     let p = find(&e, Category::Placement);
     assert_eq!(p.effect, Effect::Deny);
 }
+
+const VIEW: &str = r#"views:
+  - id: whole-for-case-county
+    description: the case's county sees the eligibility answer whole
+    cites: [test]
+    answer: eligibility
+    when: { recipient_kinds: [county], relations: [same_county] }
+    reason: permit.case-county
+"#;
+
+/// A view row is data: it names the answer, the recipients (by kind and
+/// relation to the member's context) and the audited reason; who it does
+/// not name gets no whole view, and a policy without the row gives none.
+#[test]
+fn views_are_rows_of_data_about_the_recipient_only() {
+    let with = Policy::from_yaml(&format!("{MINIMAL}{VIEW}")).unwrap();
+    let fresno = Recipient {
+        org_id: "county-fresno".into(),
+        county: Some("Fresno".into()),
+        ..county()
+    };
+    assert_eq!(
+        with.whole_view(Answer::Eligibility, "pat-1", &fresno, &ctx()),
+        Some(ViewGrant {
+            rule: "whole-for-case-county".into(),
+            reason: "permit.case-county".into()
+        })
+    );
+    // Kern is not the case's county; a plan is not a county.
+    assert_eq!(
+        with.whole_view(Answer::Eligibility, "pat-1", &county(), &ctx()),
+        None
+    );
+    let plan = Recipient {
+        org_id: "mcp-a".into(),
+        kind: OrgKind::Mcp,
+        county: Some("Fresno".into()),
+        mcp_network: vec![],
+    };
+    assert_eq!(
+        with.whole_view(Answer::Eligibility, "pat-1", &plan, &ctx()),
+        None
+    );
+    let without = Policy::from_yaml(MINIMAL).unwrap();
+    assert_eq!(
+        without.whole_view(Answer::Eligibility, "pat-1", &fresno, &ctx()),
+        None
+    );
+    // The shipped policy has the row (R10-county-of-child).
+    let shipped = Policy::default_policy();
+    assert_eq!(
+        shipped
+            .whole_view(Answer::Eligibility, "pat-1", &fresno, &ctx())
+            .map(|g| g.rule),
+        Some("R10-county-of-child".to_string())
+    );
+}
+
+#[test]
+fn a_view_row_that_speaks_about_resources_or_denies_is_refused() {
+    for (from, to) in [
+        (
+            "relations: [same_county] }",
+            "relations: [same_county], categories: [case] }",
+        ),
+        (
+            "relations: [same_county] }",
+            "relations: [same_county], resource_types: [Observation] }",
+        ),
+        ("reason: permit.case-county", "reason: deny.case-county"),
+        ("id: whole-for-case-county", "id: county-case"),
+    ] {
+        let text = format!("{MINIMAL}{}", VIEW.replacen(from, to, 1));
+        assert!(
+            matches!(invalid(&text), PolicyError::Invalid { .. }),
+            "{to}"
+        );
+    }
+    let unknown = format!(
+        "{MINIMAL}{}",
+        VIEW.replace("answer: eligibility", "answer: everything")
+    );
+    assert!(matches!(invalid(&unknown), PolicyError::Parse(_)));
+}

@@ -574,6 +574,65 @@ async fn a_handler_403_is_audited_once() {
     gw.running.stop().await;
 }
 
+/// A child under 12 with no parent or legal guardian: nobody the SW can
+/// record grants the referral consent (not the SW, not the court, and
+/// `caregiver` is no grantor role), so the county's referral with such a
+/// consent is refused at `consent.grantor.role` and nothing is journaled.
+/// The caregiver's way is a self-referral (Guide for CWS, "Consent": a
+/// caregiver referring themselves needs no referral consent), made
+/// through a plan, never the county; it is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_under_12_without_a_parent_is_referred_by_the_caregiver_not_the_sw() {
+    let gw = Gw::start().await;
+    let _pid = fresno_child(&gw).await;
+    let journaled = gw.running.store.journal_stats().await.unwrap().total;
+    let under_12 = |id: &str, role: &str| {
+        let mut r = referral(id);
+        r["member"]["birthDate"] = json!("2018-04-02");
+        r["consent"] = json!({"obtainedOn": "2026-01-12", "obtainedBy": "Dana Ortiz",
+            "grantor": {"role": role, "name": "Dana Ortiz"},
+            "explained": {"provider": true, "informationShared": true, "duration": true, "rightToWithdraw": true}});
+        r
+    };
+    for (i, role) in ["social_worker", "court", "caregiver"].iter().enumerate() {
+        let a = gw
+            .post(
+                "/ecm/referrals",
+                COUNTY_TOKEN,
+                &under_12(&format!("R-U12-{i}"), role),
+            )
+            .await;
+        assert_eq!(a.status, 422, "{role}: {}", a.text);
+        assert_eq!(
+            a.json()["issue"][0]["expression"][0],
+            "consent.grantor.role",
+            "{role}: {}",
+            a.text
+        );
+    }
+    assert_eq!(
+        gw.running.store.journal_stats().await.unwrap().total,
+        journaled,
+        "nothing journaled for the refused referrals"
+    );
+    // The caregiver calls plan B's member services: a self-referral,
+    // made to the member's plan, with no referral consent.
+    let mut r = referral("R-U12-CAREGIVER");
+    r["member"]["birthDate"] = json!("2018-04-02");
+    r["selfReferral"] = json!(true);
+    r["referrer"] = json!({"organizationId": "mcp-b", "name": "Rosa Vega",
+        "role": "member services", "relationship": "caregiver"});
+    let a = gw.post("/ecm/referrals", PLAN_B, &r).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    // The same from the county is not a self-referral.
+    r["referralId"] = json!("R-U12-COUNTY");
+    r["referrer"]["organizationId"] = json!("county-fresno");
+    let a = gw.post("/ecm/referrals", COUNTY_TOKEN, &r).await;
+    assert_eq!(a.status, 422, "{}", a.text);
+    assert_eq!(a.json()["issue"][0]["expression"][0], "selfReferral");
+    gw.running.stop().await;
+}
+
 // ---------------------------------------------------------------- assertions
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,6 +122,9 @@ pub struct Translator {
     pub waker: Option<crate::delivery::Waker>,
     sensitivity: mapping::Sensitivity,
     parse_opts: hl7v2::ParseOptions,
+    /// Which source's Patient demographics stand when a translated Patient
+    /// is merged into the stored one (`mappings/patient-precedence.toml`).
+    precedence: Arc<crate::county::precedence::Precedence>,
 }
 
 impl Translator {
@@ -132,6 +135,14 @@ impl Translator {
             max_bytes: cfg.mllp.max_frame_bytes.max(cfg.server.max_body_bytes),
             ..hl7v2::ParseOptions::default()
         };
+        // The same file `County::new` loads, and refuses at start-up when
+        // it is broken: this load does not fail then, and without the file
+        // Patients merge by the generic rules alone.
+        let precedence = crate::county::precedence::Precedence::load(cfg.mappings.dir.as_deref())
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "patient precedence rules not loaded");
+                crate::county::precedence::Precedence::default()
+            });
         Translator {
             cfg,
             engine,
@@ -139,6 +150,7 @@ impl Translator {
             waker: None,
             sensitivity,
             parse_opts,
+            precedence: Arc::new(precedence),
         }
     }
 
@@ -291,6 +303,28 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The ids of the Patients this record writes.
+    fn patient_ids(&self) -> impl Iterator<Item = String> + '_ {
+        (0..self.heads.len()).filter_map(|i| self.patient_at(i).map(str::to_string))
+    }
+
+    /// The id of resource `i` when it is a Patient.
+    fn patient_at(&self, i: usize) -> Option<&str> {
+        self.heads
+            .get(i)?
+            .as_ref()
+            .filter(|h| h.resource_type == "Patient")
+            .map(|h| h.id.as_str())
+    }
+
+    /// Replace resource `i`'s body (and its search tokens and patient).
+    fn replace(&mut self, i: usize, body: serde_json::Value) {
+        if let (Some(head), Some(slot)) = (self.heads.get_mut(i), self.route.written.get_mut(i)) {
+            *head = WriteHead::of(&body);
+            *slot = body;
+        }
+    }
+
     /// The store writes (what [`bundle_writes`] makes of the Bundle),
     /// taking the bodies from the routing input.
     pub fn into_writes(self) -> Vec<ResourceWrite> {
@@ -569,6 +603,10 @@ impl Worker {
                     .collect();
             }
         };
+        // Phase 0: every translated Patient merged into the stored one
+        // (demographic precedence), in journal order, under the Patients'
+        // locks, held until the batch is committed.
+        let (_patient_locks, translated) = self.merge_patients(translated).await;
         // Phase 1: routing decisions (store reads, a few at a time; results
         // keep the batch order).
         let routed: Vec<(Done, Result<Ready, JobOutcome>)> =
@@ -642,6 +680,97 @@ impl Worker {
             outcomes.extend(join_all(futs).await);
         }
         outcomes
+    }
+
+    /// Merge each translated Patient into the stored one
+    /// ([`crate::county::precedence::Precedence::merge_patient`]), record by
+    /// record in journal order: a Patient written by an earlier record of
+    /// the same batch merges into that record's result, not the stored one.
+    /// Returns the locks of every Patient of the batch (hold them until the
+    /// batch is committed) and the batch. A record whose stored Patient
+    /// cannot be read stays pending (`Deferred`).
+    async fn merge_patients(
+        &self,
+        translated: Vec<(Done, Result<Prepared, JobOutcome>)>,
+    ) -> (
+        crate::county::events::PatientLocks,
+        Vec<(Done, Result<Prepared, JobOutcome>)>,
+    ) {
+        let ids: Vec<String> = translated
+            .iter()
+            .filter_map(|(_, p)| p.as_ref().ok())
+            .flat_map(|p| p.patient_ids())
+            .collect();
+        if ids.is_empty() {
+            return (Vec::new(), translated);
+        }
+        let locks = crate::county::patients::lock_patients(ids.iter().map(String::as_str)).await;
+        let base = self.translator.cfg.server.canonical_base.as_str();
+        // The stored Patients, read a few at a time (under the locks).
+        let mut unique = ids;
+        unique.sort_unstable();
+        unique.dedup();
+        let store = &self.store;
+        let mut stored: HashMap<String, Result<Option<serde_json::Value>, ()>> =
+            futures_util::stream::iter(unique.into_iter().map(|id| async move {
+                let r = match store.resource_get("Patient", &id).await {
+                    Ok(r) => Ok(r.map(|r| crate::county::events::strip_meta(r.body))),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading a stored Patient failed; its records stay pending");
+                        Err(())
+                    }
+                };
+                (id, r)
+            }))
+            .buffered(ROUTE_CONCURRENCY)
+            .collect()
+            .await;
+        let mut out = Vec::with_capacity(translated.len());
+        for (job, prepared) in translated {
+            let Ok(mut prepared) = prepared else {
+                out.push((job, prepared));
+                continue;
+            };
+            // This record's merges, kept for the next records only when all
+            // of its Patients could be read.
+            let mut mine: Vec<(usize, String, serde_json::Value)> = Vec::new();
+            let mut failed = false;
+            for i in 0..prepared.route.written.len() {
+                let Some(id) = prepared.patient_at(i).map(str::to_string) else {
+                    continue;
+                };
+                // The latest state: the stored Patient, or what an earlier
+                // record of this batch (or this one, e.g. an A40) made of it.
+                let current = match mine.iter().rev().find(|(_, m, _)| *m == id) {
+                    Some((_, _, b)) => Some(b.clone()),
+                    None => match stored.get(&id) {
+                        Some(Ok(c)) => c.clone(),
+                        _ => {
+                            failed = true;
+                            break;
+                        }
+                    },
+                };
+                let body = self.translator.precedence.merge_patient(
+                    current.as_ref(),
+                    &prepared.route.written[i],
+                    base,
+                );
+                mine.push((i, id, body));
+            }
+            if !failed {
+                for (i, id, body) in mine {
+                    stored.insert(id, Ok(Some(body.clone())));
+                    prepared.replace(i, body);
+                }
+            }
+            if failed {
+                out.push((job, Err(JobOutcome::Deferred)));
+            } else {
+                out.push((job, Ok(prepared)));
+            }
+        }
+        (locks, out)
     }
 
     /// The routing decisions and deadline clocks of one translated record.

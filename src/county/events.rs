@@ -215,6 +215,23 @@ pub async fn derive(
     doc: &Value,
     county_org: &str,
 ) -> Result<Derived, CountyError> {
+    Ok(derive_locked(county, store, doc, county_org).await?.0)
+}
+
+/// This process's locks of the Patients an event writes
+/// ([`patients::lock_patients`]); hold them until the writes are committed.
+pub type PatientLocks = Vec<tokio::sync::OwnedMutexGuard<()>>;
+
+/// [`derive`], and the locks of the Patients it read and merged: a caller
+/// that commits what was derived holds them until [`settle`] returned, so no
+/// other writer (another event, the ADT worker) merges into the same
+/// Patient in between and one of the two merges is lost.
+pub async fn derive_locked(
+    county: &County,
+    store: &dyn Store,
+    doc: &Value,
+    county_org: &str,
+) -> Result<(Derived, PatientLocks), CountyError> {
     let cfg = &county.cfg;
     let base = cfg.server.canonical_base.as_str();
     let etype = s(doc, "/type").unwrap_or("");
@@ -224,6 +241,14 @@ pub async fn derive(
     let cin = s(doc, "/child/cin").or_else(|| s(doc, "/enrollment/cin"));
     let resolved = patients::resolve(store, base, county_org, client_id, cin).await?;
     let pid = resolved.patient_id.clone();
+    // Held until what is derived here is committed (`settle`): no other
+    // writer merges into these Patients meanwhile.
+    let patient_locks = patients::lock_patients(
+        [pid.as_str()]
+            .into_iter()
+            .chain(resolved.link_from.as_deref()),
+    )
+    .await;
 
     // The facts before this event: where the member lives, for the plan
     // lookup and the plan-determination clock.
@@ -272,7 +297,14 @@ pub async fn derive(
         let rt = s(res, "/resourceType").unwrap_or("").to_string();
         let id = s(res, "/id").unwrap_or("").to_string();
         let mut res = res.clone();
-        if matches!(rt.as_str(), "Patient" | "EpisodeOfCare") {
+        if rt == "Patient" {
+            // Demographic precedence (mappings/patient-precedence.toml).
+            let old = store
+                .resource_get(&rt, &id)
+                .await?
+                .map(|o| strip_meta(o.body));
+            res = county.precedence.merge_patient(old.as_ref(), &res, base);
+        } else if rt == "EpisodeOfCare" {
             if let Some(old) = store.resource_get(&rt, &id).await? {
                 res = patients::merge(&strip_meta(old.body), &res);
             }
@@ -407,7 +439,7 @@ pub async fn derive(
             }
         }
     }
-    Ok(derived)
+    Ok((derived, patient_locks))
 }
 
 /// Drop `meta.versionId`/`lastUpdated` of a stored body before re-writing it.
@@ -567,15 +599,16 @@ pub async fn post_event(
             (id, d, rec.state == JournalState::Processed, StatusCode::OK)
         }
     };
-    let derived = match derive(county, state.store.as_ref(), &raw_doc, &org.id).await {
-        Ok(w) => w,
-        Err(e) => {
-            if !processed {
-                let _ = state.store.fail(journal_id, "derive-failed").await;
+    let (derived, _patient_locks) =
+        match derive_locked(county, state.store.as_ref(), &raw_doc, &org.id).await {
+            Ok(w) => w,
+            Err(e) => {
+                if !processed {
+                    let _ = state.store.fail(journal_id, "derive-failed").await;
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-    };
+        };
     let stored = settle(&state.county, state.store.as_ref(), journal_id, derived).await?;
     tracing::info!(
         journal_id,

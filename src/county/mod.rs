@@ -42,6 +42,7 @@ pub mod error;
 pub mod events;
 pub mod orgs;
 pub mod patients;
+pub mod precedence;
 pub mod referrals;
 pub mod schemas;
 pub mod tasks;
@@ -63,6 +64,8 @@ pub struct County {
     pub engine: Arc<mapping::Engine>,
     pub schemas: schemas::Schemas,
     pub calendar: program::Calendar,
+    /// Which source's Patient demographics stand (`mappings/patient-precedence.toml`).
+    pub precedence: Arc<precedence::Precedence>,
     /// Set once the delivery workers exist (`serve::start`); writes are
     /// routed in their own transaction when it is set.
     pub routing: std::sync::OnceLock<crate::routing::Routing>,
@@ -76,11 +79,20 @@ impl County {
         // The FHIR R4 schema of the writable types, compiled once per process.
         crate::fhir::validate::FhirValidator::global()?;
         let calendar = deadlines::calendar_from_config(&cfg)?;
+        let precedence =
+            precedence::Precedence::load(cfg.mappings.dir.as_deref()).map_err(|e| {
+                let at = match &cfg.mappings.dir {
+                    Some(d) => format!("mappings.dir {}", d.display()),
+                    None => crate::serve::EMBEDDED_MAPPINGS.to_string(),
+                };
+                anyhow::anyhow!("{at}: {}: {e}", precedence::FILE)
+            })?;
         Ok(County {
             cfg,
             engine,
             schemas,
             calendar,
+            precedence: Arc::new(precedence),
             routing: std::sync::OnceLock::new(),
         })
     }
@@ -143,10 +155,15 @@ pub async fn recover(county: &County, store: &dyn store::Store) -> Result<usize,
         for rec in pending {
             let outcome = match rec.kind {
                 InputKind::CaseEvent => match error::parse_json(&rec.raw) {
-                    Ok(doc) => match events::derive(county, store, &doc, &rec.source_org).await {
-                        Ok(d) => events::settle(county, store, rec.id, d).await.map(|_| ()),
-                        Err(e) => Err(e),
-                    },
+                    Ok(doc) => {
+                        match events::derive_locked(county, store, &doc, &rec.source_org).await {
+                            // The Patients' locks are held until the commit.
+                            Ok((d, _locks)) => {
+                                events::settle(county, store, rec.id, d).await.map(|_| ())
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
                     Err(e) => Err(e),
                 },
                 InputKind::Referral => referrals::recover_one(county, store, &rec).await,

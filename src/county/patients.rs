@@ -168,6 +168,47 @@ pub fn merge(existing: &Value, new: &Value) -> Value {
     out
 }
 
+/// This process's locks of Patients, by id (weak: a lock no one holds is
+/// dropped at the next clean-up).
+static PATIENT_LOCKS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Take this process's locks of the Patients `ids` (sorted and deduplicated
+/// first, so two holders of overlapping sets never wait on each other in a
+/// cycle). Every writer of a Patient holds its lock from reading the stored
+/// Patient to committing the merged one (county events, the ADT worker), so
+/// neither overwrites the other's merge. Instances sharing PostgreSQL do not
+/// coordinate through it.
+pub async fn lock_patients<'a>(
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+    let mut ids: Vec<&str> = ids.into_iter().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let lock = {
+            let mut map = PATIENT_LOCKS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if map.len() > 1024 {
+                map.retain(|_, w| w.strong_count() > 0);
+            }
+            match map.get(id).and_then(std::sync::Weak::upgrade) {
+                Some(l) => l,
+                None => {
+                    let l = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(id.to_string(), std::sync::Arc::downgrade(&l));
+                    l
+                }
+            }
+        };
+        out.push(lock.lock_owned().await);
+    }
+    out
+}
+
 /// Add a link to a Patient (no duplicate).
 pub fn add_link(patient: &mut Value, kind: &str, other: &str) {
     let link = json!({"other": {"reference": format!("Patient/{other}")}, "type": kind});
@@ -184,6 +225,23 @@ pub fn add_link(patient: &mut Value, kind: &str, other: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn patient_locks_serialize_one_patient_only() {
+        let a = lock_patients(["p-lock-1", "p-lock-2"]).await;
+        // Another Patient is not held up.
+        let _b = lock_patients(["p-lock-3"]).await;
+        let waiting = tokio::spawn(async { lock_patients(["p-lock-2", "p-lock-4"]).await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "the same Patient waits");
+        drop(a);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(lock_patients(["x", "x"]).await.len(), 1, "deduplicated");
+    }
 
     #[test]
     fn ids_match_the_adt_mapping_key() {

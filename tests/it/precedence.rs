@@ -152,6 +152,26 @@ async fn the_countys_demographics_stand_and_a_hospitals_name_is_kept() {
     let fams: Vec<String> = families(&p).into_iter().map(|(f, _)| f).collect();
     assert_eq!(fams, ["Rivera-Lopez", "Rivers"], "{p}");
 
+    // Two hospital messages sent back to back (likely translated in one
+    // batch): each merges into the one before, both names are kept.
+    let mut conn = common::Conn::connect(gw.mllp_addr).await;
+    let one = adt("A08", "PREC4", "91000001A").replace("Rivers^Alexander", "Rivas^Alex");
+    let two = adt("A08", "PREC5", "91000001A").replace("Rivers^Alexander", "Riviera^Alex");
+    conn.send(one.as_bytes()).await;
+    conn.send(two.as_bytes()).await;
+    for _ in 0..2 {
+        let ack = conn.recv().await;
+        assert_eq!(common::field(&ack, "MSA", 1), "AA", "{ack:?}");
+    }
+    common::wait_translated(gw.store.as_ref()).await;
+    let p = read_patient(&c, &base, &pid, 5).await;
+    let fams: Vec<String> = families(&p).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(fams, ["Rivera-Lopez", "Rivers", "Rivas", "Riviera"], "{p}");
+    let ids = identifier_values(&p);
+    for want in ["MRN-PREC4", "MRN-PREC5", "MRN-PREC1", "C-1001"] {
+        assert!(ids.contains(&want), "{want} not in {ids:?}");
+    }
+
     // Hospital first, then the county: the county takes over, the
     // hospital's name stays as an additional one.
     send_adt(&gw, &adt("A01", "PREC3", "93000003C")).await;

@@ -307,3 +307,241 @@ fn a_missing_mappings_dir_fails_with_one_line_naming_key_and_path() {
     // Nothing was created for the store of a gateway that did not start.
     assert!(!tmp.path().join("etc/data/gw.db").exists());
 }
+
+/// Issue 15 item 7: the commands that read a store never create one. From
+/// a directory with no store, without a config, with a config whose
+/// database is missing, or with a config file that does not exist: exit
+/// non-zero, one line naming what is missing, and nothing created.
+#[test]
+fn store_reading_commands_never_create_a_store() {
+    let tmp = outside();
+    let commands: [&[&str]; 6] = [
+        &["audit", "verify"],
+        &["dlq", "list"],
+        &["dlq", "retry", "1"],
+        &["dlq", "drop", "1"],
+        &["deadlines"],
+        &["explain", "--patient", "91000001A", "--recipient", "mcp-a"],
+    ];
+    let default_db = tmp.path().join("gateway-data/gateway.db");
+    let conf = write_config(&tmp.path().join("etc"), "");
+    let conf_db = tmp.path().join("etc/data/gw.db");
+    let env_db = tmp.path().join("elsewhere/env.db");
+    for args in commands {
+        let cases: Vec<(Output, PathBuf, &str)> = vec![
+            (run(tmp.path(), args), default_db.clone(), "no store at"),
+            (
+                cmd(tmp.path())
+                    .args(args)
+                    .arg("--config")
+                    .arg(&conf)
+                    .output()
+                    .expect("run"),
+                conf_db.clone(),
+                "no store at",
+            ),
+            (
+                cmd(tmp.path())
+                    .args(args)
+                    .env(
+                        "CWSGW_DATABASE_URL",
+                        format!("sqlite://{}", env_db.display()),
+                    )
+                    .output()
+                    .expect("run"),
+                env_db.clone(),
+                "no store at",
+            ),
+            (
+                cmd(tmp.path())
+                    .args(args)
+                    .args(["--config", "missing.toml"])
+                    .output()
+                    .expect("run"),
+                tmp.path().join("missing.toml"),
+                "no config at",
+            ),
+        ];
+        for (out, missing, what) in cases {
+            assert!(!out.status.success(), "{args:?} succeeded");
+            assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out.stdout));
+            let err = text(&out.stderr);
+            assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+            assert!(
+                err.starts_with("error: ")
+                    && err.contains(what)
+                    && err.contains(&missing.display().to_string()),
+                "{args:?}: {err}"
+            );
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+    // Nothing was created anywhere.
+    assert!(!tmp.path().join("gateway-data").exists());
+    assert!(!tmp.path().join("etc/data").exists());
+    assert!(!tmp.path().join("elsewhere").exists());
+}
+
+/// A store as a gateway leaves it (one patient, for `explain`), and a
+/// config naming it with the FHIR test organizations.
+fn existing_store(dir: &Path) -> PathBuf {
+    let conf = dir.join("gw.toml");
+    std::fs::write(
+        &conf,
+        crate::common::config_text(dir, &crate::common::fhir_extra()),
+    )
+    .expect("write");
+    let cfg = cws_gateway::config::Config::from_file(&conf).expect("config");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let store = cws_gateway::serve::open_store(&cfg).await.expect("store");
+        crate::common::seed(
+            store.as_ref(),
+            vec![crate::common::patient("p1", "91000001A", "2010-03-15")],
+        )
+        .await;
+    });
+    conf
+}
+
+/// `--config` before or after the subcommand, or from `CWSGW_CONFIG`: the
+/// same answer.
+#[test]
+fn config_is_accepted_in_any_position() {
+    let tmp = outside();
+    let conf = existing_store(tmp.path());
+    let conf_s = conf.display().to_string();
+    let c = conf_s.as_str();
+    for forms in [
+        vec![
+            vec!["dlq", "list", "--config", c],
+            vec!["dlq", "--config", c, "list"],
+            vec!["--config", c, "dlq", "list"],
+        ],
+        vec![
+            vec!["deadlines", "--overdue", "--config", c],
+            vec!["--config", c, "deadlines", "--overdue"],
+        ],
+        vec![
+            vec!["audit", "verify", "--config", c],
+            vec!["audit", "--config", c, "verify"],
+        ],
+        vec![vec!["check-config", c], vec!["check-config", "--config", c]],
+    ] {
+        let mut first = None;
+        for args in &forms {
+            let out = run(tmp.path(), args);
+            assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+            let stdout = text(&out.stdout);
+            match &first {
+                None => first = Some(stdout),
+                Some(f) => assert_eq!(f, &stdout, "{args:?}"),
+            }
+        }
+        // CWSGW_CONFIG names it too.
+        let bare: Vec<&str> = forms[0]
+            .iter()
+            .copied()
+            .filter(|a| *a != "--config" && *a != c)
+            .collect();
+        let out = cmd(tmp.path())
+            .args(&bare)
+            .env("CWSGW_CONFIG", &conf)
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{bare:?}: {}", text(&out.stderr));
+        assert_eq!(
+            first.as_deref(),
+            Some(text(&out.stdout).as_str()),
+            "{bare:?}"
+        );
+    }
+}
+
+/// A reader that closes stdout early (`| head`) ends the command quietly:
+/// exit 0, no panic, nothing on stderr. The read end is closed before the
+/// command writes, so every write meets a closed pipe.
+#[test]
+fn a_closed_stdout_ends_commands_quietly() {
+    let tmp = outside();
+    let conf = existing_store(tmp.path());
+    let conf_s = conf.display().to_string();
+    let golden = repo().join(GOLDEN_001).display().to_string();
+    let commands: Vec<Vec<&str>> = vec![
+        vec![
+            "explain",
+            "--patient",
+            "91000001A",
+            "--recipient",
+            "mcp-a",
+            "--config",
+            &conf_s,
+        ],
+        vec!["dlq", "list", "--config", &conf_s],
+        vec!["audit", "verify", "--config", &conf_s],
+        vec!["check-config", &conf_s],
+        vec!["translate", "--kind", "adt", &golden],
+        vec!["translate", "--kind", "adt", "--batch", &golden],
+    ];
+    for args in commands {
+        let mut child = cmd(tmp.path())
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let err = text(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
+        assert!(
+            !err.contains("error") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// `check-config` and `serve` refuse a configuration naming a secret
+/// environment variable that is not set: one line naming the key and the
+/// variable, before anything listens or is stored.
+#[test]
+fn check_config_and_serve_fail_on_a_missing_secret() {
+    let tmp = outside();
+    let plan = "\n[[organizations]]\nid = \"mcp-a\"\nkind = \"mcp\"\nname = \"Plan A\"\nplan_codes = [\"A\"]\ncounties = [\"Fresno\"]\nendpoint = \"http://127.0.0.1:9/fhir\"\nendpoint_auth = { bearer_token_env = \"CWSGW_IT_PLAN_A_TOKEN_UNSET\" }\n";
+    let conf = write_config(&tmp.path().join("etc"), plan);
+    for args in [&["check-config"][..], &["serve", "--config"][..]] {
+        let out = cmd(tmp.path())
+            .args(args)
+            .arg(&conf)
+            .env_remove("CWSGW_IT_PLAN_A_TOKEN_UNSET")
+            .env(
+                "CWSGW_AUDIT_KEY",
+                "installed-test:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+            )
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = text(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains("organizations[0] (mcp-a).endpoint_auth.bearer_token_env")
+                && err.contains("CWSGW_IT_PLAN_A_TOKEN_UNSET"),
+            "{args:?}: {err}"
+        );
+        assert!(!text(&out.stdout).contains("listening"), "{args:?}");
+    }
+    assert!(!tmp.path().join("etc/data/gw.db").exists());
+    // Set, the same configuration checks out.
+    let out = cmd(tmp.path())
+        .args(["check-config"])
+        .arg(&conf)
+        .env("CWSGW_IT_PLAN_A_TOKEN_UNSET", "a-token")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("configuration OK"));
+}

@@ -493,11 +493,31 @@ pub fn recipient(cfg: &Config, org_id: &str) -> Option<consent::Recipient> {
     })
 }
 
+/// Does a stored consent count for disclosures? A `referral_verbal`
+/// consent counts only when its record shows the four things the Guide for
+/// CWS (*Consent*) asks every consent record to show — the provider and
+/// service, the information shared, the duration and the right to
+/// withdraw were explained — as its `consent-explained` extension with all
+/// four flags true. One recorded before the flags were required (no
+/// extension) or with a flag false or missing counts for nothing: the
+/// family is asked again and a new consent recorded (`docs/consent.md`,
+/// "Consents recorded before the four flags"). Other kinds are not
+/// affected.
+pub fn consent_counts(record: &ConsentRecord, consent: &Value) -> bool {
+    record.kind != ConsentKind::ReferralVerbal
+        || Explained::from_fhir(consent).is_some_and(|e| e.first_missing().is_none())
+}
+
 /// What the gateway knows of a patient that consent decisions depend on.
 #[derive(Debug, Clone, Default)]
 pub struct PatientContext {
     pub patient_id: String,
+    /// The consents that count ([`consent_counts`]).
     pub consents: Vec<ConsentRecord>,
+    /// Referral consents on file that do not count: their records do not
+    /// show the four explained flags ([`consent_counts`]). Never decided
+    /// on; kept so that they can be shown.
+    pub not_counted: Vec<ConsentRecord>,
     /// What each consent shows was explained, by consent id (for `explain`).
     pub explained: Vec<(String, Explained)>,
     pub member_mcp: Option<String>,
@@ -564,7 +584,11 @@ impl PatientContext {
                         if let Some(e) = Explained::from_fhir(b) {
                             ctx.explained.push((c.id.clone(), e));
                         }
-                        ctx.consents.push(c);
+                        if consent_counts(&c, b) {
+                            ctx.consents.push(c);
+                        } else {
+                            ctx.not_counted.push(c);
+                        }
                     }
                 }
                 "ServiceRequest" => {
@@ -963,6 +987,54 @@ mod tests {
             consent_from_fhir(&fhir).unwrap().withdrawn_at,
             Some(DateTime::<Utc>::MIN_UTC)
         );
+    }
+
+    /// A referral consent whose record does not show the four explained
+    /// flags — recorded before they were required, or with one false —
+    /// does not count; a release without them does.
+    #[test]
+    fn only_an_explained_referral_consent_counts() {
+        let r = vec!["mcp-a".to_string()];
+        let c = vec!["referral".to_string()];
+        let referral = |explained: Option<Explained>| {
+            let mut s = spec(&r, &c);
+            s.kind = "referral_verbal";
+            let mut fhir = consent_to_fhir(&s);
+            if let Some(e) = explained {
+                add_explained(&mut fhir, BASE, &e);
+            }
+            let store = |id: &str, body: Value| store::StoredResource {
+                resource_type: "Consent".into(),
+                id: id.into(),
+                version_id: 1,
+                last_updated: Utc::now(),
+                patient_id: Some("p1".into()),
+                body,
+            };
+            store("c1", fhir)
+        };
+        let all = Explained {
+            provider: Some(true),
+            information_shared: Some(true),
+            duration: Some(true),
+            right_to_withdraw: Some(true),
+        };
+        let one_false = Explained {
+            duration: Some(false),
+            ..all
+        };
+        let cfg = Config::default();
+        for (explained, counts) in [(Some(all), true), (None, false), (Some(one_false), false)] {
+            let res = referral(explained);
+            let rec = consent_from_fhir(&res.body).unwrap();
+            assert_eq!(consent_counts(&rec, &res.body), counts, "{explained:?}");
+            let ctx = PatientContext::from_resources(&cfg, "p1", std::slice::from_ref(&res));
+            assert_eq!(ctx.consents.len(), usize::from(counts), "{explained:?}");
+            assert_eq!(ctx.not_counted.len(), usize::from(!counts), "{explained:?}");
+        }
+        let release = consent_to_fhir(&spec(&r, &c));
+        let rec = consent_from_fhir(&release).unwrap();
+        assert!(consent_counts(&rec, &release), "a release needs no flags");
     }
 
     #[test]

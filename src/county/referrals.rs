@@ -148,8 +148,9 @@ const REFERRAL_GRANTORS: [consent::GrantorRole; 4] = [
     consent::GrantorRole::LegalGuardian,
 ];
 
-/// An active referral consent, granted by the youth or the family, naming
-/// every org in `receivers`.
+/// An active referral consent, granted by the youth or the family, whose
+/// record shows the four explained flags (`disclosure::consent_counts`),
+/// naming every org in `receivers`.
 pub fn find_consent(
     resources: &[StoredResource],
     receivers: &[String],
@@ -169,7 +170,10 @@ pub fn find_consent(
                     .any(|i| s(i, "/value") == Some(cid))
             })
         })
-        .filter_map(|r| disclosure::consent_from_fhir(&r.body))
+        .filter_map(|r| {
+            disclosure::consent_from_fhir(&r.body)
+                .filter(|c| disclosure::consent_counts(c, &r.body))
+        })
         .find(|c| {
             c.kind == ConsentKind::ReferralVerbal
                 && REFERRAL_GRANTORS.contains(&c.grantor_role)

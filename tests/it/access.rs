@@ -633,6 +633,53 @@ async fn a_child_under_12_without_a_parent_is_referred_by_the_caregiver_not_the_
     gw.running.stop().await;
 }
 
+/// A referral consent recorded before the four "explained" flags were
+/// required (no `consent-explained` extension) counts for nothing: plan A,
+/// which it names, does not see the child's eligibility, the county's
+/// referral relying on it is refused at `consent`; the same consent
+/// recorded again, showing the four flags, opens both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_referral_consent_without_the_explained_flags_counts_for_nothing() {
+    let gw = Gw::start().await;
+    let pid = fresno_child(&gw).await;
+    // As a consent.recorded of an earlier version stored it: no flags.
+    let mut old = common::consent(
+        "old-referral-consent",
+        &pid,
+        "referral_verbal",
+        "parent",
+        &["mcp-a"],
+        &["referral"],
+    );
+    old["extension"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|e| !e["url"].as_str().unwrap().ends_with("/consent-explained"));
+    common::seed(gw.running.store.as_ref(), vec![old]).await;
+    let a = gw.eligibility(&pid, PLAN_A, "mcp-a", "refusal").await;
+    assert_eq!(a.status, 404, "{}", a.text);
+    let a = gw
+        .post("/ecm/referrals", COUNTY_TOKEN, &referral("R-OLD-CONSENT"))
+        .await;
+    assert_eq!(a.status, 422, "{}", a.text);
+    assert_eq!(
+        a.json()["issue"][0]["expression"][0],
+        "consent",
+        "{}",
+        a.text
+    );
+    // Recorded again by the SW, showing what was explained: it counts.
+    gw.event(&golden("consent.recorded", "001-referral-verbal"))
+        .await;
+    let a = gw.eligibility(&pid, PLAN_A, "mcp-a", "disclosure").await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let a = gw
+        .post("/ecm/referrals", COUNTY_TOKEN, &referral("R-NEW-CONSENT"))
+        .await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    gw.running.stop().await;
+}
+
 // ---------------------------------------------------------------- assertions
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

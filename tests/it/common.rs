@@ -327,19 +327,32 @@ pub fn consent(
 ) -> serde_json::Value {
     let r: Vec<String> = recipients.iter().map(|s| s.to_string()).collect();
     let c: Vec<String> = categories.iter().map(|s| s.to_string()).collect();
-    cws_gateway::disclosure::consent_to_fhir(&cws_gateway::disclosure::ConsentSpec {
-        canonical_base: BASE,
-        id,
-        identifier: None,
-        patient_id: pid,
-        kind,
-        grantor_role: grantor,
-        grantor_name: None,
-        recorded_by_org: "county-fresno",
-        recorded_at: "2026-01-10T09:00:00Z",
-        recipients: &r,
-        categories: &c,
-        start: "2026-01-10",
-        end: None,
-    })
+    let mut consent =
+        cws_gateway::disclosure::consent_to_fhir(&cws_gateway::disclosure::ConsentSpec {
+            canonical_base: BASE,
+            id,
+            identifier: None,
+            patient_id: pid,
+            kind,
+            grantor_role: grantor,
+            grantor_name: None,
+            recorded_by_org: "county-fresno",
+            recorded_at: "2026-01-10T09:00:00Z",
+            recipients: &r,
+            categories: &c,
+            start: "2026-01-10",
+            end: None,
+        });
+    // A referral consent counts only when its record shows the four
+    // explained flags (docs/consent.md); the fixture's does.
+    if kind == "referral_verbal" {
+        let all = cws_gateway::disclosure::Explained {
+            provider: Some(true),
+            information_shared: Some(true),
+            duration: Some(true),
+            right_to_withdraw: Some(true),
+        };
+        cws_gateway::disclosure::add_explained(&mut consent, BASE, &all);
+    }
+    consent
 }

@@ -179,7 +179,7 @@ impl Env {
 fn consent(patient: &str, id: &str, kind: &str, recipients: &[&str], categories: &[&str]) -> Value {
     let r: Vec<String> = recipients.iter().map(|s| s.to_string()).collect();
     let c: Vec<String> = categories.iter().map(|s| s.to_string()).collect();
-    consent_to_fhir(&ConsentSpec {
+    let mut consent = consent_to_fhir(&ConsentSpec {
         canonical_base: BASE,
         id,
         identifier: None,
@@ -193,7 +193,19 @@ fn consent(patient: &str, id: &str, kind: &str, recipients: &[&str], categories:
         categories: &c,
         start: "2026-01-01",
         end: None,
-    })
+    });
+    // A referral consent counts only when its record shows the four
+    // explained flags (docs/consent.md).
+    if kind == "referral_verbal" {
+        let all = cws_gateway::disclosure::Explained {
+            provider: Some(true),
+            information_shared: Some(true),
+            duration: Some(true),
+            right_to_withdraw: Some(true),
+        };
+        cws_gateway::disclosure::add_explained(&mut consent, BASE, &all);
+    }
+    consent
 }
 
 /// A member with a referral to mcp-a, coverage, a county case and consents.

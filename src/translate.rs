@@ -334,7 +334,13 @@ const ROUND_BYTES: usize = 8 * 1024 * 1024;
 /// in input order, so the output is the same for any thread count. A failed
 /// message becomes an `OperationOutcome` line naming its position (no input
 /// values). `progress(bytes read, messages done)` runs after each round.
-pub fn translate_batch<R: BufRead, W: Write>(
+///
+/// Writing overlaps translating: a writer thread writes round k while round
+/// k + 1 is translated (two sets of round buffers, so memory stays bounded).
+/// The output is ~10× the input (a 700-byte message is a ~7 KB Bundle), and
+/// written between rounds it kept every translating thread idle for the
+/// write.
+pub fn translate_batch<R: BufRead, W: Write + Send>(
     off: &Offline,
     input: R,
     output: W,
@@ -343,67 +349,99 @@ pub fn translate_batch<R: BufRead, W: Write>(
 ) -> anyhow::Result<BatchCounts> {
     let threads = threads.max(1);
     let mut reader = BatchReader::new(input, MAX_BATCH_MESSAGE);
-    let mut out = BufWriter::with_capacity(256 * 1024, output);
     let mut counts = BatchCounts { ok: 0, failed: 0 };
     let mut msgs: Vec<(Vec<u8>, Result<(), String>)> = Vec::new();
-    let mut outs: Vec<Vec<u8>> = vec![Vec::new(); threads];
-    loop {
-        let (mut n, mut bytes) = (0usize, 0usize);
-        while n < threads * ROUND_MESSAGES && bytes < ROUND_BYTES {
-            if n == msgs.len() {
-                msgs.push((Vec::new(), Ok(())));
-            }
-            let Some(slot) = msgs.get_mut(n) else { break };
-            match reader.next_into(&mut slot.0).context("reading the batch")? {
-                Some(r) => {
-                    slot.1 = r;
-                    bytes += slot.0.len();
-                    n += 1;
-                }
-                None => break,
-            }
-        }
-        if n == 0 {
-            break;
-        }
-        let first = counts.ok + counts.failed;
-        let round = msgs.get(..n).unwrap_or(&[]);
-        let per = if n < 64 { n } else { n.div_ceil(threads) };
-        let done: Vec<(usize, usize)> = std::thread::scope(|s| {
-            let mut parts = round.chunks(per).zip(outs.iter_mut()).enumerate();
-            let head = parts.next();
-            let handles: Vec<_> = parts
-                .map(|(k, (part, buf))| {
-                    s.spawn(move || translate_part(off, part, first + k * per, buf))
-                })
-                .collect();
-            let mut done = Vec::with_capacity(threads);
-            if let Some((_, (part, buf))) = head {
-                done.push(translate_part(off, part, first, buf));
-            }
-            for h in handles {
-                // A panicking translation is a bug; count its part as failed.
-                done.push(h.join().unwrap_or((0, 0)));
-            }
-            done
-        });
-        for ((ok, failed), buf) in done.into_iter().zip(outs.iter_mut()) {
-            counts.ok += ok;
-            counts.failed += failed;
-            out.write_all(buf)?;
-            buf.clear();
-            if buf.capacity() > 4 * ROUND_BYTES {
-                *buf = Vec::new();
-            }
-        }
-        for m in msgs.iter_mut() {
-            if m.0.capacity() > 1024 * 1024 {
-                m.0 = Vec::new();
-            }
-        }
-        progress(reader.consumed(), counts.ok + counts.failed);
+    // Rounds translated and waiting to be written, and buffers written and
+    // free again: two sets in all.
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<Vec<u8>>>(1);
+    let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
+    for _ in 0..2 {
+        // The receiver is alive: cannot fail.
+        let _ = free_tx.send(vec![Vec::new(); threads]);
     }
-    out.flush()?;
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || -> std::io::Result<()> {
+            let mut out = BufWriter::with_capacity(256 * 1024, output);
+            for mut bufs in full_rx {
+                for buf in bufs.iter_mut() {
+                    out.write_all(buf)?;
+                    buf.clear();
+                    if buf.capacity() > 4 * ROUND_BYTES {
+                        *buf = Vec::new();
+                    }
+                }
+                let _ = free_tx.send(bufs);
+            }
+            out.flush()
+        });
+        let read = (|| -> anyhow::Result<()> {
+            loop {
+                let (mut n, mut bytes) = (0usize, 0usize);
+                while n < threads * ROUND_MESSAGES && bytes < ROUND_BYTES {
+                    if n == msgs.len() {
+                        msgs.push((Vec::new(), Ok(())));
+                    }
+                    let Some(slot) = msgs.get_mut(n) else { break };
+                    match reader.next_into(&mut slot.0).context("reading the batch")? {
+                        Some(r) => {
+                            slot.1 = r;
+                            bytes += slot.0.len();
+                            n += 1;
+                        }
+                        None => break,
+                    }
+                }
+                if n == 0 {
+                    return Ok(());
+                }
+                // The writer stopped (a write failed): its error is reported below.
+                let Ok(mut outs) = free_rx.recv() else {
+                    return Ok(());
+                };
+                let first = counts.ok + counts.failed;
+                let round = msgs.get(..n).unwrap_or(&[]);
+                let per = if n < 64 { n } else { n.div_ceil(threads) };
+                let done: Vec<(usize, usize)> = std::thread::scope(|s| {
+                    let mut parts = round.chunks(per).zip(outs.iter_mut()).enumerate();
+                    let head = parts.next();
+                    let handles: Vec<_> = parts
+                        .map(|(k, (part, buf))| {
+                            s.spawn(move || translate_part(off, part, first + k * per, buf))
+                        })
+                        .collect();
+                    let mut done = Vec::with_capacity(threads);
+                    if let Some((_, (part, buf))) = head {
+                        done.push(translate_part(off, part, first, buf));
+                    }
+                    for h in handles {
+                        // A panicking translation is a bug; count its part as failed.
+                        done.push(h.join().unwrap_or((0, 0)));
+                    }
+                    done
+                });
+                for (ok, failed) in done {
+                    counts.ok += ok;
+                    counts.failed += failed;
+                }
+                if full_tx.send(outs).is_err() {
+                    return Ok(());
+                }
+                for m in msgs.iter_mut() {
+                    if m.0.capacity() > 1024 * 1024 {
+                        m.0 = Vec::new();
+                    }
+                }
+                progress(reader.consumed(), counts.ok + counts.failed);
+            }
+        })();
+        drop(full_tx);
+        let written = writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the batch writer thread panicked"))?;
+        // A write error first: a closed pipe is what stopped the reading.
+        written?;
+        read
+    })?;
     Ok(counts)
 }
 
@@ -466,7 +504,7 @@ pub fn run_batch(off: &Offline, input: &Path, threads: usize) -> anyhow::Result<
     if !std::io::stderr().is_terminal() {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let stdout = std::io::stdout().lock();
+    let stdout = std::io::stdout();
     let counts = translate_batch(
         off,
         BufReader::with_capacity(256 * 1024, reader),

@@ -138,6 +138,9 @@ async fn the_countys_demographics_stand_and_a_hospitals_name_is_kept() {
     for want in ["C-1001", "91000001A", "MRN-PREC1"] {
         assert!(ids.contains(&want), "{want} not in {ids:?}");
     }
+    // Still valid FHIR R4 (the extensions, `_birthDate`, `use: old`).
+    let v = cws_gateway::fhir::validate::FhirValidator::compile(&["Patient"]).unwrap();
+    assert_eq!(v.check("Patient", &p), vec![], "{p}");
     // The hospital's address, which the county does not send, is kept.
     assert_eq!(p["address"][0]["city"], "Fresno");
     // The same A08 again (a new control id) adds no second copy of the name.

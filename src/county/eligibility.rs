@@ -318,19 +318,51 @@ pub fn decide_access(
     ev: &Evaluation,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Access {
-    let cfg = &disclosure.cfg;
+    match basis(disclosure, caller_org, pctx, resources, now) {
+        Basis::Full(why) => Access {
+            view: Some(View::Full),
+            why,
+        },
+        Basis::Refused(why) => Access { view: None, why },
+        Basis::Summary(why) => Access {
+            view: Some(View::Summary(detailed_reasons(
+                disclosure, caller_org, pctx, ev, now,
+            ))),
+            why,
+        },
+    }
+}
+
+/// What a caller may see of a child's eligibility, decided before the
+/// evaluation (so a refusal never evaluates, and costs what an unknown
+/// patient's answer costs): each with the `rule reason` the audit carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Basis {
+    /// The child's county (the policy's view row).
+    Full(String),
+    /// The engine lets the caller read the child's Patient or a referral
+    /// ServiceRequest: the summary, details per reason.
+    Summary(String),
+    /// Anyone else: the 404 of an unknown patient.
+    Refused(String),
+}
+
+/// [`Basis`] for `caller_org` (pure but for the policy).
+pub fn basis(
+    disclosure: &crate::disclosure::Disclosure,
+    caller_org: &str,
+    pctx: &PatientContext,
+    resources: &[store::StoredResource],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Basis {
     let patient = resources
         .iter()
         .find(|r| r.resource_type == "Patient" && r.id == pctx.patient_id)
         .map(|r| &r.body);
     if let Some(g) = childs_county_view(disclosure, caller_org, pctx, patient, now) {
-        return Access {
-            view: Some(View::Full),
-            why: format!("{} {}", g.rule, g.reason),
-        };
+        return Basis::Full(format!("{} {}", g.rule, g.reason));
     }
     let mut refusal: Option<String> = None;
-    let mut permit: Option<String> = None;
     let package = resources
         .iter()
         .filter(|r| r.resource_type == "Patient" || r.resource_type == "ServiceRequest");
@@ -341,19 +373,26 @@ pub fn decide_access(
         let d = disclosure.decide(&r.body, caller_org, Purpose::Pull, pctx, now);
         let why = format!("{} {}", d.rule, d.reason);
         if d.effect == consent::Effect::Permit {
-            permit = Some(why);
-            break;
+            return Basis::Summary(why);
         }
         if refusal.is_none() || r.resource_type == "Patient" {
             refusal = Some(why);
         }
     }
-    let Some(why) = permit else {
-        return Access {
-            view: None,
-            why: refusal.unwrap_or_else(|| "R1 deny.no-consent".into()),
-        };
-    };
+    Basis::Refused(refusal.unwrap_or_else(|| "R1 deny.no-consent".into()))
+}
+
+/// The reasons of a summary whose text and evidence the caller may see:
+/// those whose categories ([`reason_categories`]) the engine permits a
+/// record of, for this caller, every one.
+fn detailed_reasons(
+    disclosure: &crate::disclosure::Disclosure,
+    caller_org: &str,
+    pctx: &PatientContext,
+    ev: &Evaluation,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<usize> {
+    let cfg = &disclosure.cfg;
     // Each reason's details: a record of its categories, decided for the
     // caller like any other record of this patient.
     let record = json!({
@@ -384,17 +423,12 @@ pub fn decide_access(
         permitted.push((c, p));
         p
     };
-    let detailed = ev
-        .reasons
+    ev.reasons
         .iter()
         .enumerate()
         .filter(|(_, r)| reason_categories(&r.code).iter().all(|c| may_see(*c)))
         .map(|(i, _)| i)
-        .collect();
-    Access {
-        view: Some(View::Summary(detailed)),
-        why,
-    }
+        .collect()
 }
 
 /// The answer body for a view.
@@ -482,20 +516,38 @@ pub async fn get_eligibility(
         .resource_get("Basic", &facts_id(&patient_id))
         .await?;
     let today = program::pacific::local_date(now);
+    // Who the caller is to this child, decided before anything is
+    // evaluated: an unknown patient (no facts record) and a refused caller
+    // make the same reads and the same decision, and neither evaluates.
+    let (basis, pctx) = if operator {
+        (Basis::Full("R0-operator permit.operator".into()), None)
+    } else {
+        let resources = state
+            .store
+            .resources_by_patient_types(&patient_id, &DECISION_TYPES)
+            .await?;
+        let pctx = PatientContext::from_resources(&state.cfg, &patient_id, &resources);
+        let b = basis(&state.disclosure, &caller.org_id, &pctx, &resources, now);
+        (b, Some(pctx))
+    };
+    let summary = match basis {
+        Basis::Refused(why) => {
+            let why = if record.is_some() {
+                why
+            } else {
+                "not-found no-facts".into()
+            };
+            append(&state, audit("refusal", Some(&patient_id), why)).await?;
+            return Ok(not_found());
+        }
+        Basis::Full(why) => Err(why),
+        Basis::Summary(why) => Ok(why),
+    };
     let ev = record
         .as_ref()
         .and_then(|r| facts_of(&r.body))
         .and_then(|f| evaluate(&f, today));
     let Some(ev) = ev else {
-        // The same reads a refused child's decision makes, so an unknown
-        // patient and a withheld one answer alike in time too.
-        if !operator {
-            let resources = state
-                .store
-                .resources_by_patient_types(&patient_id, &DECISION_TYPES)
-                .await?;
-            let _ = PatientContext::from_resources(&state.cfg, &patient_id, &resources);
-        }
         append(
             &state,
             audit("refusal", Some(&patient_id), "not-found no-facts".into()),
@@ -503,29 +555,15 @@ pub async fn get_eligibility(
         .await?;
         return Ok(not_found());
     };
-    let access = if operator {
-        Access {
-            view: Some(View::Full),
-            why: "R0-operator permit.operator".into(),
+    let (view, why) = match summary {
+        Err(why) => (View::Full, why),
+        Ok(why) => {
+            let detailed = pctx
+                .as_ref()
+                .map(|p| detailed_reasons(&state.disclosure, &caller.org_id, p, &ev, now))
+                .unwrap_or_default();
+            (View::Summary(detailed), why)
         }
-    } else {
-        let resources = state
-            .store
-            .resources_by_patient_types(&patient_id, &DECISION_TYPES)
-            .await?;
-        let pctx = PatientContext::from_resources(&state.cfg, &patient_id, &resources);
-        decide_access(
-            &state.disclosure,
-            &caller.org_id,
-            &pctx,
-            &resources,
-            &ev,
-            now,
-        )
-    };
-    let Some(view) = access.view else {
-        append(&state, audit("refusal", Some(&patient_id), access.why)).await?;
-        return Ok(not_found());
     };
     let kind = if operator { "read" } else { "disclosure" };
     let shown = match &view {
@@ -538,7 +576,7 @@ pub async fn get_eligibility(
     };
     append(
         &state,
-        audit(kind, Some(&patient_id), format!("{} ({shown})", access.why)),
+        audit(kind, Some(&patient_id), format!("{why} ({shown})")),
     )
     .await?;
     Ok(fhir_json(

@@ -1700,3 +1700,47 @@ fn grantor_band_turns_on_the_birthday() {
     assert!(validate_grantor(k, &[Category::Case], GrantorRole::Youth, birth, on).is_ok());
     assert!(validate_grantor(k, &[Category::Case], GrantorRole::Youth, birth, day_before).is_err());
 }
+
+/// The shipped policy's view rows, as a table: who sees the eligibility
+/// answer whole (`R10-county-of-child`: the child's county only — the
+/// county of the case; not another county, a plan, a provider, a hospital;
+/// an operator's whole view is R0-operator's, decided by the caller).
+#[test]
+fn view_rows_of_the_shipped_policy() {
+    let policy = Policy::default_policy();
+    let no_case = Context {
+        source_county: None,
+        ..ctx(Purpose::Pull)
+    };
+    let rows: Vec<(&str, Recipient, Context, Option<&str>)> = vec![
+        (
+            "the case's county",
+            fresno(),
+            ctx(Purpose::Pull),
+            Some("R10-county-of-child"),
+        ),
+        ("another county", kern(), ctx(Purpose::Pull), None),
+        ("a county with no case on file", fresno(), no_case, None),
+        ("the member's plan", mcp_a(), network(Purpose::Pull), None),
+        ("another plan", mcp_b(), ctx(Purpose::Pull), None),
+        (
+            "the assigned provider",
+            compass(),
+            network(Purpose::Pull),
+            None,
+        ),
+        ("a hospital", hospital(), ctx(Purpose::Pull), None),
+        ("an operator", ops(), ctx(Purpose::Pull), None),
+    ];
+    let mut failures = Vec::new();
+    for (name, to, c, want) in rows {
+        let got = policy.whole_view(Answer::Eligibility, PATIENT, &to, &c);
+        if got.as_ref().map(|g| g.rule.as_str()) != want {
+            failures.push(format!("{name}: got {got:?}, want {want:?}"));
+        }
+        if let Some(g) = got {
+            assert_eq!(g.reason, "permit.case-county", "{name}");
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

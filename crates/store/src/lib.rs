@@ -736,7 +736,9 @@ pub trait Store: Send + Sync + 'static {
         subject: Option<&str>,
         limit: usize,
     ) -> Result<Vec<ClockRow>, StoreError>;
-    /// Succeeds when the database answers (readiness).
+    /// Succeeds when the database answers and the store accepts writes
+    /// (readiness): a store that refuses every write until restart (SQLite
+    /// after a failed WAL fsync) fails it.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Cheap snapshot of the write-path metrics, no IO.
     fn metrics(&self) -> StoreMetrics;

@@ -196,11 +196,11 @@ async fn inline_durability_syncs_inside_the_commit() {
 async fn a_failed_wal_sync_refuses_that_write_and_every_later_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f.db");
-    let store = open(&path, 512);
+    let store = SqliteStore::open(&path, opts(512)).unwrap();
     store.append(input("F|1")).await.unwrap();
-    // The sync thread opens the WAL by name for each fsync: without the
-    // file, the fsync fails as a dying disk's would.
-    std::fs::remove_file(dir.path().join("f.db-wal")).unwrap();
+    store.ping().await.unwrap();
+    // The next fsync fails as a dying disk's would (EIO).
+    store.fail_next_wal_sync();
     let e = store.append(input("F|2")).await.unwrap_err();
     assert!(matches!(e, StoreError::Commit(_)), "{e:?}");
     let why = e.to_string();
@@ -210,6 +210,9 @@ async fn a_failed_wal_sync_refuses_that_write_and_every_later_one() {
     let e = store.append(input("F|3")).await.unwrap_err();
     assert!(e.to_string().contains("WAL fsync failed"), "{e}");
     let e = store.audit_append(vec![audit(1)]).await.unwrap_err();
+    assert!(e.to_string().contains("WAL fsync failed"), "{e}");
+    // And readiness says so (`/readyz` answers 503).
+    let e = store.ping().await.unwrap_err();
     assert!(e.to_string().contains("WAL fsync failed"), "{e}");
 }
 
@@ -325,7 +328,8 @@ fn migrations_are_recorded() {
         vec![
             (1, "init".to_string()),
             (2, "outbox_audit_search".to_string()),
-            (3, "audit_keyed".to_string())
+            (3, "audit_keyed".to_string()),
+            (4, "drop_redundant_index".to_string())
         ]
     );
     let mode: String = conn

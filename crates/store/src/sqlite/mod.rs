@@ -144,11 +144,27 @@ pub struct SqliteStore {
     /// The WAL sync thread ([`Durability::Pipelined`]); it exits after the
     /// writer, which holds its channel.
     syncer: Option<JoinHandle<()>>,
+    /// Shared with the sync thread: set once a WAL fsync failed, after which
+    /// the store refuses writes (and [`Store::ping`] fails).
+    sync_state: Option<Arc<wal_sync::SyncState>>,
     checkpointer: Option<Checkpointer>,
     readers: Arc<ReadPool>,
     metrics: Arc<MetricsRecorder>,
     path: PathBuf,
     audit_keys: AuditKeys,
+}
+
+impl SqliteStore {
+    /// Test support: the next WAL fsync fails as a dying disk's would (EIO),
+    /// poisoning the store. No effect without the sync thread.
+    #[cfg(feature = "test-support")]
+    pub fn fail_next_wal_sync(&self) {
+        if let Some(state) = &self.sync_state {
+            state
+                .fail_next
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -205,6 +221,10 @@ impl SqliteStore {
                 // directory entry durable before anything is acknowledged.
                 wal_sync::sync_dir(&wal)
                     .map_err(|e| open_err(format!("cannot sync the WAL's directory: {e}")))?;
+                // Held by the sync thread for the store's life: no sync
+                // needs a new descriptor (see `wal_sync`).
+                let wal = wal_sync::WalFile::open(&wal)
+                    .map_err(|e| open_err(format!("cannot open the WAL for syncing: {e}")))?;
                 let (sync_tx, sync_rx) =
                     std::sync::mpsc::sync_channel(wal_sync::MAX_PENDING_BATCHES);
                 let state = Arc::new(wal_sync::SyncState::default());
@@ -214,11 +234,15 @@ impl SqliteStore {
                     .name("cwsgw-store-sync".to_string())
                     .spawn(move || wal_sync::run(wal, sync_rx, shared, wake, &thread_metrics))
                     .map_err(|e| open_err(format!("cannot start WAL sync thread: {e}")))?;
-                let sync = wal_sync::WalSync { tx: sync_tx, state };
-                (Some(sync), Some(handle))
+                let sync = wal_sync::WalSync {
+                    tx: sync_tx,
+                    state: Arc::clone(&state),
+                };
+                (Some(sync), Some((handle, state)))
             }
             Durability::Inline | Durability::Unsynced => (None, None),
         };
+        let (syncer, sync_state) = syncer.unzip();
         let max_batch = opts.max_batch.clamp(1, MAX_BATCH_LIMIT);
         let thread_metrics = Arc::clone(&metrics);
         let writer = std::thread::Builder::new()
@@ -230,6 +254,7 @@ impl SqliteStore {
             tx: Some(tx),
             writer: Some(writer),
             syncer,
+            sync_state,
             checkpointer: Some(checkpointer),
             readers: Arc::new(ReadPool::new(readers)),
             metrics,
@@ -1265,6 +1290,11 @@ impl Store for SqliteStore {
         if self.tx.as_ref().is_none_or(|tx| tx.is_closed()) {
             return Err(StoreError::Closed);
         }
+        // Ready means writable: after a failed WAL fsync every write is
+        // refused until restart, so readiness fails too.
+        if let Some(why) = self.sync_state.as_ref().and_then(|s| s.failed.get()) {
+            return Err(StoreError::Commit(why.clone()));
+        }
         self.read_short(|conn| {
             conn.prepare_cached(sql::PING)?
                 .query_row([], |r| r.get::<_, i64>(0))?;
@@ -1292,6 +1322,22 @@ mod tests {
             ..SqliteOptions::default()
         };
         SqliteStore::open(&dir.join("s.db"), opts).unwrap()
+    }
+
+    /// Readiness is writability: once a WAL fsync has failed (every write is
+    /// refused until restart) `ping` fails with the reason, so `/readyz`
+    /// answers 503.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ping_fails_once_writes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = one_reader_store(dir.path());
+        store.ping().await.unwrap();
+        let state = store.sync_state.as_ref().expect("pipelined by default");
+        let _ = state.failed.set("WAL fsync failed (test)".to_string());
+        match store.ping().await {
+            Err(StoreError::Commit(why)) => assert!(why.contains("WAL fsync failed"), "{why}"),
+            other => panic!("ping after a failed fsync: {other:?}"),
+        }
     }
 
     /// A short read runs on the caller's thread while a connection is idle.

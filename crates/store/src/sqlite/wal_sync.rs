@@ -25,13 +25,20 @@
 //! * The WAL file's directory entry is synced once at open
 //!   ([`sync_dir`]); the file is not deleted while the store is open (the
 //!   read connections keep it).
+//! * The WAL is opened once, when the store opens, and this thread holds
+//!   that descriptor ([`WalFile`]): SQLite resets and truncates the log in
+//!   place, never replacing the file while a connection is open, so the
+//!   held descriptor always names the file SQLite writes. No descriptor is
+//!   opened per sync, so a process out of descriptors (EMFILE, ENFILE) —
+//!   a flood of connections — cannot make a sync fail.
 //!
 //! What differs from `FULL`: a read connection may see a commit up to one
 //! fsync (~1 ms) before it is durable. Only a power loss (not a process
 //! crash: the frames are in the kernel's page cache) inside that window can
 //! lose it, and nothing that was answered depends on it.
 //!
-//! **A failed fsync poisons the store**: after it the kernel may have
+//! **A failed fsync poisons the store** (only `fdatasync` itself failing,
+//! e.g. EIO or ENOSPC, does): after it the kernel may have
 //! dropped the dirty pages, so nothing committed since can be vouched for.
 //! Every waiting reply and every later write fails with
 //! [`StoreError::Commit`](crate::StoreError::Commit) until the process is
@@ -74,6 +81,9 @@ pub(crate) struct SyncState {
     /// The writer is holding a transaction open, waiting for
     /// `in_flight == 0`: wake it when that happens.
     pub holding: AtomicBool,
+    /// Test support: the next fsync fails (EIO) without reaching the disk.
+    #[cfg(feature = "test-support")]
+    pub fail_next: AtomicBool,
 }
 
 /// The writer's end.
@@ -99,17 +109,40 @@ pub(crate) fn sync_dir(file: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-fn sync_wal(wal: &Path) -> Result<(), String> {
-    // Opened per sync: a few µs next to the fsync, and always the file
-    // SQLite writes now. fsync works on a read-only descriptor (Linux).
-    std::fs::File::open(wal)
-        .and_then(|f| f.sync_data())
-        .map_err(|e| {
-            format!(
-                "WAL fsync failed ({}); writes are refused until restart",
-                e.kind()
-            )
-        })
+/// The WAL file, opened once and held by the sync thread.
+pub(crate) struct WalFile(std::fs::File);
+
+impl WalFile {
+    /// Open the WAL SQLite keeps at `wal` (it must exist: open after the
+    /// writer connection has written through it). fsync works on a
+    /// read-only descriptor (Linux).
+    pub(crate) fn open(wal: &Path) -> std::io::Result<WalFile> {
+        std::fs::File::open(wal).map(WalFile)
+    }
+
+    /// One `fdatasync`: makes every frame written before it durable. An
+    /// error here is a real fsync failure (the descriptor is held, nothing
+    /// is opened), and poisons the store.
+    fn sync(&self) -> Result<(), String> {
+        self.0.sync_data().map_err(|e| sync_failure(&e))
+    }
+}
+
+fn sync_failure(e: &std::io::Error) -> String {
+    format!(
+        "WAL fsync failed ({}); writes are refused until restart",
+        e.kind()
+    )
+}
+
+/// One sync of the held WAL (or, with `test-support`, an injected failure).
+fn sync_once(wal: &WalFile, shared: &SyncState) -> Result<(), String> {
+    #[cfg(feature = "test-support")]
+    if shared.fail_next.swap(false, Ordering::SeqCst) {
+        return Err(sync_failure(&std::io::Error::from_raw_os_error(5)));
+    }
+    let _ = shared;
+    wal.sync()
 }
 
 /// The thread body: until the writer hangs up, sync and answer.
@@ -117,7 +150,7 @@ fn sync_wal(wal: &Path) -> Result<(), String> {
 /// `wake` wakes a holding writer ([`WriteOp::Wake`]); it is weak, so the
 /// writer's channel still closes when the store is dropped.
 pub(crate) fn run(
-    wal: PathBuf,
+    wal: WalFile,
     rx: Receiver<Committed>,
     shared: Arc<SyncState>,
     wake: mpsc::WeakSender<WriteOp>,
@@ -137,7 +170,7 @@ pub(crate) fn run(
         let round = batches.len();
         let result = match failed.get() {
             Some(why) => Err(why.clone()),
-            None => sync_wal(&wal),
+            None => sync_once(&wal, &shared),
         };
         match result {
             Ok(()) => {
@@ -191,9 +224,22 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_wal_fails_the_sync_with_a_reason_and_no_path() {
-        let e = sync_wal(Path::new("/nonexistent-dir-cwsgw/db-wal")).unwrap_err();
-        assert!(e.contains("WAL fsync failed"), "{e}");
-        assert!(!e.contains("nonexistent"), "{e}");
+    fn a_missing_wal_fails_the_open_with_its_kind() {
+        let Err(e) = WalFile::open(Path::new("/nonexistent-dir-cwsgw/db-wal")) else {
+            panic!("opened a missing file");
+        };
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn the_held_wal_syncs_after_its_path_is_gone() {
+        // The descriptor, not the path, is synced: nothing is opened per sync.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db-wal");
+        std::fs::write(&path, b"frames").unwrap();
+        let wal = WalFile::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        wal.sync().unwrap();
+        wal.sync().unwrap();
     }
 }

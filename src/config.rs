@@ -90,6 +90,15 @@ pub struct ServerConfig {
     /// Per-request time limit for the HTTP API, in milliseconds.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// A connection must send a request's whole header within this many
+    /// seconds of waiting for it (the first request, and each next one on a
+    /// kept-alive connection), or it is closed (slowloris).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// Most simultaneous HTTP connections; more wait in the kernel's accept
+    /// queue (no descriptor is spent on them) until one closes.
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: usize,
     /// The gateway's public base URL (e.g. `https://gw.example.org`), used for
     /// the SMART token endpoint (`{public_url}/auth/token`, the required
     /// `aud` of client assertions) and paging links. Default
@@ -127,6 +136,8 @@ impl Default for ServerConfig {
             canonical_base: default_canonical_base(),
             max_body_bytes: default_max_body(),
             request_timeout_ms: default_request_timeout_ms(),
+            header_timeout_secs: default_header_timeout(),
+            max_connections: default_http_max_connections(),
             public_url: None,
             tls: None,
         }
@@ -215,9 +226,19 @@ pub struct MllpConfig {
     /// A connection that sends nothing for this long is closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_secs: u64,
+    /// A frame must be complete within this many seconds of its first byte
+    /// (of the first byte after the previous frame), or the connection is
+    /// closed: a peer dribbling bytes does not hold a slot forever.
+    #[serde(default = "default_frame_timeout")]
+    pub frame_timeout_secs: u64,
     /// Most simultaneous MLLP connections; more wait in the accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most simultaneous MLLP connections from one peer IP address; more
+    /// are closed at once (and counted), so one address cannot take every
+    /// slot.
+    #[serde(default = "default_max_connections_per_peer")]
+    pub max_connections_per_peer: usize,
     /// Character set when MSH-18 is empty: `ASCII`, `UTF-8` or `8859/1`.
     #[serde(default = "default_charset")]
     pub default_charset: String,
@@ -228,7 +249,9 @@ impl Default for MllpConfig {
         MllpConfig {
             max_frame_bytes: default_max_frame(),
             idle_timeout_secs: default_idle_timeout(),
+            frame_timeout_secs: default_frame_timeout(),
             max_connections: default_max_connections(),
+            max_connections_per_peer: default_max_connections_per_peer(),
             default_charset: default_charset(),
         }
     }
@@ -422,6 +445,18 @@ fn default_idle_timeout() -> u64 {
 }
 fn default_max_connections() -> usize {
     256
+}
+fn default_frame_timeout() -> u64 {
+    30
+}
+fn default_max_connections_per_peer() -> usize {
+    16
+}
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_http_max_connections() -> usize {
+    1024
 }
 fn default_charset() -> String {
     "UTF-8".into()
@@ -630,6 +665,18 @@ impl Config {
         }
         if self.mllp.max_connections == 0 {
             errs.push("mllp.max_connections: must be positive".into());
+        }
+        if self.mllp.frame_timeout_secs == 0 {
+            errs.push("mllp.frame_timeout_secs: must be positive".into());
+        }
+        if self.mllp.max_connections_per_peer == 0 {
+            errs.push("mllp.max_connections_per_peer: must be positive".into());
+        }
+        if self.server.header_timeout_secs == 0 {
+            errs.push("server.header_timeout_secs: must be positive".into());
+        }
+        if self.server.max_connections == 0 {
+            errs.push("server.max_connections: must be positive".into());
         }
         if hl7v2::Charset::from_msh18(&self.mllp.default_charset).is_none() {
             errs.push(format!(
@@ -936,6 +983,34 @@ token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
         assert_eq!(cfg.mllp.max_frame_bytes, 1024 * 1024);
         assert_eq!(cfg.adt_source_for_facility("STMARY").unwrap().id, "st-mary");
         assert!(cfg.adt_source_for_facility("OTHER").is_none());
+    }
+
+    #[test]
+    fn availability_limits_default_and_zero_is_refused() {
+        let cfg = Config::from_toml(MINIMAL, "t.toml").unwrap();
+        assert_eq!(cfg.mllp.frame_timeout_secs, 30);
+        assert_eq!(cfg.mllp.max_connections_per_peer, 16);
+        assert_eq!(cfg.server.header_timeout_secs, 10);
+        assert_eq!(cfg.server.max_connections, 1024);
+        let text =
+            format!("{MINIMAL}\n[mllp]\nframe_timeout_secs = 0\nmax_connections_per_peer = 0\n")
+                .replacen(
+                    "[server]",
+                    "[server]\nheader_timeout_secs = 0\nmax_connections = 0",
+                    1,
+                );
+        let Err(ConfigError::Invalid(errs)) = Config::from_toml(&text, "t.toml") else {
+            panic!("expected invalid");
+        };
+        let all = errs.join("\n");
+        for key in [
+            "mllp.frame_timeout_secs",
+            "mllp.max_connections_per_peer",
+            "server.header_timeout_secs",
+            "server.max_connections",
+        ] {
+            assert!(all.contains(key), "missing {key} in\n{all}");
+        }
     }
 
     #[test]

@@ -4,23 +4,36 @@
 //! Start-up fails with one clear line for a bad mapping directory, an
 //! unreachable store, or a port in use. Shutdown: stop accepting, let
 //! connections finish the frame they are on, drain the translation queue.
+//!
+//! **Architecture Invariant: no HTTP client holds a connection without
+//! sending requests, and connections cannot use up the process's file
+//! descriptors.** The HTTP listener ([`serve_http`]) closes a connection
+//! that has not sent a request's whole header `server.header_timeout_secs`
+//! after it began waiting for one, and serves at most
+//! `server.max_connections` at once; more wait in the kernel's accept queue
+//! (no descriptor spent) until one closes. At start the soft
+//! `RLIMIT_NOFILE` is raised to the hard limit ([`raise_fd_limit`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use store::{SqliteOptions, Store};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore, TryAcquireError};
+use tower::ServiceExt as _;
 
 use crate::api::{self, AppState};
 use crate::config::{redact_url, Config};
 use crate::intake::AdtIntake;
 use crate::mllp::MllpServer;
 use crate::processor::{self, Translator};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, RateLimitedLog};
 
 /// The CapabilityStatement this build serves (a test checks it is true).
 pub const CAPABILITY_STATEMENT: &str = include_str!("../conformance/CapabilityStatement.json");
@@ -156,12 +169,169 @@ pub fn set_live_urls(capability: &mut serde_json::Value, base_url: &str, token_u
     }
 }
 
+/// Raise the soft `RLIMIT_NOFILE` to the hard limit, when it is lower, and
+/// log the limit: every connection and store file takes a descriptor, and
+/// the usual soft default (1024) is below `server.max_connections` plus
+/// `mllp.max_connections`. Returns the soft limit now in force (`None`
+/// when it cannot be read as a number: unlimited).
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let now = getrlimit(Resource::Nofile);
+    match (now.current, now.maximum) {
+        (Some(soft), Some(hard)) if soft < hard => {
+            let raised = Rlimit {
+                current: Some(hard),
+                maximum: Some(hard),
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => {
+                    tracing::info!(
+                        from = soft,
+                        to = hard,
+                        "raised the open-file limit (RLIMIT_NOFILE)"
+                    );
+                    Some(hard)
+                }
+                Err(e) => {
+                    tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit (RLIMIT_NOFILE)");
+                    Some(soft)
+                }
+            }
+        }
+        (soft, hard) => {
+            tracing::info!(soft = ?soft, hard = ?hard, "open-file limit (RLIMIT_NOFILE)");
+            soft
+        }
+    }
+}
+
+/// The HTTP listener's limits (`[server]`).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+}
+
+/// Serve `app` over HTTP/1.1 on `listener` until `shutdown` turns true, then
+/// stop accepting, let each connection finish the request it is on, and
+/// wait for them to close.
+///
+/// At most `max_connections` connections are served at once: the next one is
+/// not accepted until one closes, so excess connections wait in the kernel's
+/// accept queue and cost no descriptor here. A connection must send a whole
+/// request header within `header_timeout` of waiting for it (hyper's
+/// `header_read_timeout`, on the first and each kept-alive request), or it is
+/// closed, so a half-open or dribbling client frees its slot. `connect_info`
+/// gives the [`crate::tls::TlsPeer`] the handlers read (HTTPS).
+pub async fn serve_http<L>(
+    mut listener: L,
+    app: axum::Router,
+    limits: HttpLimits,
+    metrics: Arc<Metrics>,
+    connect_info: fn(&L::Io, &SocketAddr) -> Option<crate::tls::TlsPeer>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    let max = limits
+        .max_connections
+        .min(Semaphore::MAX_PERMITS)
+        .min(u32::MAX as usize)
+        .max(1);
+    let slots = Arc::new(Semaphore::new(max));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let waits = RateLimitedLog::new();
+    loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(TryAcquireError::Closed) => break,
+            Err(TryAcquireError::NoPermits) => {
+                metrics.http_slots_exhausted.inc(&["max_connections"]);
+                if let Some(skipped) = waits.permit() {
+                    tracing::warn!(
+                        limit = max,
+                        not_logged_since = skipped,
+                        "HTTP connections wait to be accepted: server.max_connections are open"
+                    );
+                }
+                tokio::select! {
+                    s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => break },
+                    _ = shutdown.wait_for(|v| *v) => break,
+                }
+            }
+        };
+        let (io, addr) = tokio::select! {
+            c = listener.accept() => c,
+            _ = shutdown.wait_for(|v| *v) => break,
+        };
+        let peer = connect_info(&io, &addr);
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                if let Some(peer) = &peer {
+                    req.extensions_mut().insert(ConnectInfo(peer.clone()));
+                }
+                app.clone().oneshot(req.map(axum::body::Body::new))
+            });
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        let mut stop = shutdown.clone();
+        let metrics = metrics.clone();
+        metrics.http_connections.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                _ = stop.wait_for(|v| *v) => None,
+            };
+            let ended = match ended {
+                Some(r) => r,
+                None => {
+                    // Finish the request in flight, then close.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
+                // A header-read timeout lands here.
+                tracing::debug!(peer = %addr, error = %e, "HTTP connection ended with an error");
+            }
+            metrics.http_connections.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
+        });
+    }
+    // Stop accepting (the TLS listener stops its handshakes when dropped),
+    // then wait until every connection has closed.
+    drop(listener);
+    let _ = slots.acquire_many(max as u32).await;
+    tracing::info!("HTTP listener stopped");
+}
+
+/// What an HTTPS connection tells the handlers: the peer address and the
+/// fingerprint of the client certificate it presented (if any).
+fn tls_peer(
+    io: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    addr: &SocketAddr,
+) -> Option<crate::tls::TlsPeer> {
+    let (_, conn) = io.get_ref();
+    Some(crate::tls::TlsPeer {
+        addr: *addr,
+        cert_sha256: conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| Arc::from(crate::tls::fingerprint(c.as_ref()))),
+    })
+}
+
 /// Start everything; returns once both listeners are bound.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     // The HTTP client (reqwest, `rustls-no-provider`) needs a process-wide
     // rustls crypto provider; an already installed one is kept.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cfg = Arc::new(cfg);
+    raise_fd_limit();
     let engine = load_engine(&cfg)?;
     let audit_keys = crate::audit_trail::keys(&cfg)?;
     crate::audit_trail::require_key(&cfg, &audit_keys)?;
@@ -209,7 +379,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         max_frame: cfg.mllp.max_frame_bytes,
         idle_timeout: Duration::from_secs(cfg.mllp.idle_timeout_secs),
+        frame_timeout: Duration::from_secs(cfg.mllp.frame_timeout_secs),
         max_connections: cfg.mllp.max_connections,
+        max_connections_per_peer: cfg.mllp.max_connections_per_peer,
     });
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(mllp_server.run(mllp, shutdown_rx.clone())));
@@ -241,30 +413,33 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         base_url: Arc::new(base_url),
     };
     let app = api::router(state);
-    let mut http_shutdown = shutdown_rx.clone();
-    let stopped = async move {
-        let _ = http_shutdown.wait_for(|v| *v).await;
+    let limits = HttpLimits {
+        max_connections: cfg.server.max_connections,
+        header_timeout: Duration::from_secs(cfg.server.header_timeout_secs),
     };
     let scheme = match tls {
         None => {
-            tasks.push(tokio::spawn(async move {
-                let server = axum::serve(http, app).with_graceful_shutdown(stopped);
-                if let Err(e) = server.await {
-                    tracing::error!(error = %e, "HTTP server failed");
-                }
-            }));
+            tasks.push(tokio::spawn(serve_http(
+                http,
+                app,
+                limits,
+                metrics.clone(),
+                |_, _| None,
+                shutdown_rx.clone(),
+            )));
             "http"
         }
         Some(tls) => {
             let listener = crate::tls::TlsListener::new(http, tls, metrics.clone())
                 .context("cannot start the TLS listener")?;
-            let app = app.into_make_service_with_connect_info::<crate::tls::TlsPeer>();
-            tasks.push(tokio::spawn(async move {
-                let server = axum::serve(listener, app).with_graceful_shutdown(stopped);
-                if let Err(e) = server.await {
-                    tracing::error!(error = %e, "HTTPS server failed");
-                }
-            }));
+            tasks.push(tokio::spawn(serve_http(
+                listener,
+                app,
+                limits,
+                metrics.clone(),
+                tls_peer,
+                shutdown_rx.clone(),
+            )));
             "https"
         }
     };
@@ -323,4 +498,20 @@ pub async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
+        use rustix::process::{getrlimit, Resource};
+        let now = raise_fd_limit();
+        let limit = getrlimit(Resource::Nofile);
+        assert_eq!(now, limit.current);
+        if limit.maximum.is_some() {
+            assert_eq!(limit.current, limit.maximum);
+        }
+    }
 }

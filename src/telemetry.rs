@@ -156,6 +156,40 @@ impl Histogram {
     }
 }
 
+/// At most one log line a second for one kind of refusal, with how many
+/// were not logged since: a peer hammering the listener does not flood the log.
+pub struct RateLimitedLog {
+    last: Mutex<Option<std::time::Instant>>,
+    skipped: AtomicU64,
+}
+
+impl Default for RateLimitedLog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RateLimitedLog {
+    pub fn new() -> Self {
+        RateLimitedLog {
+            last: Mutex::new(None),
+            skipped: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(skipped since the last line)` when a line may be logged now.
+    pub fn permit(&self) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < std::time::Duration::from_secs(1)) {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.skipped.swap(0, Ordering::Relaxed))
+    }
+}
+
 /// Every metric the gateway exports. One instance per process.
 pub struct Metrics {
     /// HL7 messages received, by message type.
@@ -165,6 +199,14 @@ pub struct Metrics {
     /// MLLP frames that were not HL7 messages (garbage, oversize).
     pub mllp_frame_errors: CounterVec,
     pub mllp_connections: AtomicI64,
+    /// MLLP connections that found a connection limit reached, by limit
+    /// (`per_peer`: closed at once; `max_connections`: waited for a slot).
+    pub mllp_slots_exhausted: CounterVec,
+    /// Open HTTP connections (never above `server.max_connections`).
+    pub http_connections: AtomicI64,
+    /// HTTP connections that waited because `server.max_connections` were
+    /// open (label `limit`: `max_connections`).
+    pub http_slots_exhausted: CounterVec,
     /// Time from a complete frame/request to its ACK being ready.
     pub ack_latency: Histogram,
     /// ADT messages journaled under a control id the same facility already
@@ -191,6 +233,9 @@ impl Default for Metrics {
             hl7_acks: CounterVec::default(),
             mllp_frame_errors: CounterVec::default(),
             mllp_connections: AtomicI64::new(0),
+            mllp_slots_exhausted: CounterVec::default(),
+            http_connections: AtomicI64::new(0),
+            http_slots_exhausted: CounterVec::default(),
             ack_latency: Histogram::new(LATENCY_BUCKETS),
             control_id_reuse: ConfigCounter::default(),
             translations: CounterVec::default(),
@@ -263,6 +308,25 @@ impl Metrics {
             out,
             "cwsgw_mllp_connections {}",
             self.mllp_connections.load(Ordering::Relaxed)
+        );
+        self.mllp_slots_exhausted.render(
+            &mut out,
+            "cwsgw_mllp_slots_exhausted_total",
+            "MLLP connections that found a connection limit reached, by limit (per_peer: closed at once; max_connections: waited for a slot).",
+            &["limit"],
+        );
+        let _ = writeln!(out, "# HELP cwsgw_http_connections Open HTTP connections.");
+        let _ = writeln!(out, "# TYPE cwsgw_http_connections gauge");
+        let _ = writeln!(
+            out,
+            "cwsgw_http_connections {}",
+            self.http_connections.load(Ordering::Relaxed)
+        );
+        self.http_slots_exhausted.render(
+            &mut out,
+            "cwsgw_http_slots_exhausted_total",
+            "HTTP connections that waited for a slot because server.max_connections were open.",
+            &["limit"],
         );
         self.ack_latency.render(
             &mut out,
@@ -391,6 +455,19 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_limited_log_allows_one_line_a_second_and_counts_the_rest() {
+        let log = RateLimitedLog::new();
+        assert_eq!(log.permit(), Some(0));
+        assert_eq!(log.permit(), None);
+        assert_eq!(log.permit(), None);
+        // A second later the next line says how many were not logged.
+        *log.last.lock().unwrap() =
+            Some(std::time::Instant::now() - std::time::Duration::from_secs(2));
+        assert_eq!(log.permit(), Some(2));
+        assert_eq!(log.permit(), None);
+    }
 
     #[test]
     fn labels_are_closed() {

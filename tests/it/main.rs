@@ -3,6 +3,7 @@
 
 mod access;
 mod audit;
+mod availability;
 mod auth;
 mod common;
 mod corpus;

@@ -10,6 +10,7 @@ use serde_yaml::Value as Y;
 use crate::error::{MappingError, TranslateError};
 use crate::eval::{uuid5_text, write_str_body, Eval, Flags, Instance, RunCtx};
 use crate::expr::{Node, ObjField, Scope, SourceKind, StampField};
+use crate::icd10::Icd10Ranges;
 use crate::path::SourcePath;
 use crate::source::{FieldSet, Hl7Source, JsonSource, Source};
 use crate::terminology::ConceptMap;
@@ -159,6 +160,8 @@ struct Mapping {
 pub struct Engine {
     mappings: Vec<Mapping>,
     tables: Vec<ConceptMap>,
+    /// `terminology/icd10-sensitivity.csv`: the diagnosis labels.
+    icd10: Icd10Ranges,
     /// Every HL7 v2 field any hl7v2 mapping (or the engine itself) reads:
     /// the only ones the field index splits.
     hl7_fields: FieldSet,
@@ -193,6 +196,63 @@ fn hl7_fields(mappings: &[Mapping]) -> FieldSet {
         }
     }
     set
+}
+
+/// The tables under `terminology/`: concept maps by file stem, and the
+/// ICD-10 sensitivity ranges (`icd10-sensitivity.csv`), which are not one.
+#[derive(Default)]
+struct Tables {
+    maps: Vec<ConceptMap>,
+    idx: HashMap<String, usize>,
+    icd10: Option<Icd10Ranges>,
+}
+
+impl Tables {
+    fn add(&mut self, file: &Path, text: Option<&str>) -> Result<(), MappingError> {
+        let name = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if name == crate::icd10::TABLE {
+            self.icd10 = Some(match text {
+                Some(t) => Icd10Ranges::parse(file, t)?,
+                None => Icd10Ranges::load(file)?,
+            });
+            return Ok(());
+        }
+        self.maps.push(match text {
+            Some(t) => ConceptMap::parse(file, t)?,
+            None => ConceptMap::load(file)?,
+        });
+        self.idx.insert(name, self.maps.len() - 1);
+        Ok(())
+    }
+
+    /// The engine over `mappings`. A mapping that derives sensitivity labels
+    /// needs the ICD-10 ranges: without them its diagnoses would go
+    /// unlabelled, so that is a load error.
+    fn engine(self, mappings: Vec<Mapping>) -> Result<Engine, MappingError> {
+        if self.icd10.is_none() {
+            if let Some(m) = mappings.iter().find(|m| m.sensitivity.is_some()) {
+                return Err(MappingError::new(
+                    &m.info.file,
+                    "sensitivity",
+                    format!(
+                        "needs the ICD-10 ranges terminology/{}.csv, which is not loaded",
+                        crate::icd10::TABLE
+                    ),
+                ));
+            }
+        }
+        let hl7_fields = hl7_fields(&mappings);
+        Ok(Engine {
+            mappings,
+            tables: self.maps,
+            icd10: self.icd10.unwrap_or_default(),
+            hl7_fields,
+        })
+    }
 }
 
 fn collect(
@@ -246,7 +306,9 @@ fn is_fhir_type(t: &str) -> bool {
 
 impl Engine {
     /// Load every `**/*.yaml` mapping and `terminology/*.csv` concept map
-    /// under `dir`, compiling them. Errors name the file and the offending key.
+    /// (and the ICD-10 sensitivity ranges, `terminology/icd10-sensitivity.csv`)
+    /// under `dir`, compiling them. Errors name the file and the offending key
+    /// or line.
     pub fn load(dir: &Path) -> Result<Engine, MappingError> {
         let mut csvs = Vec::new();
         let term = dir.join("terminology");
@@ -254,23 +316,16 @@ impl Engine {
             collect(&term, "csv", MAX_DIR_DEPTH, &mut csvs)?;
         }
         csvs.sort();
-        let mut tables = Vec::new();
-        let mut table_idx = HashMap::new();
+        let mut tables = Tables::default();
         for f in &csvs {
-            let name = f
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_string();
-            tables.push(ConceptMap::load(f)?);
-            table_idx.insert(name, tables.len() - 1);
+            tables.add(f, None)?;
         }
         let mut yamls = Vec::new();
         collect(dir, "yaml", 0, &mut yamls)?;
         yamls.sort();
         let mut mappings: Vec<Mapping> = Vec::new();
         for f in &yamls {
-            let m = compile_file(f, &table_idx)?;
+            let m = compile_file(f, &tables.idx)?;
             if let Some(prev) = mappings.iter().find(|x| x.info.id == m.info.id) {
                 return Err(MappingError::new(
                     f,
@@ -284,12 +339,7 @@ impl Engine {
             }
             mappings.push(m);
         }
-        let hl7_fields = hl7_fields(&mappings);
-        Ok(Engine {
-            mappings,
-            tables,
-            hl7_fields,
-        })
+        tables.engine(mappings)
     }
 
     /// Load what [`Engine::load`] loads from files already in memory (a
@@ -324,23 +374,16 @@ impl Engine {
         }
         csvs.sort();
         yamls.sort();
-        let mut tables = Vec::new();
-        let mut table_idx = HashMap::new();
+        let mut tables = Tables::default();
         for (f, text) in &csvs {
-            let name = f
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_string();
-            tables.push(ConceptMap::parse(f, text)?);
-            table_idx.insert(name, tables.len() - 1);
+            tables.add(f, Some(text))?;
         }
         let mut mappings: Vec<Mapping> = Vec::new();
         for (f, text) in &yamls {
             if text.len() as u64 > MAX_YAML_BYTES {
                 return Err(MappingError::new(f, "", "mapping file larger than 1 MiB"));
             }
-            let m = compile_text(f, text, &table_idx)?;
+            let m = compile_text(f, text, &tables.idx)?;
             if let Some(prev) = mappings.iter().find(|x| x.info.id == m.info.id) {
                 return Err(MappingError::new(
                     f,
@@ -354,12 +397,7 @@ impl Engine {
             }
             mappings.push(m);
         }
-        let hl7_fields = hl7_fields(&mappings);
-        Ok(Engine {
-            mappings,
-            tables,
-            hl7_fields,
-        })
+        tables.engine(mappings)
     }
 
     /// Compile a single mapping from YAML text (for tests and tooling);
@@ -369,29 +407,17 @@ impl Engine {
         yaml: &str,
         terminology_dir: Option<&Path>,
     ) -> Result<Engine, MappingError> {
-        let mut tables = Vec::new();
-        let mut table_idx = HashMap::new();
+        let mut tables = Tables::default();
         if let Some(dir) = terminology_dir {
             let mut csvs = Vec::new();
             collect(dir, "csv", MAX_DIR_DEPTH, &mut csvs)?;
             csvs.sort();
             for f in &csvs {
-                let name = f
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .unwrap_or_default()
-                    .to_string();
-                tables.push(ConceptMap::load(f)?);
-                table_idx.insert(name, tables.len() - 1);
+                tables.add(f, None)?;
             }
         }
-        let mappings = vec![compile_text(file, yaml, &table_idx)?];
-        let hl7_fields = hl7_fields(&mappings);
-        Ok(Engine {
-            mappings,
-            tables,
-            hl7_fields,
-        })
+        let mappings = vec![compile_text(file, yaml, &tables.idx)?];
+        tables.engine(mappings)
     }
 
     /// What is loaded, in file order.
@@ -654,7 +680,7 @@ impl Engine {
         }
         // Sensitivity flags for the whole input.
         let (diag, context) = match (sens, &m.sensitivity) {
-            (Some(cfg), Some(sp)) => flags(src, sp, cfg),
+            (Some(cfg), Some(sp)) => flags(src, sp, cfg, &self.icd10),
             _ => (Flags::default(), Flags::default()),
         };
         for inst in &mut ev.instances {
@@ -735,39 +761,19 @@ fn valid_id_bytes(id: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
-/// ICD-10 F10–F19 (substance use) → ETH; any other F code → PSY.
-fn classify_icd10(code: &str) -> Flags {
-    let mut f = Flags::default();
-    // Without building the dot-free upper-cased copy (2 allocations): its
-    // first byte must be `F`, and its next two bytes parse as a `u8` (two
-    // digits, or `+` and a digit) — as `rest.get(0..2)?.parse::<u8>()`.
-    let mut b = code.bytes().filter(|&b| b != b'.');
-    if !matches!(b.next(), Some(b'F' | b'f')) {
-        return f;
-    }
-    let digit = |c: Option<u8>| c.filter(u8::is_ascii_digit).map(|c| c - b'0');
-    let (x, y) = (b.next(), b.next());
-    let n = match (x, digit(y)) {
-        (Some(b'+'), Some(u)) => Some(u),
-        (x, Some(u)) => digit(x).map(|t| t * 10 + u),
-        _ => None,
-    };
-    match n {
-        Some(10..=19) => f.eth = true,
-        Some(_) => f.psy = true,
-        None => {}
-    }
-    f
-}
-
-fn flags<'v, S: Source<'v>>(src: &S, sp: &SensitivityPaths, cfg: &Sensitivity) -> (Flags, Flags) {
+fn flags<'v, S: Source<'v>>(
+    src: &S,
+    sp: &SensitivityPaths,
+    cfg: &Sensitivity,
+    icd10: &Icd10Ranges,
+) -> (Flags, Flags) {
     let root = src.root();
     let mut diag = Flags::default();
     let mut curs = Vec::with_capacity(8);
     src.each(root, &sp.diagnosis_each, &mut curs);
     for c in curs {
         if let Some(code) = src.get(c, &sp.diagnosis_code) {
-            diag.or(classify_icd10(&code));
+            diag.or(icd10.classify(&code));
         }
     }
     let mut ctx = Flags::default();
@@ -1138,33 +1144,16 @@ fn compile_text(
 mod tests {
     use super::*;
 
+    /// A mapping that derives sensitivity labels does not load without the
+    /// ICD-10 ranges (its diagnoses would go unlabelled); with them it does.
     #[test]
-    fn icd10_classes() {
-        assert!(classify_icd10("F10.20").eth);
-        assert!(classify_icd10("F1920").eth);
-        assert!(!classify_icd10("F10.20").psy);
-        assert!(classify_icd10("F32.9").psy);
-        assert!(classify_icd10("f20").psy);
-        let f = classify_icd10("J45.909");
-        assert!(!f.eth && !f.psy);
-        assert!(!classify_icd10("F").psy);
-        // The same answer as the dot-free, upper-cased copy parsed as `u8`.
-        for code in [
-            "F1", "F+5", "F-5", "F++", "f.1.9", "F1é", "Fé1", "F.", "", "G10", "F0", "F99",
-        ] {
-            let c = code.replace('.', "").to_ascii_uppercase();
-            let want = c
-                .strip_prefix('F')
-                .and_then(|r| r.get(0..2))
-                .and_then(|d| d.parse::<u8>().ok());
-            let f = classify_icd10(code);
-            assert_eq!(f.eth, matches!(want, Some(10..=19)), "{code}");
-            assert_eq!(
-                f.psy,
-                matches!(want, Some(n) if !(10..=19).contains(&n)),
-                "{code}"
-            );
-        }
+    fn sensitivity_needs_the_icd10_ranges() {
+        let yaml = "id: t\nversion: 1.0.0\nsource: hl7v2\ndescription: test\nsensitivity:\n  diagnosis_each: DG1\n  diagnosis_code: DG1-3.1\nresources:\n  - name: p\n    type: Patient\n    key: {$v: PID-3.1}\n    body: {gender: {$v: PID-8}}\n";
+        let e = Engine::from_yaml(Path::new("t.yaml"), yaml, None).unwrap_err();
+        assert_eq!(e.path, "sensitivity");
+        assert!(e.reason.contains("icd10-sensitivity.csv"), "{e}");
+        let term = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../mappings/terminology");
+        assert!(Engine::from_yaml(Path::new("t.yaml"), yaml, Some(&term)).is_ok());
     }
 
     /// Constant templates are folded at load (nested lists still splice,

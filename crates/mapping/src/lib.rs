@@ -162,6 +162,7 @@ mod engine;
 mod error;
 mod eval;
 mod expr;
+mod icd10;
 mod path;
 mod sha1;
 mod source;

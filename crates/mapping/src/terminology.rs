@@ -120,7 +120,7 @@ impl std::hash::BuildHasher for FastHash {
 }
 
 /// Split one CSV line into fields (RFC 4180 quotes, no embedded newlines).
-fn split_csv(line: &str) -> Option<Vec<String>> {
+pub(crate) fn split_csv(line: &str) -> Option<Vec<String>> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut chars = line.chars().peekable();

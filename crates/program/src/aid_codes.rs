@@ -1,7 +1,8 @@
 //! The Medi-Cal aid codes that identify children and youth involved in child welfare (seed 003,
 //! Appendix D), loaded from `mappings/eligibility/medi-cal-aid-codes.csv`.
 //!
-//! Columns `aid_code,group,description`; `#` comment lines and blank lines are ignored; the
+//! Columns `aid_code,group,description` (read with the `csv` crate: quoted fields allowed); `#` comment
+//! lines and blank lines are ignored; the
 //! description is the rest of the line after the second comma. A code may belong to several groups
 //! (4M is listed both with foster care and as the Former Foster Youth group), but a (code, group) pair
 //! may appear only once. Codes are compared trimmed and upper-cased.
@@ -100,28 +101,31 @@ impl AidCodeTable {
         }
         let mut rows: Vec<AidCode> = Vec::new();
         let mut header_seen = false;
-        for (idx, raw) in text.lines().enumerate() {
-            let line = idx + 1;
-            let row = raw.trim();
-            if row.is_empty() || row.starts_with('#') {
-                continue;
-            }
+        for row in crate::table::rows(text) {
+            let (line, rec) = match row {
+                Ok(r) => (r.line, r.fields),
+                Err(line) => {
+                    return Err(AidCodeError::BadLine {
+                        line,
+                        problem: "not a CSV row",
+                    })
+                }
+            };
             if !header_seen {
-                if row.replace(' ', "") == "aid_code,group,description" {
+                let row: Vec<&str> = rec.iter().collect();
+                if row.join(",").replace(' ', "") == "aid_code,group,description" {
                     header_seen = true;
                     continue;
                 }
                 return Err(AidCodeError::MissingHeader);
             }
-            let mut parts = row.splitn(3, ',');
-            let (Some(code), Some(group), Some(description)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
+            let (Some(code), Some(group), true) = (rec.get(0), rec.get(1), rec.len() >= 3) else {
                 return Err(AidCodeError::BadLine {
                     line,
                     problem: "expected aid_code,group,description",
                 });
             };
+            let description = crate::table::rest(&rec, 2);
             let code = code.trim().to_ascii_uppercase();
             if code.is_empty() || code.len() > 8 || !code.chars().all(|c| c.is_ascii_alphanumeric())
             {
@@ -238,5 +242,17 @@ mod tests {
         let ok =
             AidCodeTable::from_csv(&format!("{h}99,adoption_assistance,a, with comma")).unwrap();
         assert_eq!(ok.rows()[0].description, "a, with comma");
+        // Quoted fields, CRLF, and comment lines (with quotes) that still
+        // count towards the line number.
+        let ok = AidCodeTable::from_csv(
+            "# \"Appendix D\"\r\naid_code,group,description\r\n4m,former_foster_youth,\"FFY, to 26\"\r\n",
+        )
+        .unwrap();
+        assert_eq!(ok.rows()[0].code, "4M");
+        assert_eq!(ok.rows()[0].description, "FFY, to 26");
+        assert!(matches!(
+            AidCodeTable::from_csv(&format!("# c\n\n{h}4M,nope,x")),
+            Err(AidCodeError::BadLine { line: 4, .. })
+        ));
     }
 }

@@ -92,23 +92,36 @@ impl Calendar {
         }
         let mut holidays = BTreeMap::new();
         let mut header_seen = false;
-        for (idx, raw) in text.lines().enumerate() {
-            let line = idx + 1;
-            let row = raw.trim();
-            if row.is_empty() || row.starts_with('#') {
-                continue;
-            }
+        for row in crate::table::rows(text) {
+            let (line, rec) = match row {
+                Ok(r) => (r.line, r.fields),
+                Err(line) => {
+                    return Err(CalendarError::BadLine {
+                        line,
+                        problem: "not a CSV row",
+                    })
+                }
+            };
             if !header_seen {
-                if row.replace(' ', "").eq_ignore_ascii_case("date,name") {
+                let row: Vec<&str> = rec.iter().collect();
+                if row
+                    .join(",")
+                    .replace(' ', "")
+                    .eq_ignore_ascii_case("date,name")
+                {
                     header_seen = true;
                     continue;
                 }
                 return Err(CalendarError::MissingHeader);
             }
-            let (date, name) = row.split_once(',').ok_or(CalendarError::BadLine {
-                line,
-                problem: "expected `date,name`",
-            })?;
+            if rec.len() < 2 {
+                return Err(CalendarError::BadLine {
+                    line,
+                    problem: "expected `date,name`",
+                });
+            }
+            let date = rec.get(0).unwrap_or_default();
+            let name = crate::table::rest(&rec, 1);
             let date = NaiveDate::parse_from_str(date.trim(), "%Y-%m-%d").map_err(|_| {
                 CalendarError::BadLine {
                     line,
@@ -280,6 +293,28 @@ mod tests {
         );
         assert_eq!(cal.add_working_days(NaiveDate::MAX, 1), None);
         assert_eq!(cal.sub_working_days(NaiveDate::MIN, 1), None);
+    }
+
+    #[test]
+    fn csv_rows_quotes_comments_and_line_numbers() {
+        let cal = Calendar::from_csv(
+            "# a \"quoted\" comment\r\ndate,name\r\n2026-01-01,\"New Year's Day, observed\"\r\n2026-07-03, Independence Day, observed \r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cal.holiday(NaiveDate::from_ymd_opt(2026, 1, 1).unwrap()),
+            Some("New Year's Day, observed")
+        );
+        // An unquoted comma stays part of the name, as it always has.
+        assert_eq!(
+            cal.holiday(NaiveDate::from_ymd_opt(2026, 7, 3).unwrap()),
+            Some("Independence Day, observed")
+        );
+        // Comment and blank lines count towards the line number.
+        assert!(matches!(
+            Calendar::from_csv("# c\ndate,name\n\n2026-13-01,x"),
+            Err(CalendarError::BadLine { line: 4, .. })
+        ));
     }
 
     #[test]

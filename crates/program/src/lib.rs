@@ -19,6 +19,7 @@ pub mod deadlines;
 pub mod eligibility;
 pub mod facts;
 pub mod pacific;
+mod table;
 
 pub use aid_codes::{AidCodeTable, AidGroup};
 pub use calendar::{Calendar, CalendarError};

@@ -1,5 +1,5 @@
 //! ICD-10 sensitivity ranges: `mappings/terminology/icd10-sensitivity.csv`
-//! with the header `from,to,category,source`. Each row is an inclusive range
+//! with the header `from,to,category,source` (read with the `csv` crate). Each row is an inclusive range
 //! of ICD-10 categories of one letter (`F10`,`F19`), the v3-ActCode label a
 //! diagnosis in it carries (`PSY` or `ETH`), and the citation an analyst
 //! reviews it against. Ranges may not overlap, so the order of rows does not
@@ -63,30 +63,27 @@ impl Icd10Ranges {
                 "ranges file larger than 256 KiB",
             ));
         }
-        let mut lines = text.lines().enumerate();
-        let header = lines
-            .next()
-            .map(|(_, l)| l.trim_start_matches('\u{feff}').trim());
-        if header != Some(HEADER) {
-            return Err(MappingError::new(
-                file,
-                "line 1",
-                format!("header must be {HEADER}"),
-            ));
-        }
+        let header_error = || MappingError::new(file, "line 1", format!("header must be {HEADER}"));
         let mut rows: Vec<Range> = Vec::new();
-        for (i, line) in lines {
-            let line = line.trim_end_matches('\r');
-            if line.trim().is_empty() || line.starts_with('#') {
+        let mut header_seen = false;
+        for (n, row) in crate::csvrows::rows(text).enumerate() {
+            let row =
+                row.map_err(|(line, why)| MappingError::new(file, format!("line {line}"), why))?;
+            let at = format!("line {}", row.line);
+            let bad = |why: &str| MappingError::new(file, at.clone(), why);
+            let fields: Vec<&str> = row.fields.iter().collect();
+            if n == 0 {
+                if row.line != 1 || fields.join(",").trim_start_matches('\u{feff}').trim() != HEADER
+                {
+                    return Err(header_error());
+                }
+                header_seen = true;
                 continue;
             }
-            let at = format!("line {}", i + 1);
-            let bad = |why: &str| MappingError::new(file, at.clone(), why);
-            let fields =
-                crate::terminology::split_csv(line).ok_or_else(|| bad("unterminated quote"))?;
-            let [from, to, cat, source]: [String; 4] =
-                fields.try_into().map_err(|_| bad("expected 4 columns"))?;
-            let (Some((l1, from)), Some((l2, to))) = (category(&from), category(&to)) else {
+            let [from, to, cat, source] = fields[..] else {
+                return Err(bad("expected 4 columns"));
+            };
+            let (Some((l1, from)), Some((l2, to))) = (category(from), category(to)) else {
                 return Err(bad(
                     "from and to must be ICD-10 categories: a letter and two digits (F10)",
                 ));
@@ -126,6 +123,9 @@ impl Icd10Ranges {
                 to,
                 flags,
             });
+        }
+        if !header_seen {
+            return Err(header_error());
         }
         Ok(Icd10Ranges { rows })
     }

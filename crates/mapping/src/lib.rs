@@ -157,6 +157,7 @@
 //! - **The same visit yields the same Encounter id in every message** (ids
 //!   are hashes of documented keys, not of message ids).
 
+mod csvrows;
 mod datetime;
 mod engine;
 mod error;

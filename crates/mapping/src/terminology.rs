@@ -1,5 +1,6 @@
 //! Concept maps: `mappings/terminology/<name>.csv` with the header
-//! `source_code,target_system,target_code,target_display`. Loaded once into
+//! `source_code,target_system,target_code,target_display`, read with the
+//! `csv` crate (quoted fields; `#` comment lines). Loaded once into
 //! hash maps (small maps also into a list probed by packed codes); a lookup
 //! is one hash probe or a short linear scan. Codes are matched exactly
 //! (after trimming), so a map lists every spelling it accepts.
@@ -119,44 +120,6 @@ impl std::hash::BuildHasher for FastHash {
     }
 }
 
-/// Split one CSV line into fields (RFC 4180 quotes, no embedded newlines).
-pub(crate) fn split_csv(line: &str) -> Option<Vec<String>> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut chars = line.chars().peekable();
-    let mut quoted = false;
-    let mut at_start = true;
-    while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (false, '"') if at_start => {
-                quoted = true;
-                at_start = false;
-            }
-            (true, '"') => {
-                if chars.peek() == Some(&'"') {
-                    cur.push('"');
-                    chars.next();
-                } else {
-                    quoted = false;
-                }
-            }
-            (false, ',') => {
-                out.push(std::mem::take(&mut cur));
-                at_start = true;
-            }
-            (_, c) => {
-                cur.push(c);
-                at_start = false;
-            }
-        }
-    }
-    if quoted {
-        return None;
-    }
-    out.push(cur);
-    Some(out)
-}
-
 impl ConceptMap {
     /// Parse a concept map file.
     pub(crate) fn load(file: &Path) -> Result<ConceptMap, MappingError> {
@@ -169,29 +132,34 @@ impl ConceptMap {
         if text.len() > MAX_CSV_BYTES {
             return Err(MappingError::new(file, "", "concept map larger than 4 MiB"));
         }
-        let mut lines = text.lines().enumerate();
-        let header = lines
-            .next()
-            .map(|(_, l)| l.trim_start_matches('\u{feff}').trim());
-        if header != Some("source_code,target_system,target_code,target_display") {
-            return Err(MappingError::new(
+        let header_error = || {
+            MappingError::new(
                 file,
                 "line 1",
                 "header must be source_code,target_system,target_code,target_display",
-            ));
-        }
+            )
+        };
         let mut rows = HashMap::with_hasher(FastHash);
-        for (i, line) in lines {
-            let line = line.trim_end_matches('\r');
-            if line.trim().is_empty() || line.starts_with('#') {
+        let mut header_seen = false;
+        for (n, row) in crate::csvrows::rows(text).enumerate() {
+            let row =
+                row.map_err(|(line, why)| MappingError::new(file, format!("line {line}"), why))?;
+            let where_ = format!("line {}", row.line);
+            if n == 0 {
+                let header: Vec<&str> = row.fields.iter().collect();
+                if row.line != 1
+                    || header.join(",").trim_start_matches('\u{feff}').trim()
+                        != "source_code,target_system,target_code,target_display"
+                {
+                    return Err(header_error());
+                }
+                header_seen = true;
                 continue;
             }
-            let where_ = format!("line {}", i + 1);
-            let fields = split_csv(line)
-                .ok_or_else(|| MappingError::new(file, where_.clone(), "unterminated quote"))?;
-            let [src, system, code, display]: [String; 4] = fields
-                .try_into()
-                .map_err(|_| MappingError::new(file, where_.clone(), "expected 4 columns"))?;
+            let fields: Vec<&str> = row.fields.iter().collect();
+            let [src, system, code, display] = fields[..] else {
+                return Err(MappingError::new(file, where_, "expected 4 columns"));
+            };
             let src = src.trim().to_string();
             if src.is_empty() || code.trim().is_empty() {
                 return Err(MappingError::new(
@@ -218,6 +186,9 @@ impl ConceptMap {
             if rows.insert(src, target).is_some() {
                 return Err(MappingError::new(file, where_, "duplicate source_code"));
             }
+        }
+        if !header_seen {
+            return Err(header_error());
         }
         let short = (rows.len() <= SHORT_ROWS).then(|| {
             rows.iter()
@@ -273,5 +244,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.reason.contains("duplicate"));
+        let e = ConceptMap::parse(p, "").unwrap_err();
+        assert_eq!(e.path, "line 1");
+        // Comment lines (quotes and all) and blank lines count towards the
+        // line an error names; a quote left open is an error on its line.
+        let h = "source_code,target_system,target_code,target_display\r\n";
+        let m = ConceptMap::parse(p, &format!("{h}# \"a\" b\r\n\r\nM,http://x,male,\r\n")).unwrap();
+        assert_eq!(m.get("M").unwrap().code, "male");
+        let e = ConceptMap::parse(p, &format!("{h}# c\n\nM,http://x,\"male,x\n")).unwrap_err();
+        assert_eq!(
+            (e.path.as_str(), e.reason.as_str()),
+            ("line 4", "unterminated quote")
+        );
+        let e = ConceptMap::parse(p, &format!("{h}# c\n\nM,http://x\n")).unwrap_err();
+        assert_eq!(e.to_string(), "t.csv: line 4: expected 4 columns");
     }
 }

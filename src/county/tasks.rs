@@ -37,7 +37,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -130,10 +130,7 @@ pub fn transition(
     let mcp = authorizing_mcp(stored).or_else(|| owner.clone());
     let (is_requester, is_performer) = parties(county, stored, caller_org);
     if !is_performer && !is_requester {
-        return Err(CountyError::Forbidden(
-            "the caller's organization is neither the requester nor a performer of this Task"
-                .into(),
-        ));
+        return Err(CountyError::Forbidden(NOT_A_PARTY.into()));
     }
     let from = s(stored, "/status").unwrap_or("");
     let to = s(update, "/status")
@@ -244,6 +241,32 @@ pub fn transition(
     Ok((task, writes))
 }
 
+/// The 403 text for a caller that may see the Task but is neither its
+/// requester nor a performer.
+pub const NOT_A_PARTY: &str =
+    "the caller's organization is neither the requester nor a performer of this Task";
+
+/// The stand-in judged for an absent Task, shaped like a stored one: the
+/// Task id is its patient key, so the gate reads a patient context (none is
+/// found for an id that names no patient) and decides, as for a withheld
+/// Task. Never stored, shown or audited.
+fn absent_task(id: &str) -> store::StoredResource {
+    store::StoredResource {
+        resource_type: "Task".into(),
+        id: id.to_string(),
+        version_id: 1,
+        last_updated: Utc::now(),
+        patient_id: Some(id.to_string()),
+        body: json!({
+            "resourceType": "Task",
+            "id": id,
+            "status": "requested",
+            "intent": "order",
+            "for": {"reference": format!("Patient/{id}")},
+        }),
+    }
+}
+
 /// Audit a refused `PUT` (durable before the answer): the same work for an
 /// absent Task as for a withheld one.
 async fn refused(
@@ -309,29 +332,39 @@ pub async fn put_task(
     // the stored version (If-Match) to the stored update.
     let _task_lock = crate::fhir::write::task_lock(&id).await;
     let store: &dyn Store = state.store.as_ref();
-    let Some(stored) = store.resource_get("Task", &id).await? else {
-        refused(&state, &caller, None, &id, "not-found").await?;
-        return Err(CountyError::NotFound("no such Task".into()));
-    };
-    // Not a party: a caller that may not see the Task gets the 404 of an
-    // absent one (its existence is a fact about the member); one that may
-    // read it (a release, R4 …) is told it is not a party.
-    if parties(&state.county, &stored.body, &caller.org_id) == (false, false) {
+    let found = store.resource_get("Task", &id).await?;
+    let absent = found.is_none();
+    let stored = found.unwrap_or_else(|| absent_task(&id));
+    // Absent, or not a party: a caller that may not see the Task gets the
+    // 404 of an absent one (its existence is a fact about the member); one
+    // that may read it (a release, R4 …) is told it is not a party. An
+    // absent Task takes the same path as a withheld one: its stand-in
+    // ([`absent_task`]) is judged by the consent gate (the patient context
+    // read and the decisions) and the refusal audited, so both 404s make
+    // the same reads and writes and answer in the same time.
+    if absent || parties(&state.county, &stored.body, &caller.org_id) == (false, false) {
         let mut gate = crate::fhir::Gate::new(&state, &caller, Interaction::Read);
-        let visible = matches!(gate.judge(&stored).await?, crate::fhir::Verdict::Permit(_));
+        let verdict = gate.judge(&stored).await?;
+        let visible = !absent && matches!(verdict, crate::fhir::Verdict::Permit(_));
         let patient = stored
             .patient_id
             .clone()
             .or_else(|| crate::fhir::index::patient_of(&stored.body));
-        refused(&state, &caller, patient.as_deref(), &id, "not-a-party").await?;
-        return Err(if visible {
-            CountyError::Forbidden(
-                "the caller's organization is neither the requester nor a performer of this Task"
-                    .into(),
-            )
+        let (patient, why) = if absent {
+            // The stand-in's patient key is the Task id, not a patient.
+            (None, "not-found")
         } else {
-            CountyError::NotFound("no such Task".into())
-        });
+            (patient, "not-a-party")
+        };
+        refused(&state, &caller, patient.as_deref(), &id, why).await?;
+        if !visible {
+            return Err(CountyError::NotFound("no such Task".into()));
+        }
+        // This refusal is audited here: the response says so (a typed
+        // marker the scope layer reads), so it is not recorded twice.
+        let mut resp = CountyError::Forbidden(NOT_A_PARTY.into()).into_response();
+        resp.extensions_mut().insert(crate::api::RefusalAudited);
+        return Ok(resp);
     }
     // If-Match naming a version that is not the current one: 412, nothing
     // journaled, stored or routed (FHIR versioned update).

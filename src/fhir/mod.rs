@@ -104,49 +104,23 @@ async fn update(
             ),
         );
     }
-    let st = state.0.clone();
-    match crate::county::tasks::put_task(state, cert, headers, Path(id.clone()), body).await {
-        Ok(r) => r,
-        Err(e @ crate::county::CountyError::NotFound(_)) => {
-            // A Task the caller may not see answers the 404 of an absent one
-            // after a consent decision (a context read): an absent Task
-            // costs the same. Both paths look the Task up once more here.
-            if crate::config::valid_fhir_id(&id)
-                && matches!(st.store.resource_get("Task", &id).await, Ok(None))
-            {
-                absent_costs_alike(&st, &id).await;
-            }
-            e.into_response()
-        }
-        Err(e) => {
-            // put_task audits its not-a-party 403 itself (`refused`); the
-            // scope layer records every other 403.
-            let audited =
-                matches!(&e, crate::county::CountyError::Forbidden(t) if t == NOT_A_PARTY);
-            let mut resp = e.into_response();
-            if audited {
-                resp.extensions_mut().insert(crate::api::RefusalAudited);
-            }
-            resp
-        }
-    }
+    // put_task answers an absent Task as it answers a withheld one (the
+    // same consent decision and audit) and marks the 403 it audits itself
+    // with `api::RefusalAudited`.
+    crate::county::tasks::put_task(state, cert, headers, Path(id), body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
-
-/// The text of `county::tasks::put_task`'s 403 for a caller that may see
-/// the Task but is neither its requester nor a performer: that refusal is
-/// audited by `put_task` (`not-a-party`), so [`update`] marks it
-/// [`crate::api::RefusalAudited`].
-pub const NOT_A_PARTY: &str =
-    "the caller's organization is neither the requester nor a performer of this Task";
 
 /// The work a withheld answer's consent decision costs, done for an absent
 /// one: a patient context read (as [`Gate::judge`] loads for a withheld
 /// resource's patient), so that missing and withheld answer in the same
 /// time as well as with the same status and body. Every exit that answers
 /// "absent" and "withheld" alike calls it on its absent path: FHIR reads,
-/// `PUT /fhir/Task/{id}` ([`update`]), a create's subject Patient
+/// a create's subject Patient
 /// (`write::visible_patient`); `GET /cws/eligibility/{patient}` makes the
-/// reads of its own decision instead. The result is thrown away (a failed
+/// reads of its own decision instead, and `PUT /fhir/Task/{id}` judges a
+/// stand-in Task (`county::tasks::put_task`). The result is thrown away (a failed
 /// read changes nothing).
 pub async fn absent_costs_alike(state: &AppState, key: &str) {
     let _ = PatientContext::load(&state.cfg, state.store.as_ref(), key).await;

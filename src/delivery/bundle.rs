@@ -119,6 +119,27 @@ pub fn decide(
     disclosure.decide_with(res, recipient_org, purpose, pctx, now, status_only)
 }
 
+/// May `recipient_org` see the member — the child's county
+/// (`county::eligibility::is_childs_county`), or an organization the
+/// consent engine lets read the member's `patient` (purpose pull)? The
+/// question a FHIR read asks before it shows a referrer a Task's status
+/// with its owner (`fhir::Gate`): the owner says which plan or provider
+/// the member is with.
+pub fn sees_member(
+    disclosure: &Disclosure,
+    recipient_org: &str,
+    pctx: &PatientContext,
+    patient: Option<&Value>,
+    now: DateTime<Utc>,
+) -> bool {
+    crate::county::eligibility::is_childs_county(disclosure, recipient_org, pctx, patient, now)
+        || patient.is_some_and(|p| {
+            disclosure
+                .decide(p, recipient_org, consent::Purpose::Pull, pctx, now)
+                .is_permit()
+        })
+}
+
 fn split_ref(r: &str) -> Option<(&str, &str)> {
     let (t, id) = r.split_once('/')?;
     (!t.is_empty() && !id.is_empty() && !id.contains('/')).then_some((t, id))
@@ -126,6 +147,10 @@ fn split_ref(r: &str) -> Option<(&str, &str)> {
 
 /// Decide and build. `resources` are the current stored bodies of the
 /// payload's references, in payload order (`None` = no longer stored).
+/// `member_seen` is [`sees_member`] for the recipient: a status-only
+/// package (a referral's status to its requester) carries the Task's owner
+/// only to a recipient that may see the member, as a FHIR read by that
+/// recipient shows it.
 #[allow(clippy::too_many_arguments)]
 pub fn prepare(
     cfg: &Config,
@@ -135,6 +160,7 @@ pub fn prepare(
     payload: &Payload,
     resources: &[(String, Option<Value>)],
     pctx: &PatientContext,
+    member_seen: bool,
     now: DateTime<Utc>,
 ) -> Prepared {
     let Some(purpose) = payload.purpose() else {
@@ -165,7 +191,13 @@ pub fn prepare(
             status_only,
         );
         if d.is_permit() {
-            permitted.push((reference.clone(), apply_obligations(&body, &d)));
+            let mut shown = apply_obligations(&body, &d);
+            if status_only && !member_seen {
+                if let Some(o) = shown.as_object_mut() {
+                    o.remove("owner");
+                }
+            }
+            permitted.push((reference.clone(), shown));
             disclosed.push(Decided {
                 reference: reference.clone(),
                 decision: d,
@@ -361,6 +393,60 @@ mod tests {
         // The projection still names its patient (Task.for).
         let f = crate::disclosure::resource_facts(&p).unwrap();
         assert_eq!(f.patient_id, "p1");
+    }
+
+    #[test]
+    fn a_status_push_carries_the_owner_only_to_a_recipient_that_sees_the_member() {
+        let cfg = Config::from_toml(
+            r#"
+[[organizations]]
+id = "mcp-a"
+kind = "mcp"
+name = "Plan A"
+plan_codes = ["A"]
+counties = ["Fresno"]
+
+[[organizations]]
+id = "mcp-b"
+kind = "mcp"
+name = "Plan B"
+plan_codes = ["B"]
+counties = ["Fresno"]
+"#,
+            "t",
+        )
+        .unwrap();
+        let cfg = std::sync::Arc::new(cfg);
+        let disclosure = Disclosure::new(cfg.clone());
+        let task = json!({"resourceType": "Task", "id": "t1", "status": "accepted", "intent": "order",
+            "owner": {"reference": "Organization/mcp-a"}, "for": {"reference": "Patient/p1"},
+            "requester": {"reference": "Organization/mcp-b"}});
+        let payload = Payload::parse(
+            &json!({"rule": "task-status-to-referrer", "purpose": "care_coordination",
+            "package": "task_status", "patient": "p1", "resources": ["Task/t1"]}),
+        )
+        .unwrap();
+        let pctx = PatientContext::from_resources(&cfg, "p1", &[]);
+        let now = Utc::now();
+        let resources = vec![("Task/t1".to_string(), Some(task))];
+        let sent = |seen: bool| match prepare(
+            &cfg,
+            &disclosure,
+            1,
+            "mcp-b",
+            &payload,
+            &resources,
+            &pctx,
+            seen,
+            now,
+        ) {
+            Prepared::Send { bundle, .. } => bundle["entry"][0]["resource"].clone(),
+            Prepared::Withheld { reason, .. } => panic!("withheld: {reason}"),
+        };
+        let hidden = sent(false);
+        assert_eq!(hidden["status"], "accepted");
+        assert!(hidden.get("owner").is_none(), "{hidden}");
+        assert_eq!(sent(true)["owner"]["reference"], "Organization/mcp-a");
     }
 
     #[test]

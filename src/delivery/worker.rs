@@ -6,7 +6,11 @@
 //! 1. Read the payload (references, rule, purpose, package).
 //! 2. **Re-ask consent now**: `PatientContext::load` + a decision per resource
 //!    at attempt time; denied resources are left out; obligations (masks,
-//!    Part 2 notice) are applied; nothing left → `Withheld { reason }`.
+//!    Part 2 notice) are applied; nothing left → `Withheld { reason }`. A
+//!    referral's status (`task_status`) is decided as a FHIR read by its
+//!    recipient: the Task's owner (which plan or provider the member is
+//!    with) goes only to a recipient that may see the member
+//!    (`bundle::sees_member`).
 //! 3. Build the Bundle from the *current* stored versions (transaction of
 //!    `PUT Type/id`, or a `message` Bundle for notifications) and POST it.
 //! 4. Classify (see `policy`): 2xx → Delivered; transient → Retry with
@@ -174,6 +178,17 @@ impl DeliveryService {
                 Err(e) => return retry_store(&e),
             }
         }
+        // A referral's status carries the Task's owner only to a recipient
+        // that may see the member (decided as a FHIR read decides it).
+        let member_seen = if payload.is_status_only() {
+            let patient = match self.store.resource_get("Patient", &payload.patient).await {
+                Ok(p) => p.map(|p| p.body),
+                Err(e) => return retry_store(&e),
+            };
+            bundle::sees_member(&self.disclosure, &d.endpoint, &pctx, patient.as_ref(), now)
+        } else {
+            true
+        };
         let prepared = bundle::prepare(
             &self.cfg,
             &self.disclosure,
@@ -182,6 +197,7 @@ impl DeliveryService {
             &payload,
             &resources,
             &pctx,
+            member_seen,
             now,
         );
         let (bundle, disclosed, refused) = match prepared {

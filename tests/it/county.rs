@@ -1870,6 +1870,94 @@ async fn task_status_goes_only_to_that_tasks_requester() {
     gw.running.stop().await;
 }
 
+/// The Task entry of the first Bundle `mock` received that mentions `task_id`.
+fn pushed_task(mock: &cws_gateway::delivery::mock::MockEndpoint, task_id: &str) -> Value {
+    mock.received()
+        .iter()
+        .flat_map(|r| r.body["entry"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["resource"].clone())
+        .find(|r| r["resourceType"] == "Task" && r["id"] == task_id)
+        .unwrap_or_else(|| panic!("no Task {task_id} pushed"))
+}
+
+/// Issue 14: a referral's status pushed to its referrer is decided as that
+/// referrer's FHIR read: a plan that is not the member's plan gets the
+/// status without the Task's owner (which plan the member is in); the
+/// child's county, which sees the member, gets the owner. Each push is
+/// audited as a disclosure to its recipient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_push_tells_a_referrer_only_what_its_read_shows() {
+    let (gw, m) = Gw::start_with_mocks().await;
+    enrolled(&gw).await;
+    let pid = mapping::uuid5("patient|cin|91000001A");
+    assert_eq!(
+        gw.event(&golden("consent.recorded", "001-referral-verbal"))
+            .await
+            .0,
+        202
+    );
+    let (s, b) = gw
+        .post("/ecm/referrals", COUNTY_TOKEN, &referral("R-O1"))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let county_task = resource(&b, "Task").clone();
+    let theirs = with(referral("R-O2"), |r| {
+        r["referrer"] = json!({"organizationId": "mcp-b", "name": "B care manager",
+            "role": "care manager", "relationship": "health plan care manager"});
+    });
+    let (s, b) = gw.post("/ecm/referrals", MCP_B_TOKEN, &theirs).await;
+    assert_eq!(s, 201, "{b}");
+    let b_task = resource(&b, "Task").clone();
+    let b_task_id = b_task["id"].as_str().unwrap().to_string();
+    // Plan A (the member's plan) accepts both Tasks.
+    for task in [&county_task, &b_task] {
+        let (s, b) = put_task(&gw, MCP_A_TOKEN, task, "accepted", |_| {}).await;
+        assert_eq!(s, 200, "{b}");
+    }
+    let stored = gw
+        .running
+        .store
+        .resource_get("Task", &b_task_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.body["owner"]["reference"], "Organization/mcp-a");
+    // Plan B: the status, not the owner — what its own read of the Task shows.
+    wait_received(&m.mcp_b, &b_task_id).await;
+    let pushed = pushed_task(&m.mcp_b, &b_task_id);
+    assert_eq!(pushed["status"], "accepted", "{pushed}");
+    assert!(pushed.get("owner").is_none(), "{pushed}");
+    assert!(!pushed.to_string().contains("mcp-a"), "{pushed}");
+    let (s, read) = gw
+        .get(&format!("/fhir/Task/{b_task_id}"), MCP_B_TOKEN)
+        .await;
+    assert_eq!(s, 200, "{read}");
+    assert!(read.get("owner").is_none(), "{read}");
+    // The child's county sees the member: its push names the owner.
+    let county_task_id = county_task["id"].as_str().unwrap();
+    wait_received(&m.county, county_task_id).await;
+    let pushed = pushed_task(&m.county, county_task_id);
+    assert_eq!(pushed["owner"]["reference"], "Organization/mcp-a");
+    // Both pushes audited as disclosures to their recipients.
+    for (recipient, task_id) in [
+        ("mcp-b", b_task_id.as_str()),
+        ("county-fresno", county_task_id),
+    ] {
+        let audits = gw
+            .running
+            .store
+            .audit_list(0, 1000, Some(&pid), Some(recipient))
+            .await
+            .unwrap();
+        assert!(
+            audits.iter().any(|a| a.kind == "disclosure"
+                && a.body.to_string().contains(&format!("Task/{task_id}"))),
+            "{recipient}: the push is audited"
+        );
+    }
+    gw.running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_referral_consent_is_the_youths_or_the_familys() {
     let gw = Gw::start().await;

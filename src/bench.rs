@@ -6,8 +6,9 @@
 //!   original mode (`AA`) and in enhanced mode (MSH-15 `AL`, MSH-16 `NE`:
 //!   the commit ACK `CA`, the same durability point), each after translation
 //!   has caught up — then a paced run at a fixed rate for ACK latency; next to
-//!   it, in the same run, the reference: the same store committing one
-//!   message per transaction.
+//!   it, in the same run, the reference: plain SQLite (WAL,
+//!   `synchronous=FULL`) committing each raw message in its own transaction
+//!   into a table with a text primary key.
 //! - `bench translate`: ADT → FHIR Bundle (parse + map + serialize) on one core.
 //! - `bench api`: FHIR read and search through the real API (static token of
 //!   an MCP, consent filtering and audit on), next to the same JSON served
@@ -213,7 +214,7 @@ fn bench_consent(
     recipients: &[String],
     categories: &[String],
 ) -> serde_json::Value {
-    crate::disclosure::consent_to_fhir(&crate::disclosure::ConsentSpec {
+    let mut consent = crate::disclosure::consent_to_fhir(&crate::disclosure::ConsentSpec {
         canonical_base: "https://gateway.example.org/fhir",
         id,
         identifier: None,
@@ -227,7 +228,22 @@ fn bench_consent(
         categories,
         start: "2026-01-01",
         end: None,
-    })
+    });
+    if kind == "referral_verbal" {
+        explained(&mut consent);
+    }
+    consent
+}
+
+/// A referral consent counts only with the four points explained.
+fn explained(consent: &mut serde_json::Value) {
+    let all = crate::disclosure::Explained {
+        provider: Some(true),
+        information_shared: Some(true),
+        duration: Some(true),
+        right_to_withdraw: Some(true),
+    };
+    crate::disclosure::add_explained(consent, "https://gateway.example.org/fhir", &all);
 }
 
 /// Deliveries per second from a full outbox to `endpoints` mocks.
@@ -621,34 +637,33 @@ async fn drive_pipelined(
     })
 }
 
+/// The reference the ingest target is stated against: per message, ONE
+/// transaction on plain SQLite (WAL, `synchronous=FULL`) inserting the raw
+/// message into a table with a text primary key. One connection in a loop:
+/// SQLite admits one writer, so more connections only add lock waits.
+/// (On PostgreSQL: the same store with one commit per message.)
 async fn reference_commit_rate(
     dir: &std::path::Path,
     pg_url: Option<&str>,
     total: usize,
     conns: usize,
 ) -> anyhow::Result<f64> {
-    let store: Arc<dyn store::Store> = match pg_url {
-        Some(url) => Arc::new(
-            store_postgres::PgStore::open(
-                url,
-                store_postgres::PgOptions {
-                    max_batch: 1,
-                    ..store_postgres::PgOptions::default()
-                },
-            )
-            .await?,
-        ),
-        None => Arc::new(store::SqliteStore::open(
-            &dir.join("reference.db"),
-            store::SqliteOptions {
-                max_batch: 1,
-                // SQLite's own fsync inside every COMMIT: the plain
-                // one-commit-per-message rate.
-                durability: store::Durability::Inline,
-                ..store::SqliteOptions::default()
-            },
-        )?),
+    let Some(url) = pg_url else {
+        let path = dir.join("reference.db");
+        return tokio::task::spawn_blocking(move || plain_sqlite_reference(&path, total))
+            .await
+            .context("reference thread")?;
     };
+    let store: Arc<dyn store::Store> = Arc::new(
+        store_postgres::PgStore::open(
+            url,
+            store_postgres::PgOptions {
+                max_batch: 1,
+                ..store_postgres::PgOptions::default()
+            },
+        )
+        .await?,
+    );
     let per = total / conns;
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -675,6 +690,98 @@ async fn reference_commit_rate(
         t.await.context("reference task")??;
     }
     Ok((per * conns) as f64 / started.elapsed().as_secs_f64())
+}
+
+fn plain_sqlite_reference(path: &std::path::Path, total: usize) -> anyhow::Result<f64> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch("CREATE TABLE messages (id TEXT PRIMARY KEY, raw TEXT NOT NULL)")?;
+    let messages: Vec<(String, String)> = (0..total as u64)
+        .map(|n| (format!("STMARY|REF{n}"), sample_adt(n)))
+        .collect();
+    let started = Instant::now();
+    for (id, raw) in &messages {
+        conn.execute_batch("BEGIN")?;
+        conn.prepare_cached("INSERT INTO messages (id, raw) VALUES (?1, ?2)")?
+            .execute(rusqlite::params![id, raw])?;
+        conn.execute_batch("COMMIT")?;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Where one send-and-wait round trip goes, from the gateway's own metrics
+/// read before and after a run (means per message, in µs).
+struct Stages {
+    ack: (u64, f64),
+    journal: (u64, f64),
+    commits: u64,
+    commit_sum: f64,
+    syncs: u64,
+    sync_sum: f64,
+}
+
+impl Stages {
+    fn read(running: &crate::serve::Running) -> Self {
+        let m = running.store.metrics();
+        Stages {
+            ack: running.metrics.ack_latency.count_and_sum(),
+            journal: running.metrics.journal_wait.count_and_sum(),
+            commits: m.commits,
+            commit_sum: m.commit_seconds_sum,
+            syncs: m.wal_syncs,
+            sync_sum: m.wal_sync_seconds_sum,
+        }
+    }
+
+    /// The breakdown of `run`'s mean round trip:
+    /// * `client_round_trip`: what the sender measured, frame out to ACK in;
+    /// * `gateway_handling`: complete frame → ACK ready (parse, checks, the
+    ///   journal append, building the ACK);
+    /// * `parse_check_build`: that minus the journal wait;
+    /// * `journal_wait`: the append's wait for the writer thread, its
+    ///   transaction and the WAL fsync; of it `commit_to_durable` is a
+    ///   commit's mean time from transaction start to fsync done (every
+    ///   transaction, translation's included) and `fsync` the disk's share;
+    /// * `socket_and_scheduling`: the rest (reply write, both ends' reads
+    ///   and task wake-ups on a shared 2-core machine).
+    fn since(&self, before: &Stages, run: &IngestResult) -> serde_json::Value {
+        let mean = |now: (u64, f64), then: (u64, f64)| {
+            let n = now.0.saturating_sub(then.0);
+            if n == 0 {
+                0.0
+            } else {
+                (now.1 - then.1) / n as f64 * 1e6
+            }
+        };
+        let client = if run.latencies.is_empty() {
+            0.0
+        } else {
+            run.latencies.iter().map(|d| d.as_secs_f64()).sum::<f64>()
+                / run.latencies.len() as f64
+                * 1e6
+        };
+        let handling = mean(self.ack, before.ack);
+        let journal = mean(self.journal, before.journal);
+        let commit = mean(
+            (self.commits, self.commit_sum),
+            (before.commits, before.commit_sum),
+        );
+        let fsync = mean((self.syncs, self.sync_sum), (before.syncs, before.sync_sum));
+        let msgs = self.journal.0.saturating_sub(before.journal.0);
+        let syncs = self.syncs.saturating_sub(before.syncs);
+        let r = |x: f64| (x * 10.0).round() / 10.0;
+        json!({
+            "client_round_trip": r(client),
+            "gateway_handling": r(handling),
+            "parse_check_build": r(handling - journal),
+            "journal_wait": r(journal),
+            "commit_to_durable": r(commit),
+            "fsync": r(fsync),
+            "messages_per_fsync": if syncs > 0 { r(msgs as f64 / syncs as f64) } else { 0.0 },
+            "socket_and_scheduling": r(client - handling),
+        })
+    }
 }
 
 /// One backend's ingest runs; returns its summary line (also printed).
@@ -723,6 +830,7 @@ async fn ingest(
         // translation caught up (on 2 cores the backlog one leaves would
         // slow the other).
         translation_catch_up(running.store.as_ref()).await?;
+        let before = Stages::read(&running);
         let r = drive(
             addr,
             conns,
@@ -733,7 +841,9 @@ async fn ingest(
             false,
         )
         .await?;
+        let r_stages = Stages::read(&running).since(&before, &r);
         translation_catch_up(running.store.as_ref()).await?;
+        let before = Stages::read(&running);
         let e = drive(
             addr,
             conns,
@@ -744,6 +854,7 @@ async fn ingest(
             true,
         )
         .await?;
+        let e_stages = Stages::read(&running).since(&before, &e);
         let p = drive(
             addr,
             conns,
@@ -792,6 +903,7 @@ async fn ingest(
                 "journal_commits": commits,
                 "pending_at_last_ack": left, "translation_caught_up_ms": caught_up_ms,
                 "reference_one_commit_per_msg_per_sec": refr.round(),
+                "round_trip_us": r_stages, "enhanced_round_trip_us": e_stages,
             })
         );
         thr.push(r.msgs_per_sec);
@@ -984,7 +1096,7 @@ fn api_seed(n: usize) -> Vec<store::ResourceWrite> {
     let categories = vec!["referral".to_string()];
     for i in 0..n {
         let pid = format!("bp{i}");
-        let consent = crate::disclosure::consent_to_fhir(&crate::disclosure::ConsentSpec {
+        let mut consent = crate::disclosure::consent_to_fhir(&crate::disclosure::ConsentSpec {
             canonical_base: "https://gateway.example.org/fhir",
             id: &format!("bc{i}"),
             identifier: None,
@@ -999,6 +1111,7 @@ fn api_seed(n: usize) -> Vec<store::ResourceWrite> {
             start: "2026-01-10",
             end: None,
         });
+        explained(&mut consent);
         let sr = json!({"resourceType": "ServiceRequest", "id": format!("bsr{i}"), "status": "active", "intent": "order",
             "subject": {"reference": format!("Patient/{pid}")}, "requester": {"reference": "Organization/county-fresno"},
             "performer": [{"reference": "Organization/mcp-a"}]});

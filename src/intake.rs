@@ -463,7 +463,11 @@ impl AdtIntake {
         };
         let key = input.dedup_key.clone();
         let appending = self.processor.intake();
+        let waiting = Instant::now();
         let appended = self.store.append(input).await;
+        self.metrics
+            .journal_wait
+            .observe(waiting.elapsed().as_secs_f64());
         drop(appending);
         let outcome = match appended {
             Ok(o) => o,

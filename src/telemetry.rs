@@ -130,6 +130,14 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Observations so far and their sum in seconds.
+    pub fn count_and_sum(&self) -> (u64, f64) {
+        (
+            self.count.load(Ordering::Relaxed),
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+
     /// Render under `name` (for metrics kept outside this module).
     pub fn render_named(&self, out: &mut String, name: &str, help: &str) {
         self.render(out, name, help);
@@ -209,6 +217,9 @@ pub struct Metrics {
     pub http_slots_exhausted: CounterVec,
     /// Time from a complete frame/request to its ACK being ready.
     pub ack_latency: Histogram,
+    /// The part of `ack_latency` spent waiting for the journal append: the
+    /// writer's queue, its transaction and the WAL fsync.
+    pub journal_wait: Histogram,
     /// ADT messages journaled under a control id the same facility already
     /// used for a different message, by source organization id.
     pub control_id_reuse: ConfigCounter,
@@ -237,6 +248,7 @@ impl Default for Metrics {
             http_connections: AtomicI64::new(0),
             http_slots_exhausted: CounterVec::default(),
             ack_latency: Histogram::new(LATENCY_BUCKETS),
+            journal_wait: Histogram::new(LATENCY_BUCKETS),
             control_id_reuse: ConfigCounter::default(),
             translations: CounterVec::default(),
             translate_queue_depth: AtomicI64::new(0),
@@ -333,6 +345,11 @@ impl Metrics {
             "cwsgw_hl7_ack_latency_seconds",
             "Time from a complete HL7 message to its ACK being ready (includes the journal commit).",
         );
+        self.journal_wait.render(
+            &mut out,
+            "cwsgw_hl7_journal_wait_seconds",
+            "The part of the ACK latency spent waiting for the journal append (writer queue, transaction, WAL fsync).",
+        );
         self.control_id_reuse.render(
             &mut out,
             "cwsgw_control_id_reuse_total",
@@ -423,6 +440,16 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} counter");
             let _ = writeln!(out, "{name} {v}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP cwsgw_store_wal_sync_seconds_total Seconds spent in those WAL fsyncs (the disk's share of a commit)."
+        );
+        let _ = writeln!(out, "# TYPE cwsgw_store_wal_sync_seconds_total counter");
+        let _ = writeln!(
+            out,
+            "cwsgw_store_wal_sync_seconds_total {}",
+            store.wal_sync_seconds_sum
+        );
         let _ = writeln!(
             out,
             "# HELP cwsgw_store_writer_queue_depth Requests waiting for the store writer."

@@ -32,6 +32,8 @@ pub struct StoreMetrics {
     /// commit made since the previous one); 0 where the backend syncs
     /// inside its commits.
     pub wal_syncs: u64,
+    /// Seconds spent inside those fsyncs (the disk's share of a commit).
+    pub wal_sync_seconds_sum: f64,
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +46,7 @@ struct Counters {
     bucket_counts: [u64; COMMIT_SECONDS_BUCKETS.len()],
     largest_batch: u64,
     wal_syncs: u64,
+    wal_sync_seconds_sum: f64,
 }
 
 /// Shared between the writer thread and the store handle.
@@ -91,8 +94,10 @@ impl MetricsRecorder {
     }
 
     /// One WAL fsync by the sync thread.
-    pub(crate) fn record_wal_sync(&self) {
-        self.counters().wal_syncs += 1;
+    pub(crate) fn record_wal_sync(&self, seconds: f64) {
+        let mut c = self.counters();
+        c.wal_syncs += 1;
+        c.wal_sync_seconds_sum += seconds;
     }
 
     pub(crate) fn snapshot(&self) -> StoreMetrics {
@@ -115,6 +120,7 @@ impl MetricsRecorder {
             largest_batch: c.largest_batch,
             writer_queue_depth: self.queue_depth.load(Ordering::Relaxed),
             wal_syncs: c.wal_syncs,
+            wal_sync_seconds_sum: c.wal_sync_seconds_sum,
         }
     }
 }

@@ -328,7 +328,8 @@ fn migrations_are_recorded() {
         vec![
             (1, "init".to_string()),
             (2, "outbox_audit_search".to_string()),
-            (3, "audit_keyed".to_string())
+            (3, "audit_keyed".to_string()),
+            (4, "drop_redundant_index".to_string())
         ]
     );
     let mode: String = conn

@@ -482,6 +482,9 @@ impl Checkpointer {
     }
 }
 
+/// The writer connection's page cache, in KiB (negative for SQLite).
+const WRITER_CACHE_KIB: i64 = -32 * 1024;
+
 fn configure_writer(
     conn: &Connection,
     durability: Durability,
@@ -503,6 +506,13 @@ fn configure_writer(
         },
     )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // The writer's page cache: SQLite's default (2 MiB) holds little of the
+    // search index a completion inserts into, so index and history pages
+    // were re-read (`pread`) on most completions. Pages are allocated as
+    // used, so a small store stays small.
+    conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
+    // Savepoint sub-journals (one per request) stay in memory.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     // Checkpoints run on their own thread ([`Checkpointer`]), not inside commits.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;

@@ -21,6 +21,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit_keyed",
         include_str!("../../migrations/sqlite/0003_audit_keyed.sql"),
     ),
+    (
+        4,
+        "drop_redundant_index",
+        include_str!("../../migrations/sqlite/0004_drop_redundant_index.sql"),
+    ),
 ];
 
 pub(crate) const CREATE_SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -168,13 +168,14 @@ pub(crate) fn run(
             }
         }
         let round = batches.len();
+        let syncing = Instant::now();
         let result = match failed.get() {
             Some(why) => Err(why.clone()),
             None => sync_once(&wal, &shared),
         };
         match result {
             Ok(()) => {
-                metrics.record_wal_sync();
+                metrics.record_wal_sync(syncing.elapsed().as_secs_f64());
                 for b in batches.drain(..) {
                     metrics.record_commit(
                         b.started.elapsed().as_secs_f64(),

@@ -130,15 +130,13 @@ impl Sink for DtText {
     }
 }
 
-fn days_in_month(year: u32, month: u32) -> u32 {
-    match month {
-        2 if (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400) => {
-            29
-        }
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
+/// Whether `year-month-day` is a real (proleptic Gregorian) date: chrono's
+/// calendar, not our own leap-year arithmetic.
+fn real_date(year: u32, month: u32, day: u32) -> bool {
+    i32::try_from(year)
+        .ok()
+        .and_then(|y| chrono::NaiveDate::from_ymd_opt(y, month, day))
+        .is_some()
 }
 
 /// Append `n` zero-padded to `width` digits (`n < 10^width`, checked by callers).
@@ -173,7 +171,7 @@ fn date_part_into(d: &str, out: &mut impl Sink) -> bool {
             else {
                 return false;
             };
-            if !((1..=12).contains(&m) && day >= 1 && day <= days_in_month(year, m)) {
+            if !real_date(year, m, day) {
                 return false;
             }
             (Some(m), Some(day))
@@ -360,6 +358,16 @@ mod tests {
         assert_eq!(to_date("1985x312"), None);
         assert_eq!(to_date("198503122599"), None);
         assert_eq!(to_date(""), None);
+        // Leap years and month lengths are chrono's: 1900 is not a leap
+        // year, 2000 is; April has 30 days; years 0001 and 9999 work.
+        assert_eq!(to_date("19000229"), None);
+        assert_eq!(to_date("20000229").as_deref(), Some("2000-02-29"));
+        assert_eq!(to_date("20230229"), None);
+        assert_eq!(to_date("20260431"), None);
+        assert_eq!(to_date("20261231").as_deref(), Some("2026-12-31"));
+        assert_eq!(to_date("00010101").as_deref(), Some("0001-01-01"));
+        assert_eq!(to_date("99991231").as_deref(), Some("9999-12-31"));
+        assert_eq!(to_date("20260100"), None);
     }
 
     #[test]

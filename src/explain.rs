@@ -10,7 +10,10 @@
 //! current context (consents and what each shows was explained, plan,
 //! assigned ECM provider, whom self-referrals were made to) at
 //! `now`, one line per consent category, plus the context it relied on
-//! (ids only). The output names the patient by id, never by CIN or name.
+//! (ids only) and, under `context.not_counted`, the referral consents on
+//! file that count for nothing with the explained flags their records do
+//! not show (`missing`), so a privacy officer sees them. The output names
+//! the patient by id, never by CIN or name.
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -119,6 +122,29 @@ pub fn parse_purpose(s: Option<&str>) -> Option<Purpose> {
     })
 }
 
+/// Why a consent in `context.not_counted` counts for nothing.
+pub const NOT_COUNTED_WHY: &str = "a referral consent counts only when its record shows that the provider and service, the information shared, the duration and the right to withdraw were explained; this record does not show the flags under missing";
+
+/// The explained flags a consent record does not show as `true` (false,
+/// or missing; all four when the record has no `consent-explained`
+/// extension), in [`disclosure::EXPLAINED_FLAGS`] order.
+pub fn missing_flags(explained: Option<&disclosure::Explained>) -> Vec<&'static str> {
+    let shown = explained.map_or([None; 4], |e| {
+        [
+            e.provider,
+            e.information_shared,
+            e.duration,
+            e.right_to_withdraw,
+        ]
+    });
+    disclosure::EXPLAINED_FLAGS
+        .iter()
+        .zip(shown)
+        .filter(|(_, v)| *v != Some(true))
+        .map(|(k, _)| *k)
+        .collect()
+}
+
 /// Explain for a known Patient id.
 pub async fn explain_patient(
     cfg: &Config,
@@ -169,6 +195,20 @@ pub async fn explain_patient(
                 // null when the record carries no such extension.
                 "explained": ctx.explained.iter().find(|(id, _)| *id == c.id).map(|(_, e)| e),
             })).collect::<Vec<_>>(),
+            // Referral consents on file that count for nothing: the record
+            // does not show the four explained flags (`disclosure::consent_counts`).
+            "not_counted": ctx.not_counted.iter().map(|c| {
+                let explained = ctx.explained.iter().find(|(id, _)| *id == c.id).map(|(_, e)| e);
+                json!({
+                    "id": c.id,
+                    "kind": format!("{:?}", c.kind),
+                    "recipients": c.recipients,
+                    "grantor_role": c.grantor_role,
+                    "explained": explained,
+                    "missing": missing_flags(explained),
+                    "why": NOT_COUNTED_WHY,
+                })
+            }).collect::<Vec<_>>(),
             "member_mcp": ctx.member_mcp,
             "assigned_ecm": ctx.assigned_ecm,
             "self_referral_to": ctx.self_referral_to(),
@@ -307,4 +347,35 @@ pub async fn decisions(
         axum::http::HeaderValue::from_static("application/json"),
     );
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disclosure::Explained;
+
+    #[test]
+    fn missing_flags_names_each_flag_not_shown_true() {
+        assert_eq!(missing_flags(None), disclosure::EXPLAINED_FLAGS.to_vec());
+        let partly = Explained {
+            provider: Some(true),
+            information_shared: Some(false),
+            duration: None,
+            right_to_withdraw: Some(true),
+        };
+        assert_eq!(
+            missing_flags(Some(&partly)),
+            vec![
+                disclosure::EXPLAINED_FLAGS[1],
+                disclosure::EXPLAINED_FLAGS[2]
+            ]
+        );
+        let all = Explained {
+            provider: Some(true),
+            information_shared: Some(true),
+            duration: Some(true),
+            right_to_withdraw: Some(true),
+        };
+        assert!(missing_flags(Some(&all)).is_empty());
+    }
 }

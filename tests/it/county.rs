@@ -1958,6 +1958,89 @@ async fn a_status_push_tells_a_referrer_only_what_its_read_shows() {
     gw.running.stop().await;
 }
 
+/// `explain` shows a privacy officer the referral consents that count for
+/// nothing (`context.not_counted`): the record without the explained flags
+/// and the one with a flag false, each with the flags it does not show; the
+/// counted consents do not list them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_shows_the_referral_consents_that_do_not_count() {
+    let gw = Gw::start().await;
+    enrolled(&gw).await;
+    let pid = mapping::uuid5("patient|cin|91000001A");
+    let mut old = common::consent(
+        "old-referral-consent",
+        &pid,
+        "referral_verbal",
+        "parent",
+        &["mcp-a"],
+        &["referral"],
+    );
+    old["extension"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|e| !e["url"].as_str().unwrap().ends_with("/consent-explained"));
+    let mut partly = common::consent(
+        "partly-explained-consent",
+        &pid,
+        "referral_verbal",
+        "parent",
+        &["mcp-a"],
+        &["referral"],
+    );
+    for e in partly["extension"].as_array_mut().unwrap() {
+        if e["url"].as_str().unwrap().ends_with("/consent-explained") {
+            for f in e["extension"].as_array_mut().unwrap() {
+                if f["url"] == "duration" {
+                    f["valueBoolean"] = json!(false);
+                }
+            }
+        }
+    }
+    common::seed(gw.running.store.as_ref(), vec![old, partly]).await;
+    let (s, b) = gw
+        .get(
+            &format!("/ops/decisions?patient={pid}&recipient=mcp-a&purpose=referral"),
+            OPS_TOKEN,
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let ctx = &b["context"];
+    assert!(
+        !ctx["consents"].to_string().contains("referral-consent")
+            && !ctx["consents"].to_string().contains("partly-explained"),
+        "{ctx}"
+    );
+    let not_counted = ctx["not_counted"].as_array().unwrap();
+    let find = |id: &str| {
+        not_counted
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not listed: {ctx}"))
+            .clone()
+    };
+    let old = find("old-referral-consent");
+    assert_eq!(
+        old["missing"],
+        json!([
+            "provider",
+            "informationShared",
+            "duration",
+            "rightToWithdraw"
+        ])
+    );
+    assert!(old["explained"].is_null());
+    assert_eq!(old["kind"], "ReferralVerbal");
+    assert!(old["why"].as_str().unwrap().contains("explained"));
+    let partly = find("partly-explained-consent");
+    assert_eq!(partly["missing"], json!(["duration"]));
+    assert_eq!(partly["explained"]["duration"], false);
+    assert!(
+        !b.to_string().contains("91000001A"),
+        "the CIN is not echoed"
+    );
+    gw.running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_referral_consent_is_the_youths_or_the_familys() {
     let gw = Gw::start().await;

@@ -409,7 +409,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = load_existing(config.as_deref())?;
             let rt = runtime()?;
             let items = rt.block_on(async move {
-                let store = crate::serve::open_store(&cfg).await?;
+                let store = crate::serve::open_existing_store(&cfg).await?;
                 let now = chrono::Utc::now();
                 let items = crate::county::deadlines::list(store.as_ref(), now, true, overdue).await?;
                 // The clocks name patients: an operator read, audited first.
@@ -452,7 +452,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = load_existing(config.as_deref())?;
             let rt = runtime()?;
             let out = rt.block_on(async move {
-                let store = crate::serve::open_store(&cfg).await?;
+                let store = crate::serve::open_existing_store(&cfg).await?;
                 crate::delivery::dlq(store.as_ref(), action).await
             })?;
             emit(&out.text)?;
@@ -467,7 +467,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let cfg = load_existing(config.as_deref())?;
             let rt = runtime()?;
-            let store = rt.block_on(crate::serve::open_store(&cfg))?;
+            let store = rt.block_on(crate::serve::open_existing_store(&cfg))?;
             let (intact, line) =
                 rt.block_on(crate::audit_trail::verify(&cfg, store.as_ref()))?;
             emit(&format!("{line}\n"))?;
@@ -489,7 +489,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
             })?;
             let rt = runtime()?;
-            let store = rt.block_on(crate::serve::open_store(&cfg))?;
+            let store = rt.block_on(crate::serve::open_existing_store(&cfg))?;
             let out = rt.block_on(crate::explain::explain_cin(
                 &cfg,
                 store.as_ref(),

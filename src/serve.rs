@@ -55,6 +55,18 @@ pub struct Running {
 /// PostgreSQL (several instances may share it), `sqlite://…` → the embedded
 /// default. Must run inside the Tokio runtime.
 pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    open_store_with(cfg, false).await
+}
+
+/// [`open_store`] for a command that reads a store (`deadlines`, `dlq`,
+/// `audit verify`, `explain`): a PostgreSQL database without the gateway's
+/// schema is an error, not a new store. (A missing SQLite file is refused
+/// before this, by the CLI.)
+pub async fn open_existing_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    open_store_with(cfg, true).await
+}
+
+async fn open_store_with(cfg: &Config, require_existing: bool) -> anyhow::Result<Arc<dyn Store>> {
     let url = cfg.store.url.trim();
     let opened: Result<Arc<dyn Store>, store::StoreError> = if store_postgres::is_postgres_url(url)
     {
@@ -62,6 +74,7 @@ pub async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
             max_batch: cfg.store.max_batch,
             pool_size: cfg.store.pool_size,
             audit_keys: crate::audit_trail::keys(cfg)?,
+            require_existing,
             ..store_postgres::PgOptions::default()
         };
         store_postgres::PgStore::open(url, opts)

@@ -545,3 +545,40 @@ fn check_config_and_serve_fail_on_a_missing_secret() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).starts_with("configuration OK"));
 }
+
+/// On PostgreSQL too: a command that reads a store, pointed at a database
+/// the gateway never served, is one line naming it and exit 1, and leaves
+/// the database as it was (no schema created), so the next try still says
+/// so. (`serve` creates and migrates the schema as before.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_reading_commands_never_create_a_postgres_store() {
+    let db = store_postgres::testing::TestDb::create()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tmp = outside();
+    let commands: [&[&str]; 3] = [&["audit", "verify"], &["dlq", "list"], &["deadlines"]];
+    for _ in 0..2 {
+        for args in commands {
+            let out = cmd(tmp.path())
+                .args(args)
+                .env("CWSGW_DATABASE_URL", &db.url)
+                .env("CWSGW_AUDIT_KEY", format!("k1:{}", "ab".repeat(32)))
+                .output()
+                .expect("run");
+            assert!(!out.status.success(), "{args:?} succeeded");
+            let err = text(&out.stderr);
+            assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+            assert!(
+                err.starts_with("error: ") && err.contains("holds no gateway store"),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    // Nothing was created: a store that requires the schema still finds none.
+    let opts = store_postgres::PgOptions {
+        require_existing: true,
+        ..store_postgres::PgOptions::default()
+    };
+    assert!(store_postgres::PgStore::open(&db.url, opts).await.is_err());
+    db.drop_db().await.unwrap_or_else(|e| panic!("{e}"));
+}

@@ -113,6 +113,10 @@ pub struct PgOptions {
     /// Audit keys (from outside the database): the last seals new audit
     /// records, all verify (see `store::audit`). Default none.
     pub audit_keys: store::AuditKeys,
+    /// Open only a database that already holds the gateway's schema: an
+    /// operator command that reads a store must not create one. Default
+    /// false (`serve` creates and migrates it).
+    pub require_existing: bool,
 }
 
 impl Default for PgOptions {
@@ -122,6 +126,7 @@ impl Default for PgOptions {
             max_batch: 512,
             connect_timeout: Duration::from_secs(5),
             audit_keys: store::AuditKeys::none(),
+            require_existing: false,
         }
     }
 }
@@ -189,6 +194,22 @@ impl PgStore {
             .await
             .map_err(|e| error::connect(e, &shown))?;
         let driver = tokio::spawn(conn);
+        if opts.require_existing {
+            let present = client
+                .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+                .await
+                .map_err(|e| error::connect(e, &shown))?;
+            if !present.get::<_, bool>(0) {
+                drop(client);
+                let _ = driver.await;
+                return Err(StoreError::Open {
+                    path: shown,
+                    reason: "holds no gateway store (it was never served); \
+                             commands that read a store do not create one"
+                        .to_string(),
+                });
+            }
+        }
         let migrated = migrate::migrate(&mut client).await;
         drop(client);
         let _ = driver.await;

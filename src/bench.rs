@@ -113,7 +113,10 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             let mut summaries = vec![ingest(conns, messages, rate, runs, window, None).await?];
             if let Some(url) = database_url {
                 summaries.push(ingest(conns, messages, rate, runs, window, Some(url)).await?);
-                println!("{}", json!({"bench": "ingest", "side_by_side": summaries}));
+                crate::cli::emit(&format!(
+                    "{}\n",
+                    json!({"bench": "ingest", "side_by_side": summaries})
+                ))?;
             }
             Ok(())
         }
@@ -396,26 +399,26 @@ async fn delivery(total: usize, adt: usize, runs: usize) -> anyhow::Result<()> {
         let t4 = delivery_throughput(4, total).await?;
         let lat = adt_notification_latency(adt).await?;
         let (a, b) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
-        println!(
-            "{}",
+        crate::cli::emit(&format!(
+            "{}\n",
             json!({"bench": "delivery", "run": run + 1, "deliveries": total,
                 "deliveries_per_sec_1_endpoint": t1.round(), "deliveries_per_sec_4_endpoints": t4.round(),
                 "adt_messages": adt, "adt_to_notification_p50_ms": a, "adt_to_notification_p99_ms": b})
-        );
+        ))?;
         one.push(t1);
         four.push(t4);
         p50.push(a);
         p99.push(b);
     }
-    println!(
-        "{}",
+    crate::cli::emit(&format!(
+        "{}\n",
         json!({"bench": "delivery", "summary": "median", "runs": runs, "deliveries": total,
             "deliveries_per_sec_1_endpoint": median(&mut one).round(),
             "deliveries_per_sec_4_endpoints": median(&mut four).round(),
             "adt_messages": adt,
             "adt_to_notification_p50_ms": median(&mut p50), "adt_to_notification_p99_ms": median(&mut p99),
             "peak_rss_mib": peak_rss_mib()})
-    );
+    ))?;
     Ok(())
 }
 
@@ -757,8 +760,7 @@ impl Stages {
         let client = if run.latencies.is_empty() {
             0.0
         } else {
-            run.latencies.iter().map(|d| d.as_secs_f64()).sum::<f64>()
-                / run.latencies.len() as f64
+            run.latencies.iter().map(|d| d.as_secs_f64()).sum::<f64>() / run.latencies.len() as f64
                 * 1e6
         };
         let handling = mean(self.ack, before.ack);
@@ -888,8 +890,8 @@ async fn ingest(
         if let Some(db) = scratch {
             db.drop_db().await.map_err(|e| anyhow::anyhow!(e))?;
         }
-        println!(
-            "{}",
+        crate::cli::emit(&format!(
+            "{}\n",
             json!({
                 "bench": "ingest", "store": backend, "run": run + 1, "connections": conns, "messages": messages,
                 "msgs_per_sec": r.msgs_per_sec.round(),
@@ -905,7 +907,7 @@ async fn ingest(
                 "reference_one_commit_per_msg_per_sec": refr.round(),
                 "round_trip_us": r_stages, "enhanced_round_trip_us": e_stages,
             })
-        );
+        ))?;
         thr.push(r.msgs_per_sec);
         enh.push(e.msgs_per_sec);
         enh_p50.push(percentile(&e.latencies, 0.5));
@@ -936,7 +938,7 @@ async fn ingest(
             "translation_caught_up_ms": median(&mut catch_up),
             "peak_rss_mib": peak_rss_mib(),
     });
-    println!("{summary}");
+    crate::cli::emit(&format!("{summary}\n"))?;
     Ok(summary)
 }
 
@@ -1028,25 +1030,25 @@ fn translate(seconds: u64, runs: usize) -> anyhow::Result<()> {
             }
         }
         let naive_rate = c as f64 / t2.elapsed().as_secs_f64();
-        println!(
-            "{}",
+        crate::cli::emit(&format!(
+            "{}\n",
             json!({"bench": "translate", "run": run + 1, "msgs_per_sec": (n as f64 / secs).round(),
                    "cpu_msgs_per_sec": (n as f64 / cpu_secs).round(), "bytes_in_per_msg": bytes_per_msg,
                    "bytes_out_per_msg": out_bytes / (n.max(1) as usize), "value_api_msgs_per_sec": value_rate.round(),
                    "naive_split_msgs_per_sec": naive_rate.round(), "checksum": k % 7})
-        );
+        ))?;
         wall.push(n as f64 / secs);
         cpu.push(n as f64 / cpu_secs);
         value_rates.push(value_rate);
         naive_rates.push(naive_rate);
     }
-    println!(
-        "{}",
+    crate::cli::emit(&format!(
+        "{}\n",
         json!({"bench": "translate", "summary": "median", "runs": runs, "threads": 1,
                "msgs_per_sec": median(&mut wall).round(), "cpu_msgs_per_sec": median(&mut cpu).round(),
                "value_api_msgs_per_sec": median(&mut value_rates).round(),
                "naive_split_msgs_per_sec": median(&mut naive_rates).round(), "peak_rss_mib": peak_rss_mib()})
-    );
+    ))?;
     Ok(())
 }
 
@@ -1294,22 +1296,22 @@ async fn api(
                 ((m1.commit_seconds_sum - m0.commit_seconds_sum) / commits as f64 * 1e5).round()
                     / 100.0
             });
-            println!(
-                "{}",
+            crate::cli::emit(&format!(
+                "{}\n",
                 json!({"bench": "api", "store": backend, "phase": name, "run": run, "requests_per_sec": r.round(), "p50_ms": a, "p99_ms": b,
                        "commits": commits, "requests_per_commit": per_commit, "commit_ms_mean": commit_ms,
                        "wal_syncs": syncs, "requests_per_wal_sync": per_sync})
-            );
+            ))?;
             rps.push(r);
             p50.push(a);
             p99.push(b);
         }
-        println!(
-            "{}",
+        crate::cli::emit(&format!(
+            "{}\n",
             json!({"bench": "api", "store": backend, "phase": name, "median_of": runs, "connections": conns,
                    "requests": requests, "patients": patients, "consent_filtering": name != "memory_reference",
                    "requests_per_sec": median(&mut rps).round(), "p50_ms": median(&mut p50), "p99_ms": median(&mut p99)})
-        );
+        ))?;
     }
     let audits = gw.store.audit_list(0, 1, None, None).await?.len();
     anyhow::ensure!(audits > 0, "the API phases wrote no audit records");

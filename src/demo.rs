@@ -97,14 +97,14 @@ pub async fn run(cfg: Config, config_origin: &str) -> anyhow::Result<()> {
     let tokens = demo_tokens(&cfg)?;
     let mocks = start_mocks(&cfg).await?;
     let running = crate::serve::start(cfg.clone()).await?;
-    println!(
-        "listening http={} mllp={}",
+    crate::cli::emit(&format!(
+        "listening http={} mllp={}\n",
         running.http_addr, running.mllp_addr
-    );
-    println!(
-        "demo: configuration {} — HTTP, MLLP and the mock endpoints bind loopback (127.0.0.1) only.",
+    ))?;
+    crate::cli::emit(&format!(
+        "demo: configuration {} — HTTP, MLLP and the mock endpoints bind loopback (127.0.0.1) only.\n",
         config_origin
-    );
+    ))?;
     let scenario = Scenario::from_yaml(DEMO_SCENARIO, "tests/scenarios/demo.yaml")?;
     let target = Target {
         http: running.http_addr,
@@ -112,14 +112,17 @@ pub async fn run(cfg: Config, config_origin: &str) -> anyhow::Result<()> {
         tokens: tokens.clone(),
         mocks: mocks.clone(),
     };
-    println!("demo: replaying sample traffic: {}", scenario.name);
+    crate::cli::emit(&format!(
+        "demo: replaying sample traffic: {}\n",
+        scenario.name
+    ))?;
     let mut log = scenario::RunLog::default();
     let outcome = scenario::run(&scenario, &target, &mut log).await;
     for l in &log.lines {
-        println!("  {l}");
+        crate::cli::emit(&format!("  {l}\n"))?;
     }
     if let Err(e) = &outcome {
-        println!("demo: the replay stopped: {e:#}");
+        crate::cli::emit(&format!("demo: the replay stopped: {e:#}\n"))?;
     }
     // Let the outbox settle (bounded).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -136,17 +139,23 @@ pub async fn run(cfg: Config, config_origin: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     print!("{}", summary(running.store.as_ref(), &mocks, &cfg).await);
-    println!("\nTry it (demo tokens; every token is listed in config/demo.toml as its SHA-256):");
+    crate::cli::emit(
+        "\nTry it (demo tokens; every token is listed in config/demo.toml as its SHA-256):\n",
+    )?;
     for (org, token) in DEMO_TOKENS {
-        println!("  {org:<14} {token}");
+        crate::cli::emit(&format!("  {org:<14} {token}\n"))?;
     }
     let base = format!("http://{}", running.http_addr);
-    println!("  curl -s {base}/healthz");
-    println!("  curl -s {base}/fhir/metadata");
-    println!("  curl -s -H 'Authorization: Bearer demo-plan-a-token' '{base}/fhir/Task?_count=5'");
-    println!("  curl -s -H 'Authorization: Bearer demo-county-token' '{base}/fhir/Encounter'   # withheld without a release");
-    println!("  curl -s -H 'Authorization: Bearer demo-ops-token' {base}/metrics");
-    println!("Serving until Ctrl-C.");
+    crate::cli::emit(&format!("  curl -s {base}/healthz\n"))?;
+    crate::cli::emit(&format!("  curl -s {base}/fhir/metadata\n"))?;
+    crate::cli::emit(&format!(
+        "  curl -s -H 'Authorization: Bearer demo-plan-a-token' '{base}/fhir/Task?_count=5'\n"
+    ))?;
+    crate::cli::emit(&format!("  curl -s -H 'Authorization: Bearer demo-county-token' '{base}/fhir/Encounter'   # withheld without a release\n"))?;
+    crate::cli::emit(&format!(
+        "  curl -s -H 'Authorization: Bearer demo-ops-token' {base}/metrics\n"
+    ))?;
+    crate::cli::emit("Serving until Ctrl-C.\n")?;
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
     crate::serve::wait_for_signal().await;

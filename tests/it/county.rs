@@ -1870,6 +1870,49 @@ async fn task_status_goes_only_to_that_tasks_requester() {
     gw.running.stop().await;
 }
 
+/// A caller that may read a Task (a release naming it) but is neither its
+/// requester nor a performer gets 403, audited once: `put_task`'s own
+/// `not-a-party` refusal, marked `RefusalAudited` on the response, so the
+/// scope layer adds no `refusal: forbidden` of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_put_by_a_reader_that_is_not_a_party_is_a_403_audited_once() {
+    let gw = Gw::start().await;
+    enrolled(&gw).await;
+    let pid = mapping::uuid5("patient|cin|91000001A");
+    let t = new_task(&gw, "T-NP").await;
+    let release = common::consent(
+        "kern-release",
+        &pid,
+        "release_of_information",
+        "youth",
+        &["county-kern"],
+        &["referral", "case"],
+    );
+    common::seed(gw.running.store.as_ref(), vec![release]).await;
+    let task_id = t["id"].as_str().unwrap();
+    let (s, read) = gw.get(&format!("/fhir/Task/{task_id}"), KERN_TOKEN).await;
+    assert_eq!(s, 200, "county-kern may read the Task: {read}");
+    let before = gw
+        .running
+        .store
+        .audit_list(0, 10_000, None, None)
+        .await
+        .unwrap()
+        .len();
+    let (s, b) = put_task(&gw, KERN_TOKEN, &t, "cancelled", |_| {}).await;
+    assert_eq!(s, 403, "{b}");
+    let after = gw
+        .running
+        .store
+        .audit_list(0, 10_000, None, None)
+        .await
+        .unwrap();
+    let new: Vec<String> = after[before..].iter().map(|a| a.body.to_string()).collect();
+    assert_eq!(new.len(), 1, "one record for the 403: {new:?}");
+    assert!(new[0].contains("not-a-party"), "{}", new[0]);
+    gw.running.stop().await;
+}
+
 /// The Task entry of the first Bundle `mock` received that mentions `task_id`.
 fn pushed_task(mock: &cws_gateway::delivery::mock::MockEndpoint, task_id: &str) -> Value {
     mock.received()

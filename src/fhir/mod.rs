@@ -337,21 +337,13 @@ impl<'a> Gate<'a> {
         let Some(ctx) = self.contexts.get(pid) else {
             return Err(ApiError::Internal("patient context missing".into()));
         };
-        let org = self.caller.org_id.as_str();
-        let body = patient.as_ref().map(|p| &p.body);
-        let seen = crate::county::eligibility::is_childs_county(
+        let seen = crate::delivery::bundle::sees_member(
             &self.state.disclosure,
-            org,
+            self.caller.org_id.as_str(),
             ctx,
-            body,
+            patient.as_ref().map(|p| &p.body),
             self.now,
-        ) || body.is_some_and(|p| {
-            self.state
-                .disclosure
-                .decide(p, org, consent::Purpose::Pull, ctx, self.now)
-                .effect
-                == consent::Effect::Permit
-        });
+        );
         self.member_seen.insert(pid.to_string(), seen);
         Ok(seen)
     }

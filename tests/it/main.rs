@@ -3,8 +3,8 @@
 
 mod access;
 mod audit;
-mod availability;
 mod auth;
+mod availability;
 mod common;
 mod corpus;
 mod county;

@@ -146,6 +146,9 @@ pub(crate) const RESOURCE_MAX_UPDATED: &str =
 /// Params: resource_type, id.
 pub(crate) const INDEX_DELETE: &str =
     "DELETE FROM resource_index WHERE resource_type = ?1 AND id = ?2";
+/// A resource's tokens, in (param, value) order. Params: resource_type, id.
+pub(crate) const INDEX_OF_RESOURCE: &str = "SELECT param, value FROM resource_index
+    WHERE resource_type = ?1 AND id = ?2 ORDER BY param, value";
 /// Params: resource_type, id, param, value.
 pub(crate) const INDEX_INSERT: &str = "INSERT INTO resource_index
     (resource_type, id, param, value) VALUES (?1, ?2, ?3, ?4)

@@ -768,8 +768,10 @@ fn upsert(
     state: &mut WriterState,
     w: PreparedWrite,
 ) -> Result<StoredResource, StoreError> {
-    replace_index(conn, &w)?;
     let Some(current) = current(conn, &w.resource_type, &w.id)? else {
+        // Index rows are written and removed only with their resource, in
+        // the same savepoint: a new resource has none to delete.
+        insert_index(conn, &w)?;
         let now = state.stamp()?;
         let body = with_version_meta(w.content, 1, now);
         let text = body_text(&body)?;
@@ -790,8 +792,14 @@ fn upsert(
         });
     };
     if current.patient_id == w.patient_id && content_of(current.body.clone()) == w.content {
+        // Unchanged body: the tokens are replaced only if the caller's differ
+        // (reading them is cheaper than rewriting two B-trees).
+        if !same_index(conn, &w)? {
+            replace_index(conn, &w)?;
+        }
         return Ok(current);
     }
+    replace_index(conn, &w)?;
     let version = current.version_id.checked_add(1).ok_or_else(|| {
         StoreError::Corrupt(format!("{}/{}: version overflow", w.resource_type, w.id))
     })?;
@@ -824,6 +832,32 @@ fn upsert(
 fn replace_index(conn: &Connection, w: &PreparedWrite) -> Result<(), StoreError> {
     conn.prepare_cached(sql::INDEX_DELETE)?
         .execute(params![w.resource_type, w.id])?;
+    insert_index(conn, w)
+}
+
+/// Does the index hold exactly `w`'s tokens (as a set) already?
+fn same_index(conn: &Connection, w: &PreparedWrite) -> Result<bool, StoreError> {
+    let mut want: Vec<(&str, &str)> = w
+        .index
+        .iter()
+        .map(|t| (t.param.as_str(), t.value.as_str()))
+        .collect();
+    want.sort_unstable();
+    want.dedup();
+    let mut stmt = conn.prepare_cached(sql::INDEX_OF_RESOURCE)?;
+    let mut rows = stmt.query(params![w.resource_type, w.id])?;
+    let mut n = 0usize;
+    while let Some(r) = rows.next()? {
+        let (param, value): (String, String) = (r.get(0)?, r.get(1)?);
+        match want.get(n) {
+            Some((p, v)) if *p == param && *v == value => n += 1,
+            _ => return Ok(false),
+        }
+    }
+    Ok(n == want.len())
+}
+
+fn insert_index(conn: &Connection, w: &PreparedWrite) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(sql::INDEX_INSERT)?;
     for t in &w.index {
         stmt.execute(params![w.resource_type, w.id, t.param, t.value])?;

@@ -721,6 +721,9 @@ impl Store for PgStore {
                 "SELECT 1 FROM journal
                  WHERE kind = $1 AND dedup_key >= $2 AND dedup_key < $3
                    AND octet_length(dedup_key) = $4 AND dedup_key <> $5
+                   AND id < coalesce(
+                       (SELECT id FROM journal WHERE kind = $1 AND dedup_key = $5),
+                       9223372036854775807)
                  LIMIT 1",
                 &[&kind.as_str(), &lower, &upper, &key_len, &except],
             )

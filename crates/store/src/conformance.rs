@@ -211,7 +211,8 @@ async fn dedup_is_per_kind(store: &dyn Store) {
 }
 
 /// `journal_key_prefix_exists`: other keys of the kind with the prefix and
-/// the exact byte length, never the key left out.
+/// the exact byte length, never the key left out, and only keys journaled
+/// before it when it is journaled.
 async fn key_prefix_lookup(store: &dyn Store) {
     let t = tag();
     let prefix = format!("FAC|{t}|");
@@ -269,7 +270,12 @@ async fn key_prefix_lookup(store: &dyn Store) {
         .append(input(InputKind::Adt, &key_b))
         .await
         .expect("append b");
+    // b reused a's control id; a, journaled first, reused nothing.
     assert!(store
+        .journal_key_prefix_exists(InputKind::Adt, &prefix, len, &key_b)
+        .await
+        .expect("lookup"));
+    assert!(!store
         .journal_key_prefix_exists(InputKind::Adt, &prefix, len, &key_a)
         .await
         .expect("lookup"));

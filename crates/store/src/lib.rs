@@ -496,7 +496,10 @@ pub trait Store: Send + Sync + 'static {
     /// One journal record, or `None`.
     async fn journal_get(&self, id: JournalId) -> Result<Option<JournalRecord>, StoreError>;
     /// Is there a journal record of `kind` whose dedup key starts with
-    /// `prefix`, is exactly `key_len` bytes long and is not `except`? One
+    /// `prefix`, is exactly `key_len` bytes long and is not `except` — and,
+    /// when `except` is journaled, was journaled before it? (So of two
+    /// messages under one control id only the later one is a reuse, on
+    /// every instance, however late the question is asked.) One
     /// indexed range query over `(kind, dedup_key)` (keys compare
     /// byte-wise). What intake asks to notice a sender reusing a control id
     /// for a different message (keys `{MSH-4}|{MSH-10}|{hash}`). An empty

@@ -84,6 +84,9 @@ pub(crate) const JOURNAL_STATS: &str = "SELECT state, COUNT(*) FROM journal GROU
 pub(crate) const JOURNAL_KEY_PREFIX_EXISTS: &str = "SELECT 1 FROM journal
     WHERE kind = ?1 AND dedup_key >= ?2 AND dedup_key < ?3
       AND length(CAST(dedup_key AS BLOB)) = ?4 AND dedup_key <> ?5
+      AND id < coalesce(
+          (SELECT id FROM journal WHERE kind = ?1 AND dedup_key = ?5),
+          9223372036854775807)
     LIMIT 1";
 
 // ---- resources ----

@@ -21,6 +21,7 @@ pub mod explain;
 pub mod fhir;
 pub mod input_check;
 pub mod intake;
+pub mod locks;
 pub mod mllp;
 pub mod processor;
 pub mod routing;

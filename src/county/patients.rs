@@ -168,11 +168,9 @@ pub fn merge(existing: &Value, new: &Value) -> Value {
     out
 }
 
-/// This process's locks of Patients, by id (weak: a lock no one holds is
-/// dropped at the next clean-up).
-static PATIENT_LOCKS: std::sync::LazyLock<
-    std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
-> = std::sync::LazyLock::new(Default::default);
+/// This process's locks of Patients, by id.
+static PATIENT_LOCKS: std::sync::LazyLock<crate::locks::KeyedLocks> =
+    std::sync::LazyLock::new(Default::default);
 
 /// Take this process's locks of the Patients `ids` (sorted and deduplicated
 /// first, so two holders of overlapping sets never wait on each other in a
@@ -188,23 +186,7 @@ pub async fn lock_patients<'a>(
     ids.dedup();
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        let lock = {
-            let mut map = PATIENT_LOCKS
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if map.len() > 1024 {
-                map.retain(|_, w| w.strong_count() > 0);
-            }
-            match map.get(id).and_then(std::sync::Weak::upgrade) {
-                Some(l) => l,
-                None => {
-                    let l = std::sync::Arc::new(tokio::sync::Mutex::new(()));
-                    map.insert(id.to_string(), std::sync::Arc::downgrade(&l));
-                    l
-                }
-            }
-        };
-        out.push(lock.lock_owned().await);
+        out.push(PATIENT_LOCKS.lock(id).await);
     }
     out
 }

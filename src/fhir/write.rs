@@ -669,29 +669,12 @@ pub fn if_match(headers: &HeaderMap, version_id: i64) -> Option<bool> {
 /// two updates of one Task on one gateway instance never both pass an
 /// `If-Match` naming the same version. (Instances sharing a PostgreSQL
 /// store do not share these locks.)
-static TASK_LOCKS: std::sync::LazyLock<
-    std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
-> = std::sync::LazyLock::new(Default::default);
+static TASK_LOCKS: std::sync::LazyLock<crate::locks::KeyedLocks> =
+    std::sync::LazyLock::new(Default::default);
 
 /// Take this process's lock of Task `id` (see [`TASK_LOCKS`]).
 pub async fn task_lock(id: &str) -> tokio::sync::OwnedMutexGuard<()> {
-    let lock = {
-        let mut map = TASK_LOCKS
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.len() > 1024 {
-            map.retain(|_, w| w.strong_count() > 0);
-        }
-        match map.get(id).and_then(std::sync::Weak::upgrade) {
-            Some(l) => l,
-            None => {
-                let l = std::sync::Arc::new(tokio::sync::Mutex::new(()));
-                map.insert(id.to_string(), std::sync::Arc::downgrade(&l));
-                l
-            }
-        }
-    };
-    lock.lock_owned().await
+    TASK_LOCKS.lock(id).await
 }
 
 /// The 412 of a `PUT` whose `If-Match` names a version that is not the

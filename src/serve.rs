@@ -322,20 +322,12 @@ pub async fn serve_http<L>(
     tracing::info!("HTTP listener stopped");
 }
 
-/// What an HTTPS connection tells the handlers: the peer address and the
-/// fingerprint of the client certificate it presented (if any).
+/// What an HTTPS connection tells the handlers ([`crate::tls::TlsPeer::of`]).
 fn tls_peer(
     io: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     addr: &SocketAddr,
 ) -> Option<crate::tls::TlsPeer> {
-    let (_, conn) = io.get_ref();
-    Some(crate::tls::TlsPeer {
-        addr: *addr,
-        cert_sha256: conn
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| Arc::from(crate::tls::fingerprint(c.as_ref()))),
-    })
+    Some(crate::tls::TlsPeer::of(io, *addr))
 }
 
 /// Start everything; returns once both listeners are bound.

@@ -5,9 +5,10 @@
 //!
 //! Handshakes run in their own tasks with a time limit, so a slow or silent
 //! peer holds no other connection back; finished connections are handed to
-//! `axum::serve` through [`TlsListener`], which keeps graceful shutdown as it
-//! is for plain HTTP. The verified client certificate's fingerprint reaches
-//! the handlers as [`TlsPeer`] (`ConnectInfo`), read by
+//! the HTTP accept loop (`serve.rs`) through [`TlsListener`], which keeps
+//! graceful shutdown as it is for plain HTTP. The verified client
+//! certificate's fingerprint reaches the handlers as [`TlsPeer`]
+//! ([`TlsPeer::of`], an extension of each request), read by
 //! [`crate::auth::ClientCert`]. Handshake failures are logged with the peer
 //! address only and counted in `cwsgw_tls_handshakes_total{outcome}`.
 
@@ -17,8 +18,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -172,11 +171,16 @@ pub struct TlsPeer {
     pub cert_sha256: Option<Arc<str>>,
 }
 
-impl Connected<IncomingStream<'_, TlsListener>> for TlsPeer {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        let (_, conn) = stream.io().get_ref();
+impl TlsPeer {
+    /// The peer of an accepted TLS connection: its address and the
+    /// fingerprint of the client certificate it presented, if any.
+    pub fn of(
+        io: &tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        addr: SocketAddr,
+    ) -> Self {
+        let (_, conn) = io.get_ref();
         TlsPeer {
-            addr: *stream.remote_addr(),
+            addr,
             cert_sha256: conn
                 .peer_certificates()
                 .and_then(|c| c.first())

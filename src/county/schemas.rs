@@ -138,25 +138,10 @@ fn check(v: &Validator, doc: &Value) -> Result<(), CountyError> {
             } else {
                 what
             };
-            let v = if expr.is_empty() {
-                Violation {
-                    text: format!("the document {what}"),
-                    expression: None,
-                }
-            } else {
-                Violation {
-                    text: format!("{expr} {what}"),
-                    expression: Some(expr),
-                }
-            };
-            if found.contains(&v) {
-                continue;
-            }
-            if found.len() == MAX_ISSUES {
+            if !add(&mut found, violation(expr, &what)) {
                 more = true;
                 break;
             }
-            found.push(v);
         }
         if more {
             break;
@@ -166,26 +151,10 @@ fn check(v: &Validator, doc: &Value) -> Result<(), CountyError> {
     // or bidi characters), listed with the schema's.
     if !more {
         for p in crate::input_check::check(doc) {
-            let at = expression(&p.pointer);
-            let v = if at.is_empty() {
-                Violation {
-                    text: format!("the document {}", p.text),
-                    expression: None,
-                }
-            } else {
-                Violation {
-                    text: format!("{at} {}", p.text),
-                    expression: Some(at),
-                }
-            };
-            if found.contains(&v) {
-                continue;
-            }
-            if found.len() == MAX_ISSUES {
+            if !add(&mut found, violation(expression(&p.pointer), p.text)) {
                 more = true;
                 break;
             }
-            found.push(v);
         }
     }
     if more {
@@ -205,6 +174,34 @@ fn check(v: &Validator, doc: &Value) -> Result<(), CountyError> {
         }
         _ => Err(CountyError::Violations(found)),
     }
+}
+
+/// The issue for `expr` (a field, or the whole document when empty).
+fn violation(expr: String, what: &str) -> Violation {
+    if expr.is_empty() {
+        Violation {
+            text: format!("the document {what}"),
+            expression: None,
+        }
+    } else {
+        Violation {
+            text: format!("{expr} {what}"),
+            expression: Some(expr),
+        }
+    }
+}
+
+/// Add `v` unless it is listed already; false (nothing added) once
+/// [`MAX_ISSUES`] are listed.
+fn add(found: &mut Vec<Violation>, v: Violation) -> bool {
+    if found.contains(&v) {
+        return true;
+    }
+    if found.len() == MAX_ISSUES {
+        return false;
+    }
+    found.push(v);
+    true
 }
 
 /// `/consent/recipients/0` → `consent.recipients[0]`.

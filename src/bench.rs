@@ -240,13 +240,11 @@ fn bench_consent(
 
 /// A referral consent counts only with the four points explained.
 fn explained(consent: &mut serde_json::Value) {
-    let all = crate::disclosure::Explained {
-        provider: Some(true),
-        information_shared: Some(true),
-        duration: Some(true),
-        right_to_withdraw: Some(true),
-    };
-    crate::disclosure::add_explained(consent, "https://gateway.example.org/fhir", &all);
+    crate::disclosure::add_explained(
+        consent,
+        "https://gateway.example.org/fhir",
+        &crate::disclosure::Explained::ALL,
+    );
 }
 
 /// Deliveries per second from a full outbox to `endpoints` mocks.

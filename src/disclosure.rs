@@ -306,6 +306,14 @@ pub struct Explained {
 }
 
 impl Explained {
+    /// All four points explained (what a counting referral consent shows).
+    pub const ALL: Explained = Explained {
+        provider: Some(true),
+        information_shared: Some(true),
+        duration: Some(true),
+        right_to_withdraw: Some(true),
+    };
+
     /// From an input `explained` object (`consent.recorded`, an inline
     /// referral consent); a flag that is absent or not a boolean is `None`.
     pub fn from_input(explained: Option<&Value>) -> Explained {
@@ -1013,12 +1021,7 @@ mod tests {
             };
             store("c1", fhir)
         };
-        let all = Explained {
-            provider: Some(true),
-            information_shared: Some(true),
-            duration: Some(true),
-            right_to_withdraw: Some(true),
-        };
+        let all = Explained::ALL;
         let one_false = Explained {
             duration: Some(false),
             ..all

@@ -197,13 +197,11 @@ fn consent(patient: &str, id: &str, kind: &str, recipients: &[&str], categories:
     // A referral consent counts only when its record shows the four
     // explained flags (docs/consent.md).
     if kind == "referral_verbal" {
-        let all = cws_gateway::disclosure::Explained {
-            provider: Some(true),
-            information_shared: Some(true),
-            duration: Some(true),
-            right_to_withdraw: Some(true),
-        };
-        cws_gateway::disclosure::add_explained(&mut consent, BASE, &all);
+        cws_gateway::disclosure::add_explained(
+            &mut consent,
+            BASE,
+            &cws_gateway::disclosure::Explained::ALL,
+        );
     }
     consent
 }

@@ -45,6 +45,7 @@ use serde_json::json;
 use super::{Caller, Scope, MAX_SCOPE_LEN};
 use crate::api::AppState;
 use crate::config::{Config, OrgKind};
+use crate::fhir::params::parse_form_pairs;
 
 /// Largest accepted client assertion, bytes.
 pub const MAX_ASSERTION_LEN: usize = 8 * 1024;
@@ -463,37 +464,14 @@ impl Smart {
 }
 
 /// Decode an `application/x-www-form-urlencoded` body (bounded by the body
-/// limit). Repeated keys: the first wins.
+/// limit). Repeated keys: the first wins. `None` for a malformed `%` escape or
+/// a name or value that is not UTF-8 ([`parse_form_pairs`]).
 pub fn parse_form(body: &[u8]) -> Option<HashMap<String, String>> {
-    let text = std::str::from_utf8(body).ok()?;
     let mut out = HashMap::new();
-    for pair in text.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k)?;
-        let v = percent_decode(v)?;
+    for (k, v) in parse_form_pairs(body).ok()? {
         out.entry(k).or_insert(v);
     }
     Some(out)
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        match b.get(i) {
-            Some(b'+') => out.push(b' '),
-            Some(b'%') => {
-                let h = s.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(h, 16).ok()?);
-                i += 2;
-            }
-            Some(c) => out.push(*c),
-            None => break,
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
 }
 
 /// `POST /auth/token`.
@@ -647,5 +625,26 @@ jwks_file = "{jwks}"
         assert_eq!(f["c"], "");
         assert!(parse_form(b"a=%zz").is_none());
         assert!(parse_form(b"a=%4").is_none());
+    }
+
+    #[test]
+    fn form_decoding_plus_literal_plus_bad_escapes_and_non_utf8() {
+        let f = parse_form(b"scope=system%2FTask.read+system%2FPatient.read&k=a%2Bb+c").unwrap();
+        assert_eq!(f["scope"], "system/Task.read system/Patient.read");
+        assert_eq!(f["k"], "a+b c");
+        for bad in [
+            &b"grant_type=client_credentials&scope=%zz"[..],
+            b"scope=%",
+            b"%G0=1",
+            b"scope=%FF",
+            b"scope=%C3%28",
+            b"scope=\xc3",
+        ] {
+            assert!(
+                parse_form(bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

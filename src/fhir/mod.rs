@@ -33,8 +33,7 @@ pub mod write;
 
 use std::collections::HashMap;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -764,18 +763,23 @@ async fn search(
     cert: ClientCert,
     Path(rtype): Path<String>,
     headers: HeaderMap,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let caller = state.auth.authenticate(&headers, &cert, READ_KINDS)?;
     if !accepts_json(&headers) {
         return Ok(not_acceptable());
     }
-    let pairs = match query {
-        Ok(Query(p)) => p,
-        Err(_) => {
+    let pairs = match params::parse_form_pairs(query.as_deref().unwrap_or_default().as_bytes()) {
+        Ok(p) => p,
+        Err(e) => {
             return Ok(fhir_json(
                 StatusCode::BAD_REQUEST,
-                &operation_outcome("error", "invalid", "the query string is malformed", None),
+                &operation_outcome(
+                    "error",
+                    "invalid",
+                    &format!("the query string is malformed: {e}"),
+                    None,
+                ),
             ))
         }
     };

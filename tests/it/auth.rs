@@ -365,3 +365,48 @@ async fn bad_assertions_are_refused() {
     assert_eq!(b["error"], "invalid_request");
     gw.stop().await;
 }
+
+/// A token request body that is not valid form encoding (a `%` without two
+/// hex digits, bytes that are not UTF-8 once decoded) is a clear 400, and a
+/// well-formed one with `+` for spaces and `%2B` for a plus goes on to the
+/// assertion check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_token_request_bodies_are_a_clear_400() {
+    let (_dir, gw, base) = start_fhir().await;
+    let c = reqwest::Client::new();
+    let post = |body: Vec<u8>| {
+        c.post(format!("{base}/auth/token"))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let grant = "grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer";
+    for tail in [
+        &b"&client_assertion=%zz&scope=system%2FTask.read"[..],
+        b"&client_assertion=x&scope=system%2FTask.read%",
+        b"&client_assertion=x&scope=system%FF",
+        b"&client_assertion=x&scope=system\xff",
+    ] {
+        let body = [grant.as_bytes(), tail].concat();
+        let r = post(body).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let b: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(b["error"], "invalid_request", "{b}");
+        assert_eq!(b["error_description"], "body must be form-encoded", "{b}");
+    }
+    // Decoded fine: `+` and `%2B` reach the assertion check (which refuses a
+    // non-JWT), not the form check.
+    let body =
+        format!("{grant}&client_assertion=a%2Bb+c&scope=system%2FTask.read+system%2FPatient.read");
+    let r = post(body.into_bytes()).await.unwrap();
+    let b: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(
+        (b["error"].as_str(), b["error_description"].as_str()),
+        (
+            Some("invalid_client"),
+            Some("client_assertion is not a signed JWT")
+        ),
+        "{b}"
+    );
+    gw.stop().await;
+}

@@ -1171,3 +1171,57 @@ async fn count_zero_identifier_without_system_and_repeat_limits() {
     assert_eq!(b["issue"][0]["expression"][0], "status", "{b}");
     gw.stop().await;
 }
+
+/// Search query strings: `+` is a space and `%2B` a plus in a value; a `%`
+/// without two hex digits or bytes that are not UTF-8 once decoded are a 400
+/// naming what is wrong (not a search for a mangled value), never a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_query_decoding_plus_escapes_and_malformed_input() {
+    let (_dir, gw, base) = start_fhir().await;
+    seed(
+        gw.store.as_ref(),
+        vec![
+            json!({"resourceType": "Patient", "id": "p-plus",
+                "identifier": [{"system": "urn:local", "value": "A+B"}], "birthDate": "2012-01-01"}),
+            json!({"resourceType": "Patient", "id": "p-space",
+                "identifier": [{"system": "urn:local", "value": "A B"}], "birthDate": "2012-01-02"}),
+        ],
+    )
+    .await;
+    let c = reqwest::Client::new();
+    for (q, want) in [
+        ("identifier=urn:local%7CA%2BB", vec!["p-plus"]),
+        ("identifier=urn:local%7CA+B", vec!["p-space"]),
+        ("identifier=urn:local%7CA%20B", vec!["p-space"]),
+        ("identifier=urn%3Alocal|A%2bB", vec!["p-plus"]),
+    ] {
+        let (s, b) = get(&c, &format!("{base}/fhir/Patient?{q}"), OPS_TOKEN).await;
+        assert_eq!(s, StatusCode::OK, "{q}: {b}");
+        assert_eq!(ids(&b), want, "{q}");
+    }
+    for (q, why) in [
+        (
+            "identifier=%zz",
+            "a % is not followed by two hexadecimal digits",
+        ),
+        (
+            "identifier=A%2",
+            "a % is not followed by two hexadecimal digits",
+        ),
+        ("%G1=x", "a % is not followed by two hexadecimal digits"),
+        ("identifier=%FF", "not UTF-8"),
+        ("identifier=%C3%28", "not UTF-8"),
+        ("_id=%E2%82", "not UTF-8"),
+    ] {
+        let (s, b) = get(&c, &format!("{base}/fhir/Patient?{q}"), OPS_TOKEN).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {b}");
+        assert_eq!(b["resourceType"], "OperationOutcome", "{q}: {b}");
+        assert_eq!(b["issue"][0]["code"], "invalid", "{q}: {b}");
+        let text = b["issue"][0]["diagnostics"].as_str().unwrap_or_default();
+        assert!(
+            text.starts_with("the query string is malformed") && text.contains(why),
+            "{q}: {b}"
+        );
+    }
+    gw.stop().await;
+}

@@ -224,7 +224,11 @@ async fn one_restricted_search_audit_size() {
     let recs = gw.store.audit_list(before, 1000, None, None).await.unwrap();
     let bytes: usize = recs
         .iter()
-        .map(|r| store::audit::canonical_json(&r.body).len() + r.hash.len() + r.prev_hash.len())
+        .map(|r| {
+            store::audit::canonical_body(r.version, &r.body).map_or(0, |c| c.len())
+                + r.hash.len()
+                + r.prev_hash.len()
+        })
         .sum();
     println!(
         "restricted search: {matches} disclosed of 256 scanned -> {} audit rows, {bytes} bytes (body + hashes)",

@@ -32,6 +32,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit_keyed",
         include_str!("../migrations/0003_audit_keyed.sql"),
     ),
+    (
+        4,
+        "audit_jcs",
+        include_str!("../migrations/0004_audit_jcs.sql"),
+    ),
 ];
 
 /// The advisory lock (two-int form, so it cannot collide with the

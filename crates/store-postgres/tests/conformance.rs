@@ -67,6 +67,41 @@ async fn conformance_durability_across_reopen() {
     db.drop_db().await.unwrap();
 }
 
+/// Issue 16 on PostgreSQL: version-2 rows written before chain version 3
+/// still verify, new rows are version 3, tampering is caught in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_audit_v2_chain_is_extended_with_v3_records() {
+    let db = fresh().await;
+    let url = db.url.clone();
+    let exec_url = db.url.clone();
+    conformance::audit_jcs_upgrade(
+        move |keys| {
+            let url = url.clone();
+            async move {
+                let opts = PgOptions {
+                    audit_keys: keys,
+                    ..PgOptions::default()
+                };
+                open(&url, opts).await
+            }
+        },
+        move |sql| {
+            let url = exec_url.clone();
+            async move {
+                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .expect("connect");
+                let task = tokio::spawn(conn);
+                client.batch_execute(&sql).await.expect("raw sql");
+                drop(client);
+                let _ = task.await;
+            }
+        },
+    )
+    .await;
+    db.drop_db().await.unwrap();
+}
+
 /// Issue 14 item 8 on PostgreSQL: the keyed chain and its checkpoints catch
 /// truncation and recompute-after-edit by someone without the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,30 +6,45 @@
 //! Every record carries its chain version (`version`) and, from version 2,
 //! the id of the key that sealed it (`key_id`).
 //!
-//! **Version 2 (keyed, what new records use):** `hash` is the lowercase hex
-//! HMAC-SHA256, under the key named by `key_id`, of
+//! **Version 3 (keyed, RFC 8785 body, what new records use):** `hash` is
+//! the lowercase hex HMAC-SHA256, under the key named by `key_id`, of
 //!
 //! ```text
-//! "cwsgw-audit-v2" "\n" key_id "\n" prev_hash "\n" seq "\n" recorded "\n" kind "\n" patient_id "\n" recipient "\n" canonical(body)
+//! "cwsgw-audit-v3" "\n" key_id "\n" prev_hash "\n" seq "\n" recorded "\n" kind "\n" patient_id "\n" recipient "\n" jcs(body)
 //! ```
+//!
+//! where `jcs(body)` is the body in the JSON Canonicalization Scheme of
+//! RFC 8785 ([`jcs`]): no whitespace, object members sorted by their names'
+//! UTF-16 code units, numbers in ECMAScript (ES6) form, strings with the
+//! minimal escapes, UTF-8. The `body` column of a version-3 record holds
+//! exactly these bytes, so a verifier in any language can recompute the
+//! hash from the row as stored (or re-canonicalise the parsed body with any
+//! RFC 8785 implementation and get the same bytes).
+//!
+//! **Version 2 (keyed, records written before version 3):** the same HMAC
+//! with the tag `"cwsgw-audit-v2"` over the *legacy* canonical body
+//! ([`legacy_canonical_json`]) instead of `jcs(body)`.
 //!
 //! **Version 1 (unkeyed, records written before keys existed, or by a store
 //! opened without a key while the chain is still unkeyed):** `hash` is the
 //! lowercase hex SHA-256 of
 //!
 //! ```text
-//! prev_hash "\n" seq "\n" recorded "\n" kind "\n" patient_id "\n" recipient "\n" canonical(body)
+//! prev_hash "\n" seq "\n" recorded "\n" kind "\n" patient_id "\n" recipient "\n" legacy_canonical(body)
 //! ```
 //!
-//! where `recorded` is RFC 3339 with microseconds and `Z`, a missing
+//! In every version `seq` is decimal, `recorded` is RFC 3339 with
+//! microseconds and `Z` (`2026-01-05T10:00:01.000001Z`), a missing
 //! `patient_id`/`recipient` is the empty string (so both must be non-empty
-//! when present), and `prev_hash` is the previous record's hash (64 zeros
-//! for the first record). `seq` starts at 1 and has no gaps. Versions never
-//! go down along the chain: once a record is version 2, every later one is
-//! (a store without a key refuses to append to a keyed chain, and the
-//! verifier reports a version-1 record after a version-2 one as a break), so
-//! an attacker without the key cannot append or re-seal records as
-//! version 1 after the keyed part.
+//! when present), `"\n"` is one 0x0A byte, and `prev_hash` is the previous
+//! record's hash (64 zeros for the first record). `seq` starts at 1 and has
+//! no gaps. Each row states its version, so old rows keep verifying in
+//! their own form after an upgrade: a chain may run version 1, then 2, then
+//! 3, but versions never go down along it. Once a record is keyed, every
+//! later one is (a store without a key refuses to append to a keyed chain,
+//! and the verifier reports a lower version after a higher one as a
+//! break), so an attacker without the key cannot append or re-seal records
+//! as version 1 after the keyed part.
 //!
 //! Keys ([`AuditKeys`]) come from outside the database (a key file or the
 //! environment, see the gateway's `[audit]` configuration); the last key of
@@ -39,12 +54,13 @@
 //! whole chain rewritten — is caught against the signed checkpoints of
 //! [`crate::audit_checkpoint`], kept outside the database.
 //!
-//! `canonical(body)` is compact JSON with every object's keys sorted by
-//! their UTF-8 bytes, at every depth, written by [`canonical_json`]. It does
-//! not rely on serde_json's map order: with the `preserve_order` feature
-//! (which any crate in the build may switch on) `Map` keeps insertion order,
-//! so this crate sorts keys itself. Strings and numbers use serde_json's
-//! own formatting.
+//! The legacy canonical body of versions 1 and 2 ([`legacy_canonical_json`],
+//! kept to verify those rows and to seal unkeyed version-1 records) is
+//! compact JSON with every object's keys sorted by their UTF-8 bytes, at
+//! every depth, and serde_json's own string and number formatting (`4.0`,
+//! `1e-6`, integers beyond 2^53 exact). It differs from RFC 8785 only in key
+//! order (UTF-8 bytes vs UTF-16 code units: names above U+FFFF against
+//! names in U+E000..U+FFFF) and in number formatting.
 //!
 //! # Patients
 //!
@@ -85,8 +101,12 @@ pub const MAX_AUDIT_PAGE: usize = 1000;
 pub const MAX_AUDIT_PATIENTS: usize = 2000;
 /// Chain version of unkeyed (SHA-256) records.
 pub const CHAIN_V1: i32 = 1;
-/// Chain version of keyed (HMAC-SHA256) records.
+/// Chain version of keyed (HMAC-SHA256) records over the legacy canonical
+/// body, written before version 3; verified, never written.
 pub const CHAIN_V2: i32 = 2;
+/// Chain version of keyed (HMAC-SHA256) records over the RFC 8785 (JCS)
+/// body: what new keyed records use.
+pub const CHAIN_V3: i32 = 3;
 /// Longest key id (bytes): `[A-Za-z0-9._-]`.
 pub const MAX_KEY_ID_LEN: usize = 32;
 /// Shortest key (bytes).
@@ -302,9 +322,10 @@ pub struct AuditRecord {
     pub prev_hash: String,
     /// Hash of this record (see the module docs).
     pub hash: String,
-    /// Chain version: [`CHAIN_V1`] (SHA-256) or [`CHAIN_V2`] (HMAC).
+    /// Chain version: [`CHAIN_V1`] (SHA-256), [`CHAIN_V2`] or [`CHAIN_V3`]
+    /// (HMAC).
     pub version: i32,
-    /// The key that sealed a version-2 record.
+    /// The key that sealed a keyed (version 2 or 3) record.
     pub key_id: Option<String>,
 }
 
@@ -316,7 +337,8 @@ pub(crate) struct PreparedAudit {
     pub patient_id: Option<String>,
     pub recipient: Option<String>,
     pub body: Value,
-    /// `canonical_json(body)`, what is stored and hashed.
+    /// The canonical body for the version it will be sealed as
+    /// ([`canonical_body`]): what is stored and hashed.
     pub canonical: String,
     /// Every patient the record names (see [`patients_of`]).
     pub patients: Vec<String>,
@@ -352,9 +374,20 @@ pub fn patients_of(patient_id: Option<&str>, body: &Value) -> Vec<String> {
     out
 }
 
+/// The chain version a record is sealed as: [`CHAIN_V3`] with a key,
+/// [`CHAIN_V1`] without.
+pub(crate) fn sealing_version(key: Option<&AuditKey>) -> i32 {
+    if key.is_some() {
+        CHAIN_V3
+    } else {
+        CHAIN_V1
+    }
+}
+
 /// Seal one record: `(version, key_id, hash)` for the record after
-/// `prev_hash` at `seq`. With a key: version 2. Without: version 1, and
+/// `prev_hash` at `seq`. With a key: version 3. Without: version 1, and
 /// only while the head is unkeyed (`head_version` < 2).
+/// `canonical_body` must be [`canonical_body`] of that version.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn seal(
     key: Option<&AuditKey>,
@@ -369,7 +402,7 @@ pub(crate) fn seal(
 ) -> Result<(i32, Option<String>, String), StoreError> {
     match key {
         Some(k) => Ok((
-            CHAIN_V2,
+            CHAIN_V3,
             Some(k.id.clone()),
             keyed_hash(
                 k,
@@ -432,7 +465,9 @@ pub(crate) fn prepare_audits(
             {
                 return Err(bad("recipient is empty or too long"));
             }
-            let canonical = canonical_json(&a.body);
+            let key = keys.current().cloned();
+            let canonical = canonical_body(sealing_version(key.as_deref()), &a.body)
+                .map_err(|_| bad("body has no RFC 8785 form"))?;
             if canonical.len() > MAX_AUDIT_BODY_BYTES {
                 return Err(bad("body is larger than the limit"));
             }
@@ -456,14 +491,38 @@ pub(crate) fn prepare_audits(
                 body: a.body,
                 canonical,
                 patients,
-                key: keys.current().cloned(),
+                key,
             })
         })
         .collect()
 }
 
-/// Compact JSON with object keys sorted at every depth (see module docs).
-pub fn canonical_json(v: &Value) -> String {
+/// The canonical body of a record of chain `version`: [`jcs`] for
+/// version 3, [`legacy_canonical_json`] for versions 1 and 2. `Err` for an
+/// unknown version, or a body with no RFC 8785 form.
+pub fn canonical_body(version: i32, body: &Value) -> Result<String, StoreError> {
+    match version {
+        CHAIN_V1 | CHAIN_V2 => Ok(legacy_canonical_json(body)),
+        CHAIN_V3 => jcs(body),
+        v => Err(StoreError::Invalid(format!(
+            "audit chain version {v} is unknown"
+        ))),
+    }
+}
+
+/// The body in the JSON Canonicalization Scheme, RFC 8785 (version 3).
+/// `Err` only for a number JSON cannot carry (NaN or infinite, which a
+/// `serde_json::Value` never holds); integers beyond 2^53 are rounded to
+/// the nearest IEEE 754 double, as RFC 8785 (I-JSON) prescribes.
+pub fn jcs(body: &Value) -> Result<String, StoreError> {
+    serde_json_canonicalizer::to_string(body)
+        .map_err(|e| StoreError::Invalid(format!("audit body has no RFC 8785 form: {e}")))
+}
+
+/// The legacy canonical body of versions 1 and 2: compact JSON with object
+/// keys sorted by UTF-8 bytes at every depth (see module docs). Kept to
+/// verify rows written before version 3 and to seal unkeyed records.
+pub fn legacy_canonical_json(v: &Value) -> String {
     let mut out = Vec::new();
     write_canonical(v, &mut out);
     // serde_json writes UTF-8 only; the fallback cannot be taken.
@@ -556,9 +615,63 @@ pub fn chain_hash(
     hex::encode(h.finalize())
 }
 
-/// The keyed (version 2) hash of one record (see module docs).
+/// The keyed hash of one record, version 3 (see module docs): HMAC under
+/// `key` with the tag `cwsgw-audit-v3`; `canonical_body` is [`jcs`] of the
+/// body.
 #[allow(clippy::too_many_arguments)]
 pub fn keyed_hash(
+    key: &AuditKey,
+    prev_hash: &str,
+    seq: i64,
+    recorded: DateTime<Utc>,
+    kind: &str,
+    patient_id: Option<&str>,
+    recipient: Option<&str>,
+    canonical_body: &str,
+) -> String {
+    tagged_hash(
+        b"cwsgw-audit-v3",
+        key,
+        prev_hash,
+        seq,
+        recorded,
+        kind,
+        patient_id,
+        recipient,
+        canonical_body,
+    )
+}
+
+/// The keyed hash of a version-2 record (written before version 3; see
+/// module docs): tag `cwsgw-audit-v2`, `canonical_body` is
+/// [`legacy_canonical_json`] of the body.
+#[allow(clippy::too_many_arguments)]
+pub fn keyed_hash_v2(
+    key: &AuditKey,
+    prev_hash: &str,
+    seq: i64,
+    recorded: DateTime<Utc>,
+    kind: &str,
+    patient_id: Option<&str>,
+    recipient: Option<&str>,
+    canonical_body: &str,
+) -> String {
+    tagged_hash(
+        b"cwsgw-audit-v2",
+        key,
+        prev_hash,
+        seq,
+        recorded,
+        kind,
+        patient_id,
+        recipient,
+        canonical_body,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tagged_hash(
+    tag: &[u8],
     key: &AuditKey,
     prev_hash: &str,
     seq: i64,
@@ -571,7 +684,7 @@ pub fn keyed_hash(
     let seq = seq.to_string();
     let recorded = recorded.to_rfc3339_opts(SecondsFormat::Micros, true);
     key.sign(&[
-        b"cwsgw-audit-v2",
+        tag,
         key.id.as_bytes(),
         prev_hash.as_bytes(),
         seq.as_bytes(),
@@ -584,11 +697,21 @@ pub fn keyed_hash(
 }
 
 /// Does a stored record's hash match its content, given its `prev_hash`?
-/// `Err` when it is sealed with a key the ring does not hold.
+/// Each record is checked in the form of its own version. `Err` when it is
+/// sealed with a key the ring does not hold.
 pub(crate) fn record_matches(r: &AuditRecord, keys: &AuditKeys) -> Result<bool, StoreError> {
-    let canonical = canonical_json(&r.body);
-    match (r.version, r.key_id.as_deref()) {
-        (CHAIN_V1, None) => Ok(chain_hash(
+    let hash_of = match (r.version, r.key_id.as_deref()) {
+        (CHAIN_V1, None) => None,
+        (CHAIN_V2, Some(id)) => Some((keyed_hash_v2 as KeyedHash, id)),
+        (CHAIN_V3, Some(id)) => Some((keyed_hash as KeyedHash, id)),
+        _ => return Ok(false),
+    };
+    // A body with no canonical form of its version cannot match anything.
+    let Ok(canonical) = canonical_body(r.version, &r.body) else {
+        return Ok(false);
+    };
+    let Some((hash_of, id)) = hash_of else {
+        return Ok(chain_hash(
             &r.prev_hash,
             r.seq,
             r.recorded,
@@ -596,36 +719,37 @@ pub(crate) fn record_matches(r: &AuditRecord, keys: &AuditKeys) -> Result<bool, 
             r.patient_id.as_deref(),
             r.recipient.as_deref(),
             &canonical,
-        ) == r.hash),
-        (CHAIN_V2, Some(id)) => {
-            let Some(key) = keys.get(id) else {
-                let shown: String = id.chars().take(MAX_KEY_ID_LEN).collect();
-                return Err(StoreError::Invalid(format!(
-                    "audit record {} is sealed with key id {shown:?}, which is not configured; cannot verify",
-                    r.seq
-                )));
-            };
-            let want = keyed_hash(
-                key,
-                &r.prev_hash,
-                r.seq,
-                r.recorded,
-                &r.kind,
-                r.patient_id.as_deref(),
-                r.recipient.as_deref(),
-                &canonical,
-            );
-            // Constant-time comparison of the hex digests.
-            Ok(want.len() == r.hash.len()
-                && want
-                    .bytes()
-                    .zip(r.hash.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0)
-        }
-        _ => Ok(false),
-    }
+        ) == r.hash);
+    };
+    let Some(key) = keys.get(id) else {
+        let shown: String = id.chars().take(MAX_KEY_ID_LEN).collect();
+        return Err(StoreError::Invalid(format!(
+            "audit record {} is sealed with key id {shown:?}, which is not configured; cannot verify",
+            r.seq
+        )));
+    };
+    let want = hash_of(
+        key,
+        &r.prev_hash,
+        r.seq,
+        r.recorded,
+        &r.kind,
+        r.patient_id.as_deref(),
+        r.recipient.as_deref(),
+        &canonical,
+    );
+    // Constant-time comparison of the hex digests.
+    Ok(want.len() == r.hash.len()
+        && want
+            .bytes()
+            .zip(r.hash.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0)
 }
+
+/// [`keyed_hash`] or [`keyed_hash_v2`].
+type KeyedHash =
+    fn(&AuditKey, &str, i64, DateTime<Utc>, &str, Option<&str>, Option<&str>, &str) -> String;
 
 /// Walks a chain in seq order; the first broken record's seq, if any.
 #[derive(Debug)]
@@ -699,9 +823,9 @@ mod tests {
         all.push_str("é€😀/\\\"end");
         for s in [all.as_str(), "", "plain", "\u{1f}x", "\"", "a\\"] {
             let quoted = serde_json::to_string(s).unwrap();
-            assert_eq!(canonical_json(&json!(s)), quoted, "{s:?}");
+            assert_eq!(legacy_canonical_json(&json!(s)), quoted, "{s:?}");
             assert_eq!(
-                canonical_json(&json!({ s: 1 })),
+                legacy_canonical_json(&json!({ s: 1 })),
                 format!("{{{quoted}:1}}"),
                 "key {s:?}"
             );
@@ -713,10 +837,10 @@ mod tests {
         let v: Value =
             serde_json::from_str(r#"{"b":1,"a":{"z":[{"y":2,"x":"é\n"}],"c":null}}"#).unwrap();
         assert_eq!(
-            canonical_json(&v),
+            legacy_canonical_json(&v),
             r#"{"a":{"c":null,"z":[{"x":"é\n","y":2}]},"b":1}"#
         );
-        assert_eq!(canonical_json(&json!(1.5)), "1.5");
+        assert_eq!(legacy_canonical_json(&json!(1.5)), "1.5");
     }
 
     #[test]
@@ -787,7 +911,15 @@ mod tests {
                 version: CHAIN_V1,
                 key_id: None,
             };
-            r.hash = chain_hash(&prev, seq, t, "read", None, None, &canonical_json(&r.body));
+            r.hash = chain_hash(
+                &prev,
+                seq,
+                t,
+                "read",
+                None,
+                None,
+                &legacy_canonical_json(&r.body),
+            );
             prev.clone_from(&r.hash);
             recs.push(r);
         }
@@ -808,7 +940,7 @@ mod tests {
         );
     }
 
-    /// A chain of `n` records: v1 up to `keyed_from - 1`, then v2 under `key`.
+    /// A chain of `n` records: v1 up to `keyed_from - 1`, then v3 under `key`.
     fn mixed_chain(n: i64, keyed_from: i64, key: &AuditKey) -> Vec<AuditRecord> {
         let t = DateTime::from_timestamp_micros(1_700_000_000_000_000).unwrap();
         let mut prev = GENESIS_HASH.to_string();
@@ -816,6 +948,7 @@ mod tests {
         for seq in 1..=n {
             let body = json!({"n": seq});
             let k = (seq >= keyed_from).then_some(key);
+            let canonical = canonical_body(sealing_version(k), &body).unwrap();
             let (version, key_id, hash) = seal(
                 k,
                 out.last().map_or(CHAIN_V1, |r: &AuditRecord| r.version),
@@ -825,7 +958,7 @@ mod tests {
                 "read",
                 Some("p1"),
                 None,
-                &canonical_json(&body),
+                &canonical,
             )
             .unwrap();
             out.push(AuditRecord {
@@ -861,7 +994,7 @@ mod tests {
         let ring = AuditKeys::from_keys(vec![k1.clone()]);
         let recs = mixed_chain(5, 3, &k1);
         assert_eq!(recs[1].version, CHAIN_V1);
-        assert_eq!(recs[2].version, CHAIN_V2);
+        assert_eq!(recs[2].version, CHAIN_V3);
         assert_eq!(recs[2].key_id.as_deref(), Some("k1"));
         assert_eq!(first_break(&recs, &ring).unwrap(), None);
         // Rotation: a ring holding k1 and the new current k2 verifies both.
@@ -884,7 +1017,7 @@ mod tests {
             "read",
             Some("p1"),
             None,
-            &canonical_json(&forged[3].body),
+            &legacy_canonical_json(&forged[3].body),
         )
         .unwrap();
         (forged[3].version, forged[3].key_id, forged[3].hash) = (v, id, h);
@@ -906,6 +1039,214 @@ mod tests {
             "{}"
         )
         .is_err());
+    }
+
+    /// RFC 8785 section 3.2.2 (the example, numbers and string escapes)
+    /// with its UTF-8 bytes from section 3.2.4, and section 3.2.3 (sorting
+    /// by UTF-16 code units).
+    #[test]
+    fn jcs_canonicalises_the_rfc_8785_examples() {
+        let input = r#"{
+          "numbers": [333333333.33333329, 1E30, 4.50, 2e-3, 0.000000000000000000000000001],
+          "string": "\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/",
+          "literals": [null, true, false]
+        }"#;
+        let v: Value = serde_json::from_str(input).unwrap();
+        let out = jcs(&v).unwrap();
+        assert_eq!(
+            out,
+            r#"{"literals":[null,true,false],"numbers":[333333333.3333333,1e+30,4.5,0.002,1e-27],"string":"€$\u000f\nA'B\"\\\\\"/"}"#
+        );
+        let rfc_bytes = "7b 22 6c 69 74 65 72 61 6c 73 22 3a 5b 6e 75 6c 6c 2c 74 72 \
+            75 65 2c 66 61 6c 73 65 5d 2c 22 6e 75 6d 62 65 72 73 22 3a \
+            5b 33 33 33 33 33 33 33 33 33 2e 33 33 33 33 33 33 33 2c 31 \
+            65 2b 33 30 2c 34 2e 35 2c 30 2e 30 30 32 2c 31 65 2d 32 37 \
+            5d 2c 22 73 74 72 69 6e 67 22 3a 22 e2 82 ac 24 5c 75 30 30 \
+            30 66 5c 6e 41 27 42 5c 22 5c 5c 5c 5c 5c 22 2f 22 7d";
+        let rfc_bytes: Vec<u8> = rfc_bytes
+            .split_whitespace()
+            .map(|h| u8::from_str_radix(h, 16).unwrap())
+            .collect();
+        assert_eq!(out.as_bytes(), rfc_bytes.as_slice());
+
+        let sorting: Value = serde_json::from_str(
+            r#"{
+              "\u20ac": "Euro Sign",
+              "\r": "Carriage Return",
+              "\ufb33": "Hebrew Letter Dalet With Dagesh",
+              "1": "One",
+              "\ud83d\ude00": "Emoji: Grinning Face",
+              "\u0080": "Control",
+              "\u00f6": "Latin Small Letter O With Diaeresis"
+            }"#,
+        )
+        .unwrap();
+        let out = jcs(&sorting).unwrap();
+        let order: Vec<&str> = [
+            "Carriage Return",
+            "One",
+            "Control",
+            "Latin Small Letter O With Diaeresis",
+            "Euro Sign",
+            "Emoji: Grinning Face",
+            "Hebrew Letter Dalet With Dagesh",
+        ]
+        .into_iter()
+        .collect();
+        let mut at = 0;
+        for name in order {
+            let pos = out[at..].find(name).map(|p| p + at);
+            assert!(pos.is_some(), "{name} out of order in {out}");
+            at = pos.unwrap_or(at);
+        }
+        // The legacy form sorts by UTF-8 bytes: U+FB33 before U+1F600.
+        let legacy = legacy_canonical_json(&sorting);
+        assert!(legacy.find("Hebrew") < legacy.find("Emoji"), "{legacy}");
+    }
+
+    #[test]
+    fn jcs_differs_from_the_legacy_form_in_numbers_only_where_es6_does() {
+        let v = json!({"ratio": 4.0, "small": 0.000001, "big": 1e21, "n": 120, "s": "é\u{1f}"});
+        assert_eq!(
+            legacy_canonical_json(&v),
+            r#"{"big":1e+21,"n":120,"ratio":4.0,"s":"é\u001f","small":1e-6}"#
+        );
+        assert_eq!(
+            jcs(&v).unwrap(),
+            r#"{"big":1e+21,"n":120,"ratio":4,"s":"é\u001f","small":0.000001}"#
+        );
+        // I-JSON: integers beyond 2^53 are doubles.
+        assert_eq!(
+            jcs(&json!(9_007_199_254_740_993u64)).unwrap(),
+            "9007199254740992"
+        );
+        // Canonicalising what was stored gives the stored bytes again.
+        let stored = jcs(&v).unwrap();
+        let back: Value = serde_json::from_str(&stored).unwrap();
+        assert_eq!(jcs(&back).unwrap(), stored);
+        assert!(canonical_body(4, &v).is_err());
+    }
+
+    /// The exact preimage of docs/audit.md, built by hand: what an outside
+    /// verifier holding the key computes.
+    #[test]
+    fn a_v3_hash_is_the_hmac_of_the_documented_preimage() {
+        let k = AuditKey::new("k1", vec![0x11; 32]).unwrap();
+        let t = DateTime::from_timestamp_micros(1_767_607_201_000_001).unwrap();
+        let body =
+            json!({"resourceType": "AuditEvent", "ratio": 4.0, "\u{1f600}": 1, "\u{fb33}": 2});
+        let canonical = canonical_body(CHAIN_V3, &body).unwrap();
+        let (version, key_id, hash) = seal(
+            Some(&k),
+            CHAIN_V2,
+            GENESIS_HASH,
+            7,
+            t,
+            "read",
+            Some("p1"),
+            None,
+            &canonical,
+        )
+        .unwrap();
+        assert_eq!((version, key_id.as_deref()), (CHAIN_V3, Some("k1")));
+        let preimage = format!(
+            "cwsgw-audit-v3\nk1\n{GENESIS_HASH}\n7\n2026-01-05T10:00:01.000001Z\nread\np1\n\n{}",
+            "{\"ratio\":4,\"resourceType\":\"AuditEvent\",\"\u{1f600}\":1,\"\u{fb33}\":2}"
+        );
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&[0x11; 32]).unwrap();
+        m.update(preimage.as_bytes());
+        assert_eq!(hash, hex::encode(m.finalize().into_bytes()));
+        // The value docs/audit.md gives, computed by another implementation.
+        assert_eq!(
+            hash,
+            "43547fc6770118038dbf9302cca6b419d5cdc6d1dbca7f116ab7445c9a514abb"
+        );
+    }
+
+    #[test]
+    fn v2_records_written_before_version_3_still_verify() {
+        let ring = AuditKeys::from_keys(vec![crate::conformance::fixture_key()]);
+        let recs = crate::conformance::v2_fixture();
+        for (r, (_, text, _)) in recs.iter().zip(crate::conformance::V2_FIXTURE) {
+            assert_eq!(canonical_body(CHAIN_V2, &r.body).unwrap(), text);
+            // Record 1 is the same in both forms (the RFC's numbers);
+            // records 2 and 3 are not (key order, numbers).
+            assert_eq!(jcs(&r.body).unwrap() == text, r.seq == 1, "{}", r.seq);
+        }
+        assert_eq!(first_break(&recs, &ring).unwrap(), None);
+        let mut v = ChainVerifier::new(ring.clone());
+        recs.iter()
+            .for_each(|r| assert_eq!(v.check(r).unwrap(), None));
+        assert_eq!(v.check_head(3, &recs[2].hash), None);
+        // Tampering with a version-2 record is still caught.
+        let mut edited = recs.clone();
+        edited[1].body["n"] = json!(22);
+        assert_eq!(first_break(&edited, &ring).unwrap(), Some(2));
+        // Relabelled as version 3 (same hash): no longer matches.
+        let mut relabelled = recs.clone();
+        relabelled[2].version = CHAIN_V3;
+        assert_eq!(first_break(&relabelled, &ring).unwrap(), Some(3));
+    }
+
+    #[test]
+    fn a_v2_chain_extended_with_v3_verifies_and_never_goes_back_to_v2() {
+        let k = crate::conformance::fixture_key();
+        let ring = AuditKeys::from_keys(vec![k.clone()]);
+        let mut recs = crate::conformance::v2_fixture();
+        let t = recs[2].recorded;
+        for seq in 4..=5 {
+            let prev = recs[recs.len() - 1].hash.clone();
+            let body = json!({"n": seq, "ratio": 4.0});
+            let canonical = canonical_body(CHAIN_V3, &body).unwrap();
+            let (version, key_id, hash) = seal(
+                Some(&k),
+                CHAIN_V2,
+                &prev,
+                seq,
+                t,
+                "read",
+                None,
+                None,
+                &canonical,
+            )
+            .unwrap();
+            recs.push(AuditRecord {
+                seq,
+                recorded: t,
+                kind: "read".into(),
+                patient_id: None,
+                recipient: None,
+                body,
+                prev_hash: prev,
+                hash,
+                version,
+                key_id,
+            });
+        }
+        assert_eq!(
+            recs.iter().map(|r| r.version).collect::<Vec<_>>(),
+            vec![2, 2, 2, 3, 3]
+        );
+        assert_eq!(first_break(&recs, &ring).unwrap(), None);
+        // An edited version-3 record is caught.
+        let mut edited = recs.clone();
+        edited[3].body["ratio"] = json!(4.5);
+        assert_eq!(first_break(&edited, &ring).unwrap(), Some(4));
+        // A correct version-2 seal after a version-3 record is a downgrade.
+        let mut down = recs.clone();
+        let r = &down[4];
+        let h = keyed_hash_v2(
+            &k,
+            &r.prev_hash,
+            r.seq,
+            r.recorded,
+            &r.kind,
+            None,
+            None,
+            &legacy_canonical_json(&r.body),
+        );
+        (down[4].version, down[4].hash) = (CHAIN_V2, h);
+        assert_eq!(first_break(&down, &ring).unwrap(), Some(5));
     }
 
     #[test]

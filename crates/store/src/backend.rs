@@ -45,7 +45,8 @@ pub struct CheckedAudit {
     pub recipient: Option<String>,
     /// The body as given.
     pub body: serde_json::Value,
-    /// `canonical_json(body)`: what is hashed and stored.
+    /// The body's canonical form for the version it is sealed as
+    /// ([`crate::audit::canonical_body`]): what is hashed and stored.
     pub canonical: String,
     /// Every patient the record names (the `audit_patients` rows).
     pub patients: Vec<String>,

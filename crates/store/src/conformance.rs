@@ -10,9 +10,13 @@
 //! that already holds data — but not concurrently with other writers to the
 //! same store (the stats deltas would be off).
 
+mod audit_jcs;
 mod audit_keyed;
 mod v2;
 
+pub use audit_jcs::audit_jcs_upgrade;
+#[cfg(test)]
+pub(crate) use audit_jcs::{fixture_key, v2_fixture, V2_FIXTURE};
 pub use audit_keyed::audit_tamper_evidence;
 
 use std::sync::atomic::{AtomicU64, Ordering};

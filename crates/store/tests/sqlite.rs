@@ -329,7 +329,8 @@ fn migrations_are_recorded() {
             (1, "init".to_string()),
             (2, "outbox_audit_search".to_string()),
             (3, "audit_keyed".to_string()),
-            (4, "drop_redundant_index".to_string())
+            (4, "drop_redundant_index".to_string()),
+            (5, "audit_jcs".to_string())
         ]
     );
     let mode: String = conn
@@ -493,6 +494,36 @@ async fn keyed_audit_chain_and_checkpoints_catch_tampering() {
     let open_path = path.clone();
     let exec_path = path.clone();
     cwsgw_store::conformance::audit_tamper_evidence(
+        move |keys| {
+            let path = open_path.clone();
+            async move {
+                let opts = SqliteOptions {
+                    audit_keys: keys,
+                    ..SqliteOptions::default()
+                };
+                Arc::new(SqliteStore::open(&path, opts).unwrap()) as Arc<dyn Store>
+            }
+        },
+        move |sql| {
+            let path = exec_path.clone();
+            async move {
+                let raw = rusqlite::Connection::open(&path).unwrap();
+                raw.execute(&sql, []).unwrap();
+            }
+        },
+    )
+    .await;
+}
+
+/// Issue 16: version-2 rows written before chain version 3 still verify,
+/// new rows are version 3 (RFC 8785 bodies), tampering is caught in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_v2_chain_is_extended_with_v3_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jcs.db");
+    let open_path = path.clone();
+    let exec_path = path.clone();
+    cwsgw_store::conformance::audit_jcs_upgrade(
         move |keys| {
             let path = open_path.clone();
             async move {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde_json::json;
 
-use crate::audit::{canonical_json, chain_hash, AuditKey, AuditKeys, CHAIN_V1, CHAIN_V2};
+use crate::audit::{
+    chain_hash, jcs, legacy_canonical_json, AuditKey, AuditKeys, CHAIN_V1, CHAIN_V3,
+};
 use crate::audit_checkpoint::{self, Verdict};
 use crate::{NewAudit, Store};
 
@@ -61,7 +63,7 @@ where
         .all(|r| r.version == CHAIN_V1 && r.key_id.is_none()));
     drop(legacy);
 
-    // With a key: version 2, sealed with k1; the old rows still verify.
+    // With a key: version 3, sealed with k1; the old rows still verify.
     let s = open(ring1.clone()).await;
     let v2 = s
         .audit_append(vec![
@@ -73,7 +75,7 @@ where
         .expect("append v2");
     assert!(v2
         .iter()
-        .all(|r| r.version == CHAIN_V2 && r.key_id.as_deref() == Some("k1")));
+        .all(|r| r.version == CHAIN_V3 && r.key_id.as_deref() == Some("k1")));
     assert_eq!(s.audit_verify().await.expect("verify"), None);
     assert_eq!(s.audit_head().await.expect("head"), (6, v2[2].hash.clone()));
     // One record naming several patients is found under each of them.
@@ -159,7 +161,7 @@ where
     assert_eq!(s.audit_verify().await.expect("verify"), Some(5));
     exec(format!(
         "UPDATE audit SET body = {} WHERE seq = 5",
-        lit(&canonical_json(&all[4].body))
+        lit(&jcs(&all[4].body).expect("jcs"))
     ))
     .await;
     assert_eq!(s.audit_verify().await.expect("verify"), None);
@@ -169,7 +171,7 @@ where
     exec("DELETE FROM audit WHERE seq > 6".to_string()).await;
     exec("DELETE FROM audit_patients WHERE seq > 6".to_string()).await;
     exec(format!(
-        "UPDATE audit_head SET seq = 6, hash = {}, version = 2 WHERE id = 1",
+        "UPDATE audit_head SET seq = 6, hash = {}, version = 3 WHERE id = 1",
         lit(&all[5].hash)
     ))
     .await;
@@ -200,7 +202,7 @@ where
         if r.seq == 2 {
             body["n"] = json!(222);
         }
-        let canonical = canonical_json(&body);
+        let canonical = legacy_canonical_json(&body);
         let hash = chain_hash(
             &prev,
             r.seq,
@@ -245,12 +247,12 @@ where
         "without a checkpoint the rewrite is invisible"
     );
 
-    // 4. A version-1 record after a version-2 one is a break even when
-    //    every link matches: record 2 sealed with k1, record 3 re-chained to
-    //    it unkeyed.
+    // 4. A version-1 record after a keyed one is a break even when every
+    //    link matches: record 2 sealed with k1, record 3 re-chained to it
+    //    unkeyed.
     let now = s.audit_list(0, 3, None, None).await.expect("list");
     let (r2, r3) = (&now[1], &now[2]);
-    let c2 = canonical_json(&r2.body);
+    let c2 = jcs(&r2.body).expect("jcs");
     let h2 = crate::audit::keyed_hash(
         &k1,
         &r2.prev_hash,
@@ -261,7 +263,7 @@ where
         r2.recipient.as_deref(),
         &c2,
     );
-    let c3 = canonical_json(&r3.body);
+    let c3 = legacy_canonical_json(&r3.body);
     let h3 = chain_hash(
         &h2,
         3,
@@ -272,7 +274,7 @@ where
         &c3,
     );
     exec(format!(
-        "UPDATE audit SET version = 2, key_id = 'k1', hash = {} WHERE seq = 2",
+        "UPDATE audit SET version = 3, key_id = 'k1', hash = {} WHERE seq = 2",
         lit(&h2)
     ))
     .await;

@@ -26,6 +26,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "drop_redundant_index",
         include_str!("../../migrations/sqlite/0004_drop_redundant_index.sql"),
     ),
+    (
+        5,
+        "audit_jcs",
+        include_str!("../../migrations/sqlite/0005_audit_jcs.sql"),
+    ),
 ];
 
 pub(crate) const CREATE_SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (

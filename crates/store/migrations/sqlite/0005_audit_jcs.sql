@@ -1,0 +1,9 @@
+-- 0005_audit_jcs: audit chain version 3 (HMAC-SHA256 over the RFC 8785 body).
+--
+-- No table changes: every row already states its chain version, so rows
+-- written before this migration (versions 1 and 2) keep verifying in their
+-- own form and new keyed rows are version 3. This migration exists to fence
+-- older binaries off the database: they cannot verify version-3 rows and
+-- would extend the chain with version-2 rows after them (a version going
+-- down, which the verifier reports as a break), so a binary that does not
+-- know this migration refuses to open the database.

@@ -8,7 +8,7 @@
 //! (any other 4xx, a refused redirect) goes to the dead-letter list at once;
 //! after `max_attempts` every failure is dead.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 
@@ -61,19 +61,38 @@ pub fn classify_status(status: u16, retry_after: Option<Duration>) -> Failure {
     }
 }
 
-/// Parse a `Retry-After` value: delta-seconds or an HTTP-date (RFC 9110).
-/// A date in the past means no delay.
+/// Parse a `Retry-After` value: delta-seconds or an HTTP-date (RFC 9110
+/// §10.2.3; the date in any of the three forms §5.6.7 says a recipient must
+/// accept: IMF-fixdate, RFC 850, asctime). A date in the past means no delay;
+/// anything else is `None` (the default backoff applies).
 pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
     let v = value.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
-    let when = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
-    let d = (when - now).to_std().unwrap_or(Duration::ZERO);
+    let when = httpdate::parse_http_date(v).ok()?;
+    let d = when
+        .duration_since(SystemTime::from(now))
+        .unwrap_or(Duration::ZERO);
     Some(d.min(MAX_RETRY_AFTER))
 }
 
 /// Backoff settings (`[delivery]`).
+///
+/// The delay is this small pure function of the attempt count rather than a
+/// backoff crate's iterator, because of how the outbox retries: an attempt's
+/// count lives in the database row (`attempts`), the next attempt time is
+/// stored as `not_before`, and any worker (after a restart, too) picks the row
+/// up again, so there is no live retry loop to hand a backoff object to.
+/// Checked against `backon` 1.6 (`ExponentialBuilder`), the maintained choice
+/// (`backoff` 0.4 is unmaintained, RUSTSEC-2025-0012): its backoff is a
+/// stateful iterator (the delay before attempt n means stepping it n - 1
+/// times from a fresh builder per row), its jitter adds `random(0, d)` to `d`
+/// (delays in `[d, 2d)`, up to twice `max_backoff`) where this policy is full
+/// jitter in `[0, d]` capped at `max_backoff`, and its random source is
+/// internal, so the worker's seeded [`Jitter`] and the exact-value tests below
+/// could not be kept. Adopting it would change the retry schedule and add a
+/// dependency for three lines of arithmetic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     pub max_attempts: u32,
@@ -189,6 +208,89 @@ mod tests {
         );
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("999999999", now), Some(MAX_RETRY_AFTER));
+    }
+
+    #[test]
+    fn retry_after_in_every_http_date_form() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 15, 8, 0, 0).unwrap();
+        let ninety = Some(Duration::from_secs(90));
+        // Seconds, with the whitespace a header value may carry.
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after("0", now), Some(Duration::ZERO));
+        // Future, in the three forms RFC 9110 §5.6.7 requires a recipient to accept.
+        for v in [
+            "Thu, 15 Jan 2026 08:01:30 GMT",
+            "Thursday, 15-Jan-26 08:01:30 GMT",
+            "Thu Jan 15 08:01:30 2026",
+        ] {
+            assert_eq!(parse_retry_after(v, now), ninety, "{v}");
+        }
+        // Past, and now: no delay.
+        assert_eq!(
+            parse_retry_after("Wed, 14 Jan 2026 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            parse_retry_after("Thu, 15 Jan 2026 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        // Far future: capped; the edges of what an HTTP-date can say parse
+        // without a panic.
+        for v in [
+            "Fri, 01 Jan 2100 00:00:00 GMT",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            assert_eq!(parse_retry_after(v, now), Some(MAX_RETRY_AFTER), "{v}");
+        }
+        assert_eq!(
+            parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        // Garbage is no delay asked for.
+        for v in [
+            "",
+            "-5",
+            "1.5",
+            "tomorrow",
+            "Thu, 15 Jan 2026 08:01:30",
+            "Thu, 15 Jan 2026 08:01:30 +0100",
+            "Thu, 32 Jan 2026 08:01:30 GMT",
+            "18446744073709551616",
+            "Mon, 01 Jan 1900 00:00:00 GMT",
+            "Sat, 01 Jan 10000 00:00:00 GMT",
+        ] {
+            assert_eq!(parse_retry_after(v, now), None, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn garbage_retry_after_falls_back_to_the_default_backoff() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 15, 8, 0, 0).unwrap();
+        let p = policy();
+        for (attempts, unit) in [(1, 0.5), (2, 0.25), (3, 0.9)] {
+            let garbage = classify_status(503, parse_retry_after("soon-ish", now));
+            let none = classify_status(503, None);
+            assert_eq!(
+                p.next_delay(&garbage, attempts, unit),
+                Some(p.backoff(attempts, unit))
+            );
+            assert_eq!(
+                p.next_delay(&garbage, attempts, unit),
+                p.next_delay(&none, attempts, unit)
+            );
+        }
+        // A date in the past asks for no delay: the jitter decides.
+        let past = classify_status(503, parse_retry_after("Thu, 15 Jan 2026 07:00:00 GMT", now));
+        assert_eq!(
+            p.next_delay(&past, 2, 0.5),
+            Some(Duration::from_millis(500))
+        );
+        // A future date longer than the jitter wins.
+        let future = classify_status(429, parse_retry_after("Thu, 15 Jan 2026 08:01:00 GMT", now));
+        assert_eq!(p.next_delay(&future, 2, 0.5), Some(Duration::from_secs(60)));
     }
 
     #[test]

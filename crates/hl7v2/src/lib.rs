@@ -92,6 +92,8 @@
 //! * [`mllp`]: bounded MLLP frame codec (pure state machine).
 //! * [`ack`]: ACK message building with ERR segments.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod ack;
 mod diag;
 mod escape;

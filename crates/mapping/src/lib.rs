@@ -157,6 +157,8 @@
 //! - **The same visit yields the same Encounter id in every message** (ids
 //!   are hashes of documented keys, not of message ids).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod csvrows;
 mod datetime;
 mod engine;

@@ -12,6 +12,8 @@
 //! is bounded (document size, list lengths, day counts), errors are typed, and no reason text or error
 //! carries PHI.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod aid_codes;
 pub mod calendar;
 pub mod continuity;

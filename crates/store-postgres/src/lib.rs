@@ -60,6 +60,8 @@
 //! private network, or through a TLS-terminating proxy such as PgBouncer
 //! with `server_tls_sslmode`.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod error;
 mod migrate;
 mod rows;

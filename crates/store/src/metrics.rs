@@ -93,6 +93,12 @@ impl MetricsRecorder {
         c.largest_batch = c.largest_batch.max(batch as u64);
     }
 
+    /// A transaction that changed no row: no commit to count, but the
+    /// duplicate appends it answered are still counted.
+    pub(crate) fn record_unwritten(&self, duplicates: u64) {
+        self.counters().duplicate_inputs += duplicates;
+    }
+
     /// One WAL fsync by the sync thread.
     pub(crate) fn record_wal_sync(&self, seconds: f64) {
         let mut c = self.counters();

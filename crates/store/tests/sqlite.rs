@@ -853,3 +853,50 @@ async fn the_checkpoint_thread_copies_the_wal_into_the_database() {
     );
     assert_eq!(store.journal_stats().await.unwrap().total, 1024);
 }
+
+/// An idle gateway still polls the store (each delivery worker claims every
+/// 250 ms). A poll that finds nothing changes no row: it is no commit and
+/// costs no WAL fsync (those counters used to climb ~9 a second with no
+/// traffic). A duplicate append changes nothing either; it still counts as
+/// a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_polls_are_no_commits_and_no_fsyncs() {
+    for durability in [Durability::Pipelined, Durability::Inline] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(
+            &dir.path().join("idle.db"),
+            SqliteOptions {
+                durability,
+                ..opts(512)
+            },
+        )
+        .unwrap();
+        // About a second of idle polling, as the delivery workers do.
+        for _ in 0..20 {
+            let claimed = store
+                .outbox_claim("w", Some("mcp-a"), Utc::now(), Duration::from_secs(60), 10)
+                .await
+                .unwrap();
+            assert!(claimed.is_empty());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let m = store.metrics();
+        assert_eq!(m.commits, 0, "{durability:?}: {m:?}");
+        assert_eq!(m.wal_syncs, 0, "{durability:?}: {m:?}");
+        // A real write is one commit (and, pipelined, one fsync).
+        store.append(input("IDLE|1")).await.unwrap();
+        let m = store.metrics();
+        assert_eq!(m.commits, 1, "{durability:?}: {m:?}");
+        let syncs = m.wal_syncs;
+        assert!(syncs <= 1, "{durability:?}: {m:?}");
+        let again = store.append(input("IDLE|1")).await.unwrap();
+        assert!(matches!(again, AppendOutcome::Duplicate(_)));
+        let m = store.metrics();
+        assert_eq!(
+            (m.commits, m.wal_syncs),
+            (1, syncs),
+            "{durability:?}: {m:?}"
+        );
+        assert_eq!(m.duplicate_inputs, 1, "{durability:?}: {m:?}");
+    }
+}

@@ -64,6 +64,10 @@ pub(crate) const MAX_PENDING_BATCHES: usize = 256;
 pub(crate) struct Committed {
     /// When its transaction began (the commit latency ends at the sync).
     pub started: Instant,
+    /// It changed a row. A batch that changed none wrote no WAL frame: it
+    /// is answered in its turn (after the fsync of everything before it)
+    /// but needs no fsync of its own and is not counted as a commit.
+    pub wrote: bool,
     pub size: usize,
     pub appended: u64,
     pub duplicates: u64,
@@ -168,21 +172,31 @@ pub(crate) fn run(
             }
         }
         let round = batches.len();
+        // Only batches that changed nothing (idle polls): every earlier
+        // batch was synced by an earlier round, so there is nothing to sync.
+        let wrote = batches.iter().any(|b| b.wrote);
         let syncing = Instant::now();
         let result = match failed.get() {
             Some(why) => Err(why.clone()),
+            None if !wrote => Ok(()),
             None => sync_once(&wal, &shared),
         };
         match result {
             Ok(()) => {
-                metrics.record_wal_sync(syncing.elapsed().as_secs_f64());
+                if wrote {
+                    metrics.record_wal_sync(syncing.elapsed().as_secs_f64());
+                }
                 for b in batches.drain(..) {
-                    metrics.record_commit(
-                        b.started.elapsed().as_secs_f64(),
-                        b.size,
-                        b.appended,
-                        b.duplicates,
-                    );
+                    if b.wrote {
+                        metrics.record_commit(
+                            b.started.elapsed().as_secs_f64(),
+                            b.size,
+                            b.appended,
+                            b.duplicates,
+                        );
+                    } else {
+                        metrics.record_unwritten(b.duplicates);
+                    }
                     for o in b.outcomes {
                         o.deliver(None);
                     }

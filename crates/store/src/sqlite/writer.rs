@@ -410,6 +410,10 @@ fn commit_batch(
         return;
     }
     let mut outcomes = Vec::with_capacity(appends.len() + 8);
+    // Rows changed before this transaction: one that changes none (an idle
+    // outbox claim, a duplicate append) writes nothing to the WAL, so it is
+    // neither counted as a commit nor given an fsync of its own.
+    let changes_before = conn.total_changes();
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let why = format!("begin: {e}");
         // Fail the appends (their senders answer with a NAK and may resend);
@@ -532,6 +536,7 @@ fn commit_batch(
     };
     match commit {
         Ok(()) => {
+            let wrote = conn.total_changes() != changes_before;
             let (mut appended, mut duplicates) = (0, 0);
             for o in &outcomes {
                 match o.append {
@@ -544,6 +549,7 @@ fn commit_batch(
                 Some(s) => {
                     let committed = Committed {
                         started,
+                        wrote,
                         size,
                         appended,
                         duplicates,
@@ -560,12 +566,16 @@ fn commit_batch(
                     }
                 }
                 None => {
-                    metrics.record_commit(
-                        started.elapsed().as_secs_f64(),
-                        size,
-                        appended,
-                        duplicates,
-                    );
+                    if wrote {
+                        metrics.record_commit(
+                            started.elapsed().as_secs_f64(),
+                            size,
+                            appended,
+                            duplicates,
+                        );
+                    } else {
+                        metrics.record_unwritten(duplicates);
+                    }
                     for o in outcomes {
                         o.deliver(None);
                     }

@@ -94,10 +94,10 @@ async fn reads_and_refusals_are_audited_and_tampering_is_detected() {
         recs[0].body["entity"][1]["detail"][0]["valueString"],
         "disclosed"
     );
-    // Sealed with the (demo) key: chain version 2.
+    // Sealed with the (demo) key: chain version 3 (RFC 8785 bodies).
     assert!(recs
         .iter()
-        .all(|r| r.version == 2 && r.key_id.as_deref() == Some("demo-only")));
+        .all(|r| r.version == 3 && r.key_id.as_deref() == Some("demo-only")));
     assert_eq!(
         recs[2].body["purposeOfEvent"][0]["coding"][0]["code"],
         "HOPERAT"

@@ -12,6 +12,7 @@ use crate::eval::{uuid5_text, write_str_body, Eval, Flags, Instance, RunCtx};
 use crate::expr::{Node, ObjField, Scope, SourceKind, StampField};
 use crate::icd10::Icd10Ranges;
 use crate::path::SourcePath;
+use crate::pieces::{PieceInfo, PieceScope, PieceUse, Pieces, PIECES_DIR};
 use crate::source::{FieldSet, Hl7Source, JsonSource, Source};
 use crate::terminology::ConceptMap;
 
@@ -22,8 +23,9 @@ const MAX_FILES: usize = 512;
 /// Most resources one input may produce.
 const MAX_RESOURCES: usize = 500;
 /// Folders under the mappings root that hold other data (concept maps,
-/// eligibility and calendar tables owned by other modules), never mapping YAML.
-const NOT_MAPPINGS: &[&str] = &["terminology", "eligibility", "calendar"];
+/// eligibility and calendar tables owned by other modules, the shared
+/// pieces of `common/`), never mapping YAML.
+const NOT_MAPPINGS: &[&str] = &["terminology", "eligibility", "calendar", PIECES_DIR];
 /// Directory depth searched for mapping files.
 const MAX_DIR_DEPTH: usize = 8;
 
@@ -153,6 +155,8 @@ struct Mapping {
     keys: Vec<Node>,
     sensitivity: Option<SensitivityPaths>,
     resources: Vec<ResourceDef>,
+    /// The shared pieces it uses: (index in [`Pieces::list`], YAML path).
+    piece_uses: Vec<(usize, String)>,
 }
 
 /// The compiled set of mappings and concept maps.
@@ -165,6 +169,8 @@ pub struct Engine {
     /// Every HL7 v2 field any hl7v2 mapping (or the engine itself) reads:
     /// the only ones the field index splits.
     hl7_fields: FieldSet,
+    /// The shared pieces (`common/*.yaml`), already expanded in the plans.
+    pieces: Pieces,
 }
 
 /// The fields `mappings` can read from an HL7 v2 message: every path of
@@ -232,7 +238,7 @@ impl Tables {
     /// The engine over `mappings`. A mapping that derives sensitivity labels
     /// needs the ICD-10 ranges: without them its diagnoses would go
     /// unlabelled, so that is a load error.
-    fn engine(self, mappings: Vec<Mapping>) -> Result<Engine, MappingError> {
+    fn engine(self, mappings: Vec<Mapping>, pieces: Pieces) -> Result<Engine, MappingError> {
         if self.icd10.is_none() {
             if let Some(m) = mappings.iter().find(|m| m.sensitivity.is_some()) {
                 return Err(MappingError::new(
@@ -251,6 +257,7 @@ impl Tables {
             tables: self.maps,
             icd10: self.icd10.unwrap_or_default(),
             hl7_fields,
+            pieces,
         })
     }
 }
@@ -320,12 +327,17 @@ impl Engine {
         for f in &csvs {
             tables.add(f, None)?;
         }
+        let mut pieces = Pieces::default();
+        for f in piece_files(&dir.join(PIECES_DIR))? {
+            pieces.add_file(&f, &read_yaml(&f)?)?;
+        }
+        pieces.check()?;
         let mut yamls = Vec::new();
         collect(dir, "yaml", 0, &mut yamls)?;
         yamls.sort();
         let mut mappings: Vec<Mapping> = Vec::new();
         for f in &yamls {
-            let m = compile_file(f, &tables.idx)?;
+            let m = compile_text(f, &read_yaml(f)?, &tables.idx, &pieces)?;
             if let Some(prev) = mappings.iter().find(|x| x.info.id == m.info.id) {
                 return Err(MappingError::new(
                     f,
@@ -339,26 +351,29 @@ impl Engine {
             }
             mappings.push(m);
         }
-        tables.engine(mappings)
+        tables.engine(mappings, pieces)
     }
 
     /// Load what [`Engine::load`] loads from files already in memory (a
     /// mappings tree embedded in a binary): `(path relative to the mappings
-    /// root, text)`. `terminology/*.csv` are concept maps; every `*.yaml`
-    /// outside `terminology/`, `eligibility/` and `calendar/` is a mapping;
-    /// other files are ignored. Errors and [`MappingInfo::file`] name
-    /// `origin.join(path)`.
+    /// root, text)`. `terminology/*.csv` are concept maps; `common/*.yaml`
+    /// are shared pieces; every `*.yaml` outside `terminology/`,
+    /// `eligibility/`, `calendar/` and `common/` is a mapping; other files
+    /// are ignored. Errors and [`MappingInfo::file`] name `origin.join(path)`.
     pub fn load_files<'a>(
         origin: &Path,
         files: impl IntoIterator<Item = (&'a Path, &'a str)>,
     ) -> Result<Engine, MappingError> {
-        let (mut csvs, mut yamls) = (Vec::new(), Vec::new());
+        let (mut csvs, mut yamls, mut libs) = (Vec::new(), Vec::new(), Vec::new());
         for (rel, text) in files {
             let mut parts = rel.components().map(|c| c.as_os_str().to_str());
             let (first, depth) = (parts.next().flatten(), rel.components().count());
             match rel.extension().and_then(|e| e.to_str()) {
                 Some("csv") if depth == 2 && first == Some("terminology") => {
                     csvs.push((origin.join(rel), text))
+                }
+                Some("yaml") if depth == 2 && first == Some(PIECES_DIR) => {
+                    libs.push((origin.join(rel), text))
                 }
                 Some("yaml")
                     if depth <= MAX_DIR_DEPTH + 1
@@ -368,22 +383,31 @@ impl Engine {
                 }
                 _ => {}
             }
-            if csvs.len() + yamls.len() > MAX_FILES {
+            if csvs.len() + yamls.len() + libs.len() > MAX_FILES {
                 return Err(MappingError::new(origin, "", "too many files"));
             }
         }
         csvs.sort();
         yamls.sort();
+        libs.sort();
         let mut tables = Tables::default();
         for (f, text) in &csvs {
             tables.add(f, Some(text))?;
         }
+        let mut pieces = Pieces::default();
+        for (f, text) in &libs {
+            if text.len() as u64 > MAX_YAML_BYTES {
+                return Err(MappingError::new(f, "", "file larger than 1 MiB"));
+            }
+            pieces.add_file(f, text)?;
+        }
+        pieces.check()?;
         let mut mappings: Vec<Mapping> = Vec::new();
         for (f, text) in &yamls {
             if text.len() as u64 > MAX_YAML_BYTES {
                 return Err(MappingError::new(f, "", "mapping file larger than 1 MiB"));
             }
-            let m = compile_text(f, text, &tables.idx)?;
+            let m = compile_text(f, text, &tables.idx, &pieces)?;
             if let Some(prev) = mappings.iter().find(|x| x.info.id == m.info.id) {
                 return Err(MappingError::new(
                     f,
@@ -397,11 +421,13 @@ impl Engine {
             }
             mappings.push(m);
         }
-        tables.engine(mappings)
+        tables.engine(mappings, pieces)
     }
 
     /// Compile a single mapping from YAML text (for tests and tooling);
-    /// concept maps are loaded from `terminology_dir`.
+    /// concept maps are loaded from `terminology_dir`. No shared pieces are
+    /// loaded: a `$use` is an unknown piece ([`Engine::load_files`] takes
+    /// `common/*.yaml` with the mapping).
     pub fn from_yaml(
         file: &Path,
         yaml: &str,
@@ -416,13 +442,44 @@ impl Engine {
                 tables.add(f, None)?;
             }
         }
-        let mappings = vec![compile_text(file, yaml, &tables.idx)?];
-        tables.engine(mappings)
+        let pieces = Pieces::default();
+        let mappings = vec![compile_text(file, yaml, &tables.idx, &pieces)?];
+        tables.engine(mappings, pieces)
     }
 
     /// What is loaded, in file order.
     pub fn mappings(&self) -> Vec<MappingInfo> {
         self.mappings.iter().map(|m| m.info.clone()).collect()
+    }
+
+    /// The shared pieces (`common/*.yaml`), in file order, each with every
+    /// place a loaded mapping uses it.
+    pub fn pieces(&self) -> Vec<PieceInfo> {
+        self.pieces
+            .list
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PieceInfo {
+                name: p.name.clone(),
+                file: p.file.clone(),
+                description: p.description.clone(),
+                params: p.params.clone(),
+                used_by: self
+                    .mappings
+                    .iter()
+                    .flat_map(|m| {
+                        m.piece_uses
+                            .iter()
+                            .filter(move |(j, _)| *j == i)
+                            .map(move |(_, path)| PieceUse {
+                                mapping: m.info.id.clone(),
+                                file: m.info.file.clone(),
+                                path: path.clone(),
+                            })
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     /// Translate one parsed HL7 v2 ADT message into a FHIR R4 `transaction` Bundle.
@@ -790,19 +847,40 @@ fn flags<'v, S: Source<'v>>(
     (diag, ctx)
 }
 
-fn compile_file(file: &Path, tables: &HashMap<String, usize>) -> Result<Mapping, MappingError> {
+/// The text of a YAML file (a mapping or a piece library) of at most
+/// [`MAX_YAML_BYTES`].
+fn read_yaml(file: &Path) -> Result<String, MappingError> {
     let meta = std::fs::metadata(file)
         .map_err(|e| MappingError::new(file, "", format!("cannot read: {e}")))?;
     if meta.len() > MAX_YAML_BYTES {
-        return Err(MappingError::new(
-            file,
-            "",
-            "mapping file larger than 1 MiB",
-        ));
+        return Err(MappingError::new(file, "", "file larger than 1 MiB"));
     }
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| MappingError::new(file, "", format!("cannot read: {e}")))?;
-    compile_text(file, &text, tables)
+    std::fs::read_to_string(file)
+        .map_err(|e| MappingError::new(file, "", format!("cannot read: {e}")))
+}
+
+/// The piece libraries: `*.yaml` directly in `dir` (none when it does not
+/// exist), sorted.
+fn piece_files(dir: &Path) -> Result<Vec<PathBuf>, MappingError> {
+    let mut out = Vec::new();
+    if !dir.is_dir() {
+        return Ok(out);
+    }
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| MappingError::new(dir, "", format!("cannot read directory: {e}")))?;
+    for entry in rd {
+        let p = entry
+            .map_err(|e| MappingError::new(dir, "", format!("cannot read directory: {e}")))?
+            .path();
+        if p.is_file() && p.extension().and_then(|e| e.to_str()) == Some("yaml") {
+            out.push(p);
+        }
+        if out.len() > MAX_FILES {
+            return Err(MappingError::new(dir, "", "too many files"));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn str_field<'y>(
@@ -861,7 +939,9 @@ fn compile_text(
     file: &Path,
     text: &str,
     tables: &HashMap<String, usize>,
+    pieces: &Pieces,
 ) -> Result<Mapping, MappingError> {
+    let pieces = PieceScope::new(pieces);
     let doc: Y = serde_yaml::from_str(text)
         .map_err(|e| MappingError::new(file, "", format!("invalid YAML: {e}")))?;
     let top = doc
@@ -953,6 +1033,7 @@ fn compile_text(
                 tables,
                 keys: &key_names,
                 resources: &names,
+                pieces: &pieces,
             };
             keys.push(scope.compile(&format!("keys.{name}"), node, 0)?);
             key_names.push(name.to_string());
@@ -964,6 +1045,7 @@ fn compile_text(
         tables,
         keys: &key_names,
         resources: &names,
+        pieces: &pieces,
     };
 
     let timezone_from = top
@@ -1137,6 +1219,7 @@ fn compile_text(
         keys,
         sensitivity,
         resources,
+        piece_uses: pieces.used.into_inner(),
     })
 }
 
@@ -1240,6 +1323,36 @@ mod tests {
             n += 1;
         }
         assert!(n >= 40, "only {n} inputs");
+    }
+
+    /// A `$use` is resolved at load: the compiled plan is the one of the
+    /// piece's template written out in its place, parameters bound.
+    #[test]
+    fn a_use_compiles_to_the_plan_written_out() {
+        let lib = "pieces:\n  cx:\n    description: a CX\n    source: hl7v2\n    params: {authority: the default authority}\n    template:\n      system: {$concat: [\"urn:x:\", {$uri_segment: {$first: [{$v: \".4.1\"}, {$param: authority}]}}]}\n      value!: {$v: \".1\"}\n";
+        let head = "id: t\nversion: 1.0.0\nsource: hl7v2\ndescription: test\nkeys:\n  fac: {$v: MSH-4.1}\nresources:\n  - name: p\n    type: Patient\n    key: {$v: PID-3.1}\n    body:\n";
+        let used = format!("{head}      identifier: {{$for_each: PID-3, $do: {{$use: cx, $with: {{authority: {{$key: fac}}}}}}}}\n");
+        let written = format!("{head}      identifier: {{$for_each: PID-3, $do: {{system: {{$concat: [\"urn:x:\", {{$uri_segment: {{$first: [{{$v: \".4.1\"}}, {{$key: fac}}]}}}}]}}, value!: {{$v: \".1\"}}}}}}\n");
+        let a = Engine::load_files(
+            Path::new("e"),
+            [
+                (Path::new("common/l.yaml"), lib),
+                (Path::new("adt/t.yaml"), used.as_str()),
+            ],
+        )
+        .unwrap();
+        let b = Engine::load_files(
+            Path::new("e"),
+            [(Path::new("adt/t.yaml"), written.as_str())],
+        )
+        .unwrap();
+        let plan = |e: &Engine| format!("{:?}", (&e.mappings[0].keys, &e.mappings[0].resources));
+        assert_eq!(plan(&a), plan(&b));
+        assert!(plan(&a).contains("Concat"));
+        assert_eq!(
+            a.mappings[0].piece_uses,
+            [(0, "resources[0].body.identifier.$do".to_string())]
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use serde_yaml::Value as Y;
 
 use crate::error::MappingError;
 use crate::path::{parse_hl7, parse_json, SourcePath};
+use crate::pieces::{PieceScope, MAX_USE_DEPTH, PIECES_DIR};
 
 /// Every function the template language knows, for docs and error messages.
 pub const FUNCTIONS: &[&str] = &[
@@ -368,6 +369,8 @@ pub(crate) struct Scope<'s> {
     pub keys: &'s [String],
     /// Resource (name, type) in declaration order.
     pub resources: &'s [(String, String)],
+    /// Shared pieces (`$use`), see [`crate::pieces`].
+    pub pieces: &'s PieceScope<'s>,
 }
 
 impl Scope<'_> {
@@ -444,6 +447,15 @@ impl Scope<'_> {
                     .next()
                     .and_then(Y::as_str)
                     .is_some_and(|k| k.starts_with('$'));
+                if m.contains_key("$use") {
+                    return self.use_piece(at, m, depth);
+                }
+                if m.contains_key("$param") {
+                    return Err(self.err(
+                        &format!("{at}.$param"),
+                        format!("$param is only for the template of a piece ({PIECES_DIR}/*.yaml)"),
+                    ));
+                }
                 if is_fn {
                     return self.function(at, m, depth);
                 }
@@ -482,6 +494,65 @@ impl Scope<'_> {
                 Ok(fold_object(fields, depth))
             }
         }
+    }
+
+    /// `{$use: NAME, $with: {PARAM: TEMPLATE, ..}}`: the piece's template
+    /// with its parameters bound, compiled here as if written here (same
+    /// depth, so the plan is that of the hand-written template). Errors
+    /// inside it name this file, the path through `$use(NAME)`, and the piece.
+    fn use_piece(
+        &self,
+        at: &str,
+        m: &serde_yaml::Mapping,
+        depth: usize,
+    ) -> Result<Node, MappingError> {
+        let at_use = format!("{at}.$use");
+        let name = m
+            .get("$use")
+            .and_then(Y::as_str)
+            .ok_or_else(|| self.err(&at_use, "expected a piece name"))?;
+        let lib = self.pieces.lib;
+        let (i, piece) = lib
+            .find(name)
+            .ok_or_else(|| self.err(&at_use, lib.unknown(name)))?;
+        if piece.source.is_some_and(|s| s != self.kind) {
+            return Err(self.err(
+                &at_use,
+                format!(
+                    "piece `{name}` reads {} input; this mapping reads {}",
+                    piece.source.map(|s| s.as_str()).unwrap_or_default(),
+                    self.kind.as_str()
+                ),
+            ));
+        }
+        {
+            let stack = self.pieces.stack.borrow();
+            if stack.contains(&i) {
+                return Err(self.err(&at_use, format!("piece `{name}` uses itself")));
+            }
+            if stack.len() >= MAX_USE_DEPTH {
+                return Err(self.err(
+                    &at_use,
+                    format!("pieces nested more than {MAX_USE_DEPTH} deep"),
+                ));
+            }
+        }
+        let binds = crate::pieces::bindings(self.file, at, m, piece)?;
+        let expanded = crate::pieces::substitute(&piece.template, &binds);
+        self.pieces.used.borrow_mut().push((i, at.to_string()));
+        self.pieces.stack.borrow_mut().push(i);
+        let node = self.compile(&format!("{at}.$use({name})"), &expanded, depth);
+        self.pieces.stack.borrow_mut().pop();
+        node.map_err(|mut e| {
+            if !e.reason.contains(" (in piece `") {
+                e.reason = format!(
+                    "{} (in piece `{name}` of {})",
+                    e.reason,
+                    piece.file.display()
+                );
+            }
+            e
+        })
     }
 
     fn function(

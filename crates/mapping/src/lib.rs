@@ -142,6 +142,9 @@
 //!   and JSON implementations.
 //! - `eval` — evaluation (`eval` for scalars/conditions, `emit` for JSON).
 //! - `engine` — loading, the two phases, Bundle assembly, sensitivity labels.
+//! - `pieces` — shared pieces (`common/*.yaml`, `{$use: NAME, $with: …}`):
+//!   parameterised templates expanded where they are used, at load, so the
+//!   plan is the one of the template written out.
 //! - `terminology` — CSV concept maps; `datetime` — DTM → FHIR date/dateTime.
 //!
 //! The input is read through the [`source`] abstraction (cursors + compiled
@@ -167,6 +170,7 @@ mod eval;
 mod expr;
 mod icd10;
 mod path;
+mod pieces;
 mod sha1;
 mod source;
 mod terminology;
@@ -178,6 +182,7 @@ pub use engine::{AdtContext, Engine, JsonContext, MappingInfo, Sensitivity};
 pub use error::{MappingError, TranslateError};
 pub use eval::{uuid5, ID_NAMESPACE};
 pub use expr::{SourceKind, FUNCTIONS};
+pub use pieces::{PieceInfo, PieceUse};
 
 use serde_json::Value;
 

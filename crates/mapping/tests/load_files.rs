@@ -34,6 +34,22 @@ fn in_memory_files_load_like_the_directory() {
             .collect::<Vec<_>>()
     };
     assert_eq!(ids(&from_dir), ids(&from_mem));
+    // The shared pieces (common/) load from both, with the same uses.
+    let pieces = |e: &Engine| {
+        e.pieces()
+            .into_iter()
+            .map(|p| {
+                let uses: Vec<_> = p.used_by.into_iter().map(|u| (u.mapping, u.path)).collect();
+                (p.name, p.params, uses)
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(!pieces(&from_dir).is_empty());
+    assert_eq!(pieces(&from_dir), pieces(&from_mem));
+    assert!(from_mem
+        .pieces()
+        .iter()
+        .all(|p| p.file.starts_with("embedded/common")));
     assert!(from_mem
         .mappings()
         .iter()

@@ -186,6 +186,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(move |req, next| {
             with_timeout(req, next, timeout)
         }))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::telemetry::count_http_requests,
+        ))
         .with_state(state)
 }
 

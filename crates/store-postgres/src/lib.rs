@@ -1106,7 +1106,10 @@ impl Store for PgStore {
             .iter()
             .map(rows::delivery)
             .collect::<Result<Vec<_>, _>>()?;
-        self.committed(started);
+        // An idle worker's poll that claimed nothing changed no row: no commit.
+        if !out.is_empty() {
+            self.committed(started);
+        }
         out.sort_by_key(|d| d.id);
         Ok(out)
     }

@@ -136,3 +136,29 @@ async fn conformance_audit_tamper_evidence() {
     .await;
     db.drop_db().await.unwrap();
 }
+
+/// An idle delivery worker polls every 250 ms; a claim that finds nothing
+/// due changes no row and is not counted as a commit (as on SQLite), so
+/// the commit counter stands still on an idle gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_claims_are_no_commits() {
+    let db = fresh().await;
+    let store = open(&db.url, PgOptions::default()).await;
+    for _ in 0..20 {
+        let claimed = store
+            .outbox_claim(
+                "w",
+                Some("mcp-a"),
+                chrono::Utc::now(),
+                std::time::Duration::from_secs(60),
+                10,
+            )
+            .await
+            .unwrap();
+        assert!(claimed.is_empty());
+    }
+    let m = store.metrics();
+    assert_eq!(m.commits, 0, "{m:?}");
+    drop(store);
+    db.drop_db().await.unwrap();
+}

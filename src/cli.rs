@@ -146,6 +146,7 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
         None => Config::default(),
     };
     cfg.apply_env(&env_map())?;
+    crate::telemetry::set_log_format(cfg.log.format);
     Ok(cfg)
 }
 

@@ -37,6 +37,39 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[log]`: how log lines are written (to stderr; `RUST_LOG` is the filter).
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json` (env `CWSGW_LOG_FORMAT`, which wins).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// How a log line is written.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event (ANSI colours only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// `text` or `json`, as in the file (case and surrounding blanks aside).
+    pub fn parse(value: &str) -> Option<LogFormat> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
 }
 
 /// `[calendar]`: the working-day calendar of the deadline clocks.
@@ -480,6 +513,7 @@ pub enum ConfigError {
 pub const ENV_HTTP_ADDR: &str = "CWSGW_HTTP_ADDR";
 pub const ENV_MLLP_ADDR: &str = "CWSGW_MLLP_ADDR";
 pub const ENV_DATABASE_URL: &str = "CWSGW_DATABASE_URL";
+pub const ENV_LOG_FORMAT: &str = "CWSGW_LOG_FORMAT";
 
 impl Config {
     /// Parse TOML text; `origin` names the file in error messages.
@@ -565,6 +599,13 @@ impl Config {
         }
         if let Some(v) = env.get(ENV_DATABASE_URL) {
             self.store.url = v.clone();
+        }
+        if let Some(v) = env.get(ENV_LOG_FORMAT) {
+            self.log.format = LogFormat::parse(v).ok_or_else(|| {
+                ConfigError::Invalid(vec![format!(
+                    "{ENV_LOG_FORMAT}: {v:?} is not a log format (text or json)"
+                )])
+            })?;
         }
         self.validate()
     }
@@ -1019,6 +1060,33 @@ token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
         let msg = err.to_string();
         assert!(msg.contains("http_adr"), "{msg}");
         assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+
+    #[test]
+    fn log_format_is_text_json_or_refused() {
+        assert_eq!(Config::default().log.format, LogFormat::Text);
+        let cfg = Config::from_toml("[log]\nformat = \"json\"\n", "t.toml").unwrap();
+        assert_eq!(cfg.log.format, LogFormat::Json);
+        let cfg = Config::from_toml("[log]\n", "t.toml").unwrap();
+        assert_eq!(cfg.log.format, LogFormat::Text);
+        let msg = Config::from_toml("[log]\nformat = \"xml\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("xml") && msg.contains("json"), "{msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+        let msg = Config::from_toml("[log]\nformt = \"json\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("formt"), "{msg}");
+        // The environment wins over the file; a bad value names the variable.
+        let mut cfg = Config::from_toml("[log]\nformat = \"json\"\n", "t.toml").unwrap();
+        let mut env = HashMap::new();
+        env.insert(ENV_LOG_FORMAT.to_string(), " Text ".to_string());
+        cfg.apply_env(&env).unwrap();
+        assert_eq!(cfg.log.format, LogFormat::Text);
+        env.insert(ENV_LOG_FORMAT.to_string(), "yaml".to_string());
+        let msg = cfg.apply_env(&env).unwrap_err().to_string();
+        assert!(msg.contains(ENV_LOG_FORMAT), "{msg}");
     }
 
     #[test]

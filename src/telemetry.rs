@@ -25,16 +25,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-/// Install the `tracing` subscriber: `RUST_LOG` filter, default `info`.
-pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
-}
+mod logging;
+pub use logging::{init_logging, set_log_format};
 
 /// A counter with one label whose values come from the configuration (an
 /// organization id): a closed set, but not known at compile time. The

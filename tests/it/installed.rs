@@ -582,3 +582,72 @@ async fn store_reading_commands_never_create_a_postgres_store() {
     assert!(store_postgres::PgStore::open(&db.url, opts).await.is_err());
     db.drop_db().await.unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// `serve` until it prints its addresses; what it wrote to stderr by then,
+/// complete lines only (the process is killed, a last line may be cut).
+fn serve_stderr(conf: &Path, env: &[(&str, &str)]) -> String {
+    let tmp = outside();
+    let mut c = cmd(tmp.path());
+    c.args(["serve", "--config"])
+        .arg(conf)
+        .env("RUST_LOG", "info")
+        .env_remove("CWSGW_LOG_FORMAT")
+        .env(
+            "CWSGW_AUDIT_KEY",
+            "installed-test:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        );
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let errors = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let stdout = child.stdout.take().expect("stdout");
+    let listening = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("listening http="));
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut err = errors.join().unwrap_or_default();
+    assert!(listening, "the gateway did not start; stderr: {err}");
+    match err.rfind('\n') {
+        Some(i) => err.truncate(i + 1),
+        None => err.clear(),
+    }
+    err
+}
+
+#[test]
+fn logs_are_json_lines_when_asked_and_never_coloured_on_a_pipe() {
+    let tmp = outside();
+    let text_conf = write_config(&tmp.path().join("text"), "");
+    let json_conf = write_config(&tmp.path().join("json"), "\n[log]\nformat = \"json\"\n");
+    for (conf, env) in [
+        (&json_conf, &[][..]),
+        (&text_conf, &[("CWSGW_LOG_FORMAT", "json")][..]),
+    ] {
+        let err = serve_stderr(conf, env);
+        let lines: Vec<&str> = err.lines().collect();
+        assert!(!lines.is_empty(), "{} {env:?}: no log line", conf.display());
+        for l in &lines {
+            let v: serde_json::Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {l}"));
+            assert!(v.is_object(), "{l}");
+            assert!(v["level"].is_string() && v["fields"].is_object(), "{l}");
+        }
+    }
+    // Text (the default) on a pipe: no ANSI escape codes.
+    let err = serve_stderr(&text_conf, &[]);
+    assert!(!err.trim().is_empty(), "no log line");
+    assert!(!err.contains('\x1b'), "{err:?}");
+    assert!(serde_json::from_str::<serde_json::Value>(err.lines().next().unwrap_or("")).is_err());
+}

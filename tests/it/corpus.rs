@@ -8,18 +8,18 @@
 //! here), must get the positive ACKs its MSH-15/16 ask for (none when they
 //! ask for none), and must be translated without failure. Each is also
 //! translated through the worker's code path (`translate::Offline`) and the
-//! Bundle checked with the goldens' invariants: valid against the FHIR R4
-//! JSON Schema, ids unique, every reference resolving inside the Bundle,
-//! nothing empty, two runs byte-identical. `CORPUS_DUMP=dir` writes the
-//! Bundles there for review by eye. The outputs are not blessed as goldens.
+//! Bundle checked with the invariants the goldens hold too (`invariants.rs`):
+//! valid against the FHIR R4 JSON Schema, ids unique, every reference
+//! resolving inside the Bundle, nothing empty, two runs byte-identical.
+//! `CORPUS_DUMP=dir` writes the Bundles there for review by eye. The outputs
+//! are not blessed as goldens.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use serde_json::Value;
-
 use crate::common::*;
+use crate::invariants;
 
 /// Every `*.hl7` under `tests/corpus/`, sorted.
 fn corpus_files() -> Vec<PathBuf> {
@@ -98,95 +98,6 @@ fn the_corpus_has_enough_adt_messages_from_independent_sources() {
     }
 }
 
-fn schema() -> &'static jsonschema::Validator {
-    static V: OnceLock<jsonschema::Validator> = OnceLock::new();
-    V.get_or_init(|| {
-        let text =
-            std::fs::read_to_string(repo().join("profiles/fhir.schema.json")).expect("schema");
-        let schema: Value = serde_json::from_str(&text).expect("schema JSON");
-        jsonschema::validator_for(&schema).expect("schema compiles")
-    })
-}
-
-fn collect_refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m {
-                match (k.as_str(), x) {
-                    ("reference", Value::String(s)) => out.push(s),
-                    _ => collect_refs(x, out),
-                }
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|x| collect_refs(x, out)),
-        _ => {}
-    }
-}
-
-/// Where `v` holds an empty string, array or object, or a null.
-fn empties(path: &str, v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::String(s) if s.trim().is_empty() => out.push(format!("empty string at {path}")),
-        Value::Array(a) if a.is_empty() => out.push(format!("empty array at {path}")),
-        Value::Object(m) if m.is_empty() => out.push(format!("empty object at {path}")),
-        Value::Null => out.push(format!("null at {path}")),
-        Value::Array(a) => a
-            .iter()
-            .enumerate()
-            .for_each(|(i, x)| empties(&format!("{path}[{i}]"), x, out)),
-        Value::Object(m) => m
-            .iter()
-            .for_each(|(k, x)| empties(&format!("{path}.{k}"), x, out)),
-        _ => {}
-    }
-}
-
-/// The goldens' invariants for one Bundle; the problems found.
-fn check_bundle(b: &Value) -> Vec<String> {
-    let mut problems = Vec::new();
-    empties("$", b, &mut problems);
-    if !schema().is_valid(b) {
-        problems.push("the Bundle is not valid against the FHIR R4 schema".into());
-    }
-    let entries = b["entry"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    // Each resource on its own too: the errors then name the element.
-    for e in entries {
-        let r = &e["resource"];
-        for err in schema().iter_errors(r).take(3) {
-            let mut text = err.to_string();
-            text.truncate(300);
-            problems.push(format!(
-                "schema: {} {}: {text}",
-                r["resourceType"].as_str().unwrap_or("?"),
-                err.instance_path()
-            ));
-        }
-    }
-    if entries.is_empty() {
-        problems.push("no entries".into());
-    }
-    let urls: HashSet<&str> = entries
-        .iter()
-        .filter_map(|e| e["request"]["url"].as_str())
-        .collect();
-    let mut ids = HashSet::new();
-    for e in entries {
-        let r = &e["resource"];
-        let id = r["id"].as_str().unwrap_or_default();
-        if !ids.insert(id) {
-            problems.push(format!("duplicate id {id}"));
-        }
-        let mut refs = Vec::new();
-        collect_refs(r, &mut refs);
-        for rf in refs {
-            if !urls.contains(rf) {
-                problems.push(format!("dangling reference {rf}"));
-            }
-        }
-    }
-    problems
-}
-
 #[test]
 fn every_corpus_message_translates_to_a_valid_bundle() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -211,11 +122,13 @@ fn every_corpus_message_translates_to_a_valid_bundle() {
             std::fs::create_dir_all(&dir).expect("CORPUS_DUMP dir");
             std::fs::write(file, text).expect("write CORPUS_DUMP file");
         }
-        let mut problems = check_bundle(&first);
-        let again = off.translate(bytes).map(|b| serde_json::to_vec(&b).ok());
-        if again != Ok(serde_json::to_vec(&first).ok()) {
-            problems.push("two runs differ".into());
-        }
+        let mut problems = invariants::check_bundle(&first);
+        let once = serde_json::to_vec(&first).unwrap_or_default();
+        let again = off
+            .translate(bytes)
+            .map(|b| serde_json::to_vec(&b).unwrap_or_default())
+            .unwrap_or_default();
+        problems.extend(invariants::second_run(&once, &again));
         if !problems.is_empty() {
             failures.push(format!("{name}:\n  {}", problems.join("\n  ")));
         }

@@ -15,6 +15,7 @@ mod fhir_sdk;
 mod http;
 mod input_checks;
 mod installed;
+mod invariants;
 mod mllp;
 mod oracles;
 mod postgres;

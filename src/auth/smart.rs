@@ -547,15 +547,9 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/smart/plan-a.jwks.json"
         );
+        let orgs = include_str!("../../tests/fixtures/orgs.toml");
         let text = format!(
-            r#"
-[[organizations]]
-id = "mcp-a"
-kind = "mcp"
-name = "Plan A"
-plan_codes = ["A"]
-counties = ["Fresno"]
-
+            r#"{orgs}
 [[clients]]
 id = "plan-a-backend"
 organization = "mcp-a"

@@ -397,25 +397,7 @@ mod tests {
 
     #[test]
     fn a_status_push_carries_the_owner_only_to_a_recipient_that_sees_the_member() {
-        let cfg = Config::from_toml(
-            r#"
-[[organizations]]
-id = "mcp-a"
-kind = "mcp"
-name = "Plan A"
-plan_codes = ["A"]
-counties = ["Fresno"]
-
-[[organizations]]
-id = "mcp-b"
-kind = "mcp"
-name = "Plan B"
-plan_codes = ["B"]
-counties = ["Fresno"]
-"#,
-            "t",
-        )
-        .unwrap();
+        let cfg = Config::from_toml(include_str!("../../tests/fixtures/orgs.toml"), "t").unwrap();
         let cfg = std::sync::Arc::new(cfg);
         let disclosure = Disclosure::new(cfg.clone());
         let task = json!({"resourceType": "Task", "id": "t1", "status": "accepted", "intent": "order",

@@ -6,16 +6,11 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 
-use crate::common::{self, repo, COUNTY_TOKEN, OPS_TOKEN, STMARY_TOKEN};
+use crate::common::{self, repo, sha, COUNTY_TOKEN, OPS_TOKEN, STMARY_TOKEN};
 
 const KERN: &str = "access-kern-token";
 const PLAN_A: &str = "access-plan-a-token";
 const PLAN_B: &str = "access-plan-b-token";
-
-fn sha(t: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(t.as_bytes()))
-}
 
 fn extra() -> String {
     let jwks = repo()
@@ -24,34 +19,6 @@ fn extra() -> String {
         .to_string();
     format!(
         r#"
-[[organizations]]
-id = "county-kern"
-kind = "county"
-name = "Kern County DHS"
-county = "Kern"
-
-[[organizations]]
-id = "mcp-a"
-kind = "mcp"
-name = "Plan A"
-plan_codes = ["A"]
-counties = ["Fresno", "Kern"]
-
-[[organizations]]
-id = "mcp-b"
-kind = "mcp"
-name = "Plan B"
-plan_codes = ["B"]
-counties = ["Fresno"]
-
-[[organizations]]
-id = "ecm-compass"
-kind = "ecm_provider"
-name = "Compass Clinics"
-mcps = ["mcp-a"]
-pofs = ["8"]
-provider_type = "wraparound"
-
 [[clients]]
 id = "kern"
 organization = "county-kern"

@@ -17,9 +17,23 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn sha(t: &str) -> String {
+/// The hex SHA-256 of a token, as `token_sha256` in a client's table wants it.
+pub fn sha(t: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(t.as_bytes()))
+}
+
+/// The organizations every test gateway knows (`tests/fixtures/orgs.toml`,
+/// one copy for all the tests).
+pub const ORGS: &str = include_str!("../fixtures/orgs.toml");
+
+/// `text` (a configuration) with `lines` added to the table of organization
+/// `org` — an `endpoint`, an `endpoint_auth`, an `ack_mode` … that only
+/// some tests want.
+pub fn org_with(text: &str, org: &str, lines: &str) -> String {
+    let id = format!("id = \"{org}\"\n");
+    assert!(text.contains(&id), "organization {org} is not configured");
+    text.replacen(&id, &format!("{id}{}\n", lines.trim_end()), 1)
 }
 
 /// A test configuration: loopback port 0, the store under `dir`.
@@ -47,29 +61,7 @@ idle_timeout_secs = 5
 psychiatric_locations = ["PSYCH"]
 sud_locations = ["DETOX"]
 
-[[organizations]]
-id = "county-fresno"
-kind = "county"
-name = "Fresno County DSS"
-county = "Fresno"
-
-[[organizations]]
-id = "st-mary"
-kind = "adt_source"
-name = "St Mary Hospital"
-sending_facilities = ["STMARY"]
-
-[[organizations]]
-id = "valley-hie"
-kind = "adt_source"
-name = "Valley HIE"
-sending_facilities = ["VALLEYHIE"]
-
-[[organizations]]
-id = "ops"
-kind = "operator"
-name = "Operations"
-
+{orgs}
 [[clients]]
 id = "st-mary-http"
 organization = "st-mary"
@@ -88,6 +80,7 @@ token_sha256 = "{ops}"
 "#,
         db = dir.join("gw.db").display(),
         mappings = repo().join("mappings").display(),
+        orgs = ORGS,
         stmary = sha(STMARY_TOKEN),
         county = sha(COUNTY_TOKEN),
         ops = sha(OPS_TOKEN),
@@ -191,32 +184,10 @@ pub const ECM_TOKEN: &str = "ecm-test-token";
 pub const BASE: &str = "https://gateway.example.org/fhir";
 pub const CIN_SYSTEM: &str = "https://gateway.example.org/fhir/identifier/medi-cal-cin";
 
-/// Organizations and clients for the FHIR API tests (appended to `config_text`).
+/// Clients for the FHIR API tests (appended to `config_text`).
 pub fn fhir_extra() -> String {
     format!(
         r#"
-[[organizations]]
-id = "mcp-a"
-kind = "mcp"
-name = "Plan A"
-plan_codes = ["A"]
-counties = ["Fresno"]
-
-[[organizations]]
-id = "mcp-b"
-kind = "mcp"
-name = "Plan B"
-plan_codes = ["B"]
-counties = ["Fresno"]
-
-[[organizations]]
-id = "ecm-compass"
-kind = "ecm_provider"
-name = "Compass Clinics"
-mcps = ["mcp-a"]
-pofs = ["8"]
-provider_type = "wraparound"
-
 [[clients]]
 id = "plan-a"
 organization = "mcp-a"

@@ -1,16 +1,16 @@
 //! County case events, ECM referrals, Task lifecycle, eligibility and
-//! deadlines — through the real HTTP interface and the binary — plus the
-//! golden tests of the case-event mapping (`tests/golden/case_event/`,
-//! re-blessed with `UPDATE_GOLDEN=1`).
+//! deadlines — through the real HTTP interface and the binary. The golden
+//! tests of the case events (`tests/golden/case_event/`) are the golden
+//! harness's (`golden.rs`).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use cws_gateway::config::Config;
 use cws_gateway::serve::Running;
 use serde_json::{json, Value};
 
-use crate::common::{self, repo, COUNTY_TOKEN, OPS_TOKEN};
+use crate::common::{self, repo, sha, COUNTY_TOKEN, OPS_TOKEN};
 
 pub const MCP_A_TOKEN: &str = "mcp-a-test-token";
 pub const MCP_B_TOKEN: &str = "mcp-b-test-token";
@@ -18,70 +18,11 @@ pub const COMPASS_TOKEN: &str = "compass-test-token";
 pub const BRIGHT_TOKEN: &str = "bright-test-token";
 pub const KERN_TOKEN: &str = "kern-test-token";
 
-fn sha(t: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(t.as_bytes()))
-}
-
-/// Organizations and clients added to the common test configuration.
+/// Clients added to the common test configuration (the organizations are
+/// the shared fixture's, `tests/fixtures/orgs.toml`).
 fn extra() -> String {
     format!(
         r#"
-[[organizations]]
-id = "county-kern"
-kind = "county"
-name = "Kern County DHS"
-county = "Kern"
-
-[[organizations]]
-id = "county-kings"
-kind = "county"
-name = "Kings County HSA"
-county = "Kings"
-
-[[organizations]]
-id = "mcp-a"
-kind = "mcp"
-name = "Plan A"
-plan_codes = ["A"]
-counties = ["Fresno", "Kern"]
-
-[[organizations]]
-id = "mcp-b"
-kind = "mcp"
-name = "Plan B"
-plan_codes = ["B"]
-counties = ["Fresno"]
-
-[[organizations]]
-id = "mcp-k"
-kind = "mcp"
-name = "Kings Health Plan"
-plan_codes = ["K"]
-counties = ["Kings"]
-
-[[organizations]]
-id = "ecm-compass"
-kind = "ecm_provider"
-name = "Compass Clinics"
-mcps = ["mcp-a"]
-pofs = ["8"]
-provider_type = "wraparound"
-
-[[organizations]]
-id = "ecm-bright"
-kind = "ecm_provider"
-name = "Bright Futures"
-mcps = ["mcp-a"]
-pofs = ["8"]
-provider_type = "clinic"
-
-[[organizations]]
-id = "ecm-bee"
-kind = "ecm_provider"
-name = "Bee Care"
-mcps = ["mcp-b"]
-
 [[clients]]
 id = "mcp-a"
 organization = "mcp-a"
@@ -246,20 +187,8 @@ fn issue_expr(oo: &Value) -> String {
 
 // ---------------------------------------------------------------- golden
 
-fn fhir_validator() -> &'static jsonschema::Validator {
-    static V: OnceLock<jsonschema::Validator> = OnceLock::new();
-    V.get_or_init(|| {
-        let text = std::fs::read_to_string(repo().join("profiles/fhir.schema.json")).unwrap();
-        jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()
-    })
-}
-
 fn assert_fhir_valid(what: &str, res: &Value) {
-    let errs: Vec<String> = fhir_validator()
-        .iter_errors(res)
-        .take(5)
-        .map(|e| format!("{e} at {}", e.instance_path()))
-        .collect();
+    let errs = crate::invariants::schema_errors(res, 5);
     assert!(
         errs.is_empty(),
         "{what}: {} is not valid FHIR R4:\n{}",
@@ -273,56 +202,6 @@ fn offline_county() -> cws_gateway::county::County {
     let cfg = Arc::new(config(dir.path()));
     let engine = cws_gateway::serve::load_engine(&cfg).unwrap();
     cws_gateway::county::County::new(cfg, engine).unwrap()
-}
-
-#[test]
-fn golden_case_events() {
-    let county = offline_county();
-    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let mut inputs = Vec::new();
-    for t in cws_gateway::county::schemas::EVENT_TYPES {
-        let dir = golden_dir().join(t);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|_| panic!("every event type has goldens: {}", dir.display()))
-            .map(|e| e.unwrap().path())
-            .filter(|p| {
-                p.to_string_lossy().ends_with(".json")
-                    && !p.to_string_lossy().ends_with(".expected.json")
-            })
-            .collect();
-        files.sort();
-        assert!(!files.is_empty(), "no golden input for {t}");
-        inputs.extend(files);
-    }
-    let mut mismatches = Vec::new();
-    for p in inputs {
-        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-        let out = cws_gateway::county::events::translate_offline(&county, &doc)
-            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        let again = cws_gateway::county::events::translate_offline(&county, &doc).unwrap();
-        assert_eq!(
-            out.to_string(),
-            again.to_string(),
-            "two runs differ: {}",
-            p.display()
-        );
-        for e in out["entry"].as_array().unwrap() {
-            assert_fhir_valid(&p.display().to_string(), &e["resource"]);
-        }
-        assert_fhir_valid(&p.display().to_string(), &out);
-        let text = serde_json::to_string_pretty(&out).unwrap() + "\n";
-        let exp = PathBuf::from(p.to_string_lossy().replace(".json", ".expected.json"));
-        match std::fs::read_to_string(&exp) {
-            Ok(want) if want == text => {}
-            Ok(_) if !update => mismatches.push(exp.display().to_string()),
-            _ => std::fs::write(&exp, &text).unwrap(),
-        }
-    }
-    assert!(
-        mismatches.is_empty(),
-        "golden mismatches (UPDATE_GOLDEN=1 to re-bless):\n{}",
-        mismatches.join("\n")
-    );
 }
 
 #[test]
@@ -1618,9 +1497,7 @@ impl Gw {
             ("ecm-compass", &m.compass),
             ("ecm-bright", &m.bright),
         ] {
-            let id = format!("id = \"{org}\"\n");
-            assert!(text.contains(&id), "{org} configured");
-            text = text.replacen(&id, &format!("{id}endpoint = \"{}\"\n", mock.base_url()), 1);
+            text = common::org_with(&text, org, &format!("endpoint = \"{}\"", mock.base_url()));
         }
         text.push_str(
             "\n[delivery]\nmax_attempts = 3\ninitial_backoff_ms = 50\nmax_backoff_ms = 200\ntimeout_ms = 1000\nconnect_timeout_ms = 500\nlease_ms = 5000\nshutdown_grace_ms = 500\nconcurrency = 4\n",

@@ -52,23 +52,6 @@ fn delivery_config_auth(
         dir,
         &format!(
             r#"
-[[organizations]]
-id = "mcp-a"
-kind = "mcp"
-name = "Plan A"
-endpoint = "{mcp}"
-plan_codes = ["A"]
-counties = ["Fresno"]
-{mcp_auth}
-
-[[organizations]]
-id = "ecm-compass"
-kind = "ecm_provider"
-name = "Compass Clinics"
-endpoint = "{ecm}"
-mcps = ["mcp-a"]
-{ecm_auth}
-
 [delivery]
 max_attempts = {max_attempts}
 initial_backoff_ms = 50
@@ -78,10 +61,18 @@ connect_timeout_ms = 300
 lease_ms = 5000
 shutdown_grace_ms = {grace_ms}
 concurrency = 8
-"#,
-            mcp = mcp.base_url(),
-            ecm = ecm.base_url(),
+"#
         ),
+    );
+    let text = org_with(
+        &text,
+        "mcp-a",
+        &format!("endpoint = \"{}\"\n{mcp_auth}", mcp.base_url()),
+    );
+    let text = org_with(
+        &text,
+        "ecm-compass",
+        &format!("endpoint = \"{}\"\n{ecm_auth}", ecm.base_url()),
     );
     Config::from_toml(&text, "test").expect("delivery test config")
 }

@@ -319,17 +319,12 @@ async fn http_requests_are_counted_by_route_and_status_class() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_gateway_neither_commits_nor_fsyncs() {
     let dir = tempfile::tempdir().unwrap();
-    let endpoint = r#"
-[[organizations]]
-id = "mcp-a"
-kind = "mcp"
-name = "Plan A"
-endpoint = "http://127.0.0.1:9/fhir"
-plan_codes = ["A"]
-counties = ["Fresno"]
-"#;
-    let cfg =
-        cws_gateway::config::Config::from_toml(&config_text(dir.path(), endpoint), "test").unwrap();
+    let text = org_with(
+        &config_text(dir.path(), ""),
+        "mcp-a",
+        r#"endpoint = "http://127.0.0.1:9/fhir""#,
+    );
+    let cfg = cws_gateway::config::Config::from_toml(&text, "test").unwrap();
     let gw = cws_gateway::serve::start(cfg).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     let m = gw.store.metrics();

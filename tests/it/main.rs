@@ -12,6 +12,7 @@ mod crash;
 mod delivery;
 mod fhir;
 mod fhir_sdk;
+mod golden;
 mod http;
 mod input_checks;
 mod installed;

@@ -9,16 +9,11 @@ use cws_gateway::auth::routes::{Exit, ROUTE_EXITS};
 use cws_gateway::delivery::mock::MockEndpoint;
 use serde_json::{json, Value};
 
-use crate::common::{self, repo, COUNTY_TOKEN, OPS_TOKEN};
+use crate::common::{self, repo, sha, COUNTY_TOKEN, OPS_TOKEN};
 
 const KERN: &str = "oracles-kern-token";
 const PLAN_A: &str = "oracles-plan-a-token";
 const PLAN_B: &str = "oracles-plan-b-token";
-
-fn sha(t: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(t.as_bytes()))
-}
 
 struct Gw {
     running: cws_gateway::serve::Running,
@@ -49,37 +44,6 @@ impl Gw {
         }
         let extra = format!(
             r#"
-[[organizations]]
-id = "county-kern"
-kind = "county"
-name = "Kern County DHS"
-county = "Kern"
-
-[[organizations]]
-id = "mcp-a"
-kind = "mcp"
-name = "Plan A"
-endpoint = "{a}"
-plan_codes = ["A"]
-counties = ["Fresno", "Kern"]
-
-[[organizations]]
-id = "mcp-b"
-kind = "mcp"
-name = "Plan B"
-endpoint = "{b}"
-plan_codes = ["B"]
-counties = ["Fresno", "Kern"]
-
-[[organizations]]
-id = "ecm-compass"
-kind = "ecm_provider"
-name = "Compass Clinics"
-endpoint = "{e}"
-mcps = ["mcp-a"]
-pofs = ["8"]
-provider_type = "wraparound"
-
 [[clients]]
 id = "kern"
 organization = "county-kern"
@@ -95,18 +59,17 @@ id = "plan-b"
 organization = "mcp-b"
 token_sha256 = "{pb}"
 "#,
-            a = mocks[0].base_url(),
-            b = mocks[1].base_url(),
-            e = mocks[2].base_url(),
             kern = sha(KERN),
             pa = sha(PLAN_A),
             pb = sha(PLAN_B),
         );
-        let cfg = cws_gateway::config::Config::from_toml(
-            &common::config_text(dir.path(), &extra),
-            "test",
-        )
-        .expect("oracles test config");
+        let mut text = common::config_text(dir.path(), &extra);
+        for (org, mock) in ["mcp-a", "mcp-b", "ecm-compass"].into_iter().zip(&mocks) {
+            let endpoint = format!("endpoint = \"{}\"", mock.base_url());
+            text = common::org_with(&text, org, &endpoint);
+        }
+        let cfg =
+            cws_gateway::config::Config::from_toml(&text, "test").expect("oracles test config");
         let running = cws_gateway::serve::start(cfg).await.unwrap();
         let base = format!("http://{}", running.http_addr);
         Gw {

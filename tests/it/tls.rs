@@ -163,11 +163,6 @@ impl Pki {
     }
 }
 
-fn sha(t: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(t.as_bytes()))
-}
-
 const OPS_CERT_TOKEN: &str = "ops-cert-test-token";
 
 async fn start(dir: &Path, extra: &str) -> cws_gateway::serve::Running {

@@ -1,5 +1,5 @@
 //! Writes a `translate --batch` input of N synthetic ADT messages to stdout:
-//! `bench`'s sample message (`cws_gateway::bench::sample_adt`) with the
+//! `bench`'s sample message (`cwsgw_scenario::sample::sample_adt`) with the
 //! trigger rotating A01 / A04 / A08, distinct message control ids and
 //! patients, separated by blank lines (or MLLP-framed with `--mllp`).
 //!
@@ -27,7 +27,7 @@ fn main() -> std::io::Result<()> {
     }
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
     for i in 0..n {
-        let msg = cws_gateway::bench::sample_adt(i);
+        let msg = cwsgw_scenario::sample::sample_adt(i);
         let msg = match i % 3 {
             0 => msg,
             1 => msg

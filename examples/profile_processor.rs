@@ -17,14 +17,14 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use cws_gateway::config::Config;
-use cws_gateway::processor::Translator;
+use cws_gateway::sources::adt::worker::Translator;
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
     let mode = args.next().unwrap_or_else(|| "processor".to_string());
     let cfg = Arc::new(Config::default());
-    let engine = match cws_gateway::serve::load_engine(&cfg) {
+    let engine = match cws_gateway::embedded::load_engine(&cfg) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("{e}");
@@ -33,7 +33,7 @@ fn main() {
     };
     let translator = Translator::new(cfg, engine);
     let msgs: Vec<Vec<u8>> = (0..100)
-        .map(|i| cws_gateway::bench::sample_adt(i).into_bytes())
+        .map(|i| cwsgw_scenario::sample::sample_adt(i).into_bytes())
         .collect();
     let received = chrono::DateTime::from_timestamp(1_768_000_000, 0).unwrap_or_default();
     let received_text = received.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);

@@ -856,7 +856,7 @@ impl Config {
                 (None, Some(_)) => {}
             }
             if let (Some(list), Some(kind)) = (&c.scopes, kinds.get(c.organization.as_str())) {
-                for e in crate::auth::validate_client_scopes(*kind, list) {
+                for e in crate::scopes::validate_client_scopes(*kind == OrgKind::Operator, list) {
                     errs.push(format!("{at}.{e}"));
                 }
             }

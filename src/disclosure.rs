@@ -472,8 +472,7 @@ fn task_parties(task: &Value) -> Vec<String> {
         .into_iter()
         .flatten()
         .find(|e| {
-            str_of(e, "url")
-                .is_some_and(|u| u.ends_with(crate::county::referrals::AUTHORIZING_MCP_EXT))
+            str_of(e, "url").is_some_and(|u| u.ends_with(crate::resources::AUTHORIZING_MCP_EXT))
         })
         .and_then(|e| e.get("valueReference"))
         .and_then(org_of);
@@ -1095,7 +1094,7 @@ mod tests {
             "focus": {"reference": "ServiceRequest/sr1"},
             "requester": {"reference": "Organization/county-fresno"},
             "owner": {"reference": "Organization/ecm-compass"},
-            "extension": [{"url": format!("{BASE}{}", crate::county::referrals::AUTHORIZING_MCP_EXT),
+            "extension": [{"url": format!("{BASE}{}", crate::resources::AUTHORIZING_MCP_EXT),
                 "valueReference": {"reference": "Organization/mcp-a"}}]});
         let f = resource_facts(&task).unwrap().referral.unwrap();
         assert_eq!(f.referrer.as_deref(), Some("county-fresno"));

@@ -23,12 +23,13 @@ use consent::{Effect, Purpose};
 use serde_json::{json, Value};
 use store::{ResourceQuery, Store};
 
-use crate::api::{fhir_json, operation_outcome, ApiError, AppState};
 use crate::audit::{self, AuditEntry, Interaction};
-use crate::auth::ClientCert;
 use crate::config::{Config, OrgKind};
 use crate::disclosure::{self, PatientContext};
-use crate::fhir::index::{identifier_token, IDENTIFIER_VALUE};
+use crate::edge::ClientCert;
+use crate::edge::{fhir_json, operation_outcome, ApiError};
+use crate::resources::index::{identifier_token, IDENTIFIER_VALUE};
+use crate::state::Core;
 
 /// Why an explanation could not be given (no PHI: the CIN is not echoed).
 #[derive(Debug, thiserror::Error)]
@@ -272,7 +273,7 @@ pub async fn audit_cli_read(
 
 /// `GET /ops/decisions?patient=CIN|id&recipient=ORG[&purpose=…]` (operators).
 pub async fn decisions(
-    State(state): State<AppState>,
+    State(state): State<Core>,
     cert: ClientCert,
     headers: HeaderMap,
     Query(q): Query<std::collections::HashMap<String, String>>,

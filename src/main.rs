@@ -1,5 +1,11 @@
 //! The `cws-gateway` binary: parse the command line, run the command, turn any
-//! error into one clear line on stderr and a non-zero exit.
+//! error into one clear line on stderr and a non-zero exit. The command
+//! line, its output formats and the tools (`bench`, `demo`) live here, in
+//! the binary, not in the gateway library.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod cli;
 
 /// glibc's malloc gives each busy thread its own arena (up to 8 per core);
 /// JSON bodies allocated on one thread and freed on another stay parked in
@@ -35,5 +41,5 @@ fn cap_malloc_arenas() {}
 
 fn main() -> std::process::ExitCode {
     cap_malloc_arenas();
-    cws_gateway::cli::main()
+    cli::main()
 }

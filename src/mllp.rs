@@ -42,7 +42,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Mutex, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
-use crate::intake::{AdtIntake, PendingAppAck, Via};
+use crate::sources::adt::intake::{AdtIntake, PendingAppAck, Via};
 use crate::telemetry::{Metrics, RateLimitedLog};
 
 /// Most messages of one connection handled together when a sender pipelines.

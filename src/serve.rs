@@ -15,12 +15,11 @@
 //! `RLIMIT_NOFILE` is raised to the hard limit ([`raise_fd_limit`]).
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, Context as _};
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use store::{SqliteOptions, Store};
@@ -28,11 +27,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore, TryAcquireError};
 use tower::ServiceExt as _;
 
-use crate::api::{self, AppState};
+use crate::api::{self, Gateway};
 use crate::config::{redact_url, Config};
-use crate::intake::AdtIntake;
 use crate::mllp::MllpServer;
-use crate::processor::{self, Translator};
+use crate::sources::adt::intake::AdtIntake;
+use crate::sources::adt::worker::{self, Translator};
+use crate::state::Core;
 use crate::telemetry::{Metrics, RateLimitedLog};
 
 /// The CapabilityStatement this build serves (a test checks it is true).
@@ -73,7 +73,7 @@ async fn open_store_with(cfg: &Config, require_existing: bool) -> anyhow::Result
         let opts = store_postgres::PgOptions {
             max_batch: cfg.store.max_batch,
             pool_size: cfg.store.pool_size,
-            audit_keys: crate::audit_trail::keys(cfg)?,
+            audit_keys: crate::audit::trail::keys(cfg)?,
             require_existing,
             ..store_postgres::PgOptions::default()
         };
@@ -83,67 +83,12 @@ async fn open_store_with(cfg: &Config, require_existing: bool) -> anyhow::Result
     } else {
         let opts = SqliteOptions {
             max_batch: cfg.store.max_batch,
-            audit_keys: crate::audit_trail::keys(cfg)?,
+            audit_keys: crate::audit::trail::keys(cfg)?,
             ..SqliteOptions::default()
         };
         store::open_url(url, opts)
     };
     opened.map_err(|e| anyhow!("store {}: {e}", redact_url(&cfg.store.url)))
-}
-
-/// The shipped `mappings/` tree (mapping YAML, concept maps, aid codes,
-/// holidays) as built into the binary: the default when `[mappings] dir` is
-/// not set. The directory in the checkout stays the source of truth.
-pub static MAPPINGS: include_dir::Dir<'static> =
-    include_dir::include_dir!("$CARGO_MANIFEST_DIR/mappings");
-
-/// How `check-config` and errors name the built-in mappings.
-pub const EMBEDDED_MAPPINGS: &str = "mappings (built in)";
-
-fn embedded_files<'a>(dir: &'a include_dir::Dir<'a>, out: &mut Vec<(&'a Path, &'a str)>) {
-    for e in dir.entries() {
-        match e {
-            include_dir::DirEntry::Dir(d) => embedded_files(d, out),
-            include_dir::DirEntry::File(f) => {
-                if let Some(text) = f.contents_utf8() {
-                    out.push((f.path(), text));
-                }
-            }
-        }
-    }
-}
-
-/// One line for a mapping load error: the file (and where in it) and why.
-fn mapping_error(e: &mapping::MappingError) -> String {
-    if e.path.is_empty() {
-        format!("{}: {}", e.file.display(), e.reason)
-    } else {
-        format!("{}: {}: {}", e.file.display(), e.path, e.reason)
-    }
-}
-
-/// The mapping engine: from `mappings.dir` when configured, else the
-/// built-in tree. A failure is one line naming `mappings.dir` and the path.
-pub fn load_engine(cfg: &Config) -> anyhow::Result<Arc<mapping::Engine>> {
-    let engine = match &cfg.mappings.dir {
-        Some(dir) => {
-            if let Err(e) = std::fs::read_dir(dir) {
-                bail!(
-                    "mappings.dir {}: cannot read the directory: {e}",
-                    dir.display()
-                );
-            }
-            mapping::Engine::load(dir)
-                .map_err(|e| anyhow!("mappings.dir {}: {}", dir.display(), mapping_error(&e)))?
-        }
-        None => {
-            let mut files = Vec::new();
-            embedded_files(&MAPPINGS, &mut files);
-            mapping::Engine::load_files(Path::new(EMBEDDED_MAPPINGS), files)
-                .map_err(|e| anyhow!("built-in mappings: {}", mapping_error(&e)))?
-        }
-    };
-    Ok(Arc::new(engine))
 }
 
 /// The routing rules, with a failure naming `delivery.routing_rules_file`.
@@ -337,9 +282,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cfg = Arc::new(cfg);
     raise_fd_limit();
-    let engine = load_engine(&cfg)?;
-    let audit_keys = crate::audit_trail::keys(&cfg)?;
-    crate::audit_trail::require_key(&cfg, &audit_keys)?;
+    let engine = crate::embedded::load_engine(&cfg)?;
+    let audit_keys = crate::audit::trail::keys(&cfg)?;
+    crate::audit::trail::require_key(&cfg, &audit_keys)?;
     let store = open_store(&cfg).await?;
     let capability: serde_json::Value = serde_json::from_str(CAPABILITY_STATEMENT)
         .context("conformance/CapabilityStatement.json is not JSON")?;
@@ -363,14 +308,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         router: router.clone(),
         waker: delivery.waker(),
     };
-    let county = Arc::new(crate::county::County::new(cfg.clone(), engine.clone())?);
-    let _ = county.routing.set(routing.clone());
-    if let Err(e) = crate::county::recover(&county, store.as_ref()).await {
-        tracing::error!(error = %e, "recovering county inputs failed; they stay pending");
+    let ingress = Arc::new(crate::sources::Ingress::new(cfg.clone(), engine.clone())?);
+    let _ = ingress.routing.set(routing.clone());
+    if let Err(e) = crate::sources::recover(&ingress, store.as_ref()).await {
+        tracing::error!(error = %e, "recovering journaled inputs failed; they stay pending");
     }
     let translator =
         Arc::new(Translator::new(cfg.clone(), engine).with_routing(router, delivery.waker()));
-    let (handle, worker) = processor::spawn(translator, store.clone(), metrics.clone());
+    let (handle, worker) = worker::spawn(translator, store.clone(), metrics.clone());
     let intake = Arc::new(AdtIntake::new(
         cfg.clone(),
         store.clone(),
@@ -390,7 +335,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     });
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(mllp_server.run(mllp, shutdown_rx.clone())));
-    tasks.extend(crate::audit_trail::spawn_checkpoints(
+    tasks.extend(crate::audit::trail::spawn_checkpoints(
         &cfg,
         store.clone(),
         audit_keys,
@@ -405,17 +350,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let auth = crate::auth::Auth::new(&cfg, token_url.clone()).map_err(|e| anyhow!("{e}"))?;
     let mut capability = capability;
     set_live_urls(&mut capability, &base_url, &token_url);
-    let state = AppState {
-        cfg: cfg.clone(),
-        store: store.clone(),
+    let state = Gateway {
+        core: Core {
+            cfg: cfg.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            auth: Arc::new(auth),
+            capability: Arc::new(capability),
+            routing,
+            disclosure: crate::disclosure::Disclosure::new(cfg.clone()),
+            base_url: Arc::new(base_url),
+        },
+        ingress,
         intake: intake.clone(),
-        metrics: metrics.clone(),
-        auth: Arc::new(auth),
-        capability: Arc::new(capability),
-        county,
-        routing,
-        disclosure: crate::disclosure::Disclosure::new(cfg.clone()),
-        base_url: Arc::new(base_url),
     };
     let app = api::router(state);
     let limits = HttpLimits {
@@ -503,6 +450,146 @@ pub async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// What `check-config` prints: the effective settings and what goes where.
+pub fn describe(cfg: &Config, engine: &mapping::Engine) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "configuration OK");
+    match &cfg.server.tls {
+        None => {
+            let _ = writeln!(s, "http   {}", cfg.server.http_addr);
+        }
+        Some(t) => {
+            let clients = match (&t.client_ca_file, t.require_client_cert) {
+                (None, _) => "no client certificates".to_string(),
+                (Some(ca), false) => format!("client certificates optional, CA {}", ca.display()),
+                (Some(ca), true) => format!("client certificates required, CA {}", ca.display()),
+            };
+            let _ = writeln!(
+                s,
+                "https  {} (certificate {}; {clients})",
+                cfg.server.http_addr,
+                t.cert_file.display()
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "mllp   {} (max frame {} bytes, idle {} s, default charset {})",
+        cfg.server.mllp_addr,
+        cfg.mllp.max_frame_bytes,
+        cfg.mllp.idle_timeout_secs,
+        cfg.mllp.default_charset
+    );
+    let _ = writeln!(
+        s,
+        "store  {} (group commit up to {})",
+        redact_url(&cfg.store.url),
+        cfg.store.max_batch
+    );
+    let _ = writeln!(s, "base   {}", cfg.server.canonical_base);
+    let _ = writeln!(s, "\norganizations:");
+    for o in &cfg.organizations {
+        let mut extra = Vec::new();
+        if let Some(c) = &o.county {
+            extra.push(format!("county {c}"));
+        }
+        if !o.plan_codes.is_empty() {
+            extra.push(format!("plan codes {}", o.plan_codes.join(",")));
+        }
+        if !o.counties.is_empty() {
+            extra.push(format!("serves {}", o.counties.join(",")));
+        }
+        if !o.mcps.is_empty() {
+            extra.push(format!("contracted with {}", o.mcps.join(",")));
+        }
+        if !o.sending_facilities.is_empty() {
+            extra.push(format!("MSH-4 {}", o.sending_facilities.join(",")));
+        }
+        if let Some(e) = &o.endpoint {
+            extra.push(format!("endpoint {e}"));
+        }
+        let _ = writeln!(
+            s,
+            "  {:<16} {:<13} {}  [{}]",
+            o.id,
+            o.kind.as_str(),
+            o.name,
+            extra.join("; ")
+        );
+    }
+    let _ = writeln!(s, "\nclients:");
+    for c in &cfg.clients {
+        let how = match (&c.token_sha256, &c.jwks_file, &c.cert_sha256) {
+            (Some(_), _, Some(_)) => "bearer token or client certificate",
+            (Some(_), _, None) => "bearer token",
+            (None, Some(_), _) => "SMART backend services (JWKS)",
+            (None, None, _) => "client certificate",
+        };
+        let _ = writeln!(s, "  {:<16} as {:<16} {}", c.id, c.organization, how);
+    }
+    let _ = writeln!(s, "\nrouting:");
+    for o in cfg
+        .organizations
+        .iter()
+        .filter(|o| o.kind == crate::config::OrgKind::AdtSource)
+    {
+        for f in &o.sending_facilities {
+            let _ = writeln!(s, "  ADT from MSH-4 {f:<10} → journal as {} → FHIR via the ADT mappings (stored; pull and push arrive with routing)", o.id);
+        }
+    }
+    let _ = writeln!(
+        s,
+        "  ADT from any other MSH-4 → AR (unknown sending facility)"
+    );
+    match crate::routing::Router::from_config(std::sync::Arc::new(cfg.clone())) {
+        Ok(r) => {
+            let _ = writeln!(
+                s,
+                "\nrouting rules ({}; every attempt re-decided by the consent policy):",
+                cfg.delivery
+                    .routing_rules_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "conformance/routing-rules.yaml, embedded".into())
+            );
+            let _ = write!(s, "{}", r.rules);
+        }
+        Err(e) => {
+            let _ = writeln!(s, "\nrouting rules: {e}");
+        }
+    }
+    let _ = writeln!(
+        s,
+        "delivery: max {} attempts, backoff {}-{} ms (full jitter), timeout {} ms, {} in flight per endpoint",
+        cfg.delivery.max_attempts,
+        cfg.delivery.initial_backoff_ms,
+        cfg.delivery.max_backoff_ms,
+        cfg.delivery.timeout_ms,
+        cfg.delivery.concurrency
+    );
+    let _ = writeln!(
+        s,
+        "\nmappings ({}):",
+        cfg.mappings
+            .dir
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| crate::embedded::EMBEDDED_MAPPINGS.into())
+    );
+    for m in engine.mappings() {
+        let _ = writeln!(
+            s,
+            "  {}@{} ({}) {}",
+            m.id,
+            m.version,
+            m.source,
+            m.file.display()
+        );
+    }
+    s
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! codes is ever a label. Logs go through `tracing`; call sites log ids and
 //! counts (journal id, control-id hash is not needed: the journal id suffices).
 
+pub mod delivery;
+
 use std::ops::Deref;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -348,7 +350,7 @@ pub struct Metrics {
     /// Open deadline clocks past due, as last counted.
     pub deadlines_overdue: AtomicGauge,
     /// Outbox and push delivery.
-    pub delivery: crate::delivery::metrics::DeliveryMetrics,
+    pub delivery: crate::telemetry::delivery::DeliveryMetrics,
     /// Every metric above but the delivery ones, by exposition name, in
     /// exposition order.
     registry: Registry,
@@ -372,7 +374,7 @@ impl Default for Metrics {
             http_requests: HttpRequests::default(),
             tls_handshakes: CounterVec::new(&["outcome"]),
             deadlines_overdue: AtomicGauge::non_negative(),
-            delivery: crate::delivery::metrics::DeliveryMetrics::default(),
+            delivery: crate::telemetry::delivery::DeliveryMetrics::default(),
             registry: Registry::default(),
         };
         // Names without the `_total` the encoder adds to counters; help

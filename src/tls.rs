@@ -9,7 +9,7 @@
 //! graceful shutdown as it is for plain HTTP. The verified client
 //! certificate's fingerprint reaches the handlers as [`TlsPeer`]
 //! ([`TlsPeer::of`], an extension of each request), read by
-//! [`crate::auth::ClientCert`]. Handshake failures are logged with the peer
+//! [`crate::edge::ClientCert`]. Handshake failures are logged with the peer
 //! address only and counted in `cwsgw_tls_handshakes_total{outcome}`.
 
 use std::io::Read as _;

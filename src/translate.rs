@@ -8,9 +8,9 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context as _};
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::api::operation_outcome;
 use crate::config::Config;
-use crate::processor::{JobOutcome, Translator};
+use crate::edge::operation_outcome;
+use crate::sources::adt::worker::{JobOutcome, Translator};
 
 /// Read a file, or stdin for `-`, bounded.
 pub fn read_input(path: &str, limit: usize) -> anyhow::Result<Vec<u8>> {
@@ -54,7 +54,7 @@ pub struct Offline {
 impl Offline {
     pub fn new(cfg: Config, received_at: DateTime<Utc>) -> anyhow::Result<Offline> {
         let cfg = Arc::new(cfg);
-        let engine = crate::serve::load_engine(&cfg)?;
+        let engine = crate::embedded::load_engine(&cfg)?;
         let opts = hl7v2::ParseOptions {
             default_charset: cfg.default_charset(),
             ..hl7v2::ParseOptions::default()
@@ -595,7 +595,7 @@ mod tests {
             if i == 1234 {
                 input.extend_from_slice(b"not HL7\r\n\r\n");
             }
-            input.extend_from_slice(crate::bench::sample_adt(i).as_bytes());
+            input.extend_from_slice(cwsgw_scenario::sample::sample_adt(i).as_bytes());
             input.extend_from_slice(b"\r\n");
         }
         let run = |threads| {
@@ -621,7 +621,7 @@ mod tests {
             "message 1235: unparseable"
         );
         let single = off
-            .translate(crate::bench::sample_adt(0).as_bytes())
+            .translate(cwsgw_scenario::sample::sample_adt(0).as_bytes())
             .unwrap();
         assert_eq!(lines[0], serde_json::to_vec(&single).unwrap());
     }

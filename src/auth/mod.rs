@@ -33,20 +33,17 @@
 //! enforced by one layer ([`routes::enforce`]) on every matched route
 //! (`docs/auth.md`).
 
-pub mod routes;
 pub mod smart;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use sha2::{Digest, Sha256};
 
-use crate::api::ApiError;
 use crate::config::{Config, OrgKind};
+use crate::edge::ApiError;
+use crate::edge::ClientCert;
+pub use crate::scopes::{Access, Scope};
 
 /// A resolved caller.
 #[derive(Debug, Clone)]
@@ -59,106 +56,6 @@ pub struct Caller {
     pub kind: OrgKind,
     /// Granted SMART scopes; `None` = a static token (no scope restriction).
     pub scopes: Option<Vec<Scope>>,
-}
-
-/// Read or write access to a resource type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// read / search (SMART v2 `r`, `s`).
-    Read,
-    /// create / update (SMART v2 `c`, `u`).
-    Write,
-}
-
-/// One `system/` scope.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scope {
-    /// Resource type, `None` = `*`.
-    pub resource: Option<String>,
-    /// Grants read and search.
-    pub read: bool,
-    /// Grants create and update.
-    pub write: bool,
-}
-
-/// Longest scope string accepted.
-pub const MAX_SCOPE_LEN: usize = 1024;
-
-impl Scope {
-    /// Parse `system/{Type|*}.{read|write|*|<SMART v2 letters cruds>}`.
-    pub fn parse(s: &str) -> Option<Scope> {
-        let rest = s.strip_prefix("system/")?;
-        let (t, perm) = rest.split_once('.')?;
-        let resource = match t {
-            "*" => None,
-            t if t.len() <= 64
-                && t.chars().next().is_some_and(|c| c.is_ascii_uppercase())
-                && t.chars().all(|c| c.is_ascii_alphanumeric()) =>
-            {
-                Some(t.to_string())
-            }
-            _ => return None,
-        };
-        let (read, write) = match perm {
-            "read" => (true, false),
-            "write" => (false, true),
-            "*" => (true, true),
-            v2 if !v2.is_empty() && is_ordered_subset(v2, "cruds") => (
-                v2.contains('r') || v2.contains('s'),
-                v2.contains('c') || v2.contains('u'),
-            ),
-            _ => return None,
-        };
-        Some(Scope {
-            resource,
-            read,
-            write,
-        })
-    }
-
-    /// Does this scope grant `access` to `resource_type`?
-    pub fn allows(&self, resource_type: &str, access: Access) -> bool {
-        let type_ok = self.resource.as_deref().is_none_or(|t| t == resource_type);
-        type_ok
-            && match access {
-                Access::Read => self.read,
-                Access::Write => self.write,
-            }
-    }
-}
-
-impl Scope {
-    /// What this scope and `other` both grant (`None`: nothing).
-    pub fn intersect(&self, other: &Scope) -> Option<Scope> {
-        let resource = match (&self.resource, &other.resource) {
-            (None, r) | (r, None) => r.clone(),
-            (Some(a), Some(b)) if a == b => Some(a.clone()),
-            _ => return None,
-        };
-        let s = Scope {
-            resource,
-            read: self.read && other.read,
-            write: self.write && other.write,
-        };
-        (s.read || s.write).then_some(s)
-    }
-}
-
-impl std::fmt::Display for Scope {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let t = self.resource.as_deref().unwrap_or("*");
-        let p = match (self.read, self.write) {
-            (true, true) => "*",
-            (true, false) => "read",
-            _ => "write",
-        };
-        write!(f, "system/{t}.{p}")
-    }
-}
-
-fn is_ordered_subset(s: &str, of: &str) -> bool {
-    let mut it = of.chars();
-    s.chars().all(|c| it.by_ref().any(|o| o == c))
 }
 
 impl Caller {
@@ -189,30 +86,6 @@ impl Caller {
         } else {
             Err(ApiError::InsufficientScope)
         }
-    }
-}
-
-/// The verified client certificate of the request's connection, as the
-/// lowercase hex SHA-256 of its DER (`None`: plain HTTP, or no certificate).
-/// Extracting it never fails.
-#[derive(Debug, Clone, Default)]
-pub struct ClientCert(pub Option<Arc<str>>);
-
-impl ClientCert {
-    /// No certificate (plain HTTP).
-    pub const NONE: ClientCert = ClientCert(None);
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for ClientCert {
-    type Rejection = Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientCert(
-            parts
-                .extensions
-                .get::<ConnectInfo<crate::tls::TlsPeer>>()
-                .and_then(|c| c.0.cert_sha256.clone()),
-        ))
     }
 }
 
@@ -299,48 +172,6 @@ impl Auth {
                 .ok_or(ApiError::BadToken),
         }
     }
-}
-
-/// Most scopes one client may list in the configuration.
-pub const MAX_CLIENT_SCOPES: usize = 64;
-
-/// Is `t` a resource type a scope may name: a served FHIR type, `AuditEvent`,
-/// or `Observation` (the eligibility result, `GET /cws/eligibility`).
-pub fn scope_type_known(t: &str) -> bool {
-    crate::fhir::params::resource_def(t).is_some() || t == "AuditEvent" || t == "Observation"
-}
-
-/// The problems of a client's configured `scopes` (empty: valid), each
-/// naming the position, never the value.
-pub fn validate_client_scopes(kind: OrgKind, scopes: &[String]) -> Vec<String> {
-    let mut errs = Vec::new();
-    if scopes.is_empty() {
-        errs.push(
-            "scopes: must not be empty (leave it out for the organization kind's defaults)"
-                .to_string(),
-        );
-    }
-    if scopes.len() > MAX_CLIENT_SCOPES {
-        errs.push(format!("scopes: at most {MAX_CLIENT_SCOPES} entries"));
-    }
-    for (j, s) in scopes.iter().enumerate() {
-        let Some(scope) = Scope::parse(s) else {
-            errs.push(format!(
-                "scopes[{j}]: not a system/{{Type|*}}.{{read|write|*}} scope"
-            ));
-            continue;
-        };
-        match scope.resource.as_deref() {
-            Some(t) if !scope_type_known(t) => errs.push(format!(
-                "scopes[{j}]: not a resource type the gateway serves"
-            )),
-            Some("AuditEvent") if kind != OrgKind::Operator => errs.push(format!(
-                "scopes[{j}]: AuditEvent only for operator organizations"
-            )),
-            _ => {}
-        }
-    }
-    errs
 }
 
 /// A client's configured `scopes`, parsed (`None`: not configured). The
@@ -459,8 +290,8 @@ token_sha256 = "{hosp}"
             header::AUTHORIZATION,
             "Bearer hospital-token".parse().unwrap(),
         );
-        let mapped = ClientCert(Some(Arc::from(fp.as_str())));
-        let unmapped = ClientCert(Some(Arc::from(sha("another").as_str())));
+        let mapped = ClientCert(Some(std::sync::Arc::from(fp.as_str())));
+        let unmapped = ClientCert(Some(std::sync::Arc::from(sha("another").as_str())));
 
         let c = auth.authenticate(&none, &mapped, &ops).unwrap();
         assert_eq!(

@@ -32,8 +32,6 @@
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
-use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -42,10 +40,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Caller, Scope, MAX_SCOPE_LEN};
-use crate::api::AppState;
+use super::Caller;
 use crate::config::{Config, OrgKind};
-use crate::fhir::params::parse_form_pairs;
+use crate::edge::form::parse_form_pairs;
+use crate::scopes::{Scope, MAX_SCOPE_LEN};
 
 /// Largest accepted client assertion, bytes.
 pub const MAX_ASSERTION_LEN: usize = 8 * 1024;
@@ -104,7 +102,7 @@ pub struct OAuthError {
     pub description: String,
 }
 
-fn oauth(error: &'static str, description: impl Into<String>) -> OAuthError {
+pub fn oauth(error: &'static str, description: impl Into<String>) -> OAuthError {
     OAuthError {
         error,
         description: description.into(),
@@ -378,7 +376,7 @@ impl Smart {
             let known = scope
                 .resource
                 .as_deref()
-                .is_none_or(super::scope_type_known);
+                .is_none_or(crate::scopes::scope_type_known);
             if !known {
                 continue;
             }
@@ -472,70 +470,6 @@ pub fn parse_form(body: &[u8]) -> Option<HashMap<String, String>> {
         out.entry(k).or_insert(v);
     }
     Some(out)
-}
-
-/// `POST /auth/token`.
-pub async fn token_endpoint(State(state): State<AppState>, body: Bytes) -> Response {
-    match token(&state, &body).await {
-        Ok(issued) => {
-            let body = json!({
-                "access_token": issued.access_token,
-                "token_type": "bearer",
-                "expires_in": issued.expires_in,
-                "scope": issued.scope,
-            });
-            let mut resp = (StatusCode::OK, body.to_string()).into_response();
-            let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            resp
-        }
-        Err(e) => {
-            tracing::info!(error = e.error, "token request refused");
-            e.into_response()
-        }
-    }
-}
-
-async fn token(state: &AppState, body: &[u8]) -> Result<Issued, OAuthError> {
-    let form =
-        parse_form(body).ok_or_else(|| oauth("invalid_request", "body must be form-encoded"))?;
-    let field = |k: &str| form.get(k).map(String::as_str);
-    if field("grant_type") != Some("client_credentials") {
-        return Err(oauth(
-            "unsupported_grant_type",
-            "grant_type must be client_credentials",
-        ));
-    }
-    if field("client_assertion_type") != Some(JWT_BEARER) {
-        return Err(oauth(
-            "invalid_request",
-            format!("client_assertion_type must be {JWT_BEARER}"),
-        ));
-    }
-    let assertion = field("client_assertion")
-        .ok_or_else(|| oauth("invalid_request", "client_assertion is required"))?;
-    let scope = field("scope").ok_or_else(|| oauth("invalid_request", "scope is required"))?;
-    let smart = &state.auth.smart;
-    let now = Utc::now();
-    let v = smart.verify_assertion(assertion, field("client_id"), now)?;
-    let scopes = smart.grant_scopes(&v.client_id, scope)?;
-    let first = state
-        .store
-        .jti_use(&v.client_id, &v.jti, v.remember_until(), now)
-        .await
-        .map_err(|_| oauth("temporarily_unavailable", "the store is not reachable"))?;
-    if !first {
-        return Err(oauth(
-            "invalid_grant",
-            "client_assertion jti was already used",
-        ));
-    }
-    tracing::info!(client = %v.client_id, "access token issued");
-    smart.issue(&v.client_id, &scopes, now)
 }
 
 #[cfg(test)]

@@ -9,49 +9,15 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use consent::Decision;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::disclosure::{apply_obligations, Disclosure, PatientContext};
-use crate::routing::{Package, RoutePurpose};
+use crate::outbox::Payload;
 
 /// The Da Vinci notification event code system.
 pub const DAVINCI_EVENT_CS: &str =
     "http://hl7.org/fhir/us/davinci-alerts/CodeSystem/notification-event";
-
-/// The outbox payload routing writes (see `routing::Planned::payload`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct Payload {
-    pub rule: String,
-    #[serde(default)]
-    pub relation: String,
-    pub purpose: String,
-    pub package: String,
-    pub patient: String,
-    pub resources: Vec<String>,
-    #[serde(default)]
-    pub event: Option<String>,
-    #[serde(default)]
-    pub focus: Option<String>,
-    #[serde(default)]
-    pub event_time: Option<DateTime<Utc>>,
-}
-
-impl Payload {
-    pub fn parse(v: &Value) -> Option<Payload> {
-        let p: Payload = serde_json::from_value(v.clone()).ok()?;
-        (p.resources.len() <= crate::routing::MAX_REFS).then_some(p)
-    }
-
-    pub fn purpose(&self) -> Option<RoutePurpose> {
-        RoutePurpose::parse(&self.purpose)
-    }
-
-    pub fn is_status_only(&self) -> bool {
-        self.package == Package::TaskStatus.as_str()
-    }
-}
 
 /// One resource's decision at attempt time.
 #[derive(Debug, Clone)]
@@ -132,7 +98,7 @@ pub fn sees_member(
     patient: Option<&Value>,
     now: DateTime<Utc>,
 ) -> bool {
-    crate::county::eligibility::is_childs_county(disclosure, recipient_org, pctx, patient, now)
+    crate::records::eligibility::is_childs_county(disclosure, recipient_org, pctx, patient, now)
         || patient.is_some_and(|p| {
             disclosure
                 .decide(p, recipient_org, consent::Purpose::Pull, pctx, now)
@@ -437,7 +403,7 @@ mod tests {
             "patient": "p1", "resources": ["Encounter/e1", "Patient/p1"], "event": "notification-admit",
             "focus": "Encounter/e1", "event_time": "2026-01-15T08:25:00Z"});
         let p = Payload::parse(&v).unwrap();
-        assert_eq!(p.purpose(), Some(RoutePurpose::Notification));
+        assert_eq!(p.purpose(), Some(crate::outbox::RoutePurpose::Notification));
         assert_eq!(references(&p).len(), 2);
         assert!(Payload::parse(&json!({"rule": 1})).is_none());
     }

@@ -23,15 +23,13 @@
 
 pub mod bundle;
 pub mod client;
-pub mod metrics;
-pub mod mock;
 pub mod policy;
 pub mod worker;
 
 use std::sync::Arc;
 
 pub use client::{ClientError, Sender};
-pub use worker::{AttemptResult, DeliveryService, Waker, Workers};
+pub use worker::{AttemptResult, DeliveryService, Workers};
 
 use crate::config::Config;
 use crate::telemetry::Metrics;
@@ -62,6 +60,21 @@ pub fn start(
     Ok(Workers::start(service))
 }
 
+/// One `cws-gateway dlq …` action on the dead-letter list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DlqAction {
+    /// Dead (and, with `withheld`, withheld) deliveries: a table, or JSON lines.
+    List {
+        json: bool,
+        withheld: bool,
+        limit: usize,
+    },
+    /// Put a dead or withheld delivery back in the queue (attempts reset).
+    Retry { id: i64 },
+    /// Drop a dead delivery for good.
+    Drop { id: i64 },
+}
+
 /// What `cws-gateway dlq …` prints, and whether it succeeded.
 pub struct DlqOutput {
     pub text: String,
@@ -70,11 +83,7 @@ pub struct DlqOutput {
 
 /// Run one `dlq` action against a store. No PHI: ids, endpoint, state,
 /// attempts, times and the last error class only.
-pub async fn dlq(
-    store: &dyn store::Store,
-    action: crate::cli::DlqAction,
-) -> anyhow::Result<DlqOutput> {
-    use crate::cli::DlqAction;
+pub async fn dlq(store: &dyn store::Store, action: DlqAction) -> anyhow::Result<DlqOutput> {
     use std::fmt::Write as _;
     let mut text = String::new();
     let ok = match action {

@@ -44,11 +44,12 @@ use serde_json::Value;
 use store::{Delivery, DeliveryOutcome, NewAudit, Store, StoreError};
 use tokio::sync::{watch, Notify};
 
-use super::bundle::{self, Payload, Prepared};
+use super::bundle::{self, Prepared};
 use super::client::{SendResult, Sender};
 use super::policy::{Jitter, RetryPolicy};
 use crate::config::Config;
 use crate::disclosure::{Disclosure, PatientContext};
+use crate::outbox::Payload;
 use crate::telemetry::Metrics;
 
 /// How long an idle worker sleeps at most before looking again.
@@ -278,7 +279,7 @@ impl DeliveryService {
         let Some(journal_id) = d.journal_id else {
             return;
         };
-        let Some(subject) = crate::processor::adt_clock_subject(payload, &d.endpoint, journal_id)
+        let Some(subject) = crate::clocks::adt_clock_subject(payload, &d.endpoint, journal_id)
         else {
             return;
         };
@@ -291,7 +292,7 @@ impl DeliveryService {
         };
         let closed: Vec<_> = open
             .iter()
-            .filter_map(|c| crate::county::deadlines::close(c, at))
+            .filter_map(|c| crate::clocks::close(c, at))
             .collect();
         if !closed.is_empty() {
             if let Err(e) = self.store.clock_upsert(closed).await {
@@ -471,8 +472,8 @@ impl Workers {
     }
 
     /// A handle that wakes idle workers (call after enqueueing).
-    pub fn waker(&self) -> Waker {
-        Waker(self.wake.clone())
+    pub fn waker(&self) -> crate::outbox::Waker {
+        crate::outbox::Waker::new(self.wake.clone())
     }
 
     /// Stop claiming, let in-flight attempts finish within the grace period,
@@ -483,15 +484,5 @@ impl Workers {
         for t in self.tasks {
             let _ = tokio::time::timeout(grace + Duration::from_secs(5), t).await;
         }
-    }
-}
-
-/// Wakes the delivery workers (cheap to clone).
-#[derive(Clone, Default)]
-pub struct Waker(Arc<Notify>);
-
-impl Waker {
-    pub fn wake(&self) {
-        self.0.notify_waiters();
     }
 }

@@ -26,8 +26,8 @@ pub mod rules;
 
 use std::collections::BTreeSet;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{json, Value};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
 use store::StoredResource;
 
 use crate::config::{Config, OrgKind};
@@ -37,9 +37,7 @@ pub use rules::{
     Trigger,
 };
 
-/// Most references one delivery carries (a larger package is cut and the
-/// cut is logged by count).
-pub const MAX_REFS: usize = 256;
+pub use crate::outbox::MAX_REFS;
 
 fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
@@ -318,7 +316,7 @@ impl RouteInput {
 
 /// The patient a resource belongs to (see `fhir::index::patient_of`).
 pub fn patient_of(res: &Value) -> Option<String> {
-    crate::fhir::index::patient_of(res)
+    crate::resources::index::patient_of(res)
 }
 
 /// One delivery a rule asks for.
@@ -341,25 +339,18 @@ pub struct Planned {
 
 impl Planned {
     /// The outbox payload (see `docs/delivery.md`).
-    pub fn payload(&self) -> Value {
-        let mut p = json!({
-            "rule": self.rule,
-            "relation": self.relation.as_str(),
-            "purpose": self.purpose.as_str(),
-            "package": self.package.as_str(),
-            "patient": self.patient_id,
-            "resources": self.resources,
-        });
-        if let Some(e) = &self.event {
-            p["event"] = json!(e);
+    pub fn payload(&self) -> crate::outbox::Payload {
+        crate::outbox::Payload {
+            rule: self.rule.clone(),
+            relation: self.relation.as_str().to_string(),
+            purpose: self.purpose.as_str().to_string(),
+            package: self.package.as_str().to_string(),
+            patient: self.patient_id.clone(),
+            resources: self.resources.clone(),
+            event: self.event.clone(),
+            focus: self.focus.clone(),
+            event_time: self.event_time,
         }
-        if let Some(f) = &self.focus {
-            p["focus"] = json!(f);
-        }
-        if let Some(t) = &self.event_time {
-            p["event_time"] = json!(t.to_rfc3339_opts(SecondsFormat::Micros, true));
-        }
-        p
     }
 
     /// The outbox row: ordered per (recipient, patient).
@@ -372,7 +363,7 @@ impl Planned {
             endpoint: self.recipient.clone(),
             ordering_key: self.patient_id.clone(),
             kind: self.kind.as_str().to_string(),
-            payload: self.payload(),
+            payload: self.payload().to_value(),
             not_before: now,
             journal_id,
         }
@@ -786,7 +777,7 @@ fn resolve(
 #[derive(Clone)]
 pub struct Routing {
     pub router: std::sync::Arc<Router>,
-    pub waker: crate::delivery::Waker,
+    pub waker: crate::outbox::Waker,
 }
 
 impl Routing {

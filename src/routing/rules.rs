@@ -8,6 +8,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::config::OrgKind;
+pub use crate::outbox::{DeliveryKind, Package, RoutePurpose};
 
 /// The rules shipped with the binary.
 pub const DEFAULT_RULES: &str = include_str!("../../conformance/routing-rules.yaml");
@@ -65,92 +66,6 @@ impl Relation {
             Relation::ReferringOrg => "referring_org",
             Relation::CaseCounty => "case_county",
             Relation::AppointmentParticipants => "appointment.participants",
-        }
-    }
-}
-
-/// Why the data is sent (maps onto the consent engine's `Purpose`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RoutePurpose {
-    Referral,
-    CareCoordination,
-    Notification,
-}
-
-impl RoutePurpose {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            RoutePurpose::Referral => "referral",
-            RoutePurpose::CareCoordination => "care_coordination",
-            RoutePurpose::Notification => "notification",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<RoutePurpose> {
-        match s {
-            "referral" => Some(RoutePurpose::Referral),
-            "care_coordination" => Some(RoutePurpose::CareCoordination),
-            "notification" => Some(RoutePurpose::Notification),
-            _ => None,
-        }
-    }
-
-    /// The consent engine's purpose.
-    pub fn consent_purpose(&self) -> consent::Purpose {
-        match self {
-            RoutePurpose::Referral => consent::Purpose::Referral,
-            RoutePurpose::CareCoordination => consent::Purpose::CareCoordination,
-            RoutePurpose::Notification => consent::Purpose::Notification,
-        }
-    }
-}
-
-/// How the delivery goes out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeliveryKind {
-    /// A `transaction` Bundle of `PUT {type}/{id}` entries, `POST {endpoint}`.
-    Transaction,
-    /// A `message` Bundle, `POST {endpoint}/$process-message`.
-    Notification,
-}
-
-impl DeliveryKind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            DeliveryKind::Transaction => "transaction",
-            DeliveryKind::Notification => "notification",
-        }
-    }
-}
-
-/// What is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Package {
-    /// The ServiceRequest, its Tasks, the Patient and the patient's Consents.
-    Referral,
-    /// A Task projection: status, owner, businessStatus, focus, for.
-    TaskStatus,
-    /// The written resources of the trigger's type (all written, for events).
-    Written,
-    /// Encounter, Patient, Conditions of an ADT message.
-    AdtNotification,
-    /// The member's stored CarePlans, except those the recipient authored
-    /// (the warm hand-off to a new ECM provider); nothing to send is not a
-    /// refusal.
-    CarePlans,
-}
-
-impl Package {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Package::Referral => "referral",
-            Package::TaskStatus => "task_status",
-            Package::Written => "written",
-            Package::AdtNotification => "adt_notification",
-            Package::CarePlans => "care_plans",
         }
     }
 }

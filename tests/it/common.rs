@@ -248,8 +248,8 @@ pub async fn seed(store: &dyn store::Store, resources: Vec<serde_json::Value>) {
         .map(|r| store::ResourceWrite {
             resource_type: r["resourceType"].as_str().unwrap().to_string(),
             id: r["id"].as_str().unwrap().to_string(),
-            patient_id: cws_gateway::fhir::index::patient_of(&r),
-            index: cws_gateway::fhir::index::tokens(&r),
+            patient_id: cws_gateway::resources::index::patient_of(&r),
+            index: cws_gateway::resources::index::tokens(&r),
             body: r,
         })
         .collect();

@@ -197,18 +197,18 @@ fn assert_fhir_valid(what: &str, res: &Value) {
     );
 }
 
-fn offline_county() -> cws_gateway::county::County {
+fn offline_county() -> cws_gateway::sources::Ingress {
     let dir = tempfile::tempdir().unwrap();
     let cfg = Arc::new(config(dir.path()));
-    let engine = cws_gateway::serve::load_engine(&cfg).unwrap();
-    cws_gateway::county::County::new(cfg, engine).unwrap()
+    let engine = cws_gateway::embedded::load_engine(&cfg).unwrap();
+    cws_gateway::sources::Ingress::new(cfg, engine).unwrap()
 }
 
 #[test]
 fn mapped_consent_has_exactly_the_disclosure_shape() {
     let county = offline_county();
     let doc = golden("consent.recorded", "001-referral-verbal");
-    let out = cws_gateway::county::events::translate_offline(&county, &doc).unwrap();
+    let out = cws_gateway::sources::case_event::translate_offline(&county, &doc).unwrap();
     let mut mapped = resource(&out, "Consent").clone();
     mapped.as_object_mut().unwrap().remove("meta");
     let base = "https://gateway.example.org/fhir";
@@ -1408,7 +1408,7 @@ async fn inputs_journaled_before_a_crash_are_finished_at_start() {
         "{stats:?}"
     );
     let (bad_sr, bad_task, _) =
-        cws_gateway::county::referrals::ids("county-fresno", "R-CRASH-SELF");
+        cws_gateway::sources::referral::ids("county-fresno", "R-CRASH-SELF");
     assert!(running
         .store
         .resource_get("ServiceRequest", &bad_sr)
@@ -1451,11 +1451,11 @@ async fn inputs_journaled_before_a_crash_are_finished_at_start() {
 
 /// Mock endpoints of the county, the plans and the providers: what reaches each.
 struct Mocks {
-    county: cws_gateway::delivery::mock::MockEndpoint,
-    mcp_a: cws_gateway::delivery::mock::MockEndpoint,
-    mcp_b: cws_gateway::delivery::mock::MockEndpoint,
-    compass: cws_gateway::delivery::mock::MockEndpoint,
-    bright: cws_gateway::delivery::mock::MockEndpoint,
+    county: cwsgw_scenario::mock::MockEndpoint,
+    mcp_a: cwsgw_scenario::mock::MockEndpoint,
+    mcp_b: cwsgw_scenario::mock::MockEndpoint,
+    compass: cwsgw_scenario::mock::MockEndpoint,
+    bright: cwsgw_scenario::mock::MockEndpoint,
 }
 
 impl Mocks {
@@ -1479,7 +1479,7 @@ impl Mocks {
 impl Gw {
     /// The county test gateway with every organization's endpoint a mock.
     async fn start_with_mocks() -> (Gw, Mocks) {
-        use cws_gateway::delivery::mock::MockEndpoint;
+        use cwsgw_scenario::mock::MockEndpoint;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let m = Mocks {
             county: MockEndpoint::start().await.unwrap(),
@@ -1516,7 +1516,7 @@ impl Gw {
 }
 
 /// Wait until `mock` received a request whose body mentions `needle`.
-async fn wait_received(mock: &cws_gateway::delivery::mock::MockEndpoint, needle: &str) {
+async fn wait_received(mock: &cwsgw_scenario::mock::MockEndpoint, needle: &str) {
     for _ in 0..200 {
         if mock
             .received()
@@ -1603,7 +1603,7 @@ async fn a_self_referral_is_a_real_one_and_opens_only_the_plan_it_was_made_to() 
     // Plan B's answer shows what Plan B may see: its Task's status, not
     // the ServiceRequest or the owner that name the member's plan.
     assert!(!b.to_string().contains("mcp-a"), "{b}");
-    let (sr_id, task_id, _) = cws_gateway::county::referrals::ids("mcp-b", "S-2");
+    let (sr_id, task_id, _) = cws_gateway::sources::referral::ids("mcp-b", "S-2");
     assert_eq!(entry_ids(&b), vec![task_id.clone()], "{b}");
     let (s, sr) = gw
         .get(&format!("/fhir/ServiceRequest/{sr_id}"), MCP_A_TOKEN)
@@ -1791,7 +1791,7 @@ async fn a_task_put_by_a_reader_that_is_not_a_party_is_a_403_audited_once() {
 }
 
 /// The Task entry of the first Bundle `mock` received that mentions `task_id`.
-fn pushed_task(mock: &cws_gateway::delivery::mock::MockEndpoint, task_id: &str) -> Value {
+fn pushed_task(mock: &cwsgw_scenario::mock::MockEndpoint, task_id: &str) -> Value {
     mock.received()
         .iter()
         .flat_map(|r| r.body["entry"].as_array().cloned().unwrap_or_default())

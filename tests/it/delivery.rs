@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cws_gateway::config::Config;
-use cws_gateway::delivery::mock::{MockEndpoint, MockResponse};
+use cwsgw_scenario::mock::{MockEndpoint, MockResponse};
 use cws_gateway::disclosure::{consent_to_fhir, withdraw, ConsentSpec};
 use cws_gateway::routing::{RouteInput, Router};
 use serde_json::{json, Value};
@@ -241,7 +241,7 @@ async fn queue_referral(env: &Env, patient: &str, n: u32) -> Vec<i64> {
     env.route("county-fresno", vec![sr]).await
 }
 
-fn bundle_ids(received: &[cws_gateway::delivery::mock::Received]) -> Vec<String> {
+fn bundle_ids(received: &[cwsgw_scenario::mock::Received]) -> Vec<String> {
     received
         .iter()
         .filter_map(|r| r.body["id"].as_str().map(str::to_string))
@@ -441,7 +441,7 @@ async fn a_400_is_dead_at_once_and_dlq_retry_revives_it() {
     // The dead-letter list shows it, without PHI.
     let out = cws_gateway::delivery::dlq(
         env.store(),
-        cws_gateway::cli::DlqAction::List {
+        cws_gateway::delivery::DlqAction::List {
             json: true,
             withheld: false,
             limit: 10,
@@ -457,7 +457,7 @@ async fn a_400_is_dead_at_once_and_dlq_retry_revives_it() {
     assert!(out.text.contains("http-4xx") && !out.text.contains("Fresno"));
     let out = cws_gateway::delivery::dlq(
         env.store(),
-        cws_gateway::cli::DlqAction::Retry { id: ids[0] },
+        cws_gateway::delivery::DlqAction::Retry { id: ids[0] },
     )
     .await
     .unwrap();
@@ -481,7 +481,7 @@ async fn attempts_run_out_into_the_dead_letter_list_and_can_be_dropped() {
     assert_eq!(d.last_error.as_deref(), Some("http-5xx"));
     let out = cws_gateway::delivery::dlq(
         env.store(),
-        cws_gateway::cli::DlqAction::Drop { id: ids[0] },
+        cws_gateway::delivery::DlqAction::Drop { id: ids[0] },
     )
     .await
     .unwrap();
@@ -849,8 +849,8 @@ async fn check_config_prints_the_routing_rules() {
     let mcp = MockEndpoint::start().await.unwrap();
     let ecm = MockEndpoint::start().await.unwrap();
     let cfg = delivery_config(dir.path(), &mcp, &ecm, 5);
-    let engine = cws_gateway::serve::load_engine(&cfg).unwrap();
-    let text = cws_gateway::cli::describe(&cfg, &engine);
+    let engine = cws_gateway::embedded::load_engine(&cfg).unwrap();
+    let text = cws_gateway::serve::describe(&cfg, &engine);
     for needle in [
         "routing rules",
         "referral-to-performer",

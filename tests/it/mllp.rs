@@ -520,7 +520,7 @@ async fn overlong_control_id_is_rejected_permanently_before_the_store() {
     assert!(ack.contains("102^"), "{ack}");
     assert_eq!(gw.store.journal_stats().await.unwrap().total, 0);
     // The longest accepted id is stored.
-    let ok_id = "K".repeat(cws_gateway::intake::MAX_CONTROL_ID_LEN);
+    let ok_id = "K".repeat(cws_gateway::sources::adt::intake::MAX_CONTROL_ID_LEN);
     let ack = s.roundtrip(adt("A01", &ok_id, "STMARY").as_bytes()).await;
     assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
     gw.stop().await;

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use cws_gateway::auth::routes::{Exit, ROUTE_EXITS};
-use cws_gateway::delivery::mock::MockEndpoint;
+use cws_gateway::api::route_scopes::{Exit, ROUTE_EXITS};
+use cwsgw_scenario::mock::MockEndpoint;
 use serde_json::{json, Value};
 
 use crate::common::{self, repo, sha, COUNTY_TOKEN, OPS_TOKEN};
@@ -215,7 +215,7 @@ async fn referral_errors_tell_a_stranger_nothing_about_the_member() {
             );
             assert_eq!(
                 a.json()["issue"][0]["diagnostics"],
-                cws_gateway::county::referrals::REFUSED_FOR_MEMBER
+                cws_gateway::sources::referral::REFUSED_FOR_MEMBER
             );
             bodies.push(a.json());
         }
@@ -282,7 +282,7 @@ async fn an_accepted_referral_shows_and_audits_only_what_the_referrer_may_see() 
     assert_eq!(task["resourceType"], "Task");
     assert_eq!(task["status"], "requested");
     assert!(task.get("owner").is_none(), "{task}");
-    let (sr_id, task_id, _) = cws_gateway::county::referrals::ids("mcp-b", "R-self-b");
+    let (sr_id, task_id, _) = cws_gateway::sources::referral::ids("mcp-b", "R-self-b");
     let after = gw.audits().await;
     let mine: Vec<_> = after[before..]
         .iter()

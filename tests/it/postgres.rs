@@ -250,7 +250,7 @@ async fn two_instances_share_one_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_deliver_each_referral_exactly_once() {
     let db = fresh().await;
-    let mcp = cws_gateway::delivery::mock::MockEndpoint::start()
+    let mcp = cwsgw_scenario::mock::MockEndpoint::start()
         .await
         .unwrap();
     let make = |dir: &Path| {

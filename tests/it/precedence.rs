@@ -139,7 +139,7 @@ async fn the_countys_demographics_stand_and_a_hospitals_name_is_kept() {
         assert!(ids.contains(&want), "{want} not in {ids:?}");
     }
     // Still valid FHIR R4 (the extensions, `_birthDate`, `use: old`).
-    let v = cws_gateway::fhir::validate::FhirValidator::compile(&["Patient"]).unwrap();
+    let v = cws_gateway::resources::validate::FhirValidator::compile(&["Patient"]).unwrap();
     assert_eq!(v.check("Patient", &p), vec![], "{p}");
     // The hospital's address, which the county does not send, is kept.
     assert_eq!(p["address"][0]["city"], "Fresno");

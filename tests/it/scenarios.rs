@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use cws_gateway::config::Config;
-use cws_gateway::delivery::mock::MockEndpoint;
-use cws_gateway::scenario::{self, RunLog, Scenario, Target};
+use cwsgw_scenario::mock::MockEndpoint;
+use cwsgw_scenario::run::{self as scenario, RunLog, Scenario, Target};
 use sha2::{Digest, Sha256};
 
 use crate::common::repo;

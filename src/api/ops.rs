@@ -1,0 +1,90 @@
+//! Operator endpoints on the stored state: `GET /ops/deadlines`.
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::clocks::{list, ts};
+use crate::config::OrgKind;
+use crate::edge::{fhir_json, ApiError, ClientCert};
+use crate::state::Core;
+
+#[derive(Debug, Deserialize)]
+pub struct DeadlineQuery {
+    #[serde(default)]
+    pub overdue: Option<bool>,
+    #[serde(default)]
+    pub all: Option<bool>,
+}
+
+/// `GET /ops/deadlines[?overdue=true][&all=true]` (operator): open clocks by due time.
+pub async fn get_deadlines(
+    State(state): State<Core>,
+    cert: ClientCert,
+    headers: HeaderMap,
+    Query(q): Query<DeadlineQuery>,
+) -> Result<Response, ApiError> {
+    let caller = state.authenticate(&headers, &cert, &[OrgKind::Operator])?;
+    let now = Utc::now();
+    let items = list(
+        state.store.as_ref(),
+        now,
+        !q.all.unwrap_or(false),
+        q.overdue.unwrap_or(false),
+    )
+    .await?;
+    // The clocks name patients: an operator `read`, audited (durable)
+    // before the answer, naming every patient and subject listed.
+    let mut entities: Vec<String> = Vec::new();
+    let mut named = std::collections::HashSet::new();
+    for c in &items {
+        for e in c
+            .patient
+            .iter()
+            .map(|p| format!("Patient/{p}"))
+            .chain(std::iter::once(c.subject.clone()))
+        {
+            if named.insert(e.clone()) {
+                entities.push(e);
+            }
+        }
+    }
+    // One record per `fhir::MAX_ENTITIES_PER_AUDIT` references (at least one).
+    let chunks: Vec<&[String]> = if entities.is_empty() {
+        vec![&[]]
+    } else {
+        entities
+            .chunks(crate::gate::MAX_ENTITIES_PER_AUDIT)
+            .collect()
+    };
+    let records = chunks
+        .into_iter()
+        .map(|chunk| {
+            crate::audit::new_audit(&crate::audit::AuditEntry {
+                kind: "read",
+                interaction: crate::audit::Interaction::SearchType,
+                caller: &caller,
+                patient_id: None,
+                entities: chunk.to_vec(),
+                detail: Some(format!("deadlines: {} clocks", items.len())),
+                recorded: now,
+            })
+        })
+        .collect();
+    state.store.audit_append(records).await.map_err(|e| {
+        tracing::error!(error = %e, "deadlines audit append failed; nothing disclosed");
+        ApiError::Store(e)
+    })?;
+    let overdue = items.iter().filter(|c| c.overdue).count();
+    state
+        .metrics
+        .deadlines_overdue
+        .store(overdue as i64, std::sync::atomic::Ordering::Relaxed);
+    Ok(fhir_json(
+        StatusCode::OK,
+        &json!({"now": ts(now), "overdue": overdue, "clocks": items}),
+    ))
+}

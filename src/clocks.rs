@@ -1,0 +1,223 @@
+//! Deadline clocks (docs/program-rules.md "Timelines the gateway tracks").
+//!
+//! A clock is opened by the event that starts it (a referral starts the
+//! authorization decision; an accepted Task with an owner starts "ECM
+//! provider told of assignment" and "SW told of enrollment"; a move out of
+//! a single-plan county starts the plan determination; a streamlined
+//! referral starts its 30-day window) and closed by the event that meets
+//! it (the MCP's accept/reject closes the authorization decision). Due
+//! times come from `cwsgw_program::due` with the holiday calendar
+//! (`Calendar::default_ca()`, or `[calendar] holidays_file`).
+//!
+//! Persistence: the store's clock table (`Store::clock_upsert`/`clock_list`),
+//! written **in the same `Store::complete_with` transaction** as the input
+//! that opened or closed the clock. A clock's id is
+//! `uuid5("clock|{code}|{subject}")`, so a replay replaces it instead of
+//! adding a second one. States: `open`, `met`, `cancelled`.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use program::{Calendar, Clock};
+use serde::{Deserialize, Serialize};
+use store::{ClockRow, Store};
+
+use crate::config::Config;
+use crate::resources::rid;
+
+/// The holiday calendar: `calendar.holidays_file` (CSV `date,name`) when
+/// configured, else the embedded California state holidays.
+pub fn calendar_from_config(cfg: &Config) -> anyhow::Result<Calendar> {
+    match &cfg.calendar.holidays_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("calendar.holidays_file {}: {e}", p.display()))?;
+            Calendar::from_csv(&text)
+                .map_err(|e| anyhow::anyhow!("calendar.holidays_file {}: {e}", p.display()))
+        }
+        None => Ok(Calendar::default_ca()),
+    }
+}
+
+/// A clock to open.
+#[derive(Debug, Clone)]
+pub struct ClockSpec {
+    pub clock: Clock,
+    pub patient_id: String,
+    /// What the clock is about (`Task/{id}`, `Patient/{id}`).
+    pub subject: String,
+    pub start: DateTime<Utc>,
+    pub expedited: bool,
+}
+
+/// Id of the clock of (clock, subject).
+pub fn clock_id(clock: Clock, subject: &str) -> String {
+    rid(&format!("clock|{}|{subject}", clock.code()))
+}
+
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// An open clock, due per `cwsgw_program::due`.
+pub fn open(spec: &ClockSpec, cal: &Calendar) -> ClockRow {
+    ClockRow {
+        id: clock_id(spec.clock, &spec.subject),
+        kind: spec.clock.code().to_string(),
+        subject: spec.subject.clone(),
+        patient_id: Some(spec.patient_id.clone()),
+        started_at: spec.start,
+        due_at: program::due(spec.clock, spec.start, spec.expedited, cal),
+        state: "open".to_string(),
+        closed_at: None,
+    }
+}
+
+/// The clock, met at `at`; None when it is not open.
+pub fn close(row: &ClockRow, at: DateTime<Utc>) -> Option<ClockRow> {
+    (row.state == "open").then(|| ClockRow {
+        state: "met".to_string(),
+        closed_at: Some(at),
+        ..row.clone()
+    })
+}
+
+/// A clock as listed by `GET /ops/deadlines` and `cws-gateway deadlines`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClockView {
+    pub id: String,
+    pub clock: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
+    pub subject: String,
+    pub start: String,
+    pub due: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<String>,
+    pub overdue: bool,
+}
+
+impl ClockView {
+    /// The view of a stored clock at `now`.
+    pub fn of(r: &ClockRow, now: DateTime<Utc>) -> ClockView {
+        ClockView {
+            id: r.id.clone(),
+            clock: r.kind.clone(),
+            patient: r.patient_id.as_ref().map(|p| format!("Patient/{p}")),
+            subject: r.subject.clone(),
+            start: ts(r.started_at),
+            due: ts(r.due_at),
+            status: r.state.clone(),
+            closed_at: r.closed_at.map(ts),
+            overdue: r.state == "open" && r.due_at < now,
+        }
+    }
+}
+
+/// Most clocks one listing returns.
+pub const MAX_LISTED: usize = 1000;
+
+/// Clocks by due time: open ones (or all), optionally only those past due.
+pub async fn list(
+    store: &dyn Store,
+    now: DateTime<Utc>,
+    open_only: bool,
+    overdue_only: bool,
+) -> Result<Vec<ClockView>, store::StoreError> {
+    let before = overdue_only.then_some(now);
+    let rows = store
+        .clock_list(open_only || overdue_only, before, None, MAX_LISTED)
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ClockView::of(r, now))
+        .filter(|v| !overdue_only || v.overdue)
+        .collect())
+}
+
+/// Open clocks of one subject (`Task/{id}`).
+pub async fn open_for(
+    store: &dyn Store,
+    subject: &str,
+) -> Result<Vec<ClockRow>, store::StoreError> {
+    store.clock_list(true, None, Some(subject), 100).await
+}
+
+/// The subject of the 24-hour "ADT data to the assigned ECM provider" clock
+/// of one notification: its focus (the Encounter), the recipient and the
+/// journal record of the ADT message (one clock per message and provider).
+pub fn adt_clock_subject(
+    payload: &crate::outbox::Payload,
+    recipient: &str,
+    journal_id: store::JournalId,
+) -> Option<String> {
+    let focus = payload.focus.as_ref().or(payload.resources.first())?;
+    Some(format!("{focus}@{recipient}#{journal_id}"))
+}
+
+/// One open 24-hour clock (docs/program-rules.md timelines: ADT data to the assigned ECM provider
+/// within 24 hours) per ADT notification queued for an ECM provider; the
+/// delivery worker closes it when the notification is delivered.
+pub fn adt_clocks(
+    cfg: &Config,
+    deliveries: &[store::NewDelivery],
+    received: DateTime<Utc>,
+    journal_id: store::JournalId,
+) -> Vec<store::ClockRow> {
+    let calendar = program::Calendar::default_ca();
+    deliveries
+        .iter()
+        .filter(|d| {
+            cfg.organization(&d.endpoint)
+                .is_some_and(|o| o.kind == crate::config::OrgKind::EcmProvider)
+        })
+        .filter_map(|d| {
+            let p = crate::outbox::Payload::parse(&d.payload)?;
+            p.event.as_ref()?;
+            let subject = adt_clock_subject(&p, &d.endpoint, journal_id)?;
+            let spec = ClockSpec {
+                clock: program::Clock::AdtToEcmProvider,
+                patient_id: p.patient.clone(),
+                subject,
+                start: p.event_time.unwrap_or(received),
+                expedited: false,
+            };
+            Some(open(&spec, &calendar))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn open_then_close_round_trips() {
+        let cal = Calendar::default_ca();
+        // Monday 23 November 2026, 10:00 Pacific: Thanksgiving week.
+        let start = Utc.with_ymd_and_hms(2026, 11, 23, 18, 0, 0).unwrap();
+        let spec = ClockSpec {
+            clock: Clock::AuthorizationDecision,
+            patient_id: "p".into(),
+            subject: "Task/t".into(),
+            start,
+            expedited: false,
+        };
+        let row = open(&spec, &cal);
+        let v = ClockView::of(&row, start);
+        assert_eq!(v.status, "open");
+        assert!(!v.overdue);
+        assert_eq!(v.due, "2026-12-03T07:59:59Z", "end of Wed 2 Dec Pacific");
+        assert!(ClockView::of(&row, start + chrono::Duration::days(30)).overdue);
+        let met = close(&row, start).unwrap();
+        assert_eq!(met.state, "met");
+        assert!(close(&met, start).is_none());
+        assert_eq!(open(&spec, &cal).id, row.id, "deterministic id");
+        let exp = ClockSpec {
+            expedited: true,
+            ..spec
+        };
+        assert_eq!(ts(open(&exp, &cal).due_at), "2026-11-26T18:00:00Z");
+    }
+}

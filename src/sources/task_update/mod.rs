@@ -1,0 +1,456 @@
+//! `PUT /fhir/Task/{id}`: the referral Task lifecycle (Gravity SDOH
+//! clinical referral statuses).
+//!
+//! Parties: the **requester** (`Task.requester`, the organization that made
+//! this referral — the one its status goes to and that may read it, rule
+//! R4; a PUT never changes it) and the **performers** — the authorizing MCP
+//! (extension `authorizing-mcp`, the first owner) and, once assigned, the
+//! ECM provider that owns the Task. Allowed transitions:
+//!
+//! | from | to | who |
+//! |---|---|---|
+//! | requested | accepted, rejected | performer |
+//! | requested | requested, cancelled | requester |
+//! | accepted | in-progress, on-hold, completed, failed | performer |
+//! | in-progress | on-hold, completed, failed | performer |
+//! | on-hold | in-progress, completed, failed | performer |
+//! | requested, accepted, in-progress, on-hold | cancelled | requester |
+//!
+//! `rejected` needs a `statusReason`; the gateway sets `businessStatus` to
+//! say a Notice of Action must go to the member. Only the authorizing MCP
+//! may set `owner`, only to an `ecm_provider` contracted with it, and only
+//! on an accepted (or being accepted) Task. A PUT may change `status`,
+//! `statusReason`, `businessStatus`, `owner` and `note`; everything else is
+//! kept as stored. Illegal transitions → 422 listing the allowed ones;
+//! an organization that is not a party → 404 like no such Task when it may
+//! not see the Task (403 only when it may read it); refusals are audited.
+//!
+//! The write is journaled (`InputKind::FhirWrite`, dedup key
+//! `{org}|Task/{id}/_history/{version}|{sha256(body)}`, the version being
+//! the one the PUT applies to) before the 200: only a retry of the same
+//! body against the same version is a replay, so moving a Task A→B→A with
+//! the same body applies the second A. Accepting or rejecting
+//! closes the authorization-decision clock; accepting opens "SW told of
+//! enrollment"; setting an owner opens "ECM provider told of assignment".
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use store::{ClockRow, InputKind, NewInput, Store};
+
+use super::referral::now_secs;
+use super::Ingress;
+use crate::audit::{self, AuditEntry, Interaction};
+use crate::clocks::{self as deadlines, ClockSpec};
+use crate::config::OrgKind;
+use crate::disclosure;
+use crate::edge::{body_rejection, fhir_json, parse_json, ApiError, ClientCert};
+use crate::journal::{self, read_back, Derived};
+use crate::records::orgs;
+use crate::resources::{strip_meta, write_of, AUTHORIZING_MCP_EXT};
+use crate::state::Core;
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    Requester,
+    Performer,
+}
+
+const ACTIVE: &[&str] = &["requested", "accepted", "in-progress", "on-hold"];
+
+/// Statuses `party` may move a Task from `from` to.
+pub fn allowed(from: &str, party: Party) -> Vec<&'static str> {
+    match party {
+        Party::Requester => {
+            let mut v = Vec::new();
+            if from == "requested" {
+                v.push("requested");
+            }
+            if ACTIVE.contains(&from) {
+                v.push("cancelled");
+            }
+            v
+        }
+        Party::Performer => match from {
+            "requested" => vec!["accepted", "rejected"],
+            "accepted" => vec!["accepted", "in-progress", "on-hold", "completed", "failed"],
+            "in-progress" => vec!["in-progress", "on-hold", "completed", "failed"],
+            "on-hold" => vec!["on-hold", "in-progress", "completed", "failed"],
+            _ => Vec::new(),
+        },
+    }
+}
+
+fn s<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
+    v.pointer(ptr).and_then(Value::as_str)
+}
+
+/// The authorizing MCP of a stored Task.
+pub fn authorizing_mcp(task: &Value) -> Option<String> {
+    task.get("extension")?
+        .as_array()?
+        .iter()
+        .find(|e| s(e, "/url").is_some_and(|u| u.ends_with(AUTHORIZING_MCP_EXT)))
+        .and_then(|e| e.get("valueReference"))
+        .and_then(disclosure::org_of)
+}
+
+/// Is `caller_org` the Task's requester, and is it a performer (the
+/// authorizing MCP, or the ECM provider that owns the Task)?
+pub fn parties(ingress: &Ingress, stored: &Value, caller_org: &str) -> (bool, bool) {
+    let requester = stored.get("requester").and_then(disclosure::org_of);
+    let owner = stored.get("owner").and_then(disclosure::org_of);
+    let mcp = authorizing_mcp(stored).or_else(|| owner.clone());
+    let is_performer = mcp.as_deref() == Some(caller_org)
+        || (owner.as_deref() == Some(caller_org)
+            && ingress
+                .cfg
+                .organization(caller_org)
+                .is_some_and(|o| o.kind == OrgKind::EcmProvider));
+    (requester.as_deref() == Some(caller_org), is_performer)
+}
+
+/// Apply a caller's update to the stored Task; returns the new Task and
+/// the clock writes. Pure but for the clock records passed in.
+pub fn transition(
+    ingress: &Ingress,
+    stored: &Value,
+    update: &Value,
+    caller_org: &str,
+    now: DateTime<Utc>,
+    open_clocks: &[ClockRow],
+) -> Result<(Value, Vec<ClockRow>), ApiError> {
+    let cfg = &ingress.cfg;
+    let owner = stored.get("owner").and_then(disclosure::org_of);
+    let mcp = authorizing_mcp(stored).or_else(|| owner.clone());
+    let (is_requester, is_performer) = parties(ingress, stored, caller_org);
+    if !is_performer && !is_requester {
+        return Err(ApiError::Denied(NOT_A_PARTY.into()));
+    }
+    let from = s(stored, "/status").unwrap_or("");
+    let to = s(update, "/status")
+        .ok_or_else(|| ApiError::invalid("status is required", Some("Task.status")))?;
+    let mut ok = Vec::new();
+    if is_performer {
+        ok.extend(allowed(from, Party::Performer));
+    }
+    if is_requester {
+        ok.extend(allowed(from, Party::Requester));
+    }
+    if !ok.contains(&to) {
+        let list = if ok.is_empty() {
+            "none (the Task is closed to this organization)".to_string()
+        } else {
+            ok.join(", ")
+        };
+        return Err(ApiError::rule(
+            format!("cannot change the status from {from} to the one requested; allowed: {list}"),
+            Some("Task.status"),
+        ));
+    }
+    let mut task = strip_meta(stored.clone());
+    task["status"] = json!(to);
+    task["lastModified"] = json!(now.to_rfc3339_opts(SecondsFormat::Secs, true));
+    for k in ["statusReason", "businessStatus", "note"] {
+        if let Some(v) = update.get(k) {
+            task[k] = v.clone();
+        }
+    }
+    if to == "rejected" {
+        if update.get("statusReason").is_none() {
+            return Err(ApiError::invalid(
+                "a rejection needs a statusReason",
+                Some("Task.statusReason"),
+            ));
+        }
+        task["businessStatus"] =
+            json!({"text": "Denied: a Notice of Action must be sent to the member"});
+    }
+    let mut writes = Vec::new();
+    let new_owner = update.get("owner").and_then(disclosure::org_of);
+    if update.get("owner").is_some() && new_owner.is_none() {
+        return Err(ApiError::invalid(
+            "owner must reference Organization/{id}",
+            Some("Task.owner"),
+        ));
+    }
+    let task_ref = format!("Task/{}", s(stored, "/id").unwrap_or(""));
+    let patient_id = stored
+        .get("for")
+        .and_then(|r| disclosure::ref_id(r, "Patient"))
+        .unwrap_or_default();
+    let expedited = s(stored, "/priority") == Some("urgent");
+    if let Some(o) = new_owner.filter(|o| Some(o) != owner.as_ref()) {
+        if mcp.as_deref() != Some(caller_org) {
+            return Err(ApiError::Denied(
+                "only the authorizing MCP may assign the Task".into(),
+            ));
+        }
+        let Some(m) = mcp.as_deref() else {
+            return Err(ApiError::Denied("the Task has no authorizing MCP".into()));
+        };
+        if !orgs::contracted(cfg, &o, m) {
+            return Err(ApiError::rule(
+                "the owner must be an ECM provider contracted with the MCP",
+                Some("Task.owner"),
+            ));
+        }
+        if !matches!(to, "accepted" | "in-progress" | "on-hold") {
+            return Err(ApiError::rule(
+                "assign an ECM provider only on an accepted Task",
+                Some("Task.owner"),
+            ));
+        }
+        task["owner"] = json!({"reference": format!("Organization/{o}")});
+        writes.push(deadlines::open(
+            &ClockSpec {
+                clock: program::Clock::EcmProviderToldOfAssignment,
+                patient_id: patient_id.clone(),
+                subject: task_ref.clone(),
+                start: now,
+                expedited: false,
+            },
+            &ingress.calendar,
+        ));
+    }
+    if from == "requested" && matches!(to, "accepted" | "rejected") {
+        let id = deadlines::clock_id(program::Clock::AuthorizationDecision, &task_ref);
+        if let Some(c) = open_clocks.iter().find(|c| c.id == id) {
+            writes.extend(deadlines::close(c, now));
+        }
+        if to == "accepted" {
+            writes.push(deadlines::open(
+                &ClockSpec {
+                    clock: program::Clock::SwNotifiedOfEnrollment,
+                    patient_id,
+                    subject: task_ref,
+                    start: now,
+                    expedited,
+                },
+                &ingress.calendar,
+            ));
+        }
+    }
+    Ok((task, writes))
+}
+
+/// The 403 text for a caller that may see the Task but is neither its
+/// requester nor a performer.
+pub const NOT_A_PARTY: &str =
+    "the caller's organization is neither the requester nor a performer of this Task";
+
+/// The stand-in judged for an absent Task, shaped like a stored one: the
+/// Task id is its patient key, so the gate reads a patient context (none is
+/// found for an id that names no patient) and decides, as for a withheld
+/// Task. Never stored, shown or audited.
+fn absent_task(id: &str) -> store::StoredResource {
+    store::StoredResource {
+        resource_type: "Task".into(),
+        id: id.to_string(),
+        version_id: 1,
+        last_updated: Utc::now(),
+        patient_id: Some(id.to_string()),
+        body: json!({
+            "resourceType": "Task",
+            "id": id,
+            "status": "requested",
+            "intent": "order",
+            "for": {"reference": format!("Patient/{id}")},
+        }),
+    }
+}
+
+/// Audit a refused `PUT` (durable before the answer): the same work for an
+/// absent Task as for a withheld one.
+async fn refused(
+    state: &Core,
+    caller: &crate::auth::Caller,
+    patient: Option<&str>,
+    id: &str,
+    why: &str,
+) -> Result<(), ApiError> {
+    let record = audit::new_audit(&AuditEntry {
+        kind: "refusal",
+        interaction: Interaction::Update,
+        caller,
+        patient_id: patient,
+        entities: vec![format!("Task/{id}")],
+        detail: Some(format!("task update refused: {why}")),
+        recorded: chrono::Utc::now(),
+    });
+    state.store.audit_append(vec![record]).await.map_err(|e| {
+        tracing::error!(error = %e, "task refusal audit append failed");
+        ApiError::Store(e)
+    })?;
+    Ok(())
+}
+
+/// What an accepted Task update commits: the new Task version, the clocks
+/// it opens or closes, routed like any write of the caller's organization.
+/// Deterministic in its inputs (`at` is the journal's received time).
+pub fn derive(
+    ingress: &Ingress,
+    stored: &Value,
+    update: &Value,
+    from: &str,
+    at: DateTime<Utc>,
+    open: &[ClockRow],
+) -> Result<Derived, ApiError> {
+    let (task, clocks) = transition(ingress, stored, update, from, at, open)?;
+    Ok(Derived {
+        writes: vec![write_of(task)],
+        clocks,
+        audits: Vec::new(),
+        route: Some(journal::RouteMeta {
+            event: None,
+            source_org: from.to_string(),
+            ..Default::default()
+        }),
+    })
+}
+
+/// The handler.
+pub async fn put_task(
+    State(state): State<Core>,
+    State(ingress): State<Arc<Ingress>>,
+    cert: ClientCert,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = state.authenticate(
+        &headers,
+        &cert,
+        &[OrgKind::Mcp, OrgKind::EcmProvider, OrgKind::County],
+    )?;
+    let bytes = body.map_err(|r| body_rejection(r, state.cfg.server.max_body_bytes))?;
+    let update = parse_json(&bytes)?;
+    if s(&update, "/resourceType") != Some("Task") {
+        return Err(ApiError::invalid(
+            "the body must be a Task",
+            Some("Task.resourceType"),
+        ));
+    }
+    if s(&update, "/id") != Some(id.as_str()) {
+        return Err(ApiError::invalid(
+            "Task.id must equal the id in the URL",
+            Some("Task.id"),
+        ));
+    }
+    if !crate::config::valid_fhir_id(&id) {
+        return Err(ApiError::NotFound("no such Task".into()));
+    }
+    // The R4 schema and the Task rules (one issue per problem; the body
+    // alone decides, so before the Task is looked up).
+    if let Some(resp) = crate::sources::fhir_write::check_task_body(&update) {
+        return Ok(resp);
+    }
+    // One update of this Task at a time in this process, from the read of
+    // the stored version (If-Match) to the stored update.
+    let _task_lock = crate::sources::fhir_write::task_lock(&id).await;
+    let store: &dyn Store = state.store.as_ref();
+    let found = store.resource_get("Task", &id).await?;
+    let absent = found.is_none();
+    let stored = found.unwrap_or_else(|| absent_task(&id));
+    // Absent, or not a party: a caller that may not see the Task gets the
+    // 404 of an absent one (its existence is a fact about the member); one
+    // that may read it (a release, R4 …) is told it is not a party. An
+    // absent Task takes the same path as a withheld one: its stand-in
+    // ([`absent_task`]) is judged by the consent gate (the patient context
+    // read and the decisions) and the refusal audited, so both 404s make
+    // the same reads and writes and answer in the same time.
+    if absent || parties(&ingress, &stored.body, &caller.org_id) == (false, false) {
+        let mut gate = crate::gate::Gate::new(&state, &caller, Interaction::Read);
+        let verdict = gate.judge(&stored).await?;
+        let visible = !absent && matches!(verdict, crate::gate::Verdict::Permit(_));
+        let patient = stored
+            .patient_id
+            .clone()
+            .or_else(|| crate::resources::index::patient_of(&stored.body));
+        let (patient, why) = if absent {
+            // The stand-in's patient key is the Task id, not a patient.
+            (None, "not-found")
+        } else {
+            (patient, "not-a-party")
+        };
+        refused(&state, &caller, patient.as_deref(), &id, why).await?;
+        if !visible {
+            return Err(ApiError::NotFound("no such Task".into()));
+        }
+        // This refusal is audited here: the response says so (a typed
+        // marker the scope layer reads), so it is not recorded twice.
+        let mut resp = ApiError::Denied(NOT_A_PARTY.into()).into_response();
+        resp.extensions_mut().insert(crate::edge::RefusalAudited);
+        return Ok(resp);
+    }
+    // If-Match naming a version that is not the current one: 412, nothing
+    // journaled, stored or routed (FHIR versioned update).
+    if let Some(resp) = crate::sources::fhir_write::if_match_refusal(&headers, stored.version_id) {
+        return Ok(resp);
+    }
+    let now = now_secs();
+    let clocks = deadlines::open_for(store, &format!("Task/{id}")).await?;
+    let digest = hex::encode(Sha256::digest(&bytes));
+    // Check before the journal: a refused update is not stored.
+    transition(
+        &ingress,
+        &stored.body,
+        &update,
+        &caller.org_id,
+        now,
+        &clocks,
+    )?;
+    let appended = journal::append(
+        store,
+        NewInput {
+            kind: InputKind::FhirWrite,
+            source_org: caller.org_id.clone(),
+            // The version applied to (If-Match, when given, names it): the
+            // same body after the Task moved on is a new update.
+            dedup_key: format!(
+                "{}|Task/{id}/_history/{}|{digest}",
+                caller.org_id, stored.version_id
+            ),
+            received_at: now,
+            raw: bytes.to_vec(),
+            meta: json!({"resourceType": "Task", "id": id, "status": s(&update, "/status"),
+                "client": caller.client_id, "version": stored.version_id}),
+        },
+    )
+    .await?;
+    let jid = appended.id();
+    let stored = if appended.processed() {
+        read_back(store, &[("Task", id.clone())]).await?
+    } else {
+        let derived = derive(
+            &ingress,
+            &stored.body,
+            &update,
+            &caller.org_id,
+            now,
+            &clocks,
+        )?;
+        journal::settle(ingress.routing.get(), store, jid, derived).await?
+    };
+    tracing::info!(journal_id = jid, task = %id, "Task updated");
+    let task = stored
+        .into_iter()
+        .find(|r| s(r, "/resourceType") == Some("Task"))
+        .unwrap_or_default();
+    let mut resp = fhir_json(StatusCode::OK, &task);
+    // The new version, as reads give it (FHIR update: ETag = W/"versionId").
+    if let Some(v) =
+        s(&task, "/meta/versionId").and_then(|v| HeaderValue::from_str(&format!("W/\"{v}\"")).ok())
+    {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(resp)
+}

@@ -13,6 +13,8 @@
 //!   client; the output is the answer (the stored resources).
 //! - `referral/*.json` — `{"given": [...], "as": org, "body": form}`:
 //!   `POST /ecm/referrals` by `as`; the output is the answer.
+//! - `fhir_write/*.json` — `{"given": [...], "as": org, "type": T, "body":
+//!   resource}`: `POST /fhir/T` by `as`; the output is the answer.
 //! - `task_update/*.json` — `{"given": [...], "as": org, "task": {...}}`:
 //!   `PUT /fhir/Task/{id}` by `as` of the Task the last given step produced,
 //!   with the members of `task` replacing its own; the output is the answer.
@@ -45,7 +47,7 @@ use crate::common::{self, repo, sha, Conn};
 use crate::invariants;
 
 /// The sources the harness runs, each a directory of `tests/golden`.
-const SOURCES: [&str; 4] = ["adt", "case_event", "referral", "task_update"];
+const SOURCES: [&str; 5] = ["adt", "case_event", "fhir_write", "referral", "task_update"];
 
 /// Organizations the goldens call as (`as`), each given a client whose
 /// token is `golden-<org>`.
@@ -269,6 +271,14 @@ impl Run {
                             &as_org,
                             &doc["body"],
                         )
+                        .await?;
+                    (201, answer)
+                }
+                "fhir_write" => {
+                    let rtype = doc["type"].as_str().unwrap_or_default();
+                    let path = format!("/fhir/{rtype}");
+                    let answer = self
+                        .send(reqwest::Method::POST, &path, &as_org, &doc["body"])
                         .await?;
                     (201, answer)
                 }
@@ -599,6 +609,11 @@ async fn golden_adt_through_the_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn golden_case_events_through_the_gateway() {
     golden("case_event").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_fhir_writes_through_the_gateway() {
+    golden("fhir_write").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

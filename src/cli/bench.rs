@@ -51,7 +51,8 @@ pub enum BenchCommand {
         window: usize,
         /// Also measure PostgreSQL: a server URL whose role may CREATE
         /// DATABASE (a scratch database is created per run and dropped);
-        /// printed next to SQLite.
+        /// printed next to SQLite. Needs a build with `--features
+        /// bench-postgres`.
         #[arg(long)]
         database_url: Option<String>,
     },
@@ -81,7 +82,8 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
         /// Also measure on PostgreSQL (a scratch database is created and
-        /// dropped); printed after SQLite in the same run.
+        /// dropped); printed after SQLite in the same run. Needs a build
+        /// with `--features bench-postgres`.
         #[arg(long)]
         database_url: Option<String>,
     },
@@ -766,6 +768,45 @@ impl Stages {
 }
 
 /// One backend's ingest runs; returns its summary line (also printed).
+/// A throwaway PostgreSQL database for one measurement, created on the
+/// server `--database-url` names and dropped afterwards. Creating databases
+/// is test tooling (`cwsgw-store-postgres`'s `test-support` feature), so it
+/// is built only with `--features bench-postgres`: the production binary
+/// carries none of it.
+struct Scratch {
+    url: String,
+    #[cfg(feature = "bench-postgres")]
+    db: store_postgres::testing::TestDb,
+}
+
+impl Scratch {
+    async fn drop_db(self) -> anyhow::Result<()> {
+        #[cfg(feature = "bench-postgres")]
+        self.db.drop_db().await.map_err(|e| anyhow::anyhow!(e))?;
+        let _ = self.url;
+        Ok(())
+    }
+}
+
+#[cfg(feature = "bench-postgres")]
+async fn scratch_db(admin: &str) -> anyhow::Result<Scratch> {
+    let db = store_postgres::testing::TestDb::create_on(admin)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(Scratch {
+        url: db.url.clone(),
+        db,
+    })
+}
+
+#[cfg(not(feature = "bench-postgres"))]
+async fn scratch_db(_admin: &str) -> anyhow::Result<Scratch> {
+    anyhow::bail!(
+        "--database-url creates and drops scratch databases, which this build leaves out; \
+         build with `cargo build --release --features bench-postgres`"
+    )
+}
+
 /// `pg_admin`: measure PostgreSQL, in a scratch database per run.
 async fn ingest(
     conns: usize,
@@ -794,11 +835,7 @@ async fn ingest(
     for run in 0..runs {
         let dir = tempfile::tempdir()?;
         let scratch = match &pg_admin {
-            Some(admin) => Some(
-                store_postgres::testing::TestDb::create_on(admin)
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e))?,
-            ),
+            Some(admin) => Some(scratch_db(admin).await?),
             None => None,
         };
         let pg_url = scratch.as_ref().map(|db| db.url.clone());
@@ -867,7 +904,7 @@ async fn ingest(
         let refr = reference_commit_rate(dir.path(), pg_url.as_deref(), messages.min(5_000), conns)
             .await?;
         if let Some(db) = scratch {
-            db.drop_db().await.map_err(|e| anyhow::anyhow!(e))?;
+            db.drop_db().await?;
         }
         crate::cli::emit(&format!(
             "{}\n",
@@ -1203,11 +1240,7 @@ async fn api(
     let dir = tempfile::tempdir()?;
     let mut cfg = api_config(dir.path())?;
     let scratch = match &pg_admin {
-        Some(admin) => Some(
-            store_postgres::testing::TestDb::create_on(admin)
-                .await
-                .map_err(|e| anyhow::anyhow!(e))?,
-        ),
+        Some(admin) => Some(scratch_db(admin).await?),
         None => None,
     };
     if let Some(db) = &scratch {
@@ -1298,7 +1331,7 @@ async fn api(
     ref_server.abort();
     gw.stop().await;
     if let Some(db) = scratch {
-        db.drop_db().await.map_err(|e| anyhow::anyhow!(e))?;
+        db.drop_db().await?;
     }
     Ok(())
 }

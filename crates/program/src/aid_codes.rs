@@ -5,7 +5,9 @@
 //! lines and blank lines are ignored; the
 //! description is the rest of the line after the second comma. A code may belong to several groups
 //! (4M is listed both with foster care and as the Former Foster Youth group), but a (code, group) pair
-//! may appear only once. Codes are compared trimmed and upper-cased.
+//! may appear only once. Codes are compared trimmed and upper-cased. 4E is in both groups as well:
+//! Appendix D lists it with foster care but describes it as hospital presumptive eligibility for ages
+//! 18 to 26, a former foster youth's code (docs/program-rules.md, "Aid codes").
 //!
 //! An aid code only shows *current* enrollment in a program (Appendix D footnotes 80–81): it says
 //! nothing about former foster care in another state or about Adoption Assistance eligibility without
@@ -30,7 +32,8 @@ pub const MAX_AID_CODES: usize = 1_000;
 pub enum AidGroup {
     /// Currently in foster care in California (including Approved Relative Caregiver).
     CurrentFosterCare,
-    /// Former Foster Care Youth eligibility group (left foster care at 18 or older, any state, to 26).
+    /// Former foster youth (left foster care at 18 or older, any state, to 26): the Former Foster
+    /// Care Youth eligibility group (4M) and the former foster youth presumptive eligibility code (4E).
     FormerFosterYouth,
     /// California's Adoption Assistance Program.
     AdoptionAssistance,
@@ -206,7 +209,7 @@ mod tests {
         );
         assert_eq!(
             t.codes(AidGroup::FormerFosterYouth).collect::<Vec<_>>(),
-            ["4M"]
+            ["4E", "4M"]
         );
         assert_eq!(
             t.codes(AidGroup::AdoptionAssistance).collect::<Vec<_>>(),

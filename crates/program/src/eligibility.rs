@@ -21,8 +21,9 @@
 //!    `current_foster_care` group that is not also `former_foster_youth`.
 //! 2. `pof8.foster-care-last-12-months`: under 21 and in foster care (any state) within the last 12
 //!    months (`history.lastFosterCareEnd`).
-//! 3. `pof8.aged-out`: in foster care on or after the 18th birthday (`history`, or aid code 4M, the
-//!    Former Foster Youth group) and under 26. Not reported when criterion 1 already holds.
+//! 3. `pof8.aged-out`: in foster care on or after the 18th birthday (`history`, or an aid code in
+//!    `former_foster_youth`: 4M, the Former Foster Youth group, or 4E, hospital presumptive eligibility
+//!    for former foster youth aged 18 to 26) and under 26. Not reported when criterion 1 already holds.
 //! 4. `pof8.adoption-assistance`: eligible for or in Adoption Assistance (`history`, an aid code in
 //!    `adoption_assistance`, or an open adoption assistance case) and under 18, or under 21 with
 //!    `adoptionAssistanceDisability` (WIC 16120(d)).
@@ -30,9 +31,13 @@
 //!    case) or received it within the last 12 months (case closed, or
 //!    `history.familyMaintenanceLastServiceOn`, inside the window).
 //!
-//! **4M**: Appendix D lists 4M inside the foster care list "(see below)" and as the Former Foster
-//! Youth group; docs/program-rules.md lists it in both. The table keeps both rows, and the engine reads a code in
-//! `former_foster_youth` as aged-out evidence only, never as current foster care.
+//! **4M and 4E**: Appendix D lists 4M inside the foster care list "(see below)" and as the Former
+//! Foster Youth group. It lists 4E inside the foster care list too, but as "Hospital Presumptive
+//! Eligibility (Age 18 to 26 Years)", and sets 4E and 4M apart from the foster care codes whose youth
+//! join the former foster youth group on leaving care: a 4E youth is a former foster youth already.
+//! The table keeps both rows of each, and the engine reads a code in `former_foster_youth` as
+//! aged-out evidence only, never as current foster care. The lower age bound (18) of either code is
+//! not checked: the code is trusted as issued.
 //!
 //! # Other children's POFs the gateway can flag (children's definitions: under 21)
 //! - `pof1b.homeless` (§IV.1b): `other.homeless`.

@@ -323,6 +323,60 @@ fn cases() -> Vec<Case> {
             met: &["pof8.aged-out"],
             also: &[],
         },
+        // 4E (seed 003 Appendix D): "Foster Care Hospital Presumptive Eligibility (PE) (Age 18 to
+        // 26 Years)", set apart with 4M from the foster care codes whose youth join the former
+        // foster youth group on leaving care: a former foster youth's code, not current foster care.
+        Case {
+            name: "4E at 19 is former, not current, foster care",
+            as_of: AS_OF,
+            facts: facts("2007-02-10", json!({"enrollment": mc("4E")})),
+            eligible: true,
+            pofs: &["8"],
+            met: &["pof8.aged-out"],
+            also: &[],
+        },
+        Case {
+            name: "4E at 23: past 21, still a former foster youth",
+            as_of: AS_OF,
+            facts: facts("2003-05-01", json!({"enrollment": mc("4e")})),
+            eligible: true,
+            pofs: &["8"],
+            met: &["pof8.aged-out"],
+            also: &[],
+        },
+        Case {
+            name: "4E on the 26th birthday: past the age limit",
+            as_of: AS_OF,
+            facts: facts("2000-11-23", json!({"enrollment": mc("4E")})),
+            eligible: false,
+            pofs: &[],
+            met: &[],
+            also: &["age", "no-population-of-focus"],
+        },
+        Case {
+            name: "4E with a foster care placement at 19: current foster care, not aged out",
+            as_of: AS_OF,
+            facts: facts(
+                "2007-02-10",
+                json!({"enrollment": mc("4E"), "placement": fc_placement()}),
+            ),
+            eligible: true,
+            pofs: &["8"],
+            met: &["pof8.current-foster-care"],
+            also: &[],
+        },
+        Case {
+            name: "4E leaving a correctional facility at 23: POF 4 for a former foster youth",
+            as_of: AS_OF,
+            facts: facts(
+                "2003-05-01",
+                json!({"enrollment": mc("4E"), "other": {"correctionalReleaseOn": "2026-09-01"}}),
+            ),
+            eligible: true,
+            pofs: &["4", "8"],
+            met: &["pof4.correctional-release", "pof8.aged-out"],
+            also: &[],
+        },
         Case {
             name: "left care before 18: no aged-out criterion",
             as_of: AS_OF,
@@ -892,7 +946,7 @@ fn every_aid_code_group_drives_its_criterion() {
         let f: Facts =
             serde_json::from_value(facts("2012-01-01", json!({"enrollment": mc(code)}))).unwrap();
         let ev = evaluate(&f, d(AS_OF));
-        let expected = if code == "4M" {
+        let expected = if table.is_in(code, AidGroup::FormerFosterYouth) {
             "pof8.aged-out"
         } else {
             "pof8.current-foster-care"

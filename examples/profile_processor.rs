@@ -1,8 +1,9 @@
 //! Fixed-work driver for instruction-count profiling (`valgrind --tool=callgrind`)
 //! of the translation worker's per-message CPU work, without the store:
-//! parse the raw ADT, translate it, and build what `processor::process_batch`
-//! hands to routing and to `Store::complete_with` (the resource writes with
-//! their search tokens, and the routing input).
+//! parse the raw ADT, translate it, and build what the worker
+//! (`sources::adt::worker`) hands to routing and to `Store::complete_with`
+//! (`Translator::prepare`: the resource writes with their search tokens, and
+//! the routing input).
 //!
 //! `cargo run --release --example profile_processor -- [N] [processor|translate]`
 //! (run from the repository root: the mappings are read from `mappings/`)
@@ -10,7 +11,8 @@
 //! - `translate`: only `Translator::translate_adt` (parse + map to a `Value`);
 //! - `into`: parse + `Engine::translate_adt_into` (the serialized fast path).
 //!
-//! The inputs are `bench::sample_adt(0..100)`, the `bench ingest` messages.
+//! The inputs are `cwsgw_scenario::sample::sample_adt(0..100)`, the
+//! `bench ingest` messages.
 //! Instructions per message = (Ir at N − Ir at N = 0) / N.
 
 use std::hint::black_box;

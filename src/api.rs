@@ -253,6 +253,8 @@ pub(crate) mod tests {
         }
         // The functions the table names exist (a rename breaks this test).
         let _ = crate::records::eligibility::decide_access;
+        let _ = crate::records::eligibility::basis;
+        let _ = crate::records::eligibility::detailed_reasons;
         let _ = crate::api::eligibility::get_eligibility;
         let _ = crate::api::ops::get_deadlines;
         let _ = crate::sources::task_update::parties;
@@ -262,7 +264,10 @@ pub(crate) mod tests {
         let _ = crate::explain::decisions;
         let _ = crate::gate::Gate::judge;
         let _ = crate::gate::Gate::finish;
+        let _ = crate::gate::Gate::finish_count;
         let _ = crate::sources::fhir_write::create;
+        let _ = crate::sources::fhir_write::derive_create;
+        let _ = crate::sources::fhir_write::validate_op;
     }
 
     #[test]

@@ -909,7 +909,8 @@ pub fn apply_obligations(res: &Value, decision: &Decision) -> Value {
 
 /// A release of information for `ecm-1` covering `case` (parent as
 /// grantor, no end), in the gateway's Consent shape: the fixture the
-/// Consent checks of `fhir::write` and `fhir::validate` test against.
+/// Consent checks of `sources::fhir_write` and `resources::validate` test
+/// against.
 #[cfg(test)]
 pub(crate) fn sample_release_consent() -> Value {
     let r = vec!["ecm-1".to_string()];

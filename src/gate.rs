@@ -40,10 +40,10 @@ const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
 /// resource's patient), so that missing and withheld answer in the same
 /// time as well as with the same status and body. Every exit that answers
 /// "absent" and "withheld" alike calls it on its absent path: FHIR reads,
-/// a create's subject Patient
-/// (`write::visible_patient`); `GET /cws/eligibility/{patient}` makes the
-/// reads of its own decision instead, and `PUT /fhir/Task/{id}` judges a
-/// stand-in Task (`county::tasks::put_task`). The result is thrown away (a failed
+/// a create's subject Patient (`sources::fhir_write::visible_patient`);
+/// `GET /cws/eligibility/{patient}` makes the reads of its own decision
+/// instead, and `PUT /fhir/Task/{id}` judges a stand-in Task
+/// (`sources::task_update::put_task`). The result is thrown away (a failed
 /// read changes nothing).
 pub async fn absent_costs_alike(state: &Core, key: &str) {
     let _ = PatientContext::load(&state.cfg, state.store.as_ref(), key).await;
@@ -110,8 +110,8 @@ impl<'a> Gate<'a> {
 
     /// Take `patient_id`'s context from resources the store read together
     /// with the request's resources (`Store::*_with_context`, of
-    /// [`CONTEXT_TYPES`]) instead of loading it at the first
-    /// [`Gate::judge`]: the same [`PatientContext::from_resources`] over the
+    /// [`crate::disclosure::CONTEXT_TYPES`]) instead of loading it at the
+    /// first [`Gate::judge`]: the same [`PatientContext::from_resources`] over the
     /// same rows `PatientContext::load` reads, one store round trip fewer.
     pub fn preload(&mut self, patient_id: &str, context: &[StoredResource]) {
         if self.needs_context(patient_id) {
@@ -205,7 +205,7 @@ impl<'a> Gate<'a> {
     }
 
     /// May the caller see the member `pid` — the child's county
-    /// (`county::eligibility::is_childs_county`), or an organization
+    /// (`records::eligibility::is_childs_county`), or an organization
     /// `Disclosure::decide` lets read the member's Patient (purpose pull)?
     /// Such a caller may learn the member's plan; a referrer that may not
     /// gets a Task's status (R4) without its owner. Needs `pid`'s context

@@ -4,8 +4,8 @@
 //! One function, [`check`], walks the whole document; each entry point runs
 //! it beside its schema and lists its problems with the schema's in one 422
 //! OperationOutcome, each naming its field (`expression`):
-//! county case events and ECM referral forms (`county::schemas`), and every
-//! FHIR write and `$validate` (`fhir::validate::FhirValidator::check`).
+//! county case events and ECM referral forms (`sources::schemas`), and every
+//! FHIR write and `$validate` (`resources::validate::FhirValidator::check`).
 //!
 //! - **Characters.** A string (or an object key) holding a character of
 //!   [`mapping::text::is_forbidden`] — C0 controls other than TAB, LF and

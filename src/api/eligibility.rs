@@ -30,13 +30,13 @@ pub fn not_found() -> Response {
     )
 }
 
-/// The resource types an eligibility decision reads: the consent context
-/// and the Patient.
-/// `GET /cws/eligibility/{patientId}` (ingress, mcp, ecm_provider, operator):
+/// `GET /cws/eligibility/{patientId}` (county, mcp, ecm_provider, operator):
 /// the stored facts evaluated as of today — a disclosure decided per caller
-/// ([`decide_access`]) and audited like a FHIR read: every answer, the
-/// refusals and unknown patients included, appends its AuditEvent before
-/// the response is sent (503 and nothing disclosed if that fails).
+/// ([`basis`], then [`detailed_reasons`] for a summary: the decision of
+/// [`crate::records::eligibility::decide_access`]) and audited like a FHIR
+/// read: every answer, the refusals and unknown patients included, appends
+/// its AuditEvent before the response is sent (503 and nothing disclosed if
+/// that fails).
 pub async fn get_eligibility(
     State(state): State<Core>,
     cert: ClientCert,

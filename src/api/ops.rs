@@ -52,7 +52,7 @@ pub async fn get_deadlines(
             }
         }
     }
-    // One record per `fhir::MAX_ENTITIES_PER_AUDIT` references (at least one).
+    // One record per `gate::MAX_ENTITIES_PER_AUDIT` references (at least one).
     let chunks: Vec<&[String]> = if entities.is_empty() {
         vec![&[]]
     } else {

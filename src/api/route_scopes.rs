@@ -140,16 +140,16 @@ pub const ROUTE_EXITS: &[RouteExit] = &[
         "POST",
         "/ecm/referrals",
         patient_data(
-            "county::referrals::may_see_member (the child's county, or Disclosure::decide pull on the member's Patient); others get REFUSED_FOR_MEMBER; the accepted answer: county::referrals::answer_for_caller (whole, or per resource by fhir::Gate::judge)",
-            "county::referrals::refuse (refusal, with the real reason); the accepted answer: fhir::Gate::finish (disclosure)",
+            "sources::referral::may_see_member (the child's county, or Disclosure::decide pull on the member's Patient); others get REFUSED_FOR_MEMBER; the accepted answer: sources::referral::answer_for_caller (whole, or per resource by gate::Gate::judge)",
+            "sources::referral::refuse (refusal, with the real reason); the accepted answer: gate::Gate::finish (disclosure)",
         ),
     ),
     exit(
         "GET",
         "/cws/eligibility/{patient_id}",
         patient_data(
-            "county::eligibility::decide_access",
-            "county::eligibility::get_eligibility (disclosure, refusal, read; unknown patients too)",
+            "records::eligibility::basis (before anything is evaluated), then records::eligibility::detailed_reasons for a summary: the decision of records::eligibility::decide_access",
+            "api::eligibility::get_eligibility (disclosure, refusal, read; unknown patients too)",
         ),
     ),
     exit(
@@ -157,7 +157,7 @@ pub const ROUTE_EXITS: &[RouteExit] = &[
         "/ops/deadlines",
         patient_data(
             "R0-operator (operators only)",
-            "county::deadlines::get_deadlines (read, naming every patient and subject listed)",
+            "api::ops::get_deadlines (read, naming every patient and subject listed)",
         ),
     ),
     exit(
@@ -172,40 +172,40 @@ pub const ROUTE_EXITS: &[RouteExit] = &[
         "GET",
         "/fhir/{rtype}",
         patient_data(
-            "fhir::Gate::judge per match and _include (AuditEvent: operators only)",
-            "fhir::Gate::finish (one AuditEvent per request); _count=0: fhir::Gate::finish_count (query)",
+            "gate::Gate::judge per match and _include (AuditEvent: operators only)",
+            "gate::Gate::finish (one AuditEvent per request); _count=0: gate::Gate::finish_count (query)",
         ),
     ),
     exit(
         "POST",
         "/fhir/{rtype}",
         patient_data(
-            "fhir::write::visible_patient (Gate::judge on the subject; an unseen Patient is 'not known')",
-            "fhir::write::create (create) and Gate::finish (refusal)",
+            "sources::fhir_write::visible_patient (Gate::judge on the subject; an unseen Patient is 'not known')",
+            "sources::fhir_write::derive_create (the create record, committed with the resource) and Gate::finish (refusal)",
         ),
     ),
     exit(
         "POST",
         "/fhir/{rtype}/$validate",
         patient_data(
-            "fhir::write::visible_patient (the checks of a create; stores nothing)",
-            "fhir::Gate::finish (refusal of an unseen or absent subject)",
+            "sources::fhir_write::validate_op: the checks of a create, sources::fhir_write::visible_patient among them (stores nothing)",
+            "gate::Gate::finish (refusal of an unseen or absent subject)",
         ),
     ),
     exit(
         "GET",
         "/fhir/{rtype}/{id}",
         patient_data(
-            "fhir::Gate::judge (withheld and missing: the same 404)",
-            "fhir::Gate::finish (missing ids too: Gate::absent)",
+            "gate::Gate::judge (withheld and missing: the same 404)",
+            "gate::Gate::finish (missing ids too: Gate::absent)",
         ),
     ),
     exit(
         "PUT",
         "/fhir/{rtype}/{id}",
         patient_data(
-            "county::tasks::parties, then fhir::Gate::judge for a non-party (unseen: the 404 of an absent Task)",
-            "county::tasks::refused (refusal; absent Tasks too)",
+            "sources::task_update::parties, then gate::Gate::judge for a non-party or an absent Task's stand-in (unseen: the 404 of an absent Task)",
+            "sources::task_update::refused (refusal; absent Tasks too)",
         ),
     ),
 ];

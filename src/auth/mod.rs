@@ -29,9 +29,10 @@
 //! organization kind may not use the endpoint, or whose scopes do not cover
 //! the resource type and access.
 //!
-//! Which scope each endpoint needs is one table, [`routes::ROUTE_SCOPES`],
-//! enforced by one layer ([`routes::enforce`]) on every matched route
-//! (`docs/auth.md`).
+//! Which scope each endpoint needs is one table,
+//! [`crate::api::route_scopes::ROUTE_SCOPES`], enforced by one layer
+//! ([`crate::api::route_scopes::enforce`]) on every matched route
+//! (`docs/auth.md`); the scope grammar is [`crate::scopes`].
 
 pub mod smart;
 

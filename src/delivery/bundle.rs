@@ -86,10 +86,10 @@ pub fn decide(
 }
 
 /// May `recipient_org` see the member — the child's county
-/// (`county::eligibility::is_childs_county`), or an organization the
+/// (`records::eligibility::is_childs_county`), or an organization the
 /// consent engine lets read the member's `patient` (purpose pull)? The
 /// question a FHIR read asks before it shows a referrer a Task's status
-/// with its owner (`fhir::Gate`): the owner says which plan or provider
+/// with its owner (`gate::Gate`): the owner says which plan or provider
 /// the member is with.
 pub fn sees_member(
     disclosure: &Disclosure,

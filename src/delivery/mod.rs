@@ -13,8 +13,9 @@
 //!
 //! Modules: [`policy`] (classification and backoff, pure), [`bundle`]
 //! (consent at attempt time, Bundle and AuditEvent building, pure), [`client`]
-//! (HTTP, TLS, credentials), [`worker`] (the loops), [`metrics`], and
-//! [`mock`] (a recording endpoint for tests, bench and demo).
+//! (HTTP, TLS, credentials) and [`worker`] (the loops); its metrics are
+//! [`crate::telemetry::delivery`], and the recording endpoint for tests,
+//! bench and demo is `cwsgw_scenario::mock` (`crates/scenario`).
 //!
 //! Guarantees: at-least-once (receivers get `PUT`s, so a repeat is
 //! harmless), order kept per patient and endpoint, consent re-evaluated

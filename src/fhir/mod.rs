@@ -1,6 +1,6 @@
 //! The FHIR pull API: read and search of the stored resources, filtered by
 //! the consent engine for the caller, plus `POST /fhir/CarePlan|Consent`
-//! ([`write`]) and AuditEvent for operators.
+//! ([`crate::sources::fhir_write`]) and AuditEvent for operators.
 //!
 //! ## Consent at every exit (the HAPI consent model: decide, then mask)
 //! Every resource that leaves — a read, each search match, each `_include` —
@@ -77,7 +77,7 @@ where
 }
 
 /// `PUT /fhir/{type}/{id}`: only Task is updatable (its lifecycle lives in
-/// `county::tasks`); any other type answers 405.
+/// `sources::task_update`); any other type answers 405.
 async fn update(
     state: State<Core>,
     ingress: State<Arc<Ingress>>,
@@ -99,7 +99,7 @@ async fn update(
     }
     // put_task answers an absent Task as it answers a withheld one (the
     // same consent decision and audit) and marks the 403 it audits itself
-    // with `api::RefusalAudited`.
+    // with `edge::RefusalAudited`.
     crate::sources::task_update::put_task(state, ingress, cert, headers, Path(id), body)
         .await
         .unwrap_or_else(IntoResponse::into_response)

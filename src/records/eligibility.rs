@@ -245,8 +245,8 @@ fn assigning_county(cfg: &crate::config::Config, patient: Option<&Value>) -> Opt
 /// managing the child's CWS case, and again with the county whose client
 /// id the Patient carries as the case's county. `None`: no row names the
 /// caller. The same question tells a referral's caller why it was refused
-/// (`referrals::may_see_member`) and a referrer its Task's owner
-/// (`fhir::Gate`).
+/// (`sources::referral::may_see_member`) and a referrer its Task's owner
+/// (`gate::Gate`).
 pub fn childs_county_view(
     disclosure: &crate::disclosure::Disclosure,
     caller_org: &str,

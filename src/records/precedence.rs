@@ -6,7 +6,7 @@
 //!
 //! [`Precedence::merge_patient`] is the one merge of a newly translated
 //! Patient into the stored one, for every writer (county case events in
-//! `events::derive`, hospital ADT in the translation worker):
+//! `sources::case_event::derive`, hospital ADT in the translation worker):
 //!
 //! 1. the generic merge ([`patients::merge`]): the new fields win, stored
 //!    fields the new version lacks are kept, identifiers and links unioned;

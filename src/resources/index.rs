@@ -2,8 +2,9 @@
 //! [`SearchToken`]s the store indexes, and the matching query encodings.
 //!
 //! **Invariant: every writer of resources computes `ResourceWrite.index` with
-//! [`tokens`]** (the translation worker in `processor::Translator::prepare`, the
-//! FHIR create handlers). The FHIR search API finds resources only through
+//! [`tokens`]** (the translation worker in
+//! `sources::adt::worker::Translator::prepare`, the HTTP sources through
+//! `resources::write_of`). The FHIR search API finds resources only through
 //! these tokens (plus the store's `patient_id` column for `patient`/`subject`
 //! and its `last_updated` column for `_lastUpdated`), so a resource written
 //! without them is invisible to token searches.

@@ -5,8 +5,8 @@
 //! [`FhirValidator::check`].
 //!
 //! - **Schema.** Each writable type ([`WRITE_TYPES`]) is compiled once, at
-//!   start (`County::new` calls [`FhirValidator::global`]), against its own
-//!   definition `#/definitions/{Type}` — not the whole schema's
+//!   start (`sources::Ingress::new` calls [`FhirValidator::global`]),
+//!   against its own definition `#/definitions/{Type}` — not the whole schema's
 //!   `oneOf` over 147 resource types (its discriminator is not a JSON Schema
 //!   keyword, so every document would be tried against every type). The
 //!   definitions refer to one another (`contained` is any resource), so each
@@ -16,7 +16,7 @@
 //!   required value-set bindings that the JSON Schema leaves open (it writes
 //!   `CarePlan.status` as any `code`): `CarePlan.status`, `.intent`,
 //!   `Task.status`, `.intent`, `.priority`. Consent's gateway shape is checked
-//!   by `write::consent_shape_problem` after the schema passes.
+//!   by `sources::fhir_write::consent_shape_problem` after the schema passes.
 //!
 //! - **Shared input checks** ([`crate::input_check`]): real, plausible
 //!   dates (a `2026-02-30` or a 2099 birth date, which the schema's regex lets

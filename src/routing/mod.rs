@@ -314,7 +314,7 @@ impl RouteInput {
     }
 }
 
-/// The patient a resource belongs to (see `fhir::index::patient_of`).
+/// The patient a resource belongs to (see `resources::index::patient_of`).
 pub fn patient_of(res: &Value) -> Option<String> {
     crate::resources::index::patient_of(res)
 }
@@ -792,8 +792,8 @@ impl Routing {
     }
 }
 
-/// Rules plus configuration: what the processor and the HTTP handlers call
-/// to turn an input into outbox rows.
+/// Rules plus configuration: what the ADT translation worker and the HTTP
+/// handlers call to turn an input into outbox rows.
 pub struct Router {
     pub cfg: std::sync::Arc<Config>,
     pub rules: RoutingRules,

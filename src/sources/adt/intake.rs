@@ -270,7 +270,7 @@ impl AdtIntake {
     }
 
     /// The application ACK owed for a journaled message, once its outcome is
-    /// known (at most [`APP_ACK_WAIT`] after the commit; then `AA`: the
+    /// known (at most `APP_ACK_WAIT` after the commit; then `AA`: the
     /// message is durable and will be translated). `None` when MSH-16 does
     /// not want this outcome.
     pub async fn app_ack(&self, pending: PendingAppAck) -> Option<String> {

@@ -135,7 +135,7 @@ impl Translator {
             max_bytes: cfg.mllp.max_frame_bytes.max(cfg.server.max_body_bytes),
             ..hl7v2::ParseOptions::default()
         };
-        // The same file `County::new` loads, and refuses at start-up when
+        // The same file `Ingress::new` loads, and refuses at start-up when
         // it is broken: this load does not fail then, and without the file
         // Patients merge by the generic rules alone.
         let precedence = crate::records::precedence::Precedence::load(cfg.mappings.dir.as_deref())

@@ -10,9 +10,10 @@
 //! `cft.scheduled`: invitees are configured organizations.
 //!
 //! Then the event is journaled (`InputKind::CaseEvent`, dedup key
-//! `{county}|{eventId}`), derived ([`derive`]), written with
-//! `Store::complete`, and answered 202 with a `collection` Bundle; the same
-//! event id again answers 200 with the same resources and writes nothing new.
+//! `{county}|{eventId}`), derived ([`derive()`]), settled
+//! ([`journal::settle`]: routed and written in one `Store::complete_with`),
+//! and answered 202 with a `collection` Bundle; the same event id again
+//! answers 200 with the same resources and writes nothing new.
 
 use std::sync::Arc;
 
@@ -219,7 +220,7 @@ pub async fn derive(
 /// ([`patients::lock_patients`]); hold them until the writes are committed.
 pub type PatientLocks = Vec<tokio::sync::OwnedMutexGuard<()>>;
 
-/// [`derive`], and the locks of the Patients it read and merged: a caller
+/// [`derive()`], and the locks of the Patients it read and merged: a caller
 /// that commits what was derived holds them until [`journal::settle`] returned, so no
 /// other writer (another event, the ADT worker) merges into the same
 /// Patient in between and one of the two merges is lost.

@@ -13,9 +13,9 @@
 //! `expression`; `POST /fhir/{type}/$validate` runs the same checks and
 //! stores nothing, see [`validate_op`]):
 //! - the FHIR R4 JSON Schema of the type and the project's rules for it
-//!   ([`super::validate`]: unknown elements, codes outside a required value
-//!   set, wrong types and formats, required elements), at most
-//!   [`super::validate::MAX_ISSUES`] issues;
+//!   ([`crate::resources::validate`]: unknown elements, codes outside a
+//!   required value set, wrong types and formats, required elements), at most
+//!   [`crate::resources::validate::MAX_ISSUES`] issues;
 //! - `resourceType` matches the URL; `id`, when given, is a valid FHIR id;
 //!   without one the resource is assigned [`deterministic_id`] (a Consent
 //!   too);
@@ -716,7 +716,7 @@ pub fn if_match(headers: &HeaderMap, version_id: i64) -> Option<bool> {
 static TASK_LOCKS: std::sync::LazyLock<crate::locks::KeyedLocks> =
     std::sync::LazyLock::new(Default::default);
 
-/// Take this process's lock of Task `id` (see [`TASK_LOCKS`]).
+/// Take this process's lock of Task `id` (see `TASK_LOCKS`).
 pub async fn task_lock(id: &str) -> tokio::sync::OwnedMutexGuard<()> {
     TASK_LOCKS.lock(id).await
 }

@@ -827,7 +827,7 @@ pub async fn post_referral(
 /// whole: they know, or may know, the member's plan. Anyone else — a plan,
 /// or a provider outside the member's plan, that posted a self-referral, a
 /// county that is not the child's — sees each resource as a FHIR read
-/// would show it (`fhir::Gate::judge`, purpose pull): in practice its
+/// would show it (`gate::Gate::judge`, purpose pull): in practice its
 /// Task's status (R4), without the owner, so the answer does not say which
 /// plan the member is in. One AuditEvent (`Gate::finish`, interaction
 /// create) lists every resource of the answer, disclosed or withheld.

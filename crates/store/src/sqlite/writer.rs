@@ -1130,15 +1130,35 @@ mod tests {
         )
     }
 
-    fn clock_op() -> (WriteOp, oneshot::Receiver<Result<(), StoreError>>) {
+    /// A request other than an append that changes a row: it upserts
+    /// clock `clock-{n}`. (A request that changes nothing makes a
+    /// transaction that is no commit, see `commit_batch`, so it could not
+    /// show how many transactions ran.)
+    fn clock_op(n: usize) -> (WriteOp, oneshot::Receiver<Result<(), StoreError>>) {
         let (reply, rx) = oneshot::channel();
+        let now = Utc::now();
+        let clock = ClockRow {
+            id: format!("clock-{n}"),
+            kind: "authorization-decision".into(),
+            subject: format!("Task/{n}"),
+            patient_id: None,
+            started_at: now,
+            due_at: now + chrono::Duration::hours(72),
+            state: "open".into(),
+            closed_at: None,
+        };
         (
             WriteOp::ClockUpsert {
-                clocks: Vec::new(),
+                clocks: vec![clock],
                 reply,
             },
             rx,
         )
+    }
+
+    fn clocks_stored(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM clocks", [], |r| r.get(0))
+            .expect("count clocks")
     }
 
     /// With the budget spent at once, a transaction runs every append it
@@ -1151,8 +1171,8 @@ mod tests {
         let mut appends = Vec::new();
         let mut others = VecDeque::new();
         let mut others_rx = Vec::new();
-        for _ in 0..3 {
-            let (op, rx) = clock_op();
+        for n in 0..3 {
+            let (op, rx) = clock_op(n);
             others.push_back(op);
             others_rx.push(rx);
         }
@@ -1174,6 +1194,8 @@ mod tests {
         );
         assert!(appends.is_empty());
         assert_eq!(others.len(), 2, "one other request ran");
+        assert_eq!(clocks_stored(&conn), 1);
+        assert_eq!(metrics.snapshot().commits, 1);
         for mut rx in append_rx {
             assert!(matches!(rx.try_recv(), Ok(Ok(AppendOutcome::Inserted(_)))));
         }
@@ -1185,8 +1207,9 @@ mod tests {
         );
         let mut second = others_rx.next().expect("second");
         assert!(second.try_recv().is_err(), "not answered before it ran");
-        // Two more transactions finish the rest, one request each.
-        for left in [1, 0] {
+        let mut third = others_rx.next().expect("third");
+        // Two more transactions finish the rest, one request each, in order.
+        for (left, stored) in [(1, 2), (0, 3)] {
             commit_batch(
                 &conn,
                 &mut state,
@@ -1198,10 +1221,16 @@ mod tests {
                 None,
             );
             assert_eq!(others.len(), left);
+            assert_eq!(clocks_stored(&conn), stored);
+            if left == 1 {
+                assert!(matches!(second.try_recv(), Ok(Ok(()))));
+                assert!(third.try_recv().is_err(), "not answered before it ran");
+            }
         }
-        assert!(matches!(second.try_recv(), Ok(Ok(()))));
-        assert_eq!(metrics.snapshot().commits, 3);
-        assert_eq!(metrics.snapshot().appended_inputs, 4);
+        assert!(matches!(third.try_recv(), Ok(Ok(()))));
+        // Three transactions, each of which changed rows: three commits.
+        let m = metrics.snapshot();
+        assert_eq!((m.commits, m.appended_inputs, m.largest_batch), (3, 4, 5));
     }
 
     /// `max_batch` bounds one transaction, but never to zero other requests.
@@ -1210,7 +1239,7 @@ mod tests {
         let (conn, mut state) = writer_conn();
         let metrics = MetricsRecorder::default();
         let mut appends: Vec<WriteOp> = (0..2).map(|n| append_op(n).0).collect();
-        let mut others: VecDeque<WriteOp> = (0..2).map(|_| clock_op().0).collect();
+        let mut others: VecDeque<WriteOp> = (0..2).map(|n| clock_op(n).0).collect();
         commit_batch(
             &conn,
             &mut state,
@@ -1266,10 +1295,11 @@ mod tests {
     fn with_the_sync_thread_appends_commit_with_one_other_request() {
         let (_tx, mut rx) = mpsc::channel(8);
         let mut appends: Vec<WriteOp> = (0..2).map(|n| append_op(n).0).collect();
-        let mut others: VecDeque<WriteOp> = (0..3).map(|_| clock_op().0).collect();
+        let mut others: VecDeque<WriteOp> = (0..3).map(|n| clock_op(n).0).collect();
         let (batch, _) = commit_with_sync(&mut appends, &mut others, &mut rx);
         assert_eq!(others.len(), 2, "one other request ran");
         assert_eq!((batch.size, batch.appended), (3, 2));
+        assert!(batch.wrote, "it changed rows: the sync thread fsyncs it");
     }
 
     /// An append that arrives while a transaction runs other requests joins
@@ -1278,16 +1308,17 @@ mod tests {
     #[test]
     fn an_arriving_append_joins_the_running_transaction_and_commits_it() {
         let (tx, mut rx) = mpsc::channel(8);
-        let (late_other, mut late_other_rx) = clock_op();
+        let (late_other, mut late_other_rx) = clock_op(3);
         tx.try_send(late_other).unwrap();
         let (append, mut append_rx) = append_op(7);
         tx.try_send(append).unwrap();
         let mut appends = Vec::new();
-        let mut others: VecDeque<WriteOp> = (0..3).map(|_| clock_op().0).collect();
+        let mut others: VecDeque<WriteOp> = (0..3).map(|n| clock_op(n).0).collect();
         let (batch, open) = commit_with_sync(&mut appends, &mut others, &mut rx);
         // Ran: clock 1 (then carried the late one), clock 2, then the
         // append, which ended the transaction.
         assert_eq!((batch.size, batch.appended), (3, 1));
+        assert!(batch.wrote);
         assert_eq!(others.len(), 2, "clock 3 and the late one stay carried");
         assert!(late_other_rx.try_recv().is_err(), "not run yet");
         assert!(

@@ -487,31 +487,11 @@ fn first_diff(path: &str, a: &Value, b: &Value) -> Option<String> {
     }
 }
 
-/// The one invariant the gateway does not hold yet, named so that it is
-/// seen (and so that the harness says when it is closed): a referral stores
-/// the Organizations of its referrer, plan and performer, but not those of
-/// the existing care managers and preferred provider its Task's `input`
-/// recommends, so `Organization/<configured id>` references from the
-/// referral and Task-update answers may dangle.
-const KNOWN_GAP: (&[&str], &str) = (&["referral", "task_update"], "Organization/");
-
-/// Whether `problem` is the known gap, for a configured organization.
-fn known_gap(source: &str, problem: &str) -> bool {
-    let Some(id) = problem
-        .strip_prefix("dangling reference ")
-        .and_then(|r| r.strip_prefix(KNOWN_GAP.1))
-    else {
-        return false;
-    };
-    KNOWN_GAP.0.contains(&source) && common::ORGS.contains(&format!("id = \"{id}\"\n"))
-}
-
 /// Run every input of `source` twice; compare, check, and bless on request.
 async fn golden(source: &str) {
     let all = inputs(source);
     assert!(!all.is_empty(), "no golden inputs for {source}");
     let mut failures = Vec::new();
-    let mut tolerated = 0;
     for rel in &all {
         let first = match once(rel).await {
             Ok(o) => o,
@@ -523,9 +503,6 @@ async fn golden(source: &str) {
         let out = &first.normalized;
         let text = serde_json::to_string_pretty(out).expect("JSON") + "\n";
         let mut problems = invariants::check(&first.raw, &|r| first.stored.contains(r));
-        let before = problems.len();
-        problems.retain(|p| !known_gap(source, p));
-        tolerated += before - problems.len();
         match once(rel).await {
             Ok(again) => {
                 let again = serde_json::to_string_pretty(&again.normalized).expect("JSON") + "\n";
@@ -550,12 +527,6 @@ async fn golden(source: &str) {
         if !problems.is_empty() {
             failures.push(format!("{rel}:\n  {}", problems.join("\n  ")));
         }
-    }
-    if KNOWN_GAP.0.contains(&source) && tolerated == 0 {
-        failures.push(format!(
-            "the known gap is closed for {source} (no dangling {}*): narrow KNOWN_GAP",
-            KNOWN_GAP.1
-        ));
     }
     assert!(
         failures.is_empty(),

@@ -33,6 +33,7 @@ use store::{JournalId, JournalRecord, ResourceWrite, Store};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
+use crate::resources::Head;
 use crate::telemetry::Metrics;
 
 /// What became of a job, for an enhanced-mode application ACK.
@@ -249,46 +250,9 @@ impl Translator {
                 .ok_or_else(internal)?;
             written.push(v);
         }
-        let heads = written.iter().map(WriteHead::of).collect();
+        let heads = written.iter().map(Head::of).collect();
         let route = crate::routing::RouteInput::from_adt_resources(written, source_org);
         Ok(Prepared { route, heads })
-    }
-}
-
-/// What a store write needs besides the body.
-#[derive(Debug)]
-struct WriteHead {
-    resource_type: String,
-    id: String,
-    patient_id: Option<String>,
-    index: Vec<store::SearchToken>,
-}
-
-impl WriteHead {
-    /// `None` for a resource without `resourceType` or `id` (not written).
-    fn of(res: &serde_json::Value) -> Option<WriteHead> {
-        let (Some(rt), Some(id)) = (
-            res.get("resourceType").and_then(|v| v.as_str()),
-            res.get("id").and_then(|v| v.as_str()),
-        ) else {
-            return None;
-        };
-        Some(WriteHead {
-            resource_type: rt.to_string(),
-            id: id.to_string(),
-            patient_id: mapping::patient_reference(res),
-            index: crate::resources::index::tokens(res),
-        })
-    }
-
-    fn write(self, body: serde_json::Value) -> ResourceWrite {
-        ResourceWrite {
-            resource_type: self.resource_type,
-            id: self.id,
-            patient_id: self.patient_id,
-            index: self.index,
-            body,
-        }
     }
 }
 
@@ -299,7 +263,7 @@ pub struct Prepared {
     /// Bundle order.
     pub route: crate::routing::RouteInput,
     /// Per resource of `route.written`.
-    heads: Vec<Option<WriteHead>>,
+    heads: Vec<Option<Head>>,
 }
 
 impl Prepared {
@@ -320,7 +284,7 @@ impl Prepared {
     /// Replace resource `i`'s body (and its search tokens and patient).
     fn replace(&mut self, i: usize, body: serde_json::Value) {
         if let (Some(head), Some(slot)) = (self.heads.get_mut(i), self.route.written.get_mut(i)) {
-            *head = WriteHead::of(&body);
+            *head = Head::of(&body);
             *slot = body;
         }
     }
@@ -348,7 +312,7 @@ pub fn bundle_writes(bundle: &serde_json::Value) -> Vec<ResourceWrite> {
     entries
         .iter()
         .filter_map(|e| e.get("resource"))
-        .filter_map(|res| Some(WriteHead::of(res)?.write(res.clone())))
+        .filter_map(|res| Some(Head::of(res)?.write(res.clone())))
         .collect()
 }
 

@@ -495,6 +495,18 @@ fn recommendations(cfg: &Config, doc: &Value, mcp: &str, base: &str) -> Vec<Valu
     out
 }
 
+/// The organization ids a Task's `input` recommends.
+fn inputs_orgs(task: &Value) -> Vec<String> {
+    task.get("input")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|i| s(i, "/valueReference/reference"))
+        .filter_map(|r| r.strip_prefix("Organization/"))
+        .map(str::to_string)
+        .collect()
+}
+
 /// Build every resource of an accepted referral.
 fn build(
     ingress: &Ingress,
@@ -626,13 +638,24 @@ fn build(
     if !inputs.is_empty() {
         task["input"] = Value::Array(inputs);
     }
+    let recommended: Vec<String> = inputs_orgs(&task);
     out.push(sr);
     out.push(task);
     if let Some(c) = &p.consent {
         out.push(c.clone());
     }
-    let mut org_ids = vec![referrer, p.mcp.as_str(), p.performer.as_str()];
-    org_ids.dedup();
+    // Every Organization the referral names is stored with it: the
+    // referrer, the plan, the performer and the care managers its Task
+    // recommends, so no reference it makes dangles.
+    let mut org_ids: Vec<&str> = Vec::new();
+    for id in [referrer, p.mcp.as_str(), p.performer.as_str()]
+        .into_iter()
+        .chain(recommended.iter().map(String::as_str))
+    {
+        if !org_ids.contains(&id) {
+            org_ids.push(id);
+        }
+    }
     out.extend(orgs::organizations(cfg, &org_ids));
     let subject = format!("Task/{task_id}");
     let spec = |clock, expedited| ClockSpec {

@@ -63,7 +63,10 @@
 //! - no enrollment, enrollment not yet effective, or fee-for-service: `not-in-managed-care`;
 //! - share of cost: `share-of-cost` (excluded from managed care);
 //! - hospice, Family Mosaic Project: `excluded:hospice`, `excluded:family-mosaic`;
-//! - a 1915(c) waiver: `excluded:1915c` (ECM or the waiver, not both; excluded while enrolled);
+//! - a 1915(c) waiver: `choice:1915c`, outcome [`CHOICE`], not an exclusion: the member chooses
+//!   between continuing the waiver and receiving ECM, not both at once (§VI.1, Figure 2 "enrolled in
+//!   either ECM or the other program"). `eligible` is unaffected. The code `excluded:1915c` is
+//!   retired: earlier versions reported the waiver as an exclusion and it is no longer produced;
 //! - MCP Complex Care Management: `note:complex-care-management` only (not both at once; CCM ends
 //!   when ECM starts — not an exclusion from eligibility).
 //!
@@ -85,6 +88,9 @@ pub const NOT_MET: &str = "not-met";
 pub const EXCLUDED: &str = "excluded";
 /// Outcome of a reason: information only.
 pub const NOTE: &str = "note";
+/// Outcome of a reason: the member has a choice between ECM and another program (not both at once);
+/// eligibility is not affected.
+pub const CHOICE: &str = "choice";
 
 /// The result of [`evaluate`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -105,7 +111,7 @@ pub struct Reason {
     /// The POF the reason is about, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pof: Option<String>,
-    /// [`MET`], [`NOT_MET`], [`EXCLUDED`] or [`NOTE`].
+    /// [`MET`], [`NOT_MET`], [`EXCLUDED`], [`NOTE`] or [`CHOICE`].
     pub outcome: &'static str,
     /// A human sentence without PHI.
     pub text: String,
@@ -462,12 +468,12 @@ pub fn evaluate_with(facts: &Facts, as_of: NaiveDate, table: &AidCodeTable) -> E
         );
     }
     if other.waiver_1915c == Some(true) {
-        excluded = true;
         b.push(
-            "excluded:1915c",
+            "choice:1915c",
             None,
-            EXCLUDED,
-            "enrolled in a 1915(c) waiver: the member may have ECM or the waiver, not both at once",
+            CHOICE,
+            "enrolled in a 1915(c) waiver: the member chooses between continuing the waiver and \
+             receiving ECM (not both at once); the plan explains both options",
             None,
         );
     }

@@ -4,7 +4,7 @@
 
 use chrono::NaiveDate;
 use cwsgw_program::aid_codes::{AidCodeTable, AidGroup};
-use cwsgw_program::eligibility::{age_on, twelve_month_window_start, MET};
+use cwsgw_program::eligibility::{age_on, twelve_month_window_start, CHOICE, EXCLUDED, MET};
 use cwsgw_program::facts::{FactsError, MAX_ADT_VISITS};
 use cwsgw_program::{evaluate, Facts};
 use serde_json::{json, Value};
@@ -665,17 +665,57 @@ fn cases() -> Vec<Case> {
             met: &["pof8.current-foster-care"],
             also: &["excluded:family-mosaic"],
         },
+        // 1915(c) (seed 003 §VI.1 and Figure 2): members receiving 1915(c) services "have a choice
+        // of continuing 1915(c) services or receiving ECM services" — enrolled in either, not both.
+        // A choice, not an exclusion: still eligible, with the `choice:1915c` reason.
         Case {
-            name: "1915(c) waiver: either/or",
+            name: "1915(c) waiver: a choice between the waiver and ECM, still eligible",
             as_of: AS_OF,
             facts: facts(
                 "2012-01-01",
                 json!({"enrollment": mc("45"), "other": {"waiver1915c": true}}),
             ),
+            eligible: true,
+            pofs: &["8"],
+            met: &["pof8.current-foster-care"],
+            also: &["choice:1915c"],
+        },
+        Case {
+            name: "1915(c) waiver without a POF: the choice is reported, not eligible",
+            as_of: AS_OF,
+            facts: facts(
+                "2012-01-01",
+                json!({"enrollment": mc("34"), "other": {"waiver1915c": true}}),
+            ),
+            eligible: false,
+            pofs: &[],
+            met: &[],
+            also: &["choice:1915c", "no-population-of-focus"],
+        },
+        Case {
+            name: "1915(c) waiver and hospice: hospice still excludes",
+            as_of: AS_OF,
+            facts: facts(
+                "2012-01-01",
+                json!({"enrollment": mc("45"), "other": {"waiver1915c": true, "hospice": true}}),
+            ),
             eligible: false,
             pofs: &["8"],
             met: &["pof8.current-foster-care"],
-            also: &["excluded:1915c"],
+            also: &["choice:1915c", "excluded:hospice"],
+        },
+        Case {
+            name: "1915(c) waiver, fee-for-service: not in managed care",
+            as_of: AS_OF,
+            facts: facts(
+                "2012-01-01",
+                json!({"other": {"waiver1915c": true}, "placement": fc_placement(),
+                "enrollment": {"aidCode": "45", "feeForService": true, "shareOfCost": false}}),
+            ),
+            eligible: false,
+            pofs: &["8"],
+            met: &["pof8.current-foster-care"],
+            also: &["choice:1915c", "not-in-managed-care"],
         },
         Case {
             name: "complex care management is a note, not an exclusion",
@@ -969,6 +1009,36 @@ fn every_aid_code_group_drives_its_criterion() {
     let f: Facts =
         serde_json::from_value(facts("2002-01-01", json!({"enrollment": mc("4M")}))).unwrap();
     assert!(evaluate(&f, d(AS_OF)).has_reason("pof8.aged-out"));
+}
+
+/// A 1915(c) waiver is a choice (seed 003 §VI.1), never an exclusion: the reason's outcome is
+/// `choice`, and the retired `excluded:1915c` code is not produced.
+#[test]
+fn a_1915c_waiver_is_a_choice_not_an_exclusion() {
+    let f: Facts = serde_json::from_value(facts(
+        "2012-01-01",
+        json!({"enrollment": mc("45"), "other": {"waiver1915c": true}}),
+    ))
+    .unwrap();
+    let ev = evaluate(&f, d(AS_OF));
+    assert!(ev.eligible, "{:?}", ev.reasons);
+    let r: Vec<_> = ev
+        .reasons
+        .iter()
+        .filter(|r| r.code.contains("1915c"))
+        .collect();
+    assert_eq!(r.len(), 1, "{:?}", ev.reasons);
+    assert_eq!(r[0].code, "choice:1915c");
+    assert_eq!(r[0].outcome, CHOICE);
+    assert!(r[0].text.contains("1915(c)") && r[0].text.contains("ECM"));
+    assert!(ev.reasons.iter().all(|r| r.outcome != EXCLUDED));
+    assert!(!ev.has_reason("excluded:1915c"));
+    let v = serde_json::to_value(&ev).unwrap();
+    assert!(v["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["code"] == "choice:1915c" && r["outcome"] == "choice"));
 }
 
 #[test]

@@ -776,9 +776,15 @@ mod tests {
             })
             .await
             .unwrap();
-        let settled = crate::sources::recover(&ingress, store.as_ref()).await.unwrap();
+        let settled = crate::sources::recover(&ingress, store.as_ref())
+            .await
+            .unwrap();
         assert_eq!(settled, 1);
-        let cp = store.resource_get("CarePlan", "cp1").await.unwrap().unwrap();
+        let cp = store
+            .resource_get("CarePlan", "cp1")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(cp.patient_id.as_deref(), Some("p1"));
         assert_eq!(cp.body["author"]["reference"], "Organization/ecm-compass");
         let clocks = store
@@ -786,9 +792,17 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(clocks.len(), 1);
-        assert_eq!(clocks[0].started_at, at, "the clock starts at the journal's time");
+        assert_eq!(
+            clocks[0].started_at, at,
+            "the clock starts at the journal's time"
+        );
         assert!(store.journal_pending(0, 10).await.unwrap().is_empty());
-        assert_eq!(crate::sources::recover(&ingress, store.as_ref()).await.unwrap(), 0);
+        assert_eq!(
+            crate::sources::recover(&ingress, store.as_ref())
+                .await
+                .unwrap(),
+            0
+        );
     }
 
     /// A Task update whose Task moved on after it was checked is refused on
@@ -822,7 +836,12 @@ mod tests {
             .await
             .unwrap();
         // No such Task (or not at version 7): refused, marked failed.
-        assert_eq!(crate::sources::recover(&ingress, store.as_ref()).await.unwrap(), 1);
+        assert_eq!(
+            crate::sources::recover(&ingress, store.as_ref())
+                .await
+                .unwrap(),
+            1
+        );
         assert!(store.journal_pending(0, 10).await.unwrap().is_empty());
         assert!(store.resource_get("Task", "t1").await.unwrap().is_none());
     }

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cws_gateway::config::Config;
-use cwsgw_scenario::mock::{MockEndpoint, MockResponse};
 use cws_gateway::disclosure::{consent_to_fhir, withdraw, ConsentSpec};
 use cws_gateway::routing::{RouteInput, Router};
+use cwsgw_scenario::mock::{MockEndpoint, MockResponse};
 use serde_json::{json, Value};
 use store::{DeliveryState, ResourceWrite, Store};
 

@@ -250,9 +250,7 @@ async fn two_instances_share_one_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_deliver_each_referral_exactly_once() {
     let db = fresh().await;
-    let mcp = cwsgw_scenario::mock::MockEndpoint::start()
-        .await
-        .unwrap();
+    let mcp = cwsgw_scenario::mock::MockEndpoint::start().await.unwrap();
     let make = |dir: &Path| {
         let mut cfg = Config::from_file(&repo().join("config/demo.toml")).unwrap();
         cfg.server.http_addr = "127.0.0.1:0".into();

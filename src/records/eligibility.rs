@@ -7,7 +7,9 @@
 //!   `uuid5("ecm-facts|{patientId}")` (code `{base}/CodeSystem/gateway-record`
 //!   `ecm-facts`, the JSON in extension `{base}/StructureDefinition/ecm-facts`).
 //!   Each event replaces its own section; `case.closed` sets `case.closedOn`
-//!   when the case ids match.
+//!   when the case ids match and, since a closed case ends current foster
+//!   care, sets `placement.endedOn` to the closure date when the placement
+//!   began on or before it (the case ids match, or no case is on record).
 //! - The **result** is an `Observation` `uuid5("ecm-eligibility|{patientId}")`:
 //!   code `{base}/CodeSystem/ecm-eligibility` `ecm-pof-evaluation`,
 //!   `valueBoolean` = eligible, one `component` per met POF
@@ -100,11 +102,17 @@ pub fn fold_event(facts: Option<Value>, event: &Value) -> Value {
             }
         }
         "case.closed" => {
-            let same = f.pointer("/case/caseId").is_some()
-                && f.pointer("/case/caseId") == event.pointer("/case/caseId");
-            if same {
-                if let Some(d) = event.pointer("/case/closedOn") {
+            let on_record = f.pointer("/case/caseId");
+            let same = on_record.is_some() && on_record == event.pointer("/case/caseId");
+            let no_case = on_record.is_none();
+            if let Some(d) = event.pointer("/case/closedOn") {
+                if same {
                     f["case"]["closedOn"] = d.clone();
+                }
+                // A closed case ends current foster care: the placement ends on the closure date
+                // (docs/program-rules.md, "Case closure ends current foster care").
+                if same || no_case {
+                    end_placement(&mut f, d);
                 }
             }
         }
@@ -116,6 +124,27 @@ pub fn fold_event(facts: Option<Value>, event: &Value) -> Value {
         _ => {}
     }
     f
+}
+
+/// Sets `placement.endedOn` to a case's closure date, when the placement on
+/// record began on or before it and has not already ended earlier. A
+/// placement that began after the closure is a new episode and is kept.
+fn end_placement(f: &mut Value, closed_on: &Value) {
+    let date = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .and_then(|s| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
+    };
+    let Some(closed) = date(Some(closed_on)) else {
+        return;
+    };
+    let Some(p) = f.get_mut("placement").filter(|p| p.is_object()) else {
+        return;
+    };
+    let started = date(p.get("startDate"));
+    let ended = date(p.get("endedOn"));
+    if started.is_some_and(|s| s <= closed) && ended.is_none_or(|e| e > closed) {
+        p["endedOn"] = closed_on.clone();
+    }
 }
 
 /// Evaluate a facts document (None when it does not hold the facts shape).
@@ -502,6 +531,93 @@ mod tests {
             NaiveDate::from_ymd_opt(2026, 2, 1).unwrap(),
         );
         assert_eq!(evaluation_of(&obs).unwrap()["eligible"], true);
+    }
+
+    /// `case.closed` ends current foster care: the placement ends on the
+    /// closure date, which starts the 12-month window of "in foster care
+    /// within the last 12 months"; a case opened later does not make the old
+    /// placement current again, and a placement after the closure is current.
+    #[test]
+    fn a_closed_case_ends_current_foster_care_at_the_closure_date() {
+        let day = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let enr = json!({"enrollment": {"aidCode": "34", "planCode": "A", "feeForService": false, "shareOfCost": false}});
+        let mut f = fold_event(None, &ev("enrollment.updated", enr));
+        for (t, body) in [
+            (
+                "case.opened",
+                json!({"case": {"caseId": "K", "component": "family_reunification", "courtOrdered": true, "openedOn": "2025-03-01"}}),
+            ),
+            (
+                "placement.changed",
+                json!({"placement": {"kind": "resource_family", "county": "Fresno", "outOfCounty": false, "inFosterCare": true, "startDate": "2025-03-02"}}),
+            ),
+        ] {
+            f = fold_event(Some(f), &ev(t, body));
+        }
+        let codes = |f: &Value, on: &str| {
+            let e = evaluate(f, day(on)).unwrap();
+            let met: Vec<String> = e
+                .reasons
+                .iter()
+                .filter(|r| r.outcome == "met")
+                .map(|r| r.code.clone())
+                .collect();
+            (e.eligible, met)
+        };
+        assert_eq!(
+            codes(&f, "2026-02-01"),
+            (true, vec!["pof8.current-foster-care".to_string()])
+        );
+        // Another case's closure leaves this one and its placement alone.
+        let other = fold_event(
+            Some(f.clone()),
+            &ev(
+                "case.closed",
+                json!({"case": {"caseId": "OTHER", "reason": "reunification", "closedOn": "2026-03-01", "continueEcm": true}}),
+            ),
+        );
+        assert!(other.pointer("/placement/endedOn").is_none(), "{other}");
+        f = fold_event(
+            Some(f),
+            &ev(
+                "case.closed",
+                json!({"case": {"caseId": "K", "reason": "reunification", "closedOn": "2026-03-01", "continueEcm": true}}),
+            ),
+        );
+        assert_eq!(f["placement"]["endedOn"], "2026-03-01");
+        // The day before the closure: still in care.
+        assert_eq!(
+            codes(&f, "2026-02-28"),
+            (true, vec!["pof8.current-foster-care".to_string()])
+        );
+        // From the closure date: foster care within the last 12 months.
+        let recent = (true, vec!["pof8.foster-care-last-12-months".to_string()]);
+        assert_eq!(codes(&f, "2026-03-01"), recent);
+        assert_eq!(codes(&f, "2027-03-01"), recent, "last day of the window");
+        assert_eq!(codes(&f, "2027-03-02"), (false, vec![]));
+        // A new case (Family Maintenance at home) does not make the old
+        // placement current; a placement after the closure is a new episode.
+        f = fold_event(
+            Some(f),
+            &ev(
+                "case.opened",
+                json!({"case": {"caseId": "K2", "component": "family_maintenance", "courtOrdered": false, "openedOn": "2026-05-01"}}),
+            ),
+        );
+        assert!(!codes(&f, "2026-06-01")
+            .1
+            .contains(&"pof8.current-foster-care".to_string()));
+        f = fold_event(
+            Some(f),
+            &ev(
+                "placement.changed",
+                json!({"placement": {"kind": "ffa", "county": "Fresno", "outOfCounty": false, "inFosterCare": true, "startDate": "2026-07-01"}}),
+            ),
+        );
+        assert!(f.pointer("/placement/endedOn").is_none());
+        assert!(codes(&f, "2026-07-02")
+            .1
+            .contains(&"pof8.current-foster-care".to_string()));
     }
 
     /// The child's county sees the whole answer because the policy's view

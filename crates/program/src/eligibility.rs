@@ -18,9 +18,16 @@
 //! # POF 8, children and youth involved in child welfare (003 §IV.8), exactly these criteria
 //! 1. `pof8.current-foster-care`: under 21 and currently in foster care in California — a current
 //!    placement with `inFosterCare`, an open extended foster care case, or an aid code in the
-//!    `current_foster_care` group that is not also `former_foster_youth`.
+//!    `current_foster_care` group that is not also `former_foster_youth`. **A closed case ends
+//!    current foster care on its closure date** (`case.closedOn` on or before the evaluation date):
+//!    the placement, if it started on or before the closure (or its `endedOn`, which the gateway
+//!    sets at closure), the extended foster care case, and a foster care aid code whose enrollment
+//!    took effect on or before the closure (or has no effective date). A placement or enrollment
+//!    newer than the closure is a new episode and stays current.
 //! 2. `pof8.foster-care-last-12-months`: under 21 and in foster care (any state) within the last 12
-//!    months (`history.lastFosterCareEnd`).
+//!    months: the later of `history.lastFosterCareEnd` and the day criterion 1's foster care ended
+//!    (the closure date, or the placement's `endedOn`). So the 12-month window starts at the case
+//!    closure.
 //! 3. `pof8.aged-out`: in foster care on or after the 18th birthday (`history`, or an aid code in
 //!    `former_foster_youth`: 4M, the Former Foster Youth group, or 4E, hospital presumptive eligibility
 //!    for former foster youth aged 18 to 26) and under 26. Not reported when criterion 1 already holds.
@@ -231,20 +238,56 @@ pub fn evaluate_with(facts: &Facts, as_of: NaiveDate, table: &AidCodeTable) -> E
     };
 
     // ---- POF 8 criterion 1: under 21 and currently in foster care in California.
+    // A closed case ends current foster care on its closure date (seed 003 §IV.8 (1)–(2); seed 000 "Case Closure"): the
+    // placement it began with, an extended foster care case, and a foster care aid code of an
+    // enrollment not newer than the closure. The end starts criterion 2's 12-month window.
+    let case_closed_on = facts
+        .case
+        .as_ref()
+        .and_then(|c| c.closed_on.filter(|d| c.opened_on <= as_of && *d <= as_of));
     let mut current_fc: Option<String> = None;
+    // The last day foster care shown by the facts ended, when a closure or a placement end ended it.
+    let mut fc_ended_on: Option<NaiveDate> = None;
+    let mut ended = |d: NaiveDate| fc_ended_on = fc_ended_on.max(Some(d));
     if let Some(p) = facts
         .placement
         .as_ref()
         .filter(|p| p.in_foster_care && p.start_date <= as_of)
     {
-        current_fc = Some(format!(
-            "current {} placement in foster care",
-            placement_kind_text(p.kind)
-        ));
-    } else if case_open(CaseComponent::ExtendedFosterCare) {
-        current_fc = Some("open extended foster care case".to_string());
-    } else if aid_in(AidGroup::CurrentFosterCare) && !aid_in(AidGroup::FormerFosterYouth) {
-        current_fc = aid_evidence();
+        let end = p
+            .ended_on
+            .or(case_closed_on.filter(|closed| p.start_date <= *closed));
+        match end.filter(|e| *e <= as_of) {
+            Some(e) => ended(e),
+            None => {
+                current_fc = Some(format!(
+                    "current {} placement in foster care",
+                    placement_kind_text(p.kind)
+                ));
+            }
+        }
+    }
+    if let Some(c) = facts
+        .case
+        .as_ref()
+        .filter(|c| c.component == CaseComponent::ExtendedFosterCare)
+    {
+        if case_open(CaseComponent::ExtendedFosterCare) {
+            current_fc.get_or_insert_with(|| "open extended foster care case".to_string());
+        } else if let Some(closed) = case_closed_on.filter(|d| c.opened_on <= *d) {
+            ended(closed);
+        }
+    }
+    if aid_in(AidGroup::CurrentFosterCare) && !aid_in(AidGroup::FormerFosterYouth) {
+        let effective_on = facts.enrollment.as_ref().and_then(|e| e.effective_on);
+        match case_closed_on.filter(|closed| effective_on.is_none_or(|e| e <= *closed)) {
+            Some(closed) => ended(closed),
+            None => {
+                if current_fc.is_none() {
+                    current_fc = aid_evidence();
+                }
+            }
+        }
     }
     let currently_in_fc = current_fc.is_some();
     if currently_in_fc {
@@ -260,37 +303,50 @@ pub fn evaluate_with(facts: &Facts, as_of: NaiveDate, table: &AidCodeTable) -> E
         }
     }
 
-    // ---- Criterion 2: under 21 and in foster care (CA or another state) within the last 12 months.
-    if let Some(h) = history {
-        if let Some(end) = h.last_foster_care_end {
-            let where_ = if h.other_state_foster_care == Some(true) {
-                "in another state"
-            } else {
-                "in California"
-            };
-            let span = if end > as_of {
-                "ends after the evaluation date".to_string()
-            } else {
-                format!("ended {} days before evaluation", days_between(end, as_of))
-            };
-            if !within(end) {
-                b.push(
-                    "pof8.foster-care-last-12-months",
-                    Some("8"),
-                    NOT_MET,
-                    "the last foster care ended more than 12 months before the evaluation date",
-                    Some(format!("foster care {where_} {span}")),
-                );
-            } else if under(21) {
-                b.met(
-                    "pof8.foster-care-last-12-months",
-                    "8",
-                    "under 21 and in foster care within the last 12 months",
-                    Some(format!("foster care {where_} {span}")),
-                );
-            } else {
-                b.too_old("8", "in foster care within the last 12 months", 21, age);
-            }
+    // ---- Criterion 2: under 21 and in foster care (CA or another state) within the last 12 months:
+    // the later of the history's last day in care and the end of the foster care the facts show
+    // (a placement's end or the case closure).
+    let history_end = history.and_then(|h| h.last_foster_care_end);
+    let last_end = match (history_end, fc_ended_on) {
+        (Some(h), Some(c)) if c > h => Some((c, true)),
+        (Some(h), _) => Some((h, false)),
+        (None, Some(c)) => Some((c, true)),
+        (None, None) => None,
+    };
+    if let Some((end, from_closure)) = last_end {
+        let other_state = history.is_some_and(|h| h.other_state_foster_care == Some(true));
+        let where_ = if other_state && !from_closure {
+            "in another state"
+        } else {
+            "in California"
+        };
+        let span = if end > as_of {
+            "ends after the evaluation date".to_string()
+        } else if from_closure {
+            format!(
+                "ended {} days before evaluation (case closed)",
+                days_between(end, as_of)
+            )
+        } else {
+            format!("ended {} days before evaluation", days_between(end, as_of))
+        };
+        if !within(end) {
+            b.push(
+                "pof8.foster-care-last-12-months",
+                Some("8"),
+                NOT_MET,
+                "the last foster care ended more than 12 months before the evaluation date",
+                Some(format!("foster care {where_} {span}")),
+            );
+        } else if under(21) {
+            b.met(
+                "pof8.foster-care-last-12-months",
+                "8",
+                "under 21 and in foster care within the last 12 months",
+                Some(format!("foster care {where_} {span}")),
+            );
+        } else {
+            b.too_old("8", "in foster care within the last 12 months", 21, age);
         }
     }
 

@@ -174,6 +174,11 @@ pub struct Placement {
     pub out_of_county: bool,
     /// The placement is foster care (24-hour out-of-home care, WIC 11400(f)).
     pub in_foster_care: bool,
+    /// Day the placement ended. Not part of the `placement.changed` event: the gateway sets it to
+    /// the closure date when the child's case closes (`case.closed`), since a closed case ends
+    /// foster care. On or before the evaluation date, the placement is no longer current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_on: Option<NaiveDate>,
 }
 
 /// Case components (`case.opened`).

@@ -742,12 +742,8 @@ pub fn if_match_refusal(headers: &HeaderMap, version_id: i64) -> Option<Response
 mod tests {
     use super::*;
 
-    /// A create journaled and not completed (the process died between the
-    /// append and the commit) is finished by the start-up recovery pass,
-    /// derived from the journaled body at the journal's time; a second
-    /// pass finds nothing left.
-    #[tokio::test]
-    async fn a_create_journaled_before_a_crash_is_finished_at_start() {
+    /// A fresh SQLite store and the demo configuration's ingress services.
+    fn recovery_fixture() -> (tempfile::TempDir, Arc<dyn Store>, Arc<Ingress>) {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(
             store::SqliteStore::open(&dir.path().join("gw.db"), Default::default()).unwrap(),
@@ -760,6 +756,16 @@ mod tests {
         );
         let engine = crate::embedded::load_engine(&cfg).unwrap();
         let ingress = Arc::new(Ingress::new(cfg, engine).unwrap());
+        (dir, store, ingress)
+    }
+
+    /// A create journaled and not completed (the process died between the
+    /// append and the commit) is finished by the start-up recovery pass,
+    /// derived from the journaled body at the journal's time; a second
+    /// pass finds nothing left.
+    #[tokio::test]
+    async fn a_create_journaled_before_a_crash_is_finished_at_start() {
+        let (_dir, store, ingress) = recovery_fixture();
         let at = DateTime::parse_from_rfc3339("2026-01-15T10:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
@@ -810,18 +816,7 @@ mod tests {
     /// would be; one that still applies is finished.
     #[tokio::test]
     async fn a_task_update_is_recovered_only_against_the_version_it_was_checked_against() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            store::SqliteStore::open(&dir.path().join("gw.db"), Default::default()).unwrap(),
-        );
-        let cfg = Arc::new(
-            crate::config::Config::from_file(
-                &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml"),
-            )
-            .unwrap(),
-        );
-        let engine = crate::embedded::load_engine(&cfg).unwrap();
-        let ingress = Arc::new(Ingress::new(cfg, engine).unwrap());
+        let (_dir, store, ingress) = recovery_fixture();
         let at = Utc::now();
         let stale = json!({"resourceType": "Task", "id": "t1", "status": "accepted"});
         store

@@ -1376,6 +1376,43 @@ mod properties {
         }
     }
 
+    proptest! {
+        /// A case closed on or before the evaluation date leaves no current foster care that
+        /// began on or before the closure, and criterion 2 holds exactly while the closure is
+        /// inside the 12-month window (seed 003 §IV.8 (1)–(2)).
+        #[test]
+        fn a_closure_ends_current_foster_care(
+            birth in 5_000i64..9_000,
+            start in 0i64..12_000,
+            closed_after_start in 0i64..2_000,
+            as_of_after_closure in 0i64..1_000,
+            aid in prop::sample::select(vec!["45", "2P", "34"]),
+            efc: bool,
+        ) {
+            let closed = start + closed_after_start;
+            let as_of = closed + as_of_after_closure;
+            let component = if efc { "extended_foster_care" } else { "family_reunification" };
+            let v = facts(&date_from(birth), json!({
+                "enrollment": {"aidCode": aid, "feeForService": false, "shareOfCost": false,
+                               "effectiveOn": date_from(start)},
+                "placement": {"kind": "relative", "county": "Fresno", "startDate": date_from(start),
+                              "outOfCounty": false, "inFosterCare": true},
+                "case": {"caseId": "K", "component": component, "courtOrdered": true,
+                         "openedOn": date_from(start), "closedOn": date_from(closed)}
+            }));
+            let f = Facts::from_json(v.to_string().as_bytes()).unwrap();
+            let on = d(&date_from(as_of));
+            let ev = evaluate(&f, on);
+            prop_assert!(!ev.has_reason("pof8.current-foster-care"), "{:?}", ev.reasons);
+            let inside = d(&date_from(closed)) >= twelve_month_window_start(on);
+            let under21 = age_on(f.child.birth_date, on).is_some_and(|a| a < 21);
+            let met = ev.reasons.iter().any(|r| {
+                r.code == "pof8.foster-care-last-12-months" && r.outcome == MET
+            });
+            prop_assert_eq!(met, inside && under21, "{:?}", ev.reasons);
+        }
+    }
+
     #[test]
     fn extreme_dates_do_not_panic() {
         let f: Facts = serde_json::from_value(facts(

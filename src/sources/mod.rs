@@ -71,6 +71,9 @@ pub struct Ingress {
     pub calendar: program::Calendar,
     /// Which source's Patient demographics stand (`mappings/patient-precedence.toml`).
     pub precedence: Arc<precedence::Precedence>,
+    /// What each case event does beyond its FHIR
+    /// (`mappings/case_event/effects.toml`).
+    pub effects: case_event::effects::Effects,
     /// Set once the delivery workers exist (`serve::start`); writes are
     /// routed in their own transaction when it is set.
     pub routing: std::sync::OnceLock<crate::routing::Routing>,
@@ -92,12 +95,21 @@ impl Ingress {
                 };
                 anyhow::anyhow!("{at}: {}: {e}", precedence::FILE)
             })?;
+        let effects =
+            case_event::effects::Effects::load(cfg.mappings.dir.as_deref()).map_err(|e| {
+                let at = match &cfg.mappings.dir {
+                    Some(d) => format!("mappings.dir {}", d.display()),
+                    None => crate::embedded::EMBEDDED_MAPPINGS.to_string(),
+                };
+                anyhow::anyhow!("{at}: {}: {e}", case_event::effects::FILE)
+            })?;
         Ok(Ingress {
             cfg,
             engine,
             schemas,
             calendar,
             precedence: Arc::new(precedence),
+            effects,
             routing: std::sync::OnceLock::new(),
         })
     }

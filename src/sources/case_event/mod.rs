@@ -15,6 +15,8 @@
 //! and answered 202 with a `collection` Bundle; the same event id again
 //! answers 200 with the same resources and writes nothing new.
 
+pub mod effects;
+
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -261,7 +263,8 @@ pub async fn derive_locked(
         .map(str::to_string);
     let enriched = enrich(cfg, doc, county_org, &pid, occurred, prev_county.as_deref());
     // The member's MCP before an enrollment change (for ECM continuity).
-    let old_mcp = if etype == "enrollment.updated" {
+    let fx = ingress.effects.of(etype);
+    let old_mcp = if fx.continuity_on_plan_change {
         referral::coverage_mcp(
             cfg,
             &store.resources_by_patient(&pid, Some("Coverage")).await?,
@@ -322,47 +325,32 @@ pub async fn derive_locked(
             out.push(old);
         }
     }
-    match etype {
-        "consent.withdrawn" => {
-            let id = consent_resource_id(county_org, s(doc, "/consentId").unwrap_or(""));
-            if let Some(c) = store.resource_get("Consent", &id).await? {
-                let mut c = strip_meta(c.body);
-                let at = s(doc, "/withdrawnAt")
-                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                    .map(|t| {
-                        t.with_timezone(&Utc)
-                            .to_rfc3339_opts(SecondsFormat::Secs, true)
-                    })
-                    .unwrap_or_else(|| occurred_s.clone());
-                disclosure::withdraw(&mut c, base, &at);
-                out.push(c);
+    if fx.withdraw_consent {
+        let id = consent_resource_id(county_org, s(doc, "/consentId").unwrap_or(""));
+        if let Some(c) = store.resource_get("Consent", &id).await? {
+            let mut c = strip_meta(c.body);
+            let at = s(doc, "/withdrawnAt")
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| {
+                    t.with_timezone(&Utc)
+                        .to_rfc3339_opts(SecondsFormat::Secs, true)
+                })
+                .unwrap_or_else(|| occurred_s.clone());
+            disclosure::withdraw(&mut c, base, &at);
+            out.push(c);
+        }
+    }
+    for ptr in &fx.organizations_from {
+        for r in doc
+            .pointer(ptr)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(r) = r.as_str() {
+                org_ids.push(r.to_string());
             }
         }
-        "consent.recorded" => {
-            for r in doc
-                .pointer("/consent/recipients")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(r) = r.as_str() {
-                    org_ids.push(r.to_string());
-                }
-            }
-        }
-        "cft.scheduled" => {
-            for r in doc
-                .pointer("/meeting/invitees")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(r) = r.as_str() {
-                    org_ids.push(r.to_string());
-                }
-            }
-        }
-        _ => {}
     }
     let ids: Vec<&str> = org_ids.iter().map(String::as_str).collect();
     out.extend(orgs::organizations(cfg, &ids));
@@ -390,7 +378,7 @@ pub async fn derive_locked(
             event_time: Some(occurred),
         }),
     };
-    if etype == "placement.changed" {
+    if fx.open_plan_determination {
         let new_county = s(doc, "/placement/county").unwrap_or("");
         // From the previous placement's county, else the case county.
         let case_county = cfg.organization(county_org).and_then(|o| o.county.clone());
@@ -409,7 +397,7 @@ pub async fn derive_locked(
             }
         }
     }
-    if etype == "enrollment.updated" {
+    if fx.close_plan_determination {
         // A plan determination made: the 24-hour clock after a move out of
         // a single-plan county is met.
         let subject = format!("Patient/{pid}");
@@ -418,6 +406,8 @@ pub async fn derive_locked(
                 derived.clocks.extend(deadlines::close(&c, occurred));
             }
         }
+    }
+    if fx.continuity_on_plan_change {
         // A change of MCP after recent ECM: the new MCP auto-authorizes.
         let new_mcp = s(&enriched, "/gateway/mcpId");
         if let (Some(old), Some(new)) = (old_mcp.as_deref(), new_mcp) {

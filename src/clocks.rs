@@ -5,7 +5,9 @@
 //! provider told of assignment" and "SW told of enrollment"; a move out of
 //! a single-plan county starts the plan determination; a streamlined
 //! referral starts its 30-day window) and closed by the event that meets
-//! it (the MCP's accept/reject closes the authorization decision). Due
+//! it (the MCP's accept/reject closes the authorization decision; the
+//! delivery of a notice closes the clock that measures it:
+//! [`met_by_delivery`], [`adt_clock_subject`]). Due
 //! times come from `cwsgw_program::due` with the holiday calendar
 //! (`Calendar::default_ca()`, or `[calendar] holidays_file`).
 //!
@@ -143,6 +145,41 @@ pub async fn open_for(
     store.clock_list(true, None, Some(subject), 100).await
 }
 
+/// The clocks a delivered outbox row meets, as `(clock id, what)`: the
+/// notice it is. A referral package to the Task's new owner (rule relation
+/// `task.owner`) is the ECM provider told of its assignment; a Task's
+/// status or referral package to a county is the social worker told of the
+/// enrollment. Other deliveries meet none (ADT notifications meet theirs
+/// through [`adt_clock_subject`]).
+pub fn met_by_delivery(
+    cfg: &Config,
+    payload: &crate::outbox::Payload,
+    recipient: &str,
+) -> Vec<String> {
+    let Some(task) = payload.resources.iter().find(|r| r.starts_with("Task/")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if payload.relation == "task.owner" && payload.package == "referral" {
+        out.push(clock_id(Clock::EcmProviderToldOfAssignment, task));
+    }
+    let to_county = cfg
+        .organization(recipient)
+        .is_some_and(|o| o.kind == crate::config::OrgKind::County);
+    if to_county && matches!(payload.package.as_str(), "task_status" | "referral") {
+        out.push(clock_id(Clock::SwNotifiedOfEnrollment, task));
+    }
+    out
+}
+
+/// Every clock of one subject (`Task/{id}`), open or not.
+pub async fn for_subject(
+    store: &dyn Store,
+    subject: &str,
+) -> Result<Vec<ClockRow>, store::StoreError> {
+    store.clock_list(false, None, Some(subject), 100).await
+}
+
 /// The subject of the 24-hour "ADT data to the assigned ECM provider" clock
 /// of one notification: its focus (the Encounter), the recipient and the
 /// journal record of the ADT message (one clock per message and provider).
@@ -190,6 +227,45 @@ pub fn adt_clocks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delivered_notice_names_the_clock_it_meets() {
+        let cfg = Config::from_file(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml"),
+        )
+        .unwrap();
+        let payload = |relation: &str, package: &str| crate::outbox::Payload {
+            rule: "r".into(),
+            relation: relation.into(),
+            purpose: "care_coordination".into(),
+            package: package.into(),
+            patient: "p1".into(),
+            resources: vec!["ServiceRequest/s1".into(), "Task/t1".into()],
+            event: None,
+            focus: None,
+            event_time: None,
+        };
+        let assignment = clock_id(Clock::EcmProviderToldOfAssignment, "Task/t1");
+        let sw = clock_id(Clock::SwNotifiedOfEnrollment, "Task/t1");
+        assert_eq!(
+            met_by_delivery(&cfg, &payload("task.owner", "referral"), "ecm-compass"),
+            vec![assignment]
+        );
+        assert_eq!(
+            met_by_delivery(
+                &cfg,
+                &payload("referring_org", "task_status"),
+                "county-fresno"
+            ),
+            vec![sw]
+        );
+        assert!(
+            met_by_delivery(&cfg, &payload("referring_org", "task_status"), "mcp-b").is_empty()
+        );
+        assert!(
+            met_by_delivery(&cfg, &payload("case_county", "written"), "county-fresno").is_empty()
+        );
+    }
     use chrono::TimeZone;
 
     #[test]

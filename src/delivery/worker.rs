@@ -235,6 +235,7 @@ impl DeliveryService {
                 self.audit_attempt(d, &payload, &disclosed, &refused, true, done)
                     .await;
                 self.close_adt_clock(d, &payload, done).await;
+                self.close_notice_clocks(d, &payload, done).await;
                 let latency = (done - d.created_at).to_std().unwrap_or_default();
                 self.metrics.delivery.latency.observe(latency.as_secs_f64());
                 if let (Some(_), Some(at)) = (&payload.event, payload.event_time) {
@@ -297,6 +298,36 @@ impl DeliveryService {
         if !closed.is_empty() {
             if let Err(e) = self.store.clock_upsert(closed).await {
                 tracing::warn!(delivery = d.id, error = %e, "closing the ADT clock failed");
+            }
+        }
+    }
+
+    /// A delivered notice meets the clock that measures it (the ECM
+    /// provider told of its assignment, the social worker told of the
+    /// enrollment: [`crate::clocks::met_by_delivery`]), at the delivery time.
+    async fn close_notice_clocks(&self, d: &Delivery, payload: &Payload, at: DateTime<Utc>) {
+        let ids = crate::clocks::met_by_delivery(&self.cfg, payload, &d.endpoint);
+        let Some(task) = payload.resources.iter().find(|r| r.starts_with("Task/")) else {
+            return;
+        };
+        if ids.is_empty() {
+            return;
+        }
+        let clocks = match crate::clocks::for_subject(self.store.as_ref(), task).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(delivery = d.id, error = %e, "reading the notice clocks failed");
+                return;
+            }
+        };
+        let closed: Vec<_> = clocks
+            .iter()
+            .filter(|c| ids.contains(&c.id))
+            .filter_map(|c| crate::clocks::close(c, at))
+            .collect();
+        if !closed.is_empty() {
+            if let Err(e) = self.store.clock_upsert(closed).await {
+                tracing::warn!(delivery = d.id, error = %e, "closing a notice clock failed");
             }
         }
     }

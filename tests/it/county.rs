@@ -1747,6 +1747,71 @@ async fn task_status_goes_only_to_that_tasks_requester() {
     gw.running.stop().await;
 }
 
+/// The clocks that measure a notice are met by the delivery of that notice:
+/// the social worker told of the enrollment (the status pushed to the
+/// referring county) and the ECM provider told of its assignment (the
+/// referral package pushed to the new owner). The assignment notice is due
+/// 10 business days from the authorization, not from the later assignment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notice_clocks_are_met_by_the_deliveries_they_measure() {
+    let (gw, m) = Gw::start_with_mocks().await;
+    enrolled(&gw).await;
+    assert_eq!(
+        gw.event(&golden("consent.recorded", "001-referral-verbal"))
+            .await
+            .0,
+        202
+    );
+    let (s, b) = gw
+        .post("/ecm/referrals", COUNTY_TOKEN, &referral("R-N1"))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let task = resource(&b, "Task").clone();
+    let id = task["id"].as_str().unwrap().to_string();
+    let subject = format!("Task/{id}");
+    // Authorized first; the status reaches the county.
+    let (s, accepted) = put_task(&gw, MCP_A_TOKEN, &task, "accepted", |_| {}).await;
+    assert_eq!(s, 200, "{accepted}");
+    wait_received(&m.county, &id).await;
+    // Assigned later; the referral package reaches the new owner.
+    let (s, b) = put_task(&gw, MCP_A_TOKEN, &accepted, "accepted", |t| {
+        t["owner"] = json!({"reference": "Organization/ecm-compass"})
+    })
+    .await;
+    assert_eq!(s, 200, "{b}");
+    wait_received(&m.compass, &id).await;
+    let clock = |d: &Value, code: &str| -> Value {
+        d["clocks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["clock"] == code && c["subject"] == subject.as_str())
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let mut d = Value::Null;
+    for _ in 0..100 {
+        d = gw.get("/ops/deadlines?all=true", OPS_TOKEN).await.1;
+        if clock(&d, "sw-notified-of-enrollment")["status"] == "met"
+            && clock(&d, "ecm-provider-told-of-assignment")["status"] == "met"
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let sw = clock(&d, "sw-notified-of-enrollment");
+    let assignment = clock(&d, "ecm-provider-told-of-assignment");
+    assert_eq!(sw["status"], "met", "{d}");
+    assert_eq!(assignment["status"], "met", "{d}");
+    let auth = clock(&d, "authorization-decision");
+    assert_eq!(auth["status"], "met", "{d}");
+    assert_eq!(
+        assignment["start"], auth["closedAt"],
+        "the assignment notice counts from the authorization: {d}"
+    );
+    gw.running.stop().await;
+}
+
 /// A caller that may read a Task (a release naming it) but is neither its
 /// requester nor a performer gets 403, audited once: `put_task`'s own
 /// `not-a-party` refusal, marked `RefusalAudited` on the response, so the

@@ -481,7 +481,7 @@ impl journal::Source for FhirWrites {
                     None,
                 ));
             }
-            let clocks = crate::clocks::open_for(store, &format!("Task/{id}")).await?;
+            let clocks = crate::clocks::for_subject(store, &format!("Task/{id}")).await?;
             super::task_update::derive(
                 ingress,
                 &stored.body,

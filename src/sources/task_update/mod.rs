@@ -126,7 +126,7 @@ pub fn transition(
     update: &Value,
     caller_org: &str,
     now: DateTime<Utc>,
-    open_clocks: &[ClockRow],
+    clocks: &[ClockRow],
 ) -> Result<(Value, Vec<ClockRow>), ApiError> {
     let cfg = &ingress.cfg;
     let owner = stored.get("owner").and_then(disclosure::org_of);
@@ -210,12 +210,25 @@ pub fn transition(
             ));
         }
         task["owner"] = json!({"reference": format!("Organization/{o}")});
+        // The assignment notice is due 10 business days from the
+        // authorization: now when this update authorizes, else when the
+        // authorization decision was met (seed 003 §VIII "Assignment").
+        let auth_id = deadlines::clock_id(program::Clock::AuthorizationDecision, &task_ref);
+        let authorized_at = if from == "requested" {
+            now
+        } else {
+            clocks
+                .iter()
+                .find(|c| c.id == auth_id)
+                .and_then(|c| c.closed_at)
+                .unwrap_or(now)
+        };
         writes.push(deadlines::open(
             &ClockSpec {
                 clock: program::Clock::EcmProviderToldOfAssignment,
                 patient_id: patient_id.clone(),
                 subject: task_ref.clone(),
-                start: now,
+                start: authorized_at,
                 expedited: false,
             },
             &ingress.calendar,
@@ -223,7 +236,7 @@ pub fn transition(
     }
     if from == "requested" && matches!(to, "accepted" | "rejected") {
         let id = deadlines::clock_id(program::Clock::AuthorizationDecision, &task_ref);
-        if let Some(c) = open_clocks.iter().find(|c| c.id == id) {
+        if let Some(c) = clocks.iter().find(|c| c.id == id) {
             writes.extend(deadlines::close(c, now));
         }
         if to == "accepted" {
@@ -302,9 +315,9 @@ pub fn derive(
     update: &Value,
     from: &str,
     at: DateTime<Utc>,
-    open: &[ClockRow],
+    clocks: &[ClockRow],
 ) -> Result<Derived, ApiError> {
-    let (task, clocks) = transition(ingress, stored, update, from, at, open)?;
+    let (task, clocks) = transition(ingress, stored, update, from, at, clocks)?;
     Ok(Derived {
         writes: vec![write_of(task)],
         clocks,
@@ -397,7 +410,7 @@ pub async fn put_task(
         return Ok(resp);
     }
     let now = now_secs();
-    let clocks = deadlines::open_for(store, &format!("Task/{id}")).await?;
+    let clocks = deadlines::for_subject(store, &format!("Task/{id}")).await?;
     let digest = hex::encode(Sha256::digest(&bytes));
     // Check before the journal: a refused update is not stored.
     transition(

@@ -1666,22 +1666,26 @@ async fn a_self_referral_is_a_real_one_and_opens_only_the_plan_it_was_made_to() 
     gw.running.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn task_status_goes_only_to_that_tasks_requester() {
-    let (gw, m) = Gw::start_with_mocks().await;
-    enrolled(&gw).await;
-    let pid = mapping::uuid5("patient|cin|91000001A");
+/// The member enrolled, the youth's verbal referral consent recorded, and
+/// the county's referral `id` posted: its Task.
+async fn county_referral(gw: &Gw, id: &str) -> Value {
+    enrolled(gw).await;
     assert_eq!(
         gw.event(&golden("consent.recorded", "001-referral-verbal"))
             .await
             .0,
         202
     );
-    let (s, b) = gw
-        .post("/ecm/referrals", COUNTY_TOKEN, &referral("R-H1"))
-        .await;
+    let (s, b) = gw.post("/ecm/referrals", COUNTY_TOKEN, &referral(id)).await;
     assert_eq!(s, 201, "{b}");
-    let county_task = resource(&b, "Task").clone();
+    resource(&b, "Task").clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_status_goes_only_to_that_tasks_requester() {
+    let (gw, m) = Gw::start_with_mocks().await;
+    let pid = mapping::uuid5("patient|cin|91000001A");
+    let county_task = county_referral(&gw, "R-H1").await;
     let county_task_id = county_task["id"].as_str().unwrap().to_string();
     // Plan B then refers the same Plan A member, an ordinary referral.
     let theirs = with(referral("R-H2"), |r| {
@@ -1755,18 +1759,7 @@ async fn task_status_goes_only_to_that_tasks_requester() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notice_clocks_are_met_by_the_deliveries_they_measure() {
     let (gw, m) = Gw::start_with_mocks().await;
-    enrolled(&gw).await;
-    assert_eq!(
-        gw.event(&golden("consent.recorded", "001-referral-verbal"))
-            .await
-            .0,
-        202
-    );
-    let (s, b) = gw
-        .post("/ecm/referrals", COUNTY_TOKEN, &referral("R-N1"))
-        .await;
-    assert_eq!(s, 201, "{b}");
-    let task = resource(&b, "Task").clone();
+    let task = county_referral(&gw, "R-N1").await;
     let id = task["id"].as_str().unwrap().to_string();
     let subject = format!("Task/{id}");
     // Authorized first; the status reaches the county.

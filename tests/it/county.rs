@@ -807,6 +807,55 @@ async fn referral_with_a_recorded_consent() {
     gw.running.stop().await;
 }
 
+/// A referral for a member the gateway knows no enrollment of is accepted
+/// for the MCP it names — by `mcpId`, or by `member.planCode` with the
+/// member's county — and goes to that MCP; naming no plan is a 422 (the
+/// answer that tells a stranger nothing), an `mcpId` that is not a
+/// configured MCP a 422 on `mcpId`. Known fee-for-service
+/// or share of cost is still refused (`referral_refusals_self_referral_and_streamlined_window`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_referral_for_a_member_without_a_known_enrollment_goes_to_the_plan_it_names() {
+    let (gw, m) = Gw::start_with_mocks().await;
+    let unnamed = with(referral("R-U1"), |r| r["consent"] = attestation());
+    let (s, b) = gw.post("/ecm/referrals", COUNTY_TOKEN, &unnamed).await;
+    // A caller that cannot see the member gets the one answer that says
+    // nothing about the member.
+    assert_eq!((s, issue_expr(&b)), (422, "member".to_string()), "{b}");
+    let unknown = with(referral("R-U2"), |r| {
+        r["consent"] = attestation();
+        r["mcpId"] = json!("county-fresno");
+    });
+    let (s, b) = gw.post("/ecm/referrals", COUNTY_TOKEN, &unknown).await;
+    assert_eq!((s, issue_expr(&b)), (422, "mcpId".to_string()), "{b}");
+    let by_id = with(referral("R-U3"), |r| {
+        r["consent"] = attestation();
+        r["mcpId"] = json!("mcp-a");
+    });
+    let (s, b) = gw.post("/ecm/referrals", COUNTY_TOKEN, &by_id).await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(resource(&b, "Task")["status"], "requested", "{b}");
+    let queued = |org: &'static str| {
+        let store = gw.running.store.clone();
+        async move { store.outbox_list(None, Some(org), 100).await.unwrap().len() }
+    };
+    assert_eq!(
+        queued("mcp-a").await,
+        1,
+        "the referral goes to the plan it names"
+    );
+    let by_plan = with(referral("R-U4"), |r| {
+        r["member"]["cin"] = json!("91000002B");
+        r["member"]["planCode"] = json!("B");
+        r["member"]["address"] = json!({"county": "Fresno"});
+        r["consent"] = attestation();
+    });
+    let (s, b) = gw.post("/ecm/referrals", COUNTY_TOKEN, &by_plan).await;
+    assert_eq!(s, 201, "{b}");
+    // Plan code B in Fresno is plan B.
+    wait_received(&m.mcp_b, resource(&b, "Task")["id"].as_str().unwrap()).await;
+    gw.running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn referral_with_an_inline_attestation() {
     let gw = Gw::start().await;

@@ -230,12 +230,18 @@ fn plan(
                 Some("member.cin"),
             ))
         }
-        Managed::Unknown => {
-            return Err(ApiError::rule(
-                "no Medi-Cal managed care enrollment is known for the member: enroll the member in a Medi-Cal plan first and send enrollment.updated",
-                Some("member.cin"),
-            ))
-        }
+        // No enrollment known (a community referral before the county, if
+        // any, has sent one): the referral's own word on the plan stands,
+        // as the Referral Standards let any referrer name it.
+        Managed::Unknown => match named_mcp(cfg, doc)? {
+            Some(m) => m,
+            None => {
+                return Err(ApiError::rule(
+                    "no Medi-Cal managed care enrollment is known for the member: name the member's plan (mcpId, or member.planCode with member.address.county), or send enrollment.updated first",
+                    Some("mcpId"),
+                ))
+            }
+        },
     };
     let preferred = s(doc, "/preferredEcmProviderId").filter(|p| orgs::contracted(cfg, p, &mcp));
     let performer = preferred.unwrap_or(&mcp).to_string();
@@ -507,6 +513,29 @@ fn inputs_orgs(task: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The MCP a referral names for a member whose enrollment the gateway does
+/// not know: `mcpId` (a configured MCP), else `member.planCode` with the
+/// member's county (`member.address.county`), the MCP serving that plan
+/// code there. `Ok(None)` when it names none; an `mcpId` that is not a
+/// configured MCP is refused by name.
+fn named_mcp(cfg: &Config, doc: &Value) -> Result<Option<String>, ApiError> {
+    if let Some(id) = s(doc, "/mcpId") {
+        return match cfg.organization(id).filter(|o| o.kind == OrgKind::Mcp) {
+            Some(o) => Ok(Some(o.id.clone())),
+            None => Err(ApiError::rule(
+                "mcpId is not a configured MCP",
+                Some("mcpId"),
+            )),
+        };
+    }
+    let code = s(doc, "/member/planCode");
+    let county = s(doc, "/member/address/county");
+    Ok(match (code, county) {
+        (Some(code), Some(county)) => orgs::mcp_for(cfg, code, county).map(|o| o.id.clone()),
+        _ => None,
+    })
+}
+
 /// Build every resource of an accepted referral.
 fn build(
     ingress: &Ingress,
@@ -757,6 +786,11 @@ pub async fn post_referral(
         check_self_referral(&doc, &caller)?;
     }
     criteria_facts(&doc)?;
+    if s(&doc, "/mcpId").is_some() {
+        // Whether the named plan is a configured MCP is about the document,
+        // not the member: told to anyone.
+        named_mcp(&state.cfg, &doc)?;
+    }
     let referral_id = s(&doc, "/referralId").unwrap_or("").to_string();
     let (sr_id, _, _) = ids(&caller.org_id, &referral_id);
     let known = state

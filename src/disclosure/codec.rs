@@ -58,7 +58,9 @@ pub fn ref_id(reference: &Value, rtype: &str) -> Option<String> {
     (t == rtype).then(|| id.to_string())
 }
 
-pub(crate) fn grantor_from_code(c: &str) -> Option<GrantorRole> {
+/// A grantor role code (`youth`, `nmd`, `parent`, `legal_guardian`,
+/// `social_worker`, `court`) as the consent engine's role.
+pub fn grantor_from_code(c: &str) -> Option<GrantorRole> {
     Some(match c {
         "youth" => GrantorRole::Youth,
         "nmd" => GrantorRole::Nmd,

@@ -313,6 +313,14 @@ pub fn type_rules(rtype: &str, r: &Value) -> Vec<Issue> {
     out
 }
 
+/// The 422 listing `issues`, one OperationOutcome issue each.
+pub fn unprocessable(issues: &[Issue]) -> axum::response::Response {
+    crate::edge::fhir_json(
+        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        &outcome(issues),
+    )
+}
+
 /// The OperationOutcome listing `issues` (severity `error`).
 pub fn outcome(issues: &[Issue]) -> Value {
     let list: Vec<Value> = issues

@@ -28,7 +28,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 use store::{InputKind, NewInput, Store};
 
-use super::{referral, Ingress};
+use super::Ingress;
 use crate::clocks as deadlines;
 use crate::config::{Config, OrgKind};
 use crate::disclosure;
@@ -88,7 +88,7 @@ pub async fn precheck(
                     ));
                 }
             }
-            let role = s(&c, "/grantor/role").and_then(grantor_role);
+            let role = s(&c, "/grantor/role").and_then(disclosure::grantor_from_code);
             let cats: Vec<consent::Category> = c["categories"]
                 .as_array()
                 .into_iter()
@@ -131,20 +131,6 @@ pub async fn precheck(
         _ => {}
     }
     Ok(())
-}
-
-/// A grantor role code.
-pub fn grantor_role(code: &str) -> Option<consent::GrantorRole> {
-    use consent::GrantorRole as G;
-    Some(match code {
-        "youth" => G::Youth,
-        "nmd" => G::Nmd,
-        "parent" => G::Parent,
-        "legal_guardian" => G::LegalGuardian,
-        "social_worker" => G::SocialWorker,
-        "court" => G::Court,
-        _ => return None,
-    })
 }
 
 fn date(s: Option<&str>) -> Option<chrono::NaiveDate> {
@@ -265,7 +251,7 @@ pub async fn derive_locked(
     // The member's MCP before an enrollment change (for ECM continuity).
     let fx = ingress.effects.of(etype);
     let old_mcp = if fx.continuity_on_plan_change {
-        referral::coverage_mcp(
+        crate::records::coverage::coverage_mcp(
             cfg,
             &store.resources_by_patient(&pid, Some("Coverage")).await?,
         )

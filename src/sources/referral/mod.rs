@@ -52,13 +52,13 @@ use consent::{Category, ConsentKind};
 use serde_json::{json, Value};
 use store::{InputKind, NewInput, Store, StoredResource};
 
-use super::case_event::grantor_role;
 use super::Ingress;
 use crate::clocks::{self as deadlines, ClockSpec};
 use crate::config::{Config, OrgKind};
 use crate::disclosure;
 use crate::edge::{body_rejection, fhir_json, parse_json, ApiError, ClientCert};
 use crate::journal::{self, read_back, Appended, Derived};
+use crate::records::coverage::{managed, Managed};
 use crate::records::{eligibility, orgs, patients};
 use crate::resources::{collection, is_internal, rid, write_of, AUTHORIZING_MCP_EXT};
 use crate::state::Core;
@@ -76,63 +76,6 @@ pub fn ids(referrer: &str, referral_id: &str) -> (String, String, String) {
         rid(&format!("task|{referrer}|{referral_id}")),
         rid(&format!("consent|referral|{referrer}|{referral_id}")),
     )
-}
-
-/// The member's managed care situation, from the stored Coverage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Managed {
-    /// In the plan of this MCP.
-    Mcp(String),
-    /// Fee-for-service or share of cost.
-    NotManaged,
-    /// A plan code no configured MCP serves in the county.
-    NoMcp,
-    /// No enrollment known.
-    Unknown,
-}
-
-fn ext_bool(res: &Value, suffix: &str) -> bool {
-    res.get("extension")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .any(|e| {
-            s(e, "/url").is_some_and(|u| u.ends_with(suffix))
-                && e.get("valueBoolean") == Some(&Value::Bool(true))
-        })
-}
-
-/// The MCP of the member's active Coverage, if any.
-pub fn coverage_mcp(cfg: &Config, resources: &[StoredResource]) -> Option<String> {
-    match managed(cfg, resources) {
-        Managed::Mcp(m) => Some(m),
-        _ => None,
-    }
-}
-
-/// What the stored Coverage says.
-pub fn managed(cfg: &Config, resources: &[StoredResource]) -> Managed {
-    let mut seen = Managed::Unknown;
-    for r in resources.iter().filter(|r| r.resource_type == "Coverage") {
-        let b = &r.body;
-        let payor = b
-            .get("payor")
-            .and_then(Value::as_array)
-            .and_then(|a| a.iter().find_map(disclosure::org_of));
-        if s(b, "/status") == Some("active") {
-            if let Some(p) =
-                payor.filter(|p| cfg.organization(p).is_some_and(|o| o.kind == OrgKind::Mcp))
-            {
-                return Managed::Mcp(p);
-            }
-        }
-        if ext_bool(b, "/medi-cal-fee-for-service") || ext_bool(b, "/medi-cal-share-of-cost") {
-            seen = Managed::NotManaged;
-        } else if seen == Managed::Unknown {
-            seen = Managed::NoMcp;
-        }
-    }
-    seen
 }
 
 /// `referrer.relationship` values of a self-referral: the member, a parent,
@@ -266,7 +209,7 @@ fn plan(
                 ));
             }
             let role_code = s(inline, "/grantor/role").unwrap_or("");
-            let role = grantor_role(role_code).ok_or_else(|| {
+            let role = disclosure::grantor_from_code(role_code).ok_or_else(|| {
                 ApiError::invalid("unknown grantor role", Some("consent.grantor.role"))
             })?;
             let birth = chrono::NaiveDate::parse_from_str(

@@ -51,9 +51,10 @@ use crate::audit::{self, AuditEntry, Interaction};
 use crate::clocks::{self as deadlines, ClockSpec};
 use crate::config::OrgKind;
 use crate::disclosure;
-use crate::edge::{body_rejection, fhir_json, parse_json, ApiError, ClientCert};
+use crate::edge::{body_rejection, fhir_json, operation_outcome, parse_json, ApiError, ClientCert};
 use crate::journal::{self, read_back, Derived};
 use crate::records::orgs;
+use crate::resources::validate::FhirValidator;
 use crate::resources::{strip_meta, write_of, AUTHORIZING_MCP_EXT};
 use crate::state::Core;
 
@@ -363,12 +364,12 @@ pub async fn put_task(
     }
     // The R4 schema and the Task rules (one issue per problem; the body
     // alone decides, so before the Task is looked up).
-    if let Some(resp) = crate::sources::fhir_write::check_task_body(&update) {
+    if let Some(resp) = check_task_body(&update) {
         return Ok(resp);
     }
     // One update of this Task at a time in this process, from the read of
     // the stored version (If-Match) to the stored update.
-    let _task_lock = crate::sources::fhir_write::task_lock(&id).await;
+    let _task_lock = task_lock(&id).await;
     let store: &dyn Store = state.store.as_ref();
     let found = store.resource_get("Task", &id).await?;
     let absent = found.is_none();
@@ -406,7 +407,7 @@ pub async fn put_task(
     }
     // If-Match naming a version that is not the current one: 412, nothing
     // journaled, stored or routed (FHIR versioned update).
-    if let Some(resp) = crate::sources::fhir_write::if_match_refusal(&headers, stored.version_id) {
+    if let Some(resp) = if_match_refusal(&headers, stored.version_id) {
         return Ok(resp);
     }
     let now = now_secs();
@@ -466,4 +467,110 @@ pub async fn put_task(
         resp.headers_mut().insert(header::ETAG, v);
     }
     Ok(resp)
+}
+
+/// The 422 for a `PUT /fhir/Task/{id}` body that fails the R4 schema or
+/// the Task rules ([`FhirValidator::check`]); `None` when it passes.
+pub fn check_task_body(update: &Value) -> Option<Response> {
+    let issues = match FhirValidator::global() {
+        Ok(v) => v.check("Task", update),
+        Err(e) => {
+            tracing::error!(error = %e, "the FHIR schema did not compile");
+            return Some(
+                ApiError::Internal("the FHIR schema is not available".into()).into_response(),
+            );
+        }
+    };
+    (!issues.is_empty()).then(|| crate::resources::validate::unprocessable(&issues))
+}
+
+/// Does an `If-Match` header (`W/"3"`, `"3"`, a list, or `*`) name version
+/// `version_id`? `None` when the request has no `If-Match`.
+pub fn if_match(headers: &HeaderMap, version_id: i64) -> Option<bool> {
+    let mut any = false;
+    let want = version_id.to_string();
+    for v in headers.get_all(header::IF_MATCH) {
+        any = true;
+        let Ok(v) = v.to_str() else { continue };
+        for tag in v.split(',') {
+            let tag = tag.trim();
+            if tag == "*" {
+                return Some(true);
+            }
+            let tag = tag.strip_prefix("W/").unwrap_or(tag);
+            if tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')) == Some(want.as_str()) {
+                return Some(true);
+            }
+        }
+    }
+    any.then_some(false)
+}
+
+/// Per-Task locks of this process: `PUT /fhir/Task/{id}` holds its Task's
+/// from before it reads the stored version until the update is stored, so
+/// two updates of one Task on one gateway instance never both pass an
+/// `If-Match` naming the same version. (Instances sharing a PostgreSQL
+/// store do not share these locks.)
+static TASK_LOCKS: std::sync::LazyLock<crate::locks::KeyedLocks> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Take this process's lock of Task `id` (see `TASK_LOCKS`).
+pub async fn task_lock(id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    TASK_LOCKS.lock(id).await
+}
+
+/// The 412 of a `PUT` whose `If-Match` names a version that is not the
+/// current one (FHIR versioned update); `None` when there is no `If-Match`
+/// or it matches.
+pub fn if_match_refusal(headers: &HeaderMap, version_id: i64) -> Option<Response> {
+    (if_match(headers, version_id) == Some(false)).then(|| {
+        fhir_json(
+            StatusCode::PRECONDITION_FAILED,
+            &operation_outcome(
+                "error",
+                "conflict",
+                "If-Match does not name the current version; read the resource again and retry",
+                None,
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_forms() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::IF_MATCH, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        assert_eq!(if_match(&HeaderMap::new(), 2), None);
+        assert_eq!(if_match(&h("W/\"2\""), 2), Some(true));
+        assert_eq!(if_match(&h("\"2\""), 2), Some(true));
+        assert_eq!(if_match(&h("W/\"1\", W/\"2\""), 2), Some(true));
+        assert_eq!(if_match(&h("*"), 7), Some(true));
+        assert_eq!(if_match(&h("W/\"1\""), 2), Some(false));
+        assert_eq!(if_match(&h("W/\"12\""), 2), Some(false));
+        assert_eq!(if_match(&h("2"), 2), Some(false), "an entity tag is quoted");
+        assert!(if_match_refusal(&h("W/\"1\""), 2).is_some());
+        assert!(if_match_refusal(&HeaderMap::new(), 2).is_none());
+    }
+
+    #[tokio::test]
+    async fn task_locks_serialize_one_task_only() {
+        let a = task_lock("t-lock-1").await;
+        // Another Task is not held up.
+        let _b = task_lock("t-lock-2").await;
+        let waiting = tokio::spawn(async { task_lock("t-lock-1").await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "the same Task waits");
+        drop(a);
+        let _again = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }

@@ -480,32 +480,42 @@ where
         f(true).await;
         f(false).await;
     }
-    let (mut tw, mut tm) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for i in 0..n {
-        for withheld in [i % 2 == 0, i % 2 == 1] {
-            let t0 = Instant::now();
-            let a = f(withheld).await;
-            let took = t0.elapsed();
-            assert_eq!(a.status, w.status, "{label}");
-            if withheld {
-                tw.push(took);
-            } else {
-                tm.push(took);
+    // A time difference a caller could use is systematic: it shows in
+    // every round. A spike on a shared, loaded machine shows in one. So a
+    // round within the bound passes, and only ROUNDS rounds outside it fail.
+    let mut last = String::new();
+    for round in 1..=ROUNDS {
+        let (mut tw, mut tm) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for i in 0..n {
+            for withheld in [i % 2 == 0, i % 2 == 1] {
+                let t0 = Instant::now();
+                let a = f(withheld).await;
+                let took = t0.elapsed();
+                assert_eq!(a.status, w.status, "{label}");
+                if withheld {
+                    tw.push(took);
+                } else {
+                    tm.push(took);
+                }
             }
         }
+        let (mw, mm) = (median(&mut tw), median(&mut tm));
+        println!(
+            "oracle timing, {label}, round {round}: {n} each, median withheld {:.3} ms, median absent {:.3} ms",
+            mw.as_secs_f64() * 1e3,
+            mm.as_secs_f64() * 1e3
+        );
+        let (lo, hi) = if mw < mm { (mw, mm) } else { (mm, mw) };
+        if hi.saturating_sub(lo) < Duration::from_micros(150).max(hi / 3) {
+            return;
+        }
+        last = format!("withheld {mw:?} vs absent {mm:?}");
     }
-    let (mw, mm) = (median(&mut tw), median(&mut tm));
-    println!(
-        "oracle timing, {label}: {n} each, median withheld {:.3} ms, median absent {:.3} ms",
-        mw.as_secs_f64() * 1e3,
-        mm.as_secs_f64() * 1e3
-    );
-    let (lo, hi) = if mw < mm { (mw, mm) } else { (mm, mw) };
-    assert!(
-        hi.saturating_sub(lo) < Duration::from_micros(150).max(hi / 3),
-        "{label}: withheld {mw:?} vs absent {mm:?}"
-    );
+    panic!("{label}: in each of {ROUNDS} rounds, {last}");
 }
+
+/// Measurement rounds before a time difference counts as systematic.
+const ROUNDS: usize = 3;
 
 /// Pairs sent before [`alike_in_time`] measures.
 const WARM_UP_PAIRS: usize = 10;

@@ -284,22 +284,7 @@ impl DeliveryService {
         else {
             return;
         };
-        let open = match self.store.clock_list(true, None, Some(&subject), 4).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(delivery = d.id, error = %e, "reading the ADT clock failed");
-                return;
-            }
-        };
-        let closed: Vec<_> = open
-            .iter()
-            .filter_map(|c| crate::clocks::close(c, at))
-            .collect();
-        if !closed.is_empty() {
-            if let Err(e) = self.store.clock_upsert(closed).await {
-                tracing::warn!(delivery = d.id, error = %e, "closing the ADT clock failed");
-            }
-        }
+        self.meet_clocks(d, &subject, at, |_| true).await;
     }
 
     /// A delivered notice meets the clock that measures it (the ECM
@@ -310,24 +295,36 @@ impl DeliveryService {
         let Some(task) = payload.resources.iter().find(|r| r.starts_with("Task/")) else {
             return;
         };
-        if ids.is_empty() {
-            return;
+        if !ids.is_empty() {
+            self.meet_clocks(d, task, at, |c| ids.contains(&c.id)).await;
         }
-        let clocks = match crate::clocks::for_subject(self.store.as_ref(), task).await {
+    }
+
+    /// Close, at `at`, the open clocks of `subject` that `pick` chooses.
+    /// A store failure is logged and leaves the clocks open (the delivery
+    /// itself stands).
+    async fn meet_clocks(
+        &self,
+        d: &Delivery,
+        subject: &str,
+        at: DateTime<Utc>,
+        pick: impl Fn(&store::ClockRow) -> bool,
+    ) {
+        let open = match self.store.clock_list(true, None, Some(subject), 100).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(delivery = d.id, error = %e, "reading the notice clocks failed");
+                tracing::warn!(delivery = d.id, error = %e, "reading the clocks a delivery meets failed");
                 return;
             }
         };
-        let closed: Vec<_> = clocks
+        let closed: Vec<_> = open
             .iter()
-            .filter(|c| ids.contains(&c.id))
+            .filter(|c| pick(c))
             .filter_map(|c| crate::clocks::close(c, at))
             .collect();
         if !closed.is_empty() {
             if let Err(e) = self.store.clock_upsert(closed).await {
-                tracing::warn!(delivery = d.id, error = %e, "closing a notice clock failed");
+                tracing::warn!(delivery = d.id, error = %e, "closing the clocks a delivery meets failed");
             }
         }
     }

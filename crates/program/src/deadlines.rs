@@ -1,5 +1,6 @@
 //! Policy timelines (docs/program-rules.md "Timelines the gateway tracks"; seed 000 steps 6–7 and 10–11,
-//! seed 003 §VIII "Authorization", "Streamlined authorization", "Assignment", §IX "ADT").
+//! seed 003 §VIII "Authorization", "Standard ECM Authorization Timeframes", "Streamlined authorization",
+//! "Assignment", "Member Preference", "NOA Process", §IX "ADT").
 //!
 //! One [`Clock`] per tracked obligation; [`due`] turns a start instant into the deadline instant.
 //!
@@ -26,8 +27,9 @@
 //!   window's last date. The window also ends early when the MCP decides — that is an event, not a
 //!   computation, and is left to the caller.
 //!
-//! `expedited` only changes the two clocks that have an expedited form (authorization decision and
-//! SW/PHN notice of enrollment: 72 hours); every other clock ignores it.
+//! `expedited` only changes the clocks that have an expedited form (authorization decision, SW/PHN
+//! notice of enrollment and the member's Notice of Action on a denial or discontinuation, which is
+//! counted as the decision it accompanies: 72 hours); every other clock ignores it.
 //!
 //! Invariant: **[`due`] never panics**; a deadline beyond chrono's range saturates to
 //! `DateTime::<Utc>::MAX_UTC`.
@@ -66,11 +68,22 @@ pub enum Clock {
     NoticeOfAction,
     /// Member's request to change ECM provider carried out: within 30 days (003 §VIII).
     ProviderChangeRequest,
+    /// Initial ECM authorization period: 12 months from the authorization (003 §VIII "Standard ECM
+    /// Authorization Timeframes"); its due date is when a reauthorization is due.
+    AuthorizationPeriod,
+    /// ECM reauthorization period: 6 months from the reauthorization (003 §VIII "Standard ECM
+    /// Authorization Timeframes"); its due date is when the next reauthorization is due.
+    ReauthorizationPeriod,
+    /// The member's Notice of Action on a denial or a discontinuation of ECM (003 §VIII
+    /// "Authorization" and "NOA Process"). The guide names no count of its own and points to the
+    /// prior-authorization decision rules (APL 21-011); the gateway counts it as that decision is
+    /// counted: 5 working days, 72 hours expedited, from the denial or discontinuation.
+    MemberNoticeOfAction,
 }
 
 impl Clock {
     /// Every clock, in declaration order.
-    pub const ALL: [Clock; 12] = [
+    pub const ALL: [Clock; 15] = [
         Clock::AuthorizationDecision,
         Clock::SwNotifiedOfEnrollment,
         Clock::EcmProviderToldOfAssignment,
@@ -83,6 +96,9 @@ impl Clock {
         Clock::PlanDetermination,
         Clock::NoticeOfAction,
         Clock::ProviderChangeRequest,
+        Clock::AuthorizationPeriod,
+        Clock::ReauthorizationPeriod,
+        Clock::MemberNoticeOfAction,
     ];
 
     /// Stable code (kebab-case); never renamed.
@@ -100,6 +116,9 @@ impl Clock {
             Clock::PlanDetermination => "plan-determination",
             Clock::NoticeOfAction => "notice-of-action",
             Clock::ProviderChangeRequest => "provider-change-request",
+            Clock::AuthorizationPeriod => "authorization-period",
+            Clock::ReauthorizationPeriod => "reauthorization-period",
+            Clock::MemberNoticeOfAction => "member-notice-of-action",
         }
     }
 
@@ -111,7 +130,9 @@ impl Clock {
     /// The counting rule for this clock.
     pub const fn rule(self, expedited: bool) -> Rule {
         match self {
-            Clock::AuthorizationDecision | Clock::SwNotifiedOfEnrollment => {
+            Clock::AuthorizationDecision
+            | Clock::SwNotifiedOfEnrollment
+            | Clock::MemberNoticeOfAction => {
                 if expedited {
                     Rule::Hours(72)
                 } else {
@@ -128,7 +149,8 @@ impl Clock {
             },
             Clock::AdtToEcmProvider | Clock::PlanDetermination => Rule::Hours(24),
             Clock::EcmAssessment | Clock::ProviderChangeRequest => Rule::CalendarDaysAfter(30),
-            Clock::CarePlanReview => Rule::MonthsAfter(6),
+            Clock::CarePlanReview | Clock::ReauthorizationPeriod => Rule::MonthsAfter(6),
+            Clock::AuthorizationPeriod => Rule::MonthsAfter(12),
             Clock::NoticeOfAction => Rule::CalendarDaysBefore(10),
         }
     }

@@ -227,6 +227,129 @@ fn notice_of_action_latest_send_date() {
     assert_eq!((local_date(effective) - local_date(latest)).num_days(), 10);
 }
 
+/// The referral lifecycle's clocks, each opened on a weekend, a state holiday or beside one (the
+/// shipped California calendar), with the deadline and whether a close at a given instant meets
+/// it: one row per (clock, opening event, closing event).
+#[test]
+fn lifecycle_clocks_open_and_close_across_weekends_and_holidays() {
+    struct Row {
+        clock: Clock,
+        what: &'static str,
+        start: &'static str,
+        expedited: bool,
+        due: &'static str,
+        closed: &'static str,
+        on_time: bool,
+    }
+    let rows = [
+        Row {
+            clock: Clock::AuthorizationPeriod,
+            what: "authorized on Christmas Day (Fri): 12 months, holidays do not matter",
+            start: "2026-12-25T18:00:00Z",
+            expedited: false,
+            due: "2027-12-26T07:59:59Z",
+            closed: "2027-12-20T17:00:00Z",
+            on_time: true,
+        },
+        Row {
+            clock: Clock::AuthorizationPeriod,
+            what:
+                "authorized Sun 28 Feb 2027: ends 28 Feb 2028 (not the leap day), reauthorized late",
+            start: "2027-02-28T18:00:00Z",
+            expedited: false,
+            due: "2028-02-29T07:59:59Z",
+            closed: "2028-02-29T08:00:00Z",
+            on_time: false,
+        },
+        Row {
+            clock: Clock::ReauthorizationPeriod,
+            what: "reauthorized 31 Aug: 6 months clamps to the end of February",
+            start: "2026-08-31T17:00:00Z",
+            expedited: false,
+            due: "2027-03-01T07:59:59Z",
+            closed: "2027-03-01T07:59:59Z",
+            on_time: true,
+        },
+        Row {
+            clock: Clock::ReauthorizationPeriod,
+            what: "reauthorized on the Sunday DST starts: ends on Pacific daylight time",
+            start: "2027-03-14T18:00:00Z",
+            expedited: false,
+            due: "2027-09-15T06:59:59Z",
+            closed: "2027-09-10T20:00:00Z",
+            on_time: true,
+        },
+        Row {
+            clock: Clock::MemberNoticeOfAction,
+            what: "denied the Wednesday before Thanksgiving: Mon 30 .. Fri 4 Dec",
+            start: "2026-11-25T18:00:00Z",
+            expedited: false,
+            due: "2026-12-05T07:59:59Z",
+            closed: "2026-12-04T23:00:00Z",
+            on_time: true,
+        },
+        Row {
+            clock: Clock::MemberNoticeOfAction,
+            what: "expedited denial the same Wednesday: 72 elapsed hours",
+            start: "2026-11-25T18:00:00Z",
+            expedited: true,
+            due: "2026-11-28T18:00:00Z",
+            closed: "2026-11-30T17:00:00Z",
+            on_time: false,
+        },
+        Row {
+            clock: Clock::MemberNoticeOfAction,
+            what: "discontinued on a Saturday before Christmas: Mon 21 .. Thu 24, Mon 28",
+            start: "2026-12-19T19:00:00Z",
+            expedited: false,
+            due: "2026-12-29T07:59:59Z",
+            closed: "2026-12-28T18:00:00Z",
+            on_time: true,
+        },
+        Row {
+            clock: Clock::EcmAssessment,
+            what: "assigned on Christmas Day: 30 calendar days",
+            start: "2026-12-25T18:00:00Z",
+            expedited: false,
+            due: "2027-01-25T07:59:59Z",
+            closed: "2027-01-25T08:00:00Z",
+            on_time: false,
+        },
+        Row {
+            clock: Clock::ProviderChangeRequest,
+            what: "change requested the Saturday after Thanksgiving",
+            start: "2026-11-28T19:00:00Z",
+            expedited: false,
+            due: "2026-12-29T07:59:59Z",
+            closed: "2026-12-21T18:00:00Z",
+            on_time: true,
+        },
+        Row {
+            clock: Clock::EcmProviderToldOfAssignment,
+            what: "authorized Mon 21 Dec: 10 business days skip Christmas and New Year's Day",
+            start: "2026-12-21T18:00:00Z",
+            expedited: false,
+            due: "2027-01-07T07:59:59Z",
+            closed: "2027-01-06T22:00:00Z",
+            on_time: true,
+        },
+        Row {
+            clock: Clock::SwNotifiedOfEnrollment,
+            what: "enrolled Fri 6 Nov: Veterans Day is skipped",
+            start: "2026-11-06T18:00:00Z",
+            expedited: false,
+            due: "2026-11-17T07:59:59Z",
+            closed: "2026-11-17T08:00:00Z",
+            on_time: false,
+        },
+    ];
+    for r in rows {
+        let due_at = due(r.clock, t(r.start), r.expedited, &cal());
+        assert_eq!(due_at, t(r.due), "{}: {}", r.clock, r.what);
+        assert_eq!(t(r.closed) <= due_at, r.on_time, "{}: {}", r.clock, r.what);
+    }
+}
+
 #[test]
 fn holiday_calendar_is_configurable() {
     let weekends = Calendar::weekends_only();
@@ -276,7 +399,9 @@ fn codes_are_stable_and_unique() {
     for c in Clock::ALL {
         if !matches!(
             c,
-            Clock::AuthorizationDecision | Clock::SwNotifiedOfEnrollment
+            Clock::AuthorizationDecision
+                | Clock::SwNotifiedOfEnrollment
+                | Clock::MemberNoticeOfAction
         ) {
             assert_eq!(c.rule(true), c.rule(false), "{c}");
         }

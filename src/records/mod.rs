@@ -3,9 +3,10 @@
 //! demographics stand ([`precedence`]), the ECM eligibility facts and their
 //! evaluation ([`eligibility`]), the member's managed care from the stored
 //! Coverage ([`coverage`]), continuity of ECM across a plan change
-//! ([`continuity`]), and the configured organizations as FHIR resources
-//! ([`orgs`]).
+//! ([`continuity`]), the closed-loop referral vocabulary ([`clr`]), and
+//! the configured organizations as FHIR resources ([`orgs`]).
 
+pub mod clr;
 pub mod continuity;
 pub mod coverage;
 pub mod eligibility;

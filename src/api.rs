@@ -76,6 +76,8 @@ pub fn routes() -> Router<Gateway> {
             get(eligibility::get_eligibility),
         )
         .route("/ops/deadlines", get(ops::get_deadlines))
+        .route("/ops/rtf", get(crate::sources::rtf::get_rtf))
+        .route("/ecm/rtf", post(crate::sources::rtf::post_rtf))
         .route("/auth/token", post(token::token_endpoint))
         .route("/ops/decisions", get(crate::explain::decisions))
         .merge(crate::fhir::routes())
@@ -257,6 +259,9 @@ pub(crate) mod tests {
         let _ = crate::records::eligibility::detailed_reasons;
         let _ = crate::api::eligibility::get_eligibility;
         let _ = crate::api::ops::get_deadlines;
+        let _ = crate::sources::rtf::get_rtf;
+        let _ = crate::sources::rtf::audit_export;
+        let _ = crate::sources::rtf::import;
         let _ = crate::sources::task_update::parties;
         let _ = crate::sources::task_update::put_task;
         let _ = crate::sources::referral::post_referral;

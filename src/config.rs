@@ -368,6 +368,9 @@ pub struct Organization {
     pub sending_facilities: Vec<String>,
     /// `adt_source` only: when commit ACKs are sent (default `as_requested`).
     pub ack_mode: Option<AckMode>,
+    /// `mcp` only: the Return Transmission File dialect
+    /// (`mappings/rtf/{name}.toml`; default `default`).
+    pub rtf_dialect: Option<String>,
 }
 
 /// When an `adt_source`'s messages get their commit ACK.
@@ -798,6 +801,19 @@ impl Config {
             }
             if o.kind != OrgKind::AdtSource && o.ack_mode.is_some() {
                 errs.push(format!("{at}.ack_mode: only for kind adt_source"));
+            }
+            if let Some(d) = &o.rtf_dialect {
+                if o.kind != OrgKind::Mcp {
+                    errs.push(format!("{at}.rtf_dialect: only for kind mcp"));
+                } else if d.is_empty()
+                    || !d
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
+                    errs.push(format!(
+                        "{at}.rtf_dialect: a file stem under mappings/rtf/ (letters, digits, '-', '_')"
+                    ));
+                }
             }
             if let Some(auth) = &o.endpoint_auth {
                 let bearer = auth.bearer_token_env.is_some();

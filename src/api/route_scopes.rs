@@ -78,6 +78,8 @@ pub const ROUTE_SCOPES: &[RouteScope] = &[
         Need::Type("Observation", Read),
     ),
     row("GET", "/ops/deadlines", Need::Type("Task", Read)),
+    row("GET", "/ops/rtf", Need::Type("Task", Read)),
+    row("POST", "/ecm/rtf", Need::Type("Task", Write)),
     row("GET", "/ops/decisions", Need::Type("Consent", Read)),
     row("GET", "/fhir/{rtype}", Need::PathType(Read)),
     row("POST", "/fhir/{rtype}", Need::PathType(Write)),
@@ -158,6 +160,22 @@ pub const ROUTE_EXITS: &[RouteExit] = &[
         patient_data(
             "R0-operator (operators only)",
             "api::ops::get_deadlines (read, naming every patient and subject listed)",
+        ),
+    ),
+    exit(
+        "GET",
+        "/ops/rtf",
+        patient_data(
+            "R0-operator (operators only)",
+            "sources::rtf::audit_export (read, naming every patient in the file)",
+        ),
+    ),
+    exit(
+        "POST",
+        "/ecm/rtf",
+        patient_data(
+            "sources::rtf::import: task_update::parties per row (a Task that is absent or not the caller's reads the same, 'no referral with this id among the caller's')",
+            "sources::rtf::import (refusal naming the Tasks not the caller's); applied rows are journaled Task updates",
         ),
     ),
     exit(

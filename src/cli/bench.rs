@@ -87,6 +87,18 @@ pub enum BenchCommand {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// The monthly RTF export of one plan over a store of referral Tasks
+    /// (seconds, peak RSS), beside the single-referral rate, in one run.
+    Rtf {
+        /// Members (a Patient and a referral Task each) in the store.
+        #[arg(long, default_value_t = 100_000)]
+        members: usize,
+        /// Referrals sent one at a time per run for the referral rate.
+        #[arg(long, default_value_t = 200)]
+        referrals: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// ADT → FHIR translation throughput on one core.
     Translate {
         #[arg(long, default_value_t = 3)]
@@ -124,6 +136,14 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             Ok(())
         }
         BenchCommand::Translate { seconds, runs } => translate(seconds.max(1), runs.max(1)),
+        BenchCommand::Rtf {
+            members,
+            referrals,
+            runs,
+        } => {
+            crate::cli::bench_rtf::run(members.clamp(1, 1_000_000), referrals.max(10), runs.max(1))
+                .await
+        }
         BenchCommand::Delivery {
             deliveries,
             adt,

@@ -1,7 +1,9 @@
 //! The command line (the commands table in `README.md`).
 
 pub mod bench;
+pub mod bench_rtf;
 pub mod demo;
+pub mod rtf;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -69,6 +71,11 @@ pub enum Command {
         /// Only clocks past due.
         #[arg(long)]
         overdue: bool,
+    },
+    /// Files for partners from the store (never creates one): `report rtf`.
+    Report {
+        #[command(subcommand)]
+        what: crate::cli::rtf::ReportCommand,
     },
     /// The dead-letter list of deliveries that ran out of attempts (or were
     /// refused at once): list, retry or drop. Opens the store from the config.
@@ -205,7 +212,7 @@ pub fn emit(text: &str) -> anyhow::Result<()> {
 
 /// The error of a command that writes to stdout: a broken pipe anywhere in
 /// its chain becomes [`StdoutClosed`]; any other error is kept.
-fn quiet_if_closed(e: anyhow::Error) -> anyhow::Error {
+pub(crate) fn quiet_if_closed(e: anyhow::Error) -> anyhow::Error {
     let broken = |k: std::io::ErrorKind| k == std::io::ErrorKind::BrokenPipe;
     let closed = e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
@@ -338,7 +345,7 @@ fn run_demo(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -455,6 +462,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             emit(&text)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Report { what } => crate::cli::rtf::run(config.as_deref(), what),
         Command::CheckConfig { file } => {
             let Some(file) = file.or(config) else {
                 anyhow::bail!("give the configuration file to check (check-config FILE)");

@@ -49,6 +49,7 @@ pub mod adt;
 pub mod case_event;
 pub mod fhir_write;
 pub mod referral;
+pub mod rtf;
 pub mod schemas;
 pub mod task_update;
 

@@ -22,6 +22,7 @@ mod oracles;
 mod postgres;
 mod precedence;
 mod readme_tour;
+mod rtf;
 mod scenarios;
 mod task_put;
 mod tls;

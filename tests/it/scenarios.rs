@@ -106,6 +106,11 @@ async fn sam_ccs_pof7() {
     run_file("sam-ccs-pof7.yaml").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monthly_rtf() {
+    run_file("monthly-rtf.yaml").await;
+}
+
 /// Every scenario file has a test above.
 #[test]
 fn every_scenario_file_is_run() {

@@ -13,13 +13,15 @@
 //!     http: { method: POST, path: /cws/events, as: county-fresno, body: { … } }
 //!     expect: { status: 202, json: { "/resourceType": Bundle } }
 //!     save: { task: "/entry/1/resource/id" }        # JSON pointers into the reply
+//!   - http: { method: POST, path: /ecm/rtf, as: ecm-compass, content_type: text/csv,
+//!             body_text: "Member_CIN,…\n…" }          # a non-JSON body, sent as it is
 //!   - mllp: "MSH|^~\\&|…\rPID|…"                    # one ER7 message
 //!     expect: { ack: AA }
 //!   - wait: { delivered_to: ecm-compass, contains: "notification-admit", within_ms: 5000 }
 //!   - wait: { not_delivered_to: county-fresno, contains: "Encounter", for_ms: 500 }
 //! ```
 //! `${name}` in a path, a body string or a message is replaced by a saved
-//! value (or a built-in: `${today}`, `${now}`, `${days_ago:N}`, `${days_ahead:N}`).
+//! value (or a built-in: `${today}`, `${month}` (YYYY-MM), `${now}`, `${days_ago:N}`, `${days_ahead:N}`).
 //! Every loop is bounded: waits have a deadline, requests a timeout.
 
 use std::collections::{BTreeMap, HashMap};
@@ -74,6 +76,13 @@ pub struct HttpStep {
     pub as_org: Option<String>,
     #[serde(default)]
     pub body: Option<Value>,
+    /// A non-JSON body sent as it is (variables substituted), e.g. a CSV
+    /// file; with `content_type`.
+    #[serde(default)]
+    pub body_text: Option<String>,
+    /// The Content-Type of `body_text` (default `text/plain`).
+    #[serde(default)]
+    pub content_type: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -165,6 +174,7 @@ fn builtin(name: &str) -> Option<String> {
     let days = |s: &str| s.parse::<i64>().ok().map(chrono::Duration::days);
     match name {
         "today" => Some(today.to_string()),
+        "month" => Some(today.format("%Y-%m").to_string()),
         "now" => Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         "hl7_now" => Some(chrono::Utc::now().format("%Y%m%d%H%M%S+0000").to_string()),
         _ => {
@@ -316,6 +326,14 @@ pub async fn run(scenario: &Scenario, target: &Target, log: &mut RunLog) -> anyh
                     req = req
                         .header("Content-Type", "application/fhir+json")
                         .body(substitute_json(b, &vars).to_string());
+                }
+                if let Some(t) = &h.body_text {
+                    req = req
+                        .header(
+                            "Content-Type",
+                            h.content_type.as_deref().unwrap_or("text/plain"),
+                        )
+                        .body(substitute(t, &vars));
                 }
                 let resp = req
                     .send()

@@ -66,6 +66,8 @@ pub mod fhir;
 
 pub mod explain;
 
+pub mod referrals_view;
+
 pub mod mllp;
 
 // The edge: the HTTP router, wiring, offline translation.

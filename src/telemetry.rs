@@ -312,6 +312,36 @@ impl RateLimitedLog {
     }
 }
 
+/// Exposition text computed from the store on a scrape (the referral
+/// compliance figures), reused until it is older than the caller's limit:
+/// concurrent scrapes wait for one computation instead of each running it.
+#[derive(Default)]
+pub struct ScrapeCache(tokio::sync::Mutex<Option<(std::time::Instant, String)>>);
+
+impl ScrapeCache {
+    /// The text computed less than `ttl` ago, else `compute`'s (kept); when
+    /// `compute` gives nothing, the last text if any, else empty.
+    pub async fn get_or_compute<F, Fut>(&self, ttl: std::time::Duration, compute: F) -> String
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Option<String>>,
+    {
+        let mut slot = self.0.lock().await;
+        if let Some((at, text)) = slot.as_ref() {
+            if at.elapsed() < ttl {
+                return text.clone();
+            }
+        }
+        match compute().await {
+            Some(text) => {
+                *slot = Some((std::time::Instant::now(), text.clone()));
+                text
+            }
+            None => slot.as_ref().map(|(_, t)| t.clone()).unwrap_or_default(),
+        }
+    }
+}
+
 /// Every metric the gateway exports. One instance per process.
 pub struct Metrics {
     /// HL7 messages received, by message type.
@@ -351,6 +381,9 @@ pub struct Metrics {
     pub deadlines_overdue: AtomicGauge,
     /// Outbox and push delivery.
     pub delivery: crate::telemetry::delivery::DeliveryMetrics,
+    /// The referral compliance figures' text, recomputed at most once a
+    /// minute (`api` appends it to the exposition).
+    pub referrals_text: ScrapeCache,
     /// Every metric above but the delivery ones, by exposition name, in
     /// exposition order.
     registry: Registry,
@@ -375,6 +408,7 @@ impl Default for Metrics {
             tls_handshakes: CounterVec::new(&["outcome"]),
             deadlines_overdue: AtomicGauge::non_negative(),
             delivery: crate::telemetry::delivery::DeliveryMetrics::default(),
+            referrals_text: ScrapeCache::default(),
             registry: Registry::default(),
         };
         // Names without the `_total` the encoder adds to counters; help

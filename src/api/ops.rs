@@ -1,4 +1,5 @@
-//! Operator endpoints on the stored state: `GET /ops/deadlines`.
+//! Operator endpoints on the stored state: `GET /ops/deadlines`,
+//! `GET /ops/referrals`.
 
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -87,4 +88,42 @@ pub async fn get_deadlines(
         StatusCode::OK,
         &json!({"now": ts(now), "overdue": overdue, "clocks": items}),
     ))
+}
+
+/// `GET /ops/referrals[?mcp=ID][&county=NAME][&from=][&to=]` (operator):
+/// the closed-loop referral compliance figures
+/// ([`crate::referrals_view::view`]). Aggregates only — counts, days and
+/// ratios by CLR status, clock and plan — so nothing about a member is
+/// disclosed and nothing is audited.
+pub async fn get_referrals(
+    State(state): State<Core>,
+    cert: ClientCert,
+    headers: HeaderMap,
+    Query(filter): Query<crate::referrals_view::Filter>,
+) -> Result<Response, ApiError> {
+    use crate::referrals_view::{view, ViewError};
+    state.authenticate(&headers, &cert, &[OrgKind::Operator])?;
+    let started = std::time::Instant::now();
+    let v = view(state.store.as_ref(), &state.cfg, filter, Utc::now())
+        .await
+        .map_err(|e| match e {
+            ViewError::Filter(problems) => ApiError::Violations(
+                problems
+                    .into_iter()
+                    .map(|(text, param)| crate::edge::Violation {
+                        text,
+                        expression: Some(param.to_string()),
+                    })
+                    .collect(),
+            ),
+            ViewError::Store(e) => ApiError::Store(e),
+            ViewError::Rules(e) => ApiError::Internal(e),
+        })?;
+    tracing::debug!(
+        referrals = v.referrals,
+        ms = started.elapsed().as_millis() as u64,
+        "referral compliance view"
+    );
+    let body = serde_json::to_value(&v).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(fhir_json(StatusCode::OK, &body))
 }

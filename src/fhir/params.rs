@@ -100,6 +100,42 @@ pub const RESOURCES: &[ResourceDef] = &[
         includes: &[],
     },
     ResourceDef {
+        name: "CareTeam",
+        params: &[
+            "_id",
+            "_lastUpdated",
+            "identifier",
+            "patient",
+            "subject",
+            "status",
+        ],
+        includes: &[],
+    },
+    ResourceDef {
+        name: "QuestionnaireResponse",
+        params: &[
+            "_id",
+            "_lastUpdated",
+            "identifier",
+            "patient",
+            "subject",
+            "status",
+        ],
+        includes: &[],
+    },
+    ResourceDef {
+        name: "DocumentReference",
+        params: &[
+            "_id",
+            "_lastUpdated",
+            "identifier",
+            "patient",
+            "subject",
+            "status",
+        ],
+        includes: &[],
+    },
+    ResourceDef {
         name: "Consent",
         params: &["_id", "_lastUpdated", "identifier", "patient", "status"],
         includes: &[],

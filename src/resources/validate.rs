@@ -15,7 +15,8 @@
 //! - **Project rules** ([`type_rules`]): elements R4 requires (1..1) and
 //!   required value-set bindings that the JSON Schema leaves open (it writes
 //!   `CarePlan.status` as any `code`): `CarePlan.status`, `.intent`,
-//!   `Task.status`, `.intent`, `.priority`. Consent's gateway shape is checked
+//!   `Task.status`, `.intent`, `.priority`, `CareTeam.status`,
+//!   `QuestionnaireResponse.status`, `DocumentReference.status`. Consent's gateway shape is checked
 //!   by `sources::fhir_write::consent_shape_problem` after the schema passes.
 //!
 //! - **Shared input checks** ([`crate::input_check`]): real, plausible
@@ -39,7 +40,14 @@ use serde_json::{json, Value};
 pub const FHIR_SCHEMA: &str = include_str!("../../profiles/fhir.schema.json");
 
 /// The types a client may write (create, update or `$validate`).
-pub const WRITE_TYPES: &[&str] = &["CarePlan", "Consent", "Task"];
+pub const WRITE_TYPES: &[&str] = &[
+    "CarePlan",
+    "Consent",
+    "Task",
+    "CareTeam",
+    "QuestionnaireResponse",
+    "DocumentReference",
+];
 
 /// Most issues one OperationOutcome lists; past it a last issue says more
 /// were not listed.
@@ -273,6 +281,24 @@ const REQUEST_STATUS: &[&str] = &[
 const CARE_PLAN_INTENT: &[&str] = &["proposal", "plan", "order", "option"];
 /// request-priority (Task.priority, required binding).
 const REQUEST_PRIORITY: &[&str] = &["routine", "urgent", "asap", "stat"];
+/// care-team-status (CareTeam.status, required binding).
+const CARE_TEAM_STATUS: &[&str] = &[
+    "proposed",
+    "active",
+    "suspended",
+    "inactive",
+    "entered-in-error",
+];
+/// questionnaire-answers-status (QuestionnaireResponse.status, required binding).
+const QR_STATUS: &[&str] = &[
+    "in-progress",
+    "completed",
+    "amended",
+    "entered-in-error",
+    "stopped",
+];
+/// document-reference-status (DocumentReference.status, required binding).
+const DOC_STATUS: &[&str] = &["current", "superseded", "entered-in-error"];
 
 /// The project's rules for `rtype` beyond the JSON Schema (see the module
 /// doc). Pure.
@@ -307,6 +333,16 @@ pub fn type_rules(rtype: &str, r: &Value) -> Vec<Issue> {
         }
         "Consent" => {
             required_code("status", None, true);
+        }
+        "CareTeam" => {
+            required_code("status", Some(CARE_TEAM_STATUS), false);
+        }
+        "QuestionnaireResponse" => {
+            required_code("status", Some(QR_STATUS), true);
+        }
+        "DocumentReference" => {
+            // `content` (1..*) the schema requires.
+            required_code("status", Some(DOC_STATUS), true);
         }
         _ => {}
     }

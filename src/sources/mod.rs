@@ -8,7 +8,7 @@
 //! | [`case_event`] | `POST /cws/events` | `case_event` |
 //! | [`referral`] | `POST /ecm/referrals` | `referral` |
 //! | [`task_update`] | `PUT /fhir/Task/{id}` | `fhir_write` |
-//! | [`fhir_write`] | `POST /fhir/CarePlan`, `POST /fhir/Consent` | `fhir_write` |
+//! | [`fhir_write`] | `POST /fhir/{CarePlan,Consent,CareTeam,QuestionnaireResponse,DocumentReference}` | `fhir_write` |
 //!
 //! Every source follows the journal's one sequence ([`crate::journal`]):
 //! append the input (durable before any 2xx or ACK), replay a duplicate from
@@ -75,6 +75,9 @@ pub struct Ingress {
     /// What each case event does beyond its FHIR
     /// (`mappings/case_event/effects.toml`).
     pub effects: case_event::effects::Effects,
+    /// How a Lead Care Manager and an ECM assessment are coded
+    /// (`mappings/care_team/care-team.toml`).
+    pub care_team: fhir_write::care_team::CareTeamRules,
     /// Set once the delivery workers exist (`serve::start`); writes are
     /// routed in their own transaction when it is set.
     pub routing: std::sync::OnceLock<crate::routing::Routing>,
@@ -104,6 +107,14 @@ impl Ingress {
                 };
                 anyhow::anyhow!("{at}: {}: {e}", case_event::effects::FILE)
             })?;
+        let care_team = fhir_write::care_team::CareTeamRules::load(cfg.mappings.dir.as_deref())
+            .map_err(|e| {
+                let at = match &cfg.mappings.dir {
+                    Some(d) => format!("mappings.dir {}", d.display()),
+                    None => crate::embedded::EMBEDDED_MAPPINGS.to_string(),
+                };
+                anyhow::anyhow!("{at}: {}: {e}", fhir_write::care_team::FILE)
+            })?;
         Ok(Ingress {
             cfg,
             engine,
@@ -111,6 +122,7 @@ impl Ingress {
             calendar,
             precedence: Arc::new(precedence),
             effects,
+            care_team,
             routing: std::sync::OnceLock::new(),
         })
     }

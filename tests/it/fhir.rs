@@ -79,6 +79,23 @@ async fn seed_two_youths(store: &dyn store::Store) {
 async fn every_declared_search_parameter_works() {
     let (_dir, gw, base) = start_fhir().await;
     seed_two_youths(gw.store.as_ref()).await;
+    // What an assigned ECM provider sends back: its care team and assessments.
+    seed(
+        gw.store.as_ref(),
+        vec![
+            json!({"resourceType": "CareTeam", "id": "ct1", "status": "active",
+                   "identifier": [{"system": "urn:ct", "value": "CT-1"}],
+                   "subject": {"reference": "Patient/p1"}}),
+            json!({"resourceType": "QuestionnaireResponse", "id": "qr1", "status": "completed",
+                   "identifier": {"system": "urn:qr", "value": "QR-1"},
+                   "subject": {"reference": "Patient/p2"}}),
+            json!({"resourceType": "DocumentReference", "id": "doc1", "status": "current",
+                   "identifier": [{"value": "DOC-1"}],
+                   "subject": {"reference": "Patient/p1"},
+                   "content": [{"attachment": {"url": "https://ecm.example.org/d/1"}}]}),
+        ],
+    )
+    .await;
     let c = reqwest::Client::new();
     let cin_q = format!("identifier={}|91000002B", CIN_SYSTEM.replace(':', "%3A"));
     let cases: Vec<(&str, &str, Vec<&str>)> = vec![
@@ -134,6 +151,36 @@ async fn every_declared_search_parameter_works() {
         ("Condition", "subject=p1&identifier=|COND-1", vec!["cond1"]),
         ("Condition", "patient=p1&_id=cond1", vec!["cond1"]),
         ("Provenance", "patient=p1", vec!["prov1"]),
+        (
+            "CareTeam",
+            "patient=p1&status=active&identifier=urn:ct|CT-1",
+            vec!["ct1"],
+        ),
+        (
+            "CareTeam",
+            "subject=p2&_id=ct1&_lastUpdated=ge2000-01-01",
+            vec![],
+        ),
+        (
+            "QuestionnaireResponse",
+            "subject=Patient/p2&status=completed&identifier=QR-1",
+            vec!["qr1"],
+        ),
+        (
+            "QuestionnaireResponse",
+            "patient=p1&_id=qr1&_lastUpdated=lt2100-01-01",
+            vec![],
+        ),
+        (
+            "DocumentReference",
+            "patient=p1&status=current&identifier=|DOC-1",
+            vec!["doc1"],
+        ),
+        (
+            "DocumentReference",
+            "subject=p1&_id=doc1&_lastUpdated=ge2000-01-01",
+            vec!["doc1"],
+        ),
         (
             "Provenance",
             "_id=prov1&_lastUpdated=ge2000-01-01",

@@ -61,6 +61,16 @@ pub fn collect_refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
     }
 }
 
+/// The local references (`#id`) a resource's `contained` resources answer to.
+fn contained_refs(r: &Value) -> HashSet<String> {
+    r["contained"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["id"].as_str().map(|id| format!("#{id}")))
+        .collect()
+}
+
 /// Where `v` holds an empty string, array or object, or a null.
 pub fn empties(path: &str, v: &Value, out: &mut Vec<String>) {
     match v {
@@ -82,7 +92,8 @@ pub fn empties(path: &str, v: &Value, out: &mut Vec<String>) {
 /// The invariants for one output: a Bundle (its entries checked one by one
 /// too, so the errors name the element) or a single resource. A reference
 /// resolves when a Bundle entry answers to it (its `request.url`, its
-/// `fullUrl`, or `Type/id`) or `exists(reference)` says so. The problems
+/// `fullUrl`, or `Type/id`), a contained resource of the resource holding
+/// it answers to it (`#id`), or `exists(reference)` says so. The problems
 /// found; none is a pass.
 pub fn check(out: &Value, exists: &dyn Fn(&str) -> bool) -> Vec<String> {
     let mut problems = Vec::new();
@@ -97,8 +108,9 @@ pub fn check(out: &Value, exists: &dyn Fn(&str) -> bool) -> Vec<String> {
         problems.extend(schema_errors(out, 3));
         let mut refs = Vec::new();
         collect_refs(out, &mut refs);
+        let local = contained_refs(out);
         for rf in refs {
-            if !exists(rf) {
+            if !local.contains(rf) && !exists(rf) {
                 problems.push(format!("dangling reference {rf}"));
             }
         }
@@ -130,8 +142,9 @@ pub fn check(out: &Value, exists: &dyn Fn(&str) -> bool) -> Vec<String> {
         }
         let mut refs = Vec::new();
         collect_refs(r, &mut refs);
+        let local = contained_refs(r);
         for rf in refs {
-            if !targets.contains(rf) && !exists(rf) {
+            if !targets.contains(rf) && !local.contains(rf) && !exists(rf) {
                 problems.push(format!("dangling reference {rf}"));
             }
         }

@@ -5,6 +5,7 @@ mod access;
 mod audit;
 mod auth;
 mod availability;
+mod care_team;
 mod common;
 mod corpus;
 mod county;

@@ -111,6 +111,11 @@ async fn monthly_rtf() {
     run_file("monthly-rtf.yaml").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecm_care_team_and_assessment() {
+    run_file("ecm-care-team-and-assessment.yaml").await;
+}
+
 /// Every scenario file has a test above.
 #[test]
 fn every_scenario_file_is_run() {

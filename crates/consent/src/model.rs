@@ -117,6 +117,7 @@ impl Category {
             | "Observation"
             | "Procedure"
             | "QuestionnaireResponse"
+            | "DocumentReference"
             | "ClinicalImpression"
             | "Goal"
             | "CareTeam"

@@ -1,5 +1,7 @@
 //! `POST /fhir/CarePlan` and `POST /fhir/Consent` (ECM providers and
-//! counties): validate, journal, store, answer 201.
+//! counties), and `POST /fhir/CareTeam`, `/fhir/QuestionnaireResponse`,
+//! `/fhir/DocumentReference` (the member's assigned ECM provider only, see
+//! [`care_team`]): validate, journal, store, answer 201.
 //!
 //! Order of effects (the journal-before-2xx invariant): the request is
 //! validated purely, then journaled (`InputKind::FhirWrite`, raw body kept),
@@ -27,6 +29,14 @@
 //!   `cwsgw_consent::validate_grantor` against the Patient's `birthDate`;
 //!   a `referral_verbal` Consent carries the `consent-explained` extension
 //!   with all four flags true.
+//! - CareTeam, QuestionnaireResponse, DocumentReference: `subject`
+//!   references a Patient the caller may see, the caller is the member's
+//!   assigned ECM provider (else 403) and the resource has the gateway's
+//!   shape ([`care_team::shape_problems`]: a reachable Lead Care Manager; an
+//!   assessment coding and a bounded attachment). A CareTeam without
+//!   `managingOrganization` is made the caller's. A completed assessment
+//!   meets the open 30-day `ecm-assessment` clocks of the provider's Tasks of
+//!   the member, in the same transaction.
 //! - Security labels the sender put in `meta.security` are kept as sent
 //!   (never lowered).
 //!
@@ -43,6 +53,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use store::{InputKind, JournalRecord, NewInput, Store};
 
+pub mod care_team;
+
 use super::Ingress;
 use crate::audit::{self, AuditEntry, Interaction};
 use crate::auth::{Access, Caller};
@@ -58,7 +70,13 @@ use crate::state::Core;
 /// Organization kinds that may create.
 pub const WRITE_KINDS: &[OrgKind] = &[OrgKind::EcmProvider, OrgKind::County];
 /// Types that may be created.
-pub const CREATE_TYPES: &[&str] = &["CarePlan", "Consent"];
+pub const CREATE_TYPES: &[&str] = &[
+    "CarePlan",
+    "Consent",
+    "CareTeam",
+    "QuestionnaireResponse",
+    "DocumentReference",
+];
 
 /// Is the request body FHIR JSON?
 pub fn json_content_type(headers: &HeaderMap) -> bool {
@@ -85,7 +103,13 @@ pub fn deterministic_id(rtype: &str, org: &str, body: &[u8]) -> String {
     h.update(b"\n");
     h.update(body);
     let hex = hex::encode(h.finalize());
-    let prefix = if rtype == "Consent" { "cons" } else { "cp" };
+    let prefix = match rtype {
+        "Consent" => "cons",
+        "CareTeam" => "ct",
+        "QuestionnaireResponse" => "qr",
+        "DocumentReference" => "doc",
+        _ => "cp",
+    };
     format!("{prefix}-{}", hex.get(..40).unwrap_or(&hex))
 }
 
@@ -208,6 +232,7 @@ struct Checked {
 /// see, a Consent's grantor. `Err` lists the problems (a 422 for a create).
 async fn check_create(
     state: &Core,
+    ingress: &Ingress,
     caller: &Caller,
     rtype: &str,
     body: &[u8],
@@ -240,21 +265,21 @@ async fn check_create(
         res.get("subject").and_then(|p| ref_id(p, "Patient"))
     };
     let subject_expr = if rtype == "Consent" {
-        "Consent.patient"
+        "Consent.patient".to_string()
     } else {
-        "CarePlan.subject"
+        format!("{rtype}.subject")
     };
     let Some(patient_id) = patient_id else {
         return one(
             "invariant",
-            subject_expr,
+            &subject_expr,
             "the subject must reference a Patient",
         );
     };
     let Some(patient) = visible_patient(state, caller, &patient_id).await? else {
         return one(
             "invariant",
-            subject_expr,
+            &subject_expr,
             "the referenced Patient is not known",
         );
     };
@@ -262,6 +287,10 @@ async fn check_create(
         if let Some(i) = check_grantor(&res, &patient.body) {
             return Ok(Err(vec![i]));
         }
+    }
+    let shape = care_team::shape_problems(&ingress.care_team, rtype, &res);
+    if !shape.is_empty() {
+        return Ok(Err(shape));
     }
     Ok(Ok(Checked {
         res,
@@ -316,13 +345,31 @@ pub async fn create(
         mut res,
         id,
         patient_id,
-    } = match check_create(&state, &caller, &rtype, &body, res).await? {
+    } = match check_create(&state, &ingress, &caller, &rtype, &body, res).await? {
         Ok(c) => c,
         Err(issues) => return Ok(validate::unprocessable(&issues)),
     };
-    if rtype == "CarePlan" && res.get("author").is_none() {
-        res["author"] = json!({"reference": format!("Organization/{}", caller.org_id)});
-    }
+    // The Lead Care Manager and the assessments are the assigned ECM
+    // provider's to send: another organization that may see the member is
+    // refused (audited by the scope layer as a handler 403).
+    let assessment_clocks = if care_team::CARE_TEAM_TYPES.contains(&rtype.as_str()) {
+        if care_team::open_assignments(
+            &state.cfg,
+            state.store.as_ref(),
+            &caller.org_id,
+            &patient_id,
+        )
+        .await?
+        .is_empty()
+        {
+            return Err(ApiError::Denied(NOT_ASSIGNED.into()));
+        }
+        care_team::open_assessment_clocks(&state.cfg, state.store.as_ref(), &caller, &patient_id)
+            .await?
+    } else {
+        Vec::new()
+    };
+    fill_defaults(&rtype, &mut res, &caller.org_id);
     if let Some(existing) = state.store.resource_get(&rtype, &id).await? {
         if strip_meta(existing.body.clone()) != strip_meta(res.clone()) {
             return Ok(fhir_json(
@@ -358,7 +405,16 @@ pub async fn create(
         journal::Appended::Replay { received_at, .. } => *received_at,
         journal::Appended::Fresh(_) => received_at,
     };
-    let derived = derive_create(&ingress, &caller, &rtype, &id, &patient_id, res, at);
+    let derived = derive_create(
+        &ingress,
+        &caller,
+        &rtype,
+        &id,
+        &patient_id,
+        res,
+        at,
+        &assessment_clocks,
+    );
     let stored = journal::settle_stored(Some(&state.routing), store, journal_id, derived).await?;
     let Some(stored) = stored.into_iter().next() else {
         return Err(ApiError::Internal("the store returned no resource".into()));
@@ -372,11 +428,35 @@ pub async fn create(
     Ok(created(&state, status, &stored))
 }
 
-/// What a create commits: the resource (its id assigned, a CarePlan without
-/// an author made the posting organization's), the `create` audit record,
-/// a CarePlan's 6-month review clock, routed as a write of the caller's
-/// organization. `at` is the journal's received time: the audit record and
-/// the clock start there, so a recovery derives the same.
+/// Why a CareTeam or an assessment from another organization is refused.
+pub const NOT_ASSIGNED: &str =
+    "only the ECM provider assigned to the member (owner of an accepted or in-progress ECM Task) may send its care team and assessments";
+
+/// What the gateway fills in that the sender left out: a CarePlan's
+/// `author` and a CareTeam's `managingOrganization` are the posting
+/// organization. A care plan without an author is the posting
+/// organization's: the warm hand-off (`care-plan-handoff` routing) never
+/// sends a provider its own care plan.
+fn fill_defaults(rtype: &str, res: &mut Value, org: &str) {
+    let me = json!({"reference": format!("Organization/{org}")});
+    match rtype {
+        "CarePlan" if res.get("author").is_none() => res["author"] = me,
+        "CareTeam" if res.get("managingOrganization").is_none() => {
+            res["managingOrganization"] = json!([me])
+        }
+        _ => {}
+    }
+}
+
+/// What a create commits: the resource (its id assigned, defaults filled
+/// in by [`fill_defaults`]), the `create` audit record, a CarePlan's
+/// 6-month review clock, a completed assessment's meeting of the open
+/// `assessment_clocks` (the 30-day `ecm-assessment` clocks of the
+/// provider's Tasks of the member, read before the journal append or at
+/// recovery), routed as a write of the caller's organization. `at` is the
+/// journal's received time: the audit record, the clock start and the
+/// clock's meeting are there, so a recovery derives the same.
+#[allow(clippy::too_many_arguments)]
 pub fn derive_create(
     ingress: &Ingress,
     caller: &Caller,
@@ -385,14 +465,11 @@ pub fn derive_create(
     patient_id: &str,
     mut res: Value,
     at: DateTime<Utc>,
+    assessment_clocks: &[store::ClockRow],
 ) -> Derived {
     res["id"] = json!(id);
-    // A care plan without an author is the posting organization's: the
-    // warm hand-off (`care-plan-handoff` routing) never sends a provider
-    // its own care plan.
-    if rtype == "CarePlan" && res.get("author").is_none() {
-        res["author"] = json!({"reference": format!("Organization/{}", caller.org_id)});
-    }
+    fill_defaults(rtype, &mut res, &caller.org_id);
+    let closes_clock = care_team::assessment_closes_clock(rtype, &res);
     let mut write = write_of(res);
     write.patient_id = Some(patient_id.to_string());
     let audit = audit::new_audit(&AuditEntry {
@@ -416,14 +493,22 @@ pub fn derive_create(
             },
             &ingress.calendar,
         )],
+        // The assessment within 30 days of the assignment (Guide for CWS,
+        // ECM provider activities step 7) is met when it arrives.
+        _ if closes_clock => assessment_clocks
+            .iter()
+            .filter(|c| c.kind == program::Clock::EcmAssessment.code())
+            .filter_map(|c| crate::clocks::close(c, at))
+            .collect(),
         _ => Vec::new(),
     };
     Derived {
         writes: vec![write],
         clocks,
         audits: vec![audit],
-        // Routed (an ECM provider's CarePlan or Consent → the county, under
-        // consent at send time) in the same transaction.
+        // Routed (an ECM provider's CarePlan, Consent, CareTeam or
+        // assessment → the county, an assessment and a release naming it →
+        // the MCP; under consent at send time) in the same transaction.
         route: Some(RouteMeta {
             event: None,
             source_org: caller.org_id.clone(),
@@ -493,7 +578,21 @@ impl journal::Source for FhirWrites {
             }
             .and_then(|p| ref_id(p, "Patient"))
             .ok_or_else(|| ApiError::invalid("the subject must reference a Patient", None))?;
-            derive_create(ingress, &caller, rtype, id, &patient, body, rec.received_at)
+            let assessment_clocks = if care_team::CARE_TEAM_TYPES.contains(&rtype) {
+                care_team::open_assessment_clocks(&ingress.cfg, store, &caller, &patient).await?
+            } else {
+                Vec::new()
+            };
+            derive_create(
+                ingress,
+                &caller,
+                rtype,
+                id,
+                &patient,
+                body,
+                rec.received_at,
+                &assessment_clocks,
+            )
         } else {
             return Err(ApiError::invalid(
                 "not a FHIR write the gateway journals",
@@ -589,6 +688,7 @@ pub const TASK_WRITE_KINDS: &[OrgKind] = &[OrgKind::Mcp, OrgKind::EcmProvider, O
 /// its caller and is checked by the `PUT` itself.
 pub async fn validate_op(
     State(state): State<Core>,
+    State(ingress): State<Arc<Ingress>>,
     cert: ClientCert,
     Path(rtype): Path<String>,
     headers: HeaderMap,
@@ -644,7 +744,25 @@ pub async fn validate_op(
         }
     }
     let issues = if CREATE_TYPES.contains(&rtype.as_str()) {
-        match check_create(&state, &caller, &rtype, &body, res).await? {
+        match check_create(&state, &ingress, &caller, &rtype, &body, res).await? {
+            Ok(c) if care_team::CARE_TEAM_TYPES.contains(&rtype.as_str()) => {
+                let assigned = care_team::open_assignments(
+                    &state.cfg,
+                    state.store.as_ref(),
+                    &caller.org_id,
+                    &c.patient_id,
+                )
+                .await?;
+                if assigned.is_empty() {
+                    vec![Issue::new(
+                        "forbidden",
+                        &format!("{rtype}.subject"),
+                        NOT_ASSIGNED,
+                    )]
+                } else {
+                    Vec::new()
+                }
+            }
             Ok(_) => Vec::new(),
             Err(issues) => issues,
         }
@@ -769,6 +887,84 @@ mod tests {
         assert!(store.resource_get("Task", "t1").await.unwrap().is_none());
     }
 
+    /// A completed assessment meets the open `ecm-assessment` clocks it is
+    /// given, at the journal's time; a draft meets none, and no other
+    /// clock is touched.
+    #[test]
+    fn a_completed_assessment_meets_the_open_assessment_clocks() {
+        let (_dir, _store, ingress) = recovery_fixture();
+        let at = DateTime::parse_from_rfc3339("2026-02-03T18:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let open = |clock: program::Clock, subject: &str| {
+            crate::clocks::open(
+                &crate::clocks::ClockSpec {
+                    clock,
+                    patient_id: "p1".into(),
+                    subject: subject.into(),
+                    start: at - chrono::Duration::days(10),
+                    expedited: false,
+                },
+                &ingress.calendar,
+            )
+        };
+        let clocks = vec![
+            open(program::Clock::EcmAssessment, "Task/t1"),
+            open(program::Clock::AuthorizationDecision, "Task/t1"),
+        ];
+        let caller = Caller {
+            client_id: "compass".into(),
+            org_id: "ecm-compass".into(),
+            kind: OrgKind::EcmProvider,
+            scopes: None,
+        };
+        let qr = |status: &str| {
+            json!({"resourceType": "QuestionnaireResponse", "status": status,
+                "subject": {"reference": "Patient/p1"}})
+        };
+        let d = derive_create(
+            &ingress,
+            &caller,
+            "QuestionnaireResponse",
+            "qr1",
+            "p1",
+            qr("completed"),
+            at,
+            &clocks,
+        );
+        assert_eq!(d.clocks.len(), 1);
+        assert_eq!(d.clocks[0].kind, "ecm-assessment");
+        assert_eq!(d.clocks[0].state, "met");
+        assert_eq!(d.clocks[0].closed_at, Some(at));
+        let draft = derive_create(
+            &ingress,
+            &caller,
+            "QuestionnaireResponse",
+            "qr2",
+            "p1",
+            qr("in-progress"),
+            at,
+            &clocks,
+        );
+        assert!(draft.clocks.is_empty());
+        // A CareTeam is stored as the posting provider's.
+        let ct = derive_create(
+            &ingress,
+            &caller,
+            "CareTeam",
+            "ct1",
+            "p1",
+            json!({"resourceType": "CareTeam", "subject": {"reference": "Patient/p1"}}),
+            at,
+            &clocks,
+        );
+        assert!(ct.clocks.is_empty());
+        assert_eq!(
+            ct.writes[0].body["managingOrganization"][0]["reference"],
+            "Organization/ecm-compass"
+        );
+    }
+
     #[test]
     fn every_writable_type_is_validated() {
         // A type made creatable (or updatable) must be compiled by the
@@ -793,6 +989,9 @@ mod tests {
         assert_ne!(a, deterministic_id("CarePlan", "ecm-2", b"{}"));
         assert!(crate::config::valid_fhir_id(&a));
         assert!(deterministic_id("Consent", "x", b"").starts_with("cons-"));
+        assert!(deterministic_id("CareTeam", "x", b"").starts_with("ct-"));
+        assert!(deterministic_id("QuestionnaireResponse", "x", b"").starts_with("qr-"));
+        assert!(deterministic_id("DocumentReference", "x", b"").starts_with("doc-"));
     }
 
     #[test]

@@ -56,6 +56,8 @@ async fn seeded() -> (
         "county-fresno",
         &format!("endpoint = \"{}\"", county.base_url()),
     );
+    // The same configuration as a file, for the command line.
+    std::fs::write(dir.path().join("gw.toml"), &text).unwrap();
     let gw =
         cws_gateway::serve::start(cws_gateway::config::Config::from_toml(&text, "test").unwrap())
             .await
@@ -471,4 +473,89 @@ async fn a_malformed_rtf_is_reported_row_by_row() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     gw.stop().await;
+}
+
+/// The binary run without the caller's `CWSGW_*` settings.
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cws-gateway"))
+        .args(args)
+        .env_remove("CWSGW_CONFIG")
+        .env_remove("CWSGW_DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_rtf_writes_the_same_file_as_the_endpoint_and_never_creates_a_store() {
+    let (dir, gw, base, _mocks) = seeded().await;
+    let c = reqwest::Client::new();
+    let (_, _, http_file) = export(&c, &base, OPS_TOKEN, "mcp-a").await;
+    gw.stop().await;
+    let conf = dir.path().join("gw.toml");
+    let out_file = dir.path().join("rtf.csv");
+    let m = month();
+    let args = [
+        "report",
+        "rtf",
+        "--config",
+        conf.to_str().unwrap(),
+        "--mcp",
+        "mcp-a",
+        "--month",
+        &m,
+        "--out",
+        out_file.to_str().unwrap(),
+    ];
+    let out = cli(&args);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{err}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), http_file);
+    assert!(err.contains("rtf mcp-a") && err.contains("3 rows"), "{err}");
+    assert!(
+        !err.contains("91000001A") && !err.contains("Family1"),
+        "no PHI on stderr: {err}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&out_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the file is the owner's only: {mode:o}");
+    }
+    // Without a store: refused in one line, nothing created.
+    let empty = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(&conf).unwrap().replace(
+        dir.path().join("gw.db").to_str().unwrap(),
+        empty.path().join("none.db").to_str().unwrap(),
+    );
+    let conf2 = empty.path().join("gw.toml");
+    std::fs::write(&conf2, text).unwrap();
+    let out = cli(&[
+        "report",
+        "rtf",
+        "--config",
+        conf2.to_str().unwrap(),
+        "--mcp",
+        "mcp-a",
+        "--month",
+        &m,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert!(err.starts_with("error: no store at"), "{err}");
+    assert!(!empty.path().join("none.db").exists());
+    // A month that is not YYYY-MM is named.
+    let out = cli(&[
+        "report",
+        "rtf",
+        "--config",
+        conf.to_str().unwrap(),
+        "--mcp",
+        "mcp-a",
+        "--month",
+        "2026-1",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("month is YYYY-MM"));
 }

@@ -11,7 +11,7 @@
 //! (`sources::rtf::export_audited`: page through the Tasks, read their
 //! Patients and authorization clocks, write CSV, audit). Peak RSS is the
 //! process's high-water mark over each export run (reset before it through
-//! `/proc/self/clear_refs` on Linux). Every figure is the median of
+//! `/proc/self/clear_refs` on Linux), printed beside the RSS at its start. Every figure is the median of
 //! `--runs` runs; each run's number is printed too. One JSON line.
 
 use std::time::Instant;
@@ -142,9 +142,16 @@ async fn fill(store: &dyn store::Store, n: usize, month: &str, last: &str) -> an
     Ok(t.elapsed().as_secs_f64())
 }
 
-/// Reset the peak RSS high-water mark (Linux; ignored elsewhere).
-fn reset_peak_rss() {
+/// Reset the peak RSS high-water mark to the current RSS (Linux; ignored
+/// elsewhere) and answer the current RSS in MiB: the baseline the export's
+/// peak is read against (the filled store's cache and the allocator's
+/// retained memory are in both).
+fn reset_peak_rss() -> Option<f64> {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 /// Referrals per second, `n` sent one at a time (each answered 201).
@@ -194,10 +201,11 @@ pub async fn run(members: usize, referrals: usize, runs: usize) -> anyhow::Resul
     let fill_s = fill(running.store.as_ref(), members, &month, &last).await?;
     let caller = crate::cli::rtf::cli_caller();
     let (mut export_s, mut rss, mut ref_rate) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rss_before = Vec::new();
     let mut rows = 0;
     for run in 0..runs {
         ref_rate.push(single_referral_rate(&base, referrals, run * referrals).await?);
-        reset_peak_rss();
+        rss_before.push(reset_peak_rss().unwrap_or(0.0));
         let t = Instant::now();
         let (buf, done) = cws_gateway::sources::rtf::export_audited(
             &cfg,
@@ -229,6 +237,8 @@ pub async fn run(members: usize, referrals: usize, runs: usize) -> anyhow::Resul
             "rtf_export_s_runs": export_s,
             "rtf_export_peak_rss_mib": med(&rss),
             "rtf_export_peak_rss_mib_runs": rss,
+            "rss_before_export_mib": med(&rss_before),
+            "rss_before_export_mib_runs": rss_before,
             "single_referral_per_s": med(&ref_rate),
             "single_referral_per_s_runs": ref_rate,
             "referrals_per_run": referrals,

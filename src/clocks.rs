@@ -82,6 +82,57 @@ pub fn close(row: &ClockRow, at: DateTime<Utc>) -> Option<ClockRow> {
     })
 }
 
+/// The clock, cancelled at `at` (the loop closed before the clock could be
+/// met: a referral withdrawn before the decision, an authorization period
+/// of a closed Task); None when it is not open.
+pub fn cancel(row: &ClockRow, at: DateTime<Utc>) -> Option<ClockRow> {
+    (row.state == "open").then(|| ClockRow {
+        state: "cancelled".to_string(),
+        closed_at: Some(at),
+        ..row.clone()
+    })
+}
+
+/// An ECM assessment arrived for the member at `at`: every open 30-day
+/// `ecm-assessment` clock of `patient_id` among `clocks`, met at `at`
+/// (empty when none is open). The assessment clock is opened when a
+/// referral Task is first assigned to an ECM provider (subject `Task/{id}`,
+/// seed 000 step 7); the writer of the assessment (QuestionnaireResponse,
+/// DocumentReference) closes it with this, in its own transaction, over
+/// the clocks [`open_assessments`] read.
+pub fn assessment_received(
+    clocks: &[ClockRow],
+    patient_id: &str,
+    at: DateTime<Utc>,
+) -> Vec<ClockRow> {
+    clocks
+        .iter()
+        .filter(|c| c.kind == Clock::EcmAssessment.code())
+        .filter(|c| c.patient_id.as_deref() == Some(patient_id))
+        .filter_map(|c| close(c, at))
+        .collect()
+}
+
+/// The open `ecm-assessment` clocks of a member: those of each of the
+/// member's referral Tasks.
+pub async fn open_assessments(
+    store: &dyn Store,
+    patient_id: &str,
+) -> Result<Vec<ClockRow>, store::StoreError> {
+    let tasks = store
+        .resources_by_patient_types(patient_id, &["Task"])
+        .await?;
+    let mut out = Vec::new();
+    for t in tasks {
+        let rows = open_for(store, &format!("Task/{}", t.id)).await?;
+        out.extend(
+            rows.into_iter()
+                .filter(|c| c.kind == Clock::EcmAssessment.code()),
+        );
+    }
+    Ok(out)
+}
+
 /// A clock as listed by `GET /ops/deadlines` and `cws-gateway deadlines`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -267,6 +318,46 @@ mod tests {
         );
     }
     use chrono::TimeZone;
+
+    #[test]
+    fn an_assessment_meets_only_the_members_open_assessment_clocks() {
+        let cal = Calendar::default_ca();
+        let start = Utc.with_ymd_and_hms(2026, 12, 24, 18, 0, 0).unwrap();
+        let spec = |clock, patient: &str, task: &str| ClockSpec {
+            clock,
+            patient_id: patient.into(),
+            subject: format!("Task/{task}"),
+            start,
+            expedited: false,
+        };
+        let mine = open(&spec(Clock::EcmAssessment, "p1", "t1"), &cal);
+        let other_task = open(&spec(Clock::EcmAssessment, "p1", "t2"), &cal);
+        let already = close(&open(&spec(Clock::EcmAssessment, "p1", "t3"), &cal), start).unwrap();
+        let other_member = open(&spec(Clock::EcmAssessment, "p2", "t4"), &cal);
+        let other_clock = open(&spec(Clock::ProviderChangeRequest, "p1", "t1"), &cal);
+        let at = start + chrono::Duration::days(3);
+        let met = assessment_received(
+            &[
+                mine.clone(),
+                other_task.clone(),
+                already,
+                other_member,
+                other_clock,
+            ],
+            "p1",
+            at,
+        );
+        let ids: Vec<&str> = met.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, [mine.id.as_str(), other_task.id.as_str()]);
+        assert!(met
+            .iter()
+            .all(|c| c.state == "met" && c.closed_at == Some(at)));
+        // Due 30 calendar days after Christmas Eve: the end of Sat 23 Jan 2027.
+        assert_eq!(ts(mine.due_at), "2027-01-24T07:59:59Z");
+        let cancelled = cancel(&mine, at).unwrap();
+        assert_eq!(cancelled.state, "cancelled");
+        assert!(cancel(&cancelled, at).is_none());
+    }
 
     #[test]
     fn open_then_close_round_trips() {

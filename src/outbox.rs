@@ -173,6 +173,141 @@ impl Waker {
     }
 }
 
+/// One notice of a referral Task: a delivery that carried the Task (its
+/// status, or the referral package with it), to whom, by which routing
+/// rule, when it was queued and — the proof of electronic notice — when
+/// the recipient acknowledged it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notice {
+    /// The outbox row.
+    pub outbox_id: i64,
+    pub recipient: String,
+    pub rule: String,
+    pub package: String,
+    /// `pending`, `delivered`, `dead`, `withheld`, `dropped`.
+    pub state: String,
+    pub enqueued: DateTime<Utc>,
+    /// When the recipient answered 2xx: the `recorded` time of the
+    /// delivery's `disclosure` AuditEvent (`None` until delivered).
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// The sequence number of that AuditEvent in the audit chain.
+    pub audit_seq: Option<i64>,
+}
+
+/// Most audit records [`notices_of`] reads for one member.
+pub const MAX_NOTICE_AUDITS: usize = 20_000;
+
+/// The notices of one Task (`task` = `Task/{id}`) of member `patient_id`,
+/// by outbox id: every delivery attempt audited for the member that named
+/// the Task (delivered, withheld or failed), and the rows still waiting to
+/// be sent. The delivery time is the audit record's, so what this answers
+/// is what an auditor finds in `GET /ops/audit?patient=…` (kind
+/// `disclosure`, subtype `transmit`, `entity.detail[type=delivery]` =
+/// `outbox/{id}`).
+pub async fn notices_of(
+    store: &dyn store::Store,
+    patient_id: &str,
+    task: &str,
+) -> Result<Vec<Notice>, store::StoreError> {
+    use std::collections::BTreeMap;
+    let mut found: BTreeMap<i64, (Option<DateTime<Utc>>, Option<i64>)> = BTreeMap::new();
+    let mut after = 0;
+    let mut read = 0;
+    loop {
+        let page = store
+            .audit_list(after, store::audit::MAX_AUDIT_PAGE, Some(patient_id), None)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        read += page.len();
+        for rec in &page {
+            let Some(id) = delivery_of(&rec.body, task) else {
+                continue;
+            };
+            let slot = found.entry(id).or_insert((None, None));
+            if rec.kind == "disclosure" && slot.0.is_none() {
+                *slot = (Some(rec.recorded), Some(rec.seq));
+            }
+        }
+        if page.len() < store::audit::MAX_AUDIT_PAGE || read >= MAX_NOTICE_AUDITS {
+            break;
+        }
+    }
+    let mut out = Vec::new();
+    for (id, (delivered_at, audit_seq)) in found {
+        if let Some(d) = store.outbox_get(id).await? {
+            if let Some(n) = notice(&d, task, delivered_at, audit_seq) {
+                out.push(n);
+            }
+        }
+    }
+    // Queued and not yet attempted: no audit record names them yet.
+    let pending = store
+        .outbox_list(
+            Some(store::outbox::DeliveryState::Pending),
+            None,
+            store::outbox::MAX_OUTBOX_PAGE,
+        )
+        .await?;
+    for d in pending {
+        if out.iter().all(|n| n.outbox_id != d.id) {
+            if let Some(n) = notice(&d, task, None, None) {
+                out.push(n);
+            }
+        }
+    }
+    out.sort_by_key(|n| n.outbox_id);
+    Ok(out)
+}
+
+/// The notice an outbox row is, when its payload names `task`.
+fn notice(
+    d: &store::outbox::Delivery,
+    task: &str,
+    delivered_at: Option<DateTime<Utc>>,
+    audit_seq: Option<i64>,
+) -> Option<Notice> {
+    let p = Payload::parse(&d.payload)?;
+    p.resources.iter().any(|r| r == task).then(|| Notice {
+        outbox_id: d.id,
+        recipient: d.endpoint.clone(),
+        rule: p.rule.clone(),
+        package: p.package.clone(),
+        state: d.state.as_str().to_string(),
+        enqueued: d.created_at,
+        delivered_at,
+        audit_seq,
+    })
+}
+
+/// The outbox id of a delivery AuditEvent (subtype `transmit`) that names
+/// `task` among its entities.
+fn delivery_of(audit: &Value, task: &str) -> Option<i64> {
+    let transmit = audit
+        .get("subtype")?
+        .as_array()?
+        .iter()
+        .any(|c| c.get("code").and_then(Value::as_str) == Some("transmit"));
+    if !transmit {
+        return None;
+    }
+    let entity = audit
+        .get("entity")?
+        .as_array()?
+        .iter()
+        .find(|e| e.pointer("/what/reference").and_then(Value::as_str) == Some(task))?;
+    entity
+        .get("detail")?
+        .as_array()?
+        .iter()
+        .find(|d| d.get("type").and_then(Value::as_str) == Some("delivery"))
+        .and_then(|d| d.get("valueString"))
+        .and_then(Value::as_str)
+        .and_then(|v| v.strip_prefix("outbox/"))
+        .and_then(|n| n.parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,11 @@ use store::ResourceWrite;
 /// referral's Task; the disclosure context and the Task lifecycle read it.
 pub const AUTHORIZING_MCP_EXT: &str = "/StructureDefinition/authorizing-mcp";
 
+/// Extension (under the canonical base) naming the ECM provider a Task was
+/// taken from, on the one Task version that reassigned it (a provider
+/// change); routing tells that former provider (`task.previous_owner`).
+pub const PREVIOUS_OWNER_EXT: &str = "/StructureDefinition/previous-owner";
+
 /// What a store write needs besides the body: type, id, patient and the
 /// search index, computed from the resource.
 #[derive(Debug)]

@@ -444,6 +444,10 @@ impl RoutingRules {
                                 .is_some_and(|s| t.statuses.iter().any(|x| x == s))
                     })
                     .filter(|r| {
+                        !t.require.contains(&Condition::OwnerChanged)
+                            || previous_owner(cfg, r).is_some()
+                    })
+                    .filter(|r| {
                         !t.require.contains(&Condition::OwnerIsEcm)
                             || r.get("owner").and_then(org_of).is_some_and(|o| {
                                 cfg.organization(&o).map(|x| x.kind) == Some(OrgKind::EcmProvider)
@@ -457,6 +461,7 @@ impl RoutingRules {
                 self.plan_one(cfg, rule, trig, input, member, &mut plan);
             }
         }
+        dedup_across_rules(&mut plan.deliveries);
         plan
     }
 
@@ -562,6 +567,68 @@ impl RoutingRules {
             });
         }
     }
+}
+
+/// One outbox row per recipient per change: a delivery is left out when
+/// another to the same recipient, of the same kind, already carries every
+/// resource it names (the Task's status when the referral package with that
+/// Task goes to the same organization; the status once when the referrer
+/// is also the case county). Of two that carry the same resources the
+/// first, in rule order, stays.
+fn dedup_across_rules(deliveries: &mut Vec<Planned>) {
+    let covers = |a: &Planned, b: &Planned| {
+        a.recipient == b.recipient
+            && a.kind == b.kind
+            && a.event == b.event
+            && b.resources.iter().all(|r| a.resources.contains(r))
+    };
+    let mut keep = vec![true; deliveries.len()];
+    for i in 0..deliveries.len() {
+        for j in 0..deliveries.len() {
+            if i == j || !keep[j] || !covers(&deliveries[j], &deliveries[i]) {
+                continue;
+            }
+            // j carries all of i: i goes, unless both carry the same and i
+            // came first.
+            let same = covers(&deliveries[i], &deliveries[j]);
+            if !same || j < i {
+                keep[i] = false;
+                break;
+            }
+        }
+    }
+    let mut k = keep.into_iter();
+    deliveries.retain(|_| k.next().unwrap_or(true));
+}
+
+/// The ECM provider a Task was just taken from (its `previous-owner`
+/// extension), when that is a configured ECM provider.
+pub fn previous_owner(cfg: &Config, task: &Value) -> Option<String> {
+    task.get("extension")?
+        .as_array()?
+        .iter()
+        .find(|e| {
+            str_of(e, "url").is_some_and(|u| u.ends_with(crate::resources::PREVIOUS_OWNER_EXT))
+        })
+        .and_then(|e| e.get("valueReference"))
+        .and_then(org_of)
+        .filter(|o| cfg.organization(o).map(|x| x.kind) == Some(OrgKind::EcmProvider))
+}
+
+/// The MCP that authorized a Task: its `authorizing-mcp` extension, else
+/// its owner when that is an MCP.
+pub fn authorizing_mcp(cfg: &Config, task: &Value) -> Option<String> {
+    task.get("extension")
+        .and_then(Value::as_array)
+        .and_then(|a| {
+            a.iter().find(|e| {
+                str_of(e, "url").is_some_and(|u| u.ends_with(crate::resources::AUTHORIZING_MCP_EXT))
+            })
+        })
+        .and_then(|e| e.get("valueReference"))
+        .and_then(org_of)
+        .or_else(|| task.get("owner").and_then(org_of))
+        .filter(|o| cfg.organization(o).map(|x| x.kind) == Some(OrgKind::Mcp))
 }
 
 type PackageRefs = (Vec<String>, Option<String>, Option<String>);
@@ -768,6 +835,12 @@ fn resolve(
         },
         Relation::CaseCounty => member.case_county.clone().ok_or("no-case-county"),
         Relation::AppointmentParticipants => Err("no-participant-organization"),
+        Relation::TaskAuthorizingMcp => trig
+            .and_then(|t| authorizing_mcp(cfg, t))
+            .ok_or("no-authorizing-mcp"),
+        Relation::TaskPreviousOwner => trig
+            .and_then(|t| previous_owner(cfg, t))
+            .ok_or("no-previous-owner"),
     }
 }
 

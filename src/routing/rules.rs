@@ -54,6 +54,14 @@ pub enum Relation {
     /// participant (CFT invitees).
     #[serde(rename = "appointment.participants")]
     AppointmentParticipants,
+    /// The MCP that authorized the triggering Task (its `authorizing-mcp`
+    /// extension, else its owner when that is an MCP).
+    #[serde(rename = "task.authorizing_mcp")]
+    TaskAuthorizingMcp,
+    /// The ECM provider the triggering Task was just taken from (its
+    /// `previous-owner` extension, set only on the version that reassigned it).
+    #[serde(rename = "task.previous_owner")]
+    TaskPreviousOwner,
 }
 
 impl Relation {
@@ -66,6 +74,8 @@ impl Relation {
             Relation::ReferringOrg => "referring_org",
             Relation::CaseCounty => "case_county",
             Relation::AppointmentParticipants => "appointment.participants",
+            Relation::TaskAuthorizingMcp => "task.authorizing_mcp",
+            Relation::TaskPreviousOwner => "task.previous_owner",
         }
     }
 }
@@ -82,6 +92,9 @@ pub enum Condition {
     OutOfCounty,
     /// The triggering Consent names the recipient (`provision.actor`).
     NamesRecipient,
+    /// The triggering Task was just taken from one ECM provider and given to
+    /// another (it carries the `previous-owner` extension).
+    OwnerChanged,
 }
 
 impl Condition {
@@ -91,6 +104,7 @@ impl Condition {
             Condition::OpenEcmAssignment => "open_ecm_assignment",
             Condition::OutOfCounty => "out_of_county",
             Condition::NamesRecipient => "names_recipient",
+            Condition::OwnerChanged => "owner_changed",
         }
     }
 }
@@ -233,11 +247,18 @@ impl RoutingRules {
                     r.id
                 )));
             }
-            if (r.recipients.contains(&Relation::TaskOwner) || r.package == Package::TaskStatus)
-                && t.resource.as_deref() != Some("Task")
-            {
+            let task_only = r.recipients.iter().any(|x| {
+                matches!(
+                    x,
+                    Relation::TaskOwner
+                        | Relation::TaskAuthorizingMcp
+                        | Relation::TaskPreviousOwner
+                )
+            }) || r.package == Package::TaskStatus
+                || t.require.contains(&Condition::OwnerChanged);
+            if task_only && t.resource.as_deref() != Some("Task") {
                 return Err(RulesError::Invalid(format!(
-                    "rule {}: task.owner and task_status need a Task trigger",
+                    "rule {}: task.owner, task.authorizing_mcp, task.previous_owner, owner_changed and task_status need a Task trigger",
                     r.id
                 )));
             }

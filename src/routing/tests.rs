@@ -263,9 +263,154 @@ fn task_status_goes_to_that_tasks_requester_not_the_latest_referrer() {
     // A Task naming no requester is refused with a reason, not guessed.
     let mut bare = task("accepted", None);
     bare.as_object_mut().unwrap().remove("requester");
+    // (The case county is still told, by its own rule.)
     let p = rules().plan(&cfg(), &input("mcp-a", None, vec![bare]), &v);
-    assert!(p.deliveries.is_empty());
+    assert_eq!(
+        recipients(&p),
+        vec![("task-status-to-case-county", "county-fresno")]
+    );
     assert_eq!(p.refusals[0].reason, "no-referring-org");
+}
+
+/// A Task of the county's referral, with the authorizing MCP recorded.
+fn clr_task(status: &str, owner: &str, requester: &str) -> Value {
+    let mut t = task(status, Some(owner));
+    t["requester"] = json!({"reference": format!("Organization/{requester}")});
+    t["extension"] = json!([{"url": "https://gw.example/StructureDefinition/authorizing-mcp",
+        "valueReference": {"reference": "Organization/mcp-a"}}]);
+    t
+}
+
+#[test]
+fn a_status_change_reaches_each_party_once() {
+    let all = |t: &Value| {
+        let mut v = vec![sr("mcp-a"), coverage("A"), episode()];
+        v.push(t.clone());
+        v
+    };
+    // The MCP assigns: the provider gets the referral package (its status
+    // projection would carry nothing more: left out), the county is told
+    // once though it is both the referrer and the case county.
+    let t = clr_task("accepted", "ecm-compass", "county-fresno");
+    let p = rules().plan(
+        &cfg(),
+        &input("mcp-a", None, vec![t.clone()]),
+        &view(&all(&t)),
+    );
+    assert_eq!(
+        recipients(&p),
+        vec![
+            ("task-assignment-to-ecm", "ecm-compass"),
+            ("task-status-to-referrer", "county-fresno"),
+            ("care-plan-handoff", "ecm-compass"),
+        ]
+        .into_iter()
+        .filter(|(r, _)| *r != "care-plan-handoff")
+        .collect::<Vec<_>>()
+    );
+    // The provider moves it on: the MCP that authorized it and the county
+    // are told, never the provider itself.
+    let t = clr_task("in-progress", "ecm-compass", "county-fresno");
+    let p = rules().plan(
+        &cfg(),
+        &input("ecm-compass", None, vec![t.clone()]),
+        &view(&all(&t)),
+    );
+    assert_eq!(
+        recipients(&p),
+        vec![
+            ("task-status-to-referrer", "county-fresno"),
+            ("task-status-to-authorizing-mcp", "mcp-a"),
+        ]
+    );
+    // Another organization referred: the case county is told too, by its
+    // own rule; the referrer by its.
+    let t = clr_task("completed", "ecm-compass", "mcp-b");
+    let p = rules().plan(
+        &cfg(),
+        &input("mcp-a", None, vec![t.clone()]),
+        &view(&all(&t)),
+    );
+    assert_eq!(
+        recipients(&p),
+        vec![
+            ("task-status-to-referrer", "mcp-b"),
+            ("task-status-to-case-county", "county-fresno"),
+            ("task-status-to-ecm-provider", "ecm-compass"),
+        ]
+    );
+    assert!(p
+        .deliveries
+        .iter()
+        .all(|d| d.package == Package::TaskStatus));
+}
+
+#[test]
+fn a_provider_change_tells_the_former_provider() {
+    let mut c = cfg();
+    c.organizations.iter_mut().for_each(|o| {
+        if o.id == "ecm-bridges" {
+            o.mcps = vec!["mcp-a".into()];
+        }
+    });
+    let mut t = clr_task("in-progress", "ecm-bridges", "county-fresno");
+    t["extension"].as_array_mut().unwrap().push(json!({
+        "url": "https://gw.example/StructureDefinition/previous-owner",
+        "valueReference": {"reference": "Organization/ecm-compass"}}));
+    let all = vec![sr("mcp-a"), coverage("A"), episode(), t.clone()];
+    let v = MemberView::from_resources(&c, "p1", &[], &all);
+    let p = rules().plan(&c, &input("mcp-a", None, vec![t.clone()]), &v);
+    let got = recipients(&p);
+    assert!(
+        got.contains(&("task-status-to-former-provider", "ecm-compass")),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&("task-reassignment-to-ecm", "ecm-bridges")),
+        "{got:?}"
+    );
+    // The new provider's status projection is inside its referral package.
+    assert!(
+        !got.contains(&("task-status-to-ecm-provider", "ecm-bridges")),
+        "{got:?}"
+    );
+    // Without the marker (any later update) the former provider hears nothing.
+    let plain = clr_task("in-progress", "ecm-bridges", "county-fresno");
+    let p = rules().plan(&c, &input("mcp-a", None, vec![plain]), &v);
+    let got = recipients(&p);
+    assert!(!got.iter().any(|(_, o)| *o == "ecm-compass"), "{got:?}");
+    assert!(p.refusals.iter().all(|r| r.reason != "no-previous-owner"));
+}
+
+#[test]
+fn deliveries_covered_by_another_to_the_same_recipient_are_left_out() {
+    let d = |rule: &str, to: &str, res: &[&str]| Planned {
+        rule: rule.into(),
+        recipient: to.into(),
+        relation: Relation::CaseCounty,
+        purpose: RoutePurpose::CareCoordination,
+        kind: DeliveryKind::Transaction,
+        package: Package::TaskStatus,
+        patient_id: "p1".into(),
+        resources: res.iter().map(|r| r.to_string()).collect(),
+        event: None,
+        focus: None,
+        event_time: None,
+    };
+    let mut v = vec![
+        d("a", "x", &["Task/t1"]),
+        d("b", "x", &["ServiceRequest/s", "Task/t1"]),
+        d("c", "x", &["Task/t1"]),
+        d("d", "y", &["Task/t1"]),
+        d("e", "x", &["CarePlan/c1"]),
+    ];
+    dedup_across_rules(&mut v);
+    let left: Vec<&str> = v.iter().map(|p| p.rule.as_str()).collect();
+    assert_eq!(left, ["b", "d", "e"]);
+    let mut v = vec![d("a", "x", &["Task/t1"]), d("c", "x", &["Task/t1"])];
+    dedup_across_rules(&mut v);
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].rule, "a");
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod availability;
 mod care_team;
+mod clr;
 mod common;
 mod corpus;
 mod county;

@@ -15,9 +15,15 @@
 //! | in-progress | on-hold, completed, failed | performer |
 //! | on-hold | in-progress, completed, failed | performer |
 //! | requested, accepted, in-progress, on-hold | cancelled | requester |
+//! | rejected, completed, failed, cancelled | the same | performer: the authorizing MCP recording the member's Notice of Action, nothing else |
 //!
-//! `rejected` needs a `statusReason`; the gateway sets `businessStatus` to
-//! say a Notice of Action must go to the member. Only the authorizing MCP
+//! Each update carries the closed-loop referral (CLR) status in
+//! `businessStatus` and, on a closed loop, the coded closure reason in
+//! `statusReason` ([`lifecycle`]; docs/mcp-ecm.md "Closed-loop referral
+//! states"): the caller's codes, checked against the shared vocabulary, or
+//! the natural ones of the move; `rejected`, `completed` and `failed` need a
+//! coded reason (a text-only rejection is coded `other`, a requester's
+//! cancellation `withdrawn`). Only the authorizing MCP
 //! may set `owner`, only to an `ecm_provider` contracted with it, and only
 //! on an accepted (or being accepted) Task. A PUT may change `status`,
 //! `statusReason`, `businessStatus`, `owner` and `note`; everything else is
@@ -31,7 +37,14 @@
 //! body against the same version is a replay, so moving a Task A→B→A with
 //! the same body applies the second A. Accepting or rejecting
 //! closes the authorization-decision clock; accepting opens "SW told of
-//! enrollment"; setting an owner opens "ECM provider told of assignment".
+//! enrollment" and the 12-month authorization period; setting an owner
+//! opens "ECM provider told of assignment" and (the first time) the 30-day
+//! assessment; `reauthorized` renews the period for 6 months;
+//! `provider-change-requested` opens the 30-day provider change, met when
+//! the MCP names the new owner; a denial or discontinuation whose reason
+//! owes a Notice of Action opens the member's notice clock, met by the
+//! MCP's `notice-of-action-sent` record; closing cancels the clocks the
+//! closed loop can no longer meet.
 
 use std::sync::Arc;
 
@@ -51,11 +64,15 @@ use crate::audit::{self, AuditEntry, Interaction};
 use crate::clocks::{self as deadlines, ClockSpec};
 use crate::config::OrgKind;
 use crate::disclosure;
-use crate::edge::{body_rejection, fhir_json, operation_outcome, parse_json, ApiError, ClientCert};
+use crate::edge::{
+    body_rejection, fhir_json, operation_outcome, parse_json, ApiError, ClientCert, Violation,
+};
 use crate::journal::{self, read_back, Derived};
-use crate::records::orgs;
+use crate::records::{clr, orgs};
 use crate::resources::validate::FhirValidator;
-use crate::resources::{strip_meta, write_of, AUTHORIZING_MCP_EXT};
+use crate::resources::{strip_meta, write_of, AUTHORIZING_MCP_EXT, PREVIOUS_OWNER_EXT};
+
+pub mod lifecycle;
 use crate::state::Core;
 
 /// Who is asking.
@@ -85,6 +102,12 @@ pub fn allowed(from: &str, party: Party) -> Vec<&'static str> {
             "accepted" => vec!["accepted", "in-progress", "on-hold", "completed", "failed"],
             "in-progress" => vec!["in-progress", "on-hold", "completed", "failed"],
             "on-hold" => vec!["on-hold", "in-progress", "completed", "failed"],
+            // A closed loop: only the record of the member's Notice of
+            // Action, status unchanged (the authorizing MCP; `transition`).
+            "rejected" => vec!["rejected"],
+            "completed" => vec!["completed"],
+            "failed" => vec!["failed"],
+            "cancelled" => vec!["cancelled"],
             _ => Vec::new(),
         },
     }
@@ -130,12 +153,15 @@ pub fn transition(
     clocks: &[ClockRow],
 ) -> Result<(Value, Vec<ClockRow>), ApiError> {
     let cfg = &ingress.cfg;
+    let base = cfg.server.canonical_base.as_str();
+    let vocab = lifecycle::vocabulary(cfg.mappings.dir.as_deref())?;
     let owner = stored.get("owner").and_then(disclosure::org_of);
     let mcp = authorizing_mcp(stored).or_else(|| owner.clone());
     let (is_requester, is_performer) = parties(ingress, stored, caller_org);
     if !is_performer && !is_requester {
         return Err(ApiError::Denied(NOT_A_PARTY.into()));
     }
+    let is_mcp = mcp.as_deref() == Some(caller_org);
     let from = s(stored, "/status").unwrap_or("");
     let to = s(update, "/status")
         .ok_or_else(|| ApiError::invalid("status is required", Some("Task.status")))?;
@@ -157,23 +183,70 @@ pub fn transition(
             Some("Task.status"),
         ));
     }
+    let task_ref = format!("Task/{}", s(stored, "/id").unwrap_or(""));
+    let patient_id = stored
+        .get("for")
+        .and_then(|r| disclosure::ref_id(r, "Patient"))
+        .unwrap_or_default();
+    let expedited = s(stored, "/priority") == Some("urgent");
+    let find = |clock: program::Clock| {
+        let id = deadlines::clock_id(clock, &task_ref);
+        clocks.iter().find(move |c| c.id == id)
+    };
+    let open_clock = |clock: program::Clock| find(clock).filter(|c| c.state == "open");
+    let spec = |clock: program::Clock, start: DateTime<Utc>, expedited: bool| ClockSpec {
+        clock,
+        patient_id: patient_id.clone(),
+        subject: task_ref.clone(),
+        start,
+        expedited,
+    };
+    // A closed loop takes one update only: the record of the member's
+    // Notice of Action, by the authorizing MCP; nothing else changes.
+    if lifecycle::FINAL.contains(&from) {
+        if !is_mcp {
+            return Err(ApiError::Denied(
+                "only the authorizing MCP records the member's Notice of Action".into(),
+            ));
+        }
+        let sent = lifecycle::noa_sent(update).map_err(|why| {
+            ApiError::invalid(
+                format!(
+                    "a closed Task takes only the record of the member's Notice of Action: extension {base}{} with a valueDateTime ({why})",
+                    lifecycle::NOA_SENT_EXT
+                ),
+                Some("Task.extension"),
+            )
+        })?;
+        let Some(owed) = open_clock(program::Clock::MemberNoticeOfAction) else {
+            return Err(ApiError::rule(
+                "no Notice of Action is owed on this Task, or its sending is already recorded",
+                Some("Task.extension"),
+            ));
+        };
+        if sent < owed.started_at {
+            return Err(ApiError::rule(
+                "the Notice of Action cannot have been sent before the decision it notices",
+                Some("Task.extension"),
+            ));
+        }
+        let at = sent.min(now);
+        let mut task = strip_meta(stored.clone());
+        task["lastModified"] = json!(deadlines::ts(now));
+        set_extension(
+            &mut task,
+            &format!("{base}{}", lifecycle::NOA_SENT_EXT),
+            json!({"valueDateTime": deadlines::ts(at)}),
+        );
+        return Ok((task, deadlines::close(owed, at).into_iter().collect()));
+    }
     let mut task = strip_meta(stored.clone());
     task["status"] = json!(to);
     task["lastModified"] = json!(now.to_rfc3339_opts(SecondsFormat::Secs, true));
-    for k in ["statusReason", "businessStatus", "note"] {
+    for k in ["statusReason", "note"] {
         if let Some(v) = update.get(k) {
             task[k] = v.clone();
         }
-    }
-    if to == "rejected" {
-        if update.get("statusReason").is_none() {
-            return Err(ApiError::invalid(
-                "a rejection needs a statusReason",
-                Some("Task.statusReason"),
-            ));
-        }
-        task["businessStatus"] =
-            json!({"text": "Denied: a Notice of Action must be sent to the member"});
     }
     let mut writes = Vec::new();
     let new_owner = update.get("owner").and_then(disclosure::org_of);
@@ -183,14 +256,12 @@ pub fn transition(
             Some("Task.owner"),
         ));
     }
-    let task_ref = format!("Task/{}", s(stored, "/id").unwrap_or(""));
-    let patient_id = stored
-        .get("for")
-        .and_then(|r| disclosure::ref_id(r, "Patient"))
-        .unwrap_or_default();
-    let expedited = s(stored, "/priority") == Some("urgent");
+    // The previous-owner extension marks only the version that reassigned.
+    let prev_url = format!("{base}{PREVIOUS_OWNER_EXT}");
+    remove_extension(&mut task, &prev_url);
+    let mut assigned = false;
     if let Some(o) = new_owner.filter(|o| Some(o) != owner.as_ref()) {
-        if mcp.as_deref() != Some(caller_org) {
+        if !is_mcp {
             return Err(ApiError::Denied(
                 "only the authorizing MCP may assign the Task".into(),
             ));
@@ -211,49 +282,228 @@ pub fn transition(
             ));
         }
         task["owner"] = json!({"reference": format!("Organization/{o}")});
+        assigned = true;
+        let former = owner.as_deref().filter(|p| {
+            cfg.organization(p)
+                .is_some_and(|x| x.kind == OrgKind::EcmProvider)
+        });
+        if let Some(p) = former {
+            set_extension(
+                &mut task,
+                &prev_url,
+                json!({"valueReference": {"reference": format!("Organization/{p}")}}),
+            );
+        }
         // The assignment notice is due 10 business days from the
         // authorization: now when this update authorizes, else when the
         // authorization decision was met (seed 003 §VIII "Assignment").
-        let auth_id = deadlines::clock_id(program::Clock::AuthorizationDecision, &task_ref);
         let authorized_at = if from == "requested" {
             now
         } else {
-            clocks
-                .iter()
-                .find(|c| c.id == auth_id)
+            find(program::Clock::AuthorizationDecision)
                 .and_then(|c| c.closed_at)
                 .unwrap_or(now)
         };
         writes.push(deadlines::open(
-            &ClockSpec {
-                clock: program::Clock::EcmProviderToldOfAssignment,
-                patient_id: patient_id.clone(),
-                subject: task_ref.clone(),
-                start: authorized_at,
-                expedited: false,
-            },
+            &spec(
+                program::Clock::EcmProviderToldOfAssignment,
+                authorized_at,
+                false,
+            ),
             &ingress.calendar,
         ));
+        // The 30-day ECM assessment counts from the first assignment (seed
+        // 000 step 7); the assessment's writer closes it
+        // (`clocks::assessment_received`).
+        if find(program::Clock::EcmAssessment).is_none() {
+            writes.push(deadlines::open(
+                &spec(program::Clock::EcmAssessment, now, false),
+                &ingress.calendar,
+            ));
+        }
+        // A provider change is carried out when the MCP names the new one.
+        if let Some(c) = open_clock(program::Clock::ProviderChangeRequest) {
+            writes.extend(deadlines::close(c, now));
+        }
+    }
+    // The closed-loop referral status and closure reason.
+    let prior = lifecycle::current_status(stored);
+    // A code equal to the Task's current one is what the caller read and
+    // sent back: the move's natural code applies.
+    let sent = clr::status_of(update);
+    let given = sent.filter(|c| *c != prior);
+    let code = given.unwrap_or_else(|| lifecycle::derive_status(&vocab, from, to, prior, assigned));
+    let reason = clr::closure_reason_of(update).or_else(|| {
+        let closing = vocab.status(code).is_some_and(|s| s.needs_reason);
+        closing
+            .then(|| {
+                lifecycle::derive_reason(
+                    to,
+                    is_requester && !is_performer,
+                    lifecycle::has_reason_text(update),
+                )
+            })
+            .flatten()
+    });
+    let mut problems: Vec<Violation> = vocab
+        .check(to, Some(code), reason)
+        .into_iter()
+        .map(|(text, at)| Violation {
+            text,
+            expression: Some(at.to_string()),
+        })
+        .collect();
+    let who = |text: &str| Violation {
+        text: text.to_string(),
+        expression: Some("Task.businessStatus".into()),
+    };
+    // A reauthorization renews the period, unless the update only echoes
+    // the Task's current one (a client sending back what it read).
+    let reauthorizes = sent == Some(lifecycle::REAUTHORIZED)
+        && (prior != lifecycle::REAUTHORIZED
+            || update.get("restriction") != stored.get("restriction"));
+    if reauthorizes {
+        if !is_mcp {
+            problems.push(who("only the authorizing MCP reauthorizes ECM"));
+        }
+        if from == "requested" {
+            problems.push(who("a referral not yet authorized cannot be reauthorized"));
+        }
+    }
+    if given == Some(lifecycle::PROVIDER_CHANGE_REQUESTED) && !is_performer {
+        problems.push(who(
+            "a provider change is recorded by the authorizing MCP or the assigned ECM provider",
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::Violations(problems));
+    }
+    if let Some(bs) = vocab.business_status(base, code) {
+        task["businessStatus"] = bs;
+    }
+    let final_status = vocab.status(code).is_some_and(|s| s.r#final);
+    if let Some(r) = reason {
+        if let Some(sr) = lifecycle::closure_status_reason(&vocab, base, update, r) {
+            task["statusReason"] = sr;
+        }
+    }
+    let changed = code != prior
+        || to != from
+        || reason != clr::closure_reason_of(stored)
+        || clr::status_date_of(stored).is_none();
+    if changed {
+        clr::set_status_date(&mut task, base, &deadlines::ts(now));
     }
     if from == "requested" && matches!(to, "accepted" | "rejected") {
-        let id = deadlines::clock_id(program::Clock::AuthorizationDecision, &task_ref);
-        if let Some(c) = clocks.iter().find(|c| c.id == id) {
+        if let Some(c) = open_clock(program::Clock::AuthorizationDecision) {
             writes.extend(deadlines::close(c, now));
         }
         if to == "accepted" {
             writes.push(deadlines::open(
-                &ClockSpec {
-                    clock: program::Clock::SwNotifiedOfEnrollment,
-                    patient_id,
-                    subject: task_ref,
-                    start: now,
-                    expedited,
-                },
+                &spec(program::Clock::SwNotifiedOfEnrollment, now, expedited),
+                &ingress.calendar,
+            ));
+            // The initial authorization period: 12 months (seed 003 §VIII
+            // "Standard ECM Authorization Timeframes").
+            let period = deadlines::open(
+                &spec(program::Clock::AuthorizationPeriod, now, false),
+                &ingress.calendar,
+            );
+            set_period(&mut task, now, period.due_at);
+            writes.push(period);
+        }
+    }
+    if reauthorizes {
+        // A reauthorization: 6 months from the end of the period it renews
+        // (from now when that has already ended).
+        let current = open_clock(program::Clock::ReauthorizationPeriod)
+            .or_else(|| open_clock(program::Clock::AuthorizationPeriod));
+        let start = current.map_or(now, |c| c.due_at.max(now));
+        if let Some(c) = open_clock(program::Clock::AuthorizationPeriod) {
+            writes.extend(deadlines::close(c, now));
+        }
+        let period = deadlines::open(
+            &spec(program::Clock::ReauthorizationPeriod, start, false),
+            &ingress.calendar,
+        );
+        set_period(&mut task, start, period.due_at);
+        writes.push(period);
+    }
+    if code == lifecycle::PROVIDER_CHANGE_REQUESTED
+        && open_clock(program::Clock::ProviderChangeRequest).is_none()
+    {
+        writes.push(deadlines::open(
+            &spec(program::Clock::ProviderChangeRequest, now, false),
+            &ingress.calendar,
+        ));
+    }
+    if final_status {
+        // The member is owed a Notice of Action on a denial or a
+        // discontinuation (seed 003 §VIII "Authorization", "NOA Process").
+        let noa = reason
+            .and_then(|r| vocab.closure_reason(r))
+            .is_some_and(|r| r.notice_of_action);
+        if noa && find(program::Clock::MemberNoticeOfAction).is_none() {
+            writes.push(deadlines::open(
+                &spec(program::Clock::MemberNoticeOfAction, now, expedited),
                 &ingress.calendar,
             ));
         }
+        // What the closed loop can no longer meet is cancelled.
+        for clock in [
+            program::Clock::AuthorizationDecision,
+            program::Clock::AuthorizationPeriod,
+            program::Clock::ReauthorizationPeriod,
+            program::Clock::ProviderChangeRequest,
+            program::Clock::EcmAssessment,
+        ] {
+            if let Some(c) = open_clock(clock) {
+                if !writes.iter().any(|w| w.id == c.id) {
+                    writes.extend(deadlines::cancel(c, now));
+                }
+            }
+        }
     }
     Ok((task, writes))
+}
+
+/// Put `value`'s members on the extension `url` of `task`, replacing one
+/// already there.
+fn set_extension(task: &mut Value, url: &str, value: Value) {
+    remove_extension(task, url);
+    let mut ext = json!({"url": url});
+    if let Some(m) = value.as_object() {
+        for (k, v) in m {
+            ext[k] = v.clone();
+        }
+    }
+    if !task.get("extension").is_some_and(Value::is_array) {
+        task["extension"] = json!([]);
+    }
+    if let Some(a) = task.get_mut("extension").and_then(Value::as_array_mut) {
+        a.push(ext);
+    }
+}
+
+fn remove_extension(task: &mut Value, url: &str) {
+    if let Some(a) = task.get_mut("extension").and_then(Value::as_array_mut) {
+        a.retain(|e| e.get("url").and_then(Value::as_str) != Some(url));
+    }
+    if task
+        .get("extension")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+    {
+        if let Some(m) = task.as_object_mut() {
+            m.remove("extension");
+        }
+    }
+}
+
+/// The authorization period on the Task: `restriction.period` (start, end).
+fn set_period(task: &mut Value, start: DateTime<Utc>, end: DateTime<Utc>) {
+    task["restriction"] =
+        json!({"period": {"start": deadlines::ts(start), "end": deadlines::ts(end)}});
 }
 
 /// The 403 text for a caller that may see the Task but is neither its

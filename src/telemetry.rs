@@ -857,6 +857,28 @@ mod tests {
         assert!(!text.contains("cwsgw_journal_records"), "{text}");
     }
 
+    /// A scrape within the limit reuses the text; a failed computation
+    /// keeps the last one.
+    #[tokio::test]
+    async fn a_scrape_cache_computes_once_per_limit() {
+        let cache = ScrapeCache::default();
+        let hour = std::time::Duration::from_secs(3600);
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let compute = |text: Option<&'static str>| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            async move { text.map(str::to_string) }
+        };
+        assert_eq!(cache.get_or_compute(hour, || compute(Some("a"))).await, "a");
+        assert_eq!(cache.get_or_compute(hour, || compute(Some("b"))).await, "a");
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        let now = std::time::Duration::ZERO;
+        assert_eq!(cache.get_or_compute(now, || compute(None)).await, "a");
+        assert_eq!(cache.get_or_compute(now, || compute(Some("c"))).await, "c");
+        assert_eq!(calls.load(Ordering::Relaxed), 3);
+        let empty = ScrapeCache::default();
+        assert_eq!(empty.get_or_compute(hour, || compute(None)).await, "");
+    }
+
     #[test]
     fn status_classes() {
         assert_eq!(status_class(StatusCode::OK), "2xx");

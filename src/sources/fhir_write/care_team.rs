@@ -466,6 +466,121 @@ mod tests {
         assert_eq!(shape_problems(&r, "DocumentReference", &uncoded), vec![]);
     }
 
+    /// The shipped routing rules: a care team goes to the case county, an
+    /// assessment to the county and the member's MCP, a release the
+    /// provider obtained to the county and to the MCP only when it names it.
+    #[test]
+    fn the_shipped_rules_route_care_team_data_and_a_release_only_to_the_plan_it_names() {
+        use crate::routing::{MemberView, RouteInput, RoutingRules};
+        let cfg = crate::config::Config::from_toml(
+            r#"
+[[organizations]]
+id = "county-fresno"
+kind = "county"
+name = "Fresno"
+county = "Fresno"
+endpoint = "http://127.0.0.1:9001/fhir"
+
+[[organizations]]
+id = "mcp-a"
+kind = "mcp"
+name = "Plan A"
+endpoint = "http://127.0.0.1:9101/fhir"
+plan_codes = ["A"]
+counties = ["Fresno"]
+
+[[organizations]]
+id = "ecm-compass"
+kind = "ecm_provider"
+name = "Compass"
+endpoint = "http://127.0.0.1:9201/fhir"
+mcps = ["mcp-a"]
+"#,
+            "t",
+        )
+        .unwrap();
+        let rules = RoutingRules::default_rules().unwrap();
+        let member = [
+            json!({"resourceType": "Coverage", "id": "cov1", "status": "active",
+                "beneficiary": {"reference": "Patient/p1"}, "payor": [{"reference": "Organization/mcp-a"}]}),
+            json!({"resourceType": "EpisodeOfCare", "id": "ep1", "status": "active",
+                "patient": {"reference": "Patient/p1"},
+                "managingOrganization": {"reference": "Organization/county-fresno"}}),
+            json!({"resourceType": "Task", "id": "t1", "status": "accepted", "intent": "order",
+                "for": {"reference": "Patient/p1"}, "owner": {"reference": "Organization/ecm-compass"}}),
+        ];
+        let view = MemberView::from_resources(&cfg, "p1", &[], &member);
+        assert_eq!(view.member_mcp.as_deref(), Some("mcp-a"));
+        let routed = |written: Value| -> Vec<(String, String)> {
+            let input = RouteInput {
+                source_org: "ecm-compass".into(),
+                written: vec![written],
+                ..RouteInput::default()
+            };
+            rules
+                .plan(&cfg, &input, &view)
+                .deliveries
+                .into_iter()
+                .map(|d| (d.rule, d.recipient))
+                .collect()
+        };
+        let pair = |r: &str, o: &str| (r.to_string(), o.to_string());
+        let mut ct = lcm_care_team();
+        ct["id"] = json!("ct1");
+        assert_eq!(
+            routed(ct),
+            vec![pair("careteam-to-county", "county-fresno")]
+        );
+        let qr = json!({"resourceType": "QuestionnaireResponse", "id": "qr1", "status": "completed",
+            "subject": {"reference": "Patient/p1"}});
+        assert_eq!(
+            routed(qr),
+            vec![
+                pair("assessment-response-to-county-and-mcp", "county-fresno"),
+                pair("assessment-response-to-county-and-mcp", "mcp-a")
+            ]
+        );
+        let doc = json!({"resourceType": "DocumentReference", "id": "d1", "status": "current",
+            "subject": {"reference": "Patient/p1"}});
+        assert_eq!(
+            routed(doc),
+            vec![
+                pair("assessment-document-to-county-and-mcp", "county-fresno"),
+                pair("assessment-document-to-county-and-mcp", "mcp-a")
+            ]
+        );
+        let release = |to: &[&str]| {
+            let to: Vec<String> = to.iter().map(|s| s.to_string()).collect();
+            crate::disclosure::consent_to_fhir(&crate::disclosure::ConsentSpec {
+                canonical_base: "https://gw.example/fhir",
+                id: "c1",
+                identifier: None,
+                patient_id: "p1",
+                kind: "release_of_information",
+                grantor_role: "youth",
+                grantor_name: None,
+                recorded_by_org: "ecm-compass",
+                recorded_at: "2026-01-20T09:00:00Z",
+                recipients: &to,
+                categories: &["health".to_string()],
+                start: "2026-01-20",
+                end: None,
+            })
+        };
+        assert_eq!(
+            routed(release(&["county-fresno", "mcp-a"])),
+            vec![
+                pair("consent-to-county", "county-fresno"),
+                pair("consent-to-mcp", "mcp-a")
+            ]
+        );
+        assert_eq!(
+            routed(release(&["county-fresno"])),
+            vec![pair("consent-to-county", "county-fresno")],
+            "a release that does not name the plan does not go to it"
+        );
+    }
+
     #[test]
     fn only_a_completed_assessment_meets_the_clock() {
         let qr = |s: &str| json!({"resourceType": "QuestionnaireResponse", "status": s});

@@ -99,6 +99,12 @@ pub fn status_date(task: &Value) -> Option<NaiveDate> {
         .and_then(date_of)
 }
 
+/// The Task's CLR status: its `businessStatus` code; a `requested` Task
+/// that carries none is `received` (as the Task update path reads it).
+pub fn clr_status(task: &Value) -> Option<&str> {
+    clr::status_of(task).or_else(|| (s(task, "/status") == Some("requested")).then_some("received"))
+}
+
 /// The MCP a Task's loop is tracked by: the authorizing MCP, else the owner.
 pub fn mcp_of(task: &Value) -> Option<String> {
     authorizing_mcp(task).or_else(|| task.get("owner").and_then(crate::disclosure::org_of))
@@ -272,7 +278,7 @@ fn cell(
             _ => d.authorization.authorized.clone(),
         },
         Source::AuthorizationDate => auth_date.map(|x| d.date(x)).unwrap_or_default(),
-        Source::ReferralStatus => clr::status_of(task)
+        Source::ReferralStatus => clr_status(task)
             .and_then(|c| d.status.get(c))
             .cloned()
             .unwrap_or_default(),
@@ -319,5 +325,9 @@ mod tests {
         t["authoredOn"] = json!("2026-12-01T00:00:00Z");
         t["status"] = json!("requested");
         assert!(!in_month(&t, "mcp-a", &m), "made after the month");
+        // A requested Task without a code reads as received.
+        assert_eq!(clr_status(&t), Some("received"));
+        t["status"] = json!("accepted");
+        assert_eq!(clr_status(&t), None);
     }
 }

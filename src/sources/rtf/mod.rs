@@ -480,10 +480,7 @@ async fn apply_row(
         Some(r) => crate::records::clr::closure_reason_of(&stored.body) == Some(r),
         None => true,
     };
-    if from == to
-        && crate::records::clr::status_of(&stored.body) == Some(row.status.as_str())
-        && same_reason
-    {
+    if from == to && export::clr_status(&stored.body) == Some(row.status.as_str()) && same_reason {
         return Ok(Applied::Unchanged);
     }
     // The update a PUT would carry: the stored Task with the new status,

@@ -328,6 +328,14 @@ async fn the_assigned_providers_lead_care_manager_reaches_the_county_and_no_othe
         )
         .await;
     assert_eq!(s, 403, "{b}");
+    // `$validate` runs the same checks and stores nothing: the assigned
+    // provider's CareTeam would pass, Bright's would be refused.
+    let (s, ok) = gw.post("/fhir/CareTeam/$validate", COMPASS, &other).await;
+    assert_eq!(s, 200, "{ok}");
+    assert_eq!(ok["issue"][0]["severity"], "information", "{ok}");
+    let (s, no) = gw.post("/fhir/CareTeam/$validate", BRIGHT, &other).await;
+    assert_eq!(s, 200, "{no}");
+    assert_eq!(no["issue"][0]["code"], "forbidden", "{no}");
     // The county may not post one either.
     let (s, _) = gw
         .post("/fhir/CareTeam", COUNTY_TOKEN, &lead_care_manager(&pid))

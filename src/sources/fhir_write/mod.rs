@@ -857,6 +857,61 @@ mod tests {
         );
     }
 
+    /// An assessment journaled before a crash is finished at start like any
+    /// create, and meets the open 30-day assessment clock of the
+    /// provider's Task then, at the journal's time.
+    #[tokio::test]
+    async fn an_assessment_journaled_before_a_crash_meets_its_clock_at_start() {
+        let (_dir, store, ingress) = recovery_fixture();
+        let at = DateTime::parse_from_rfc3339("2026-02-03T18:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let task = json!({"resourceType": "Task", "id": "t1", "status": "accepted", "intent": "order",
+            "for": {"reference": "Patient/p1"}, "owner": {"reference": "Organization/ecm-compass"}});
+        store.put_resources(vec![write_of(task)]).await.unwrap();
+        let clock = crate::clocks::open(
+            &crate::clocks::ClockSpec {
+                clock: program::Clock::EcmAssessment,
+                patient_id: "p1".into(),
+                subject: "Task/t1".into(),
+                start: at - chrono::Duration::days(12),
+                expedited: false,
+            },
+            &ingress.calendar,
+        );
+        store.clock_upsert(vec![clock.clone()]).await.unwrap();
+        let body = json!({"resourceType": "QuestionnaireResponse", "status": "completed",
+            "subject": {"reference": "Patient/p1"}});
+        store
+            .append(NewInput {
+                kind: InputKind::FhirWrite,
+                source_org: "ecm-compass".into(),
+                dedup_key: "QuestionnaireResponse/qr1".into(),
+                received_at: at,
+                raw: body.to_string().into_bytes(),
+                meta: json!({"resourceType": "QuestionnaireResponse", "id": "qr1", "client": "compass"}),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            crate::sources::recover(&ingress, store.as_ref())
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(store
+            .resource_get("QuestionnaireResponse", "qr1")
+            .await
+            .unwrap()
+            .is_some());
+        let rows = crate::clocks::for_subject(store.as_ref(), "Task/t1")
+            .await
+            .unwrap();
+        let met = rows.iter().find(|r| r.id == clock.id).unwrap();
+        assert_eq!(met.state, "met");
+        assert_eq!(met.closed_at, Some(at));
+    }
+
     /// A Task update whose Task moved on after it was checked is refused on
     /// recovery (marked failed), as a second update against an old version
     /// would be; one that still applies is finished.

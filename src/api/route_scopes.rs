@@ -73,6 +73,11 @@ pub const ROUTE_SCOPES: &[RouteScope] = &[
         Need::Type("ServiceRequest", Write),
     ),
     row(
+        "POST",
+        "/ecm/referrals/$batch",
+        Need::Type("ServiceRequest", Write),
+    ),
+    row(
         "GET",
         "/cws/eligibility/{patient_id}",
         Need::Type("Observation", Read),
@@ -144,6 +149,14 @@ pub const ROUTE_EXITS: &[RouteExit] = &[
         patient_data(
             "sources::referral::may_see_member (the child's county, or Disclosure::decide pull on the member's Patient); others get REFUSED_FOR_MEMBER; the accepted answer: sources::referral::answer_for_caller (whole, or per resource by gate::Gate::judge)",
             "sources::referral::refuse (refusal, with the real reason); the accepted answer: gate::Gate::finish (disclosure)",
+        ),
+    ),
+    exit(
+        "POST",
+        "/ecm/referrals/$batch",
+        patient_data(
+            "per line, as POST /ecm/referrals (sources::referral::accept): sources::referral::may_see_member, sources::referral::answer_for_caller",
+            "per line, as POST /ecm/referrals: sources::referral::refuse; gate::Gate::finish; a line's 403 by sources::referral::batch::audit_denied",
         ),
     ),
     exit(

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_rtf;
 pub mod demo;
+pub mod referral_batch;
 pub mod rtf;
 
 use std::collections::HashMap;
@@ -100,6 +101,9 @@ pub enum Command {
         #[arg(long)]
         purpose: Option<String>,
     },
+    /// Post a file of referrals (NDJSON or CSV) to a running gateway's
+    /// POST /ecm/referrals/$batch; one result per line, exit 1 if any failed.
+    ReferralBatch(crate::cli::referral_batch::ReferralBatchArgs),
     /// Measure the real paths (prints JSON lines).
     Bench {
         #[command(subcommand)]
@@ -531,6 +535,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ))?;
             emit(&format!("{}\n", serde_json::to_string_pretty(&out)?))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::ReferralBatch(args) => {
+            let rt = runtime()?;
+            rt.block_on(crate::cli::referral_batch::run(args))
         }
         Command::Bench { what } => {
             let rt = runtime()?;

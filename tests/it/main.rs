@@ -24,6 +24,7 @@ mod oracles;
 mod postgres;
 mod precedence;
 mod readme_tour;
+mod referral_intake;
 mod rtf;
 mod scenarios;
 mod task_put;

@@ -321,6 +321,10 @@ pub enum OrgKind {
     EcmProvider,
     AdtSource,
     Operator,
+    /// A community referrer (hospital, PCP, clinic, CBO, school, behavioral
+    /// health, probation): may post ECM referrals and read its own
+    /// referrals' status, nothing else.
+    Referrer,
 }
 
 impl OrgKind {
@@ -331,6 +335,7 @@ impl OrgKind {
             OrgKind::EcmProvider => "ecm_provider",
             OrgKind::AdtSource => "adt_source",
             OrgKind::Operator => "operator",
+            OrgKind::Referrer => "referrer",
         }
     }
 }
@@ -795,6 +800,13 @@ impl Config {
                     }
                 }
                 OrgKind::Operator => {}
+                OrgKind::Referrer => {
+                    if !o.mcps.is_empty() || !o.pofs.is_empty() || !o.plan_codes.is_empty() {
+                        errs.push(format!(
+                            "{at}: a referrer has no mcps, pofs or plan_codes (it refers; it is not contracted for ECM)"
+                        ));
+                    }
+                }
             }
             if o.kind != OrgKind::AdtSource && !o.sending_facilities.is_empty() {
                 errs.push(format!("{at}.sending_facilities: only for kind adt_source"));

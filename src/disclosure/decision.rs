@@ -114,6 +114,7 @@ pub fn recipient(cfg: &Config, org_id: &str) -> Option<consent::Recipient> {
         OrgKind::EcmProvider => consent::OrgKind::EcmProvider,
         OrgKind::AdtSource => consent::OrgKind::AdtSource,
         OrgKind::Operator => consent::OrgKind::Operator,
+        OrgKind::Referrer => consent::OrgKind::Referrer,
     };
     Some(consent::Recipient {
         org_id: o.id.clone(),
@@ -216,7 +217,8 @@ impl Disclosure {
 }
 
 /// The minimal Patient of a referral package (rule R2): name, birth date,
-/// sex, the Medi-Cal CIN, telecom and contacts (without their addresses) —
+/// sex, the Medi-Cal CIN, telecom, preferred language (`communication`, an
+/// ECM Referral Standards element) and contacts (without their addresses) —
 /// no address, no other identifiers, no extensions.
 pub fn minimal_patient(p: &Value) -> Value {
     let mut out = json!({"resourceType": "Patient"});
@@ -228,6 +230,7 @@ pub fn minimal_patient(p: &Value) -> Value {
         "birthDate",
         "gender",
         "telecom",
+        "communication",
         "link",
     ] {
         if let Some(v) = p.get(k) {

@@ -58,6 +58,20 @@ pub const READ_KINDS: &[OrgKind] = &[
     OrgKind::Operator,
 ];
 
+/// Organization kinds that may read one resource by id: [`READ_KINDS`]
+/// and community referrers (only [`REFERRER_READ_TYPES`]).
+pub const REFERRER_READ_KINDS: &[OrgKind] = &[
+    OrgKind::Mcp,
+    OrgKind::EcmProvider,
+    OrgKind::County,
+    OrgKind::Operator,
+    OrgKind::Referrer,
+];
+
+/// What a community referrer may read by id: its referrals' Task and
+/// ServiceRequest (the consent gate decides what of them it sees).
+pub const REFERRER_READ_TYPES: &[&str] = &["Task", "ServiceRequest"];
+
 /// Most store rows examined for one search request.
 pub const MAX_SCAN: usize = 2000;
 /// The `/fhir` routes (besides `/fhir/metadata`).
@@ -197,7 +211,14 @@ async fn read(
     Path((rtype, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = state.auth.authenticate(&headers, &cert, READ_KINDS)?;
+    let caller = state
+        .auth
+        .authenticate(&headers, &cert, REFERRER_READ_KINDS)?;
+    // A community referrer reads its own referrals (the Task and the
+    // ServiceRequest, as the consent rules show a requester) and nothing else.
+    if caller.kind == OrgKind::Referrer && !REFERRER_READ_TYPES.contains(&rtype.as_str()) {
+        return Err(ApiError::Forbidden(caller.kind.as_str()));
+    }
     if !accepts_json(&headers) {
         return Ok(not_acceptable());
     }

@@ -805,7 +805,10 @@ fn resolve(
                 }
                 Some(OrgKind::EcmProvider) => {
                     let o = cfg.organization(&p).ok_or("unknown-performer")?;
-                    match &member.member_mcp {
+                    // The member's plan, else the plan the referral names
+                    // (its authorizing MCP) for a member with no enrollment.
+                    let sr_mcp = trig.and_then(|t| sr_authorizing_mcp(cfg, t));
+                    match member.member_mcp.as_ref().or(sr_mcp.as_ref()) {
                         Some(m) if o.mcps.iter().any(|x| x == m) => Ok(p),
                         Some(_) => Err("ecm-not-contracted-with-member-mcp"),
                         None => Err("no-mcp-for-plan-county"),
@@ -841,7 +844,28 @@ fn resolve(
         Relation::TaskPreviousOwner => trig
             .and_then(|t| previous_owner(cfg, t))
             .ok_or("no-previous-owner"),
+        Relation::ServiceRequestAuthorizingMcp => trig
+            .and_then(|t| sr_authorizing_mcp(cfg, t))
+            .or_else(|| member.member_mcp.clone())
+            .ok_or("no-authorizing-mcp"),
     }
+}
+
+/// The configured MCP a ServiceRequest's `authorizing-mcp` extension names
+/// (the plan that decides the referral).
+fn sr_authorizing_mcp(cfg: &Config, sr: &Value) -> Option<String> {
+    if str_of(sr, "resourceType") != Some("ServiceRequest") {
+        return None;
+    }
+    sr.get("extension")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            str_of(e, "url").is_some_and(|u| u.ends_with(crate::resources::AUTHORIZING_MCP_EXT))
+        })
+        .find_map(|e| e.get("valueReference").and_then(org_of))
+        .filter(|o| cfg.organization(o).map(|x| x.kind) == Some(OrgKind::Mcp))
 }
 
 /// The router and the delivery workers' waker, handed to every writer of

@@ -62,6 +62,12 @@ pub enum Relation {
     /// `previous-owner` extension, set only on the version that reassigned it).
     #[serde(rename = "task.previous_owner")]
     TaskPreviousOwner,
+    /// The MCP that authorizes the triggering ServiceRequest (its
+    /// `authorizing-mcp` extension, else the member's MCP): a referral's
+    /// plan, which decides it, even when the referral names a preferred
+    /// provider as performer.
+    #[serde(rename = "service_request.authorizing_mcp")]
+    ServiceRequestAuthorizingMcp,
 }
 
 impl Relation {
@@ -76,6 +82,7 @@ impl Relation {
             Relation::AppointmentParticipants => "appointment.participants",
             Relation::TaskAuthorizingMcp => "task.authorizing_mcp",
             Relation::TaskPreviousOwner => "task.previous_owner",
+            Relation::ServiceRequestAuthorizingMcp => "service_request.authorizing_mcp",
         }
     }
 }
@@ -223,11 +230,13 @@ impl RoutingRules {
                     r.id
                 )));
             }
-            if r.recipients.contains(&Relation::ServiceRequestPerformer)
+            if (r.recipients.contains(&Relation::ServiceRequestPerformer)
+                || r.recipients
+                    .contains(&Relation::ServiceRequestAuthorizingMcp))
                 && t.resource.as_deref() != Some("ServiceRequest")
             {
                 return Err(RulesError::Invalid(format!(
-                    "rule {}: service_request.performer needs a ServiceRequest trigger",
+                    "rule {}: service_request.performer and service_request.authorizing_mcp need a ServiceRequest trigger",
                     r.id
                 )));
             }

@@ -181,7 +181,8 @@ fn referral_to_an_mcp_of_another_plan_is_refused_with_a_reason() {
     let mut all = written.clone();
     all.extend([coverage("A"), episode()]);
     let p = rules().plan(&cfg(), &input("county-fresno", None, written), &view(&all));
-    assert!(p.deliveries.is_empty());
+    // The member's plan, which authorizes, still receives it.
+    assert_eq!(recipients(&p), vec![("referral-to-performer", "mcp-a")]);
     assert_eq!(p.refusals[0].reason, "mcp-does-not-serve-plan-code");
 }
 
@@ -195,8 +196,13 @@ fn referral_without_an_mcp_for_plan_and_county_is_refused() {
     all.extend([coverage("Z"), episode()]);
     let p = rules().plan(&cfg(), &input("county-fresno", None, written), &view(&all));
     assert!(p.deliveries.is_empty());
-    assert_eq!(p.refusals[0].reason, "no-mcp-for-plan-county");
-    assert_eq!(p.refusals[0].relation, Relation::ServiceRequestPerformer);
+    assert_eq!(p.refusals[0].reason, "no-authorizing-mcp");
+    assert_eq!(
+        p.refusals[0].relation,
+        Relation::ServiceRequestAuthorizingMcp
+    );
+    assert_eq!(p.refusals[1].reason, "no-mcp-for-plan-county");
+    assert_eq!(p.refusals[1].relation, Relation::ServiceRequestPerformer);
 }
 
 #[test]
@@ -209,17 +215,48 @@ fn referral_names_a_contracted_ecm_provider_directly() {
         &input("county-fresno", None, written.clone()),
         &view(&all),
     );
+    // The plan, which authorizes, and the provider the referral names.
     assert_eq!(
         recipients(&p),
-        vec![("referral-to-performer", "ecm-compass")]
+        vec![
+            ("referral-to-performer", "mcp-a"),
+            ("referral-to-performer", "ecm-compass")
+        ]
     );
-    // Bridges is contracted with mcp-b only.
+    // Bridges is contracted with mcp-b only: the plan alone receives it.
     let written = vec![sr("ecm-bridges")];
     let mut all = written.clone();
     all.extend([coverage("A"), episode()]);
     let p = rules().plan(&cfg(), &input("county-fresno", None, written), &view(&all));
-    assert!(p.deliveries.is_empty());
+    assert_eq!(recipients(&p), vec![("referral-to-performer", "mcp-a")]);
     assert_eq!(p.refusals[0].reason, "ecm-not-contracted-with-member-mcp");
+}
+
+#[test]
+fn a_referral_goes_to_the_mcp_its_extension_names_once() {
+    // No Coverage: the plan is the ServiceRequest's authorizing MCP.
+    let mut s = sr("ecm-compass");
+    s["extension"] = serde_json::json!([{"url": "https://gw.example.org/StructureDefinition/authorizing-mcp",
+        "valueReference": {"reference": "Organization/mcp-a"}}]);
+    let written = vec![s];
+    let all = written.clone();
+    let p = rules().plan(&cfg(), &input("county-fresno", None, written), &view(&all));
+    assert_eq!(
+        recipients(&p),
+        vec![
+            ("referral-to-performer", "mcp-a"),
+            ("referral-to-performer", "ecm-compass")
+        ]
+    );
+    // The plan as performer too: one delivery, not two.
+    let mut s = sr("mcp-a");
+    s["extension"] = serde_json::json!([{"url": "https://gw.example.org/StructureDefinition/authorizing-mcp",
+        "valueReference": {"reference": "Organization/mcp-a"}}]);
+    let written = vec![s];
+    let mut all = written.clone();
+    all.extend([coverage("A"), episode()]);
+    let p = rules().plan(&cfg(), &input("county-fresno", None, written), &view(&all));
+    assert_eq!(recipients(&p), vec![("referral-to-performer", "mcp-a")]);
 }
 
 #[test]

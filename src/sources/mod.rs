@@ -78,6 +78,9 @@ pub struct Ingress {
     /// How a Lead Care Manager and an ECM assessment are coded
     /// (`mappings/care_team/care-team.toml`).
     pub care_team: fhir_write::care_team::CareTeamRules,
+    /// Which ECM provider types get streamlined authorization for which POF
+    /// (`mappings/referral/streamlined-authorization.csv`).
+    pub streamlined: crate::records::orgs::Streamlined,
     /// Set once the delivery workers exist (`serve::start`); writes are
     /// routed in their own transaction when it is set.
     pub routing: std::sync::OnceLock<crate::routing::Routing>,
@@ -115,6 +118,14 @@ impl Ingress {
                 };
                 anyhow::anyhow!("{at}: {}: {e}", fhir_write::care_team::FILE)
             })?;
+        let streamlined = crate::records::orgs::Streamlined::load(cfg.mappings.dir.as_deref())
+            .map_err(|e| {
+                let at = match &cfg.mappings.dir {
+                    Some(d) => format!("mappings.dir {}", d.display()),
+                    None => crate::embedded::EMBEDDED_MAPPINGS.to_string(),
+                };
+                anyhow::anyhow!("{at}: {}: {e}", crate::records::orgs::STREAMLINED_FILE)
+            })?;
         Ok(Ingress {
             cfg,
             engine,
@@ -123,6 +134,7 @@ impl Ingress {
             precedence: Arc::new(precedence),
             effects,
             care_team,
+            streamlined,
             routing: std::sync::OnceLock::new(),
         })
     }
@@ -139,6 +151,7 @@ where
     Router::new()
         .route("/cws/events", post(case_event::post_event))
         .route("/ecm/referrals", post(referral::post_referral))
+        .route("/ecm/referrals/$batch", post(referral::batch::post_batch))
 }
 
 /// The start-up recovery pass over every journaled input kind the HTTP

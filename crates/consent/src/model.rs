@@ -21,6 +21,9 @@ pub enum OrgKind {
     AdtSource,
     /// Gateway operations staff; every read is audited by the caller.
     Operator,
+    /// A community referrer (hospital, PCP, CBO, school …): receives only
+    /// what a rule gives the organization that made a referral (R4).
+    Referrer,
 }
 
 /// The organization a resource would be disclosed to.

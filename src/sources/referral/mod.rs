@@ -52,6 +52,9 @@ use consent::{Category, ConsentKind};
 use serde_json::{json, Value};
 use store::{InputKind, NewInput, Store, StoredResource};
 
+pub mod batch;
+mod complete;
+
 use super::Ingress;
 use crate::clocks::{self as deadlines, ClockSpec};
 use crate::config::{Config, OrgKind};
@@ -268,30 +271,31 @@ fn plan(
             }
         }
     }
-    let claims_pof8 = doc
+    let claimed: Vec<&str> = doc
         .get("populationsOfFocus")
         .and_then(Value::as_array)
-        .is_some_and(|a| a.iter().any(|p| p == "8"));
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
     let stated = criteria_facts(doc)?;
     let criteria_stated = !stated.is_empty();
     let facts = referral_facts(resources, &patient_id, stated);
     let evaluation = facts
         .as_ref()
         .and_then(|f| eligibility::evaluate(f, program::pacific::local_date(now)));
-    // Streamlined authorization is for POF 8: not when what the county has
-    // sent shows the member is not in POF 8 (a CCS child, say, is POF 7).
-    let refuted_pof8 = evaluation
-        .as_ref()
-        .is_some_and(|ev| !ev.pofs.iter().any(|p| p == "8"));
-    let streamlined = claims_pof8
-        && !refuted_pof8
-        && cfg.organization(&caller.org_id).is_some_and(|o| {
-            o.kind == OrgKind::EcmProvider
-                && o.mcps.contains(&mcp)
-                && o.provider_type
-                    .as_deref()
-                    .is_some_and(|t| orgs::STREAMLINED_TYPES.contains(&t))
-        });
+    // Streamlined authorization (ECM Policy Guide VIII, Figure 5): the
+    // referring ECM provider is contracted with the member's plan for a
+    // claimed POF and of a provider type paired with it
+    // (`mappings/referral/streamlined-authorization.csv`) — and what the
+    // county has sent does not refute that POF (a CCS child the county
+    // shows is not in child welfare is not streamlined for POF 8).
+    let refuted = |pof: &str| evaluation.as_ref().is_some_and(|ev| pof_refuted(ev, pof));
+    let streamlined = ingress
+        .streamlined
+        .eligible_pofs(cfg, &caller.org_id, &mcp, &claimed)
+        .into_iter()
+        .any(|p| !refuted(p));
     Ok(Plan {
         patient_id,
         mcp,
@@ -303,6 +307,19 @@ fn plan(
         evaluation,
         criteria_stated,
     })
+}
+
+/// Do the county's facts refute `pof`? Not met by the evaluation, and
+/// either POF 8 (child welfare involvement is the county's own record, so
+/// the county's silence refutes it) or a criterion of the POF was evaluated
+/// and not met (e.g. aged out). A POF the county's facts say nothing about
+/// (homelessness, a pregnancy) stays the referrer's word.
+pub fn pof_refuted(ev: &program::Evaluation, pof: &str) -> bool {
+    !ev.pofs.iter().any(|p| p == pof)
+        && (pof == "8"
+            || ev.reasons.iter().any(|r| {
+                r.pof.as_deref() == Some(pof) && r.outcome == program::eligibility::NOT_MET
+            }))
 }
 
 /// A self-referral is the member, a parent, a legal guardian or a caregiver
@@ -498,33 +515,42 @@ fn build(
     let pid = &p.patient_id;
     let mut out: Vec<Value> = Vec::new();
 
-    if !resources
+    let m = doc.get("member").cloned().unwrap_or_default();
+    let stored_patient = resources
         .iter()
-        .any(|r| r.resource_type == "Patient" && r.id == *pid)
-    {
-        let m = doc.get("member").cloned().unwrap_or_default();
-        let mut pat = json!({
-            "resourceType": "Patient", "id": pid, "active": true,
-            "identifier": [{
-                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MA", "display": "Patient Medicaid number"}]},
-                "system": format!("{base}/identifier/medi-cal-cin"), "value": s(&m, "/cin").unwrap_or("")
-            }],
-            "name": [{"use": "official", "family": s(&m, "/name/family").unwrap_or("")}],
-            "birthDate": s(&m, "/birthDate").unwrap_or(""),
-        });
-        if let Some(g) = m
-            .pointer("/name/given")
-            .filter(|g| g.as_array().is_some_and(|a| !a.is_empty()))
-        {
-            pat["name"][0]["given"] = g.clone();
+        .find(|r| r.resource_type == "Patient" && r.id == *pid);
+    match stored_patient {
+        None => {
+            let mut pat = json!({
+                "resourceType": "Patient", "id": pid, "active": true,
+                "identifier": [{
+                    "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MA", "display": "Patient Medicaid number"}]},
+                    "system": format!("{base}/identifier/medi-cal-cin"), "value": s(&m, "/cin").unwrap_or("")
+                }],
+                "name": [{"use": "official", "family": s(&m, "/name/family").unwrap_or("")}],
+                "birthDate": s(&m, "/birthDate").unwrap_or(""),
+            });
+            if let Some(g) = m
+                .pointer("/name/given")
+                .filter(|g| g.as_array().is_some_and(|a| !a.is_empty()))
+            {
+                pat["name"][0]["given"] = g.clone();
+            }
+            complete::merge_contact(&mut pat, &m);
+            out.push(pat);
         }
-        if let Some(ph) = s(&m, "/phone") {
-            pat["telecom"] = json!([{"system": "phone", "value": ph}]);
+        // The member is known (a county or hospital wrote the Patient): the
+        // referral adds the contact details it lacks — a phone it does not
+        // list, an address and a preferred language when it has none — and
+        // never changes the name, birth date or anything the county stated
+        // (`records::precedence` ranks demographics; contact details the
+        // referral adds rank below none of them).
+        Some(r) => {
+            let mut pat = crate::resources::strip_meta(r.body.clone());
+            if complete::merge_contact(&mut pat, &m) {
+                out.push(pat);
+            }
         }
-        if let Some(l) = s(&m, "/preferredLanguage") {
-            pat["communication"] = json!([{"language": {"text": l}, "preferred": true}]);
-        }
-        out.push(pat);
     }
     // The engine's evaluation, beside the claimed POFs; facts the
     // referral's criteria state are kept in the facts record.
@@ -549,9 +575,27 @@ fn build(
         "authoredOn": authored,
         "requester": {"reference": format!("Organization/{referrer}")},
         "performer": [{"reference": format!("Organization/{}", p.performer)}],
-        "extension": [{"url": format!("{base}{}", disclosure::SELF_REFERRAL_EXT), "valueBoolean": self_referral}],
+        "extension": [
+            {"url": format!("{base}{}", disclosure::SELF_REFERRAL_EXT), "valueBoolean": self_referral},
+            {"url": format!("{base}{AUTHORIZING_MCP_EXT}"), "valueReference": {"reference": format!("Organization/{}", p.mcp)}},
+        ],
     });
+    if let Some(reason) = complete::criteria_reason(doc, base) {
+        if let Some(a) = sr["reasonCode"].as_array_mut() {
+            a.push(reason);
+        }
+    }
     let mut support = Vec::new();
+    let parts = complete::parts(cfg, doc, pid);
+    if !parts.contained.is_empty() {
+        sr["contained"] = Value::Array(parts.contained.clone());
+    }
+    if let Some(r) = &parts.person {
+        if let Some(a) = sr["extension"].as_array_mut() {
+            a.push(json!({"url": format!("{base}{}", complete::REFERRING_PERSON_EXT), "valueReference": {"reference": r}}));
+        }
+    }
+    support.extend(parts.care_managers.iter().map(|r| json!({"reference": r})));
     if let Some(ev) = &evaluation {
         support.push(
             json!({"reference": format!("Observation/{}", eligibility::observation_id(pid))}),
@@ -623,6 +667,7 @@ fn build(
     for id in [referrer, p.mcp.as_str(), p.performer.as_str()]
         .into_iter()
         .chain(recommended.iter().map(String::as_str))
+        .chain(parts.care_manager_orgs.iter().map(String::as_str))
     {
         if !org_ids.contains(&id) {
             org_ids.push(id);
@@ -702,6 +747,16 @@ impl journal::Source for Referrals {
     }
 }
 
+/// Organization kinds that may post referrals (single and batch): counties,
+/// ECM providers, MCPs and community referrers (ECM Policy Guide VIII: most
+/// referrals are expected from the community).
+pub const REFERRAL_KINDS: &[OrgKind] = &[
+    OrgKind::County,
+    OrgKind::EcmProvider,
+    OrgKind::Mcp,
+    OrgKind::Referrer,
+];
+
 /// The handler.
 pub async fn post_referral(
     State(state): State<Core>,
@@ -710,13 +765,43 @@ pub async fn post_referral(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(
-        &headers,
-        &cert,
-        &[OrgKind::County, OrgKind::EcmProvider, OrgKind::Mcp],
-    )?;
+    let caller = state.authenticate(&headers, &cert, REFERRAL_KINDS)?;
     let bytes = body.map_err(|r| body_rejection(r, state.cfg.server.max_body_bytes))?;
-    let doc = parse_json(&bytes)?;
+    let accepted = accept(&state, &ingress, &caller, &bytes).await?;
+    let mut resp = fhir_json(
+        accepted.status,
+        &collection(&accepted.visible, &state.cfg.server.canonical_base),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("/fhir/ServiceRequest/{}", accepted.sr_id)) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// An accepted referral: 201 (new) or 200 (a replay of the same
+/// `referralId` by the same referrer), the ids it derived and what of them
+/// the caller may see.
+#[derive(Debug)]
+pub struct Accepted {
+    pub status: StatusCode,
+    pub referral_id: String,
+    pub sr_id: String,
+    pub task_id: String,
+    pub visible: Vec<Value>,
+}
+
+/// One referral form, from its bytes to its answer: schema, the referrer
+/// is the caller, the document's own rules, refusals before the journal
+/// (audited), journal (dedup by referrer and `referralId`), derive, route,
+/// and the answer for the caller. The single POST and every line of a
+/// batch (`batch::post_batch`) go through here.
+pub async fn accept(
+    state: &Core,
+    ingress: &Arc<Ingress>,
+    caller: &crate::auth::Caller,
+    bytes: &[u8],
+) -> Result<Accepted, ApiError> {
+    let doc = parse_json(bytes)?;
     ingress.schemas.validate_referral(&doc)?;
     if s(&doc, "/referrer/organizationId") != Some(caller.org_id.as_str()) {
         return Err(ApiError::Denied(
@@ -726,7 +811,7 @@ pub async fn post_referral(
     // What the document alone decides is told to anyone, before anything
     // about the member is looked at (`plan` checks it again).
     if doc.get("selfReferral") == Some(&Value::Bool(true)) {
-        check_self_referral(&doc, &caller)?;
+        check_self_referral(&doc, caller)?;
     }
     criteria_facts(&doc)?;
     if s(&doc, "/mcpId").is_some() {
@@ -735,7 +820,7 @@ pub async fn post_referral(
         named_mcp(&state.cfg, &doc)?;
     }
     let referral_id = s(&doc, "/referralId").unwrap_or("").to_string();
-    let (sr_id, _, _) = ids(&caller.org_id, &referral_id);
+    let (sr_id, task_id, _) = ids(&caller.org_id, &referral_id);
     let known = state
         .store
         .resource_get("ServiceRequest", &sr_id)
@@ -746,8 +831,8 @@ pub async fn post_referral(
     if !known {
         // Refusals happen before the journal: nothing is stored or routed.
         let resources = state.store.resources_by_patient(&pid, None).await?;
-        if let Err(e) = plan(&ingress, &doc, &caller, &resources, received_at) {
-            return Err(refuse(&state, &caller, &pid, &resources, e, received_at).await);
+        if let Err(e) = plan(ingress, &doc, caller, &resources, received_at) {
+            return Err(refuse(state, caller, &pid, &resources, e, received_at).await);
         }
     }
     let store: &dyn Store = state.store.as_ref();
@@ -780,14 +865,14 @@ pub async fn post_referral(
         .await?
     } else {
         let resources = store.resources_by_patient(&pid, None).await?;
-        let p = match plan(&ingress, &raw_doc, &caller, &resources, t) {
+        let p = match plan(ingress, &raw_doc, caller, &resources, t) {
             Ok(p) => p,
             Err(e) => {
                 let _ = store.fail(jid, "refused-on-replay").await;
-                return Err(refuse(&state, &caller, &pid, &resources, e, t).await);
+                return Err(refuse(state, caller, &pid, &resources, e, t).await);
             }
         };
-        let derived = build(&ingress, &raw_doc, &caller.org_id, &p, &resources, t);
+        let derived = build(ingress, &raw_doc, &caller.org_id, &p, &resources, t);
         journal::settle(ingress.routing.get(), store, jid, derived).await?
     };
     tracing::info!(
@@ -808,15 +893,14 @@ pub async fn post_referral(
             )
         })
         .collect();
-    let visible = answer_for_caller(&state, &caller, &pid, written).await?;
-    let mut resp = fhir_json(
+    let visible = answer_for_caller(state, caller, &pid, written).await?;
+    Ok(Accepted {
         status,
-        &collection(&visible, &state.cfg.server.canonical_base),
-    );
-    if let Ok(v) = HeaderValue::from_str(&format!("/fhir/ServiceRequest/{sr_id}")) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(resp)
+        referral_id,
+        sr_id,
+        task_id,
+        visible,
+    })
 }
 
 /// What an accepted referral's answer (201, or 200 for a replay) shows the

@@ -1152,9 +1152,22 @@ async fn task_lifecycle_by_the_right_and_wrong_organizations() {
     }
     let (s, _) = put_task(&gw, COMPASS_TOKEN, &acc, "requested", |_| {}).await;
     assert_eq!(s, 422);
-    let (s, done) = put_task(&gw, COMPASS_TOKEN, &acc, "completed", |_| {}).await;
-    assert_eq!(s, 200);
+    // Closing a loop needs a coded closure reason (closed-loop referral,
+    // docs/mcp-ecm.md): without one, a 422 naming Task.statusReason.
+    let (s, b) = put_task(&gw, COMPASS_TOKEN, &acc, "completed", |_| {}).await;
+    assert_eq!(
+        (s, issue_expr(&b)),
+        (422, "Task.statusReason".to_string()),
+        "{b}"
+    );
+    let (s, done) = put_task(&gw, COMPASS_TOKEN, &acc, "completed", |x| {
+        x["statusReason"] = json!({"coding": [{"system": "https://gateway.example.org/fhir/CodeSystem/ecm-referral-closure-reason",
+            "code": "services-received"}]})
+    })
+    .await;
+    assert_eq!(s, 200, "{done}");
     assert_eq!(done["status"], "completed");
+    assert_eq!(done["businessStatus"]["coding"][0]["code"], "closed");
     let (s, b) = put_task(&gw, COUNTY_TOKEN, &acc, "cancelled", |_| {}).await;
     assert_eq!(s, 422, "completed is final: {b}");
     // Clocks: authorization closed, assignment and SW notice open.
@@ -1172,17 +1185,17 @@ async fn task_lifecycle_by_the_right_and_wrong_organizations() {
         .iter()
         .any(|c| c["clock"] == "sw-notified-of-enrollment" && c["status"] == "open"));
 
-    // A second task: rejected with a reason → Notice of Action.
+    // A second task: rejected with a text reason (a client from before the
+    // coded reasons): coded not-authorized, the reason `other`, the text kept.
     let t2 = new_task(&gw, "T-2").await;
     let (s, r) = put_task(&gw, MCP_A_TOKEN, &t2, "rejected", |x| {
         x["statusReason"] = json!({"text": "does not meet criteria"})
     })
     .await;
     assert_eq!(s, 200, "{r}");
-    assert!(r["businessStatus"]["text"]
-        .as_str()
-        .unwrap()
-        .contains("Notice of Action"));
+    assert_eq!(r["businessStatus"]["coding"][0]["code"], "not-authorized");
+    assert_eq!(r["statusReason"]["coding"][0]["code"], "other");
+    assert_eq!(r["statusReason"]["text"], "does not meet criteria");
     assert_eq!(
         put_task(&gw, MCP_A_TOKEN, &r, "accepted", |_| {}).await.0,
         422
@@ -1205,7 +1218,12 @@ async fn task_lifecycle_by_the_right_and_wrong_organizations() {
         200
     );
     assert_eq!(
-        put_task(&gw, MCP_A_TOKEN, &t4, "failed", |_| {}).await.0,
+        put_task(&gw, MCP_A_TOKEN, &t4, "failed", |x| {
+            x["statusReason"] = json!({"coding": [{"system": "https://gateway.example.org/fhir/CodeSystem/ecm-referral-closure-reason",
+                "code": "unable-to-reach"}]})
+        })
+        .await
+        .0,
         200
     );
     // Unknown task → 404; the FHIR writes were journaled.

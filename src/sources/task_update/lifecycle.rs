@@ -29,6 +29,17 @@ pub const ENROLLED: &str = "enrolled";
 pub const CLOSED: &str = "closed";
 pub const REAUTHORIZED: &str = "reauthorized";
 pub const PROVIDER_CHANGE_REQUESTED: &str = "provider-change-requested";
+/// The statuses the gateway derives from the move itself; one of these sent
+/// back with a Task status it does not fit is read as stale, not as a
+/// request ([`derive_status`] applies).
+pub const DERIVED: &[&str] = &[
+    RECEIVED,
+    AUTHORIZED,
+    NOT_AUTHORIZED,
+    ASSIGNED,
+    OUTREACH,
+    CLOSED,
+];
 /// Closure reasons the lifecycle derives.
 pub const WITHDRAWN: &str = "withdrawn";
 pub const OTHER: &str = "other";
@@ -202,6 +213,9 @@ mod tests {
         assert_eq!(d("requested", "rejected", RECEIVED, false), NOT_AUTHORIZED);
         for to in ["completed", "failed", "cancelled"] {
             assert_eq!(d("in-progress", to, ENROLLED, false), CLOSED);
+        }
+        for c in DERIVED {
+            assert!(v.status(c).is_some(), "{c}");
         }
         // Every derived status fits its Task status in the vocabulary.
         for (from, to, prior, a) in [

@@ -331,7 +331,14 @@ pub fn transition(
     // A code equal to the Task's current one is what the caller read and
     // sent back: the move's natural code applies.
     let sent = clr::status_of(update);
-    let given = sent.filter(|c| *c != prior);
+    // A code the gateway derives itself that does not fit the new status is
+    // one read earlier and sent back stale: the natural code applies too.
+    let given = sent.filter(|c| *c != prior).filter(|c| {
+        !lifecycle::DERIVED.contains(c)
+            || vocab
+                .status(c)
+                .is_some_and(|st| st.task_status.iter().any(|t| t == to))
+    });
     let code = given.unwrap_or_else(|| lifecycle::derive_status(&vocab, from, to, prior, assigned));
     let reason = clr::closure_reason_of(update).or_else(|| {
         let closing = vocab.status(code).is_some_and(|s| s.needs_reason);

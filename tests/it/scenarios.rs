@@ -116,6 +116,16 @@ async fn ecm_care_team_and_assessment() {
     run_file("ecm-care-team-and-assessment.yaml").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hospital_community_referral() {
+    run_file("hospital-community-referral.yaml").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preferred_provider_referral() {
+    run_file("preferred-provider-referral.yaml").await;
+}
+
 /// Every scenario file has a test above.
 #[test]
 fn every_scenario_file_is_run() {

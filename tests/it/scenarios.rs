@@ -127,6 +127,21 @@ async fn preferred_provider_referral() {
 }
 
 /// Every scenario file has a test above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clr_denial_with_notice_of_action() {
+    run_file("clr-denial-with-notice-of-action.yaml").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clr_provider_change() {
+    run_file("clr-provider-change.yaml").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clr_discontinuation_with_reason() {
+    run_file("clr-discontinuation-with-reason.yaml").await;
+}
+
 #[test]
 fn every_scenario_file_is_run() {
     let this = std::fs::read_to_string(repo().join("tests/it/scenarios.rs")).unwrap();

@@ -78,6 +78,7 @@ pub fn routes() -> Router<Gateway> {
         .route("/ops/deadlines", get(ops::get_deadlines))
         .route("/ops/rtf", get(crate::sources::rtf::get_rtf))
         .route("/ecm/rtf", post(crate::sources::rtf::post_rtf))
+        .route("/ops/referrals", get(ops::get_referrals))
         .route("/auth/token", post(token::token_endpoint))
         .route("/ops/decisions", get(crate::explain::decisions))
         .merge(crate::fhir::routes())
@@ -146,15 +147,53 @@ async fn metrics(
 ) -> Result<Response, ApiError> {
     state.authenticate(&headers, &cert, &[OrgKind::Operator])?;
     let journal = state.store.journal_stats().await.ok();
-    let text = state
+    let mut text = state
         .metrics
         .render(&state.store.metrics(), journal.as_ref());
+    text.push_str(&referral_metrics(&state).await);
     let mut resp = (StatusCode::OK, text).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     Ok(resp)
+}
+
+/// The closed-loop referral figures as metrics
+/// ([`crate::referrals_view::render_metrics`]): computed on a scrape at most
+/// once per [`crate::referrals_view::METRICS_TTL`] (reads only, so an idle
+/// gateway still commits nothing), the last text reused in between. A
+/// failure leaves them out of this scrape and is logged.
+async fn referral_metrics(state: &Core) -> String {
+    use crate::referrals_view::{render_metrics, view, Filter, METRICS_TTL};
+    state
+        .metrics
+        .referrals_text
+        .get_or_compute(METRICS_TTL, || async {
+            let started = std::time::Instant::now();
+            match view(
+                state.store.as_ref(),
+                &state.cfg,
+                Filter::default(),
+                chrono::Utc::now(),
+            )
+            .await
+            {
+                Ok(v) => {
+                    tracing::debug!(
+                        referrals = v.referrals,
+                        ms = started.elapsed().as_millis() as u64,
+                        "referral metrics computed"
+                    );
+                    Some(render_metrics(&v))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "referral metrics not computed");
+                    None
+                }
+            }
+        })
+        .await
 }
 
 async fn metadata(State(state): State<Core>, headers: HeaderMap) -> Response {
@@ -262,6 +301,7 @@ pub(crate) mod tests {
         let _ = crate::sources::rtf::get_rtf;
         let _ = crate::sources::rtf::audit_export;
         let _ = crate::sources::rtf::import;
+        let _ = crate::api::ops::get_referrals;
         let _ = crate::sources::task_update::parties;
         let _ = crate::sources::task_update::put_task;
         let _ = crate::sources::referral::post_referral;

@@ -85,6 +85,7 @@ pub const ROUTE_SCOPES: &[RouteScope] = &[
     row("GET", "/ops/deadlines", Need::Type("Task", Read)),
     row("GET", "/ops/rtf", Need::Type("Task", Read)),
     row("POST", "/ecm/rtf", Need::Type("Task", Write)),
+    row("GET", "/ops/referrals", Need::Type("Task", Read)),
     row("GET", "/ops/decisions", Need::Type("Consent", Read)),
     row("GET", "/fhir/{rtype}", Need::PathType(Read)),
     row("POST", "/fhir/{rtype}", Need::PathType(Write)),
@@ -141,6 +142,8 @@ pub const ROUTE_EXITS: &[RouteExit] = &[
     exit("GET", "/fhir/metadata", Exit::NoPatientData),
     exit("POST", "/auth/token", Exit::NoPatientData),
     exit("GET", "/metrics", Exit::NoPatientData),
+    // Aggregates by CLR status, clock and plan; no member is named.
+    exit("GET", "/ops/referrals", Exit::NoPatientData),
     exit("POST", "/hl7/v2", Exit::OwnInput),
     exit("POST", "/cws/events", Exit::OwnInput),
     exit(

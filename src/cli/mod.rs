@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_rtf;
 pub mod demo;
 pub mod referral_batch;
+pub mod referrals;
 pub mod rtf;
 
 use std::collections::HashMap;
@@ -73,6 +74,9 @@ pub enum Command {
         #[arg(long)]
         overdue: bool,
     },
+    /// Closed-loop referral compliance: open loops by status, overdue
+    /// clocks, days to decision and assignment, notices on time.
+    Referrals(crate::cli::referrals::ReferralsArgs),
     /// Files for partners from the store (never creates one): `report rtf`.
     Report {
         #[command(subcommand)]
@@ -466,6 +470,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             emit(&text)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Referrals(args) => crate::cli::referrals::run(config.as_deref(), args),
         Command::Report { what } => crate::cli::rtf::run(config.as_deref(), what),
         Command::CheckConfig { file } => {
             let Some(file) = file.or(config) else {

@@ -25,6 +25,7 @@ mod postgres;
 mod precedence;
 mod readme_tour;
 mod referral_intake;
+mod referrals_view;
 mod rtf;
 mod scenarios;
 mod task_put;

@@ -368,24 +368,7 @@ async fn an_assessment_meets_the_30_day_clock_and_reaches_the_county_and_the_pla
     let gw = Gw::start().await;
     let (pid, task) = gw.assigned().await;
     let subject = format!("Task/{}", task["id"].as_str().unwrap());
-    // The assessment clock opens at the assignment; where the assignment
-    // did not open one in this build, the test opens it as the assignment
-    // would (same id, same start).
-    if clock(&gw, "ecm-assessment", &subject).await.is_null() {
-        let start = chrono::Utc::now();
-        let cal = program::Calendar::default_ca();
-        let row = cws_gateway::clocks::open(
-            &cws_gateway::clocks::ClockSpec {
-                clock: program::Clock::EcmAssessment,
-                patient_id: pid.clone(),
-                subject: subject.clone(),
-                start,
-                expedited: false,
-            },
-            &cal,
-        );
-        gw.running.store.clock_upsert(vec![row]).await.unwrap();
-    }
+    // The assignment opened the 30-day assessment clock on the Task.
     assert_eq!(
         clock(&gw, "ecm-assessment", &subject).await["status"],
         "open"

@@ -324,7 +324,9 @@ pub fn assessment_closes_clock(rtype: &str, res: &Value) -> bool {
     }
 }
 
-/// The open `ecm-assessment` clocks of the caller's ECM Tasks of the member.
+/// The open `ecm-assessment` clocks of the caller's ECM Tasks of the member
+/// (the assessing provider meets its own assignment's clock, not another
+/// provider's; `clocks::assessment_received` closes them).
 pub async fn open_assessment_clocks(
     cfg: &crate::config::Config,
     store: &dyn Store,

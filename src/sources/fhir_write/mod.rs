@@ -495,11 +495,7 @@ pub fn derive_create(
         )],
         // The assessment within 30 days of the assignment (Guide for CWS,
         // ECM provider activities step 7) is met when it arrives.
-        _ if closes_clock => assessment_clocks
-            .iter()
-            .filter(|c| c.kind == program::Clock::EcmAssessment.code())
-            .filter_map(|c| crate::clocks::close(c, at))
-            .collect(),
+        _ if closes_clock => crate::clocks::assessment_received(assessment_clocks, patient_id, at),
         _ => Vec::new(),
     };
     Derived {

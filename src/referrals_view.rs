@@ -59,6 +59,9 @@ use crate::resources::AUTHORIZING_MCP_EXT;
 
 /// File of the counting rules under the mappings tree.
 pub const FILE: &str = "referral/compliance.toml";
+/// The plan a referral is counted under when its authorizing plan is not
+/// (or no longer) a configured MCP.
+pub const UNKNOWN_MCP: &str = "unknown";
 /// Most referrals one view reads; more are left out (`truncated`).
 pub const MAX_REFERRALS: usize = 20_000;
 
@@ -534,6 +537,15 @@ async fn load(
         for t in &page {
             let Some(mcp) = authorizing_mcp(&t.body) else {
                 continue;
+            };
+            // A label from a closed set: a plan no longer configured is `unknown`.
+            let configured = cfg
+                .organization(&mcp)
+                .is_some_and(|o| o.kind == OrgKind::Mcp);
+            let mcp = if configured {
+                mcp
+            } else {
+                UNKNOWN_MCP.to_string()
             };
             if f.mcp.as_ref().is_some_and(|m| *m != mcp) {
                 continue;
@@ -1047,6 +1059,8 @@ mod tests {
             stored_task("t1", "p1", "county-fresno", "mcp-a", "2026-11-02T17:00:00Z"),
             stored_task("t2", "p2", "mcp-b", "mcp-b", "2026-11-20T17:00:00Z"),
             stored_task("t3", "p3", "mcp-b", "mcp-b", "2026-11-21T17:00:00Z"),
+            // A plan no longer configured: counted under `unknown`.
+            stored_task("t4", "p4", "mcp-gone", "mcp-gone", "2026-11-21T17:00:00Z"),
             // Not a referral: no authorizing plan.
             json!({"resourceType": "Task", "id": "x", "status": "requested", "intent": "order"}),
             // p2's case is Fresno's.
@@ -1066,8 +1080,9 @@ mod tests {
         let all = view(store.as_ref(), &cfg, Filter::default(), now)
             .await
             .unwrap();
-        assert_eq!(all.referrals, 3);
-        assert_eq!(all.open["received"], 3);
+        assert_eq!(all.referrals, 4);
+        assert_eq!(all.open["received"], 4);
+        assert_eq!(all.open_by_mcp[UNKNOWN_MCP]["received"], 1);
         assert_eq!(all.overdue_clocks["authorization-decision"], 1);
         let of = |f: Filter| {
             let store = store.clone();

@@ -117,6 +117,11 @@ async fn ecm_care_team_and_assessment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clr_compliance_view() {
+    run_file("clr-compliance-view.yaml").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hospital_community_referral() {
     run_file("hospital-community-referral.yaml").await;
 }

@@ -349,4 +349,57 @@ mod tests {
             "patient": "p", "resources": refs});
         assert!(Payload::parse(&v).is_none());
     }
+
+    #[test]
+    fn a_delivery_audit_names_its_outbox_row_for_the_task_it_carried() {
+        let event = |subtype: &str, what: &str| {
+            json!({"resourceType": "AuditEvent",
+                "subtype": [{"system": "x", "code": subtype}],
+                "entity": [
+                    {"what": {"reference": "Patient/p1"}},
+                    {"what": {"reference": what}, "detail": [
+                        {"type": "disclosure", "valueString": "disclosed"},
+                        {"type": "routing-rule", "valueString": "task-status-to-referrer"},
+                        {"type": "delivery", "valueString": "outbox/42"}]}]})
+        };
+        assert_eq!(
+            delivery_of(&event("transmit", "Task/t1"), "Task/t1"),
+            Some(42)
+        );
+        assert_eq!(delivery_of(&event("transmit", "Task/t2"), "Task/t1"), None);
+        assert_eq!(delivery_of(&event("read", "Task/t1"), "Task/t1"), None);
+        let d = store::outbox::Delivery {
+            id: 42,
+            endpoint: "county-fresno".into(),
+            ordering_key: "p1".into(),
+            kind: "transaction".into(),
+            payload: json!({"rule": "task-status-to-referrer", "purpose": "care_coordination",
+                "package": "task_status", "patient": "p1", "resources": ["Task/t1"]}),
+            state: store::outbox::DeliveryState::Delivered,
+            attempts: 1,
+            not_before: Utc::now(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            last_error: None,
+            lease_owner: None,
+            lease_until: None,
+            journal_id: None,
+        };
+        let n = notice(&d, "Task/t1", Some(d.updated_at), Some(7)).unwrap();
+        assert_eq!(
+            (
+                n.recipient.as_str(),
+                n.rule.as_str(),
+                n.state.as_str(),
+                n.audit_seq
+            ),
+            (
+                "county-fresno",
+                "task-status-to-referrer",
+                "delivered",
+                Some(7)
+            )
+        );
+        assert!(notice(&d, "Task/t9", None, None).is_none());
+    }
 }

@@ -816,6 +816,234 @@ mod tests {
         assert!(if_match_refusal(&HeaderMap::new(), 2).is_none());
     }
 
+    /// The demo's organizations, the built-in mappings: what a non-HTTP
+    /// caller (the RTF import) has.
+    fn ingress() -> Ingress {
+        let cfg = crate::config::Config::from_file(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml"),
+        )
+        .unwrap();
+        let cfg = Arc::new(cfg);
+        let engine = crate::embedded::load_engine(&cfg).unwrap();
+        Ingress::new(cfg, engine).unwrap()
+    }
+
+    fn stored(status: &str, owner: &str) -> Value {
+        json!({"resourceType": "Task", "id": "t1", "status": status, "intent": "order",
+            "for": {"reference": "Patient/p1"}, "focus": {"reference": "ServiceRequest/s1"},
+            "requester": {"reference": "Organization/county-fresno"},
+            "owner": {"reference": format!("Organization/{owner}")},
+            "extension": [{"url": "https://gateway.example.org/fhir/StructureDefinition/authorizing-mcp",
+                "valueReference": {"reference": "Organization/mcp-a"}}]})
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn kinds(rows: &[ClockRow]) -> Vec<(&str, &str)> {
+        rows.iter()
+            .map(|c| (c.kind.as_str(), c.state.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn the_lifecycle_opens_and_closes_its_clocks_without_http() {
+        let ing = ingress();
+        // Authorized and assigned on Christmas Eve 2026 (Pacific morning).
+        let t0 = at("2026-12-24T17:00:00Z");
+        let (task, rows) = transition(
+            &ing,
+            &stored("requested", "mcp-a"),
+            &json!({"status": "accepted", "owner": {"reference": "Organization/ecm-compass"}}),
+            "mcp-a",
+            t0,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(clr::status_of(&task), Some("assigned"));
+        assert_eq!(clr::status_date_of(&task), Some("2026-12-24T17:00:00Z"));
+        assert_eq!(
+            task["restriction"]["period"]["start"],
+            "2026-12-24T17:00:00Z"
+        );
+        // 12 months: the end of 24 Dec 2027, Pacific.
+        assert_eq!(task["restriction"]["period"]["end"], "2027-12-25T07:59:59Z");
+        let mut k = kinds(&rows);
+        k.sort();
+        assert_eq!(
+            k,
+            [
+                ("authorization-period", "open"),
+                ("ecm-assessment", "open"),
+                ("ecm-provider-told-of-assignment", "open"),
+                ("sw-notified-of-enrollment", "open"),
+            ]
+        );
+        // The member asks for another provider; the plan names Bridges 20
+        // days later: the clock is met, the former provider marked.
+        let mut clocks = rows.clone();
+        let t1 = t0 + chrono::Duration::days(10);
+        let (task, rows) = transition(
+            &ing,
+            &json!(task),
+            &json!({"status": "accepted", "businessStatus": {"coding": [{"system": "x/CodeSystem/ecm-referral-status", "code": "provider-change-requested"}]}}),
+            "ecm-compass",
+            t1,
+            &clocks,
+        )
+        .unwrap();
+        assert_eq!(kinds(&rows), [("provider-change-request", "open")]);
+        assert_eq!(rows[0].due_at, at("2027-02-03T07:59:59Z"));
+        clocks.extend(rows);
+        let (task, rows) = transition(
+            &ing,
+            &task,
+            &json!({"status": "in-progress", "owner": {"reference": "Organization/ecm-bridges"}}),
+            "mcp-a",
+            t1 + chrono::Duration::days(20),
+            &clocks,
+        )
+        .unwrap();
+        assert_eq!(clr::status_of(&task), Some("assigned"));
+        assert_eq!(
+            crate::routing::previous_owner(&ing.cfg, &task).as_deref(),
+            Some("ecm-compass")
+        );
+        let mut k = kinds(&rows);
+        k.sort();
+        assert_eq!(
+            k,
+            [
+                ("ecm-provider-told-of-assignment", "open"),
+                ("provider-change-request", "met")
+            ],
+            "the assessment clock is not reopened"
+        );
+        // Closing without a coded reason: one issue per problem.
+        let err = transition(
+            &ing,
+            &task,
+            &json!({"status": "completed", "businessStatus": {"coding": [{"system": "x/CodeSystem/ecm-referral-status", "code": "nope"}]}}),
+            "ecm-bridges",
+            t1,
+            &clocks,
+        )
+        .unwrap_err();
+        match err {
+            ApiError::Violations(v) => {
+                let at: Vec<_> = v.iter().map(|x| x.expression.as_deref()).collect();
+                assert_eq!(at, [Some("Task.businessStatus")], "{v:?}");
+            }
+            e => panic!("{e:?}"),
+        }
+        let err = transition(
+            &ing,
+            &task,
+            &json!({"status": "completed"}),
+            "ecm-bridges",
+            t1,
+            &clocks,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("care-plan-goals-met"), "{err}");
+    }
+
+    #[test]
+    fn a_reauthorization_renews_from_the_end_of_the_period_and_a_notice_is_recorded_once() {
+        let ing = ingress();
+        let t0 = at("2026-08-31T17:00:00Z");
+        let (task, mut clocks) = transition(
+            &ing,
+            &stored("requested", "mcp-a"),
+            &json!({"status": "accepted"}),
+            "mcp-a",
+            t0,
+            &[],
+        )
+        .unwrap();
+        let reauth = json!({"status": "accepted", "businessStatus": {"coding": [{"system": "x/CodeSystem/ecm-referral-status", "code": "reauthorized"}]}});
+        // The provider may not; the plan renews 6 months from the period's end.
+        assert!(transition(&ing, &task, &reauth, "ecm-compass", t0, &clocks).is_err());
+        let t1 = at("2027-08-01T17:00:00Z");
+        let (task, rows) = transition(&ing, &task, &reauth, "mcp-a", t1, &clocks).unwrap();
+        assert_eq!(
+            task["restriction"]["period"]["start"],
+            "2027-09-01T06:59:59Z"
+        );
+        assert_eq!(task["restriction"]["period"]["end"], "2028-03-01T07:59:59Z");
+        let mut k = kinds(&rows);
+        k.sort();
+        assert_eq!(
+            k,
+            [
+                ("authorization-period", "met"),
+                ("reauthorization-period", "open")
+            ]
+        );
+        clocks.retain(|c| !rows.iter().any(|r| r.id == c.id));
+        clocks.extend(rows);
+        // Discontinued (member declined): a Notice of Action is owed;
+        // the open period is cancelled.
+        let t2 = at("2027-10-01T17:00:00Z");
+        let (task, rows) = transition(
+            &ing,
+            &task,
+            &json!({"status": "failed", "statusReason": {"coding": [{"system": "x/CodeSystem/ecm-referral-closure-reason", "code": "member-declined"}]}}),
+            "mcp-a",
+            t2,
+            &clocks,
+        )
+        .unwrap();
+        let mut k = kinds(&rows);
+        k.sort();
+        assert_eq!(
+            k,
+            [
+                ("member-notice-of-action", "open"),
+                ("reauthorization-period", "cancelled")
+            ]
+        );
+        clocks.retain(|c| !rows.iter().any(|r| r.id == c.id));
+        clocks.extend(rows);
+        // Recorded at the time the plan gives (not later than the update).
+        let noa = |when: &str| json!({"status": "failed", "extension": [{"url": format!("x{}", lifecycle::NOA_SENT_EXT), "valueDateTime": when}]});
+        let t3 = t2 + chrono::Duration::days(2);
+        let (after, rows) = transition(
+            &ing,
+            &task,
+            &noa("2027-10-02T18:00:00Z"),
+            "mcp-a",
+            t3,
+            &clocks,
+        )
+        .unwrap();
+        assert_eq!(kinds(&rows), [("member-notice-of-action", "met")]);
+        assert_eq!(rows[0].closed_at, Some(at("2027-10-02T18:00:00Z")));
+        assert_eq!(clr::status_of(&after), Some("closed"));
+        let (_, rows) = transition(
+            &ing,
+            &task,
+            &noa("2030-01-01T00:00:00Z"),
+            "mcp-a",
+            t3,
+            &clocks,
+        )
+        .unwrap();
+        assert_eq!(rows[0].closed_at, Some(t3), "never after the update");
+        clocks.retain(|c| !rows.iter().any(|r| r.id == c.id));
+        clocks.extend(rows);
+        assert!(transition(
+            &ing,
+            &after,
+            &noa("2027-10-02T18:00:00Z"),
+            "mcp-a",
+            t3,
+            &clocks
+        )
+        .is_err());
+    }
+
     #[tokio::test]
     async fn task_locks_serialize_one_task_only() {
         let a = task_lock("t-lock-1").await;

@@ -24,7 +24,11 @@
 //!   by nearest rank, in days to two decimals;
 //! - notices on time: of the notice clocks met or past due, the share met
 //!   at or before their due time (a clock still open and not yet due is
-//!   not counted; a cancelled one neither);
+//!   not counted; a cancelled one neither). The delivery worker meets a
+//!   notice clock at the delivery of the notice it measures, so its closed
+//!   time is the delivery time; `outbox::notices_of` lists one Task's
+//!   notices with the audited delivery of each, which this aggregate does
+//!   not read (an audit scan per member);
 //! - filters: `mcp` (the authorizing plan's id), `county` (a county
 //!   organization's id or county name: the referring county, else the
 //!   county whose case the member is in), `from`/`to` (on

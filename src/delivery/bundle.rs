@@ -43,9 +43,11 @@ pub enum Prepared {
     },
 }
 
-/// The Task projection sent as referral status: status, owner,
-/// businessStatus, focus, for, requester (plus `intent`, required by FHIR,
-/// and the security labels, which are never dropped). The requester is the
+/// The Task projection sent as referral status: status, statusReason,
+/// owner, businessStatus, focus, for, requester, lastModified, the
+/// closed-loop referral's dates (the `referral-status-date` and
+/// `notice-of-action-sent` extensions; docs/mcp-ecm.md) (plus `intent`,
+/// required by FHIR, and the security labels, which are never dropped). The requester is the
 /// referral's own referrer, whom rule R4 sends the status to.
 pub fn task_status_projection(task: &Value) -> Value {
     let mut out = json!({"resourceType": "Task"});
@@ -64,6 +66,25 @@ pub fn task_status_projection(task: &Value) -> Value {
         if let Some(v) = task.get(k) {
             out[k] = v.clone();
         }
+    }
+    // The closed-loop referral's dates: when the status last changed and
+    // when the member's Notice of Action went out (dates only; not the
+    // authorizing-mcp extension, which names the member's plan).
+    let dates: Vec<Value> = task
+        .get("extension")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e.get("url").and_then(Value::as_str).is_some_and(|u| {
+                u.ends_with(crate::records::clr::STATUS_DATE_EXT)
+                    || u.ends_with(crate::resources::NOA_SENT_EXT)
+            })
+        })
+        .cloned()
+        .collect();
+    if !dates.is_empty() {
+        out["extension"] = Value::Array(dates);
     }
     if let Some(sec) = task.pointer("/meta/security") {
         out["meta"] = json!({"security": sec});
@@ -345,6 +366,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn projection_keeps_the_referral_dates_not_the_plan() {
+        let t = json!({"resourceType": "Task", "id": "t1", "status": "rejected", "intent": "order",
+            "for": {"reference": "Patient/p1"},
+            "extension": [
+                {"url": "https://gw/StructureDefinition/authorizing-mcp", "valueReference": {"reference": "Organization/mcp-a"}},
+                {"url": "https://gw/StructureDefinition/referral-status-date", "valueDateTime": "2026-12-07T17:00:00Z"},
+                {"url": "https://gw/StructureDefinition/notice-of-action-sent", "valueDateTime": "2026-12-08T17:00:00Z"}]});
+        let p = task_status_projection(&t);
+        let urls: Vec<&str> = p["extension"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["url"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                "https://gw/StructureDefinition/referral-status-date",
+                "https://gw/StructureDefinition/notice-of-action-sent"
+            ]
+        );
+    }
+
+    #[test]
     fn projection_keeps_only_status_fields_and_labels() {
         let t = json!({"resourceType": "Task", "id": "t1", "status": "accepted", "intent": "order",
             "owner": {"reference": "Organization/ecm-compass"}, "for": {"reference": "Patient/p1"},
@@ -352,6 +397,7 @@ mod tests {
             "input": [{"valueString": "detail"}], "meta": {"versionId": "3", "security": [{"code": "PSY"}]}});
         let p = task_status_projection(&t);
         assert_eq!(p["status"], "accepted");
+        assert!(p.get("extension").is_none());
         assert_eq!(p["owner"]["reference"], "Organization/ecm-compass");
         assert!(p.get("description").is_none() && p.get("input").is_none());
         assert_eq!(p["meta"]["security"][0]["code"], "PSY");

@@ -19,6 +19,11 @@ pub const AUTHORIZING_MCP_EXT: &str = "/StructureDefinition/authorizing-mcp";
 /// change); routing tells that former provider (`task.previous_owner`).
 pub const PREVIOUS_OWNER_EXT: &str = "/StructureDefinition/previous-owner";
 
+/// Extension (under the canonical base) recording, on a closed referral
+/// Task, when the member's Notice of Action was sent (`valueDateTime`); the
+/// authorizing MCP records it (`sources::task_update`).
+pub const NOA_SENT_EXT: &str = "/StructureDefinition/notice-of-action-sent";
+
 /// What a store write needs besides the body: type, id, patient and the
 /// search index, computed from the resource.
 #[derive(Debug)]

@@ -1080,7 +1080,14 @@ async fn stale_if_match_is_refused_and_changes_nothing() {
     let c = reqwest::Client::new();
     let url = format!("{base}/fhir/Task/t1");
     let put = |status: &str, if_match: Option<&'static str>| {
-        let body = task("t1", "p1", "sr1", status, "mcp-a");
+        let mut body = task("t1", "p1", "sr1", status, "mcp-a");
+        // A closing status carries its coded closure reason (closed-loop
+        // referral, docs/mcp-ecm.md).
+        if matches!(status, "failed" | "completed") {
+            body["statusReason"] = serde_json::json!({"coding": [{"system":
+                "https://gateway.example.org/fhir/CodeSystem/ecm-referral-closure-reason", "code": "other"}],
+                "text": "closed in the race"});
+        }
         let c = c.clone();
         let url = url.clone();
         async move { send(&c, reqwest::Method::PUT, &url, MCP_TOKEN, &body, if_match).await }

@@ -46,7 +46,7 @@ pub const OTHER: &str = "other";
 
 /// Extension (under the canonical base) recording that the member's Notice
 /// of Action was sent (`valueDateTime`): the MCP puts it on a closed Task.
-pub const NOA_SENT_EXT: &str = "/StructureDefinition/notice-of-action-sent";
+pub use crate::resources::NOA_SENT_EXT;
 
 /// The Task statuses at which the loop is closed.
 pub const FINAL: &[&str] = &["rejected", "completed", "failed", "cancelled"];

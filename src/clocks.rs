@@ -4,10 +4,14 @@
 //! authorization decision; an accepted Task with an owner starts "ECM
 //! provider told of assignment" and "SW told of enrollment"; a move out of
 //! a single-plan county starts the plan determination; a streamlined
-//! referral starts its 30-day window) and closed by the event that meets
-//! it (the MCP's accept/reject closes the authorization decision; the
-//! delivery of a notice closes the clock that measures it:
-//! [`met_by_delivery`], [`adt_clock_subject`]). Due
+//! referral starts its 30-day window; the referral Task's lifecycle opens
+//! the authorization periods, the 30-day assessment, the provider change
+//! and the member's Notice of Action: `sources::task_update`) and closed by
+//! the event that meets it (the MCP's accept/reject closes the
+//! authorization decision; the delivery of a notice closes the clock that
+//! measures it: [`met_by_delivery`], [`adt_clock_subject`]; an assessment
+//! closes the assessment clock: [`assessment_received`]), or cancelled
+//! when the referral's loop closes first ([`cancel`]). Due
 //! times come from `cwsgw_program::due` with the holiday calendar
 //! (`Calendar::default_ca()`, or `[calendar] holidays_file`).
 //!

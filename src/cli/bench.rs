@@ -99,6 +99,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Referral intake: referrals/s one at a time and in NDJSON batches
+    /// through the real HTTP paths, side by side in one run.
+    Referrals {
+        /// Referrals per run for each path.
+        #[arg(long, default_value_t = 500)]
+        referrals: usize,
+        /// Lines per batch request (at most 1000).
+        #[arg(long, default_value_t = 250)]
+        batch: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// ADT → FHIR translation throughput on one core.
     Translate {
         #[arg(long, default_value_t = 3)]
@@ -136,6 +148,14 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             Ok(())
         }
         BenchCommand::Translate { seconds, runs } => translate(seconds.max(1), runs.max(1)),
+        BenchCommand::Referrals {
+            referrals,
+            batch,
+            runs,
+        } => {
+            crate::cli::bench_referrals::run(referrals.max(10), batch.clamp(1, 1000), runs.max(1))
+                .await
+        }
         BenchCommand::Rtf {
             members,
             referrals,

@@ -1,6 +1,7 @@
 //! The command line (the commands table in `README.md`).
 
 pub mod bench;
+pub mod bench_referrals;
 pub mod bench_rtf;
 pub mod demo;
 pub mod referral_batch;

@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use futures_util::future::join_all;
 use serde_json::Value;
 use store::{ResourceQuery, Store};
 
@@ -22,6 +23,9 @@ const ACTIVE: &[&str] = &["requested", "accepted", "in-progress", "on-hold"];
 const PAGE: usize = 1000;
 /// Patients read per store query (the store's `_id` limit).
 const IDS_PER_QUERY: usize = store::search::MAX_QUERY_IDS;
+/// Store reads of one page in flight at once (below the default read
+/// pool of 16 connections, so an export leaves room for the API).
+const READS_IN_FLIGHT: usize = 8;
 
 /// A calendar month (`YYYY-MM`), in UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,28 +183,40 @@ pub async fn write_month<W: Write>(
             .collect();
         let mut patients: HashMap<String, Value> = HashMap::new();
         let ids: Vec<String> = ids.into_iter().collect();
-        for chunk in ids.chunks(IDS_PER_QUERY) {
-            let found = store
-                .resource_search(&ResourceQuery {
-                    resource_type: "Patient".into(),
-                    ids: chunk.to_vec(),
-                    limit: chunk.len(),
-                    ..Default::default()
-                })
-                .await?;
-            patients.extend(found.into_iter().map(|p| (p.id, p.body)));
+        // The page's reads run a few at a time: each is a round trip to
+        // the store's read pool, so one after another the export would
+        // wait on hand-offs, not on the database.
+        let queries: Vec<ResourceQuery> = ids
+            .chunks(IDS_PER_QUERY)
+            .map(|chunk| ResourceQuery {
+                resource_type: "Patient".into(),
+                ids: chunk.to_vec(),
+                limit: chunk.len(),
+                ..Default::default()
+            })
+            .collect();
+        for group in queries.chunks(READS_IN_FLIGHT) {
+            let found = join_all(group.iter().map(|q| store.resource_search(q))).await;
+            for f in found {
+                patients.extend(f?.into_iter().map(|p| (p.id, p.body)));
+            }
         }
-        for task in tasks {
+        let mut auth_dates = Vec::with_capacity(tasks.len());
+        if wants_auth_date {
+            for group in tasks.chunks(READS_IN_FLIGHT) {
+                auth_dates
+                    .extend(join_all(group.iter().map(|t| authorization_date(store, t))).await);
+            }
+        } else {
+            auth_dates.extend(tasks.iter().map(|_| Ok(None)));
+        }
+        for (task, auth_date) in tasks.into_iter().zip(auth_dates) {
+            let auth_date = auth_date?;
             let pid = task
                 .get("for")
                 .and_then(|r| crate::disclosure::ref_id(r, "Patient"))
                 .unwrap_or_default();
             let patient = patients.get(&pid);
-            let auth_date = if wants_auth_date {
-                authorization_date(store, task).await?
-            } else {
-                None
-            };
             let row: Vec<String> = dialect
                 .column
                 .iter()

@@ -386,7 +386,11 @@ impl Smart {
             let cut: Vec<Scope> = match &client.scopes {
                 Some(ceiling) => ceiling.iter().filter_map(|c| scope.intersect(c)).collect(),
                 None => {
-                    if !matches!(client.kind, OrgKind::EcmProvider | OrgKind::County) {
+                    // A community referrer writes referrals only.
+                    let referral = client.kind == OrgKind::Referrer
+                        && scope.resource.as_deref() == Some("ServiceRequest");
+                    if !(referral || matches!(client.kind, OrgKind::EcmProvider | OrgKind::County))
+                    {
                         scope.write = false;
                     }
                     vec![scope]
@@ -543,6 +547,31 @@ jwks_file = "{jwks}"
                 "no values echoed: {e}"
             );
         }
+    }
+
+    #[test]
+    fn a_referrer_may_write_referrals_only_by_default() {
+        let jwks = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/smart/plan-a.jwks.json"
+        );
+        let orgs = include_str!("../../tests/fixtures/orgs.toml");
+        let text = format!(
+            "{orgs}\n[[organizations]]\nid = \"mercy\"\nkind = \"referrer\"\nname = \"Mercy\"\n[[clients]]\nid = \"mercy-backend\"\norganization = \"mercy\"\njwks_file = \"{jwks}\"\n"
+        );
+        let cfg = Config::from_toml(&text, "t.toml").unwrap();
+        let smart = Smart::new(&cfg, "http://x/auth/token".into()).unwrap();
+        let g: Vec<String> = smart
+            .grant_scopes(
+                "mercy-backend",
+                "system/ServiceRequest.* system/Task.* system/CarePlan.write",
+            )
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        // ServiceRequest read and write; Task read only; no CarePlan write.
+        assert_eq!(g, ["system/ServiceRequest.*", "system/Task.read"]);
     }
 
     #[test]

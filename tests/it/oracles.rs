@@ -93,9 +93,13 @@ token_sha256 = "{pb}"
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(token);
         if let Some(b) = body {
-            req = req
-                .header("content-type", "application/fhir+json")
-                .body(b.to_string());
+            // A referral batch is NDJSON: one form, one line.
+            let ct = if path.ends_with("/$batch") {
+                "application/x-ndjson"
+            } else {
+                "application/fhir+json"
+            };
+            req = req.header("content-type", ct).body(b.to_string());
         }
         let resp = req.send().await.unwrap();
         Answer {
@@ -616,6 +620,14 @@ async fn every_patient_data_exit_writes_an_audit_event() {
             KERN,
             Some(referral("R-exit", "91000001A", "county-kern")),
             422,
+        ),
+        (
+            "POST",
+            "/ecm/referrals/$batch",
+            "/ecm/referrals/$batch".into(),
+            KERN,
+            Some(referral("R-exit-batch", "91000001A", "county-kern")),
+            200,
         ),
         (
             "GET",

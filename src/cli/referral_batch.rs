@@ -130,6 +130,9 @@ pub async fn run(args: ReferralBatchArgs) -> anyhow::Result<ExitCode> {
         "application/x-ndjson"
     };
     let url = format!("{}/ecm/referrals/$batch", args.url.trim_end_matches('/'));
+    // reqwest is built without a TLS crypto provider: install the one the
+    // gateway uses, for an https URL.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let resp = reqwest::Client::new()
         .post(&url)
         .bearer_auth(token)

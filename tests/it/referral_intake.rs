@@ -580,3 +580,117 @@ MH-C2,93000112A,Ben,Ruiz,2013-02-03,,,Jamie Park,ED social worker,,hospital soci
     assert_eq!(s, 403);
     gw.running.stop().await;
 }
+
+fn case_event(t: &str, n: &str) -> Value {
+    let p = common::repo()
+        .join("tests/golden/case_event")
+        .join(t)
+        .join(format!("{n}.json"));
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_members_patient_gains_contact_details_and_keeps_the_countys_name() {
+    let gw = Gw::start().await;
+    for (t, n) in [
+        ("case.opened", "001-court-ordered-fr"),
+        ("enrollment.updated", "001-plan-a"),
+    ] {
+        let (s, b) = gw
+            .post("/cws/events", COUNTY_TOKEN, &case_event(t, n))
+            .await;
+        assert_eq!(s, 202, "{t}: {b}");
+    }
+    let r = json!({
+        "referralId": "C-K1",
+        "member": {"cin": "91000001A", "name": {"given": ["Alexander"], "family": "Rivers"}, "birthDate": "2010-03-15",
+                   "phone": "559-555-0101", "preferredLanguage": "Spanish",
+                   "address": {"line": ["44 Olive Ave"], "city": "Fresno", "state": "CA", "county": "Fresno"}},
+        "referrer": {"organizationId": "county-fresno", "name": "Dana Ortiz", "role": "social worker", "relationship": "county social worker"},
+        "selfReferral": false, "populationsOfFocus": ["8"], "expedited": false, "consent": attestation()
+    });
+    let (s, b) = gw.post("/ecm/referrals", COUNTY_TOKEN, &r).await;
+    assert_eq!(s, 201, "{b}");
+    let pid = entry(&b, "Task")["for"]["reference"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("Patient/")
+        .to_string();
+    let p = gw
+        .running
+        .store
+        .resource_get("Patient", &pid)
+        .await
+        .unwrap()
+        .unwrap()
+        .body;
+    // The county's name and birth date stand; the referral's differing
+    // name is not taken.
+    assert_eq!(p["name"][0]["family"], "Rivera", "{p}");
+    assert!(!p.to_string().contains("Rivers"), "{p}");
+    assert_eq!(p["birthDate"], "2010-03-15");
+    // The contact details it lacked are added.
+    assert!(p["telecom"].to_string().contains("559-555-0101"), "{p}");
+    assert_eq!(p["communication"][0]["language"]["text"], "Spanish");
+    // The plan receives them in the referral's minimal Patient.
+    let got = received(&gw.mcp_a, &task_id(&b)).await;
+    let sent = entry(&got, "Patient");
+    assert!(
+        sent["telecom"].to_string().contains("559-555-0101"),
+        "{sent}"
+    );
+    assert_eq!(sent["communication"][0]["language"]["text"], "Spanish");
+    gw.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_referral_batch_command_prints_each_line_and_fails_on_a_refusal() {
+    let gw = Gw::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut bad = hospital_referral("MH-CLI2", "93000202A");
+    bad["populationsOfFocus"] = json!(["42"]);
+    let file = dir.path().join("referrals.ndjson");
+    std::fs::write(
+        &file,
+        ndjson(&[hospital_referral("MH-CLI1", "93000201A"), bad]),
+    )
+    .unwrap();
+    let run = |file: std::path::PathBuf, url: String| {
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_cws-gateway"))
+                .args(["referral-batch"])
+                .arg(&file)
+                .args(["--url", &url, "--token-env", "CWSGW_TEST_REFERRER_TOKEN"])
+                .env("CWSGW_TEST_REFERRER_TOKEN", MERCY_TOKEN)
+                .output()
+                .unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    let url = format!("http://{}", gw.running.http_addr);
+    let (code, out, err) = run(file.clone(), url.clone()).await.unwrap();
+    assert_eq!(code, 1, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].starts_with("line 1\t201")
+            && lines[0].contains("MH-CLI1")
+            && lines[0].contains("ServiceRequest/"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("line 2\t422") && lines[1].contains("populationsOfFocus"),
+        "{out}"
+    );
+    assert!(err.contains("2 referrals: 1 accepted, 1 refused"), "{err}");
+    // Only good lines: exit 0 (the accepted one is a replay now).
+    std::fs::write(&file, ndjson(&[hospital_referral("MH-CLI1", "93000201A")])).unwrap();
+    let (code, out, err) = run(file, url).await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("line 1\t200"), "{out}");
+    gw.running.stop().await;
+}

@@ -313,6 +313,11 @@ pub struct SensitivityConfig {
     pub sud_services: Vec<String>,
 }
 
+/// The ECM Populations of Focus an ECM provider may be contracted for
+/// (`pofs`): the ECM Policy Guide's POF 1 (adults 1a, children and youth
+/// 1b) to 9.
+pub const POF_CODES: &[&str] = &["1a", "1b", "2", "3", "4", "5", "6", "7", "8", "9"];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrgKind {
@@ -784,6 +789,16 @@ impl Config {
                             ));
                         }
                     }
+                    // A mistyped POF would silently cost the provider its
+                    // streamlined authorization.
+                    for p in &o.pofs {
+                        if !POF_CODES.contains(&p.as_str()) {
+                            errs.push(format!(
+                                "{at}.pofs: \"{p}\" is not a Population of Focus code ({})",
+                                POF_CODES.join(", ")
+                            ));
+                        }
+                    }
                 }
                 OrgKind::AdtSource => {
                     if o.sending_facilities.is_empty() {
@@ -1042,6 +1057,32 @@ id = "st-mary-http"
 organization = "st-mary"
 token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 "#;
+
+    #[test]
+    fn pofs_and_the_referrer_kind_are_checked() {
+        let with = |extra: &str| Config::from_toml(&format!("{MINIMAL}\n{extra}"), "t.toml");
+        let mcp = "[[organizations]]\nid = \"mcp-a\"\nkind = \"mcp\"\nname = \"A\"\nplan_codes = [\"A\"]\ncounties = [\"Fresno\"]\n";
+        let ecm = |pofs: &str| {
+            format!("{mcp}[[organizations]]\nid = \"ecm\"\nkind = \"ecm_provider\"\nname = \"E\"\nmcps = [\"mcp-a\"]\npofs = {pofs}\n")
+        };
+        assert!(with(&ecm(r#"["8", "1b", "7"]"#)).is_ok());
+        let e = with(&ecm(r#"["8", "POF7"]"#)).unwrap_err().to_string();
+        assert!(
+            e.contains("pofs: \"POF7\" is not a Population of Focus code"),
+            "{e}"
+        );
+        let referrer = "[[organizations]]\nid = \"mercy\"\nkind = \"referrer\"\nname = \"Mercy\"\n";
+        let cfg = with(referrer).unwrap();
+        assert_eq!(cfg.organization("mercy").unwrap().kind, OrgKind::Referrer);
+        assert_eq!(OrgKind::Referrer.as_str(), "referrer");
+        let e = with(&format!("{mcp}{referrer}mcps = [\"mcp-a\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("a referrer has no mcps, pofs or plan_codes"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn minimal_config_parses_with_defaults() {

@@ -46,7 +46,9 @@ pub enum Prepared {
 /// The Task projection sent as referral status: status, statusReason,
 /// owner, businessStatus, focus, for, requester, lastModified, the
 /// closed-loop referral's dates (the `referral-status-date` and
-/// `notice-of-action-sent` extensions; docs/mcp-ecm.md) (plus `intent`,
+/// `notice-of-action-sent` extensions; docs/mcp-ecm.md), the
+/// `previous-owner` extension for the consent decision only (stripped
+/// before sending) (plus `intent`,
 /// required by FHIR, and the security labels, which are never dropped). The requester is the
 /// referral's own referrer, whom rule R4 sends the status to.
 pub fn task_status_projection(task: &Value) -> Value {
@@ -79,6 +81,7 @@ pub fn task_status_projection(task: &Value) -> Value {
             e.get("url").and_then(Value::as_str).is_some_and(|u| {
                 u.ends_with(crate::records::clr::STATUS_DATE_EXT)
                     || u.ends_with(crate::resources::NOA_SENT_EXT)
+                    || u.ends_with(crate::resources::PREVIOUS_OWNER_EXT)
             })
         })
         .cloned()
@@ -90,6 +93,24 @@ pub fn task_status_projection(task: &Value) -> Value {
         out["meta"] = json!({"security": sec});
     }
     out
+}
+
+/// Remove the `previous-owner` extension from a projected Task (and the
+/// `extension` array when nothing is left in it).
+fn strip_previous_owner(task: &mut Value) {
+    let Some(a) = task.get_mut("extension").and_then(Value::as_array_mut) else {
+        return;
+    };
+    a.retain(|e| {
+        !e.get("url")
+            .and_then(Value::as_str)
+            .is_some_and(|u| u.ends_with(crate::resources::PREVIOUS_OWNER_EXT))
+    });
+    if a.is_empty() {
+        if let Some(o) = task.as_object_mut() {
+            o.remove("extension");
+        }
+    }
 }
 
 /// `Disclosure::decide` with the delivery's own view of the resource (a
@@ -179,6 +200,12 @@ pub fn prepare(
         );
         if d.is_permit() {
             let mut shown = apply_obligations(&body, &d);
+            if status_only {
+                // The previous owner is kept in the projection only for the
+                // decision (consent rule R12 tells the former provider);
+                // the status sent names no earlier provider.
+                strip_previous_owner(&mut shown);
+            }
             if status_only && !member_seen {
                 if let Some(o) = shown.as_object_mut() {
                     o.remove("owner");

@@ -48,6 +48,8 @@ pub struct PatientContext {
     pub source_county: Option<String>,
     /// An active CWS case of the member is a Family Maintenance case.
     pub family_maintenance: bool,
+    /// The member has an active CWS case (an active EpisodeOfCare).
+    pub case_open: bool,
 }
 
 /// The resource types [`PatientContext`] is derived from.
@@ -153,6 +155,9 @@ impl PatientContext {
                     if let Some(org) = b.get("managingOrganization").and_then(org_of) {
                         ctx.source_county = cfg.organization(&org).and_then(|o| o.county.clone());
                     }
+                    if str_of(b, "status") == Some("active") {
+                        ctx.case_open = true;
+                    }
                     if str_of(b, "status") == Some("active")
                         && case_component(b) == Some(FAMILY_MAINTENANCE)
                     {
@@ -222,6 +227,7 @@ impl PatientContext {
             self_referral_to: self.self_referral_to(),
             source_county: self.source_county.clone(),
             family_maintenance: self.family_maintenance,
+            case_open: self.case_open,
         }
     }
 }

@@ -42,6 +42,7 @@ pub fn resource_facts(res: &Value) -> Option<consent::ResourceFacts> {
             referrer: res.get("requester").and_then(org_of),
             self_referral: is_self_referral(res),
             made_to: performers(res),
+            former_owners: Vec::new(),
         }),
         "Task" => Some(consent::ReferralFacts {
             referrer: res.get("requester").and_then(org_of),
@@ -49,6 +50,7 @@ pub fn resource_facts(res: &Value) -> Option<consent::ResourceFacts> {
             // ServiceRequest's to say (`Disclosure::decide_with` adds it).
             self_referral: false,
             made_to: task_parties(res),
+            former_owners: former_owners(res),
         }),
         _ => None,
     };
@@ -103,6 +105,20 @@ pub(crate) fn task_parties(task: &Value) -> Vec<String> {
         out.push(m);
     }
     out
+}
+
+/// The ECM providers a Task version says the plan moved it away from (its
+/// `previous-owner` extension, set on the version that reassigned it).
+fn former_owners(task: &Value) -> Vec<String> {
+    task.get("extension")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            str_of(e, "url").is_some_and(|u| u.ends_with(crate::resources::PREVIOUS_OWNER_EXT))
+        })
+        .filter_map(|e| e.get("valueReference").and_then(org_of))
+        .collect()
 }
 
 /// The engine's view of a configured organization.

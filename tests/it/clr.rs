@@ -462,27 +462,32 @@ async fn a_provider_change_is_carried_out_and_routed_to_the_former_provider() {
     );
     // The new provider gets the referral package; the former one is told.
     wait_for(&c.bright, &["\"t2\"", "ServiceRequest"], 1).await;
-    // The former provider is routed the change; delivery asks the consent
-    // policy again, which permits plan-network status only to the
-    // provider now assigned: withheld and audited as a refusal.
+    // The former provider is routed the change and told (consent rule
+    // R12: the status of the version that moved the referral away from it),
+    // with the delivery time recorded as proof.
     let former = notice(&c, "Task/t2", "task-status-to-former-provider").await;
     assert_eq!(former.recipient, "ecm-compass");
     assert_eq!(former.package, "task_status");
-    assert_eq!(former.state, "withheld", "{former:?}");
-    let refused =
-        c.gw.store
-            .audit_list(0, 1000, Some("p1"), Some("ecm-compass"))
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|a| {
-                a.kind == "refusal"
-                    && a.body
-                        .to_string()
-                        .contains("task-status-to-former-provider")
-            })
-            .count();
-    assert_eq!(refused, 1);
+    assert_eq!(former.state, "delivered", "{former:?}");
+    assert!(former.delivered_at.is_some(), "{former:?}");
+    wait_for(&c.compass, &["\"t2\"", "assigned"], 1).await;
+    let told = c
+        .compass
+        .received()
+        .into_iter()
+        .map(|r| task_in(&r.body))
+        .filter(|t| t["id"] == "t2" && t["businessStatus"]["coding"][0]["code"] == "assigned")
+        .count();
+    assert_eq!(told, 1);
+    // The status names no earlier provider, to anyone.
+    for m in [&c.compass, &c.county, &c.mcp_a] {
+        assert!(
+            !m.received()
+                .iter()
+                .any(|r| r.body.to_string().contains("previous-owner")),
+            "a status push carried the previous owner"
+        );
+    }
     // A later change is the new provider's: the former hears no more.
     let before = c.compass.received().len();
     let (s, b) = c
@@ -581,7 +586,7 @@ async fn a_denial_owes_the_member_a_notice_and_a_reauthorization_renews_the_peri
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_case_county_is_a_candidate_when_another_organization_referred() {
+async fn the_case_county_is_told_when_another_organization_referred() {
     // A provider referred; the county owns the case. Routing queues the
     // status for the county; delivery asks the consent policy again.
     let c = Clr::start("t6", "ecm-bright", "requested", "mcp-a").await;
@@ -613,7 +618,10 @@ async fn the_case_county_is_a_candidate_when_another_organization_referred() {
         .collect();
     assert_eq!(county.len(), 1, "{notices:?}");
     assert_eq!(county[0].rule, "task-status-to-case-county");
-    assert_eq!(county[0].state, "withheld", "{notices:?}");
-    assert!(county[0].delivered_at.is_none());
+    // Consent rule R11: the county of the open case is told each
+    // referral's status, whoever referred; delivered, with its time.
+    assert_eq!(county[0].state, "delivered", "{notices:?}");
+    assert!(county[0].delivered_at.is_some());
+    wait_for(&c.county, &["\"t6\"", "assigned"], 1).await;
     c.gw.stop().await;
 }

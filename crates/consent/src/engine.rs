@@ -496,14 +496,25 @@ fn relation_holds(rel: Relation, f: &Facts<'_>) -> bool {
             }
             _ => false,
         },
-        Relation::SameCounty => {
-            to.kind == OrgKind::County
-                && match (&to.county, &ctx.source_county) {
-                    (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
-                    _ => false,
-                }
+        Relation::SameCounty => same_county(to, ctx),
+        Relation::CaseCounty => ctx.case_open && same_county(to, ctx),
+        Relation::FormerProvider => {
+            to.kind == OrgKind::EcmProvider
+                && f.res
+                    .referral
+                    .as_ref()
+                    .is_some_and(|r| r.former_owners.iter().any(|o| *o == to.org_id))
         }
     }
+}
+
+/// The recipient is the county that owns the member's case.
+fn same_county(to: &Recipient, ctx: &Context) -> bool {
+    to.kind == OrgKind::County
+        && match (&to.county, &ctx.source_county) {
+            (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+            _ => false,
+        }
 }
 
 fn selector_matches(s: &Selector, f: &Facts<'_>) -> bool {

@@ -61,6 +61,7 @@
 //!         referrer: Some("county-fresno".into()),
 //!         self_referral: false,
 //!         made_to: vec!["mcp-a".into()],
+//!         former_owners: vec![],
 //!     }),
 //! };
 //! let consent = ConsentRecord {
@@ -83,6 +84,7 @@
 //!     self_referral_to: vec![],
 //!     source_county: Some("Fresno".into()),
 //!     family_maintenance: false,
+//!     case_open: true,
 //! };
 //! let policy = Policy::default_policy();
 //! let d = policy.decide(&referral, &ecm, std::slice::from_ref(&consent), &ctx);

@@ -262,6 +262,11 @@ pub struct ReferralFacts {
     /// the referral to these only (rule R2).
     #[serde(default)]
     pub made_to: Vec<String>,
+    /// The ECM providers the plan moved the referral away from (the Task
+    /// version that reassigned it names its previous owner): a former
+    /// provider is told of the change (rule R12).
+    #[serde(default)]
+    pub former_owners: Vec<String>,
 }
 
 impl ResourceFacts {
@@ -380,4 +385,9 @@ pub struct Context {
     /// the court, decides who joins the Child and Family Team (seed 000).
     #[serde(default)]
     pub family_maintenance: bool,
+    /// The member has an open CWS case (an active EpisodeOfCare): the
+    /// county that owns it is told of each ECM referral's status (rule
+    /// R11), whoever referred.
+    #[serde(default)]
+    pub case_open: bool,
 }

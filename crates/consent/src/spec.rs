@@ -164,6 +164,12 @@ pub(crate) enum Relation {
     PlanNetwork,
     /// The recipient is the county that owns the case.
     SameCounty,
+    /// The recipient is the county that owns the member's OPEN case
+    /// (`SameCounty` while `ctx.case_open`).
+    CaseCounty,
+    /// The recipient is an ECM provider this referral was moved away from
+    /// (`res.referral.former_owners`).
+    FormerProvider,
 }
 
 /// One way to meet a rule's requirement.

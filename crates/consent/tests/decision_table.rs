@@ -61,6 +61,7 @@ fn res(t: &str) -> ResourceFacts {
             referrer: Some("county-fresno".into()),
             self_referral: false,
             made_to: vec!["mcp-a".into()],
+            former_owners: vec![],
         }),
     }
 }
@@ -76,6 +77,8 @@ trait ResExt {
     fn self_referral_to(self, to: &[&str]) -> Self;
     /// No referral owns the resource.
     fn no_referral(self) -> Self;
+    /// The plan moved this referral away from `org` (its previous owner).
+    fn moved_from(self, org: &str) -> Self;
 }
 impl ResExt for ResourceFacts {
     fn referred_by(mut self, org: &str) -> Self {
@@ -92,6 +95,13 @@ impl ResExt for ResourceFacts {
     }
     fn no_referral(mut self) -> Self {
         self.referral = None;
+        self
+    }
+    fn moved_from(mut self, org: &str) -> Self {
+        self.referral
+            .get_or_insert_with(ReferralFacts::default)
+            .former_owners
+            .push(org.into());
         self
     }
     fn labels(mut self, l: &[&str]) -> Self {
@@ -186,12 +196,20 @@ fn ctx(purpose: Purpose) -> Context {
         self_referral_to: vec![],
         source_county: Some("Fresno".into()),
         family_maintenance: false,
+        case_open: true,
     }
 }
 /// Care coordination with ecm-compass assigned by mcp-a.
 fn network(purpose: Purpose) -> Context {
     Context {
         assigned_ecm: Some("ecm-compass".into()),
+        ..ctx(purpose)
+    }
+}
+/// The county's case is closed (no active EpisodeOfCare).
+fn closed_case(purpose: Purpose) -> Context {
+    Context {
+        case_open: false,
         ..ctx(purpose)
     }
 }
@@ -715,7 +733,7 @@ fn rows() -> Vec<Row> {
             res("Task").status().referred_by("mcp-b"),
             fresno(),
             vec![],
-            ctx(CareCoordination),
+            closed_case(CareCoordination),
             r1(),
         ),
         row(
@@ -739,7 +757,7 @@ fn rows() -> Vec<Row> {
             res("Task").status().no_referral(),
             fresno(),
             vec![],
-            ctx(CareCoordination),
+            closed_case(CareCoordination),
             r1(),
         ),
         row(
@@ -757,6 +775,76 @@ fn rows() -> Vec<Row> {
             vec![],
             ctx(CareCoordination),
             deny("R6-part2", "deny.part2-requires-written-consent"),
+        ),
+        // ---- R11 the case county is told each referral's status
+        row(
+            "r11-status-to-the-open-cases-county-whoever-referred",
+            res("Task").status().referred_by("mcp-b"),
+            fresno(),
+            vec![],
+            ctx(CareCoordination),
+            permit("R11-case-county-status", "permit.case-county-status").no_consent(),
+        ),
+        row(
+            "r11-no-status-once-the-case-is-closed",
+            res("Task").status().referred_by("mcp-b"),
+            fresno(),
+            vec![],
+            closed_case(CareCoordination),
+            r1(),
+        ),
+        row(
+            "r11-no-status-to-another-county",
+            res("Task").status().referred_by("mcp-b"),
+            kern(),
+            vec![],
+            ctx(CareCoordination),
+            r1(),
+        ),
+        row(
+            "r11-a-whole-task-is-not-status",
+            res("Task").referred_by("mcp-b"),
+            fresno(),
+            vec![],
+            ctx(CareCoordination),
+            r1(),
+        ),
+        row(
+            "r11-labels-honoured-for-the-case-county",
+            res("Task").status().labels(&["ETH"]).referred_by("mcp-b"),
+            fresno(),
+            vec![],
+            ctx(CareCoordination),
+            deny("R6-part2", "deny.part2-requires-written-consent"),
+        ),
+        // ---- R12 the provider a referral was moved away from
+        row(
+            "r12-status-to-the-former-provider",
+            res("Task").status().moved_from("ecm-other"),
+            other_ecm(),
+            vec![],
+            ctx(CareCoordination),
+            permit(
+                "R12-former-provider-status",
+                "permit.former-provider-status",
+            )
+            .no_consent(),
+        ),
+        row(
+            "r12-no-status-to-a-provider-it-was-not-moved-from",
+            res("Task").status().moved_from("ecm-compass"),
+            other_ecm(),
+            vec![],
+            ctx(CareCoordination),
+            r1(),
+        ),
+        row(
+            "r12-a-whole-task-is-not-status",
+            res("Task").moved_from("ecm-other"),
+            other_ecm(),
+            vec![],
+            ctx(CareCoordination),
+            r1(),
         ),
         // ---- R5 release of information
         row(

@@ -41,6 +41,7 @@ fn ctx() -> Context {
         self_referral_to: vec![],
         source_county: Some("Fresno".into()),
         family_maintenance: false,
+        case_open: true,
     }
 }
 

@@ -155,6 +155,7 @@ fn referral_facts_s() -> impl Strategy<Value = ReferralFacts> {
             referrer: referrer.map(org_id),
             self_referral,
             made_to: made_to.into_iter().map(org_id).collect(),
+            former_owners: vec![],
         })
 }
 
@@ -174,6 +175,7 @@ fn ctx_s() -> impl Strategy<Value = Context> {
             self_referral_to: self_referral_to.into_iter().map(org_id).collect(),
             source_county: county.map(Into::into),
             family_maintenance: false,
+            case_open: true,
         })
 }
 

@@ -657,6 +657,69 @@ async fn a_move_out_of_a_single_plan_county_starts_the_plan_determination_clock(
     gw.running.stop().await;
 }
 
+/// The clock of `kind` in `/ops/deadlines?all=true`.
+async fn deadline(gw: &Gw, kind: &str) -> Option<Value> {
+    let (s, d) = gw.get("/ops/deadlines?all=true", OPS_TOKEN).await;
+    assert_eq!(s, 200, "{d}");
+    d["clocks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["clock"] == kind)
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_change_owes_the_family_a_notice_of_action_ten_days_before_it_starts() {
+    // Guide for CWS, the plan-choice step: the eligibility worker sends the
+    // Notice of Action at least 10 days before benefit activation.
+    let gw = Gw::start().await;
+    enrolled(&gw).await;
+    assert!(deadline(&gw, "notice-of-action").await.is_none());
+    // Plan B from 1 March, told on 2 February: the notice is due by the
+    // end of 19 February (Pacific).
+    let change = with(golden("enrollment.updated", "001-plan-a"), |d| {
+        d["eventId"] = json!("evt-021");
+        d["occurredAt"] = json!("2026-02-02T10:00:00-08:00");
+        d["enrollment"]["planCode"] = json!("B");
+        d["enrollment"]["effectiveOn"] = json!("2026-03-01");
+    });
+    let (s, b) = gw.event(&change).await;
+    assert_eq!(s, 202, "{b}");
+    let c = deadline(&gw, "notice-of-action").await.expect("NOA clock");
+    let due =
+        program::pacific::end_of_local_day(chrono::NaiveDate::from_ymd_opt(2026, 2, 19).unwrap());
+    assert_eq!(c["due"], cws_gateway::clocks::ts(due).as_str(), "{c}");
+    assert_eq!(c["status"], "open", "{c}");
+    // The worker records the notice sent on 9 February: met on time.
+    let sent = with(golden("enrollment.updated", "001-plan-a"), |d| {
+        d["eventId"] = json!("evt-022");
+        d["occurredAt"] = json!("2026-02-10T09:00:00-08:00");
+        d["enrollment"]["planCode"] = json!("B");
+        d["enrollment"]["effectiveOn"] = json!("2026-03-01");
+        d["enrollment"]["noticeOfActionSentOn"] = json!("2026-02-09");
+    });
+    let (s, b) = gw.event(&sent).await;
+    assert_eq!(s, 202, "{b}");
+    let c = deadline(&gw, "notice-of-action").await.expect("NOA clock");
+    assert_ne!(c["status"], "open", "{c}");
+    let met =
+        program::pacific::end_of_local_day(chrono::NaiveDate::from_ymd_opt(2026, 2, 9).unwrap());
+    assert_eq!(c["closedAt"], cws_gateway::clocks::ts(met).as_str(), "{c}");
+    // An enrollment that starts at once (no later benefit activation)
+    // opens no notice clock.
+    let same_day = with(golden("enrollment.updated", "001-plan-a"), |d| {
+        d["eventId"] = json!("evt-023");
+        d["occurredAt"] = json!("2026-03-05T09:00:00-08:00");
+        d["enrollment"]["planCode"] = json!("A");
+        d["enrollment"]["effectiveOn"] = json!("2026-03-05");
+    });
+    assert_eq!(gw.event(&same_day).await.0, 202);
+    let c = deadline(&gw, "notice-of-action").await.expect("NOA clock");
+    assert_ne!(c["status"], "open", "{c}");
+    gw.running.stop().await;
+}
+
 // ---------------------------------------------------------------- referrals
 
 fn referral(id: &str) -> Value {

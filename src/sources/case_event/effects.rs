@@ -35,6 +35,11 @@ pub struct EventEffects {
     /// authorization.
     #[serde(default)]
     pub continuity_on_plan_change: bool,
+    /// On a new or changed plan whose coverage starts later, open the
+    /// county's Notice of Action clock (due 10 days before the plan
+    /// starts); a `noticeOfActionSentOn` date meets it.
+    #[serde(default)]
+    pub notice_of_action_on_plan_change: bool,
 }
 
 /// The table: event type → effects.
@@ -114,6 +119,7 @@ mod tests {
         assert!(fx.of("placement.changed").open_plan_determination);
         let enrollment = fx.of("enrollment.updated");
         assert!(enrollment.close_plan_determination && enrollment.continuity_on_plan_change);
+        assert!(enrollment.notice_of_action_on_plan_change);
         assert_eq!(fx.of("case.opened"), EventEffects::default());
     }
 

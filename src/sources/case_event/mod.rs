@@ -250,7 +250,7 @@ pub async fn derive_locked(
     let enriched = enrich(cfg, doc, county_org, &pid, occurred, prev_county.as_deref());
     // The member's MCP before an enrollment change (for ECM continuity).
     let fx = ingress.effects.of(etype);
-    let old_mcp = if fx.continuity_on_plan_change {
+    let old_mcp = if fx.continuity_on_plan_change || fx.notice_of_action_on_plan_change {
         crate::records::coverage::coverage_mcp(
             cfg,
             &store.resources_by_patient(&pid, Some("Coverage")).await?,
@@ -414,7 +414,79 @@ pub async fn derive_locked(
             }
         }
     }
+    if fx.notice_of_action_on_plan_change {
+        let new_mcp = s(&enriched, "/gateway/mcpId");
+        let subject = format!("Patient/{pid}");
+        derived.clocks.extend(notice_of_action_clocks(
+            ingress,
+            doc,
+            &pid,
+            old_mcp.as_deref(),
+            new_mcp,
+            occurred,
+            &deadlines::open_for(store, &subject).await?,
+        ));
+    }
     Ok((derived, patient_locks))
+}
+
+/// The county's Notice of Action before a plan starts (Guide for CWS, the
+/// plan-choice step: the eligibility worker sends it at least 10 days
+/// before benefit activation). An enrollment with a plan other than the
+/// member's current one whose `effectiveOn` is later than the event's local
+/// date opens the `notice-of-action` clock of `Patient/{id}`, due the end
+/// of the day 10 days before `effectiveOn`; `noticeOfActionSentOn` meets
+/// the open one (at the end of that day, never later than the event).
+/// `open` are the patient's open clocks.
+fn notice_of_action_clocks(
+    ingress: &Ingress,
+    doc: &Value,
+    pid: &str,
+    old_mcp: Option<&str>,
+    new_mcp: Option<&str>,
+    occurred: DateTime<Utc>,
+    open: &[store::ClockRow],
+) -> Vec<store::ClockRow> {
+    let date =
+        |ptr: &str| s(doc, ptr).and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+    let kind = program::Clock::NoticeOfAction.code();
+    let mut rows: Vec<store::ClockRow> = open.iter().filter(|c| c.kind == kind).cloned().collect();
+    let mut out = Vec::new();
+    let effective = date("/enrollment/effectiveOn");
+    let today = program::pacific::local_date(occurred);
+    if let (Some(new), Some(eff)) = (new_mcp, effective) {
+        let changed = old_mcp != Some(new);
+        if changed && eff > today && rows.is_empty() {
+            // Started at the first instant of the plan's first day; the
+            // rule counts back 10 days from that local date.
+            let start = eff
+                .pred_opt()
+                .map(program::pacific::end_of_local_day)
+                .map_or(occurred, |t| t + chrono::Duration::seconds(1));
+            let row = deadlines::open(
+                &deadlines::ClockSpec {
+                    clock: program::Clock::NoticeOfAction,
+                    patient_id: pid.to_string(),
+                    subject: format!("Patient/{pid}"),
+                    start,
+                    expedited: false,
+                },
+                &ingress.calendar,
+            );
+            rows.push(row.clone());
+            out.push(row);
+        }
+    }
+    if let Some(sent) = date("/enrollment/noticeOfActionSentOn") {
+        let at = program::pacific::end_of_local_day(sent).min(occurred);
+        for c in &rows {
+            if let Some(met) = deadlines::close(c, at) {
+                out.retain(|o: &store::ClockRow| o.id != met.id);
+                out.push(met);
+            }
+        }
+    }
+    out
 }
 
 /// The handler.

@@ -54,6 +54,15 @@ pub fn resource_facts(res: &Value) -> Option<consent::ResourceFacts> {
         }),
         _ => None,
     };
+    // A Consent names its recipients (its actors): the record of a
+    // release may go back to a plan it names (rule R13).
+    let consent_recipients = if resource_type == "Consent" {
+        consent_from_fhir(res)
+            .map(|c| c.recipients)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     Some(consent::ResourceFacts {
         resource_type,
         id,
@@ -64,6 +73,7 @@ pub fn resource_facts(res: &Value) -> Option<consent::ResourceFacts> {
         status_only: false,
         contains_placement_address,
         referral,
+        consent_recipients,
     })
 }
 

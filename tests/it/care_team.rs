@@ -434,8 +434,8 @@ async fn an_assessment_meets_the_30_day_clock_and_reaches_the_county_and_the_pla
     gw.running.stop().await;
 }
 
-/// A release the provider obtained goes to the plan it names; one that does
-/// not name the plan does not go to it.
+/// A release the provider obtained goes to the plan it names, whatever it
+/// covers; one that does not name the plan does not go to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_goes_to_the_plan_it_names_and_only_then() {
     let gw = Gw::start().await;
@@ -462,6 +462,11 @@ async fn a_release_goes_to_the_plan_it_names_and_only_then() {
         .filter(|b| b.contains("consent-to-mcp"))
         .collect();
     assert!(!routed.is_empty(), "the delivery to the plan is audited");
+    // The record of a release naming the plan goes back to it whatever the
+    // release covers (consent rule R13: seed 003 VIII, the member-level
+    // record of written authorization is communicated back to the MCP).
+    let health_only = gw.release(&pid, &["mcp-a"], &["health"]).await;
+    wait_received(&gw.mcp_a, &health_only).await;
     gw.running.stop().await;
 }
 

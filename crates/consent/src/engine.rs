@@ -136,6 +136,7 @@ impl Policy {
             status_only: false,
             contains_placement_address: false,
             referral: None,
+            consent_recipients: Vec::new(),
         };
         let labels = BTreeSet::new();
         let facts = Facts {
@@ -459,6 +460,7 @@ fn representative(patient_id: &str, category: Category) -> ResourceFacts {
         status_only: false,
         contains_placement_address: placement,
         referral: None,
+        consent_recipients: Vec::new(),
     }
 }
 
@@ -498,6 +500,7 @@ fn relation_holds(rel: Relation, f: &Facts<'_>) -> bool {
         },
         Relation::SameCounty => same_county(to, ctx),
         Relation::CaseCounty => ctx.case_open && same_county(to, ctx),
+        Relation::NamedInConsent => f.res.consent_recipients.iter().any(|o| *o == to.org_id),
         Relation::FormerProvider => {
             to.kind == OrgKind::EcmProvider
                 && f.res

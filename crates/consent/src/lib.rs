@@ -63,6 +63,7 @@
 //!         made_to: vec!["mcp-a".into()],
 //!         former_owners: vec![],
 //!     }),
+//!     consent_recipients: vec![],
 //! };
 //! let consent = ConsentRecord {
 //!     id: "c-ref".into(),

@@ -240,6 +240,11 @@ pub struct ResourceFacts {
     /// an Encounter …), which no single referral owns.
     #[serde(default)]
     pub referral: Option<ReferralFacts>,
+    /// For a `Consent` resource: the organizations it names as recipients
+    /// (its actors). The record of a release may go back to a plan it
+    /// names (rule R13).
+    #[serde(default)]
+    pub consent_recipients: Vec<String>,
 }
 
 /// The referral a ServiceRequest or Task belongs to. The referrer and the

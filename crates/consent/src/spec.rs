@@ -170,6 +170,9 @@ pub(crate) enum Relation {
     /// The recipient is an ECM provider this referral was moved away from
     /// (`res.referral.former_owners`).
     FormerProvider,
+    /// The resource is a Consent naming the recipient
+    /// (`res.consent_recipients`).
+    NamedInConsent,
 }
 
 /// One way to meet a rule's requirement.

@@ -63,6 +63,7 @@ fn res(t: &str) -> ResourceFacts {
             made_to: vec!["mcp-a".into()],
             former_owners: vec![],
         }),
+        consent_recipients: vec![],
     }
 }
 trait ResExt {
@@ -79,6 +80,8 @@ trait ResExt {
     fn no_referral(self) -> Self;
     /// The plan moved this referral away from `org` (its previous owner).
     fn moved_from(self, org: &str) -> Self;
+    /// A Consent naming `to` as its recipients.
+    fn names(self, to: &[&str]) -> Self;
 }
 impl ResExt for ResourceFacts {
     fn referred_by(mut self, org: &str) -> Self {
@@ -95,6 +98,10 @@ impl ResExt for ResourceFacts {
     }
     fn no_referral(mut self) -> Self {
         self.referral = None;
+        self
+    }
+    fn names(mut self, to: &[&str]) -> Self {
+        self.consent_recipients = to.iter().map(|s| s.to_string()).collect();
         self
     }
     fn moved_from(mut self, org: &str) -> Self {
@@ -845,6 +852,43 @@ fn rows() -> Vec<Row> {
             vec![],
             ctx(CareCoordination),
             r1(),
+        ),
+        // ---- R13 the record of a release goes back to a plan it names
+        row(
+            "r13-release-record-to-the-plan-it-names",
+            res("Consent").names(&["mcp-a", "county-fresno"]),
+            mcp_a(),
+            vec![],
+            ctx(CareCoordination),
+            permit(
+                "R13-release-record-to-named-plan",
+                "permit.release-record-to-named-plan",
+            )
+            .no_consent(),
+        ),
+        row(
+            "r13-not-to-a-plan-it-does-not-name",
+            res("Consent").names(&["mcp-a"]),
+            mcp_b(),
+            vec![],
+            ctx(CareCoordination),
+            r1(),
+        ),
+        row(
+            "r13-plans-only",
+            res("Consent").names(&["ecm-compass"]),
+            compass(),
+            vec![],
+            ctx(CareCoordination),
+            r1(),
+        ),
+        row(
+            "r13-labels-still-veto",
+            res("Consent").names(&["mcp-a"]).labels(&["ETH"]),
+            mcp_a(),
+            vec![],
+            ctx(CareCoordination),
+            deny("R6-part2", "deny.part2-requires-written-consent"),
         ),
         // ---- R5 release of information
         row(

@@ -71,6 +71,7 @@ fn episode() -> ResourceFacts {
         status_only: false,
         contains_placement_address: false,
         referral: None,
+        consent_recipients: Vec::new(),
     }
 }
 

@@ -141,6 +141,7 @@ fn resource_s() -> impl Strategy<Value = ResourceFacts> {
                 status_only: status,
                 contains_placement_address: placement,
                 referral: of_referral,
+                consent_recipients: Vec::new(),
             },
         )
 }

@@ -191,7 +191,7 @@ pub const ROUTE_EXITS: &[RouteExit] = &[
         "/ecm/rtf",
         patient_data(
             "sources::rtf::import: task_update::parties per row (a Task that is absent or not the caller's reads the same, 'no referral with this id among the caller's')",
-            "sources::rtf::import (refusal naming the Tasks not the caller's); applied rows are journaled Task updates",
+            "sources::rtf::import (refusal naming the Tasks not the caller's and their members); applied rows are journaled Task updates",
         ),
     ),
     exit(

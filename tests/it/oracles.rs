@@ -93,13 +93,19 @@ token_sha256 = "{pb}"
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(token);
         if let Some(b) = body {
-            // A referral batch is NDJSON: one form, one line.
-            let ct = if path.ends_with("/$batch") {
-                "application/x-ndjson"
-            } else {
-                "application/fhir+json"
+            // A referral batch is NDJSON: one form, one line; a return
+            // file is CSV, given as a JSON string.
+            req = match (path.ends_with("/$batch"), b.as_str()) {
+                (_, Some(csv)) if path.starts_with("/ecm/rtf") => {
+                    req.header("content-type", "text/csv").body(csv.to_string())
+                }
+                (true, _) => req
+                    .header("content-type", "application/x-ndjson")
+                    .body(b.to_string()),
+                _ => req
+                    .header("content-type", "application/fhir+json")
+                    .body(b.to_string()),
             };
-            req = req.header("content-type", ct).body(b.to_string());
         }
         let resp = req.send().await.unwrap();
         Answer {
@@ -612,7 +618,37 @@ async fn every_patient_data_exit_writes_an_audit_event() {
         &["county-kern"],
         &["case"],
     );
+    // The month's return file, as plan B would send it, naming plan A's
+    // referral Task: not plan B's, so refused and audited. The row's CIN
+    // is any well-formed one; the audit names the Task's own member.
+    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    let dialect = cws_gateway::sources::rtf::dialect::Dialect::load(
+        None,
+        cws_gateway::sources::rtf::dialect::DEFAULT,
+        &cws_gateway::records::clr::Vocabulary::builtin(),
+    )
+    .unwrap();
+    let return_file = format!(
+        "{}\n93000003A,,,,mcp-a,,{t},,,,Authorized,{month}-01,\n",
+        dialect.headers().join(",")
+    );
     let checks: Vec<Check> = vec![
+        (
+            "GET",
+            "/ops/rtf",
+            format!("/ops/rtf?mcp=mcp-a&month={month}"),
+            OPS_TOKEN,
+            None,
+            200,
+        ),
+        (
+            "POST",
+            "/ecm/rtf",
+            "/ecm/rtf".into(),
+            PLAN_B,
+            Some(Value::String(return_file)),
+            200,
+        ),
         (
             "POST",
             "/ecm/referrals",
@@ -705,6 +741,10 @@ async fn every_patient_data_exit_writes_an_audit_event() {
         declared, checked,
         "every patient-data exit has a check here"
     );
+    // Exits whose AuditEvent must name the seeded member: the file lists
+    // them, the import refused their Task.
+    let names_member: std::collections::BTreeSet<(&str, &str)> =
+        [("GET", "/ops/rtf"), ("POST", "/ecm/rtf")].into();
     for (method, route, path, token, body, status) in checks {
         let before = gw.audits().await.len();
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
@@ -720,6 +760,40 @@ async fn every_patient_data_exit_writes_an_audit_event() {
                 .all(|r| r.body["resourceType"] == "AuditEvent"),
             "{method} {route}"
         );
+        if names_member.contains(&(method, route)) {
+            assert!(
+                after[before..].iter().any(|r| {
+                    store::audit::patients_of(r.patient_id.as_deref(), &r.body).contains(&p)
+                }),
+                "{method} {route}: no AuditEvent names Patient/{p}: {:?}",
+                after[before..]
+                    .iter()
+                    .map(|r| r.body.to_string())
+                    .collect::<Vec<_>>()
+            );
+        }
     }
+    // The export's row and the import's refusal are in the member's own
+    // accounting of disclosures.
+    let mine = gw
+        .running
+        .store
+        .audit_list(0, 100_000, Some(&p), None)
+        .await
+        .unwrap();
+    let desc = |r: &store::AuditRecord| r.body["outcomeDesc"].as_str().unwrap_or("").to_string();
+    assert!(
+        mine.iter()
+            .any(|r| r.kind == "read" && desc(r).contains("rtf export mcp-a")),
+        "{:?}",
+        mine.iter().map(desc).collect::<Vec<_>>()
+    );
+    assert!(
+        mine.iter().any(|r| r.kind == "refusal"
+            && r.recipient.as_deref() == Some("mcp-b")
+            && desc(r).contains("rtf import")),
+        "{:?}",
+        mine.iter().map(desc).collect::<Vec<_>>()
+    );
     gw.running.stop().await;
 }

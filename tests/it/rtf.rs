@@ -435,6 +435,24 @@ async fn a_malformed_rtf_is_reported_row_by_row() {
     // t3 untouched.
     let t3s = gw.store.resource_get("Task", "t3").await.unwrap().unwrap();
     assert_eq!(t3s.version_id, 1);
+    // The rows naming a Task not the provider's (t3) or none (t99) are one
+    // refusal naming both Tasks and t3's member, found in p3's accounting.
+    let refusals: Vec<_> = gw
+        .store
+        .audit_list(0, 1000, Some("p3"), Some("ecm-compass"))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.kind == "refusal")
+        .collect();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    let named: Vec<&str> = refusals[0].body["entity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["what"]["reference"].as_str())
+        .collect();
+    assert_eq!(named, ["Task/t3", "Patient/p3", "Task/t99"], "{named:?}");
 
     // A header that is not the plan's layout refuses the whole file.
     let (s, out) = import(

@@ -303,7 +303,8 @@ pub async fn import(
         ));
     }
     let mut out = Imported::default();
-    let mut refused_tasks = Vec::new();
+    let mut refused_refs = Vec::new();
+    let mut refused_members = std::collections::HashSet::new();
     for rec in records {
         out.rows += 1;
         let rec = match rec {
@@ -330,8 +331,11 @@ pub async fn import(
                 problem,
                 not_theirs,
             } => {
-                if not_theirs {
-                    refused_tasks.push(format!("Task/{}", row.task_id));
+                if let Some(member) = not_theirs {
+                    refused_refs.push(format!("Task/{}", row.task_id));
+                    if let Some(p) = member.filter(|p| refused_members.insert(p.clone())) {
+                        refused_refs.push(format!("Patient/{p}"));
+                    }
                 }
                 out.problems.push(RowProblem {
                     line: row.line,
@@ -344,8 +348,10 @@ pub async fn import(
         }
     }
     // Rows naming Tasks that are not the caller's: a refusal, audited
-    // (durable before the answer), like a refused PUT.
-    for chunk in refused_tasks.chunks(crate::gate::MAX_ENTITIES_PER_AUDIT) {
+    // (durable before the answer), like a refused PUT: the Tasks and the
+    // members of those that exist, so each member's accounting of
+    // disclosures finds it.
+    for chunk in refused_refs.chunks(crate::gate::MAX_ENTITIES_PER_AUDIT) {
         let record = audit::new_audit(&AuditEntry {
             kind: "refusal",
             interaction: Interaction::Update,
@@ -383,8 +389,9 @@ enum Applied {
     Refused {
         column: Option<Source>,
         problem: String,
-        /// The Task is absent or not the caller's (audited).
-        not_theirs: bool,
+        /// The Task is absent or not the caller's (audited): `Some`, with
+        /// the stored Task's member when it exists.
+        not_theirs: Option<Option<String>>,
     },
 }
 
@@ -392,7 +399,7 @@ fn refused(column: Option<Source>, problem: impl Into<String>) -> Applied {
     Applied::Refused {
         column,
         problem: problem.into(),
-        not_theirs: false,
+        not_theirs: None,
     }
 }
 
@@ -413,17 +420,21 @@ async fn apply_row(
     let id = &row.task_id;
     let _task_lock = task_update::task_lock(id).await;
     let found = store.resource_get("Task", id).await?;
-    let not_theirs = Applied::Refused {
+    let not_theirs = |member: Option<String>| Applied::Refused {
         column: Some(Source::ReferralId),
         problem: "no referral with this id among the caller's".into(),
-        not_theirs: true,
+        not_theirs: Some(member),
     };
     let Some(stored) = found else {
-        return Ok(not_theirs);
+        return Ok(not_theirs(None));
     };
     let (_, performer) = task_update::parties(ingress, &stored.body, &caller.org_id);
     if !performer {
-        return Ok(not_theirs);
+        let member = stored
+            .patient_id
+            .clone()
+            .or_else(|| crate::resources::index::patient_of(&stored.body));
+        return Ok(not_theirs(member));
     }
     if export::mcp_of(&stored.body).as_deref() != Some(mcp) {
         return Ok(refused(

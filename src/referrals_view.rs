@@ -58,7 +58,7 @@ use store::{ClockRow, ResourceQuery, Store, StoreError};
 
 use crate::clocks::ts;
 use crate::config::{Config, OrgKind};
-use crate::records::clr::{status_of, Vocabulary};
+use crate::records::clr::{status_of, Vocabulary, TASK_STATUSES};
 use crate::resources::AUTHORIZING_MCP_EXT;
 
 /// File of the counting rules under the mappings tree.
@@ -99,17 +99,6 @@ pub enum ViewError {
     Store(#[from] StoreError),
 }
 
-const TASK_STATUSES: [&str; 8] = [
-    "requested",
-    "accepted",
-    "rejected",
-    "cancelled",
-    "in-progress",
-    "on-hold",
-    "failed",
-    "completed",
-];
-
 impl Rules {
     /// Parse the TOML text and check it against the CLR vocabulary: every
     /// FHIR Task status has a natural status, each one a status the
@@ -118,7 +107,7 @@ impl Rules {
         let bad = |m: String| ViewError::Rules(format!("{FILE}: {m}"));
         let r: Rules = toml::from_str(text).map_err(|e| bad(e.message().to_string()))?;
         let mut problems = Vec::new();
-        for t in TASK_STATUSES {
+        for t in TASK_STATUSES.iter().copied() {
             if !r.natural_status.contains_key(t) {
                 problems.push(format!(
                     "natural_status names no status for Task.status {t}"
@@ -821,7 +810,7 @@ mod tests {
     #[test]
     fn the_shipped_rules_load_and_give_every_task_status_a_clr_status() {
         let (v, r) = rules();
-        for t in TASK_STATUSES {
+        for t in TASK_STATUSES.iter().copied() {
             let code = &r.natural_status[t];
             assert!(v.status(code).is_some(), "{t} -> {code}");
         }

@@ -54,10 +54,20 @@ pub fn resource_facts(res: &Value) -> Option<consent::ResourceFacts> {
         }),
         _ => None,
     };
-    // A Consent names its recipients (its actors): the record of a
-    // release may go back to a plan it names (rule R13).
-    let consent_recipients = if resource_type == "Consent" {
+    // An active written authorization (a release of information or a
+    // 42 CFR Part 2 consent) names its recipients (its actors): its record
+    // may go back to a plan it names (rule R13). A verbal referral consent
+    // or a withdrawn release names no one here.
+    let consent_recipients = if resource_type == "Consent"
+        && str_of(res, "status") == Some("active")
+    {
         consent_from_fhir(res)
+            .filter(|c| {
+                matches!(
+                    c.kind,
+                    consent::ConsentKind::ReleaseOfInformation | consent::ConsentKind::Part2Written
+                ) && c.withdrawn_at.is_none()
+            })
             .map(|c| c.recipients)
             .unwrap_or_default()
     } else {

@@ -28,8 +28,9 @@ pub const CLOSURE_SYSTEM: &str = "/CodeSystem/ecm-referral-closure-reason";
 /// Path of the status-date extension under the canonical base.
 pub const STATUS_DATE_EXT: &str = "/StructureDefinition/referral-status-date";
 
-/// The FHIR Task statuses the vocabulary may name.
-const TASK_STATUSES: &[&str] = &[
+/// The FHIR R4 Task statuses a referral Task may have (the vocabulary may
+/// name only these).
+pub const TASK_STATUSES: &[&str] = &[
     "requested",
     "accepted",
     "rejected",

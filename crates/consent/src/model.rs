@@ -240,9 +240,10 @@ pub struct ResourceFacts {
     /// an Encounter …), which no single referral owns.
     #[serde(default)]
     pub referral: Option<ReferralFacts>,
-    /// For a `Consent` resource: the organizations it names as recipients
-    /// (its actors). The record of a release may go back to a plan it
-    /// names (rule R13).
+    /// For a `Consent` resource that is an active written authorization (a
+    /// release of information or a 42 CFR Part 2 consent): the
+    /// organizations it names as recipients (its actors). Its record may go
+    /// back to a plan it names (rule R13).
     #[serde(default)]
     pub consent_recipients: Vec<String>,
 }

@@ -924,6 +924,27 @@ impl Store for PgStore {
         current(&c, resource_type, id).await
     }
 
+    async fn resource_get_many(
+        &self,
+        resource_type: &str,
+        ids: &[String],
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        let ids = backend::get_many_ids(resource_type, ids)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {} FROM resources WHERE resource_type = $1 AND id = ANY($2) ORDER BY id",
+            rows::RESOURCE_COLUMNS
+        );
+        let c = self.conn().await?;
+        c.rows(&sql, &[&resource_type, &ids])
+            .await?
+            .iter()
+            .map(rows::resource)
+            .collect()
+    }
+
     async fn resource_history(
         &self,
         resource_type: &str,
@@ -1445,6 +1466,32 @@ impl Store for PgStore {
         );
         let c = self.conn().await?;
         c.rows(&sql, &[&due, &subject, &limit])
+            .await?
+            .iter()
+            .map(rows::clock)
+            .collect()
+    }
+
+    async fn clock_list_subjects(
+        &self,
+        kind: Option<&str>,
+        subjects: &[String],
+    ) -> Result<Vec<ClockRow>, StoreError> {
+        backend::check_clock_subjects(subjects)?;
+        if subjects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {} FROM clocks WHERE subject = ANY($1){} ORDER BY subject, due_at, id",
+            rows::CLOCK_COLUMNS,
+            if kind.is_some() {
+                " AND kind = $2"
+            } else {
+                " AND $2::text IS NULL"
+            },
+        );
+        let c = self.conn().await?;
+        c.rows(&sql, &[&subjects, &kind])
             .await?
             .iter()
             .map(rows::clock)

@@ -39,6 +39,20 @@ async fn conformance_one_commit_per_append() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_of_many_ids_in_one_read() {
+    let db = fresh().await;
+    conformance::resources_by_many_ids(&*open(&db.url, PgOptions::default()).await).await;
+    db.drop_db().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clocks_of_many_subjects_in_one_read() {
+    let db = fresh().await;
+    conformance::clocks_of_subjects(&*open(&db.url, PgOptions::default()).await).await;
+    db.drop_db().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_a_database_with_data_after_reopen() {
     let db = fresh().await;
     {

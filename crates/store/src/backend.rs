@@ -144,6 +144,11 @@ pub fn check_clocks(clocks: &[ClockRow]) -> Result<(), StoreError> {
     crate::clock::check_clocks(clocks)
 }
 
+/// Check the subjects of one `clock_list_subjects`.
+pub fn check_clock_subjects(subjects: &[String]) -> Result<(), StoreError> {
+    crate::clock::check_clock_subjects(subjects)
+}
+
 /// Check a `(client_id, jti)` pair.
 pub fn check_jti(client_id: &str, jti: &str) -> Result<(), StoreError> {
     crate::clock::check_jti(client_id, jti)
@@ -209,4 +214,29 @@ impl CommitMetrics {
     pub fn snapshot(&self) -> StoreMetrics {
         self.0.snapshot()
     }
+}
+
+/// The ids of one `resource_get_many` worth looking up, sorted and
+/// deduplicated: those of a length a stored id can have (as
+/// `resource_get` skips the others); none when the type is not a
+/// resource type name. Too many ids is [`StoreError::Invalid`].
+pub fn get_many_ids(resource_type: &str, ids: &[String]) -> Result<Vec<String>, StoreError> {
+    if ids.len() > crate::search::MAX_GET_IDS {
+        return Err(StoreError::Invalid(format!(
+            "{} ids in one call (max {})",
+            ids.len(),
+            crate::search::MAX_GET_IDS
+        )));
+    }
+    if !crate::valid_resource_type(resource_type) {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<String> = ids
+        .iter()
+        .filter(|id| !id.is_empty() && id.len() <= crate::MAX_RESOURCE_ID_LEN)
+        .cloned()
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
 }

@@ -23,6 +23,8 @@ pub const MAX_CLOCK_KIND_LEN: usize = 64;
 pub const MAX_CLOCK_SUBJECT_LEN: usize = 256;
 /// Largest [`crate::Store::clock_list`] page; larger limits are clamped.
 pub const MAX_CLOCK_PAGE: usize = 1000;
+/// Most subjects in one [`crate::Store::clock_list_subjects`].
+pub const MAX_CLOCK_SUBJECTS_PER_CALL: usize = 1000;
 /// Longest SMART client id (bytes).
 pub const MAX_CLIENT_ID_LEN: usize = 256;
 /// Longest `jti` (bytes).
@@ -79,6 +81,17 @@ pub(crate) fn check_clocks(clocks: &[ClockRow]) -> Result<(), StoreError> {
         if !CLOCK_STATES.contains(&c.state.as_str()) {
             return bad("state is not open, met or cancelled");
         }
+    }
+    Ok(())
+}
+
+/// Check the subjects of one [`crate::Store::clock_list_subjects`].
+pub(crate) fn check_clock_subjects(subjects: &[String]) -> Result<(), StoreError> {
+    if subjects.len() > MAX_CLOCK_SUBJECTS_PER_CALL {
+        return Err(StoreError::Invalid(format!(
+            "{} clock subjects in one call (max {MAX_CLOCK_SUBJECTS_PER_CALL})",
+            subjects.len()
+        )));
     }
     Ok(())
 }

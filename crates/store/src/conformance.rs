@@ -18,6 +18,7 @@ pub use audit_jcs::audit_jcs_upgrade;
 #[cfg(test)]
 pub(crate) use audit_jcs::{fixture_key, v2_fixture, V2_FIXTURE};
 pub use audit_keyed::audit_tamper_evidence;
+pub use v2::{clocks_of_subjects, resources_by_many_ids};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -580,6 +580,17 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
     ) -> Result<Option<StoredResource>, StoreError>;
     /// Every version of a resource, oldest first, current last; empty when unknown.
+    /// The current version of each of `ids` (of `resource_type`) that
+    /// exists, ordered by id, in one read of primary-key lookups: what a
+    /// report that names many resources needs (a `_id` search is a filter
+    /// over the type's `_lastUpdated` order, not a key lookup). At most
+    /// [`search::MAX_GET_IDS`] ids (more is [`StoreError::Invalid`]); ids
+    /// that cannot exist are skipped, a repeated id answers once.
+    async fn resource_get_many(
+        &self,
+        resource_type: &str,
+        ids: &[String],
+    ) -> Result<Vec<StoredResource>, StoreError>;
     async fn resource_history(
         &self,
         resource_type: &str,
@@ -744,6 +755,18 @@ pub trait Store: Send + Sync + 'static {
         due_before: Option<DateTime<Utc>>,
         subject: Option<&str>,
         limit: usize,
+    ) -> Result<Vec<ClockRow>, StoreError>;
+    /// Every clock of the given subjects, only those of `kind` if given,
+    /// ordered by (subject, due_at, id), in one read: what a report over
+    /// many Tasks needs instead of one [`Store::clock_list`] per subject.
+    /// At most [`clock::MAX_CLOCK_SUBJECTS_PER_CALL`] subjects (more is
+    /// [`StoreError::Invalid`]); no subjects answer no clocks. A subject
+    /// holds a few clocks, one per kind, so the answer stays near the
+    /// number of subjects.
+    async fn clock_list_subjects(
+        &self,
+        kind: Option<&str>,
+        subjects: &[String],
     ) -> Result<Vec<ClockRow>, StoreError>;
     /// Succeeds when the database answers and the store accepts writes
     /// (readiness): a store that refuses every write until restart (SQLite

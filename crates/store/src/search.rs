@@ -27,6 +27,8 @@ pub const MAX_TOKEN_VALUE_LEN: usize = 512;
 pub const MAX_SEARCH_PAGE: usize = 1000;
 /// Most `_id` values in one query.
 pub const MAX_QUERY_IDS: usize = 100;
+/// Most ids in one [`crate::Store::resource_get_many`].
+pub const MAX_GET_IDS: usize = 1000;
 /// Most parameters in one query.
 pub const MAX_QUERY_PARAMS: usize = 16;
 /// Most values of one parameter in one query.

@@ -65,6 +65,18 @@ async fn conformance_one_commit_per_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_of_many_ids_in_one_read() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::resources_by_many_ids(&*open(&dir.path().join("m.db"), 512)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clocks_of_many_subjects_in_one_read() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::clocks_of_subjects(&*open(&dir.path().join("c.db"), 512)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_a_database_with_data_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("twice.db");

@@ -35,6 +35,8 @@ pub(super) async fn run_all(store: Arc<dyn Store>) {
     audit_concurrent_appends(Arc::clone(&store)).await;
     jti_cache(&*store).await;
     clocks(&*store).await;
+    clocks_of_subjects(&*store).await;
+    resources_by_many_ids(&*store).await;
 }
 
 /// Now, truncated to the stored precision.
@@ -1316,4 +1318,144 @@ async fn clocks(store: &dyn Store) {
         Err(StoreError::Invalid(_))
     ));
     store.clock_upsert(Vec::new()).await.expect("empty");
+}
+
+/// `clock_list_subjects`: every clock of the subjects asked for (of one
+/// kind if given), ordered by (subject, due_at, id); other subjects' clocks,
+/// unknown subjects and an empty list answer nothing; too many subjects are
+/// refused.
+pub async fn clocks_of_subjects(store: &dyn Store) {
+    let t = id_tag();
+    let t0 = now();
+    let clock = |n: &str, subject: &str, kind: &str, due: DateTime<Utc>| ClockRow {
+        id: format!("{n}-{t}"),
+        kind: kind.to_string(),
+        subject: format!("{subject}-{t}"),
+        patient_id: None,
+        started_at: t0,
+        due_at: due,
+        state: "met".to_string(),
+        closed_at: Some(t0 + secs(7)),
+    };
+    let auth = "authorization-decision";
+    let a1 = clock("a1", "Task/a", auth, t0 + TimeDelta::days(2));
+    let a2 = clock("a2", "Task/a", "outreach", t0 + TimeDelta::days(1));
+    let b1 = clock("b1", "Task/b", auth, t0 + TimeDelta::days(3));
+    let c1 = clock("c1", "Task/c", auth, t0 + TimeDelta::days(1));
+    store
+        .clock_upsert(vec![a1.clone(), a2.clone(), b1.clone(), c1.clone()])
+        .await
+        .expect("upsert");
+    let subjects: Vec<String> = ["Task/b", "Task/a", "Task/none"]
+        .iter()
+        .map(|s| format!("{s}-{t}"))
+        .collect();
+    assert_eq!(
+        store
+            .clock_list_subjects(None, &subjects)
+            .await
+            .expect("list"),
+        vec![a2.clone(), a1.clone(), b1.clone()],
+        "every clock of the subjects asked for, by subject then due time"
+    );
+    assert_eq!(
+        store
+            .clock_list_subjects(Some(auth), &subjects)
+            .await
+            .expect("list"),
+        vec![a1.clone(), b1.clone()],
+        "only the kind asked for"
+    );
+    assert!(store
+        .clock_list_subjects(Some("no-such-kind"), &subjects)
+        .await
+        .expect("list")
+        .is_empty());
+    assert!(store
+        .clock_list_subjects(None, &[])
+        .await
+        .expect("empty")
+        .is_empty());
+    // A full call: the limit, one of them known.
+    let mut many: Vec<String> = (0..crate::clock::MAX_CLOCK_SUBJECTS_PER_CALL - 1)
+        .map(|i| format!("Task/many{i}-{t}"))
+        .collect();
+    many.push(c1.subject.clone());
+    assert_eq!(
+        store.clock_list_subjects(None, &many).await.expect("full"),
+        vec![c1.clone()]
+    );
+    many.push(format!("Task/one-too-many-{t}"));
+    assert!(matches!(
+        store.clock_list_subjects(None, &many).await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+/// `resource_get_many`: the current version of each id that exists, by id,
+/// once each; other types, unknown ids and an empty list answer nothing;
+/// too many ids are refused.
+pub async fn resources_by_many_ids(store: &dyn Store) {
+    let t = id_tag();
+    let id = |n: &str| format!("gm{n}-{t}");
+    let stored = store
+        .put_resources(vec![
+            write("Patient", &id("b"), Some(&id("b")), json!({"n": 1})),
+            write("Patient", &id("a"), Some(&id("a")), json!({"n": 2})),
+            write("Task", &id("c"), None, json!({"n": 3})),
+        ])
+        .await
+        .expect("put");
+    let b2 = store
+        .put_resources(vec![write(
+            "Patient",
+            &id("b"),
+            Some(&id("b")),
+            json!({"n": 4}),
+        )])
+        .await
+        .expect("put again");
+    assert_eq!(b2[0].version_id, 2);
+    let found = store
+        .resource_get_many("Patient", &[id("b"), id("none"), id("a"), id("b"), id("c")])
+        .await
+        .expect("get many");
+    assert_eq!(
+        found,
+        vec![stored[1].clone(), b2[0].clone()],
+        "the current version of each Patient found, by id, once"
+    );
+    assert_eq!(
+        store
+            .resource_get_many("Task", &[id("c"), String::new()])
+            .await
+            .expect("task"),
+        vec![stored[2].clone()]
+    );
+    assert!(store
+        .resource_get_many("Patient", &[])
+        .await
+        .expect("empty")
+        .is_empty());
+    assert!(store
+        .resource_get_many("patient", &[id("a")])
+        .await
+        .expect("bad type")
+        .is_empty());
+    let mut many: Vec<String> = (0..crate::search::MAX_GET_IDS - 1)
+        .map(|i| id(&format!("many{i}")))
+        .collect();
+    many.push(id("a"));
+    assert_eq!(
+        store
+            .resource_get_many("Patient", &many)
+            .await
+            .expect("full"),
+        vec![stored[1].clone()]
+    );
+    many.push(id("x"));
+    assert!(matches!(
+        store.resource_get_many("Patient", &many).await,
+        Err(StoreError::Invalid(_))
+    ));
 }

@@ -51,7 +51,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::Value as SqlValue;
 
 use crate::audit::{prepare_audits, AuditKeys, ChainVerifier, MAX_AUDIT_PAGE};
-use crate::clock::{check_clocks, check_jti, MAX_CLOCK_PAGE};
+use crate::clock::{check_clock_subjects, check_clocks, check_jti, MAX_CLOCK_PAGE};
 use crate::metrics::MetricsRecorder;
 use crate::outbox::{check_worker, prepare_deliveries, MAX_OUTBOX_PAGE};
 use crate::resource::prepare_writes;
@@ -902,6 +902,22 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn resource_get_many(
+        &self,
+        resource_type: &str,
+        ids: &[String],
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        let ids = crate::backend::get_many_ids(resource_type, ids)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = serde_json::to_string(&ids)
+            .map_err(|e| StoreError::Internal(format!("resource ids: {e}")))?;
+        let t = resource_type.to_string();
+        self.read(move |conn| query_resources(conn, &sql::resource_get_many(), params![t, ids]))
+            .await
+    }
+
     async fn resource_history(
         &self,
         resource_type: &str,
@@ -1296,6 +1312,34 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn clock_list_subjects(
+        &self,
+        kind: Option<&str>,
+        subjects: &[String],
+    ) -> Result<Vec<ClockRow>, StoreError> {
+        check_clock_subjects(subjects)?;
+        if subjects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = sql::clock_list_subjects(kind.is_some());
+        let subjects = serde_json::to_string(subjects)
+            .map_err(|e| StoreError::Internal(format!("clock subjects: {e}")))?;
+        let kind = kind.map(str::to_string);
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = match &kind {
+                Some(kind) => stmt.query_map(params![subjects, kind], rows::clock_row)?,
+                None => stmt.query_map(params![subjects], rows::clock_row)?,
+            };
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(rows::clock(row?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         if self.tx.as_ref().is_none_or(|tx| tx.is_closed()) {
             return Err(StoreError::Closed);
@@ -1522,6 +1566,17 @@ mod tests {
         assert!(clocks.contains("clocks_state_due"), "{clocks}");
         let by_subject = plan(&conn, &sql::clock_list(false, false, true));
         assert!(by_subject.contains("clocks_subject"), "{by_subject}");
+        let get_many = plan(&conn, &sql::resource_get_many());
+        assert!(
+            get_many.contains("SEARCH resources USING INDEX sqlite_autoindex_resources_1"),
+            "{get_many}"
+        );
+        assert!(!get_many.contains("SCAN resources"), "{get_many}");
+        for kind in [false, true] {
+            let of_subjects = plan(&conn, &sql::clock_list_subjects(kind));
+            assert!(of_subjects.contains("clocks_subject"), "{of_subjects}");
+            assert!(!of_subjects.contains("SCAN clocks"), "{of_subjects}");
+        }
         let audit = plan(&conn, &sql::audit_list(true, false));
         // The patient filter walks that patient's `audit_patients` rows.
         assert!(

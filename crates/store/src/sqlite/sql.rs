@@ -101,6 +101,14 @@ const RESOURCE_COLUMNS: &str = "resource_type, id, version_id, last_updated, pat
 pub(crate) fn resource_get() -> String {
     format!("SELECT {RESOURCE_COLUMNS} FROM resources WHERE resource_type = ?1 AND id = ?2")
 }
+/// Params: resource_type, the ids as one JSON array of strings (one
+/// statement text for any number of ids; a primary-key lookup each).
+pub(crate) fn resource_get_many() -> String {
+    format!(
+        "SELECT {RESOURCE_COLUMNS} FROM resources
+         WHERE resource_type = ?1 AND id IN (SELECT value FROM json_each(?2)) ORDER BY id"
+    )
+}
 pub(crate) fn resource_history() -> String {
     format!(
         "SELECT {RESOURCE_COLUMNS} FROM resource_history
@@ -379,6 +387,17 @@ pub(crate) fn clock_list(open_only: bool, due_before: bool, subject: bool) -> St
         if open_only { " AND state = 'open'" } else { "" },
         if due_before { " AND due_at < ?1" } else { "" },
         if subject { " AND subject = ?2" } else { "" },
+    )
+}
+
+/// Params: the subjects as one JSON array of strings, then the kind (when
+/// asked for). One statement text for any number of subjects, so it stays
+/// in the statement cache; `json_each` feeds the `clocks_subject` index.
+pub(crate) fn clock_list_subjects(kind: bool) -> String {
+    format!(
+        "SELECT {CLOCK_COLUMNS} FROM clocks WHERE subject IN (SELECT value FROM json_each(?1)){} \
+         ORDER BY subject, due_at, id",
+        if kind { " AND kind = ?2" } else { "" },
     )
 }
 

@@ -34,8 +34,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use store::{InputKind, NewInput, Store};
+use store::Store;
 
 use super::referral::now_secs;
 use super::task_update::{self, Party};
@@ -521,23 +520,19 @@ async fn apply_row(
         return Ok(refused(Some(Source::ReferralStatus), e.to_string()));
     }
     let raw = serde_json::to_vec(&update).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let digest = hex::encode(Sha256::digest(&raw));
     // Journaled as the PUT of this update would be: same kind, same dedup
     // key shape, so a retry is a replay and recovery derives it as a PUT.
     let appended = journal::append(
         store,
-        NewInput {
-            kind: InputKind::FhirWrite,
-            source_org: caller.org_id.clone(),
-            dedup_key: format!(
-                "{}|Task/{id}/_history/{}|{digest}",
-                caller.org_id, stored.version_id
-            ),
-            received_at: now,
+        task_update::journal_input(
+            caller,
+            id,
+            stored.version_id,
             raw,
-            meta: json!({"resourceType": "Task", "id": id, "status": to,
-                "client": caller.client_id, "version": stored.version_id, "via": "rtf"}),
-        },
+            Some(to.as_str()),
+            Some("rtf"),
+            now,
+        ),
     )
     .await?;
     if !appended.processed() {

@@ -588,6 +588,37 @@ pub fn derive(
     })
 }
 
+/// The journal record of a Task update by `caller` applying to `version`:
+/// kind `FhirWrite`, dedup key `{org}|Task/{id}/_history/{version}|{sha256}`
+/// — the version applied to (If-Match, when given, names it), so the same
+/// body after the Task moved on is a new update and a retry is a replay.
+/// `via` names a way in other than the PUT (the monthly return file), which
+/// recovery derives as a PUT all the same.
+pub fn journal_input(
+    caller: &crate::auth::Caller,
+    id: &str,
+    version: i64,
+    raw: Vec<u8>,
+    status: Option<&str>,
+    via: Option<&str>,
+    now: DateTime<Utc>,
+) -> NewInput {
+    let digest = hex::encode(Sha256::digest(&raw));
+    let mut meta = json!({"resourceType": "Task", "id": id, "status": status,
+        "client": caller.client_id, "version": version});
+    if let Some(v) = via {
+        meta["via"] = json!(v);
+    }
+    NewInput {
+        kind: InputKind::FhirWrite,
+        source_org: caller.org_id.clone(),
+        dedup_key: format!("{}|Task/{id}/_history/{version}|{digest}", caller.org_id),
+        received_at: now,
+        raw,
+        meta,
+    }
+}
+
 /// The handler.
 pub async fn put_task(
     State(state): State<Core>,
@@ -669,7 +700,6 @@ pub async fn put_task(
     }
     let now = now_secs();
     let clocks = deadlines::for_subject(store, &format!("Task/{id}")).await?;
-    let digest = hex::encode(Sha256::digest(&bytes));
     // Check before the journal: a refused update is not stored.
     transition(
         &ingress,
@@ -681,20 +711,15 @@ pub async fn put_task(
     )?;
     let appended = journal::append(
         store,
-        NewInput {
-            kind: InputKind::FhirWrite,
-            source_org: caller.org_id.clone(),
-            // The version applied to (If-Match, when given, names it): the
-            // same body after the Task moved on is a new update.
-            dedup_key: format!(
-                "{}|Task/{id}/_history/{}|{digest}",
-                caller.org_id, stored.version_id
-            ),
-            received_at: now,
-            raw: bytes.to_vec(),
-            meta: json!({"resourceType": "Task", "id": id, "status": s(&update, "/status"),
-                "client": caller.client_id, "version": stored.version_id}),
-        },
+        journal_input(
+            &caller,
+            &id,
+            stored.version_id,
+            bytes.to_vec(),
+            s(&update, "/status"),
+            None,
+            now,
+        ),
     )
     .await?;
     let jid = appended.id();

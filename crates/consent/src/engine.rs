@@ -500,13 +500,13 @@ fn relation_holds(rel: Relation, f: &Facts<'_>) -> bool {
         },
         Relation::SameCounty => same_county(to, ctx),
         Relation::CaseCounty => ctx.case_open && same_county(to, ctx),
-        Relation::NamedInConsent => f.res.consent_recipients.iter().any(|o| *o == to.org_id),
+        Relation::NamedInConsent => f.res.consent_recipients.contains(&to.org_id),
         Relation::FormerProvider => {
             to.kind == OrgKind::EcmProvider
                 && f.res
                     .referral
                     .as_ref()
-                    .is_some_and(|r| r.former_owners.iter().any(|o| *o == to.org_id))
+                    .is_some_and(|r| r.former_owners.contains(&to.org_id))
         }
     }
 }

@@ -21,6 +21,45 @@ pub struct DeadlineQuery {
     pub all: Option<bool>,
 }
 
+/// What a caller may ask of the compliance view: an operator anything; a
+/// plan only its own referrals (`mcp` is its id, or absent and set to it);
+/// a county only its own (`county` is its organization id or county name,
+/// or absent and set to it). The figures are counts, days and ratios by
+/// plan id, status and clock: no member is named, so the answer discloses
+/// no patient data (route table: `Exit::NoPatientData`).
+fn own_figures(
+    kind: OrgKind,
+    org_id: &str,
+    county_name: Option<&str>,
+    mut filter: crate::referrals_view::Filter,
+) -> Result<crate::referrals_view::Filter, ApiError> {
+    match kind {
+        OrgKind::Mcp => {
+            if filter.mcp.as_deref().is_some_and(|m| m != org_id) {
+                return Err(ApiError::Denied(
+                    "a plan sees the compliance figures of its own referrals only (mcp = its id)"
+                        .into(),
+                ));
+            }
+            filter.mcp = Some(org_id.to_string());
+        }
+        OrgKind::County => {
+            let own = |c: &str| {
+                c == org_id || county_name.is_some_and(|n| n.eq_ignore_ascii_case(c.trim()))
+            };
+            if filter.county.as_deref().is_some_and(|c| !own(c)) {
+                return Err(ApiError::Denied(
+                    "a county sees the compliance figures of its own referrals only (county = its organization id or county name)"
+                        .into(),
+                ));
+            }
+            filter.county = Some(org_id.to_string());
+        }
+        _ => {}
+    }
+    Ok(filter)
+}
+
 /// `GET /ops/deadlines[?overdue=true][&all=true]` (operator): open clocks by due time.
 pub async fn get_deadlines(
     State(state): State<Core>,
@@ -102,7 +141,16 @@ pub async fn get_referrals(
     Query(filter): Query<crate::referrals_view::Filter>,
 ) -> Result<Response, ApiError> {
     use crate::referrals_view::{view, ViewError};
-    state.authenticate(&headers, &cert, &[OrgKind::Operator])?;
+    let caller = state.authenticate(
+        &headers,
+        &cert,
+        &[OrgKind::Operator, OrgKind::Mcp, OrgKind::County],
+    )?;
+    let county_name = state
+        .cfg
+        .organization(&caller.org_id)
+        .and_then(|o| o.county.clone());
+    let filter = own_figures(caller.kind, &caller.org_id, county_name.as_deref(), filter)?;
     let started = std::time::Instant::now();
     let v = view(state.store.as_ref(), &state.cfg, filter, Utc::now())
         .await

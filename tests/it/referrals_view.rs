@@ -259,9 +259,23 @@ async fn referral_compliance_figures_through_the_api_the_metrics_and_the_command
         .collect();
     assert_eq!(exprs, ["mcp", "from"], "{b}");
 
-    // Only an operator may ask.
-    assert_eq!(gw.get("/ops/referrals", COUNTY_TOKEN).await.0, 403);
-    assert_eq!(gw.get("/ops/referrals", MCP_A_TOKEN).await.0, 403);
+    // A plan and a county see their own referrals' figures, and only
+    // theirs: the filter is set to the caller, another plan or county is a
+    // 403.
+    let (s, b, text) = gw.get("/ops/referrals", MCP_A_TOKEN).await;
+    assert_eq!(s, 200, "{text}");
+    assert_eq!(b["referrals"], 3, "{b}");
+    assert_eq!(b["filter"]["mcp"], "mcp-a", "{b}");
+    assert_eq!(gw.get("/ops/referrals?mcp=mcp-b", MCP_A_TOKEN).await.0, 403);
+    let (s, b, text) = gw.get("/ops/referrals", COUNTY_TOKEN).await;
+    assert_eq!(s, 200, "{text}");
+    assert_eq!(b["referrals"], 3, "{b}");
+    let (s, _, _) = gw.get("/ops/referrals?county=Fresno", COUNTY_TOKEN).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        gw.get("/ops/referrals?county=Kern", COUNTY_TOKEN).await.0,
+        403
+    );
 
     // The metrics carry the same figures; asking commits nothing.
     let mut commits = gw.running.store.metrics().commits;

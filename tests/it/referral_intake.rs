@@ -569,6 +569,22 @@ MH-C2,93000112A,Ben,Ruiz,2013-02-03,,,Jamie Park,ED social worker,,hospital soci
         )
         .await;
     assert_eq!(s, 415);
+    // An empty file, or a CSV header with no row: a 422 naming the body,
+    // not an empty success.
+    for (ct, body) in [
+        ("application/x-ndjson", String::new()),
+        ("application/x-ndjson", "\n\n".to_string()),
+        (
+            "text/csv",
+            csv.lines().next().unwrap_or_default().to_string(),
+        ),
+    ] {
+        let (s, b) = gw
+            .post_raw("/ecm/referrals/$batch", MERCY_TOKEN, ct, body)
+            .await;
+        assert_eq!(s, 422, "{ct}: {b}");
+        assert!(b.to_string().contains("no referral"), "{b}");
+    }
     let (s, _) = gw
         .post_raw(
             "/ecm/referrals/$batch",

@@ -358,6 +358,14 @@ pub async fn post_batch(
             Some("body"),
         ));
     }
+    if lines.is_empty() {
+        // An empty file (or a CSV with a header only) is a mistake to say,
+        // not an empty success.
+        return Err(ApiError::invalid(
+            "the referral batch holds no referral: send one referral per line (NDJSON) or per row under the header (CSV)",
+            Some("body"),
+        ));
+    }
     let base = state.cfg.server.canonical_base.clone();
     let mut entries = Vec::with_capacity(lines.len());
     let (mut ok, mut failed) = (0usize, 0usize);

@@ -448,15 +448,7 @@ fn org_ref(v: Option<&Value>) -> Option<String> {
 
 /// The authorizing plan of a referral Task (None: not a referral).
 fn authorizing_mcp(task: &Value) -> Option<String> {
-    task.get("extension")?
-        .as_array()?
-        .iter()
-        .find(|e| {
-            e.get("url")
-                .and_then(Value::as_str)
-                .is_some_and(|u| u.ends_with(AUTHORIZING_MCP_EXT))
-        })
-        .and_then(|e| org_ref(e.get("valueReference")))
+    crate::resources::extension_org(task, AUTHORIZING_MCP_EXT)
 }
 
 /// The CLR status a referral Task counts under.

@@ -111,16 +111,7 @@ pub(crate) fn performers(sr: &Value) -> Vec<String> {
 /// authorizing MCP.
 pub(crate) fn task_parties(task: &Value) -> Vec<String> {
     let mut out: Vec<String> = task.get("owner").and_then(org_of).into_iter().collect();
-    let mcp = task
-        .get("extension")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .find(|e| {
-            str_of(e, "url").is_some_and(|u| u.ends_with(crate::resources::AUTHORIZING_MCP_EXT))
-        })
-        .and_then(|e| e.get("valueReference"))
-        .and_then(org_of);
+    let mcp = crate::resources::extension_org(task, crate::resources::AUTHORIZING_MCP_EXT);
     if let Some(m) = mcp.filter(|m| !out.contains(m)) {
         out.push(m);
     }
@@ -130,15 +121,7 @@ pub(crate) fn task_parties(task: &Value) -> Vec<String> {
 /// The ECM providers a Task version says the plan moved it away from (its
 /// `previous-owner` extension, set on the version that reassigned it).
 fn former_owners(task: &Value) -> Vec<String> {
-    task.get("extension")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|e| {
-            str_of(e, "url").is_some_and(|u| u.ends_with(crate::resources::PREVIOUS_OWNER_EXT))
-        })
-        .filter_map(|e| e.get("valueReference").and_then(org_of))
-        .collect()
+    crate::resources::extension_orgs(task, crate::resources::PREVIOUS_OWNER_EXT).collect()
 }
 
 /// The engine's view of a configured organization.

@@ -24,6 +24,33 @@ pub const PREVIOUS_OWNER_EXT: &str = "/StructureDefinition/previous-owner";
 /// authorizing MCP records it (`sources::task_update`).
 pub const NOA_SENT_EXT: &str = "/StructureDefinition/notice-of-action-sent";
 
+/// The organization ids that `res`'s extensions whose URL ends with
+/// `suffix` reference (`valueReference` `Organization/{id}`), in order: how
+/// the gateway's own extensions naming an organization
+/// ([`AUTHORIZING_MCP_EXT`], [`PREVIOUS_OWNER_EXT`]) are read.
+pub fn extension_orgs<'a>(res: &'a Value, suffix: &'a str) -> impl Iterator<Item = String> + 'a {
+    res.get("extension")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(move |e| {
+            e.get("url")
+                .and_then(Value::as_str)
+                .is_some_and(|u| u.ends_with(suffix))
+        })
+        .filter_map(|e| {
+            e.pointer("/valueReference/reference")
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix("Organization/"))
+                .map(str::to_string)
+        })
+}
+
+/// The first organization id [`extension_orgs`] finds.
+pub fn extension_org(res: &Value, suffix: &str) -> Option<String> {
+    extension_orgs(res, suffix).next()
+}
+
 /// What a store write needs besides the body: type, id, patient and the
 /// search index, computed from the resource.
 #[derive(Debug)]
@@ -142,6 +169,28 @@ pub fn expression(pointer: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extension_orgs_reads_the_organizations_an_extension_names() {
+        let t = json!({"resourceType": "Task", "extension": [
+            {"url": "https://gw/StructureDefinition/previous-owner", "valueReference": {"reference": "Organization/ecm-a"}},
+            {"url": "https://gw/StructureDefinition/authorizing-mcp", "valueReference": {"reference": "Organization/mcp-a"}},
+            {"url": "https://gw/StructureDefinition/previous-owner", "valueReference": {"reference": "Patient/p1"}},
+            {"url": "https://gw/StructureDefinition/previous-owner", "valueReference": {"reference": "Organization/ecm-b"}}]});
+        assert_eq!(
+            extension_org(&t, AUTHORIZING_MCP_EXT).as_deref(),
+            Some("mcp-a")
+        );
+        assert_eq!(
+            extension_orgs(&t, PREVIOUS_OWNER_EXT).collect::<Vec<_>>(),
+            ["ecm-a", "ecm-b"]
+        );
+        assert_eq!(extension_org(&t, NOA_SENT_EXT), None);
+        assert_eq!(
+            extension_org(&json!({"resourceType": "Task"}), AUTHORIZING_MCP_EXT),
+            None
+        );
+    }
 
     #[test]
     fn every_write_is_indexed_and_filed_under_its_patient() {

@@ -604,29 +604,14 @@ fn dedup_across_rules(deliveries: &mut Vec<Planned>) {
 /// The ECM provider a Task was just taken from (its `previous-owner`
 /// extension), when that is a configured ECM provider.
 pub fn previous_owner(cfg: &Config, task: &Value) -> Option<String> {
-    task.get("extension")?
-        .as_array()?
-        .iter()
-        .find(|e| {
-            str_of(e, "url").is_some_and(|u| u.ends_with(crate::resources::PREVIOUS_OWNER_EXT))
-        })
-        .and_then(|e| e.get("valueReference"))
-        .and_then(org_of)
+    crate::resources::extension_org(task, crate::resources::PREVIOUS_OWNER_EXT)
         .filter(|o| cfg.organization(o).map(|x| x.kind) == Some(OrgKind::EcmProvider))
 }
 
 /// The MCP that authorized a Task: its `authorizing-mcp` extension, else
 /// its owner when that is an MCP.
 pub fn authorizing_mcp(cfg: &Config, task: &Value) -> Option<String> {
-    task.get("extension")
-        .and_then(Value::as_array)
-        .and_then(|a| {
-            a.iter().find(|e| {
-                str_of(e, "url").is_some_and(|u| u.ends_with(crate::resources::AUTHORIZING_MCP_EXT))
-            })
-        })
-        .and_then(|e| e.get("valueReference"))
-        .and_then(org_of)
+    crate::resources::extension_org(task, crate::resources::AUTHORIZING_MCP_EXT)
         .or_else(|| task.get("owner").and_then(org_of))
         .filter(|o| cfg.organization(o).map(|x| x.kind) == Some(OrgKind::Mcp))
 }
@@ -857,14 +842,7 @@ fn sr_authorizing_mcp(cfg: &Config, sr: &Value) -> Option<String> {
     if str_of(sr, "resourceType") != Some("ServiceRequest") {
         return None;
     }
-    sr.get("extension")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|e| {
-            str_of(e, "url").is_some_and(|u| u.ends_with(crate::resources::AUTHORIZING_MCP_EXT))
-        })
-        .find_map(|e| e.get("valueReference").and_then(org_of))
+    crate::resources::extension_org(sr, crate::resources::AUTHORIZING_MCP_EXT)
         .filter(|o| cfg.organization(o).map(|x| x.kind) == Some(OrgKind::Mcp))
 }
 

@@ -119,12 +119,7 @@ fn s<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
 
 /// The authorizing MCP of a stored Task.
 pub fn authorizing_mcp(task: &Value) -> Option<String> {
-    task.get("extension")?
-        .as_array()?
-        .iter()
-        .find(|e| s(e, "/url").is_some_and(|u| u.ends_with(AUTHORIZING_MCP_EXT)))
-        .and_then(|e| e.get("valueReference"))
-        .and_then(disclosure::org_of)
+    crate::resources::extension_org(task, AUTHORIZING_MCP_EXT)
 }
 
 /// Is `caller_org` the Task's requester, and is it a performer (the

@@ -16,6 +16,37 @@ use crate::config::Config;
 pub static MAPPINGS: include_dir::Dir<'static> =
     include_dir::include_dir!("$CARGO_MANIFEST_DIR/mappings");
 
+/// A data file of the mappings tree could not be read from `[mappings] dir`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileError {
+    pub path: String,
+    pub reason: String,
+}
+
+/// The text of the mappings tree's data file `file` (a path under the
+/// tree, e.g. `referral/clr.toml`): `dir/{file}` when `dir` is given and
+/// holds it, else the built-in copy; `Ok(None)` when neither has it. Every
+/// table an analyst edits beside the mappings (case-event effects, patient
+/// precedence, the referral vocabulary, the streamlined-authorization
+/// table, care-team codes, compliance rules, RTF layouts) is read here.
+pub fn mapping_file(
+    dir: Option<&Path>,
+    file: &str,
+) -> Result<Option<std::borrow::Cow<'static, str>>, FileError> {
+    if let Some(path) = dir.map(|d| d.join(file)).filter(|p| p.exists()) {
+        return std::fs::read_to_string(&path)
+            .map(|t| Some(t.into()))
+            .map_err(|e| FileError {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            });
+    }
+    Ok(MAPPINGS
+        .get_file(file)
+        .and_then(|f| f.contents_utf8())
+        .map(Into::into))
+}
+
 /// How `check-config` and errors name the built-in mappings.
 pub const EMBEDDED_MAPPINGS: &str = "mappings (built in)";
 
@@ -63,4 +94,32 @@ pub fn load_engine(cfg: &Config) -> anyhow::Result<Arc<mapping::Engine>> {
         }
     };
     Ok(Arc::new(engine))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_file_comes_from_the_mappings_dir_else_the_built_in_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("referral")).unwrap();
+        std::fs::write(dir.path().join("referral/clr.toml"), "edited").unwrap();
+        let text = |d: Option<&Path>, f: &str| mapping_file(d, f).unwrap().map(|t| t.into_owned());
+        assert_eq!(
+            text(Some(dir.path()), "referral/clr.toml").as_deref(),
+            Some("edited")
+        );
+        // Not in the directory: the built-in copy.
+        let built_in = text(None, "case_event/effects.toml").unwrap();
+        assert_eq!(
+            text(Some(dir.path()), "case_event/effects.toml"),
+            Some(built_in)
+        );
+        assert_eq!(text(Some(dir.path()), "referral/none.toml"), None);
+        // A path there that cannot be read is named, not skipped.
+        std::fs::create_dir_all(dir.path().join("rtf/default.toml")).unwrap();
+        let e = mapping_file(Some(dir.path()), "rtf/default.toml").unwrap_err();
+        assert!(e.path.ends_with("rtf/default.toml"), "{e:?}");
+    }
 }

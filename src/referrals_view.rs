@@ -154,16 +154,10 @@ impl Rules {
     /// The rules from `dir/referral/compliance.toml` when `dir` holds it,
     /// else the built-in file.
     pub fn load(dir: Option<&Path>, vocab: &Vocabulary) -> Result<Rules, ViewError> {
-        if let Some(path) = dir.map(|d| d.join(FILE)).filter(|p| p.exists()) {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| ViewError::Rules(format!("{}: cannot read: {e}", path.display())))?;
-            return Rules::parse(&text, vocab);
-        }
-        let text = crate::embedded::MAPPINGS
-            .get_file(FILE)
-            .and_then(|f| f.contents_utf8())
+        let text = crate::embedded::mapping_file(dir, FILE)
+            .map_err(|e| ViewError::Rules(format!("{}: cannot read: {}", e.path, e.reason)))?
             .unwrap_or_default();
-        Rules::parse(text, vocab)
+        Rules::parse(&text, vocab)
     }
 }
 

@@ -139,18 +139,13 @@ impl Vocabulary {
     /// The vocabulary from the mappings tree: `dir/referral/clr.toml` when
     /// `dir` is given and holds it, else the built-in file.
     pub fn load(dir: Option<&Path>) -> Result<Vocabulary, ClrError> {
-        if let Some(path) = dir.map(|d| d.join(FILE)).filter(|p| p.exists()) {
-            let text = std::fs::read_to_string(&path).map_err(|e| ClrError::Read {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            return Vocabulary::parse(&text);
-        }
-        let text = crate::embedded::MAPPINGS
-            .get_file(FILE)
-            .and_then(|f| f.contents_utf8())
+        let text = crate::embedded::mapping_file(dir, FILE)
+            .map_err(|e| ClrError::Read {
+                path: e.path,
+                reason: e.reason,
+            })?
             .unwrap_or_default();
-        Vocabulary::parse(text)
+        Vocabulary::parse(&text)
     }
 
     /// The built-in vocabulary (checked by this module's tests).

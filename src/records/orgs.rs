@@ -144,18 +144,13 @@ impl Streamlined {
     /// The table from the mappings tree: `dir/referral/streamlined-authorization.csv`
     /// when `dir` is given and holds it, else the built-in file.
     pub fn load(dir: Option<&std::path::Path>) -> Result<Streamlined, StreamlinedError> {
-        if let Some(path) = dir.map(|d| d.join(STREAMLINED_FILE)).filter(|p| p.exists()) {
-            let text = std::fs::read_to_string(&path).map_err(|e| StreamlinedError::Read {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            return Streamlined::parse(&text);
-        }
-        let text = crate::embedded::MAPPINGS
-            .get_file(STREAMLINED_FILE)
-            .and_then(|f| f.contents_utf8())
+        let text = crate::embedded::mapping_file(dir, STREAMLINED_FILE)
+            .map_err(|e| StreamlinedError::Read {
+                path: e.path,
+                reason: e.reason,
+            })?
             .unwrap_or_default();
-        Streamlined::parse(text)
+        Streamlined::parse(&text)
     }
 
     /// Is `provider_type` paired with `pof`?

@@ -149,18 +149,13 @@ impl Precedence {
     /// The rules from the mappings tree: `dir/patient-precedence.toml` when
     /// `dir` is given and holds it, else the built-in file.
     pub fn load(dir: Option<&Path>) -> Result<Precedence, PrecedenceError> {
-        if let Some(path) = dir.map(|d| d.join(FILE)).filter(|p| p.exists()) {
-            let text = std::fs::read_to_string(&path).map_err(|e| PrecedenceError::Read {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            return Precedence::parse(&text);
-        }
-        let text = crate::embedded::MAPPINGS
-            .get_file(FILE)
-            .and_then(|f| f.contents_utf8())
+        let text = crate::embedded::mapping_file(dir, FILE)
+            .map_err(|e| PrecedenceError::Read {
+                path: e.path,
+                reason: e.reason,
+            })?
             .unwrap_or_default();
-        Precedence::parse(text)
+        Precedence::parse(&text)
     }
 
     /// The rules.

@@ -80,18 +80,13 @@ impl Effects {
     /// The table from the mappings tree: `dir/case_event/effects.toml` when
     /// `dir` is given and holds it, else the built-in file.
     pub fn load(dir: Option<&Path>) -> Result<Effects, EffectsError> {
-        if let Some(path) = dir.map(|d| d.join(FILE)).filter(|p| p.exists()) {
-            let text = std::fs::read_to_string(&path).map_err(|e| EffectsError::Read {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            return Effects::parse(&text);
-        }
-        let text = crate::embedded::MAPPINGS
-            .get_file(FILE)
-            .and_then(|f| f.contents_utf8())
+        let text = crate::embedded::mapping_file(dir, FILE)
+            .map_err(|e| EffectsError::Read {
+                path: e.path,
+                reason: e.reason,
+            })?
             .unwrap_or_default();
-        Effects::parse(text)
+        Effects::parse(&text)
     }
 
     /// The effects of `event` (none when the table does not list it).

@@ -132,18 +132,13 @@ impl CareTeamRules {
     /// The table from the mappings tree: `dir/care_team/care-team.toml`
     /// when `dir` is given and holds it, else the built-in file.
     pub fn load(dir: Option<&Path>) -> Result<CareTeamRules, CareTeamRulesError> {
-        if let Some(path) = dir.map(|d| d.join(FILE)).filter(|p| p.exists()) {
-            let text = std::fs::read_to_string(&path).map_err(|e| CareTeamRulesError::Read {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-            return CareTeamRules::parse(&text);
-        }
-        let text = crate::embedded::MAPPINGS
-            .get_file(FILE)
-            .and_then(|f| f.contents_utf8())
+        let text = crate::embedded::mapping_file(dir, FILE)
+            .map_err(|e| CareTeamRulesError::Read {
+                path: e.path,
+                reason: e.reason,
+            })?
             .unwrap_or_default();
-        CareTeamRules::parse(text)
+        CareTeamRules::parse(&text)
     }
 }
 

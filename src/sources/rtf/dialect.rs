@@ -214,18 +214,12 @@ impl Dialect {
             return Err(DialectError::Unknown { name: name.into() });
         }
         let file = format!("{DIR}/{name}.toml");
-        let text = if let Some(path) = dir.map(|d| d.join(&file)).filter(|p| p.exists()) {
-            std::fs::read_to_string(&path).map_err(|e| DialectError::Read {
-                path: path.display().to_string(),
-                reason: e.to_string(),
+        let text = crate::embedded::mapping_file(dir, &file)
+            .map_err(|e| DialectError::Read {
+                path: e.path,
+                reason: e.reason,
             })?
-        } else {
-            crate::embedded::MAPPINGS
-                .get_file(&file)
-                .and_then(|f| f.contents_utf8())
-                .ok_or_else(|| DialectError::Unknown { name: name.into() })?
-                .to_string()
-        };
+            .ok_or_else(|| DialectError::Unknown { name: name.into() })?;
         let d = Dialect::parse(&text, vocab).map_err(|e| match e {
             DialectError::Invalid { reason, .. } => DialectError::Invalid {
                 name: name.into(),

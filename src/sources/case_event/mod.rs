@@ -383,13 +383,19 @@ pub async fn derive_locked(
             }
         }
     }
+    // The member's open clocks, read once for the effects that meet or
+    // open them (plan determination, the plan-change Notice of Action).
+    let open_clocks = if fx.close_plan_determination || fx.notice_of_action_on_plan_change {
+        deadlines::open_for(store, &format!("Patient/{pid}")).await?
+    } else {
+        Vec::new()
+    };
     if fx.close_plan_determination {
         // A plan determination made: the 24-hour clock after a move out of
         // a single-plan county is met.
-        let subject = format!("Patient/{pid}");
-        for c in deadlines::open_for(store, &subject).await? {
+        for c in &open_clocks {
             if c.kind == program::Clock::PlanDetermination.code() && c.started_at <= occurred {
-                derived.clocks.extend(deadlines::close(&c, occurred));
+                derived.clocks.extend(deadlines::close(c, occurred));
             }
         }
     }
@@ -416,7 +422,6 @@ pub async fn derive_locked(
     }
     if fx.notice_of_action_on_plan_change {
         let new_mcp = s(&enriched, "/gateway/mcpId");
-        let subject = format!("Patient/{pid}");
         derived.clocks.extend(notice_of_action_clocks(
             ingress,
             doc,
@@ -424,7 +429,7 @@ pub async fn derive_locked(
             old_mcp.as_deref(),
             new_mcp,
             occurred,
-            &deadlines::open_for(store, &subject).await?,
+            &open_clocks,
         ));
     }
     Ok((derived, patient_locks))

@@ -371,6 +371,9 @@ pub struct Metrics {
     pub translations: CounterVec,
     /// Jobs waiting for the translation worker.
     pub translate_queue_depth: AtomicGauge,
+    /// Times translation was deferred for a burst of intake, by cause
+    /// (`intake_burst`; see `sources::adt::worker::Burst`).
+    pub translation_deferrals: CounterVec,
     /// HTTP requests answered, by route template and status class
     /// ([`count_http_requests`]).
     pub http_requests: HttpRequests,
@@ -404,6 +407,7 @@ impl Default for Metrics {
             control_id_reuse: ConfigCounter::new("source"),
             translations: CounterVec::new(&["outcome"]),
             translate_queue_depth: AtomicGauge::non_negative(),
+            translation_deferrals: CounterVec::new(&["cause"]),
             http_requests: HttpRequests::default(),
             tls_handshakes: CounterVec::new(&["outcome"]),
             deadlines_overdue: AtomicGauge::non_negative(),
@@ -473,6 +477,11 @@ impl Default for Metrics {
             "cwsgw_translate_queue_depth",
             "Journaled ADT records intake announced that are not translated yet (the backlog itself stays in the journal)",
             m.translate_queue_depth.clone(),
+        );
+        r.register(
+            "cwsgw_translation_deferrals",
+            "Times translation was deferred (at most one second each) so a burst of intake could be journaled and acknowledged first, by cause",
+            m.translation_deferrals.clone(),
         );
         r.register(
             "cwsgw_deadlines_overdue",
@@ -791,6 +800,7 @@ mod tests {
             "cwsgw_control_id_reuse_total counter",
             "cwsgw_translations_total counter",
             "cwsgw_translate_queue_depth gauge",
+            "cwsgw_translation_deferrals_total counter",
             "cwsgw_deadlines_overdue gauge",
             "cwsgw_http_requests_total counter",
             "cwsgw_tls_handshakes_total counter",

@@ -525,3 +525,62 @@ async fn overlong_control_id_is_rejected_permanently_before_the_store() {
     assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
     gw.stop().await;
 }
+
+/// A burst (eight senders, each with 150 messages in flight at once): every
+/// message is acknowledged `AA`, and every one is translated once the burst
+/// is over. While messages arrive faster than the burst rate, translation
+/// waits (at most a second at a time) so the journal gets the machine; when
+/// this burst was fast enough that it must have been seen as one, the
+/// deferral is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_acknowledged_first_and_translated_after() {
+    let (_dir, gw) = start().await;
+    let (conns, per) = (8usize, 150usize);
+    let started = std::time::Instant::now();
+    let senders: Vec<_> = (0..conns)
+        .map(|c| {
+            let addr = gw.mllp_addr;
+            tokio::spawn(async move {
+                let mut s = Conn::connect(addr).await;
+                let mut all = Vec::new();
+                for i in 0..per {
+                    let id = format!("BURST{c}X{i}");
+                    all.extend(hl7v2::mllp::frame(adt("A01", &id, "STMARY").as_bytes()));
+                }
+                s.send_raw(&all).await;
+                for i in 0..per {
+                    let ack = s.recv().await;
+                    assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
+                    assert_eq!(field(&ack, "MSA", 2), format!("BURST{c}X{i}"));
+                }
+            })
+        })
+        .collect();
+    for t in senders {
+        t.await.unwrap();
+    }
+    let rate = (conns * per) as f64 / started.elapsed().as_secs_f64();
+    let total = (conns * per) as u64;
+    assert_eq!(gw.store.journal_stats().await.unwrap().total, total);
+    // Translated after the burst (bounded; a debug build translates slowly).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = gw.store.journal_stats().await.unwrap();
+        if s.pending == 0 {
+            assert_eq!(s.processed, total, "{s:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still pending: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gw.metrics.translations.get(&["ok"]), total);
+    let deferrals = gw.metrics.translation_deferrals.get(&["intake_burst"]);
+    // Twice the burst rate on average puts some measuring window above it.
+    if rate >= 2.0 * cws_gateway::sources::adt::worker::BURST_RATE as f64 {
+        assert!(
+            deferrals >= 1,
+            "a burst at {rate:.0} msg/s deferred nothing"
+        );
+    }
+    gw.stop().await;
+}

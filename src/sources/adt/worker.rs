@@ -20,11 +20,21 @@
 //! writer a few completions at a time, so an append never queues behind a
 //! long completion transaction; when intake is quiet it works in large
 //! chunks. Routing reads run with bounded concurrency.
+//!
+//! **A burst is journaled first and translated after** ([`Burst`]): while
+//! messages arrive faster than [`BURST_RATE`] — a replay after an outage,
+//! a batch load, never one feed's steady traffic — the worker defers
+//! translation for up to [`MAX_DEFER`] at a time, then translates one chunk.
+//! Translation and intake share the CPU and the disk (its completions write
+//! ~150 KB of WAL per message and fsync it); deferring it lets senders be
+//! acknowledged at the journal's own speed, and the backlog, durable in the
+//! journal, is worked off as soon as the burst ends. Below the rate nothing
+//! is deferred, so a steady feed's notifications keep their latency.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::future::join_all;
@@ -75,6 +85,8 @@ pub struct ProcessorHandle {
     tx: mpsc::Sender<Job>,
     metrics: Arc<Metrics>,
     appending: Arc<AtomicUsize>,
+    /// Appends ever started: the worker's measure of the arrival rate.
+    arrivals: Arc<AtomicU64>,
 }
 
 /// Counts one append in flight while it lives (see [`ProcessorHandle::intake`]).
@@ -108,6 +120,7 @@ impl ProcessorHandle {
     /// Intake is about to append to the journal: hold the guard until the
     /// append returned. While any is held the worker works in small steps.
     pub fn intake(&self) -> IntakeGuard {
+        self.arrivals.fetch_add(1, Ordering::Relaxed);
         self.appending.fetch_add(1, Ordering::Relaxed);
         IntakeGuard(self.appending.clone())
     }
@@ -346,16 +359,19 @@ pub fn spawn(
 ) -> (ProcessorHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(HINT_QUEUE);
     let appending = Arc::new(AtomicUsize::new(0));
+    let arrivals = Arc::new(AtomicU64::new(0));
     let handle = ProcessorHandle {
         tx,
         metrics: metrics.clone(),
         appending: appending.clone(),
+        arrivals: arrivals.clone(),
     };
     let worker = Worker {
         translator,
         store,
         metrics,
         appending,
+        burst: Burst::new(arrivals),
     };
     let task = tokio::spawn(worker.run(rx));
     (handle, task)
@@ -366,6 +382,85 @@ struct Worker {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     appending: Arc<AtomicUsize>,
+    burst: Burst,
+}
+
+/// Arrivals per second from which intake counts as a burst. One hospital's
+/// ADT feed is a few messages a second at its peak; the gateway translates
+/// ~750–1,000 ADT messages a second on two cores, so above this rate the
+/// backlog grows whether or not translation runs alongside.
+pub const BURST_RATE: u64 = 1_000;
+/// Longest a burst defers translation before one chunk is translated
+/// anyway: a never-ending burst slows translation but cannot stop it.
+pub const MAX_DEFER: Duration = Duration::from_secs(1);
+/// The window the arrival rate is measured over.
+const RATE_WINDOW: Duration = Duration::from_millis(100);
+/// How often a deferring worker looks at the rate again.
+const DEFER_TICK: Duration = Duration::from_millis(5);
+
+/// [`Burst::defer`]'s answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Defer {
+    /// Translate now.
+    No,
+    /// Wait: a burst began deferring translation.
+    Started,
+    /// Wait: the burst's deferral goes on.
+    Waiting,
+}
+
+/// The arrival rate, measured over [`RATE_WINDOW`]s, and how long
+/// translation has been deferred for it.
+struct Burst {
+    arrivals: Arc<AtomicU64>,
+    window_start: Instant,
+    window_count: u64,
+    /// Arrivals per second over the last complete window.
+    rate: u64,
+    deferring_since: Option<Instant>,
+}
+
+impl Burst {
+    fn new(arrivals: Arc<AtomicU64>) -> Self {
+        Burst {
+            window_count: arrivals.load(Ordering::Relaxed),
+            arrivals,
+            window_start: Instant::now(),
+            rate: 0,
+            deferring_since: None,
+        }
+    }
+
+    /// Whether to wait instead of translating now (at `now`). Once a
+    /// deferral has lasted [`MAX_DEFER`], the answer is no, until
+    /// [`Burst::translated`] starts the next one.
+    fn defer(&mut self, now: Instant) -> Defer {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= RATE_WINDOW {
+            let count = self.arrivals.load(Ordering::Relaxed);
+            let n = count.saturating_sub(self.window_count);
+            self.rate = (n as f64 / elapsed.as_secs_f64()) as u64;
+            self.window_start = now;
+            self.window_count = count;
+        }
+        if self.rate < BURST_RATE {
+            self.deferring_since = None;
+            return Defer::No;
+        }
+        match self.deferring_since {
+            None => {
+                self.deferring_since = Some(now);
+                Defer::Started
+            }
+            Some(since) if now.saturating_duration_since(since) < MAX_DEFER => Defer::Waiting,
+            Some(_) => Defer::No,
+        }
+    }
+
+    /// A chunk was translated: a burst may defer the next one again.
+    fn translated(&mut self) {
+        self.deferring_since = None;
+    }
 }
 
 /// Enhanced-mode senders waiting for a record's outcome.
@@ -427,7 +522,7 @@ impl Waiters {
 }
 
 impl Worker {
-    async fn run(self, mut rx: mpsc::Receiver<Job>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut waiters = Waiters::default();
         // Journal position of this pass; 0 = from the start (catches up on
         // whatever a previous run journaled but did not translate).
@@ -436,6 +531,17 @@ impl Worker {
         loop {
             while let Ok(job) = rx.try_recv() {
                 waiters.add(job, &self.store);
+            }
+            match self.burst.defer(Instant::now()) {
+                Defer::No => {}
+                _ if !open => {}
+                step => {
+                    if step == Defer::Started {
+                        self.metrics.translation_deferrals.inc(&["intake_burst"]);
+                    }
+                    tokio::time::sleep(DEFER_TICK).await;
+                    continue;
+                }
             }
             let busy = self.appending.load(Ordering::Relaxed) > 0;
             let limit = if busy { CHUNK_BUSY } else { CHUNK };
@@ -460,6 +566,7 @@ impl Worker {
                 .filter(|r| r.kind == store::InputKind::Adt)
                 .collect();
             if !jobs.is_empty() {
+                self.burst.translated();
                 let n = jobs.len() as i64;
                 for (id, outcome) in self.process(jobs).await {
                     waiters.done(id, outcome);
@@ -752,4 +859,65 @@ struct Ready {
     writes: Vec<ResourceWrite>,
     deliveries: Vec<store::NewDelivery>,
     clocks: Vec<store::ClockRow>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrive(burst: &mut Burst, n: u64) {
+        burst.arrivals.fetch_add(n, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn a_steady_feed_is_never_deferred() {
+        let mut b = Burst::new(Arc::new(AtomicU64::new(0)));
+        let t0 = b.window_start;
+        // 50 a window of 100 ms: 500 a second, under the burst rate.
+        for w in 1..=50u32 {
+            arrive(&mut b, 50);
+            assert_eq!(b.defer(t0 + RATE_WINDOW * w), Defer::No, "window {w}");
+        }
+    }
+
+    #[test]
+    fn a_burst_defers_for_at_most_max_defer_then_one_chunk_runs() {
+        let mut b = Burst::new(Arc::new(AtomicU64::new(0)));
+        let t0 = b.window_start;
+        // 300 in 100 ms: 3,000 a second.
+        arrive(&mut b, 300);
+        let t1 = t0 + RATE_WINDOW;
+        assert_eq!(b.defer(t1), Defer::Started);
+        assert_eq!(
+            b.defer(t1 + DEFER_TICK),
+            Defer::Waiting,
+            "within the window"
+        );
+        // The burst goes on past MAX_DEFER: translation runs anyway.
+        let mut t = t1;
+        while t < t1 + MAX_DEFER {
+            t += RATE_WINDOW;
+            arrive(&mut b, 300);
+            let d = b.defer(t);
+            if t < t1 + MAX_DEFER {
+                assert_eq!(d, Defer::Waiting, "at {:?}", t - t1);
+            } else {
+                assert_eq!(d, Defer::No, "after MAX_DEFER");
+            }
+        }
+        // A chunk was translated: the next deferral starts afresh.
+        b.translated();
+        arrive(&mut b, 300);
+        assert_eq!(b.defer(t + RATE_WINDOW), Defer::Started);
+    }
+
+    #[test]
+    fn translation_resumes_once_the_burst_ends() {
+        let mut b = Burst::new(Arc::new(AtomicU64::new(0)));
+        let t0 = b.window_start;
+        arrive(&mut b, 500);
+        assert_eq!(b.defer(t0 + RATE_WINDOW), Defer::Started);
+        // Nothing arrives in the next window.
+        assert_eq!(b.defer(t0 + RATE_WINDOW * 2), Defer::No);
+    }
 }

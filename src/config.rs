@@ -188,6 +188,12 @@ pub struct StoreConfig {
     /// PostgreSQL only: connections in this instance's pool.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
+    /// SQLite only: `serve` zero-fills the WAL file at start to the length
+    /// it reaches under sustained intake (~258 MiB), so commits overwrite
+    /// blocks on disk instead of growing the file (cheaper fsyncs, faster
+    /// ACKs). Costs about a second at start and that much disk.
+    #[serde(default = "default_true")]
+    pub wal_preallocate: bool,
 }
 
 impl Default for StoreConfig {
@@ -196,6 +202,7 @@ impl Default for StoreConfig {
             url: default_store_url(),
             max_batch: default_max_batch(),
             pool_size: default_pool_size(),
+            wal_preallocate: true,
         }
     }
 }

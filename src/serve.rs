@@ -84,6 +84,8 @@ async fn open_store_with(cfg: &Config, require_existing: bool) -> anyhow::Result
         let opts = SqliteOptions {
             max_batch: cfg.store.max_batch,
             audit_keys: crate::audit::trail::keys(cfg)?,
+            // A command that only reads an existing store does not need it.
+            wal_preallocate: cfg.store.wal_preallocate && !require_existing,
             ..SqliteOptions::default()
         };
         store::open_url(url, opts)

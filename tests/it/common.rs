@@ -47,6 +47,8 @@ max_body_bytes = 65536
 
 [store]
 url = "sqlite://{db}"
+# Hundreds of short-lived gateways: no ~258 MiB WAL fill for each.
+wal_preallocate = false
 
 [audit]
 demo_key = true

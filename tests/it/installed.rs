@@ -227,6 +227,12 @@ fn serve_with_a_config_elsewhere() {
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
         let reply = http_get(&http, "/healthz");
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        // `[store] wal_preallocate` is on by default: the WAL was zero-filled
+        // at start to its longest length (4 × 16,384 frames of a 24-byte
+        // header and a 4 KiB page, after the 32-byte file header).
+        let wal = tmp.path().join("etc/data/gw.db-wal");
+        let len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        assert_eq!(len, 32 + 4 * 16_384 * (4096 + 24), "WAL length");
         every_violation_is_one_issue(&http);
     });
     let _ = child.kill();

@@ -100,6 +100,13 @@ pub struct SqliteOptions {
     /// clamped to 64..=1,048,576. The WAL file is trimmed to five times
     /// this when the log restarts.
     pub wal_restart_frames: usize,
+    /// Zero-fill the WAL file at open to the length the log reaches under
+    /// sustained intake before it restarts (four times
+    /// `wal_restart_frames` frames, ~258 MiB by default), so that commits
+    /// overwrite blocks already on disk instead of growing the file. Default
+    /// off; the gateway's `serve` turns it on (`[store] wal_preallocate`).
+    /// See [`wal_sync::preallocate`].
+    pub wal_preallocate: bool,
     /// Audit keys (from outside the database): the last seals new audit
     /// records, all verify. Default none: unkeyed (version 1) records while
     /// the chain is unkeyed (see [`crate::audit`]).
@@ -113,6 +120,7 @@ impl Default for SqliteOptions {
             durability: Durability::Pipelined,
             read_connections: 4,
             wal_restart_frames: WAL_RESTART_FRAMES,
+            wal_preallocate: false,
             audit_keys: AuditKeys::none(),
         }
     }
@@ -214,6 +222,29 @@ impl SqliteStore {
 
         let metrics = Arc::new(MetricsRecorder::default());
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
+        if opts.wal_preallocate && opts.durability != Durability::Unsynced {
+            // Before the writer thread starts: nothing writes the WAL now.
+            let page_size: i64 = conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(|e| open_err(e.to_string()))?;
+            let target = restart.preallocate_bytes(page_size);
+            let wal = wal_sync::wal_path(path);
+            let started = std::time::Instant::now();
+            match wal_sync::preallocate(&wal, target) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    mib = n >> 20,
+                    ms = started.elapsed().as_millis() as u64,
+                    "WAL file zero-filled ahead of use"
+                ),
+                // Not fatal: commits then grow the file, as without it.
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    mib = target >> 20,
+                    "could not zero-fill the WAL file ahead of use; going on without"
+                ),
+            }
+        }
         let (sync, syncer) = match opts.durability {
             Durability::Pipelined => {
                 let wal = wal_sync::wal_path(path);
@@ -408,6 +439,19 @@ impl WalRestart {
     /// (the final copy holds it for 5–20 ms).
     pub(crate) fn busy_frames(&self) -> i64 {
         4 * self.frames
+    }
+
+    /// The WAL file's length, in bytes, when it holds
+    /// [`WalRestart::busy_frames`] frames of `page_size` pages: what
+    /// [`SqliteOptions::wal_preallocate`] zero-fills (within
+    /// [`WalRestart::file_limit_bytes`], so a restart never trims it).
+    fn preallocate_bytes(&self, page_size: i64) -> u64 {
+        let frame = page_size.saturating_add(wal_sync::WAL_FRAME_HEADER);
+        let bytes = self
+            .busy_frames()
+            .saturating_mul(frame)
+            .saturating_add(wal_sync::WAL_HEADER);
+        u64::try_from(bytes.min(self.file_limit_bytes(page_size))).unwrap_or(0)
     }
 
     /// `journal_size_limit`: one restart length more than

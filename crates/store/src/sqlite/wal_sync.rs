@@ -113,6 +113,58 @@ pub(crate) fn sync_dir(file: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Bytes of the WAL file's header, and of each frame's header (SQLite's
+/// WAL format: a frame is this header and one page).
+pub(crate) const WAL_HEADER: i64 = 32;
+pub(crate) const WAL_FRAME_HEADER: i64 = 24;
+
+/// Extend the WAL file `wal` with zeros up to `target` bytes and make that
+/// durable; returns the bytes added (0 when it is already that long).
+///
+/// Why: a commit that writes past the end of the file makes the next
+/// `fdatasync` commit the file system's allocation and size metadata too.
+/// Measured on this project's 2-core machine (ext4), `fdatasync` after a
+/// 24 KiB write: 224–238 µs median when the write grew the file, 144–156 µs
+/// when it overwrote blocks already written, 212–220 µs over blocks only
+/// `fallocate`d (their extents still change on first write) — so the blocks
+/// are written, not just reserved. After a start the WAL begins empty and
+/// grows for its first few hundred MiB; with it zero-filled, send-and-wait
+/// ingest went from 10.4–11.2k to 11.7–13.4k msg/s in three interleaved
+/// pairs (docs/performance.md).
+///
+/// Safe only while nothing else writes the WAL (at open, before the writer
+/// thread starts): the zeros go past the last frame, and SQLite never reads
+/// a frame past the first one whose salt and checksum do not match, so
+/// recovery stops where the log ends, as with a log that was restarted.
+/// On an error (a full disk) the file is cut back to its length before.
+pub(crate) fn preallocate(wal: &Path, target: u64) -> std::io::Result<u64> {
+    let mut f = std::fs::OpenOptions::new().write(true).open(wal)?;
+    let start = f.metadata()?.len();
+    if start >= target {
+        return Ok(0);
+    }
+    if let Err(e) = zero_fill(&mut f, start, target) {
+        let _ = f.set_len(start);
+        return Err(e);
+    }
+    Ok(target - start)
+}
+
+/// Write zeros over `from..to` of `f`, then `fdatasync` it.
+fn zero_fill(f: &mut std::fs::File, from: u64, to: u64) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    const CHUNK: usize = 1 << 20;
+    let zeros = vec![0u8; CHUNK];
+    f.seek(SeekFrom::Start(from))?;
+    let mut left = to.saturating_sub(from);
+    while left > 0 {
+        let n = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+        f.write_all(zeros.get(..n).unwrap_or(&zeros))?;
+        left -= n as u64;
+    }
+    f.sync_data()
+}
+
 /// The WAL file, opened once and held by the sync thread.
 pub(crate) struct WalFile(std::fs::File);
 
@@ -236,6 +288,23 @@ mod tests {
             PathBuf::from("/x/gw.db-wal")
         );
         assert_eq!(wal_path(Path::new("gw.db")), PathBuf::from("gw.db-wal"));
+    }
+
+    #[test]
+    fn preallocate_appends_zeros_after_what_is_there_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db-wal");
+        std::fs::write(&path, b"frames").unwrap();
+        let target = 3 * (1 << 20) + 5;
+        assert_eq!(preallocate(&path, target).unwrap(), target - 6);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len() as u64, target);
+        assert_eq!(&bytes[..6], b"frames");
+        assert!(bytes[6..].iter().all(|b| *b == 0));
+        // Already that long (or longer): nothing is written.
+        assert_eq!(preallocate(&path, target).unwrap(), 0);
+        assert_eq!(preallocate(&path, 10).unwrap(), 0);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), target);
     }
 
     #[test]

@@ -23,7 +23,8 @@
 //! so a resend (same facility, control id and message; MSH-7 and segment
 //! terminators may differ) is answered again and not processed twice, while a
 //! different message under a reused control id is processed as new and counted
-//! (`cwsgw_control_id_reuse_total`).
+//! (`cwsgw_control_id_reuse_total`, by the translation worker once the
+//! message is processed: [`note_reuse`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -127,12 +128,50 @@ pub fn content_hash(raw: &[u8]) -> String {
 
 /// The journal key of an ADT message, and the prefix every message of the
 /// same (MSH-4, MSH-10) shares.
-fn dedup_key(facility: &str, control_id: &str, raw: &[u8]) -> (String, usize) {
-    let prefix_len = facility.len() + control_id.len() + 2;
-    (
-        format!("{facility}|{control_id}|{}", content_hash(raw)),
-        prefix_len,
-    )
+fn dedup_key(facility: &str, control_id: &str, raw: &[u8]) -> String {
+    format!("{facility}|{control_id}|{}", content_hash(raw))
+}
+
+/// The `{MSH-4}|{MSH-10}|` a dedup key begins with: every message of one
+/// facility under one control id shares it. `None` for a key that is not an
+/// ADT dedup key.
+fn control_id_prefix(key: &str) -> Option<&str> {
+    key.get(..key.len().checked_sub(HASH_HEX_LEN)?)
+        .filter(|p| p.ends_with('|'))
+}
+
+/// Count and log (journal id and source, no content) a translated message
+/// whose facility used its control id before for a different message
+/// (`cwsgw_control_id_reuse_total`). Called by the translation worker once
+/// the record is processed, not at intake: the check is a journal read, and
+/// at intake it cost every message a task and a read on the ACK's threads
+/// (send-and-wait ingest, three interleaved pairs: 8.6–10.3k msg/s with it,
+/// 10.5–11.1k without; docs/performance.md).
+pub(crate) async fn note_reuse(
+    store: &dyn Store,
+    metrics: &Metrics,
+    id: store::JournalId,
+    source: &str,
+    key: &str,
+) {
+    let Some(prefix) = control_id_prefix(key) else {
+        return;
+    };
+    match store
+        .journal_key_prefix_exists(InputKind::Adt, prefix, key.len(), key)
+        .await
+    {
+        Ok(true) => {
+            metrics.control_id_reuse.inc(source);
+            tracing::warn!(
+                journal_id = id,
+                source = %source,
+                "control id (MSH-10) reused by this facility for a different message; processed as a new message"
+            );
+        }
+        Ok(false) => {}
+        Err(e) => tracing::debug!(error = %e, "control id reuse check failed"),
+    }
 }
 
 /// What [`AdtIntake::handle_split`] returns: the acknowledgement to send now,
@@ -448,7 +487,7 @@ impl AdtIntake {
         }
 
         let received_at = chrono::Utc::now();
-        let (key, prefix_len) = dedup_key(&header.sending_facility, &header.control_id, bytes);
+        let key = dedup_key(&header.sending_facility, &header.control_id, bytes);
         let input = NewInput {
             kind: InputKind::Adt,
             source_org: source.id.clone(),
@@ -461,7 +500,6 @@ impl AdtIntake {
                 "via": match via { Via::Mllp => "mllp", Via::Http { .. } => "http" },
             }),
         };
-        let key = input.dedup_key.clone();
         let appending = self.processor.intake();
         let waiting = Instant::now();
         let appended = self.store.append(input).await;
@@ -531,7 +569,6 @@ impl AdtIntake {
                 tracing::debug!(journal_id = id, r#type = label, "journaled");
                 let (job, rx) = Job::new(id, app_wanted);
                 self.processor.submit(job);
-                self.note_reuse(id, source, &key, prefix_len);
                 rx
             }
             AppendOutcome::Duplicate(id) => {
@@ -561,40 +598,6 @@ impl AdtIntake {
     /// A newly journaled message: if the same facility used its control id
     /// for another message before, count it and say so in the log (without
     /// content). Off the ACK path: one indexed read, in its own task.
-    fn note_reuse(
-        &self,
-        id: store::JournalId,
-        source: &Organization,
-        key: &str,
-        prefix_len: usize,
-    ) {
-        let Some(prefix) = key.get(..prefix_len) else {
-            return;
-        };
-        let prefix = prefix.to_string();
-        let key = key.to_string();
-        let source = source.id.clone();
-        let store = Arc::clone(&self.store);
-        let metrics = Arc::clone(&self.metrics);
-        tokio::spawn(async move {
-            match store
-                .journal_key_prefix_exists(InputKind::Adt, &prefix, key.len(), &key)
-                .await
-            {
-                Ok(true) => {
-                    metrics.control_id_reuse.inc(&source);
-                    tracing::warn!(
-                        journal_id = id,
-                        source = %source,
-                        "control id (MSH-10) reused by this facility for a different message; processed as a new message"
-                    );
-                }
-                Ok(false) => {}
-                Err(e) => tracing::debug!(error = %e, "control id reuse check failed"),
-            }
-        });
-    }
-
     fn maybe(
         &self,
         send: bool,
@@ -721,15 +724,18 @@ mod tests {
 
     #[test]
     fn dedup_keys_share_the_facility_and_control_id_prefix() {
-        let (key, prefix_len) = dedup_key("STMARY", "MSG00001", A01.as_bytes());
-        assert_eq!(key.get(..prefix_len), Some("STMARY|MSG00001|"));
-        assert_eq!(key.len(), prefix_len + HASH_HEX_LEN);
+        let key = dedup_key("STMARY", "MSG00001", A01.as_bytes());
+        assert_eq!(control_id_prefix(&key), Some("STMARY|MSG00001|"));
+        assert_eq!(key.len(), "STMARY|MSG00001|".len() + HASH_HEX_LEN);
+        // A '|' inside the control id (another field separator) stays in it.
+        let key = dedup_key("STMARY", "A|B", A01.as_bytes());
+        assert_eq!(control_id_prefix(&key), Some("STMARY|A|B|"));
+        assert_eq!(control_id_prefix("short"), None);
         let longest = dedup_key(
             &"F".repeat(MAX_FACILITY_LEN),
             &"C".repeat(MAX_CONTROL_ID_LEN),
             b"x",
-        )
-        .0;
+        );
         assert!(longest.len() <= store::MAX_DEDUP_KEY_LEN);
     }
 

@@ -608,6 +608,11 @@ impl Worker {
     async fn process(&self, batch: Vec<JournalRecord>) -> Vec<(JournalId, JobOutcome)> {
         let (translator, store, metrics) = (&self.translator, &self.store, &self.metrics);
         let ids: Vec<JournalId> = batch.iter().map(|r| r.id).collect();
+        // For the control-id reuse count once each record is processed.
+        let keys: HashMap<JournalId, (String, String)> = batch
+            .iter()
+            .map(|r| (r.id, (r.source_org.clone(), r.dedup_key.clone())))
+            .collect();
         // CPU work off the async workers; the raw bytes are dropped here.
         let t = translator.clone();
         let translated = tokio::task::spawn_blocking(move || {
@@ -666,6 +671,9 @@ impl Worker {
                 let metrics = metrics.clone();
                 let translator = translator.clone();
                 async move {
+                    // This instance processed the record (another instance
+                    // sharing the store may have completed it first).
+                    let mut fresh = false;
                     let outcome = match prepared {
                         Ok(ready) => {
                             let queued = !ready.deliveries.is_empty();
@@ -676,7 +684,8 @@ impl Worker {
                                 ..store::Completion::default()
                             };
                             match store.complete_with(job.id, completion).await {
-                                Ok(_) => {
+                                Ok(done) => {
+                                    fresh = !done.already_processed;
                                     if queued {
                                         if let Some(w) = &translator.waker {
                                             w.wake();
@@ -694,19 +703,30 @@ impl Worker {
                         Err(JobOutcome::Failed { code, location }) => {
                             tracing::warn!(journal_id = job.id, code = %code, "translation failed");
                             metrics.translations.inc(&["failed"]);
-                            if let Err(e) = store.fail(job.id, &code).await {
-                                tracing::error!(journal_id = job.id, error = %e, "marking failure failed");
+                            match store.fail(job.id, &code).await {
+                                Ok(()) => fresh = true,
+                                Err(e) => tracing::error!(journal_id = job.id, error = %e, "marking failure failed"),
                             }
                             JobOutcome::Failed { code, location }
                         }
                         Err(other) => other,
                     };
-                    (job.id, outcome)
+                    (job.id, outcome, fresh)
                 }
             });
             outcomes.extend(join_all(futs).await);
         }
+        // A message under a control id its facility used before for another
+        // message: counted once, by the instance that processed it.
+        for (id, _, fresh) in &outcomes {
+            if let Some((source, key)) = keys.get(id).filter(|_| *fresh) {
+                super::intake::note_reuse(store.as_ref(), metrics, *id, source, key).await;
+            }
+        }
         outcomes
+            .into_iter()
+            .map(|(id, outcome, _)| (id, outcome))
+            .collect()
     }
 
     /// Merge each translated Patient into the stored one

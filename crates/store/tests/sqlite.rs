@@ -985,3 +985,42 @@ fn the_wal_is_not_filled_by_default() {
     assert!(len < 32 + 4 * 64 * (4096 + 24), "{len}");
     drop(store);
 }
+
+/// Another connection holding the write lock (a second process on the same
+/// file, or one still stopping during a restart) could be writing frames
+/// where the zeros would go: the fill is skipped, at once, and the store
+/// opens and works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_not_filled_while_another_connection_may_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.db");
+    drop(SqliteStore::open(&path, SqliteOptions::default()).unwrap());
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = std::time::Instant::now();
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(
+            &path,
+            SqliteOptions {
+                wal_restart_frames: 64,
+                wal_preallocate: true,
+                ..opts(512)
+            },
+        )
+        .unwrap(),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "waited for the lock"
+    );
+    let len = std::fs::metadata(dir.path().join("gw.db-wal"))
+        .unwrap()
+        .len();
+    assert!(
+        len < 32 + 4 * 64 * (4096 + 24),
+        "filled under another writer: {len}"
+    );
+    other.execute_batch("ROLLBACK").unwrap();
+    let out = concurrent_appends(&store, "L", 5).await;
+    assert_eq!(out.len(), 5);
+}

@@ -230,7 +230,7 @@ impl SqliteStore {
             let target = restart.preallocate_bytes(page_size);
             let wal = wal_sync::wal_path(path);
             let started = std::time::Instant::now();
-            match wal_sync::preallocate(&wal, target) {
+            match fill_wal_under_write_lock(&conn, &wal, target) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(
                     mib = n >> 20,
@@ -567,6 +567,27 @@ fn configure_writer(
     )?;
     stable_plans(conn)?;
     Ok(())
+}
+
+/// [`wal_sync::preallocate`] while holding SQLite's write lock (an open
+/// `BEGIN IMMEDIATE`, rolled back after): no other connection — a second
+/// process opened on the same file by mistake, or one still stopping during
+/// a restart — can write frames past the end of the log meanwhile, where
+/// the zeros go. If another connection holds the lock, the fill is skipped
+/// at once (it is only an optimisation).
+fn fill_wal_under_write_lock(conn: &Connection, wal: &Path, target: u64) -> std::io::Result<u64> {
+    let locked = conn
+        .busy_timeout(Duration::ZERO)
+        .and_then(|()| conn.execute_batch("BEGIN IMMEDIATE"));
+    let _ = conn.busy_timeout(BUSY_TIMEOUT);
+    if let Err(e) = locked {
+        return Err(std::io::Error::other(format!(
+            "another connection holds the database's write lock ({e})"
+        )));
+    }
+    let filled = wal_sync::preallocate(wal, target);
+    let _ = conn.execute_batch("ROLLBACK");
+    filled
 }
 
 /// `SQLITE_DBCONFIG_ENABLE_QPSG` (query planner stability guarantee): plans

@@ -133,7 +133,8 @@ pub(crate) const WAL_FRAME_HEADER: i64 = 24;
 /// pairs (docs/performance.md).
 ///
 /// Safe only while nothing else writes the WAL (at open, before the writer
-/// thread starts): the zeros go past the last frame, and SQLite never reads
+/// thread starts, holding SQLite's write lock against other processes:
+/// `fill_wal_under_write_lock` in `mod.rs`): the zeros go past the last frame, and SQLite never reads
 /// a frame past the first one whose salt and checksum do not match, so
 /// recovery stops where the log ends, as with a log that was restarted.
 /// On an error (a full disk) the file is cut back to its length before.

@@ -191,7 +191,7 @@ pub struct StoreConfig {
     /// SQLite only: `serve` zero-fills the WAL file at start to the length
     /// it reaches under sustained intake (~258 MiB), so commits overwrite
     /// blocks on disk instead of growing the file (cheaper fsyncs, faster
-    /// ACKs). Costs about a second at start and that much disk.
+    /// ACKs). Costs well under a second at a first start and that much disk.
     #[serde(default = "default_true")]
     pub wal_preallocate: bool,
 }

@@ -913,6 +913,13 @@ async fn idle_polls_are_no_commits_and_no_fsyncs() {
     }
 }
 
+/// The WAL file's length once zero-filled for `restart_frames`: four restart
+/// lengths of frames (a 24-byte header and a 4 KiB page each) after the
+/// 32-byte file header.
+fn filled_wal_len(restart_frames: u64) -> u64 {
+    32 + 4 * restart_frames * (4096 + 24)
+}
+
 /// `wal_preallocate`: at open the WAL file is zero-filled to the length the
 /// log reaches under sustained writes (four restart lengths of frames), and
 /// a crash then loses nothing that was acknowledged: recovery reads the
@@ -936,9 +943,7 @@ async fn a_zero_filled_wal_keeps_every_acknowledged_append_through_a_crash() {
         )
         .unwrap(),
     );
-    // 4 × 64 frames of 4 KiB pages and their 24-byte headers, and the
-    // 32-byte WAL header.
-    let filled = 32 + 4 * restart_frames as u64 * (4096 + 24);
+    let filled = filled_wal_len(restart_frames as u64);
     assert_eq!(std::fs::metadata(&wal).unwrap().len(), filled);
     let ids: HashSet<i64> = concurrent_appends(&store, "Z", 20)
         .await
@@ -982,7 +987,7 @@ fn the_wal_is_not_filled_by_default() {
     let len = std::fs::metadata(dir.path().join("gw.db-wal"))
         .unwrap()
         .len();
-    assert!(len < 32 + 4 * 64 * (4096 + 24), "{len}");
+    assert!(len < filled_wal_len(64), "{len}");
     drop(store);
 }
 
@@ -1017,7 +1022,7 @@ async fn the_wal_is_not_filled_while_another_connection_may_write() {
         .unwrap()
         .len();
     assert!(
-        len < 32 + 4 * 64 * (4096 + 24),
+        len < filled_wal_len(64),
         "filled under another writer: {len}"
     );
     other.execute_batch("ROLLBACK").unwrap();

@@ -126,8 +126,8 @@ pub fn content_hash(raw: &[u8]) -> String {
     hex::encode(h.finalize())
 }
 
-/// The journal key of an ADT message, and the prefix every message of the
-/// same (MSH-4, MSH-10) shares.
+/// The journal key of an ADT message (every message of the same (MSH-4,
+/// MSH-10) shares its [`control_id_prefix`]).
 fn dedup_key(facility: &str, control_id: &str, raw: &[u8]) -> String {
     format!("{facility}|{control_id}|{}", content_hash(raw))
 }
@@ -595,9 +595,6 @@ impl AdtIntake {
         Handled { now: ack, later }
     }
 
-    /// A newly journaled message: if the same facility used its control id
-    /// for another message before, count it and say so in the log (without
-    /// content). Off the ACK path: one indexed read, in its own task.
     fn maybe(
         &self,
         send: bool,

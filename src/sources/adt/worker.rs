@@ -608,11 +608,6 @@ impl Worker {
     async fn process(&self, batch: Vec<JournalRecord>) -> Vec<(JournalId, JobOutcome)> {
         let (translator, store, metrics) = (&self.translator, &self.store, &self.metrics);
         let ids: Vec<JournalId> = batch.iter().map(|r| r.id).collect();
-        // For the control-id reuse count once each record is processed.
-        let keys: HashMap<JournalId, (String, String)> = batch
-            .iter()
-            .map(|r| (r.id, (r.source_org.clone(), r.dedup_key.clone())))
-            .collect();
         // CPU work off the async workers; the raw bytes are dropped here.
         let t = translator.clone();
         let translated = tokio::task::spawn_blocking(move || {
@@ -711,22 +706,25 @@ impl Worker {
                         }
                         Err(other) => other,
                     };
-                    (job.id, outcome, fresh)
+                    // A message under a control id its facility used before
+                    // for another message: counted once, by the instance
+                    // that processed it.
+                    if fresh {
+                        super::intake::note_reuse(
+                            store.as_ref(),
+                            &metrics,
+                            job.id,
+                            &job.source_org,
+                            &job.dedup_key,
+                        )
+                        .await;
+                    }
+                    (job.id, outcome)
                 }
             });
             outcomes.extend(join_all(futs).await);
         }
-        // A message under a control id its facility used before for another
-        // message: counted once, by the instance that processed it.
-        for (id, _, fresh) in &outcomes {
-            if let Some((source, key)) = keys.get(id).filter(|_| *fresh) {
-                super::intake::note_reuse(store.as_ref(), metrics, *id, source, key).await;
-            }
-        }
         outcomes
-            .into_iter()
-            .map(|(id, outcome, _)| (id, outcome))
-            .collect()
     }
 
     /// Merge each translated Patient into the stored one
@@ -863,6 +861,9 @@ impl Worker {
 struct Done {
     id: JournalId,
     received_at: DateTime<Utc>,
+    /// For the control-id reuse count ([`super::intake::note_reuse`]).
+    source_org: String,
+    dedup_key: String,
 }
 
 impl Done {
@@ -870,6 +871,8 @@ impl Done {
         Done {
             id: r.id,
             received_at: r.received_at,
+            source_org: r.source_org,
+            dedup_key: r.dedup_key,
         }
     }
 }

@@ -208,7 +208,8 @@ impl SqliteStore {
             requested: AtomicI64::new(0),
             frames: opts.wal_restart_frames.clamp(64, 1 << 20) as i64,
         });
-        configure_writer(&conn, opts.durability, &restart).map_err(|e| open_err(e.to_string()))?;
+        let page_size = configure_writer(&conn, opts.durability, &restart)
+            .map_err(|e| open_err(e.to_string()))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrate::migrate(&conn)?;
         let state = WriterState::load(&conn)?;
@@ -224,9 +225,6 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
         if opts.wal_preallocate && opts.durability != Durability::Unsynced {
             // Before the writer thread starts: nothing writes the WAL now.
-            let page_size: i64 = conn
-                .query_row("PRAGMA page_size", [], |r| r.get(0))
-                .map_err(|e| open_err(e.to_string()))?;
             let target = restart.preallocate_bytes(page_size);
             let wal = wal_sync::wal_path(path);
             let started = std::time::Instant::now();
@@ -529,11 +527,12 @@ impl Checkpointer {
 /// The writer connection's page cache, in KiB (negative for SQLite).
 const WRITER_CACHE_KIB: i64 = -32 * 1024;
 
+/// Set the writer connection up; returns the database's page size.
 fn configure_writer(
     conn: &Connection,
     durability: Durability,
     restart: &WalRestart,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<i64> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -566,7 +565,7 @@ fn configure_writer(
         restart.file_limit_bytes(page_size),
     )?;
     stable_plans(conn)?;
-    Ok(())
+    Ok(page_size)
 }
 
 /// [`wal_sync::preallocate`] while holding SQLite's write lock (an open

@@ -877,22 +877,33 @@ impl Store for PgStore {
         search_rows(&c, q).await
     }
 
-    async fn fail(&self, id: JournalId, error: &str) -> Result<(), StoreError> {
+    async fn fail(&self, id: JournalId, error: &str) -> Result<bool, StoreError> {
         let error = backend::truncate(error, store::MAX_ERROR_LEN);
         let started = std::time::Instant::now();
         let c = self.conn().await?;
+        // Only a pending record. Two instances failing the same record: the
+        // second waits for the first's row lock, re-reads the row, finds it
+        // failed and changes nothing, so only one of them is told `true`.
         let n = c
             .exec(
                 "UPDATE journal SET state = 'failed', processed_at = clock_timestamp(), error = $2
-                 WHERE id = $1",
+                 WHERE id = $1 AND state = 'pending'",
                 &[&id, &error],
             )
             .await?;
         self.committed(started);
-        if n == 0 {
-            return Err(StoreError::NotFound(id));
+        if n > 0 {
+            return Ok(true);
         }
-        Ok(())
+        let exists = c
+            .opt("SELECT 1 FROM journal WHERE id = $1", &[&id])
+            .await?
+            .is_some();
+        if exists {
+            Ok(false)
+        } else {
+            Err(StoreError::NotFound(id))
+        }
     }
 
     async fn requeue(&self, from: JournalId, to: JournalId) -> Result<u64, StoreError> {

@@ -47,6 +47,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     history_and_patient_compartment(&*store).await;
     stats_track_states(&*store).await;
     concurrent_duplicates_share_one_id(Arc::clone(&store)).await;
+    concurrent_failures_end_a_record_once(Arc::clone(&store)).await;
     v2::run_all(store).await;
 }
 
@@ -361,7 +362,12 @@ async fn pending_complete_fail_requeue(store: &dyn Store) {
         )
         .await
         .expect("complete");
-    store.fail(b, "mapping:missing-pid-3").await.expect("fail");
+    assert!(store.fail(b, "mapping:missing-pid-3").await.expect("fail"));
+    // A record that has ended is left as it is: failing it again keeps the
+    // first failure's text, and a processed record is not turned into a
+    // failure (two instances racing on one record: one of them is told).
+    assert!(!store.fail(b, "second-try").await.expect("fail again"));
+    assert!(!store.fail(a, "too-late").await.expect("fail processed"));
 
     let rec_a = store.journal_get(a).await.expect("get").expect("a");
     assert_eq!(rec_a.state, JournalState::Processed);
@@ -374,7 +380,7 @@ async fn pending_complete_fail_requeue(store: &dyn Store) {
     assert_eq!(mine(pending), vec![c]);
 
     // Long error text is truncated, not refused.
-    store.fail(c, &"e".repeat(5000)).await.expect("fail long");
+    assert!(store.fail(c, &"e".repeat(5000)).await.expect("fail long"));
     let rec_c = store.journal_get(c).await.expect("get").expect("c");
     assert_eq!(rec_c.error.map(|e| e.len()), Some(crate::MAX_ERROR_LEN));
 
@@ -405,7 +411,7 @@ async fn pending_complete_fail_requeue(store: &dyn Store) {
         .expect("complete replay");
     assert_eq!(out[0].version_id, 1);
     for id in [b, c, d] {
-        store.fail(id, "test:cleanup").await.expect("fail");
+        assert!(store.fail(id, "test:cleanup").await.expect("fail"));
     }
 }
 
@@ -767,4 +773,27 @@ async fn concurrent_duplicates_share_one_id(store: Arc<dyn Store>) {
     assert_eq!(inserted, 1, "exactly one insert: {outcomes:?}");
     let id = outcomes[0].id();
     assert!(outcomes.iter().all(|o| o.id() == id));
+}
+
+/// Callers racing to fail one record (two instances sharing a journal):
+/// exactly one is told it ended the record, and the first text stays.
+async fn concurrent_failures_end_a_record_once(store: Arc<dyn Store>) {
+    let id = new_record(&*store).await;
+    let mut handles = Vec::new();
+    for n in 0..16 {
+        let store = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            store.fail(id, &format!("race-{n}")).await
+        }));
+    }
+    let mut told = 0;
+    for h in handles {
+        if h.await.expect("task").expect("fail") {
+            told += 1;
+        }
+    }
+    assert_eq!(told, 1, "exactly one caller ended the record");
+    let rec = store.journal_get(id).await.expect("get").expect("present");
+    assert_eq!(rec.state, JournalState::Failed);
+    assert!(rec.error.is_some_and(|e| e.starts_with("race-")));
 }

@@ -567,9 +567,15 @@ pub trait Store: Send + Sync + 'static {
     /// ascending, at most `q.limit` (clamped to
     /// [`search::MAX_SEARCH_PAGE`]). See [`ResourceQuery`] for the semantics.
     async fn resource_search(&self, q: &ResourceQuery) -> Result<Vec<StoredResource>, StoreError>;
-    /// Mark Failed with a short, PHI-free error code/text (truncated to
-    /// [`MAX_ERROR_LEN`] bytes).
-    async fn fail(&self, id: JournalId, error: &str) -> Result<(), StoreError>;
+    /// Mark a pending record Failed with a short, PHI-free error code/text
+    /// (truncated to [`MAX_ERROR_LEN`] bytes). `Ok(true)` when this call
+    /// did; `Ok(false)` when the record was already processed or failed, and
+    /// is left as it was: a record another instance completed is not turned
+    /// into a failure, the first failure's text stays, and only one caller
+    /// learns that it ended the record (as with
+    /// [`CompletionResult::already_processed`]). [`StoreError::NotFound`]
+    /// when there is no such record.
+    async fn fail(&self, id: JournalId, error: &str) -> Result<bool, StoreError>;
     /// Put Processed/Failed records with id in [from, to] back to Pending
     /// (replay after a mapping fix). Returns how many.
     async fn requeue(&self, from: JournalId, to: JournalId) -> Result<u64, StoreError>;

@@ -699,7 +699,7 @@ impl Worker {
                             tracing::warn!(journal_id = job.id, code = %code, "translation failed");
                             metrics.translations.inc(&["failed"]);
                             match store.fail(job.id, &code).await {
-                                Ok(()) => fresh = true,
+                                Ok(changed) => fresh = changed,
                                 Err(e) => tracing::error!(journal_id = job.id, error = %e, "marking failure failed"),
                             }
                             JobOutcome::Failed { code, location }

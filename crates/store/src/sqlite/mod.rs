@@ -940,7 +940,7 @@ impl Store for SqliteStore {
         })
         .await
     }
-    async fn fail(&self, id: JournalId, error: &str) -> Result<(), StoreError> {
+    async fn fail(&self, id: JournalId, error: &str) -> Result<bool, StoreError> {
         let error = crate::truncate_str(error, crate::MAX_ERROR_LEN).to_string();
         self.write(|reply| WriteOp::Fail { id, error, reply }).await
     }

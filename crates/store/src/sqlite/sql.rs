@@ -59,10 +59,10 @@ pub(crate) const JOURNAL_STATE: &str = "SELECT state FROM journal WHERE id = ?1"
 pub(crate) const JOURNAL_MARK_PROCESSED: &str = "UPDATE journal
     SET state = 'processed', processed_at = ?2, error = NULL
     WHERE id = ?1 AND state <> 'processed'";
-/// Params: id, processed_at, error.
+/// Params: id, processed_at, error. Only a pending record.
 pub(crate) const JOURNAL_MARK_FAILED: &str = "UPDATE journal
     SET state = 'failed', processed_at = ?2, error = ?3
-    WHERE id = ?1";
+    WHERE id = ?1 AND state = 'pending'";
 /// Params: from, to.
 pub(crate) const JOURNAL_REQUEUE: &str = "UPDATE journal
     SET state = 'pending', processed_at = NULL, error = NULL

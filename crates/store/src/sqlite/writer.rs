@@ -103,7 +103,7 @@ pub(crate) enum WriteOp {
     Fail {
         id: JournalId,
         error: String,
-        reply: Reply<()>,
+        reply: Reply<bool>,
     },
     Requeue {
         from: JournalId,
@@ -1072,15 +1072,19 @@ fn body_text(body: &serde_json::Value) -> Result<String, StoreError> {
         .map_err(|_| StoreError::Invalid("resource body is not serializable".to_string()))
 }
 
-fn fail(conn: &Connection, id: JournalId, error: &str) -> Result<(), StoreError> {
+/// Pending → failed; `false` (nothing changed) when the record had already
+/// ended, `NotFound` when there is none (see [`crate::Store::fail`]).
+fn fail(conn: &Connection, id: JournalId, error: &str) -> Result<bool, StoreError> {
     let error = truncate_str(error, MAX_ERROR_LEN);
     let n = conn
         .prepare_cached(sql::JOURNAL_MARK_FAILED)?
         .execute(params![id, to_micros(now_micros()), error])?;
     if n == 0 {
-        return Err(StoreError::NotFound(id));
+        // Already processed or failed, or no such record (NotFound).
+        journal_state(conn, id)?;
+        return Ok(false);
     }
-    Ok(())
+    Ok(true)
 }
 
 fn requeue(conn: &Connection, from: JournalId, to: JournalId) -> Result<u64, StoreError> {

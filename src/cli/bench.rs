@@ -1040,17 +1040,10 @@ fn cpu_by_thread_name() -> std::collections::BTreeMap<String, u64> {
     };
     for task in tasks.flatten() {
         let dir = task.path();
-        let (Ok(comm), Ok(stat)) = (
+        let (Ok(comm), Some(ns)) = (
             std::fs::read_to_string(dir.join("comm")),
-            std::fs::read_to_string(dir.join("schedstat")),
+            schedstat_ns(&dir.join("schedstat")),
         ) else {
-            continue;
-        };
-        let Some(ns) = stat
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-        else {
             continue;
         };
         *by_name.entry(comm.trim().to_string()).or_insert(0) += ns;
@@ -1060,7 +1053,12 @@ fn cpu_by_thread_name() -> std::collections::BTreeMap<String, u64> {
 
 /// CPU time this thread has run, from `/proc/thread-self/schedstat` (ns).
 fn thread_cpu_ns() -> Option<u64> {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
+    schedstat_ns(std::path::Path::new("/proc/thread-self/schedstat"))
+}
+
+/// The time on CPU (ns), the first field of a `schedstat` file.
+fn schedstat_ns(path: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(path)
         .ok()?
         .split_whitespace()
         .next()?

@@ -86,6 +86,9 @@ async fn open_store_with(cfg: &Config, require_existing: bool) -> anyhow::Result
             audit_keys: crate::audit::trail::keys(cfg)?,
             // A command that only reads an existing store does not need it.
             wal_preallocate: cfg.store.wal_preallocate && !require_existing,
+            // A leftover log is replayed at any open; only `serve` and the
+            // commands that append write through it.
+            intake_log: cfg.store.intake_log && !require_existing,
             ..SqliteOptions::default()
         };
         store::open_url(url, opts)

@@ -608,6 +608,16 @@ impl Collector for StoreCollector {
                 "WAL fsyncs by the SQLite sync thread (each covers every commit since the previous one).",
                 s.wal_syncs,
             ),
+            (
+                "cwsgw_store_intake_syncs",
+                "fsyncs of the SQLite intake log (an ACK waits for the one covering its message).",
+                s.intake_syncs,
+            ),
+            (
+                "cwsgw_store_intake_replayed",
+                "Acknowledged appends the journal did not have, replayed into it from the intake log at start.",
+                s.intake_replayed,
+            ),
         ] {
             ConstCounter::new(v).encode(encoder.encode_descriptor(
                 name,
@@ -619,6 +629,12 @@ impl Collector for StoreCollector {
         ConstCounter::new(s.wal_sync_seconds_sum).encode(encoder.encode_descriptor(
             "cwsgw_store_wal_sync_seconds",
             "Seconds spent in those WAL fsyncs (the disk's share of a commit).",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(s.intake_sync_seconds_sum).encode(encoder.encode_descriptor(
+            "cwsgw_store_intake_sync_seconds",
+            "Seconds spent in the intake log's fsyncs.",
             None,
             MetricType::Counter,
         )?)?;
@@ -721,6 +737,9 @@ mod tests {
             writer_queue_depth: 0,
             wal_syncs: 2,
             wal_sync_seconds_sum: 0.004,
+            intake_syncs: 3,
+            intake_sync_seconds_sum: 0.005,
+            intake_replayed: 1,
         };
         let journal = store::JournalStats {
             total: 6,
@@ -766,6 +785,9 @@ mod tests {
             "cwsgw_journal_duplicates_total 1",
             "cwsgw_store_wal_syncs_total 2",
             "cwsgw_store_wal_sync_seconds_total 0.004",
+            "cwsgw_store_intake_syncs_total 3",
+            "cwsgw_store_intake_sync_seconds_total 0.005",
+            "cwsgw_store_intake_replayed_total 1",
             "cwsgw_store_writer_queue_depth 0",
             "cwsgw_journal_records{state=\"processed\"} 4",
             "cwsgw_delivery_attempts_total{endpoint=\"mcp-a\"} 1",
@@ -808,7 +830,10 @@ mod tests {
             "cwsgw_journal_inputs_total counter",
             "cwsgw_journal_duplicates_total counter",
             "cwsgw_store_wal_syncs_total counter",
+            "cwsgw_store_intake_syncs_total counter",
+            "cwsgw_store_intake_replayed_total counter",
             "cwsgw_store_wal_sync_seconds_total counter",
+            "cwsgw_store_intake_sync_seconds_total counter",
             "cwsgw_store_writer_queue_depth gauge",
             "cwsgw_journal_records gauge",
             "cwsgw_delivery_attempts_total counter",

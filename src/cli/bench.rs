@@ -743,6 +743,8 @@ struct Stages {
     commit_sum: f64,
     syncs: u64,
     sync_sum: f64,
+    intake_syncs: u64,
+    intake_sync_sum: f64,
     /// CPU time of this process's threads by name (ns).
     cpu: std::collections::BTreeMap<String, u64>,
 }
@@ -757,6 +759,8 @@ impl Stages {
             commit_sum: m.commit_seconds_sum,
             syncs: m.wal_syncs,
             sync_sum: m.wal_sync_seconds_sum,
+            intake_syncs: m.intake_syncs,
+            intake_sync_sum: m.intake_sync_seconds_sum,
             cpu: cpu_by_thread_name(),
         }
     }
@@ -766,10 +770,16 @@ impl Stages {
     /// * `gateway_handling`: complete frame → ACK ready (parse, checks, the
     ///   journal append, building the ACK);
     /// * `parse_check_build`: that minus the journal wait;
-    /// * `journal_wait`: the append's wait for the writer thread, its
-    ///   transaction and the WAL fsync; of it `commit_to_durable` is a
-    ///   commit's mean time from transaction start to fsync done (every
-    ///   transaction, translation's included) and `fsync` the disk's share;
+    /// * `journal_wait`: the append's wait for durability. With the SQLite
+    ///   store's intake log (`intake_log: true`) that is the log's fsync
+    ///   and, side by side, the writer thread's transaction; without, the
+    ///   writer thread, its transaction and then the WAL fsync.
+    ///   `commit_to_durable` is a commit's mean time from transaction start
+    ///   to the point its replies went out (its commit when it answered
+    ///   logged appends, else its WAL fsync; every transaction,
+    ///   translation's included); `fsync` is the mean fsync an ACK waits
+    ///   for (the log's, or the WAL's), `messages_per_fsync` how many ACKs
+    ///   shared one, and `wal_fsync` the WAL's mean fsync;
     /// * `socket_and_scheduling`: the rest (reply write, both ends' reads
     ///   and task wake-ups on a shared 2-core machine);
     /// * `cpu_per_message`: CPU time per message of each kind of thread
@@ -799,9 +809,20 @@ impl Stages {
             (self.commits, self.commit_sum),
             (before.commits, before.commit_sum),
         );
-        let fsync = mean((self.syncs, self.sync_sum), (before.syncs, before.sync_sum));
+        let wal_fsync = mean((self.syncs, self.sync_sum), (before.syncs, before.sync_sum));
+        let intake_fsync = mean(
+            (self.intake_syncs, self.intake_sync_sum),
+            (before.intake_syncs, before.intake_sync_sum),
+        );
         let msgs = self.journal.0.saturating_sub(before.journal.0);
-        let syncs = self.syncs.saturating_sub(before.syncs);
+        // The fsync an ACK waits for: the intake log's where the store has
+        // one, else the WAL's.
+        let logged = self.intake_syncs > before.intake_syncs;
+        let (fsync, syncs) = if logged {
+            (intake_fsync, self.intake_syncs - before.intake_syncs)
+        } else {
+            (wal_fsync, self.syncs.saturating_sub(before.syncs))
+        };
         let r = |x: f64| (x * 10.0).round() / 10.0;
         let cpu: serde_json::Map<String, serde_json::Value> = self
             .cpu
@@ -818,7 +839,9 @@ impl Stages {
             "parse_check_build": r(handling - journal),
             "journal_wait": r(journal),
             "commit_to_durable": r(commit),
+            "intake_log": logged,
             "fsync": r(fsync),
+            "wal_fsync": r(wal_fsync),
             "messages_per_fsync": if syncs > 0 { r(msgs as f64 / syncs as f64) } else { 0.0 },
             "socket_and_scheduling": r(client - handling),
             "cpu_per_message": cpu,

@@ -23,12 +23,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()?;
-    for (mode, max_batch) in [("one_per_message", 1), ("group", 512)] {
+    for (mode, max_batch, intake_log) in [
+        ("one_per_message", 1, false),
+        ("group", 512, false),
+        ("group_intake_log", 512, true),
+    ] {
         let dir = tempfile::tempdir()?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
             &dir.path().join("bench.db"),
             SqliteOptions {
                 max_batch,
+                intake_log,
+                wal_preallocate: true,
                 ..SqliteOptions::default()
             },
         )?);
@@ -51,6 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "msgs_per_sec": rate.round() as u64,
                 "writer_cpu_us_per_append": per_append("cwsgw-store-wri"),
                 "wal_sync_cpu_us_per_append": per_append("cwsgw-store-syn"),
+                "intake_sync_cpu_us_per_append": per_append("cwsgw-intake-sy"),
             })
         );
         eprintln!(

@@ -34,6 +34,14 @@ pub struct StoreMetrics {
     pub wal_syncs: u64,
     /// Seconds spent inside those fsyncs (the disk's share of a commit).
     pub wal_sync_seconds_sum: f64,
+    /// fsyncs of the SQLite store's intake log (each covers every append
+    /// logged since the previous one); 0 without the log.
+    pub intake_syncs: u64,
+    /// Seconds spent inside those fsyncs.
+    pub intake_sync_seconds_sum: f64,
+    /// Appends the journal did not have, replayed into it from the intake
+    /// log when the store opened (a crash or power loss left them out).
+    pub intake_replayed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +55,9 @@ struct Counters {
     largest_batch: u64,
     wal_syncs: u64,
     wal_sync_seconds_sum: f64,
+    intake_syncs: u64,
+    intake_sync_seconds_sum: f64,
+    intake_replayed: u64,
 }
 
 /// Shared between the writer thread and the store handle.
@@ -106,6 +117,18 @@ impl MetricsRecorder {
         c.wal_sync_seconds_sum += seconds;
     }
 
+    /// One fsync of the intake log.
+    pub(crate) fn record_intake_sync(&self, seconds: f64) {
+        let mut c = self.counters();
+        c.intake_syncs += 1;
+        c.intake_sync_seconds_sum += seconds;
+    }
+
+    /// Appends replayed from the intake log at open.
+    pub(crate) fn record_intake_replayed(&self, n: u64) {
+        self.counters().intake_replayed += n;
+    }
+
     pub(crate) fn snapshot(&self) -> StoreMetrics {
         let c = self.counters();
         let mut cumulative = 0;
@@ -127,6 +150,9 @@ impl MetricsRecorder {
             writer_queue_depth: self.queue_depth.load(Ordering::Relaxed),
             wal_syncs: c.wal_syncs,
             wal_sync_seconds_sum: c.wal_sync_seconds_sum,
+            intake_syncs: c.intake_syncs,
+            intake_sync_seconds_sum: c.intake_sync_seconds_sum,
+            intake_replayed: c.intake_replayed,
         }
     }
 }

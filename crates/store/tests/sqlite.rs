@@ -125,7 +125,17 @@ async fn group_commit_batches_concurrent_appends() {
 async fn the_wal_sync_thread_answers_after_its_fsync_and_shares_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
-    let store = open(&path, 512);
+    // Without the intake log, which answers appends before the WAL sync.
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(
+            &path,
+            SqliteOptions {
+                intake_log: false,
+                ..opts(512)
+            },
+        )
+        .unwrap(),
+    );
     let out = concurrent_appends(&store, "S", 256).await;
     assert_eq!(out.len(), 256);
     let m = store.metrics();
@@ -208,7 +218,16 @@ async fn inline_durability_syncs_inside_the_commit() {
 async fn a_failed_wal_sync_refuses_that_write_and_every_later_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f.db");
-    let store = SqliteStore::open(&path, opts(512)).unwrap();
+    // Without the intake log: with it the append would be durable already
+    // (its own fsync failing is the next test).
+    let store = SqliteStore::open(
+        &path,
+        SqliteOptions {
+            intake_log: false,
+            ..opts(512)
+        },
+    )
+    .unwrap();
     store.append(input("F|1")).await.unwrap();
     store.ping().await.unwrap();
     // The next fsync fails as a dying disk's would (EIO).
@@ -226,6 +245,25 @@ async fn a_failed_wal_sync_refuses_that_write_and_every_later_one() {
     // And readiness says so (`/readyz` answers 503).
     let e = store.ping().await.unwrap_err();
     assert!(e.to_string().contains("WAL fsync failed"), "{e}");
+}
+
+/// A failed fsync of the intake log fails that append (its sender resends)
+/// and every later one, and readiness says so, as a failed WAL sync does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_intake_log_sync_refuses_that_append_and_every_later_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("l.db"), opts(512)).unwrap();
+    store.append(input("L|1")).await.unwrap();
+    store.fail_next_intake_sync();
+    let e = store.append(input("L|2")).await.unwrap_err();
+    assert!(matches!(e, StoreError::Commit(_)), "{e:?}");
+    let why = e.to_string();
+    assert!(why.contains("intake log fsync failed"), "{why}");
+    assert!(!why.contains("l.db"), "no paths in the error: {why}");
+    let e = store.append(input("L|3")).await.unwrap_err();
+    assert!(e.to_string().contains("intake log fsync failed"), "{e}");
+    let e = store.ping().await.unwrap_err();
+    assert!(e.to_string().contains("intake log fsync failed"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,7 +380,8 @@ fn migrations_are_recorded() {
             (2, "outbox_audit_search".to_string()),
             (3, "audit_keyed".to_string()),
             (4, "drop_redundant_index".to_string()),
-            (5, "audit_jcs".to_string())
+            (5, "audit_jcs".to_string()),
+            (6, "intake_log".to_string())
         ]
     );
     let mode: String = conn
@@ -899,6 +938,15 @@ async fn idle_polls_are_no_commits_and_no_fsyncs() {
         store.append(input("IDLE|1")).await.unwrap();
         let m = store.metrics();
         assert_eq!(m.commits, 1, "{durability:?}: {m:?}");
+        // Pipelined, the intake log answered the append: its commit's WAL
+        // fsync follows (bounded wait).
+        let mut waited = 0;
+        while durability == Durability::Pipelined && store.metrics().wal_syncs == 0 && waited < 500
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        let m = store.metrics();
         let syncs = m.wal_syncs;
         assert!(syncs <= 1, "{durability:?}: {m:?}");
         let again = store.append(input("IDLE|1")).await.unwrap();
@@ -1028,4 +1076,89 @@ async fn the_wal_is_not_filled_while_another_connection_may_write() {
     other.execute_batch("ROLLBACK").unwrap();
     let out = concurrent_appends(&store, "L", 5).await;
     assert_eq!(out.len(), 5);
+}
+
+/// The conformance suite with the intake log off (a second process on the
+/// same file, or `intake_log = false`): appends go through the journal and
+/// its WAL fsync alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_without_the_intake_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(
+        &dir.path().join("nolog.db"),
+        SqliteOptions {
+            intake_log: false,
+            ..opts(512)
+        },
+    )
+    .unwrap();
+    conformance::run_all(Arc::new(store)).await;
+}
+
+/// An acknowledged append is durable in the intake log before its journal
+/// row is: a power loss that kept the log but lost the journal's last WAL
+/// frames loses no acknowledged message. The "crash" is the database and
+/// WAL as they were before the appends (copied while the store was idle)
+/// next to the intake log as it is after them; the next open replays the
+/// appends into the journal, once, with their content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_intake_log_restores_acknowledged_appends_the_journal_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.db");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path, opts(512)).unwrap());
+    let crashed = tempfile::tempdir().unwrap();
+    let copy = |suffix: &str| {
+        let from = dir.path().join(format!("gw.db{suffix}"));
+        std::fs::copy(&from, crashed.path().join(format!("gw.db{suffix}"))).unwrap();
+    };
+    copy("");
+    copy("-wal");
+    let acked: HashSet<String> = concurrent_appends(&store, "LOST", 25)
+        .await
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            assert!(matches!(o, AppendOutcome::Inserted(_)), "{o:?}");
+            format!("LOST|{i}")
+        })
+        .collect();
+    copy("-intake0");
+    copy("-intake1");
+    drop(store);
+
+    let reopened = SqliteStore::open(&crashed.path().join("gw.db"), opts(512)).unwrap();
+    assert_eq!(reopened.metrics().intake_replayed, 25);
+    let records = reopened.journal_pending(0, 1000).await.unwrap();
+    let keys: HashSet<String> = records.iter().map(|r| r.dedup_key.clone()).collect();
+    assert_eq!(keys, acked, "every acknowledged append, nothing else");
+    for r in &records {
+        assert_eq!(r.raw, input(&r.dedup_key).raw);
+    }
+    // A resend after the restart is a duplicate, not a second message.
+    let again = reopened.append(input("LOST|3")).await.unwrap();
+    assert!(matches!(again, AppendOutcome::Duplicate(_)), "{again:?}");
+    drop(reopened);
+    // Replayed once: the next open finds nothing left to replay.
+    let third = SqliteStore::open(&crashed.path().join("gw.db"), opts(512)).unwrap();
+    assert_eq!(third.metrics().intake_replayed, 0);
+    assert_eq!(third.journal_stats().await.unwrap().total, 25);
+}
+
+/// One process owns a store's intake log. A second store opened on the same
+/// file (another process, or a CLI command while the gateway runs) appends
+/// through the journal alone, and both see every append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_store_on_the_same_file_appends_without_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.db");
+    let first = open(&path, 512);
+    let second = open(&path, 512);
+    concurrent_appends(&first, "ONE", 10).await;
+    concurrent_appends(&second, "TWO", 10).await;
+    assert!(first.metrics().intake_syncs > 0);
+    assert_eq!(second.metrics().intake_syncs, 0);
+    assert_eq!(first.journal_stats().await.unwrap().total, 20);
+    assert_eq!(second.journal_stats().await.unwrap().total, 20);
+    let dup = second.append(input("ONE|4")).await.unwrap();
+    assert!(matches!(dup, AppendOutcome::Duplicate(_)), "{dup:?}");
 }

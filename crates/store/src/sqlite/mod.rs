@@ -20,7 +20,12 @@
 //!   and **a WAL sync thread** (`wal_sync.rs`) fsyncs the WAL before any
 //!   reply of a batch is sent, so the fsync of one batch overlaps the next
 //!   ([`Durability`]);
-//! * **a checkpoint thread** copies the WAL into the database file.
+//! * **a checkpoint thread** copies the WAL into the database file;
+//! * **the intake log** (`intake_log.rs`, [`SqliteOptions::intake_log`]):
+//!   an append is written to an append-only log file and answered once the
+//!   log's own sync thread fsynced it and its journal transaction committed
+//!   (without waiting for the WAL fsync); what a crash left only in the log
+//!   is replayed into the journal at the next open.
 //!
 //! Storage conventions: timestamps are INTEGER unix microseconds (UTC), so
 //! times read back are truncated to microseconds; JSON is compact TEXT; all
@@ -32,6 +37,7 @@
 //! Dropping the store closes the request channel and joins the writer
 //! thread, which first finishes everything already queued.
 
+mod intake_log;
 mod migrate;
 mod rows;
 mod sql;
@@ -72,7 +78,7 @@ pub fn sqlite_schema_version() -> i64 {
 }
 
 /// How long a connection waits on a lock held by another connection.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Write requests that may wait for the writer before senders wait too.
 const WRITE_QUEUE_CAPACITY: usize = 4096;
 /// Upper bound on `read_connections`.
@@ -107,6 +113,11 @@ pub struct SqliteOptions {
     /// off; the gateway's `serve` turns it on (`[store] wal_preallocate`).
     /// See [`wal_sync::preallocate`].
     pub wal_preallocate: bool,
+    /// Make appends durable in the intake log (`intake_log.rs`) instead of
+    /// waiting for the journal's WAL fsync. Default on; only with
+    /// [`Durability::Pipelined`]. Its two segment files are zero-filled at
+    /// open when `wal_preallocate` is on.
+    pub intake_log: bool,
     /// Audit keys (from outside the database): the last seals new audit
     /// records, all verify. Default none: unkeyed (version 1) records while
     /// the chain is unkeyed (see [`crate::audit`]).
@@ -121,6 +132,7 @@ impl Default for SqliteOptions {
             read_connections: 4,
             wal_restart_frames: WAL_RESTART_FRAMES,
             wal_preallocate: false,
+            intake_log: true,
             audit_keys: AuditKeys::none(),
         }
     }
@@ -158,6 +170,8 @@ pub struct SqliteStore {
     checkpointer: Option<Checkpointer>,
     readers: Arc<ReadPool>,
     metrics: Arc<MetricsRecorder>,
+    /// The intake log, when this store owns it (see `intake_log.rs`).
+    log: Option<intake_log::IntakeLog>,
     path: PathBuf,
     audit_keys: AuditKeys,
 }
@@ -169,6 +183,19 @@ impl SqliteStore {
     pub fn fail_next_wal_sync(&self) {
         if let Some(state) = &self.sync_state {
             state
+                .fail_next
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Test support: the next fsync of the intake log fails as a dying
+    /// disk's would (EIO), poisoning the log. No effect without the log.
+    #[cfg(feature = "test-support")]
+    pub fn fail_next_intake_sync(&self) {
+        if let Some(log) = &self.log {
+            log.shared()
                 .fail_next
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
@@ -212,6 +239,48 @@ impl SqliteStore {
             .map_err(|e| open_err(e.to_string()))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         migrate::migrate(&conn)?;
+        let metrics = Arc::new(MetricsRecorder::default());
+        // The intake log: used with the WAL sync thread; opened in any case
+        // when one is there, so appends a crash left only in it are replayed
+        // into the journal (`intake_log.rs`).
+        let use_log = opts.intake_log && opts.durability == Durability::Pipelined;
+        let log = if use_log || intake_log::segment_paths(path)[0].exists() {
+            let opened = intake_log::IntakeLog::open(
+                path,
+                &conn,
+                use_log && opts.wal_preallocate,
+                intake_log::SEGMENT_BYTES,
+                Arc::clone(&metrics),
+            )
+            .map_err(open_err)?;
+            match opened {
+                intake_log::Opening::Owned(o) => {
+                    if o.replayed > 0 {
+                        tracing::warn!(
+                            appends = o.replayed,
+                            "replayed acknowledged appends from the intake log into the journal"
+                        );
+                        metrics.record_intake_replayed(o.replayed as u64);
+                    }
+                    use_log.then_some(o.log)
+                }
+                intake_log::Opening::HeldElsewhere => {
+                    tracing::info!(
+                        "another process holds this store's intake log; appends go through the journal alone"
+                    );
+                    None
+                }
+                intake_log::Opening::Busy(why) => {
+                    tracing::warn!(
+                        reason = %why,
+                        "intake log not replayed at this open; appends go through the journal alone"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let state = WriterState::load(&conn)?;
 
         let readers = (0..opts.read_connections.clamp(1, MAX_READ_CONNECTIONS))
@@ -221,7 +290,6 @@ impl SqliteStore {
 
         let checkpointer = Checkpointer::start(path, Arc::clone(&restart)).map_err(open_err)?;
 
-        let metrics = Arc::new(MetricsRecorder::default());
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_CAPACITY);
         if opts.wal_preallocate && opts.durability != Durability::Unsynced {
             // Before the writer thread starts: nothing writes the WAL now.
@@ -259,9 +327,12 @@ impl SqliteStore {
                 let state = Arc::new(wal_sync::SyncState::default());
                 let (shared, wake) = (Arc::clone(&state), tx.downgrade());
                 let thread_metrics = Arc::clone(&metrics);
+                let log_shared = log.as_ref().map(|l| Arc::clone(l.shared()));
                 let handle = std::thread::Builder::new()
                     .name("cwsgw-store-sync".to_string())
-                    .spawn(move || wal_sync::run(wal, sync_rx, shared, wake, &thread_metrics))
+                    .spawn(move || {
+                        wal_sync::run(wal, sync_rx, shared, wake, &thread_metrics, log_shared)
+                    })
                     .map_err(|e| open_err(format!("cannot start WAL sync thread: {e}")))?;
                 let sync = wal_sync::WalSync {
                     tx: sync_tx,
@@ -287,6 +358,7 @@ impl SqliteStore {
             checkpointer: Some(checkpointer),
             readers: Arc::new(ReadPool::new(readers)),
             metrics,
+            log,
             path: path.to_path_buf(),
             audit_keys: opts.audit_keys,
         })
@@ -813,8 +885,35 @@ fn plausible_resource_key(resource_type: &str, id: &str) -> bool {
 impl Store for SqliteStore {
     async fn append(&self, input: NewInput) -> Result<AppendOutcome, StoreError> {
         let meta = validate_input(&input)?;
-        self.write(|reply| WriteOp::Append { input, meta, reply })
-            .await
+        let Some(log) = &self.log else {
+            return self
+                .write(|reply| WriteOp::Append {
+                    input,
+                    meta,
+                    logged: None,
+                    reply,
+                })
+                .await;
+        };
+        // Logged: the record is written and handed to the writer under the
+        // log's lock (seq order), then the log's fsync and the journal
+        // transaction run side by side; Ok needs both (`intake_log.rs`).
+        let tx = self.tx.as_ref().ok_or(StoreError::Closed)?;
+        let permit = tx.reserve().await.map_err(|_| StoreError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        let body = intake_log::encode_body(&input, &meta);
+        let seq = log.write(&body, |seq| {
+            self.metrics.enqueued();
+            permit.send(WriteOp::Append {
+                input,
+                meta,
+                logged: Some(seq),
+                reply,
+            });
+        })?;
+        let (durable, journaled) = tokio::join!(log.durable(seq), answer);
+        durable?;
+        journaled.map_err(|_| StoreError::Closed)?
     }
 
     async fn journal_get(&self, id: JournalId) -> Result<Option<JournalRecord>, StoreError> {
@@ -1411,6 +1510,9 @@ impl Store for SqliteStore {
         // Ready means writable: after a failed WAL fsync every write is
         // refused until restart, so readiness fails too.
         if let Some(why) = self.sync_state.as_ref().and_then(|s| s.failed.get()) {
+            return Err(StoreError::Commit(why.clone()));
+        }
+        if let Some(why) = self.log.as_ref().and_then(|l| l.failed()) {
             return Err(StoreError::Commit(why.clone()));
         }
         self.read_short(|conn| {

@@ -31,7 +31,17 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit_jcs",
         include_str!("../../migrations/sqlite/0005_audit_jcs.sql"),
     ),
+    (
+        6,
+        "intake_log",
+        include_str!("../../migrations/sqlite/0006_intake_log.sql"),
+    ),
 ];
+
+/// The intake log's applied mark (`intake_log.rs`), raised in the
+/// transaction that journals the appends it covers.
+pub(crate) const INTAKE_LOG_APPLIED: &str =
+    "UPDATE intake_log SET applied_seq = ?1 WHERE id = 1 AND applied_seq < ?1";
 
 pub(crate) const CREATE_SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
     version    INTEGER PRIMARY KEY,

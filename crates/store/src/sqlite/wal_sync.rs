@@ -68,9 +68,15 @@ pub(crate) struct Committed {
     /// is answered in its turn (after the fsync of everything before it)
     /// but needs no fsync of its own and is not counted as a commit.
     pub wrote: bool,
+    /// Its commit was counted by the writer already (it answered logged
+    /// appends at the commit).
+    pub recorded: bool,
     pub size: usize,
     pub appended: u64,
     pub duplicates: u64,
+    /// The intake log's applied mark this batch wrote, if any: durable once
+    /// this batch is synced.
+    pub applied_seq: Option<u64>,
     pub outcomes: Vec<Outcome>,
 }
 
@@ -212,6 +218,7 @@ pub(crate) fn run(
     shared: Arc<SyncState>,
     wake: mpsc::WeakSender<WriteOp>,
     metrics: &MetricsRecorder,
+    log: Option<Arc<super::intake_log::Shared>>,
 ) {
     let failed = &shared.failed;
     let mut batches: Vec<Committed> = Vec::new();
@@ -240,7 +247,12 @@ pub(crate) fn run(
                     metrics.record_wal_sync(syncing.elapsed().as_secs_f64());
                 }
                 for b in batches.drain(..) {
-                    if b.wrote {
+                    if let (Some(log), Some(seq)) = (&log, b.applied_seq) {
+                        log.applied_durable.fetch_max(seq, Ordering::SeqCst);
+                    }
+                    if b.recorded {
+                        // Counted by the writer at its commit.
+                    } else if b.wrote {
                         metrics.record_commit(
                             b.started.elapsed().as_secs_f64(),
                             b.size,

@@ -89,6 +89,10 @@ pub(crate) enum WriteOp {
         input: NewInput,
         /// `input.meta`, already serialized and size-checked.
         meta: String,
+        /// Its seq in the intake log, when it is logged: then it is durable
+        /// already, and is answered as soon as its transaction commits (see
+        /// `intake_log`).
+        logged: Option<u64>,
         reply: Reply<AppendOutcome>,
     },
     Complete {
@@ -199,6 +203,9 @@ pub(crate) struct Outcome {
     is_err: bool,
     /// For the metrics: what an append did.
     append: Option<AppendOutcome>,
+    /// A logged append's seq: answered at its commit, not after the WAL
+    /// sync (the intake log made it durable).
+    logged: Option<u64>,
     /// Sends the result; when the batch did not commit, an Ok becomes
     /// `Commit(reason)`. A caller that went away is ignored.
     send: Deliver,
@@ -209,6 +216,7 @@ impl Outcome {
         Outcome {
             is_err: result.is_err(),
             append: None,
+            logged: None,
             send: Box::new(move |failed| {
                 let result = match (result, failed) {
                     (Ok(_), Some(why)) => Err(StoreError::Commit(why.to_string())),
@@ -224,6 +232,7 @@ impl Outcome {
         Outcome {
             is_err: false,
             append: None,
+            logged: None,
             send: Box::new(|_| {}),
         }
     }
@@ -530,6 +539,24 @@ fn commit_batch(
         h.sync.state.holding.store(false, Ordering::SeqCst);
     }
     let size = outcomes.len();
+    // The intake log's mark: every logged append up to here is a journal
+    // row once this commits (they arrive in seq order; one that failed was
+    // answered with its error, and its sender resends).
+    // A transaction that changed nothing (duplicates only) leaves the mark:
+    // replaying a duplicate is harmless, and it stays no commit.
+    let applied_seq = outcomes
+        .iter()
+        .filter_map(|o| o.logged)
+        .max()
+        .filter(|_| conn.total_changes() != changes_before);
+    if let (Some(seq), None) = (applied_seq, aborted.as_ref()) {
+        if let Err(e) = conn
+            .prepare_cached(sql::INTAKE_LOG_APPLIED)
+            .and_then(|mut s| s.execute([seq as i64]))
+        {
+            aborted = Some(format!("intake log mark: {e}"));
+        }
+    }
     let commit = match aborted {
         Some(why) => Err(why),
         None => conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
@@ -547,12 +574,36 @@ fn commit_batch(
             }
             match sync {
                 Some(s) => {
+                    // Logged appends are durable in the intake log: answer
+                    // them now; the rest waits for the WAL sync.
+                    let (early, outcomes): (Vec<Outcome>, Vec<Outcome>) =
+                        outcomes.into_iter().partition(|o| o.logged.is_some());
+                    // Counted now, as answered now (its latency ends at the
+                    // commit): the sync thread does not count it again.
+                    let recorded = !early.is_empty();
+                    if recorded {
+                        if wrote {
+                            metrics.record_commit(
+                                started.elapsed().as_secs_f64(),
+                                size,
+                                appended,
+                                duplicates,
+                            );
+                        } else {
+                            metrics.record_unwritten(duplicates);
+                        }
+                    }
+                    for o in early {
+                        o.deliver(None);
+                    }
                     let committed = Committed {
                         started,
                         wrote,
+                        recorded,
                         size,
                         appended,
                         duplicates,
+                        applied_seq,
                         outcomes,
                     };
                     // Blocks while the sync thread is MAX_PENDING_BATCHES
@@ -618,11 +669,17 @@ fn outcome_without_running(op: WriteOp, why: &str) -> Outcome {
 
 fn execute(conn: &Connection, state: &mut WriterState, op: WriteOp) -> Outcome {
     match op {
-        WriteOp::Append { input, meta, reply } => {
+        WriteOp::Append {
+            input,
+            meta,
+            logged,
+            reply,
+        } => {
             let result = append(conn, &input, &meta);
             let done = result.as_ref().ok().copied();
             let mut o = Outcome::new(reply, result);
             o.append = done;
+            o.logged = logged;
             o
         }
         WriteOp::Complete {
@@ -678,7 +735,11 @@ fn changed(n: rusqlite::Result<usize>) -> Result<bool, StoreError> {
     Ok(n? > 0)
 }
 
-fn append(conn: &Connection, input: &NewInput, meta: &str) -> Result<AppendOutcome, StoreError> {
+pub(crate) fn append(
+    conn: &Connection,
+    input: &NewInput,
+    meta: &str,
+) -> Result<AppendOutcome, StoreError> {
     let kind = input.kind.as_str();
     let inserted: Option<i64> = conn
         .prepare_cached(sql::JOURNAL_INSERT)?
@@ -1128,6 +1189,7 @@ mod tests {
             WriteOp::Append {
                 input,
                 meta: "{}".into(),
+                logged: None,
                 reply,
             },
             rx,

@@ -740,6 +740,7 @@ mod tests {
             intake_syncs: 3,
             intake_sync_seconds_sum: 0.005,
             intake_replayed: 1,
+            intake_unjournaled: 0,
         };
         let journal = store::JournalStats {
             total: 6,

@@ -165,11 +165,27 @@ pub fn field(msg: &str, seg: &str, n: usize) -> String {
         .unwrap_or_default()
 }
 
-/// Wait (bounded) until the journal has nothing pending.
+/// The journal's figures once it shows every acknowledged message (an ACK
+/// means durable: with the SQLite store's intake log the journal row follows
+/// it by a commit). Bounded.
+pub async fn settled_stats(store: &dyn store::Store) -> store::JournalStats {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.metrics().intake_unjournaled > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged appends not journaled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    store.journal_stats().await.expect("stats")
+}
+
+/// Wait (bounded) until the journal shows every acknowledged message and
+/// has nothing pending.
 pub async fn wait_translated(store: &dyn store::Store) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let s = store.journal_stats().await.expect("stats");
+        let s = settled_stats(store).await;
         if s.pending == 0 {
             return;
         }

@@ -53,7 +53,7 @@ async fn hl7_over_http_has_the_same_semantics() {
         .await
         .unwrap();
     assert_eq!(field(&ack, "MSA", 1), "AA");
-    assert_eq!(gw.store.journal_stats().await.unwrap().total, 1);
+    assert_eq!(settled_stats(gw.store.as_ref()).await.total, 1);
     // Over HTTP, MSH-4 must be one of the caller's own facilities.
     let other = adt("A01", "HTTP2", "VALLEYHIE").into_bytes();
     let ack = post_hl7(&c, &base, Some(STMARY_TOKEN), other)
@@ -157,7 +157,7 @@ async fn auth_media_type_and_size_limits() {
     assert_eq!(field(&ack, "MSA", 2), "HTTPBIG1");
     assert!(ack.contains("exceeds the limit of 65536 bytes"), "{ack}");
     assert!(!ack.contains("resend later"), "{ack}");
-    assert_eq!(gw.store.journal_stats().await.unwrap().total, 0);
+    assert_eq!(settled_stats(gw.store.as_ref()).await.total, 0);
     gw.stop().await;
 }
 

@@ -28,7 +28,7 @@ async fn admit_is_acked_aa_after_journaling_and_translated() {
     assert_eq!(field(&ack, "MSH", 6), "STMARY");
     assert!(field(&ack, "MSH", 9).starts_with("ACK^A01"), "{ack}");
     // Durable before the ACK: the journal already holds it.
-    let stats = gw.store.journal_stats().await.unwrap();
+    let stats = settled_stats(gw.store.as_ref()).await;
     assert_eq!(stats.total, 1);
     wait_translated(gw.store.as_ref()).await;
     assert!(gw.store.resource_count(Some("Patient")).await.unwrap() >= 1);
@@ -51,7 +51,7 @@ async fn duplicate_control_id_is_acked_again_not_processed_twice() {
         .roundtrip(adt("A01", "DUP0001", "VALLEYHIE").as_bytes())
         .await;
     assert_eq!(field(&ack, "MSA", 1), "AA");
-    let stats = gw.store.journal_stats().await.unwrap();
+    let stats = settled_stats(gw.store.as_ref()).await;
     assert_eq!(stats.total, 2, "{stats:?}");
     assert_eq!(gw.store.metrics().duplicate_inputs, 2);
     gw.stop().await;
@@ -71,7 +71,7 @@ async fn unknown_facility_is_rejected_ar() {
     assert!(err.contains("103^"), "{err}");
     assert!(err.contains("HL70357"), "{err}");
     assert!(err.contains("MSH^1^4"), "{err}");
-    assert_eq!(gw.store.journal_stats().await.unwrap().total, 0);
+    assert_eq!(settled_stats(gw.store.as_ref()).await.total, 0);
     gw.stop().await;
 }
 
@@ -117,7 +117,7 @@ async fn oversize_frame_is_answered_ar_with_its_control_id() {
     // The connection survives and keeps working.
     let ack = s.roundtrip(adt("A01", "SMALL1", "STMARY").as_bytes()).await;
     assert_eq!(field(&ack, "MSA", 1), "AA");
-    assert_eq!(gw.store.journal_stats().await.unwrap().total, 1);
+    assert_eq!(settled_stats(gw.store.as_ref()).await.total, 1);
     gw.stop().await;
 }
 
@@ -169,7 +169,7 @@ async fn encodings_bom_and_separators_are_accepted() {
     let ack = s.roundtrip(&bytes).await;
     assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
     wait_translated(gw.store.as_ref()).await;
-    let stats = gw.store.journal_stats().await.unwrap();
+    let stats = settled_stats(gw.store.as_ref()).await;
     assert_eq!((stats.total, stats.failed), (4, 0), "{stats:?}");
     // The Latin-1 name arrived as "Muñoz" in FHIR (the CIN-keyed Patient is
     // shared by all four messages; the Latin-1 one was the last write).
@@ -234,7 +234,7 @@ async fn many_concurrent_connections_keep_per_connection_order() {
         t.await.unwrap();
     }
     let m = gw.store.metrics();
-    assert_eq!(gw.store.journal_stats().await.unwrap().total, 320);
+    assert_eq!(settled_stats(gw.store.as_ref()).await.total, 320);
     assert!(
         m.commits < 320,
         "group commit: {} commits for 320 inputs",
@@ -335,7 +335,7 @@ async fn reused_control_id_is_a_new_message_and_resends_still_dedup_across_resta
         assert_eq!(field(&ack, "MSA", 2), "MSG00001");
     }
     wait_translated(gw.store.as_ref()).await;
-    let stats = gw.store.journal_stats().await.unwrap();
+    let stats = settled_stats(gw.store.as_ref()).await;
     assert_eq!((stats.total, stats.processed), (2, 2), "{stats:?}");
     let enc = only_encounter(gw.store.as_ref()).await;
     assert_eq!(enc["status"], "finished", "{enc}");
@@ -357,7 +357,7 @@ async fn reused_control_id_is_a_new_message_and_resends_still_dedup_across_resta
         .replace('\r', "\r\n");
     let ack = s.roundtrip(restamped.as_bytes()).await;
     assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
-    assert_eq!(gw.store.journal_stats().await.unwrap().total, 2);
+    assert_eq!(settled_stats(gw.store.as_ref()).await.total, 2);
     assert_eq!(gw.store.metrics().duplicate_inputs, dups + 2);
     assert_eq!(
         only_encounter(gw.store.as_ref()).await["status"],
@@ -372,12 +372,12 @@ async fn reused_control_id_is_a_new_message_and_resends_still_dedup_across_resta
     let ack = s.roundtrip(a03.as_bytes()).await;
     assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
     assert_eq!(field(&ack, "MSA", 2), "MSG00001");
-    assert_eq!(gw.store.journal_stats().await.unwrap().total, 2);
+    assert_eq!(settled_stats(gw.store.as_ref()).await.total, 2);
     assert_eq!(gw.store.metrics().duplicate_inputs, 1);
     // …and a third message under the id is new, and counted, again.
     let a08 = adt("A08", "MSG00001", "STMARY");
     assert_eq!(field(&s.roundtrip(a08.as_bytes()).await, "MSA", 1), "AA");
-    assert_eq!(gw.store.journal_stats().await.unwrap().total, 3);
+    assert_eq!(settled_stats(gw.store.as_ref()).await.total, 3);
     wait_reuse(&gw.metrics, "st-mary", 1).await;
     gw.stop().await;
 }
@@ -402,7 +402,7 @@ async fn enhanced_al_ne_gets_one_commit_ack_without_waiting_for_translation() {
         assert_eq!(field(&s.recv().await, "MSA", 1), "AA");
     }
     let commit = s.recv().await;
-    let pending = gw.store.journal_stats().await.unwrap().pending;
+    let pending = settled_stats(gw.store.as_ref()).await.pending;
     assert_eq!(field(&commit, "MSA", 1), "CA", "{commit}");
     assert_eq!(field(&commit, "MSA", 2), "ALNE1");
     assert!(
@@ -476,7 +476,7 @@ async fn ack_mode_always_sends_the_commit_ack_for_ne_ne() {
     let ack = s.roundtrip(adt("A01", "ORIG1", "STMARY").as_bytes()).await;
     assert_eq!(field(&ack, "MSA", 1), "AA", "{ack}");
     assert_eq!(field(&ack, "MSA", 2), "ORIG1");
-    assert_eq!(gw.store.journal_stats().await.unwrap().total, 3);
+    assert_eq!(settled_stats(gw.store.as_ref()).await.total, 3);
     gw.stop().await;
 
     // Validated: a closed set, and only on an adt_source.
@@ -518,7 +518,7 @@ async fn overlong_control_id_is_rejected_permanently_before_the_store() {
     let ack = s.roundtrip(msg.as_bytes()).await;
     assert_eq!(field(&ack, "MSA", 1), "CE", "{ack}");
     assert!(ack.contains("102^"), "{ack}");
-    assert_eq!(gw.store.journal_stats().await.unwrap().total, 0);
+    assert_eq!(settled_stats(gw.store.as_ref()).await.total, 0);
     // The longest accepted id is stored.
     let ok_id = "K".repeat(cws_gateway::sources::adt::intake::MAX_CONTROL_ID_LEN);
     let ack = s.roundtrip(adt("A01", &ok_id, "STMARY").as_bytes()).await;
@@ -561,11 +561,11 @@ async fn a_burst_is_acknowledged_first_and_translated_after() {
     }
     let rate = (conns * per) as f64 / started.elapsed().as_secs_f64();
     let total = (conns * per) as u64;
-    assert_eq!(gw.store.journal_stats().await.unwrap().total, total);
+    assert_eq!(settled_stats(gw.store.as_ref()).await.total, total);
     // Translated after the burst (bounded; a debug build translates slowly).
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let s = gw.store.journal_stats().await.unwrap();
+        let s = settled_stats(gw.store.as_ref()).await;
         if s.pending == 0 {
             assert_eq!(s.processed, total, "{s:?}");
             break;

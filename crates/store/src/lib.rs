@@ -263,6 +263,29 @@ impl AppendOutcome {
     }
 }
 
+/// The journal's answer to an append that is already durable.
+pub type JournalAnswer =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<AppendOutcome, StoreError>> + Send>>;
+
+/// Result of [`Store::append_durable`]: the input is durable either way.
+pub enum Durable {
+    /// Journaled: what the journal made of it.
+    Journaled(AppendOutcome),
+    /// Durable before its journal row (the SQLite store's intake log): the
+    /// journal's answer follows. An `Err` there does not lose the input: it
+    /// is journaled at the store's next open (see the backend's docs).
+    Logged(JournalAnswer),
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Durable::Journaled(o) => f.debug_tuple("Journaled").field(o).finish(),
+            Durable::Logged(_) => f.write_str("Logged(..)"),
+        }
+    }
+}
+
 /// Processing state of a journal record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JournalState {
@@ -499,6 +522,13 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Durable when Ok. Same (kind, dedup_key) again → Duplicate(original id), nothing written.
     async fn append(&self, input: NewInput) -> Result<AppendOutcome, StoreError>;
+    /// Durable when Ok, possibly before its journal row exists (then a read
+    /// started now may not see it yet): for a caller that only needs the
+    /// input to be safe before it answers, such as an HL7 ACK. The default
+    /// is [`Store::append`].
+    async fn append_durable(&self, input: NewInput) -> Result<Durable, StoreError> {
+        self.append(input).await.map(Durable::Journaled)
+    }
     /// One journal record, or `None`.
     async fn journal_get(&self, id: JournalId) -> Result<Option<JournalRecord>, StoreError>;
     /// Is there a journal record of `kind` whose dedup key starts with

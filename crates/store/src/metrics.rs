@@ -42,6 +42,10 @@ pub struct StoreMetrics {
     /// Appends the journal did not have, replayed into it from the intake
     /// log when the store opened (a crash or power loss left them out).
     pub intake_replayed: u64,
+    /// Appends durable in the intake log (and acknowledged, where the
+    /// caller used `append_durable`) that the writer has not answered yet:
+    /// the journal shows them a commit later.
+    pub intake_unjournaled: u64,
 }
 
 #[derive(Debug, Default)]
@@ -153,6 +157,7 @@ impl MetricsRecorder {
             intake_syncs: c.intake_syncs,
             intake_sync_seconds_sum: c.intake_sync_seconds_sum,
             intake_replayed: c.intake_replayed,
+            intake_unjournaled: 0,
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use cwsgw_store::{
     conformance, open_url, sqlite_schema_version, AppendOutcome, DeliveryOutcome, DeliveryState,
-    Durability, InputKind, JournalState, NewAudit, NewDelivery, NewInput, ResourceQuery,
+    Durability, Durable, InputKind, JournalState, NewAudit, NewDelivery, NewInput, ResourceQuery,
     ResourceWrite, SearchToken, SqliteOptions, SqliteStore, Store, StoreError,
 };
 use serde_json::json;
@@ -1161,4 +1161,81 @@ async fn a_second_store_on_the_same_file_appends_without_the_log() {
     assert_eq!(second.journal_stats().await.unwrap().total, 20);
     let dup = second.append(input("ONE|4")).await.unwrap();
     assert!(matches!(dup, AppendOutcome::Duplicate(_)), "{dup:?}");
+}
+
+/// `append_durable` answers once the intake log holds the input, before the
+/// journal row exists. If the row then fails (here: the store was poisoned
+/// by a failed WAL fsync in between), the input is not lost: the applied
+/// mark stops moving, readiness fails, and the next open journals it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_append_the_journal_refuses_is_journaled_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let store = SqliteStore::open(&path, opts(512)).unwrap();
+    store.append(input("K|1")).await.unwrap();
+    store.fail_next_wal_sync();
+    // A write that waits for the WAL fsync: it fails, and poisons the store.
+    assert!(store.audit_append(vec![audit(1)]).await.is_err());
+    let durable = store.append_durable(input("K|2")).await.unwrap();
+    let Durable::Logged(answer) = durable else {
+        panic!("with the intake log the journal's answer follows: {durable:?}");
+    };
+    assert!(matches!(answer.await, Err(StoreError::Commit(_))));
+    let why = store.ping().await.unwrap_err().to_string();
+    assert!(why.contains("fsync failed"), "{why}");
+    drop(store);
+
+    let reopened = SqliteStore::open(&path, opts(512)).unwrap();
+    assert_eq!(reopened.metrics().intake_replayed, 1);
+    let keys: HashSet<String> = reopened
+        .journal_pending(0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.dedup_key)
+        .collect();
+    assert_eq!(keys, HashSet::from(["K|1".to_string(), "K|2".to_string()]));
+    reopened.ping().await.unwrap();
+}
+
+/// The applied mark never passes a logged append the journal refused: a
+/// later batch that commits fine does not move it, so the refused one stays
+/// in the intake log, readiness says to restart, and the next open
+/// journals it. (A trigger refuses one key, as a full disk or a broken
+/// schema might refuse a row.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_applied_mark_stops_at_a_refused_logged_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    let store = SqliteStore::open(&path, opts(512)).unwrap();
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other
+        .execute_batch(
+            "CREATE TRIGGER refuse_m2 BEFORE INSERT ON journal WHEN NEW.dedup_key = 'M|2'
+             BEGIN SELECT RAISE(ABORT, 'refused for the test'); END;",
+        )
+        .unwrap();
+    store.append(input("M|1")).await.unwrap();
+    let Durable::Logged(answer) = store.append_durable(input("M|2")).await.unwrap() else {
+        panic!("logged");
+    };
+    assert!(answer.await.is_err());
+    store.append(input("M|3")).await.unwrap();
+    let why = store.ping().await.unwrap_err().to_string();
+    assert!(why.contains("intake log"), "{why}");
+    drop(store);
+    other.execute_batch("DROP TRIGGER refuse_m2").unwrap();
+    drop(other);
+
+    let reopened = SqliteStore::open(&path, opts(512)).unwrap();
+    assert_eq!(reopened.metrics().intake_replayed, 1, "M|2, not M|3 again");
+    let keys: Vec<String> = reopened
+        .journal_pending(0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.dedup_key)
+        .collect();
+    assert_eq!(keys, vec!["M|1", "M|3", "M|2"]);
+    reopened.ping().await.unwrap();
 }

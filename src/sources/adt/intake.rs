@@ -2,8 +2,10 @@
 //! acknowledgement(s) out.
 //!
 //! **Architecture Invariant: no ACK before the input is durable.** An `AA`/`CA`
-//! is built only after `Store::append` returned Ok, which means the journal
-//! transaction (group-committed with its neighbours) is on disk. Every other
+//! is built only after `Store::append_durable` returned Ok, which means the
+//! message is on disk: in the journal (its transaction group-committed with
+//! its neighbours), or in the SQLite store's intake log, which the store
+//! journals at its next open if the journal lost it. Every other
 //! outcome is a NAK that tells the sender what to do: `AR`/`CR` for a message we
 //! will never take as sent (unknown facility, not ADT, too large), `AE`/`CE`
 //! for a message whose content is broken (ERR 101/102/…) — both permanent:
@@ -33,7 +35,7 @@ use std::time::{Duration, Instant};
 use hl7v2::ack::{self, AckCode, AckSpec};
 use hl7v2::{Diagnostic, ErrorCode, Header, Location, ParseOptions, Severity};
 use sha2::{Digest, Sha256};
-use store::{AppendOutcome, InputKind, NewInput, Store, StoreError};
+use store::{AppendOutcome, Durable, InputKind, NewInput, Store, StoreError};
 use tokio::sync::oneshot;
 
 use crate::config::{AckMode, Config, OrgKind, Organization};
@@ -502,12 +504,11 @@ impl AdtIntake {
         };
         let appending = self.processor.intake();
         let waiting = Instant::now();
-        let appended = self.store.append(input).await;
+        let appended = self.store.append_durable(input).await;
         self.metrics
             .journal_wait
             .observe(waiting.elapsed().as_secs_f64());
-        drop(appending);
-        let outcome = match appended {
+        let durable = match appended {
             Ok(o) => o,
             Err(StoreError::Invalid(e)) => {
                 // Our own checks above should have caught whatever the store
@@ -564,20 +565,40 @@ impl AdtIntake {
         let app_wanted = mode == Mode::Enhanced
             && (wanted(&header.application_ack_type, true)
                 || wanted(&header.application_ack_type, false));
-        let job_result = match outcome {
-            AppendOutcome::Inserted(id) => {
-                tracing::debug!(journal_id = id, r#type = label, "journaled");
-                let (job, rx) = Job::new(id, app_wanted);
-                self.processor.submit(job);
-                rx
+        let job_result = match durable {
+            Durable::Journaled(outcome) => {
+                drop(appending);
+                journaled(&self.processor, outcome, app_wanted, label)
             }
-            AppendOutcome::Duplicate(id) => {
-                tracing::info!(
-                    journal_id = id,
-                    r#type = label,
-                    "duplicate HL7 message acknowledged again, not processed twice"
-                );
-                None
+            Durable::Logged(answer) => {
+                // Durable in the store's intake log: the ACK goes now, the
+                // worker's hint (and the application ACK's outcome) once the
+                // journal has the row. An error there loses nothing: the
+                // store keeps the message and journals it at its next start.
+                let processor = self.processor.clone();
+                let (tx, rx) = app_wanted.then(oneshot::channel).unzip();
+                tokio::spawn(async move {
+                    let outcome = match answer.await {
+                        Ok(outcome) => outcome,
+                        Err(e) => {
+                            tracing::error!(error = %e, r#type = label, "acknowledged message not journaled yet; the store journals it at its next start");
+                            if let Some(tx) = tx {
+                                let _ = tx.send(JobOutcome::Deferred);
+                            }
+                            return;
+                        }
+                    };
+                    drop(appending);
+                    let rx = journaled(&processor, outcome, app_wanted, label);
+                    if let Some(tx) = tx {
+                        let result = match rx {
+                            Some(rx) => rx.await.unwrap_or(JobOutcome::Deferred),
+                            None => JobOutcome::Translated,
+                        };
+                        let _ = tx.send(result);
+                    }
+                });
+                rx
             }
         };
         let ack = if commit_wanted(true) {
@@ -608,6 +629,33 @@ impl AdtIntake {
             Some(self.build(Some(header), code, Some(text), errors, label))
         } else {
             self.metrics.hl7_acks.inc(&["suppressed", label]);
+            None
+        }
+    }
+}
+
+/// What follows a journal answer: a new record is handed to the worker (with
+/// a receiver of its outcome when the application ACK wants it); a duplicate
+/// is only logged (its application ACK, if any, says accepted).
+fn journaled(
+    processor: &ProcessorHandle,
+    outcome: AppendOutcome,
+    app_wanted: bool,
+    label: &'static str,
+) -> Option<oneshot::Receiver<JobOutcome>> {
+    match outcome {
+        AppendOutcome::Inserted(id) => {
+            tracing::debug!(journal_id = id, r#type = label, "journaled");
+            let (job, rx) = Job::new(id, app_wanted);
+            processor.submit(job);
+            rx
+        }
+        AppendOutcome::Duplicate(id) => {
+            tracing::info!(
+                journal_id = id,
+                r#type = label,
+                "duplicate HL7 message acknowledged again, not processed twice"
+            );
             None
         }
     }

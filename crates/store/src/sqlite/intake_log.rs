@@ -239,6 +239,38 @@ pub(crate) struct Shared {
     /// finished): a segment whose records are all at or below it may be
     /// reused. Set by the WAL sync thread.
     pub applied_durable: AtomicU64,
+    /// Set by the writer once a logged append failed in the journal: the
+    /// applied mark stays where it is for the rest of the run.
+    frozen: std::sync::atomic::AtomicBool,
+    /// Highest seq written, and highest seq the writer has answered
+    /// (journaled or refused): their difference is how many durable appends
+    /// the journal does not show yet.
+    last_written: AtomicU64,
+    answered: AtomicU64,
+}
+
+impl Shared {
+    /// Freeze the applied mark; true the first time.
+    pub(crate) fn freeze_mark(&self) -> bool {
+        !self.frozen.swap(true, Ordering::SeqCst)
+    }
+
+    pub(crate) fn mark_frozen(&self) -> bool {
+        self.frozen.load(Ordering::SeqCst)
+    }
+
+    /// The writer answered every logged append up to `seq`.
+    pub(crate) fn answered(&self, seq: u64) {
+        self.answered.fetch_max(seq, Ordering::SeqCst);
+    }
+
+    /// Logged appends the writer has not answered yet.
+    pub(crate) fn unjournaled(&self) -> u64 {
+        let answered = self.answered.load(Ordering::SeqCst);
+        self.last_written
+            .load(Ordering::SeqCst)
+            .saturating_sub(answered)
+    }
 }
 
 /// The intake log of one open store.
@@ -357,6 +389,9 @@ impl IntakeLog {
             #[cfg(feature = "test-support")]
             fail_next: std::sync::atomic::AtomicBool::new(false),
             applied_durable: AtomicU64::new(applied),
+            frozen: std::sync::atomic::AtomicBool::new(false),
+            last_written: AtomicU64::new(applied),
+            answered: AtomicU64::new(applied),
         });
         let thread_shared = Arc::clone(&shared);
         let syncer = std::thread::Builder::new()
@@ -376,9 +411,16 @@ impl IntakeLog {
         &self.shared
     }
 
-    /// Set once an `fdatasync` of the log failed: every later append fails.
-    pub(crate) fn failed(&self) -> Option<&String> {
-        self.shared.failed.get()
+    /// Why appends or readiness fail: an `fdatasync` of the log failed
+    /// (every later append fails), or a logged append could not be
+    /// journaled (it waits in the log for the next start's replay).
+    pub(crate) fn failed(&self) -> Option<String> {
+        if let Some(why) = self.shared.failed.get() {
+            return Some(why.clone());
+        }
+        self.shared.mark_frozen().then(|| {
+            "an acknowledged message could not be journaled; it is kept in the intake log and journaled at the next start: restart".to_string()
+        })
     }
 
     /// Write one record and, under the same lock, hand it on with its seq
@@ -413,6 +455,7 @@ impl IntakeLog {
             .map_err(|e| StoreError::Commit(format!("intake log write failed: {}", e.kind())))?;
         tail.offset += len;
         tail.next_seq += 1;
+        self.shared.last_written.store(seq, Ordering::SeqCst);
         if let Some(m) = tail.max_seq.get_mut(current) {
             *m = seq;
         }

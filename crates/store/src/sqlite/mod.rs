@@ -64,10 +64,10 @@ use crate::resource::prepare_writes;
 use crate::search::{check_query, QueryCheck, MAX_SEARCH_PAGE};
 use crate::{
     validate_input, AppendOutcome, AuditRecord, ClockRow, Completion, CompletionResult, Delivery,
-    DeliveryOutcome, DeliveryState, InputKind, JournalId, JournalRecord, JournalStats, NewAudit,
-    NewDelivery, NewInput, OutboxId, ResourceQuery, ResourceWrite, Store, StoreError, StoreMetrics,
-    StoredResource, WithContext, MAX_PATIENT_ID_LEN, MAX_PENDING_PAGE, MAX_RESOURCE_ID_LEN,
-    MAX_RESOURCE_TYPE_LEN,
+    DeliveryOutcome, DeliveryState, Durable, InputKind, JournalId, JournalRecord, JournalStats,
+    NewAudit, NewDelivery, NewInput, OutboxId, ResourceQuery, ResourceWrite, Store, StoreError,
+    StoreMetrics, StoredResource, WithContext, MAX_PATIENT_ID_LEN, MAX_PENDING_PAGE,
+    MAX_RESOURCE_ID_LEN, MAX_RESOURCE_TYPE_LEN,
 };
 use rows::to_micros;
 use writer::{PreparedCompletion, PreparedDelivery, WriteOp, WriterState};
@@ -281,7 +281,8 @@ impl SqliteStore {
         } else {
             None
         };
-        let state = WriterState::load(&conn)?;
+        let mut state = WriterState::load(&conn)?;
+        state.intake = log.as_ref().map(|l| Arc::clone(l.shared()));
 
         let readers = (0..opts.read_connections.clamp(1, MAX_READ_CONNECTIONS))
             .map(|_| open_reader(path))
@@ -884,6 +885,15 @@ fn plausible_resource_key(resource_type: &str, id: &str) -> bool {
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn append(&self, input: NewInput) -> Result<AppendOutcome, StoreError> {
+        // Logged: the journal's answer is already on its way while the log
+        // syncs; Ok needs both (`intake_log.rs`).
+        match self.append_durable(input).await? {
+            Durable::Journaled(outcome) => Ok(outcome),
+            Durable::Logged(answer) => answer.await,
+        }
+    }
+
+    async fn append_durable(&self, input: NewInput) -> Result<Durable, StoreError> {
         let meta = validate_input(&input)?;
         let Some(log) = &self.log else {
             return self
@@ -893,11 +903,12 @@ impl Store for SqliteStore {
                     logged: None,
                     reply,
                 })
-                .await;
+                .await
+                .map(Durable::Journaled);
         };
-        // Logged: the record is written and handed to the writer under the
-        // log's lock (seq order), then the log's fsync and the journal
-        // transaction run side by side; Ok needs both (`intake_log.rs`).
+        // The record is written and handed to the writer under the log's
+        // lock (seq order); the writer's transaction runs while the log
+        // syncs, and this returns once the sync covered the record.
         let tx = self.tx.as_ref().ok_or(StoreError::Closed)?;
         let permit = tx.reserve().await.map_err(|_| StoreError::Closed)?;
         let (reply, answer) = oneshot::channel();
@@ -911,9 +922,10 @@ impl Store for SqliteStore {
                 reply,
             });
         })?;
-        let (durable, journaled) = tokio::join!(log.durable(seq), answer);
-        durable?;
-        journaled.map_err(|_| StoreError::Closed)?
+        log.durable(seq).await?;
+        Ok(Durable::Logged(Box::pin(async move {
+            answer.await.map_err(|_| StoreError::Closed)?
+        })))
     }
 
     async fn journal_get(&self, id: JournalId) -> Result<Option<JournalRecord>, StoreError> {
@@ -1513,7 +1525,7 @@ impl Store for SqliteStore {
             return Err(StoreError::Commit(why.clone()));
         }
         if let Some(why) = self.log.as_ref().and_then(|l| l.failed()) {
-            return Err(StoreError::Commit(why.clone()));
+            return Err(StoreError::Commit(why));
         }
         self.read_short(|conn| {
             conn.prepare_cached(sql::PING)?
@@ -1524,7 +1536,9 @@ impl Store for SqliteStore {
     }
 
     fn metrics(&self) -> StoreMetrics {
-        self.metrics.snapshot()
+        let mut m = self.metrics.snapshot();
+        m.intake_unjournaled = self.log.as_ref().map_or(0, |l| l.shared().unjournaled());
+        m
     }
 
     fn backend(&self) -> &'static str {

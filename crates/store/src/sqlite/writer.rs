@@ -45,6 +45,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -173,6 +174,9 @@ impl WriteOp {
 pub(crate) struct WriterState {
     /// Last resource stamp handed out (unix µs).
     last_stamp: i64,
+    /// The intake log this store owns, if any: a logged append that fails
+    /// in the journal freezes its applied mark (see [`freeze_mark`]).
+    pub(crate) intake: Option<Arc<super::intake_log::Shared>>,
 }
 
 impl WriterState {
@@ -181,7 +185,10 @@ impl WriterState {
         let last_stamp = conn
             .prepare_cached(sql::RESOURCE_MAX_UPDATED)?
             .query_row([], |r| r.get(0))?;
-        Ok(WriterState { last_stamp })
+        Ok(WriterState {
+            last_stamp,
+            intake: None,
+        })
     }
 
     /// A stamp strictly after every earlier one (and not before now).
@@ -413,6 +420,8 @@ fn commit_batch(
     if let Some(why) = sync.and_then(|s| s.state.failed.get()) {
         // A WAL fsync failed: nothing committed since can be vouched for,
         // so nothing more is written (see `wal_sync`).
+        freeze_mark(state, logged_ops(appends), why);
+        answered(state, appends.iter().filter_map(logged_seq));
         for op in appends.drain(..).chain(others.drain(..)) {
             outcome_without_running(op, why).deliver(None);
         }
@@ -425,6 +434,8 @@ fn commit_batch(
     let changes_before = conn.total_changes();
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let why = format!("begin: {e}");
+        freeze_mark(state, logged_ops(appends), &why);
+        answered(state, appends.iter().filter_map(logged_seq));
         // Fail the appends (their senders answer with a NAK and may resend);
         // carried requests wait for the next transaction.
         for op in appends.drain(..) {
@@ -544,11 +555,21 @@ fn commit_batch(
     // answered with its error, and its sender resends).
     // A transaction that changed nothing (duplicates only) leaves the mark:
     // replaying a duplicate is harmless, and it stays no commit.
+    let failed_logged = outcomes
+        .iter()
+        .filter(|o| o.logged.is_some() && (o.is_err || aborted.is_some()))
+        .count();
+    freeze_mark(
+        state,
+        failed_logged,
+        aborted.as_deref().unwrap_or("append failed"),
+    );
     let applied_seq = outcomes
         .iter()
         .filter_map(|o| o.logged)
         .max()
-        .filter(|_| conn.total_changes() != changes_before);
+        .filter(|_| conn.total_changes() != changes_before)
+        .filter(|_| !state.intake.as_ref().is_some_and(|l| l.mark_frozen()));
     if let (Some(seq), None) = (applied_seq, aborted.as_ref()) {
         if let Err(e) = conn
             .prepare_cached(sql::INTAKE_LOG_APPLIED)
@@ -593,9 +614,11 @@ fn commit_batch(
                             metrics.record_unwritten(duplicates);
                         }
                     }
+                    let seqs: Vec<u64> = early.iter().filter_map(|o| o.logged).collect();
                     for o in early {
                         o.deliver(None);
                     }
+                    answered(state, seqs.into_iter());
                     let committed = Committed {
                         started,
                         wrote,
@@ -637,10 +660,64 @@ fn commit_batch(
             if !conn.is_autocommit() {
                 let _ = conn.execute_batch("ROLLBACK");
             }
+            let logged = outcomes.iter().filter(|o| o.logged.is_some()).count();
+            freeze_mark(state, logged, &why);
+            let seqs: Vec<u64> = outcomes.iter().filter_map(|o| o.logged).collect();
             for o in outcomes {
                 o.deliver(Some(&why));
             }
+            answered(state, seqs.into_iter());
         }
+    }
+}
+
+/// A logged append may already be acknowledged (`Store::append_durable`)
+/// when its journal row fails: it must then stay in the intake log until
+/// the next open replays it. So after any logged append fails, the applied
+/// mark never moves again in this run (a later batch's mark would pass over
+/// it); the log keeps everything from here, and readiness fails until a
+/// restart replays it (`IntakeLog::mark_frozen`).
+fn freeze_mark(state: &WriterState, failed: usize, why: &str) {
+    if failed == 0 {
+        return;
+    }
+    if let Some(log) = &state.intake {
+        if log.freeze_mark() {
+            tracing::error!(
+                appends = failed,
+                reason = %why,
+                "journaling logged appends failed; they stay in the intake log and are journaled at the next start: restart the gateway"
+            );
+        }
+    }
+}
+
+fn logged_ops(ops: &[WriteOp]) -> usize {
+    ops.iter()
+        .filter(|op| {
+            matches!(
+                op,
+                WriteOp::Append {
+                    logged: Some(_),
+                    ..
+                }
+            )
+        })
+        .count()
+}
+
+/// The writer is answering the logged appends among `seqs` (for
+/// `StoreMetrics::intake_unjournaled`).
+fn answered(state: &WriterState, seqs: impl Iterator<Item = u64>) {
+    if let (Some(log), Some(max)) = (&state.intake, seqs.max()) {
+        log.answered(max);
+    }
+}
+
+fn logged_seq(op: &WriteOp) -> Option<u64> {
+    match op {
+        WriteOp::Append { logged, .. } => *logged,
+        _ => None,
     }
 }
 

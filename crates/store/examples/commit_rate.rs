@@ -1,13 +1,17 @@
 //! Commit rate of the SQLite journal: 20,000 appends from 8 concurrent
 //! send-and-wait tasks, one transaction per message (`max_batch = 1`) versus
-//! group commit (`max_batch = 512`), both with the default durability (WAL
-//! fsync'd by the sync thread before any append is answered) on a
-//! temporary file. No network and no translation: the store alone.
+//! group commit (`max_batch = 512`), both without the intake log (WAL
+//! fsync'd by the sync thread before any append is answered), and group
+//! commit with the intake log (`Store::append`: the log's fsync and the
+//! journal transaction side by side), on a temporary file with the WAL and
+//! log zero-filled. No network and no translation: the store alone.
 //!
 //! Prints one JSON line per mode, with the CPU time per append of the
-//! store's writer and WAL sync threads (from `/proc/self/task`):
-//! `{"bench":"sqlite_commit","mode":"one_per_message"|"group","msgs_per_sec":N,
-//!   "writer_cpu_us_per_append":N,"wal_sync_cpu_us_per_append":N}`
+//! store's writer, WAL sync and intake-log sync threads (from
+//! `/proc/self/task`):
+//! `{"bench":"sqlite_commit","mode":"one_per_message"|"group"|"group_intake_log",
+//!   "msgs_per_sec":N,"writer_cpu_us_per_append":N,"wal_sync_cpu_us_per_append":N,
+//!   "intake_sync_cpu_us_per_append":N}`
 //!
 //! Run: `cargo run -p cwsgw-store --release --example commit_rate`
 

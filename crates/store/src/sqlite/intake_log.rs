@@ -14,10 +14,17 @@
 //! docs/performance.md ("eighth session").
 //!
 //! **What is promised, and why it holds.**
-//! * *No Ok before the message is on disk*: `append` answers Ok only after
-//!   an `fdatasync` of the log that began after the record's write returned,
-//!   and after the journal transaction committed (so a read that starts
-//!   after `append` returned sees the row, as without the log).
+//! * *No Ok before the message is on disk*: `append` and `append_durable`
+//!   answer Ok only after an `fdatasync` of the log that began after the
+//!   record's write returned. `append` also waits for the journal
+//!   transaction (so a read that starts after it returned sees the row, as
+//!   without the log); `append_durable` (the HL7 intake's) hands the
+//!   journal's answer back as a future instead.
+//! * *A refused row does not lose an acknowledged message*: once a logged
+//!   append fails in the journal (a full disk, a poisoned store), the writer
+//!   stops moving the applied mark for the rest of the run, so that record
+//!   and every later one stay in the log for the next open to replay, and
+//!   readiness fails until that restart (`writer::freeze_mark`).
 //! * *Nothing answered is lost by a crash or power loss*: the journal row
 //!   may not be durable yet when the append answers, but the record is. At
 //!   the next open, [`IntakeLog::open`] replays into the journal every

@@ -114,6 +114,23 @@ impl MetricsRecorder {
         self.counters().duplicate_inputs += duplicates;
     }
 
+    /// One finished transaction: a commit if it changed a row (`wrote`),
+    /// else only the duplicate appends it answered.
+    pub(crate) fn record_transaction(
+        &self,
+        wrote: bool,
+        seconds: f64,
+        batch: usize,
+        appended: u64,
+        duplicates: u64,
+    ) {
+        if wrote {
+            self.record_commit(seconds, batch, appended, duplicates);
+        } else {
+            self.record_unwritten(duplicates);
+        }
+    }
+
     /// One WAL fsync by the sync thread.
     pub(crate) fn record_wal_sync(&self, seconds: f64) {
         let mut c = self.counters();

@@ -250,17 +250,16 @@ pub(crate) fn run(
                     if let (Some(log), Some(seq)) = (&log, b.applied_seq) {
                         log.applied_durable.fetch_max(seq, Ordering::SeqCst);
                     }
-                    if b.recorded {
-                        // Counted by the writer at its commit.
-                    } else if b.wrote {
-                        metrics.record_commit(
+                    // A batch the writer counted at its commit (it answered
+                    // logged appends then) is not counted again.
+                    if !b.recorded {
+                        metrics.record_transaction(
+                            b.wrote,
                             b.started.elapsed().as_secs_f64(),
                             b.size,
                             b.appended,
                             b.duplicates,
                         );
-                    } else {
-                        metrics.record_unwritten(b.duplicates);
                     }
                     for o in b.outcomes {
                         o.deliver(None);

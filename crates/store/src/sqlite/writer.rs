@@ -603,16 +603,13 @@ fn commit_batch(
                     // commit): the sync thread does not count it again.
                     let recorded = !early.is_empty();
                     if recorded {
-                        if wrote {
-                            metrics.record_commit(
-                                started.elapsed().as_secs_f64(),
-                                size,
-                                appended,
-                                duplicates,
-                            );
-                        } else {
-                            metrics.record_unwritten(duplicates);
-                        }
+                        metrics.record_transaction(
+                            wrote,
+                            started.elapsed().as_secs_f64(),
+                            size,
+                            appended,
+                            duplicates,
+                        );
                     }
                     let seqs: Vec<u64> = early.iter().filter_map(|o| o.logged).collect();
                     for o in early {
@@ -640,16 +637,13 @@ fn commit_batch(
                     }
                 }
                 None => {
-                    if wrote {
-                        metrics.record_commit(
-                            started.elapsed().as_secs_f64(),
-                            size,
-                            appended,
-                            duplicates,
-                        );
-                    } else {
-                        metrics.record_unwritten(duplicates);
-                    }
+                    metrics.record_transaction(
+                        wrote,
+                        started.elapsed().as_secs_f64(),
+                        size,
+                        appended,
+                        duplicates,
+                    );
                     for o in outcomes {
                         o.deliver(None);
                     }

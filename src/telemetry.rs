@@ -644,6 +644,12 @@ impl Collector for StoreCollector {
             None,
             MetricType::Gauge,
         )?)?;
+        ConstGauge::new(s.intake_unjournaled).encode(encoder.encode_descriptor(
+            "cwsgw_store_intake_unjournaled",
+            "Messages durable (and acknowledged) in the SQLite intake log that the journal does not show yet.",
+            None,
+            MetricType::Gauge,
+        )?)?;
         if let Some(j) = &self.journal {
             let mut records = encoder.encode_descriptor(
                 "cwsgw_journal_records",
@@ -740,7 +746,7 @@ mod tests {
             intake_syncs: 3,
             intake_sync_seconds_sum: 0.005,
             intake_replayed: 1,
-            intake_unjournaled: 0,
+            intake_unjournaled: 2,
         };
         let journal = store::JournalStats {
             total: 6,
@@ -790,6 +796,7 @@ mod tests {
             "cwsgw_store_intake_sync_seconds_total 0.005",
             "cwsgw_store_intake_replayed_total 1",
             "cwsgw_store_writer_queue_depth 0",
+            "cwsgw_store_intake_unjournaled 2",
             "cwsgw_journal_records{state=\"processed\"} 4",
             "cwsgw_delivery_attempts_total{endpoint=\"mcp-a\"} 1",
             "cwsgw_delivery_latency_seconds_bucket{le=\"0.5\"} 1",
@@ -836,6 +843,7 @@ mod tests {
             "cwsgw_store_wal_sync_seconds_total counter",
             "cwsgw_store_intake_sync_seconds_total counter",
             "cwsgw_store_writer_queue_depth gauge",
+            "cwsgw_store_intake_unjournaled gauge",
             "cwsgw_journal_records gauge",
             "cwsgw_delivery_attempts_total counter",
             "cwsgw_delivery_outcomes_total counter",

@@ -44,7 +44,8 @@ pub struct StoreMetrics {
     pub intake_replayed: u64,
     /// Appends durable in the intake log (and acknowledged, where the
     /// caller used `append_durable`) that the writer has not answered yet:
-    /// the journal shows them a commit later.
+    /// the journal shows them a commit later. Exported as the gauge
+    /// `cwsgw_store_intake_unjournaled`.
     pub intake_unjournaled: u64,
 }
 

@@ -593,24 +593,25 @@ fn commit_batch(
                     None => {}
                 }
             }
+            // Counted now when answered now (its latency ends at the
+            // commit): without the WAL sync thread, or when it answers
+            // logged appends (the sync thread then does not count it again).
+            let recorded = sync.is_none() || outcomes.iter().any(|o| o.logged.is_some());
+            if recorded {
+                metrics.record_transaction(
+                    wrote,
+                    started.elapsed().as_secs_f64(),
+                    size,
+                    appended,
+                    duplicates,
+                );
+            }
             match sync {
                 Some(s) => {
                     // Logged appends are durable in the intake log: answer
                     // them now; the rest waits for the WAL sync.
                     let (early, outcomes): (Vec<Outcome>, Vec<Outcome>) =
                         outcomes.into_iter().partition(|o| o.logged.is_some());
-                    // Counted now, as answered now (its latency ends at the
-                    // commit): the sync thread does not count it again.
-                    let recorded = !early.is_empty();
-                    if recorded {
-                        metrics.record_transaction(
-                            wrote,
-                            started.elapsed().as_secs_f64(),
-                            size,
-                            appended,
-                            duplicates,
-                        );
-                    }
                     let seqs: Vec<u64> = early.iter().filter_map(|o| o.logged).collect();
                     for o in early {
                         o.deliver(None);
@@ -637,13 +638,6 @@ fn commit_batch(
                     }
                 }
                 None => {
-                    metrics.record_transaction(
-                        wrote,
-                        started.elapsed().as_secs_f64(),
-                        size,
-                        appended,
-                        duplicates,
-                    );
                     for o in outcomes {
                         o.deliver(None);
                     }

@@ -784,8 +784,8 @@ impl Stages {
     ///   and task wake-ups on a shared 2-core machine);
     /// * `cpu_per_message`: CPU time per message of each kind of thread
     ///   (`/proc/self/task/*/schedstat`): the Tokio workers (MLLP server and
-    ///   the in-process senders), the store's writer, its WAL sync and
-    ///   checkpoint threads. Unlike the wall-clock figures it hardly moves
+    ///   the in-process senders), the store's writer, its WAL sync,
+    ///   intake-log sync and checkpoint threads. Unlike the wall-clock figures it hardly moves
     ///   with the machine's noise, so it shows what a change to the append
     ///   path saved.
     fn since(&self, before: &Stages, run: &IngestResult) -> serde_json::Value {

@@ -22,6 +22,14 @@ fn opts(max_batch: usize) -> SqliteOptions {
     }
 }
 
+/// Group commit with the intake log off: appends wait for the WAL fsync.
+fn without_intake_log() -> SqliteOptions {
+    SqliteOptions {
+        intake_log: false,
+        ..opts(512)
+    }
+}
+
 fn open(path: &Path, max_batch: usize) -> Arc<dyn Store> {
     Arc::new(SqliteStore::open(path, opts(max_batch)).unwrap())
 }
@@ -126,16 +134,7 @@ async fn the_wal_sync_thread_answers_after_its_fsync_and_shares_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
     // Without the intake log, which answers appends before the WAL sync.
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(
-            &path,
-            SqliteOptions {
-                intake_log: false,
-                ..opts(512)
-            },
-        )
-        .unwrap(),
-    );
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path, without_intake_log()).unwrap());
     let out = concurrent_appends(&store, "S", 256).await;
     assert_eq!(out.len(), 256);
     let m = store.metrics();
@@ -220,14 +219,7 @@ async fn a_failed_wal_sync_refuses_that_write_and_every_later_one() {
     let path = dir.path().join("f.db");
     // Without the intake log: with it the append would be durable already
     // (its own fsync failing is the next test).
-    let store = SqliteStore::open(
-        &path,
-        SqliteOptions {
-            intake_log: false,
-            ..opts(512)
-        },
-    )
-    .unwrap();
+    let store = SqliteStore::open(&path, without_intake_log()).unwrap();
     store.append(input("F|1")).await.unwrap();
     store.ping().await.unwrap();
     // The next fsync fails as a dying disk's would (EIO).
@@ -1084,14 +1076,7 @@ async fn the_wal_is_not_filled_while_another_connection_may_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_without_the_intake_log() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(
-        &dir.path().join("nolog.db"),
-        SqliteOptions {
-            intake_log: false,
-            ..opts(512)
-        },
-    )
-    .unwrap();
+    let store = SqliteStore::open(&dir.path().join("nolog.db"), without_intake_log()).unwrap();
     conformance::run_all(Arc::new(store)).await;
 }
 

@@ -96,10 +96,9 @@ pub(crate) fn segment_paths(db: &Path) -> [PathBuf; 2] {
     })
 }
 
-/// One record read back from a segment.
-#[derive(Debug, Clone, PartialEq)]
+/// One record read back from a segment (of the epoch being replayed).
+#[derive(Debug)]
 pub(crate) struct Record {
-    pub epoch: u64,
     pub seq: u64,
     pub kind: InputKind,
     pub source_org: String,
@@ -148,7 +147,7 @@ fn frame(epoch: u64, seq: u64, body: &[u8]) -> Vec<u8> {
     f
 }
 
-fn decode_body(epoch: u64, seq: u64, body: &[u8]) -> Option<Record> {
+fn decode_body(seq: u64, body: &[u8]) -> Option<Record> {
     let received_at_micros = i64::from_le_bytes(body.get(..8)?.try_into().ok()?);
     let mut at = 8usize;
     let mut field = || -> Option<&[u8]> {
@@ -163,7 +162,6 @@ fn decode_body(epoch: u64, seq: u64, body: &[u8]) -> Option<Record> {
     let meta = String::from_utf8(field()?.to_vec()).ok()?;
     let raw = field()?.to_vec();
     Some(Record {
-        epoch,
         seq,
         kind,
         source_org,
@@ -205,7 +203,7 @@ fn scan(segment: &mut impl Read, epoch: u64) -> Vec<Record> {
             // segment's older records): nothing to replay, read on.
             continue;
         }
-        match decode_body(e, s, &body) {
+        match decode_body(s, &body) {
             Some(r) => out.push(r),
             None => break,
         }
@@ -249,10 +247,8 @@ pub(crate) struct Shared {
     /// Set by the writer once a logged append failed in the journal: the
     /// applied mark stays where it is for the rest of the run.
     frozen: std::sync::atomic::AtomicBool,
-    /// Highest seq written, and highest seq the writer has answered
-    /// (journaled or refused): their difference is how many durable appends
-    /// the journal does not show yet.
-    last_written: AtomicU64,
+    /// Highest seq the writer has answered (journaled or refused): the seqs
+    /// written after it are durable appends the journal does not show yet.
     answered: AtomicU64,
 }
 
@@ -273,10 +269,8 @@ impl Shared {
 
     /// Logged appends the writer has not answered yet.
     pub(crate) fn unjournaled(&self) -> u64 {
-        let answered = self.answered.load(Ordering::SeqCst);
-        self.last_written
-            .load(Ordering::SeqCst)
-            .saturating_sub(answered)
+        let written = self.tail.lock().map_or(0, |t| t.next_seq.saturating_sub(1));
+        written.saturating_sub(self.answered.load(Ordering::SeqCst))
     }
 }
 
@@ -361,18 +355,15 @@ impl IntakeLog {
             );
         }
         records.sort_by_key(|r| r.seq);
-        let (applied, replayed) = match replay(conn, &records, applied, epoch + 1) {
+        let (applied, replayed) = match replay(conn, records, applied, epoch + 1) {
             Ok(a) => a,
             Err(Replay::Busy(why)) => return Ok(Opening::Busy(why)),
             Err(Replay::Failed(why)) => return Err(why),
         };
-        for f in [&first, &second] {
-            if preallocate {
-                let len = f.metadata().map_err(|e| e.to_string())?.len();
-                if len < segment_bytes {
-                    zero_fill(f, len, segment_bytes)
-                        .map_err(|e| format!("cannot preallocate the intake log: {e}"))?;
-                }
+        if preallocate {
+            for p in &paths {
+                super::wal_sync::preallocate(p, segment_bytes)
+                    .map_err(|e| format!("cannot preallocate the intake log: {e}"))?;
             }
         }
         super::wal_sync::sync_dir(&paths[0])
@@ -397,7 +388,6 @@ impl IntakeLog {
             fail_next: std::sync::atomic::AtomicBool::new(false),
             applied_durable: AtomicU64::new(applied),
             frozen: std::sync::atomic::AtomicBool::new(false),
-            last_written: AtomicU64::new(applied),
             answered: AtomicU64::new(applied),
         });
         let thread_shared = Arc::clone(&shared);
@@ -462,7 +452,6 @@ impl IntakeLog {
             .map_err(|e| StoreError::Commit(format!("intake log write failed: {}", e.kind())))?;
         tail.offset += len;
         tail.next_seq += 1;
-        self.shared.last_written.store(seq, Ordering::SeqCst);
         if let Some(m) = tail.max_seq.get_mut(current) {
             *m = seq;
         }
@@ -514,7 +503,7 @@ enum Replay {
 /// duplicates: already rows, or resends of rows).
 fn replay(
     conn: &Connection,
-    records: &[Record],
+    records: Vec<Record>,
     applied: u64,
     epoch: u64,
 ) -> Result<(u64, usize), Replay> {
@@ -522,11 +511,7 @@ fn replay(
     // Durable at COMMIT, before anything is written in the new epoch.
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(|e| Replay::Failed(format!("cannot replay the intake log: {e}")))?;
-    let locked = conn
-        .busy_timeout(REPLAY_LOCK_WAIT)
-        .and_then(|()| conn.execute_batch("BEGIN IMMEDIATE"));
-    let _ = conn.busy_timeout(super::BUSY_TIMEOUT);
-    if let Err(e) = locked {
+    if let Err(e) = super::begin_immediate_within(conn, REPLAY_LOCK_WAIT) {
         let _ = conn.pragma_update(None, "synchronous", "NORMAL");
         return Err(Replay::Busy(format!(
             "another connection holds the database's write lock ({e})"
@@ -537,10 +522,10 @@ fn replay(
         for r in records {
             let input = NewInput {
                 kind: r.kind,
-                source_org: r.source_org.clone(),
-                dedup_key: r.dedup_key.clone(),
+                source_org: r.source_org,
+                dedup_key: r.dedup_key,
                 received_at: super::rows::from_micros(r.received_at_micros, "received_at")?,
-                raw: r.raw.clone(),
+                raw: r.raw,
                 meta: serde_json::Value::Null,
             };
             if let crate::AppendOutcome::Inserted(_) = super::writer::append(conn, &input, &r.meta)?
@@ -567,19 +552,6 @@ fn replay(
     })?;
     restored.map_err(|e| Replay::Failed(format!("cannot replay the intake log: {e}")))?;
     Ok((new_applied, inserted))
-}
-
-/// Write zeros over `from..to` of `f` and `fdatasync` it.
-fn zero_fill(f: &File, from: u64, to: u64) -> std::io::Result<()> {
-    const CHUNK: usize = 1 << 20;
-    let zeros = vec![0u8; CHUNK];
-    let mut at = from;
-    while at < to {
-        let n = usize::try_from(to - at).unwrap_or(CHUNK).min(CHUNK);
-        f.write_all_at(zeros.get(..n).unwrap_or(&zeros), at)?;
-        at += n as u64;
-    }
-    f.sync_data()
 }
 
 fn sync_failure(e: &std::io::Error) -> String {
@@ -856,11 +828,11 @@ mod tests {
     #[test]
     fn a_body_too_short_for_its_fields_is_not_a_record() {
         let body = encode_body(&input(1), "{}");
-        assert!(decode_body(1, 1, &body[..body.len() - 1]).is_none());
-        assert!(decode_body(1, 1, &[9]).is_none());
+        assert!(decode_body(1, &body[..body.len() - 1]).is_none());
+        assert!(decode_body(1, &[9]).is_none());
         // An unknown kind is not a record either.
         let mut unknown = body.clone();
         unknown[12] = b'x';
-        assert!(decode_body(1, 1, &unknown).is_none());
+        assert!(decode_body(1, &unknown).is_none());
     }
 }

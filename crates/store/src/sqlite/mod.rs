@@ -78,7 +78,7 @@ pub fn sqlite_schema_version() -> i64 {
 }
 
 /// How long a connection waits on a lock held by another connection.
-pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Write requests that may wait for the writer before senders wait too.
 const WRITE_QUEUE_CAPACITY: usize = 4096;
 /// Upper bound on `read_connections`.
@@ -187,9 +187,7 @@ impl SqliteStore {
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
-}
 
-impl SqliteStore {
     /// Test support: the next fsync of the intake log fails as a dying
     /// disk's would (EIO), poisoning the log. No effect without the log.
     #[cfg(feature = "test-support")]
@@ -312,6 +310,9 @@ impl SqliteStore {
                 ),
             }
         }
+        // The WAL sync thread tells the intake log which seqs are durably
+        // journaled.
+        let log_shared = state.intake.clone();
         let (sync, syncer) = match opts.durability {
             Durability::Pipelined => {
                 let wal = wal_sync::wal_path(path);
@@ -328,7 +329,6 @@ impl SqliteStore {
                 let state = Arc::new(wal_sync::SyncState::default());
                 let (shared, wake) = (Arc::clone(&state), tx.downgrade());
                 let thread_metrics = Arc::clone(&metrics);
-                let log_shared = log.as_ref().map(|l| Arc::clone(l.shared()));
                 let handle = std::thread::Builder::new()
                     .name("cwsgw-store-sync".to_string())
                     .spawn(move || {
@@ -648,11 +648,7 @@ fn configure_writer(
 /// the zeros go. If another connection holds the lock, the fill is skipped
 /// at once (it is only an optimisation).
 fn fill_wal_under_write_lock(conn: &Connection, wal: &Path, target: u64) -> std::io::Result<u64> {
-    let locked = conn
-        .busy_timeout(Duration::ZERO)
-        .and_then(|()| conn.execute_batch("BEGIN IMMEDIATE"));
-    let _ = conn.busy_timeout(BUSY_TIMEOUT);
-    if let Err(e) = locked {
+    if let Err(e) = begin_immediate_within(conn, Duration::ZERO) {
         return Err(std::io::Error::other(format!(
             "another connection holds the database's write lock ({e})"
         )));
@@ -660,6 +656,16 @@ fn fill_wal_under_write_lock(conn: &Connection, wal: &Path, target: u64) -> std:
     let filled = wal_sync::preallocate(wal, target);
     let _ = conn.execute_batch("ROLLBACK");
     filled
+}
+
+/// `BEGIN IMMEDIATE`, waiting at most `wait` for another connection's write
+/// lock; the connection's usual busy timeout is restored either way.
+pub(crate) fn begin_immediate_within(conn: &Connection, wait: Duration) -> rusqlite::Result<()> {
+    let begun = conn
+        .busy_timeout(wait)
+        .and_then(|()| conn.execute_batch("BEGIN IMMEDIATE"));
+    let _ = conn.busy_timeout(BUSY_TIMEOUT);
+    begun
 }
 
 /// `SQLITE_DBCONFIG_ENABLE_QPSG` (query planner stability guarantee): plans

@@ -125,7 +125,9 @@ pub(crate) const WAL_HEADER: i64 = 32;
 pub(crate) const WAL_FRAME_HEADER: i64 = 24;
 
 /// Extend the WAL file `wal` with zeros up to `target` bytes and make that
-/// durable; returns the bytes added (0 when it is already that long).
+/// durable; returns the bytes added (0 when it is already that long). The
+/// intake log's segment files are filled the same way, for the same reason
+/// (`intake_log.rs`).
 ///
 /// Why: a commit that writes past the end of the file makes the next
 /// `fdatasync` commit the file system's allocation and size metadata too.

@@ -420,8 +420,7 @@ fn commit_batch(
     if let Some(why) = sync.and_then(|s| s.state.failed.get()) {
         // A WAL fsync failed: nothing committed since can be vouched for,
         // so nothing more is written (see `wal_sync`).
-        freeze_mark(state, logged_ops(appends), why);
-        answered(state, appends.iter().filter_map(logged_seq));
+        refused_logged(state, appends.iter().filter_map(logged_seq), why);
         for op in appends.drain(..).chain(others.drain(..)) {
             outcome_without_running(op, why).deliver(None);
         }
@@ -434,8 +433,7 @@ fn commit_batch(
     let changes_before = conn.total_changes();
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let why = format!("begin: {e}");
-        freeze_mark(state, logged_ops(appends), &why);
-        answered(state, appends.iter().filter_map(logged_seq));
+        refused_logged(state, appends.iter().filter_map(logged_seq), &why);
         // Fail the appends (their senders answer with a NAK and may resend);
         // carried requests wait for the next transaction.
         for op in appends.drain(..) {
@@ -612,11 +610,11 @@ fn commit_batch(
                     // them now; the rest waits for the WAL sync.
                     let (early, outcomes): (Vec<Outcome>, Vec<Outcome>) =
                         outcomes.into_iter().partition(|o| o.logged.is_some());
-                    let seqs: Vec<u64> = early.iter().filter_map(|o| o.logged).collect();
+                    let last = early.iter().filter_map(|o| o.logged).max();
                     for o in early {
                         o.deliver(None);
                     }
-                    answered(state, seqs.into_iter());
+                    answered(state, last.into_iter());
                     let committed = Committed {
                         started,
                         wrote,
@@ -648,13 +646,10 @@ fn commit_batch(
             if !conn.is_autocommit() {
                 let _ = conn.execute_batch("ROLLBACK");
             }
-            let logged = outcomes.iter().filter(|o| o.logged.is_some()).count();
-            freeze_mark(state, logged, &why);
-            let seqs: Vec<u64> = outcomes.iter().filter_map(|o| o.logged).collect();
+            refused_logged(state, outcomes.iter().filter_map(|o| o.logged), &why);
             for o in outcomes {
                 o.deliver(Some(&why));
             }
-            answered(state, seqs.into_iter());
         }
     }
 }
@@ -680,18 +675,12 @@ fn freeze_mark(state: &WriterState, failed: usize, why: &str) {
     }
 }
 
-fn logged_ops(ops: &[WriteOp]) -> usize {
-    ops.iter()
-        .filter(|op| {
-            matches!(
-                op,
-                WriteOp::Append {
-                    logged: Some(_),
-                    ..
-                }
-            )
-        })
-        .count()
+/// Logged appends (their seqs) failed without being journaled: freeze the
+/// mark ([`freeze_mark`]) and count them answered.
+fn refused_logged(state: &WriterState, seqs: impl Iterator<Item = u64>, why: &str) {
+    let seqs: Vec<u64> = seqs.collect();
+    freeze_mark(state, seqs.len(), why);
+    answered(state, seqs.into_iter());
 }
 
 /// The writer is answering the logged appends among `seqs` (for
